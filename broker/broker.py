@@ -1,0 +1,88 @@
+"""The broker: routes published events to subscriptions and hands out their deliveries."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+
+from fmesh.broker.filters import Filter
+from fmesh.broker.log import EventLog
+from fmesh.broker.router import Router
+from fmesh.contracts import Claimed, DeadLetter, Delivery
+from fmesh.events import Event
+
+
+class SubscriptionQueue:
+    """`DeliveryQueue` of one subscription over the broker's event log."""
+
+    def __init__(self, broker: Broker, name: str) -> None:
+        self.name = name
+        self._broker = broker
+        self._log = broker.log
+        self._new = asyncio.Event()
+
+    def wake(self) -> None:
+        self._new.set()
+
+    async def claim(self, limit: int) -> Claimed:
+        self._new.clear()
+        return await self._log.claim(self.name, limit, time.time())
+
+    async def ack(self, delivery_ids: Sequence[int]) -> None:
+        await self._log.ack(delivery_ids)
+
+    async def retry(self, delivery: Delivery, due_at: float, error: str) -> None:
+        await self._log.retry(delivery, due_at, error)
+
+    async def dead_letter(self, delivery: Delivery, letter: DeadLetter) -> None:
+        await self._log.dead_letter(delivery, letter)
+
+    async def redirect(self, delivery: Delivery, subscription: str, event: Event) -> bool:
+        return await self._broker.redirect(delivery, subscription, event)
+
+    async def wait(self, timeout: float | None) -> None:
+        try:
+            await asyncio.wait_for(self._new.wait(), timeout)
+        except TimeoutError:
+            pass
+
+
+class Broker:
+    """`Publisher` plus the subscription registry, over one event log."""
+
+    def __init__(self, log: EventLog) -> None:
+        self.log = log
+        self.router = Router()
+        self._queues: dict[str, SubscriptionQueue] = {}
+
+    async def publish(self, events: Sequence[Event]) -> None:
+        routed = [(event, self.router.match(event.attributes)) for event in events]
+        await self.log.append([(e, subs) for e, subs in routed if subs])
+        for _, subs in routed:
+            for sub in subs:
+                self._queues[sub].wake()
+
+    def subscribe(self, name: str, filter: Filter) -> SubscriptionQueue:
+        """Route matching events to `name` from now on; returns its delivery queue."""
+        self.router.set(name, filter)
+        queue = self._queues.get(name)
+        if queue is None:
+            queue = self._queues[name] = SubscriptionQueue(self, name)
+        queue.wake()  # deliveries stored before a restart are due at once
+        return queue
+
+    async def unsubscribe(self, name: str, drop_pending: bool = True) -> None:
+        self.router.remove(name)
+        self._queues.pop(name, None)
+        if drop_pending:
+            await self.log.drop_subscription(name)
+
+    async def redirect(self, delivery: Delivery, subscription: str, event: Event) -> bool:
+        """Hand a delivery to another subscription; False when there is no such subscription."""
+        queue = self._queues.get(subscription)
+        if queue is None:
+            return False
+        await self.log.redirect(delivery.id, subscription, event)
+        queue.wake()
+        return True

@@ -1,0 +1,175 @@
+"""Subscription filters with Knative's dialects: exact, prefix, suffix, all, any, not (and cesql).
+
+Two spellings compile to the same filters:
+
+- the shorthand of an `on:` item, `{type: com.shop.created, source: {prefix: /web}}`:
+  every attribute must match; a plain value means exact;
+- Knative's `filters:` list, `[{exact: {type: X}}, {any: [{prefix: {source: /a}}, ...]}]`:
+  every entry must match.
+
+A filter also says which event types it can match (`types`), so the router can index
+it by type instead of trying it against every event.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+ATTRIBUTE_DIALECTS = ("exact", "prefix", "suffix")
+DIALECTS = (*ATTRIBUTE_DIALECTS, "all", "any", "not", "cesql")
+
+
+class FilterError(ValueError):
+    """A filter that does not compile; `path` says where in the filter it is."""
+
+    def __init__(self, path: str, problem: str) -> None:
+        super().__init__(f"{path}: {problem}" if path else problem)
+        self.path = path
+        self.problem = problem
+
+
+def attribute_text(value: Any) -> str:
+    """How an attribute value compares in a filter: its CloudEvents string form."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return value if isinstance(value, str) else str(value)
+
+
+@dataclass(frozen=True, slots=True)
+class Filter:
+    """A compiled filter: call it with the event's attributes.
+
+    `types` is the set of event types it can possibly match, or None when any.
+    """
+
+    test: Callable[[Mapping[str, Any]], bool]
+    types: frozenset[str] | None
+    description: str
+
+    def __call__(self, attributes: Mapping[str, Any]) -> bool:
+        return self.test(attributes)
+
+
+MATCH_ALL = Filter(lambda attributes: True, None, "all events")
+
+
+def _attribute_filter(dialect: str, name: str, expected: str) -> Filter:
+    if dialect == "exact":
+        def test(a: Mapping[str, Any]) -> bool:
+            value = a.get(name)
+            return value is not None and attribute_text(value) == expected
+    elif dialect == "prefix":
+        def test(a: Mapping[str, Any]) -> bool:
+            value = a.get(name)
+            return value is not None and attribute_text(value).startswith(expected)
+    else:
+        def test(a: Mapping[str, Any]) -> bool:
+            value = a.get(name)
+            return value is not None and attribute_text(value).endswith(expected)
+    types = frozenset([expected]) if dialect == "exact" and name == "type" else None
+    return Filter(test, types, f"{name} {dialect} {expected!r}")
+
+
+def all_of(filters: list[Filter]) -> Filter:
+    if not filters:
+        return MATCH_ALL
+    if len(filters) == 1:
+        return filters[0]
+    tests = tuple(f.test for f in filters)
+    known = [f.types for f in filters if f.types is not None]
+    types = frozenset.intersection(*known) if known else None
+    return Filter(lambda a: all(t(a) for t in tests), types, " and ".join(f.description for f in filters))
+
+
+def any_of(filters: list[Filter]) -> Filter:
+    if len(filters) == 1:
+        return filters[0]
+    tests = tuple(f.test for f in filters)
+    types = None if any(f.types is None for f in filters) else frozenset().union(*(f.types for f in filters))
+    description = " or ".join(f"({f.description})" for f in filters) or "nothing"
+    return Filter(lambda a: any(t(a) for t in tests), types, description)
+
+
+def negate(inner: Filter) -> Filter:
+    test = inner.test
+    return Filter(lambda a: not test(a), None, f"not ({inner.description})")
+
+
+def _check_attribute_name(name: Any, path: str) -> str:
+    if not isinstance(name, str) or not name or not name.isalnum() or name.lower() != name:
+        raise FilterError(path, f"{name!r} is not a CloudEvents attribute name (lowercase letters and digits)")
+    return name
+
+
+def _check_text(value: Any, path: str) -> str:
+    if isinstance(value, bool | int | str):
+        return attribute_text(value)
+    raise FilterError(path, f"expected a string to compare with, got {type(value).__name__}")
+
+
+def compile_shorthand(spec: Mapping[str, Any], path: str = "") -> Filter:
+    """`{attr: value | {exact|prefix|suffix: value}}`: all attributes must match."""
+    if not isinstance(spec, Mapping):
+        raise FilterError(path, f"expected a mapping of attribute to value, got {type(spec).__name__}")
+    parts = []
+    for name, expected in spec.items():
+        where = f"{path}.{name}" if path else str(name)
+        if name == "filters":
+            parts.append(compile_filters(expected, where))
+            continue
+        if name == "cesql":
+            parts.append(_cesql(expected, where))
+            continue
+        _check_attribute_name(name, where)
+        if isinstance(expected, Mapping):
+            if len(expected) != 1 or next(iter(expected)) not in ATTRIBUTE_DIALECTS:
+                raise FilterError(where, f"expected one of {{exact|prefix|suffix: value}}, got {dict(expected)!r}")
+            dialect, value = next(iter(expected.items()))
+            parts.append(_attribute_filter(dialect, name, _check_text(value, f"{where}.{dialect}")))
+        else:
+            parts.append(_attribute_filter("exact", name, _check_text(expected, where)))
+    return all_of(parts)
+
+
+def compile_filters(specs: Any, path: str = "filters") -> Filter:
+    """Knative's `filters:` list: every entry must match."""
+    if not isinstance(specs, list):
+        raise FilterError(path, f"expected a list of filters, got {type(specs).__name__}")
+    return all_of([compile_dialect(spec, f"{path}[{i}]") for i, spec in enumerate(specs)])
+
+
+def compile_dialect(spec: Any, path: str) -> Filter:
+    """One Knative filter expression: `{exact: {...}}`, `{all: [...]}`, `{not: {...}}`, ..."""
+    if not isinstance(spec, Mapping) or len(spec) != 1:
+        raise FilterError(path, f"expected exactly one of {', '.join(DIALECTS)}, got {spec!r}")
+    dialect, body = next(iter(spec.items()))
+    where = f"{path}.{dialect}"
+    if dialect in ATTRIBUTE_DIALECTS:
+        if not isinstance(body, Mapping) or not body:
+            raise FilterError(where, "expected a mapping of attribute to value")
+        return all_of([_attribute_filter(dialect, _check_attribute_name(k, f"{where}.{k}"),
+                                         _check_text(v, f"{where}.{k}")) for k, v in body.items()])
+    if dialect in ("all", "any"):
+        if not isinstance(body, list) or not body:
+            raise FilterError(where, "expected a non-empty list of filters")
+        compiled = [compile_dialect(s, f"{where}[{i}]") for i, s in enumerate(body)]
+        return all_of(compiled) if dialect == "all" else any_of(compiled)
+    if dialect == "not":
+        return negate(compile_dialect(body, where))
+    if dialect == "cesql":
+        return _cesql(body, where)
+    raise FilterError(path, f"unknown filter dialect {dialect!r}: expected one of {', '.join(DIALECTS)}")
+
+
+def _cesql(expression: Any, path: str) -> Filter:
+    if not isinstance(expression, str) or not expression.strip():
+        raise FilterError(path, "expected a CESQL expression string")
+    from fmesh.broker.cesql import CesqlParseError, compile_expression
+
+    try:
+        compiled = compile_expression(expression)
+    except CesqlParseError as exc:
+        raise FilterError(path, f"invalid CESQL expression: {exc}") from exc
+    return Filter(compiled.matches, None, f"cesql {expression!r}")

@@ -1,0 +1,72 @@
+"""The event-log contract every store implements (SQLite, memory, later NATS and Kafka).
+
+An event is appended once per subscription it routes to: each copy is a *delivery*
+that the subscription's sidecar claims, then acks (gone), retries (released with a
+later due time and one more attempt, which survives a restart) or dead-letters
+(moved to the dead-letter store with the reason). Claims are not durable: a restarted
+log releases them, which is what makes delivery at-least-once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+from fmesh.contracts import Claimed, DeadLetter, Delivery
+from fmesh.events import Event
+
+__all__ = ["Claimed", "DeadLetter", "Delivery", "EventLog"]
+
+
+@runtime_checkable
+class EventLog(Protocol):
+    """Durable storage of deliveries, dead letters and the mesh's deployed state.
+
+    Every method that writes is durable when it returns; a store that cannot write
+    raises `StoreError` and nothing counts as accepted.
+    """
+
+    url: str
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def append(self, routed: Sequence[tuple[Event, Sequence[str]]]) -> None:
+        """Store each event once for every subscription named beside it."""
+
+    async def claim(self, subscription: str, limit: int, now: float) -> Claimed:
+        """Up to `limit` unclaimed deliveries due by `now`, oldest due first, now claimed."""
+
+    async def ack(self, delivery_ids: Sequence[int]) -> None:
+        """The deliveries succeeded: forget them."""
+
+    async def retry(self, delivery: Delivery, due_at: float, error: str) -> None:
+        """Release a delivery for another attempt at `due_at`, counting this one."""
+
+    async def dead_letter(self, delivery: Delivery, letter: DeadLetter) -> None:
+        """Move a delivery into the dead-letter store."""
+
+    async def redirect(self, delivery_id: int, subscription: str, event: Event) -> None:
+        """Hand a delivery to another subscription as a fresh delivery of `event`."""
+
+    async def dead_letters(self, subscription: str | None = None, limit: int = 1000) -> list[DeadLetter]: ...
+
+    async def remove_dead_letters(self, ids: Sequence[int]) -> list[DeadLetter]:
+        """Delete dead letters by id, returning what was removed (for replay)."""
+
+    async def count_dead_letters(self) -> dict[str, int]: ...
+
+    async def pending(self, subscription: str) -> int:
+        """Deliveries stored for a subscription, claimed or not."""
+
+    async def drop_subscription(self, subscription: str) -> None:
+        """Forget the pending deliveries of a deleted subscription."""
+
+    async def put_state(self, key: str, value: bytes) -> None: ...
+
+    async def get_state(self, key: str) -> bytes | None: ...
+
+    async def delete_state(self, key: str) -> None: ...
+
+    async def list_state(self, prefix: str) -> dict[str, bytes]: ...

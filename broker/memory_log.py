@@ -1,0 +1,110 @@
+"""The in-memory twin of the event log, for fast tests and `--store memory://`.
+
+Same contract as `SqliteEventLog`, nothing survives the process.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from fmesh.contracts import Claimed, DeadLetter, Delivery
+from fmesh.events import Event
+
+
+@dataclass(slots=True)
+class _Row:
+    delivery: Delivery
+    due_at: float
+    claimed: bool = False
+
+
+class MemoryEventLog:
+    """`EventLog` in dictionaries."""
+
+    def __init__(self) -> None:
+        self.url = "memory://"
+        self._ids = itertools.count(1)
+        self._rows: dict[int, _Row] = {}
+        self._dead: dict[int, DeadLetter] = {}
+        self._state: dict[str, bytes] = {}
+
+    async def open(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+    async def append(self, routed: Sequence[tuple[Event, Sequence[str]]]) -> None:
+        now = time.time()
+        for event, subscriptions in routed:
+            for sub in subscriptions:
+                delivery = Delivery(next(self._ids), sub, event)
+                self._rows[delivery.id] = _Row(delivery, now)
+
+    async def claim(self, subscription: str, limit: int, now: float) -> Claimed:
+        waiting = [r for r in self._rows.values() if r.delivery.subscription == subscription and not r.claimed]
+        due = sorted((r for r in waiting if r.due_at <= now), key=lambda r: (r.due_at, r.delivery.id))[:limit]
+        for row in due:
+            row.claimed = True
+        rest = [r.due_at for r in waiting if not r.claimed]
+        return Claimed([_copy(r.delivery) for r in due], min(rest) if rest else None)
+
+    async def ack(self, delivery_ids: Sequence[int]) -> None:
+        for i in delivery_ids:
+            self._rows.pop(i, None)
+
+    async def retry(self, delivery: Delivery, due_at: float, error: str) -> None:
+        row = self._rows.get(delivery.id)
+        if row:
+            row.delivery.attempts += 1
+            row.delivery.last_error = error
+            row.due_at = due_at
+            row.claimed = False
+
+    async def dead_letter(self, delivery: Delivery, letter: DeadLetter) -> None:
+        self._rows.pop(delivery.id, None)
+        letter.id = next(self._ids)
+        self._dead[letter.id] = letter
+
+    async def redirect(self, delivery_id: int, subscription: str, event: Event) -> None:
+        if self._rows.pop(delivery_id, None) is not None:
+            self._rows[delivery_id] = _Row(Delivery(delivery_id, subscription, event), time.time())
+
+    async def dead_letters(self, subscription: str | None = None, limit: int = 1000) -> list[DeadLetter]:
+        found = [d for d in self._dead.values() if subscription in (None, d.subscription)]
+        return found[:limit]
+
+    async def remove_dead_letters(self, ids: Sequence[int]) -> list[DeadLetter]:
+        return [self._dead.pop(i) for i in ids if i in self._dead]
+
+    async def count_dead_letters(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for letter in self._dead.values():
+            counts[letter.subscription] = counts.get(letter.subscription, 0) + 1
+        return counts
+
+    async def pending(self, subscription: str) -> int:
+        return sum(1 for r in self._rows.values() if r.delivery.subscription == subscription)
+
+    async def drop_subscription(self, subscription: str) -> None:
+        for i in [i for i, r in self._rows.items() if r.delivery.subscription == subscription]:
+            del self._rows[i]
+
+    async def put_state(self, key: str, value: bytes) -> None:
+        self._state[key] = value
+
+    async def get_state(self, key: str) -> bytes | None:
+        return self._state.get(key)
+
+    async def delete_state(self, key: str) -> None:
+        self._state.pop(key, None)
+
+    async def list_state(self, prefix: str) -> dict[str, bytes]:
+        return {k: v for k, v in sorted(self._state.items()) if k.startswith(prefix)}
+
+
+def _copy(delivery: Delivery) -> Delivery:
+    return Delivery(delivery.id, delivery.subscription, delivery.event, delivery.attempts, delivery.last_error)

@@ -1,0 +1,157 @@
+"""The control API under `/v1` (OpenAPI at `/docs`), protected by a bearer token."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import asdict
+from typing import Any
+
+from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
+from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, Field
+
+from fmesh.deploy.control import ControlPlane
+from fmesh.errors import DeployError
+from fmesh.node import Node
+
+
+class ApplyRequest(BaseModel):
+    functions: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="name → {spec: manifest function, bundle: sha256 of its code}")
+    prune: bool = Field(False, description="delete deployed functions that are not in this request")
+
+
+class ReplayRequest(BaseModel):
+    ids: list[int] = Field(default_factory=list)
+    function: str | None = Field(None, description="replay every dead letter of this function")
+
+
+def require_token(expected: str):  # type: ignore[no-untyped-def]
+    bearer = HTTPBearer(auto_error=False)
+
+    def check(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
+        if credentials is None or not secrets.compare_digest(credentials.credentials.encode(), expected.encode()):
+            raise HTTPException(401, "missing or wrong bearer token: pass --token or set FMESH_TOKEN",
+                                headers={"WWW-Authenticate": "Bearer"})
+
+    return check
+
+
+def function_status(control: ControlPlane, item: Any, pending: int, dead: int) -> dict[str, Any]:
+    pool, delivery = item.pool, item.delivery
+    return {
+        "name": item.name, "version": item.version,
+        "replicas": pool.ready + pool.starting + pool.draining,
+        "ready": pool.ready, "starting": pool.starting, "desired": pool.desired,
+        "inflight": delivery.inflight, "waiting": pool.waiting, "pending": pending,
+        "delivered": delivery.delivered, "failed": delivery.failed, "retried": delivery.retried,
+        "dead_lettered": dead, "replies": delivery.replies, "last_error": delivery.last_error,
+        "cold_start_last_ms": pool.cold_start_last_ms, "cold_start_median_ms": pool.cold_start_median_ms,
+    }
+
+
+def create_app(node: Node, control: ControlPlane, token: str) -> FastAPI:
+    app = FastAPI(title="fmesh control API", version="1", docs_url="/docs", openapi_url="/openapi.json")
+    auth = [Depends(require_token(token))]
+
+    @app.exception_handler(HTTPException)
+    async def _error(request: Request, exc: HTTPException) -> JSONResponse:
+        return JSONResponse({"error": exc.detail}, exc.status_code, headers=exc.headers)
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/v1/functions", dependencies=auth, summary="What is deployed")
+    async def list_functions() -> dict[str, Any]:
+        return {"functions": [describe(f) for _, f in sorted(control.functions.items())]}
+
+    @app.get("/v1/functions/{name}", dependencies=auth)
+    async def get_function(name: str) -> dict[str, Any]:
+        if name not in control.functions:
+            raise HTTPException(404, f"no function named {name!r}")
+        return describe(control.functions[name])
+
+    @app.delete("/v1/functions/{name}", dependencies=auth, summary="Delete a function")
+    async def delete_function(name: str) -> dict[str, Any]:
+        if not await control.delete(name):
+            raise HTTPException(404, f"no function named {name!r}")
+        return {"deleted": name}
+
+    @app.head("/v1/bundles/{digest}", dependencies=auth)
+    async def has_bundle(digest: str) -> Response:
+        return Response(status_code=200 if _has(control, digest) else 404)
+
+    @app.put("/v1/bundles/{digest}", dependencies=auth, summary="Upload a function's code (tar.gz)")
+    async def put_bundle(digest: str, request: Request) -> dict[str, Any]:
+        try:
+            control.bundles.put(digest, await request.body())
+        except (ValueError, OSError) as exc:
+            raise HTTPException(400, f"bundle refused: {exc}") from exc
+        return {"bundle": digest}
+
+    @app.post("/v1/apply", dependencies=auth, summary="Deploy functions")
+    async def apply(request: ApplyRequest) -> dict[str, Any]:
+        try:
+            changes = await control.apply(request.functions, request.prune)
+        except DeployError as exc:
+            raise HTTPException(422, str(exc)) from exc
+        return {"changes": [asdict(c) for c in changes]}
+
+    @app.get("/v1/status", dependencies=auth, summary="Replicas and delivery counts per function")
+    async def status() -> dict[str, Any]:
+        dead = await node.log.count_dead_letters()
+        items = []
+        for item in node.runtime.status():
+            pending = await node.log.pending(f"function:{item.name}")
+            items.append(function_status(control, item, pending, dead.get(f"function:{item.name}", 0)))
+        return {"functions": items, "store": node.log.url}
+
+    @app.get("/v1/functions/{name}/logs", dependencies=auth, summary="A function's stdout and stderr")
+    async def logs(name: str, lines: int = Query(200, ge=0, le=100_000), follow: bool = False) -> Response:
+        if name not in control.functions:
+            raise HTTPException(404, f"no function named {name!r}")
+        past = node.runtime.logs.tail(name, lines)
+        if not follow:
+            return Response("".join(past), media_type="text/plain; charset=utf-8")
+
+        async def stream():  # type: ignore[no-untyped-def]
+            for line in past:
+                yield line
+            async for line in node.runtime.logs.follow(name):
+                yield line
+
+        return StreamingResponse(stream(), media_type="text/plain; charset=utf-8")
+
+    @app.get("/v1/dead-letters", dependencies=auth, summary="Events that exhausted their delivery policy")
+    async def dead_letters(function: str | None = None, limit: int = Query(1000, ge=1, le=100_000)) -> dict:
+        letters = await node.log.dead_letters(f"function:{function}" if function else None, limit)
+        return {"dead_letters": [dead_letter_json(d) for d in letters]}
+
+    return app
+
+
+def _has(control: ControlPlane, digest: str) -> bool:
+    try:
+        return control.bundles.has(digest)
+    except ValueError:
+        return False
+
+
+def describe(function: Any) -> dict[str, Any]:
+    return {"name": function.name, "version": function.version, "bundle": function.bundle,
+            **function.spec.model_dump(mode="json", exclude_none=True)}
+
+
+def dead_letter_json(letter: Any) -> dict[str, Any]:
+    return {"id": letter.id, "subscription": letter.subscription, "attempts": letter.attempts,
+            "reason": letter.reason, "status": letter.status, "error": letter.error,
+            "failed_at": letter.failed_at, "event": {"attributes": letter.event.attributes,
+                                                     "data": _data_text(letter.event.payload)}}
+
+
+def _data_text(payload: bytes | None) -> str | None:
+    if payload is None:
+        return None
+    return payload.decode("utf-8", "replace")

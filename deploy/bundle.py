@@ -1,0 +1,83 @@
+"""Function code travels as a bundle: a deterministic tar.gz of the function's folder.
+
+The digest is over file names, modes and contents only, so the same code gives the same
+digest on any machine, and an unchanged function is not uploaded or restarted again.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import shutil
+import tarfile
+from pathlib import Path
+
+SKIPPED = {"__pycache__", ".git", ".venv", ".mypy_cache", ".pytest_cache", ".DS_Store"}
+MAX_BUNDLE_BYTES = 200 * 1024 * 1024
+
+
+def _files(folder: Path) -> list[Path]:
+    found = []
+    for path in sorted(folder.rglob("*")):
+        relative = path.relative_to(folder)
+        if any(part in SKIPPED for part in relative.parts) or path.suffix == ".pyc":
+            continue
+        if path.is_file() and not path.is_symlink():
+            found.append(path)
+    return found
+
+
+def pack(folder: Path) -> tuple[str, bytes]:
+    """(sha256 digest, tar.gz bytes) of `folder`."""
+    digest = hashlib.sha256()
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for path in _files(folder):
+            name = path.relative_to(folder).as_posix()
+            data = path.read_bytes()
+            mode = 0o755 if path.stat().st_mode & 0o111 else 0o644
+            digest.update(f"{name}\0{mode:o}\0{len(data)}\0".encode())
+            digest.update(data)
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = len(data), mode, 0
+            tar.addfile(info, io.BytesIO(data))
+    return digest.hexdigest(), gzip.compress(raw.getvalue(), mtime=0)
+
+
+def unpack(data: bytes, destination: Path) -> None:
+    """Extract a bundle safely (no absolute paths, links out, or devices)."""
+    if len(data) > MAX_BUNDLE_BYTES:
+        raise ValueError(f"bundle of {len(data)} bytes exceeds {MAX_BUNDLE_BYTES}")
+    partial = destination.with_name(destination.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+        tar.extractall(partial, filter="data")
+    partial.rename(destination)  # appears whole or not at all
+
+
+class BundleStore:
+    """Unpacked bundles in the data dir, one folder per digest."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+
+    def path(self, digest: str) -> Path:
+        if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+            raise ValueError(f"not a bundle digest: {digest!r}")
+        return self.directory / digest
+
+    def has(self, digest: str) -> bool:
+        return self.path(digest).is_dir()
+
+    def put(self, digest: str, data: bytes) -> None:
+        if self.has(digest):
+            return
+        destination = self.path(digest)
+        unpack(data, destination)
+        actual, _ = pack(destination)
+        if actual != digest:
+            shutil.rmtree(destination)
+            raise ValueError(f"bundle content does not match its digest {digest[:12]} (got {actual[:12]})")

@@ -1,0 +1,91 @@
+"""The control API client the CLI uses; errors say which URL and what to do."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+
+from fmesh.errors import AuthError, BrokerUnreachable, DeployError
+
+
+class MeshClient:
+    def __init__(self, url: str, token: str | None, timeout: float = 60.0) -> None:
+        self.url = url.rstrip("/")
+        headers = {"authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> MeshClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.ConnectError as exc:
+            raise BrokerUnreachable(self.url, f"{exc}; is `fmesh up` running there?") from exc
+        except httpx.TimeoutException as exc:
+            raise BrokerUnreachable(self.url, f"no answer in time ({type(exc).__name__})") from exc
+        check(response, self.url)
+        return response
+
+    def has_bundle(self, digest: str) -> bool:
+        try:
+            self.request("HEAD", f"/v1/bundles/{digest}")
+        except DeployError:
+            return False
+        return True
+
+    def put_bundle(self, digest: str, data: bytes) -> None:
+        self.request("PUT", f"/v1/bundles/{digest}", content=data,
+                     headers={"content-type": "application/gzip"})
+
+    def apply(self, functions: dict[str, dict[str, Any]], prune: bool) -> list[dict[str, Any]]:
+        return self.request("POST", "/v1/apply", json={"functions": functions, "prune": prune}).json()["changes"]
+
+    def status(self) -> dict[str, Any]:
+        return self.request("GET", "/v1/status").json()
+
+    def functions(self) -> list[dict[str, Any]]:
+        return self.request("GET", "/v1/functions").json()["functions"]
+
+    def delete(self, name: str) -> None:
+        self.request("DELETE", f"/v1/functions/{name}")
+
+    def logs(self, name: str, lines: int) -> str:
+        return self.request("GET", f"/v1/functions/{name}/logs", params={"lines": lines}).text
+
+    def follow_logs(self, name: str, lines: int) -> Iterator[str]:
+        try:
+            with self._http.stream("GET", f"/v1/functions/{name}/logs",
+                                   params={"lines": lines, "follow": True}, timeout=None) as response:
+                check(response, self.url)
+                yield from response.iter_lines()
+        except httpx.ConnectError as exc:
+            raise BrokerUnreachable(self.url, str(exc)) from exc
+
+    def dead_letters(self, function: str | None, limit: int = 1000) -> list[dict[str, Any]]:
+        params: dict[str, Any] = {"limit": limit}
+        if function:
+            params["function"] = function
+        return self.request("GET", "/v1/dead-letters", params=params).json()["dead_letters"]
+
+
+def check(response: httpx.Response, url: str) -> None:
+    if response.status_code < 400:
+        return
+    if response.is_stream_consumed is False:
+        response.read()
+    try:
+        message = response.json().get("error", response.text)
+    except ValueError:
+        message = response.text
+    if response.status_code == 401:
+        raise AuthError(f"{url} refused the token: {message}")
+    raise DeployError(f"{url} answered {response.status_code}: {message}")

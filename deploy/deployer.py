@@ -1,0 +1,50 @@
+"""`fmesh deploy`: validate, pack, upload what changed, apply; say what happens on the way."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from fmesh.deploy.bundle import pack
+from fmesh.deploy.manifest import Manifest
+
+
+class Progress(Protocol):
+    def step(self, text: str) -> None: ...
+
+
+@dataclass
+class PackedFunction:
+    name: str
+    digest: str
+    data: bytes
+    files: int
+
+
+def pack_functions(manifest: Manifest, manifest_path: Path, progress: Progress) -> list[PackedFunction]:
+    packed = []
+    for name, function in manifest.functions.items():
+        folder = manifest_path.parent / function.folder
+        progress.step(f"packing {name} from {folder}")
+        digest, data = pack(folder)
+        packed.append(PackedFunction(name, digest, data, _count_files(folder)))
+    return packed
+
+
+def apply_request(manifest: Manifest, packed: list[PackedFunction]) -> dict[str, dict[str, Any]]:
+    digests = {p.name: p.digest for p in packed}
+    return {name: {"spec": function.model_dump(mode="json"), "bundle": digests[name]}
+            for name, function in manifest.functions.items()}
+
+
+def _count_files(folder: Path) -> int:
+    return sum(1 for p in folder.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+
+
+def summarize(changes: list[dict[str, Any]]) -> str:
+    counts: dict[str, int] = {}
+    for change in changes:
+        counts[change["action"]] = counts.get(change["action"], 0) + 1
+    order = ("created", "updated", "unchanged", "deleted")
+    return ", ".join(f"{counts[a]} {a}" for a in order if a in counts) or "nothing to do"

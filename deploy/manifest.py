@@ -1,0 +1,215 @@
+"""The manifest (`fmesh.yaml`): its schema, and validation errors that say file, line and field."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from fmesh.broker.filters import Filter, FilterError, all_of, any_of, compile_filters, compile_shorthand
+from fmesh.deploy.yaml_lines import LocatedYaml
+from fmesh.durations import parse_duration
+from fmesh.errors import ManifestError
+
+NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+HANDLER = re.compile(r"^[^:]+\.py:[A-Za-z_][A-Za-z0-9_]*$")
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+def _check_name(value: str) -> str:
+    if not NAME.match(value):
+        raise ValueError(f"{value!r} is not a valid name: use lowercase letters, digits and '-', "
+                         "starting and ending with a letter or digit, at most 63 characters")
+    return value
+
+
+Name = Annotated[str, BeforeValidator(_check_name)]
+
+
+def _env_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float | str):
+        return str(value)
+    raise ValueError(f"an environment value must be a string or number, got {type(value).__name__}")
+
+
+EnvValue = Annotated[str, BeforeValidator(_env_value)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class ScaleSpec(Strict):
+    min: int = Field(0, ge=0, le=1000, description="replicas kept warm even when idle")
+    max: int = Field(4, ge=1, le=1000, description="most replicas at once")
+    concurrency: int = Field(1, ge=1, le=1000, description="events a replica handles at once")
+    idle_timeout: Duration = Field(30.0, ge=0, description="idle time before a replica stops")
+
+    @model_validator(mode="after")
+    def _min_below_max(self) -> ScaleSpec:
+        if self.min > self.max:
+            raise ValueError(f"min ({self.min}) must not exceed max ({self.max})")
+        return self
+
+
+class DeliverySpec(Strict):
+    retries: int = Field(3, ge=0, le=1000, description="attempts after the first")
+    backoff: Literal["exponential", "linear"] = "exponential"
+    delay: Duration = Field(0.2, ge=0, description="wait before the first retry")
+    max_delay: Duration = Field(60.0, ge=0, description="longest wait between attempts")
+    timeout: Duration | None = Field(None, gt=0, description="per attempt; defaults to the function's timeout")
+    dead_letter: Name | None = Field(None, description="function that receives events that failed")
+
+
+class FunctionSpec(Strict):
+    handler: str = Field(description="path/to/file.py:function, relative to the manifest's folder")
+    on: list[dict[str, Any]] = Field(default_factory=list, description="events that invoke the function")
+    filters: list[Any] | None = Field(None, description="Knative-style filters (all must match)")
+    env: dict[str, EnvValue] = Field(default_factory=dict)
+    scale: ScaleSpec = Field(default_factory=ScaleSpec)
+    timeout: Duration = Field(30.0, gt=0, description="how long one attempt may take")
+    delivery: DeliverySpec = Field(default_factory=DeliverySpec)
+
+    @field_validator("handler")
+    @classmethod
+    def _handler_shape(cls, value: str) -> str:
+        if not HANDLER.match(value):
+            raise ValueError(f"{value!r} should look like functions/hello/handler.py:handle")
+        return value
+
+    @field_validator("on")
+    @classmethod
+    def _on_compiles(cls, value: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        for index, item in enumerate(value):
+            try:
+                compile_shorthand(item)
+            except FilterError as exc:
+                raise ValueError(f"item {index}: {exc}") from exc
+        return value
+
+    @field_validator("filters")
+    @classmethod
+    def _filters_compile(cls, value: list[Any] | None) -> list[Any] | None:
+        if value is not None:
+            try:
+                compile_filters(value)
+            except FilterError as exc:
+                raise ValueError(str(exc)) from exc
+        return value
+
+    def compiled_filter(self) -> Filter:
+        """Any `on:` item matches, and all `filters:` match; neither given: no events."""
+        parts = []
+        if self.on:
+            parts.append(any_of([compile_shorthand(item) for item in self.on]))
+        if self.filters is not None:
+            parts.append(compile_filters(self.filters))
+        return all_of(parts) if parts else any_of([])
+
+    @property
+    def folder(self) -> str:
+        """The folder holding the handler file: this is what gets uploaded."""
+        return str(Path(self.handler.rsplit(":", 1)[0]).parent)
+
+    @property
+    def handler_in_folder(self) -> str:
+        file, function = self.handler.rsplit(":", 1)
+        return f"{Path(file).name}:{function}"
+
+
+class Manifest(Strict):
+    functions: dict[Name, FunctionSpec] = Field(default_factory=dict)
+
+
+def parse_manifest(text: str, file: str = "fmesh.yaml") -> Manifest:
+    """Validate manifest text; a ManifestError lists every problem with its line."""
+    try:
+        located = LocatedYaml(text, file)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        raise ManifestError(file, mark.line + 1 if mark else None, "",
+                            f"not valid YAML: {getattr(exc, 'problem', exc)}") from exc
+    data = located.data if located.data is not None else {}
+    if not isinstance(data, dict):
+        raise ManifestError(file, 1, "", f"expected a mapping with 'functions:', got {type(data).__name__}")
+    try:
+        return Manifest.model_validate(data)
+    except ValidationError as exc:
+        raise _located_error(exc, located) from None
+
+
+def load_manifest(path: Path) -> Manifest:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ManifestError(str(path), None, "", f"cannot read the manifest: {exc.strerror}") from exc
+    manifest = parse_manifest(text, str(path))
+    check_files(manifest, path, LocatedYaml(text, str(path)))
+    return manifest
+
+
+def check_files(manifest: Manifest, path: Path, located: LocatedYaml) -> None:
+    for name, function in manifest.functions.items():
+        handler_file = path.parent / function.handler.rsplit(":", 1)[0]
+        if not handler_file.is_file():
+            where = ("functions", name, "handler")
+            raise ManifestError(str(path), located.line_of(where), ".".join(where),
+                                f"handler file {handler_file} does not exist")
+
+
+def _located_error(exc: ValidationError, located: LocatedYaml) -> ManifestError:
+    problems = []
+    for error in exc.errors():
+        loc = [part for part in error["loc"] if part != "[key]"]
+        field = ".".join(str(p) for p in loc)
+        if error["type"] == "extra_forbidden":
+            line = located.key_line(loc)
+        elif error["type"] == "missing" or "[key]" in error["loc"]:
+            line = located.key_line(loc[:-1] if error["type"] == "missing" else loc)
+        else:
+            line = located.line_of(loc)
+        problems.append((line, field, _explain(error, loc)))
+    line, field, problem = problems[0]
+    error = ManifestError(located.file, line, field, problem)
+    if len(problems) > 1:
+        more = "\n".join(f"{located.file}:{ln}: {fld}: {prob}" for ln, fld, prob in problems[1:])
+        error.args = (f"{error}\n{more}",)
+    error.problems = problems  # type: ignore[attr-defined]
+    return error
+
+
+def _explain(error: dict[str, Any], loc: list[Any]) -> str:
+    if error["type"] == "extra_forbidden":
+        expected = _fields_at(loc[:-1])
+        hint = f"; expected one of: {', '.join(expected)}" if expected else ""
+        return f"unknown field {loc[-1]!r}{hint}"
+    if error["type"] == "missing":
+        return "required field is missing"
+    message = error["msg"].removeprefix("Value error, ")
+    return f"{message} (got {error['input']!r})" if error["type"] != "value_error" and "input" in error \
+        and not isinstance(error["input"], dict | list) else message
+
+
+def _fields_at(loc: list[Any]) -> list[str]:
+    """Field names the model accepts at `loc`, to suggest in place of an unknown one."""
+    model: type[BaseModel] = Manifest
+    path = list(loc)
+    while path:
+        key = path.pop(0)
+        if model is Manifest and key == "functions" and path:
+            path.pop(0)
+            model = FunctionSpec
+            continue
+        field = model.model_fields.get(str(key))
+        annotation = field.annotation if field else None
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            model = annotation
+        else:
+            return []
+    return list(model.model_fields)

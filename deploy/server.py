@@ -1,0 +1,59 @@
+"""What `fmesh up` runs: a node, its control plane and API, served by uvicorn."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import uvicorn
+from rich.console import Console
+
+from fmesh.deploy.api import create_app
+from fmesh.deploy.bundle import pack
+from fmesh.deploy.control import ControlPlane
+from fmesh.deploy.deployer import summarize
+from fmesh.deploy.manifest import load_manifest
+from fmesh.node import Node
+from fmesh.settings import NodeSettings, load_or_create_token, token_path
+
+
+def build(settings: NodeSettings) -> tuple[Node, ControlPlane, str]:
+    token = load_or_create_token(settings.data_dir, settings.token)
+    node = Node(settings)
+    control = ControlPlane(node)
+    node.control_app = create_app(node, control, token)
+    return node, control, token
+
+
+async def deploy_local(control: ControlPlane, manifest_path: Path) -> str:
+    """Apply a manifest from this machine without going through HTTP."""
+    manifest = load_manifest(manifest_path)
+    functions = {}
+    for name, function in manifest.functions.items():
+        digest, data = pack(manifest_path.parent / function.folder)
+        control.bundles.put(digest, data)
+        functions[name] = {"spec": function.model_dump(mode="json"), "bundle": digest}
+    return summarize([c.__dict__ for c in await control.apply(functions)])
+
+
+async def serve(settings: NodeSettings, manifest: Path | None, console: Console) -> None:
+    if manifest is not None:
+        load_manifest(manifest)  # refuse a bad manifest before anything starts
+    node, control, _ = build(settings)
+
+    async def on_start() -> None:
+        restored = await control.restore()
+        url = f"http://{settings.host}:{settings.port}"
+        console.print(f"[bold green]fmesh[/] mesh up on {url}  (events: POST {url}/, control: {url}/v1, "
+                      f"docs: {url}/docs)")
+        console.print(f"  store {node.log.url}; data dir {settings.data_dir}")
+        if not settings.token:
+            console.print(f"  control API token in {token_path(settings.data_dir)}")
+        if restored:
+            console.print(f"  restored {restored} deployed function(s)")
+        if manifest is not None:
+            console.print(f"  deployed {manifest}: {await deploy_local(control, manifest)}")
+
+    node.on_start.append(on_start)
+    config = uvicorn.Config(node, host=settings.host, port=settings.port, lifespan="on",
+                            log_level="warning", access_log=False, loop="auto", http="auto")
+    await uvicorn.Server(config).serve()

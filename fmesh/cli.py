@@ -1,0 +1,219 @@
+"""The `fmesh` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from fmesh.errors import FmeshError
+from fmesh.settings import DEFAULT_MESH_URL, DEFAULT_PORT, default_data_dir, read_token
+
+app = typer.Typer(help="fmesh: event-driven functions that scale to zero, no cluster required.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+console = Console()
+errors = Console(stderr=True)
+
+MeshOption = Annotated[str, typer.Option("--mesh", envvar="FMESH_URL", help="URL of the mesh node.")]
+TokenOption = Annotated[str | None, typer.Option(
+    "--token", help="Control API token (default: FMESH_TOKEN, else <data dir>/token).")]
+ManifestOption = Annotated[Path, typer.Option("-f", "--file", help="The manifest.")]
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    errors.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def client(mesh: str, token: str | None):  # type: ignore[no-untyped-def]
+    from fmesh.deploy.client import MeshClient
+
+    return MeshClient(mesh, token or read_token())
+
+
+@app.command()
+def up(
+    file: Annotated[Path | None, typer.Option("-f", "--file", help="Deploy this manifest at start.")] = None,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port for events (POST /) and the control API (/v1).")] = DEFAULT_PORT,
+    data_dir: Annotated[Path | None, typer.Option(help="Where the mesh keeps its state [default: ~/.fmesh].")] = None,
+    store: Annotated[str | None, typer.Option(help="Event log: sqlite:///path or memory:// [default: sqlite in the data dir].")] = None,
+    token: Annotated[str | None, typer.Option(envvar="FMESH_TOKEN", help="Control API token [default: generated into <data dir>/token].")] = None,
+    max_event_bytes: Annotated[int, typer.Option(help="Largest event accepted (413 past it).")] = 1024 * 1024,
+    launcher: Annotated[str, typer.Option(help="How replicas start: zygote (fast) or subprocess.")] = "zygote",
+) -> None:
+    """Run a mesh node in the foreground (no external services needed)."""
+    from fmesh.deploy.server import serve
+    from fmesh.settings import NodeSettings
+
+    settings = NodeSettings(data_dir=(data_dir or default_data_dir()).expanduser().resolve(), host=host,
+                            port=port, store=store, token=token, max_event_bytes=max_event_bytes,
+                            launcher=launcher)
+    if launcher not in ("zygote", "subprocess"):
+        fail(f"--launcher must be zygote or subprocess, not {launcher!r}")
+    try:
+        asyncio.run(serve(settings, file, console))
+    except FmeshError as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        pass
+
+
+@app.command()
+def deploy(file: ManifestOption = Path("fmesh.yaml"), mesh: MeshOption = DEFAULT_MESH_URL,
+           token: TokenOption = None,
+           prune: Annotated[bool, typer.Option(help="Delete deployed functions missing from the manifest.")] = False,
+           ) -> None:
+    """Validate a manifest, upload each function's code, and apply it to the mesh."""
+    from fmesh.deploy.deployer import apply_request, pack_functions, summarize
+    from fmesh.deploy.manifest import load_manifest
+
+    try:
+        manifest = load_manifest(file)
+    except FmeshError as exc:
+        fail(str(exc), 2)
+    console.print(f"Deploying [bold]{file}[/] to {mesh}")
+    try:
+        with client(mesh, token) as mesh_client, console.status("validating") as status:
+            progress = _StatusProgress(status)
+            packed = pack_functions(manifest, file, progress)
+            for function in packed:
+                if mesh_client.has_bundle(function.digest):
+                    console.print(f"  code of {function.name} already on the mesh ({function.digest[:12]})")
+                    continue
+                progress.step(f"uploading {function.name} ({function.files} files, {len(function.data):,} bytes)")
+                mesh_client.put_bundle(function.digest, function.data)
+                console.print(f"  uploaded {function.name}: {function.files} files, {len(function.data):,} bytes")
+            progress.step("applying")
+            changes = mesh_client.apply(apply_request(manifest, packed), prune)
+    except FmeshError as exc:
+        fail(str(exc))
+    for change in changes:
+        colour = {"created": "green", "updated": "yellow", "deleted": "red"}.get(change["action"], "dim")
+        version = f" (version {change['version']})" if change.get("version") else ""
+        console.print(f"  {change['kind']} [bold]{change['name']}[/] [{colour}]{change['action']}[/]{version}")
+    console.print(f"[bold green]Done:[/] {summarize(changes)}.")
+
+
+class _StatusProgress:
+    def __init__(self, status: Any) -> None:
+        self.status = status
+
+    def step(self, text: str) -> None:
+        self.status.update(text)
+
+
+@app.command()
+def send(
+    type: Annotated[str, typer.Option("--type", help="Event type.")],
+    source: Annotated[str, typer.Option("--source", help="Event source.")],
+    data: Annotated[str | None, typer.Option(help="JSON data, or @file to send a file's contents.")] = None,
+    subject: Annotated[str | None, typer.Option(help="Event subject.")] = None,
+    ext: Annotated[list[str] | None, typer.Option(help="An extension as key=value (repeatable).")] = None,
+    id: Annotated[str | None, typer.Option("--id", help="Event id [default: a new UUID].")] = None,
+    content_type: Annotated[str | None, typer.Option(help="datacontenttype [default: guessed from the data].")] = None,
+    structured: Annotated[bool, typer.Option(help="Send in structured mode instead of binary.")] = False,
+    mesh: MeshOption = DEFAULT_MESH_URL,
+) -> None:
+    """Send one CloudEvent to the mesh; prints its id and the HTTP status."""
+    from fmesh.sender import build_event, post_event
+
+    try:
+        extensions = dict(_key_value(item) for item in ext or [])
+        event = build_event(type, source, data, subject, extensions, id, content_type)
+        status, body = post_event(mesh, event, structured)
+    except FmeshError as exc:
+        fail(str(exc))
+    reason = body.get("error") if isinstance(body, dict) else None
+    console.print(f"{event.id} {status}{' ' + reason if reason else ''}", highlight=False)
+    if not 200 <= status < 300:
+        raise typer.Exit(1)
+
+
+def _key_value(item: str) -> tuple[str, str]:
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        fail(f"--ext takes key=value, got {item!r}")
+    return key, value
+
+
+@app.command()
+def status(mesh: MeshOption = DEFAULT_MESH_URL, token: TokenOption = None,
+           as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """Per function: replicas, events in flight, delivered, failed and dead-lettered."""
+    try:
+        with client(mesh, token) as mesh_client:
+            report = mesh_client.status()
+    except FmeshError as exc:
+        fail(str(exc))
+    if as_json:
+        print(json.dumps(report, indent=2))
+        return
+    table = Table("function", "replicas", "in flight", "pending", "delivered", "failed", "dead",
+                  "cold start last/median")
+    for f in report["functions"]:
+        table.add_row(f["name"], _replicas(f), *(str(f[k]) for k in (
+            "inflight", "pending", "delivered", "failed", "dead_lettered")), _cold_start(f))
+    console.print(table)
+    if not report["functions"]:
+        console.print("No functions deployed. Deploy some with `fmesh deploy -f fmesh.yaml`.")
+
+
+def _replicas(f: dict[str, Any]) -> str:
+    parts = [f"{f['ready']} ready"] if f["ready"] else []
+    if f["starting"]:
+        parts.append(f"{f['starting']} starting")
+    return f"{f['replicas']}" + (f" ({', '.join(parts)})" if parts and f["replicas"] != f["ready"] else "")
+
+
+def _cold_start(f: dict[str, Any]) -> str:
+    if f["cold_start_last_ms"] is None:
+        return "-"
+    return f"{f['cold_start_last_ms']:.1f}/{f['cold_start_median_ms']:.1f} ms"
+
+
+@app.command()
+def logs(function: Annotated[str, typer.Argument(help="The function.")],
+         follow: Annotated[bool, typer.Option("-f", "--follow", help="Keep printing new lines.")] = False,
+         lines: Annotated[int, typer.Option("-n", "--lines", help="How many past lines.")] = 200,
+         mesh: MeshOption = DEFAULT_MESH_URL, token: TokenOption = None) -> None:
+    """A function's stdout and stderr, each line tagged with its replica."""
+    try:
+        with client(mesh, token) as mesh_client:
+            if not follow:
+                sys.stdout.write(mesh_client.logs(function, lines))
+                return
+            for line in mesh_client.follow_logs(function, lines):
+                print(line, flush=True)
+    except FmeshError as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        pass
+
+
+@app.command()
+def delete(function: Annotated[str, typer.Argument(help="The function.")],
+           mesh: MeshOption = DEFAULT_MESH_URL, token: TokenOption = None) -> None:
+    """Delete a deployed function (its pending events go with it)."""
+    try:
+        with client(mesh, token) as mesh_client:
+            mesh_client.delete(function)
+    except FmeshError as exc:
+        fail(str(exc))
+    console.print(f"function [bold]{function}[/] deleted")
+
+
+def main() -> None:
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    app()
+
+
+if __name__ == "__main__":
+    main()

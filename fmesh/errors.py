@@ -1,0 +1,92 @@
+"""The one exception tree of fmesh.
+
+FmeshError                       root of every error fmesh raises on purpose
+├── InvalidEvent(ValueError)     an event that breaks the CloudEvents spec (HTTP 400)
+├── EventTooLarge(ValueError)    an event past the configured size limit (HTTP 413)
+├── UnsupportedContentType       a body fmesh cannot read as a CloudEvent (HTTP 415)
+├── StoreError(OSError)          the event log could not store or read (HTTP 503)
+├── BrokerUnreachable(ConnectionError)  a mesh, broker or sink URL did not answer
+├── ManifestError(ValueError)    a manifest that does not validate (file, line, field)
+├── DeployError                  the mesh refused or failed a deploy
+├── AuthError(PermissionError)   a missing or wrong token (HTTP 401)
+└── HandlerError(RuntimeError)   a function failed to handle an event
+    └── HandlerTimeout(TimeoutError)
+"""
+
+from __future__ import annotations
+
+
+class FmeshError(Exception):
+    """Root of all errors fmesh raises on purpose."""
+
+
+class InvalidEvent(FmeshError, ValueError):
+    """An event that is not a valid CloudEvent; `attribute` names what is wrong."""
+
+    def __init__(self, message: str, attribute: str | None = None) -> None:
+        super().__init__(message)
+        self.attribute = attribute
+
+
+class EventTooLarge(FmeshError, ValueError):
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"event of {size} bytes exceeds the limit of {limit} bytes")
+        self.size = size
+        self.limit = limit
+
+
+class UnsupportedContentType(FmeshError, ValueError):
+    def __init__(self, content_type: str) -> None:
+        super().__init__(
+            f"cannot read content type {content_type!r} as a CloudEvent: send binary mode "
+            "(ce-* headers) or structured mode (application/cloudevents+json)"
+        )
+        self.content_type = content_type
+
+
+class StoreError(FmeshError, OSError):
+    """The event log failed; nothing was acknowledged."""
+
+
+class BrokerUnreachable(FmeshError, ConnectionError):
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(f"cannot reach {url}: {reason}")
+        self.url = url
+        self.reason = reason
+
+
+class ManifestError(FmeshError, ValueError):
+    """A manifest problem, located as `file:line` with the dotted field path."""
+
+    def __init__(self, file: str, line: int | None, field: str, problem: str) -> None:
+        where = f"{file}:{line}" if line else file
+        super().__init__(f"{where}: {field}: {problem}" if field else f"{where}: {problem}")
+        self.file = file
+        self.line = line
+        self.field = field
+        self.problem = problem
+
+
+class DeployError(FmeshError):
+    """The mesh refused or failed a deploy."""
+
+
+class AuthError(FmeshError, PermissionError):
+    """A missing or wrong bearer token."""
+
+
+class HandlerError(FmeshError, RuntimeError):
+    """A function failed to handle an event; `status` is an HTTP-like code when known."""
+
+    def __init__(self, message: str, status: int | None = None, retryable: bool = True,
+                 retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.retryable = retryable
+        self.retry_after = retry_after
+
+
+class HandlerTimeout(HandlerError, TimeoutError):
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"handler did not finish within {seconds:g}s", status=None)
+        self.seconds = seconds

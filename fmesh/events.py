@@ -1,0 +1,250 @@
+"""The event as fmesh carries it, and its conversion to and from the cloudevents SDK.
+
+Inside the mesh an event is its context attributes (extensions included) plus the raw
+payload bytes exactly as they arrived, so non-JSON data stays byte-exact end to end.
+At the edges the `cloudevents` SDK does the wire formats; `RawDataFormat` only tells it
+to leave binary-mode bodies untouched instead of parsing them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from collections.abc import Iterator, Mapping
+from datetime import datetime, timezone
+from typing import Any
+
+from cloudevents.core.base import BaseCloudEvent
+from cloudevents.core.exceptions import CloudEventValidationError
+from cloudevents.core.formats.json import JSONFormat
+from cloudevents.core.v1.event import CloudEvent as SdkEvent
+
+from fmesh.errors import InvalidEvent
+
+REQUIRED = ("id", "source", "type", "specversion")
+JSON_CONTENT_TYPE = re.compile(r"^(application|text)/([a-zA-Z0-9\-.]+\+)?json(;.*)?$", re.I)
+EXTENSION_NAME = re.compile(r"^[a-z0-9]{1,20}$")
+
+
+def is_json_content_type(content_type: str | None) -> bool:
+    """Data without a content type is JSON, as the CloudEvents JSON format says."""
+    return content_type is None or bool(JSON_CONTENT_TYPE.match(content_type))
+
+
+class Event(Mapping[str, Any]):
+    """A CloudEvent: item access to attributes and extensions, `.data` decoded like the SDK.
+
+    `payload` holds the data bytes exactly as received (None when the event has no data).
+    """
+
+    __slots__ = ("attributes", "payload")
+
+    def __init__(self, attributes: dict[str, Any], payload: bytes | None = None) -> None:
+        self.attributes = attributes
+        self.payload = payload
+
+    def __getitem__(self, key: str) -> Any:
+        return self.attributes[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.attributes)
+
+    def __len__(self) -> int:
+        return len(self.attributes)
+
+    def __repr__(self) -> str:
+        return f"Event({self.attributes!r}, payload={self.payload!r:.60})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Event):
+            return NotImplemented
+        return self.attributes == other.attributes and self.payload == other.payload
+
+    @property
+    def id(self) -> str:
+        return self.attributes["id"]
+
+    @property
+    def type(self) -> str:
+        return self.attributes["type"]
+
+    @property
+    def source(self) -> str:
+        return self.attributes["source"]
+
+    @property
+    def data(self) -> Any:
+        """The payload decoded: JSON into Python values, text into str, else bytes."""
+        return decode_data(self.payload, self.attributes.get("datacontenttype"))
+
+    def size(self) -> int:
+        """Approximate stored size, for limits."""
+        return len(self.payload or b"") + sum(len(k) + len(str(v)) for k, v in self.items())
+
+
+def decode_data(payload: bytes | None, content_type: str | None) -> Any:
+    if payload is None:
+        return None
+    if is_json_content_type(content_type):
+        try:
+            return json.loads(payload)
+        except ValueError:
+            pass
+    if content_type is None or content_type.startswith("text/") or is_json_content_type(content_type):
+        try:
+            return payload.decode("utf-8")
+        except UnicodeDecodeError:
+            return payload
+    return payload
+
+
+def encode_data(data: Any, content_type: str | None) -> bytes | None:
+    """Turn handler or SDK data into payload bytes (bytes stay as they are)."""
+    if data is None:
+        return None
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return bytes(data)
+    if isinstance(data, str) and not is_json_content_type(content_type):
+        return data.encode("utf-8")
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False, default=str).encode("utf-8")
+
+
+def new_event(type: str, source: str, data: Any = None, **attributes: Any) -> Event:
+    """A fresh event with a new id and the current time."""
+    attrs: dict[str, Any] = {
+        "specversion": "1.0", "id": str(uuid.uuid4()), "source": source, "type": type,
+        "time": format_time(datetime.now(timezone.utc)),
+    }
+    attrs.update({k: v for k, v in attributes.items() if v is not None})
+    if data is not None and "datacontenttype" not in attrs:
+        attrs["datacontenttype"] = "application/json" if not isinstance(data, bytes) else (
+            "application/octet-stream")
+    return Event(attrs, encode_data(data, attrs.get("datacontenttype")))
+
+
+def format_time(value: datetime) -> str:
+    text = value.isoformat()
+    return text[:-6] + "Z" if text.endswith("+00:00") else text
+
+
+class RawDataFormat(JSONFormat):
+    """The SDK's JSON format, except that binary-mode bodies pass through as bytes."""
+
+    def read_data(self, body: bytes, datacontenttype: str | None) -> bytes | None:
+        return bytes(body) if body else None
+
+    def write_data(self, data: Any, datacontenttype: str | None) -> bytes:
+        return data if isinstance(data, bytes) else super().write_data(data, datacontenttype)
+
+
+RAW_FORMAT = RawDataFormat()
+
+
+def check_required(attributes: Mapping[str, Any]) -> None:
+    """The SDK fills in a missing id and specversion; an ingress must refuse them instead."""
+    for name in REQUIRED:
+        value = attributes.get(name)
+        if value is None:
+            raise InvalidEvent(f"missing required attribute {name!r}", name)
+        if not isinstance(value, str) or not value:
+            raise InvalidEvent(f"attribute {name!r} must be a non-empty string, got {value!r}", name)
+    if attributes["specversion"] != "1.0":
+        raise InvalidEvent(
+            f"unsupported specversion {attributes['specversion']!r}: fmesh accepts '1.0'", "specversion")
+
+
+def check_extensions(attributes: Mapping[str, Any]) -> None:
+    for name, value in attributes.items():
+        if isinstance(value, bool | int | str):
+            continue
+        raise InvalidEvent(
+            f"attribute {name!r} has a value of type {type(value).__name__}; "
+            "CloudEvents allows string, integer, boolean, binary, URI and timestamp", name)
+
+
+class ParsedEvent:
+    """What the SDK's readers build through `strict_factory`: the attributes as sent.
+
+    The SDK's own CloudEvent adds a `time` when there is none; an event passing
+    through the mesh must keep exactly the attributes it came with.
+    """
+
+    __slots__ = ("_attributes", "_data")
+
+    def __init__(self, attributes: dict[str, Any], data: Any) -> None:
+        self._attributes = attributes
+        self._data = data
+
+    def get_attributes(self) -> dict[str, Any]:
+        return self._attributes
+
+    def get_data(self) -> Any:
+        return self._data
+
+
+_PLACEHOLDER_TIME = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def strict_factory(attributes: dict[str, Any], data: Any) -> ParsedEvent:
+    """Event factory for the SDK's readers: refuse what the SDK would silently default."""
+    attributes = {k: v for k, v in attributes.items() if v is not None}
+    check_required(attributes)
+    try:
+        SdkEvent({"time": _PLACEHOLDER_TIME, **attributes}, None)  # the SDK's validation
+    except CloudEventValidationError as exc:
+        raise InvalidEvent(describe_validation_error(exc), first_attribute(exc)) from exc
+    return ParsedEvent(attributes, data)
+
+
+def describe_validation_error(exc: CloudEventValidationError) -> str:
+    return "; ".join(str(error) for errors in exc.errors.values() for error in errors)
+
+
+def first_attribute(exc: CloudEventValidationError) -> str | None:
+    return next(iter(exc.errors), None)
+
+
+def from_sdk(event: BaseCloudEvent) -> Event:
+    attributes: dict[str, Any] = {}
+    for name, value in event.get_attributes().items():
+        if value is None:
+            continue
+        attributes[name] = format_time(value) if isinstance(value, datetime) else value
+    check_extensions(attributes)
+    return Event(attributes, encode_data(event.get_data(), attributes.get("datacontenttype")))
+
+
+def to_sdk(event: Event) -> ParsedEvent:
+    """An event the SDK's writers take, carrying the payload bytes (use RAW_FORMAT)."""
+    attributes = dict(event.attributes)
+    time = attributes.get("time")
+    if isinstance(time, str):
+        attributes["time"] = parse_time(time)
+    return ParsedEvent(attributes, event.payload)
+
+
+def to_sdk_decoded(event: Event) -> ParsedEvent:
+    """Like `to_sdk`, with the data decoded, for structured mode (JSON data stays JSON)."""
+    sdk = to_sdk(event)
+    return ParsedEvent(sdk.get_attributes(), event.data if event.payload is not None else None)
+
+
+def parse_time(text: str) -> datetime:
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise InvalidEvent(f"attribute 'time' is not an RFC 3339 timestamp: {text!r}", "time") from exc
+
+
+def with_extension(event: Event, **extensions: Any) -> Event:
+    return Event({**event.attributes, **extensions}, event.payload)
+
+
+def to_record(event: Event) -> tuple[bytes, bytes | None]:
+    """Storage form: attributes as compact JSON, payload as-is."""
+    return json.dumps(event.attributes, separators=(",", ":")).encode(), event.payload
+
+
+def from_record(attributes: bytes | str, payload: bytes | None) -> Event:
+    return Event(json.loads(attributes), payload)

@@ -1,0 +1,91 @@
+"""A mesh node: the parts wired together behind one HTTP port (what `fmesh up` runs).
+
+`POST /` is the CloudEvents ingress; every other path goes to the control app that the
+CLI mounts (the control plane lives in `deploy`, which the core does not import).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import tempfile
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from fmesh.broker.broker import Broker
+from fmesh.broker.filters import Filter
+from fmesh.broker.ingress import ASGIApp, Ingress, Receive, Scope, Send, respond
+from fmesh.broker.stores import open_store
+from fmesh.runtime.runtime import FunctionSpec, Runtime
+from fmesh.settings import NodeSettings
+
+Hook = Callable[[], Awaitable[None]]
+
+
+class Node:
+    def __init__(self, settings: NodeSettings) -> None:
+        self.settings = settings
+        self.data_dir = settings.data_dir
+        self.log = open_store(settings.store_url, settings.data_dir)
+        self.broker = Broker(self.log)
+        self.ingress = Ingress(self.broker.publish, settings.max_event_bytes)
+        self.run_dir = Path(tempfile.mkdtemp(prefix="fmesh-"))  # short: Unix socket paths are limited
+        self.runtime = Runtime(self.data_dir, self.run_dir, self.broker, settings.launcher)
+        self.control_app: ASGIApp | None = None
+        self.on_start: list[Hook] = []
+        self.routes: dict[str, ASGIApp] = {}   # extra POST paths (webhook triggers)
+        self._started = False
+
+    async def start(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        await self.log.open()
+        await self.runtime.start()
+        self._started = True
+        for hook in self.on_start:
+            await hook()
+
+    async def stop(self) -> None:
+        if not self._started:
+            return
+        self._started = False
+        await self.runtime.stop()
+        await self.log.close()
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+
+    async def deploy_function(self, spec: FunctionSpec, filter: Filter) -> None:
+        queue = self.broker.subscribe(spec.subscription, filter)
+        await self.runtime.deploy(spec, queue)
+
+    async def remove_function(self, name: str) -> None:
+        await self.runtime.remove(name)
+        await self.broker.unsubscribe(f"function:{name}")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The node's ASGI app."""
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        path = scope["path"]
+        if path == "/" or path in self.routes:
+            await (self.routes.get(path) or self.ingress)(scope, receive, send)
+        elif self.control_app is not None:
+            await self.control_app(scope, receive, send)
+        else:
+            await respond(send, 404, {"error": f"no route for {path}"})
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.start()
+                except Exception as exc:  # noqa: BLE001 - reported to uvicorn, which exits
+                    await send({"type": "lifespan.startup.failed", "message": f"{type(exc).__name__}: {exc}"})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await asyncio.shield(self.stop())
+                await send({"type": "lifespan.shutdown.complete"})
+                return

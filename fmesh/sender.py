@@ -1,0 +1,66 @@
+"""`fmesh send`: build a CloudEvent with the SDK and post it to a mesh."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from fmesh.broker.http_binding import write_binary, write_structured
+from fmesh.errors import BrokerUnreachable, InvalidEvent
+from fmesh.events import Event, encode_data, format_time
+
+
+def read_data(data: str | None, content_type: str | None) -> tuple[Any, str | None]:
+    """The data and its content type: JSON when it parses, text or bytes otherwise."""
+    if data is None:
+        return None, content_type
+    raw: bytes
+    if data.startswith("@"):
+        path = Path(data[1:])
+        try:
+            raw = path.read_bytes()
+        except OSError as exc:
+            raise InvalidEvent(f"cannot read data file {path}: {exc.strerror}") from exc
+    else:
+        raw = data.encode()
+    if content_type is not None:
+        return raw, content_type
+    try:
+        return json.loads(raw), "application/json"
+    except ValueError:
+        pass
+    try:
+        return raw.decode("utf-8"), "text/plain"
+    except UnicodeDecodeError:
+        return raw, "application/octet-stream"
+
+
+def build_event(type: str, source: str, data: str | None, subject: str | None = None,
+                extensions: dict[str, str] | None = None, id: str | None = None,
+                content_type: str | None = None) -> Event:
+    value, content_type = read_data(data, content_type)
+    attributes: dict[str, Any] = {"specversion": "1.0", "id": id or str(uuid.uuid4()), "source": source,
+                                  "type": type, "time": format_time(datetime.now(timezone.utc))}
+    if subject:
+        attributes["subject"] = subject
+    if content_type:
+        attributes["datacontenttype"] = content_type
+    attributes.update(extensions or {})
+    return Event(attributes, encode_data(value, content_type))
+
+
+def post_event(mesh: str, event: Event, structured: bool = False) -> tuple[int, Any]:
+    headers, body = write_structured(event) if structured else write_binary(event)
+    try:
+        response = httpx.post(mesh.rstrip("/") + "/", headers=headers, content=body, timeout=30)
+    except httpx.HTTPError as exc:
+        raise BrokerUnreachable(mesh, f"{exc}; is `fmesh up` running there?") from exc
+    try:
+        return response.status_code, response.json()
+    except ValueError:
+        return response.status_code, response.text

@@ -1,0 +1,56 @@
+"""Settings of a mesh node and of the CLI, with their environment variables."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_PORT = 8080
+DEFAULT_MESH_URL = f"http://127.0.0.1:{DEFAULT_PORT}"
+
+
+def default_data_dir() -> Path:
+    return Path(os.environ.get("FMESH_DATA_DIR", Path.home() / ".fmesh")).expanduser()
+
+
+def token_path(data_dir: Path) -> Path:
+    return data_dir / "token"
+
+
+def load_or_create_token(data_dir: Path, given: str | None) -> str:
+    """The control API token: the one given, else the data dir's, else a new one saved there."""
+    path = token_path(data_dir)
+    if given:
+        return given
+    if path.exists():
+        return path.read_text().strip()
+    token = secrets.token_urlsafe(32)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path.touch(mode=0o600)
+    path.write_text(token + "\n")
+    return token
+
+
+def read_token(data_dir: Path | None = None) -> str | None:
+    """The token a CLI call uses: FMESH_TOKEN, else the default data dir's token file."""
+    if os.environ.get("FMESH_TOKEN"):
+        return os.environ["FMESH_TOKEN"]
+    path = token_path(data_dir or default_data_dir())
+    return path.read_text().strip() if path.exists() else None
+
+
+@dataclass
+class NodeSettings:
+    data_dir: Path
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    store: str | None = None              # default: sqlite in the data dir
+    token: str | None = None
+    max_event_bytes: int = 1024 * 1024
+    launcher: str = "zygote"              # or "subprocess": a fresh interpreter per replica
+
+    @property
+    def store_url(self) -> str:
+        return self.store or f"sqlite:///{(self.data_dir / 'mesh.db').resolve()}"

@@ -1,0 +1,142 @@
+"""How replica processes start: forked from the zygote, or as a fresh interpreter.
+
+Either way the new process connects back to the replica hub by itself; a launcher only
+starts it, reports its pid, and reports its exit when it can see it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Callable
+from typing import Protocol
+
+from fmesh.errors import HandlerError
+from fmesh.runtime.worker import WorkerSpec
+
+OnExit = Callable[[str, str], None]      # (replica id, how it ended)
+OnOutput = Callable[[str], None]         # a line the launcher itself printed
+
+
+class Launcher(Protocol):
+    async def start(self) -> None: ...
+
+    async def launch(self, spec: WorkerSpec) -> int:
+        """Start a replica process for `spec`; returns its pid."""
+
+    async def stop(self) -> None: ...
+
+
+def describe_exit(code: int | None, signal_number: int | None) -> str:
+    if signal_number:
+        import signal
+
+        try:
+            name = signal.Signals(signal_number).name
+        except ValueError:
+            name = str(signal_number)
+        return f"killed by {name}"
+    return f"exited with code {code}"
+
+
+class SubprocessLauncher:
+    """A fresh `python -m fmesh.runtime.worker` per replica: slow to start, the baseline."""
+
+    def __init__(self, on_exit: OnExit, python: str = sys.executable) -> None:
+        self.on_exit = on_exit
+        self.python = python
+        self._waits: set[asyncio.Task] = set()
+
+    async def start(self) -> None:
+        pass
+
+    async def launch(self, spec: WorkerSpec) -> int:
+        process = await asyncio.create_subprocess_exec(
+            self.python, "-m", "fmesh.runtime.worker", spec.to_json(),
+            stdin=asyncio.subprocess.DEVNULL, start_new_session=True)
+        task = asyncio.get_running_loop().create_task(self._wait(spec.replica, process))
+        self._waits.add(task)
+        task.add_done_callback(self._waits.discard)
+        return process.pid
+
+    async def _wait(self, replica: str, process: asyncio.subprocess.Process) -> None:
+        code = await process.wait()
+        self.on_exit(replica, describe_exit(code if code >= 0 else None, -code if code < 0 else None))
+
+    async def stop(self) -> None:
+        for task in list(self._waits):
+            task.cancel()
+
+
+class ZygoteLauncher:
+    """Forks replicas from a warm template process (see `fmesh.runtime.zygote`)."""
+
+    def __init__(self, on_exit: OnExit, on_output: OnOutput, python: str = sys.executable) -> None:
+        self.on_exit = on_exit
+        self.on_output = on_output
+        self.python = python
+        self._process: asyncio.subprocess.Process | None = None
+        self._spawns: dict[str, asyncio.Future[int]] = {}
+        self._tasks: set[asyncio.Task] = set()
+        self._lock = asyncio.Lock()
+
+    async def start(self) -> None:
+        async with self._lock:
+            if self._process is None or self._process.returncode is not None:
+                await self._start_zygote()
+
+    async def _start_zygote(self) -> None:
+        process = await asyncio.create_subprocess_exec(
+            self.python, "-m", "fmesh.runtime.zygote",
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE, start_new_session=True)
+        ready = await process.stdout.readline()  # type: ignore[union-attr]
+        if not ready:
+            error = (await process.stderr.read()).decode(errors="replace")  # type: ignore[union-attr]
+            raise HandlerError(f"the zygote failed to start: {error.strip() or 'no output'}")
+        self._process = process
+        for coroutine in (self._read_reports(process), self._read_errors(process)):
+            task = asyncio.get_running_loop().create_task(coroutine)
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def launch(self, spec: WorkerSpec) -> int:
+        await self.start()
+        spawned: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._spawns[spec.replica] = spawned
+        request = json.dumps({"op": "spawn", "spec": json.loads(spec.to_json())}) + "\n"
+        self._process.stdin.write(request.encode())  # type: ignore[union-attr]
+        try:
+            return await asyncio.wait_for(spawned, 10)
+        finally:
+            self._spawns.pop(spec.replica, None)
+
+    async def _read_reports(self, process: asyncio.subprocess.Process) -> None:
+        async for line in process.stdout:  # type: ignore[union-attr]
+            report = json.loads(line)
+            if report["op"] == "spawned" and report["replica"] in self._spawns:
+                future = self._spawns[report["replica"]]
+                if not future.done():
+                    future.set_result(report["pid"])
+            elif report["op"] == "exited":
+                self.on_exit(report["replica"], describe_exit(report["code"], report["signal"]))
+        for future in self._spawns.values():  # the zygote died: whoever waits must hear it
+            if not future.done():
+                future.set_exception(HandlerError("the zygote exited while forking a replica"))
+
+    async def _read_errors(self, process: asyncio.subprocess.Process) -> None:
+        async for line in process.stderr:  # type: ignore[union-attr]
+            self.on_output(line.decode(errors="replace").rstrip("\n"))
+
+    async def stop(self) -> None:
+        process, self._process = self._process, None
+        if process is not None and process.returncode is None:
+            process.stdin.close()  # type: ignore[union-attr]
+            try:
+                await asyncio.wait_for(process.wait(), 5)
+            except TimeoutError:
+                process.kill()
+                await process.wait()
+        for task in list(self._tasks):
+            task.cancel()

@@ -1,0 +1,87 @@
+"""Function logs: every line a replica writes, timestamped and tagged by replica.
+
+Each function has a file in the data dir (rotated at a size bound, one old file kept)
+and live followers for `fmesh logs -f`. fmesh's own notes about a function's replicas
+(started, exited, killed) go in the same stream under the tag `fmesh`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import TextIO
+
+DEFAULT_MAX_BYTES = 4 * 1024 * 1024
+
+
+def timestamp(now: float | None = None) -> str:
+    now = time.time() if now is None else now
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
+
+
+class LogStore:
+    def __init__(self, directory: Path, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+        self.directory = directory
+        self.max_bytes = max_bytes
+        self._followers: dict[str, set[asyncio.Queue[str]]] = {}
+        self._files: dict[str, TextIO] = {}
+        directory.mkdir(parents=True, exist_ok=True)
+
+    def path(self, function: str) -> Path:
+        return self.directory / f"{function}.log"
+
+    def write(self, function: str, tag: str, stream: str, text: str) -> None:
+        """Record one line (without its newline) from `tag` on `stream`."""
+        line = f"{timestamp()} {tag} {stream}: {text}\n"
+        f = self._file(function)
+        f.write(line)
+        f.flush()
+        if f.tell() > self.max_bytes:
+            self._close(function)
+            self.path(function).replace(self.path(function).with_suffix(".log.1"))
+        for queue in self._followers.get(function, ()):
+            if not queue.full():  # a follower too slow to keep up misses lines, never blocks us
+                queue.put_nowait(line)
+
+    def _file(self, function: str) -> TextIO:
+        f = self._files.get(function)
+        if f is None:
+            f = self._files[function] = self.path(function).open("a", encoding="utf-8", errors="replace")
+        return f
+
+    def _close(self, function: str) -> None:
+        f = self._files.pop(function, None)
+        if f is not None:
+            f.close()
+
+    def close(self) -> None:
+        for function in list(self._files):
+            self._close(function)
+
+    def note(self, function: str, text: str) -> None:
+        self.write(function, "fmesh", "info", text)
+
+    def tail(self, function: str, lines: int = 200) -> list[str]:
+        found: list[str] = []
+        for path in (self.path(function), self.path(function).with_suffix(".log.1")):
+            if len(found) >= lines or not path.exists():
+                continue
+            found = path.read_text(encoding="utf-8", errors="replace").splitlines(keepends=True)[-(lines - len(found)):] + found
+        return found[-lines:] if lines else []
+
+    async def follow(self, function: str) -> AsyncIterator[str]:
+        """Lines as they are written, until the caller stops iterating."""
+        queue: asyncio.Queue[str] = asyncio.Queue(maxsize=10_000)
+        self._followers.setdefault(function, set()).add(queue)
+        try:
+            while True:
+                yield await queue.get()
+        finally:
+            self._followers[function].discard(queue)
+
+    def forget(self, function: str) -> None:
+        self._close(function)
+        for path in (self.path(function), self.path(function).with_suffix(".log.1")):
+            path.unlink(missing_ok=True)

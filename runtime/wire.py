@@ -1,0 +1,61 @@
+"""Frames between the mesh and a Python replica over a Unix socket.
+
+A frame is `length(4) kind(1) request(4) meta_length(4) meta(JSON) body(bytes)`, all
+lengths big-endian. `meta` carries small structured fields (event attributes, error
+text); `body` carries raw payload bytes, so event data is never re-encoded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import struct
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any
+
+HEADER = struct.Struct("!IBII")
+MAX_FRAME = 64 * 1024 * 1024
+
+
+class Kind(IntEnum):
+    HELLO = 1      # replica → mesh: {replica, stream: control|stdout|stderr, pid}
+    READY = 2      # replica → mesh: handler imported
+    FAILED = 3     # replica → mesh: handler could not load {error}
+    INVOKE = 4     # mesh → replica: meta = attributes, body = payload
+    RESULT = 5     # replica → mesh: {ok, reply: none|event|data, attributes?, content_type?, error?}
+    STOP = 6       # mesh → replica: finish in-flight work and exit
+
+
+@dataclass(slots=True)
+class Frame:
+    kind: Kind
+    request: int
+    meta: dict[str, Any]
+    body: bytes | None
+
+
+def encode(kind: Kind, request: int = 0, meta: dict[str, Any] | None = None, body: bytes | None = None) -> bytes:
+    meta_bytes = json.dumps(meta or {}, separators=(",", ":")).encode()
+    payload = body if body is not None else b""
+    # The body-present flag lives in the top bit of the kind byte: b"" and None differ.
+    kind_byte = int(kind) | (0x80 if body is not None else 0)
+    length = HEADER.size - 4 + len(meta_bytes) + len(payload)
+    return HEADER.pack(length, kind_byte, request, len(meta_bytes)) + meta_bytes + payload
+
+
+def decode(data: bytes) -> Frame:
+    """A frame from its bytes after the length prefix."""
+    kind_byte, request, meta_length = struct.unpack_from("!BII", data)
+    start = 9
+    meta = json.loads(data[start:start + meta_length]) if meta_length else {}
+    body = bytes(data[start + meta_length:]) if kind_byte & 0x80 else None
+    return Frame(Kind(kind_byte & 0x7F), request, meta, body)
+
+
+async def read_frame(reader: asyncio.StreamReader) -> Frame:
+    """The next frame; raises asyncio.IncompleteReadError at end of stream."""
+    length = struct.unpack("!I", await reader.readexactly(4))[0]
+    if length > MAX_FRAME:
+        raise ValueError(f"frame of {length} bytes exceeds {MAX_FRAME}")
+    return decode(await reader.readexactly(length))

@@ -1,0 +1,190 @@
+"""The process that hosts a Python handler: one replica of a function.
+
+It connects to the mesh's replica socket three times (control, stdout, stderr), loads
+the handler, says READY, then runs INVOKE frames as they come, up to `concurrency` at a
+time. It is started either forked from the zygote (fast) or as a fresh interpreter:
+`python -m fmesh.runtime.worker SPEC_JSON`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import inspect
+import json
+import os
+import socket
+import sys
+import traceback
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from fmesh.events import Event, encode_data, format_time
+from fmesh.runtime.wire import Kind, encode, read_frame
+
+
+@dataclass
+class WorkerSpec:
+    """Everything a replica needs to start; sent to the zygote or passed on the command line."""
+
+    socket: str
+    replica: str
+    directory: str
+    handler: str
+    concurrency: int = 1
+    env: dict[str, str] = field(default_factory=dict)
+    memory_bytes: int | None = None
+    sys_path: list[str] = field(default_factory=list)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> WorkerSpec:
+        return cls(**json.loads(text))
+
+
+class HandlerLoadError(Exception):
+    pass
+
+
+def load_handler(directory: str, reference: str) -> Callable[[Event], Any]:
+    """`file.py:function`, the file relative to the function's folder."""
+    file_part, _, function_name = reference.rpartition(":")
+    if not file_part or not function_name:
+        raise HandlerLoadError(f"handler {reference!r} must look like path/to/file.py:function")
+    path = Path(directory, file_part)
+    if not path.is_file():
+        raise HandlerLoadError(f"handler file {file_part!r} not found in {directory}")
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    sys.modules[path.stem] = module
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    handler = getattr(module, function_name, None)
+    if not callable(handler):
+        raise HandlerLoadError(f"{file_part} has no function {function_name!r}")
+    return handler
+
+
+def result_frame(request: int, result: Any) -> bytes:
+    """Encode what the handler returned: nothing, an event, or data to wrap."""
+    if result is None:
+        return encode(Kind.RESULT, request, {"ok": True, "reply": "none"})
+    if isinstance(result, Event):
+        return encode(Kind.RESULT, request, {"ok": True, "reply": "event", "attributes": result.attributes},
+                      result.payload)
+    if hasattr(result, "get_attributes") and hasattr(result, "get_data"):  # a cloudevents SDK event
+        attributes = {k: format_time(v) if isinstance(v, datetime) else v
+                      for k, v in result.get_attributes().items() if v is not None}
+        body = encode_data(result.get_data(), attributes.get("datacontenttype"))
+        return encode(Kind.RESULT, request, {"ok": True, "reply": "event", "attributes": attributes}, body)
+    content_type = ("application/octet-stream" if isinstance(result, bytes | bytearray)
+                    else "text/plain; charset=utf-8" if isinstance(result, str) else "application/json")
+    return encode(Kind.RESULT, request, {"ok": True, "reply": "data", "content_type": content_type},
+                  encode_data(result, content_type))
+
+
+class Invoker:
+    """Runs the handler: coroutines on the loop, plain functions on threads when concurrent."""
+
+    def __init__(self, handler: Callable[[Event], Any], concurrency: int) -> None:
+        self.handler = handler
+        self.is_async = inspect.iscoroutinefunction(handler)
+        self.pool = ThreadPoolExecutor(concurrency) if concurrency > 1 and not self.is_async else None
+
+    async def __call__(self, event: Event) -> Any:
+        if self.is_async:
+            return await self.handler(event)
+        if self.pool is None:
+            return self.handler(event)
+        return await asyncio.get_running_loop().run_in_executor(self.pool, self.handler, event)
+
+
+def handler_traceback(exc: BaseException) -> str:
+    """The traceback from the handler's own frames down: fmesh's frames above it are noise."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
+        tb = tb.tb_next
+    return "".join(traceback.format_exception(type(exc), exc, tb))
+
+
+async def handle(invoker: Invoker, request: int, event: Event, writer: asyncio.StreamWriter) -> None:
+    try:
+        frame = result_frame(request, await invoker(event))
+    except Exception as exc:
+        text = handler_traceback(exc)
+        print(text, file=sys.stderr, end="", flush=True)
+        frame = encode(Kind.RESULT, request, {"ok": False, "error": f"{type(exc).__name__}: {exc}",
+                                              "traceback": text[-4096:]})
+    writer.write(frame)
+
+
+async def serve(spec: WorkerSpec) -> None:
+    reader, writer = await asyncio.open_unix_connection(spec.socket)
+    writer.write(encode(Kind.HELLO, 0, {"replica": spec.replica, "stream": "control", "pid": os.getpid()}))
+    try:
+        invoker = Invoker(load_handler(spec.directory, spec.handler), spec.concurrency)
+    except Exception as exc:
+        traceback.print_exc()
+        writer.write(encode(Kind.FAILED, 0, {"error": f"{type(exc).__name__}: {exc}"}))
+        await writer.drain()
+        return
+    writer.write(encode(Kind.READY))
+    tasks: set[asyncio.Task] = set()
+    while True:
+        try:
+            frame = await read_frame(reader)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            break  # the mesh went away: nothing left to do
+        if frame.kind is Kind.STOP:
+            break
+        event = Event(frame.meta, frame.body)
+        task = asyncio.create_task(handle(invoker, frame.request, event, writer))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+    if tasks:
+        await asyncio.wait(tasks)
+    await writer.drain()
+
+
+def connect_stream(spec: WorkerSpec, stream: str, fd: int) -> None:
+    """Point file descriptor `fd` at a log stream of the mesh, so C-level writes go there too."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(spec.socket)
+    sock.sendall(encode(Kind.HELLO, 0, {"replica": spec.replica, "stream": stream, "pid": os.getpid()}))
+    os.dup2(sock.fileno(), fd)
+    sock.close()
+
+
+def prepare(spec: WorkerSpec) -> None:
+    """Process set-up shared by both ways of starting: streams, limits, env, paths."""
+    connect_stream(spec, "stdout", 1)
+    connect_stream(spec, "stderr", 2)
+    sys.stdout = open(1, "w", buffering=1, closefd=False)  # line-buffered: logs show up promptly
+    sys.stderr = open(2, "w", buffering=1, closefd=False)
+    if spec.memory_bytes:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_AS, (spec.memory_bytes, spec.memory_bytes))
+    os.environ.clear()
+    os.environ.update(spec.env)
+    os.chdir(spec.directory)
+    for entry in reversed([spec.directory, *spec.sys_path]):
+        sys.path.insert(0, entry)
+
+
+def run(spec: WorkerSpec) -> None:
+    prepare(spec)
+    try:
+        asyncio.run(serve(spec))
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+
+
+if __name__ == "__main__":
+    run(WorkerSpec.from_json(sys.argv[1]))
