@@ -46,6 +46,7 @@ class SubscriptionQueue:
             await asyncio.wait_for(self._new.wait(), timeout)
         except TimeoutError:
             pass
+        self._new.clear()  # a wake-up is consumed by the wait it ends
 
 
 class Broker:
