@@ -65,8 +65,10 @@ class SubprocessLauncher:
         self.on_exit(replica, describe_exit(code if code >= 0 else None, -code if code < 0 else None))
 
     async def stop(self) -> None:
-        for task in list(self._waits):
-            task.cancel()
+        if self._waits:  # replicas were asked to stop before this: give them a moment to exit
+            _, pending = await asyncio.wait(set(self._waits), timeout=5)
+            for task in pending:
+                task.cancel()
 
 
 class ZygoteLauncher:

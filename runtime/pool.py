@@ -60,6 +60,9 @@ class RunnerPool:
         self._tasks: set[asyncio.Task] = set()
         self._reaper: asyncio.Task | None = None
         self._closing = False
+        self._start_failures = 0
+        self._start_error: HandlerError | None = None
+        self._backoff_until = 0.0               # no new replica before this after failed starts
 
     def start(self) -> None:
         self._reaper = asyncio.get_running_loop().create_task(self._reap(), name=f"reaper {self.function}")
@@ -88,6 +91,8 @@ class RunnerPool:
             return replica
         if self._closing:
             raise HandlerError(f"function {self.function} is shutting down", status=503)
+        if self._start_error is not None and not self._active() and time.monotonic() < self._backoff_until:
+            raise self._start_error  # fail fast while a crash-looping function backs off
         waiter: asyncio.Future[Replica] = asyncio.get_running_loop().create_future()
         self._waiters.append((waiter, time.monotonic()))
         self._rescale()
@@ -147,41 +152,52 @@ class RunnerPool:
         return max(self.scale.min, min(self.scale.max, wanted))
 
     def _rescale(self) -> None:
-        if self._closing:
+        if self._closing or time.monotonic() < self._backoff_until:
             return
         for _ in range(self.desired() - len(self._active())):
-            self._spawn(self._start_replica())
+            # Registered now, not when the task runs, so the next rescale counts it.
+            replica = Replica(secrets.token_hex(8), self.function, next(self._indexes))
+            replica.on_close = self._on_close
+            self.replicas[replica.id] = replica
+            self._hub.expect(replica)
+            self._spawn(self._start_replica(replica))
 
     def _spawn(self, coroutine) -> None:  # type: ignore[no-untyped-def]
         task = asyncio.get_running_loop().create_task(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _start_replica(self) -> None:
-        replica = Replica(secrets.token_hex(8), self.function, next(self._indexes))
-        replica.on_close = self._on_close
-        self.replicas[replica.id] = replica
-        self._hub.expect(replica)
+    async def _start_replica(self, replica: Replica) -> None:
         started = time.monotonic()
         try:
             replica.pid = await self._launcher.launch(self._make_spec(replica.id))
             await replica.wait_ready(self.scale.start_timeout)
         except HandlerError as exc:
-            self._note(f"{replica.name} failed to start: {exc}")
-            replica.kill(str(exc))
-            replica.closed(str(exc))
-            if not self._active():
-                self._fail_waiters(HandlerError(f"function {self.function} failed to start: {exc}", status=503))
+            self._start_failed(replica, exc)
             return
+        self._start_failures, self._start_error = 0, None
         self._note(f"{replica.name} ready in {(time.monotonic() - started) * 1000:.1f}ms (pid {replica.pid})")
         self._dispatch()
+
+    def _start_failed(self, replica: Replica, error: HandlerError) -> None:
+        """Back off exponentially (0.5 s to 30 s) so a broken function does not crash-loop."""
+        self._start_failures += 1
+        delay = min(30.0, 0.5 * 2 ** (self._start_failures - 1))
+        self._backoff_until = time.monotonic() + delay
+        self._start_error = HandlerError(f"function {self.function} failed to start: {error}", status=503)
+        self._note(f"{replica.name} failed to start: {error}; next start in {delay:g}s at the earliest")
+        replica.kill(str(error))
+        replica.closed(str(error))
+        if not self._active():
+            self._fail_waiters(self._start_error)
 
     def _on_close(self, replica: Replica) -> None:
         self.replicas.pop(replica.id, None)
         self._hub.forget(replica)
-        if replica.exit_reason not in ("scaled down", "shut down"):
+        if replica.ready_at is not None and replica.exit_reason not in ("scaled down", "shut down"):
             self._note(f"{replica.name} stopped: {replica.exit_reason}")
-        if not self._closing and any(not w.done() for w, _ in self._waiters):
+        # A replica that never got ready is the start path's business (with its backoff).
+        if replica.ready_at is not None and not self._closing and any(not w.done() for w, _ in self._waiters):
             self._rescale()
 
     def on_exit(self, replica_id: str, how: str) -> None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from fmesh.errors import HandlerError
-from fmesh.events import Event
+from fmesh.events import Event, decode_data
 from fmesh.runtime.wire import Frame, Kind, encode, read_frame
 
 
@@ -29,6 +29,10 @@ class ReplyData:
 
     payload: bytes | None
     content_type: str
+
+    @property
+    def data(self) -> object:
+        return decode_data(self.payload, self.content_type)
 
 
 Result = Event | ReplyData | None
@@ -134,6 +138,8 @@ class Replica:
 
     def kill(self, reason: str = "killed") -> None:
         self.exit_reason = self.exit_reason or reason
+        if self.state is not State.STOPPED:
+            self.state = State.DRAINING  # out of routing now, not when the socket closes
         if self.pid:
             try:
                 os.killpg(self.pid, signal.SIGKILL)  # the replica leads its own session

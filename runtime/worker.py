@@ -105,11 +105,12 @@ class Invoker:
 
 
 def handler_traceback(exc: BaseException) -> str:
-    """The traceback from the handler's own frames down: fmesh's frames above it are noise."""
-    tb = exc.__traceback__
-    while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
-        tb = tb.tb_next
-    return "".join(traceback.format_exception(type(exc), exc, tb))
+    """The traceback of the user's code: fmesh's and importlib's frames around it are noise."""
+    summary = traceback.TracebackException.from_exception(exc)
+    summary.stack = traceback.StackSummary.from_list(
+        [frame for frame in summary.stack
+         if frame.filename != __file__ and not frame.filename.startswith("<frozen importlib")])
+    return "".join(summary.format())
 
 
 async def handle(invoker: Invoker, request: int, event: Event, writer: asyncio.StreamWriter) -> None:
@@ -129,7 +130,7 @@ async def serve(spec: WorkerSpec) -> None:
     try:
         invoker = Invoker(load_handler(spec.directory, spec.handler), spec.concurrency)
     except Exception as exc:
-        traceback.print_exc()
+        print(handler_traceback(exc), file=sys.stderr, end="", flush=True)
         writer.write(encode(Kind.FAILED, 0, {"error": f"{type(exc).__name__}: {exc}"}))
         await writer.drain()
         return

@@ -1,0 +1,143 @@
+"""One suite for every event log: the in-memory twin and SQLite must behave the same."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from fmesh.broker.memory_log import MemoryEventLog
+from fmesh.broker.sqlite_log import SqliteEventLog
+from fmesh.contracts import DeadLetter
+from fmesh.events import new_event
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+async def log(request, tmp_path):
+    store = MemoryEventLog() if request.param == "memory" else SqliteEventLog(tmp_path / "mesh.db")
+    await store.open()
+    yield store
+    await store.close()
+
+
+async def test_append_fans_out_one_delivery_per_subscription(log):
+    event = new_event("t", "/s", {"a": 1})
+    await log.append([(event, ["one", "two"])])
+    one = await log.claim("one", 10, time.time())
+    two = await log.claim("two", 10, time.time())
+    assert [d.event for d in one.deliveries] == [event]
+    assert [d.event for d in two.deliveries] == [event]
+    assert one.deliveries[0].id != two.deliveries[0].id
+
+
+async def test_claimed_deliveries_are_not_handed_out_twice(log):
+    await log.append([(new_event("t", "/s"), ["sub"]) for _ in range(5)])
+    first = await log.claim("sub", 3, time.time())
+    second = await log.claim("sub", 10, time.time())
+    assert len(first.deliveries) == 3 and len(second.deliveries) == 2
+    assert not {d.id for d in first.deliveries} & {d.id for d in second.deliveries}
+    assert (await log.claim("sub", 10, time.time())).deliveries == []
+
+
+async def test_claim_keeps_publish_order(log):
+    events = [new_event("t", "/s", {"i": i}) for i in range(20)]
+    await log.append([(e, ["sub"]) for e in events])
+    claimed = await log.claim("sub", 100, time.time())
+    assert [d.event.data["i"] for d in claimed.deliveries] == list(range(20))
+
+
+async def test_ack_forgets_and_retry_reschedules_with_the_attempt_counted(log):
+    await log.append([(new_event("t", "/s"), ["sub"]), (new_event("t", "/s"), ["sub"])])
+    a, b = (await log.claim("sub", 10, time.time())).deliveries
+    await log.ack([a.id])
+    later = time.time() + 60
+    await log.retry(b, later, "boom")
+    nothing = await log.claim("sub", 10, time.time())
+    assert nothing.deliveries == [] and nothing.next_due_at == pytest.approx(later)
+    again = (await log.claim("sub", 10, later + 1)).deliveries
+    assert [(d.id, d.attempts, d.last_error) for d in again] == [(b.id, 1, "boom")]
+    assert await log.pending("sub") == 1
+
+
+async def test_dead_letters_are_kept_listed_counted_and_removable(log):
+    event = new_event("t", "/s", b"\x00\x01")
+    await log.append([(event, ["sub"])])
+    delivery = (await log.claim("sub", 1, time.time())).deliveries[0]
+    await log.dead_letter(delivery, DeadLetter(0, "sub", event, 3, "gave up", 500, "boom", time.time()))
+    assert await log.pending("sub") == 0
+    letters = await log.dead_letters("sub")
+    assert [(d.event, d.attempts, d.reason, d.status, d.error) for d in letters] == [
+        (event, 3, "gave up", 500, "boom")]
+    assert await log.count_dead_letters() == {"sub": 1}
+    assert await log.dead_letters("other") == []
+    removed = await log.remove_dead_letters([letters[0].id, 999999])
+    assert [d.event for d in removed] == [event]
+    assert await log.dead_letters() == []
+
+
+async def test_redirect_hands_a_delivery_to_another_subscription(log):
+    await log.append([(new_event("t", "/s"), ["from"])])
+    delivery = (await log.claim("from", 1, time.time())).deliveries[0]
+    changed = new_event("t", "/s", {"why": "failed"})
+    await log.redirect(delivery.id, "to", changed)
+    moved = (await log.claim("to", 10, time.time())).deliveries
+    assert [(d.event, d.attempts) for d in moved] == [(changed, 0)]
+    assert await log.pending("from") == 0
+
+
+async def test_drop_subscription_forgets_its_pending_deliveries(log):
+    await log.append([(new_event("t", "/s"), ["a", "b"])])
+    await log.drop_subscription("a")
+    assert await log.pending("a") == 0 and await log.pending("b") == 1
+
+
+async def test_state_is_a_small_key_value_store(log):
+    await log.put_state("function/a", b"1")
+    await log.put_state("function/b", b"2")
+    await log.put_state("other/c", b"3")
+    await log.put_state("function/a", b"1b")
+    assert await log.get_state("function/a") == b"1b"
+    assert await log.list_state("function/") == {"function/a": b"1b", "function/b": b"2"}
+    await log.delete_state("function/a")
+    assert await log.get_state("function/a") is None
+
+
+async def test_sqlite_keeps_deliveries_and_retry_state_across_reopen(tmp_path):
+    path = tmp_path / "mesh.db"
+    log = SqliteEventLog(path)
+    await log.open()
+    await log.append([(new_event("t", "/s", {"n": 1}), ["sub"]), (new_event("t", "/s", {"n": 2}), ["sub"])])
+    first, second = (await log.claim("sub", 10, time.time())).deliveries
+    due = time.time() + 30
+    await log.retry(second, due, "try later")
+    await log.close()  # `first` stays claimed at close: a new process must see it again
+
+    reopened = SqliteEventLog(path)
+    await reopened.open()
+    claimed = await reopened.claim("sub", 10, time.time())
+    assert [d.id for d in claimed.deliveries] == [first.id]
+    assert claimed.next_due_at == pytest.approx(due)
+    later = (await reopened.claim("sub", 10, due + 1)).deliveries
+    assert [(d.id, d.attempts, d.last_error) for d in later] == [(second.id, 1, "try later")]
+    await reopened.close()
+
+
+async def test_sqlite_groups_concurrent_appends_and_keeps_them_all(tmp_path):
+    import asyncio
+
+    log = SqliteEventLog(tmp_path / "mesh.db")
+    await log.open()
+    events = [new_event("t", "/s", {"i": i}) for i in range(500)]
+    await asyncio.gather(*(log.append([(e, ["sub"])]) for e in events))
+    assert await log.pending("sub") == 500
+    await log.close()
+
+
+async def test_sqlite_reports_an_unusable_path(tmp_path):
+    from fmesh.errors import StoreError
+
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    log = SqliteEventLog(blocker / "mesh.db")
+    with pytest.raises((StoreError, OSError)):
+        await log.open()

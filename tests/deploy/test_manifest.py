@@ -1,0 +1,89 @@
+from __future__ import annotations
+
+import pytest
+
+from fmesh.deploy.manifest import load_manifest, parse_manifest
+from fmesh.errors import ManifestError
+
+GOOD = """\
+functions:
+  resize:
+    handler: functions/resize/handler.py:handle
+    on:
+      - type: com.shop.order.created
+      - type: {prefix: com.shop.}
+        source: /web
+    env: {SIZE: 128, DEBUG: true}
+    scale: {min: 0, max: 4, concurrency: 8, idle_timeout: 30s}
+    timeout: 10s
+    delivery: {retries: 5, backoff: exponential, delay: 200ms, dead_letter: failed-orders}
+"""
+
+
+def test_the_design_sketch_validates():
+    function = parse_manifest(GOOD).functions["resize"]
+    assert function.scale.concurrency == 8 and function.scale.idle_timeout == 30
+    assert function.timeout == 10 and function.delivery.delay == pytest.approx(0.2)
+    assert function.env == {"SIZE": "128", "DEBUG": "true"}
+    assert function.folder == "functions/resize" and function.handler_in_folder == "handler.py:handle"
+    matches = function.compiled_filter()
+    assert matches({"type": "com.shop.order.created", "source": "/x"})
+    assert matches({"type": "com.shop.refund", "source": "/web"})
+    assert not matches({"type": "com.shop.refund", "source": "/app"})
+
+
+def error_for(text: str) -> ManifestError:
+    with pytest.raises(ManifestError) as error:
+        parse_manifest(text, "fmesh.yaml")
+    return error.value
+
+
+def test_a_misspelt_field_names_file_line_and_field():
+    error = error_for(GOOD.replace("    timeout: 10s", "    timeuot: 10s"))
+    assert (error.file, error.line, error.field) == ("fmesh.yaml", 10, "functions.resize.timeuot")
+    assert "unknown field 'timeuot'" in str(error) and "timeout" in error.problem
+    assert str(error).startswith("fmesh.yaml:10: functions.resize.timeuot:")
+
+
+def test_a_bad_value_says_what_was_expected():
+    error = error_for(GOOD.replace("idle_timeout: 30s", "idle_timeout: soon"))
+    assert error.line == 9 and error.field == "functions.resize.scale.idle_timeout"
+    assert "expected a duration such as 200ms" in str(error)
+    error = error_for(GOOD.replace("backoff: exponential", "backoff: quadratic"))
+    assert error.field == "functions.resize.delivery.backoff" and "'exponential' or 'linear'" in str(error)
+
+
+def test_every_problem_is_listed():
+    error = error_for(GOOD.replace("max: 4", "max: 0").replace("retries: 5", "retries: lots"))
+    assert "functions.resize.scale.max" in str(error) and "functions.resize.delivery.retries" in str(error)
+
+
+def test_missing_handler_bad_name_and_bad_filter():
+    assert error_for("functions:\n  a:\n    on: []\n").field == "functions.a.handler"
+    error = error_for("functions:\n  Bad_Name:\n    handler: h.py:f\n")
+    assert error.field == "functions.Bad_Name" and "not a valid name" in str(error)
+    error = error_for("functions:\n  a:\n    handler: h.py:f\n    on: [{type: {prefx: x}}]\n")
+    assert error.field == "functions.a.on" and "prefx" in str(error)
+    error = error_for("functions:\n  a:\n    handler: h.py:f\n    filters: [{nope: {type: x}}]\n")
+    assert "unknown filter dialect 'nope'" in str(error)
+
+
+def test_unknown_top_level_section_and_bad_yaml():
+    assert "unknown field 'funtions'" in str(error_for("funtions: {}\n"))
+    error = error_for("functions:\n  a: [\n")
+    assert error.line is not None and "not valid YAML" in str(error)
+
+
+def test_yaml_on_key_is_not_a_boolean():
+    # YAML 1.1 reads `on` as True; the manifest keeps YAML 1.2's booleans.
+    assert parse_manifest("functions:\n  a:\n    handler: h.py:f\n    on: [{type: x}]\n").functions["a"].on
+
+
+def test_load_checks_the_handler_file_exists(tmp_path):
+    path = tmp_path / "fmesh.yaml"
+    path.write_text("functions:\n  a:\n    handler: nowhere/h.py:f\n")
+    with pytest.raises(ManifestError) as error:
+        load_manifest(path)
+    assert error.value.line == 3 and "does not exist" in str(error.value)
+    with pytest.raises(ManifestError, match="cannot read the manifest"):
+        load_manifest(tmp_path / "missing.yaml")

@@ -1,0 +1,145 @@
+"""Runner pools with real replica processes forked from a real zygote."""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from fmesh.errors import HandlerError, HandlerTimeout
+from fmesh.events import new_event
+from fmesh.runtime.hub import ReplicaHub
+from fmesh.runtime.launcher import SubprocessLauncher, ZygoteLauncher
+from fmesh.runtime.logs import LogStore
+from fmesh.runtime.policy import ScalePolicy
+from fmesh.runtime.pool import RunnerPool
+from fmesh.runtime.worker import WorkerSpec
+from support import FIXTURES
+
+FUNCTIONS = FIXTURES / "functions"
+
+
+class Harness:
+    def __init__(self, tmp_path: Path, kind: str) -> None:
+        self.run_dir = Path(tempfile.mkdtemp(prefix="fm-"))
+        self.logs = LogStore(tmp_path / "logs")
+        self.hub = ReplicaHub(self.run_dir / "r.sock", lambda r, s, line: self.logs.write(r.function, r.name, s, line))
+        self.pools: list[RunnerPool] = []
+        on_exit = lambda rid, how: [p.on_exit(rid, how) for p in self.pools]  # noqa: E731
+        self.launcher = (ZygoteLauncher(on_exit, lambda line: None) if kind == "zygote"
+                         else SubprocessLauncher(on_exit))
+
+    async def start(self) -> None:
+        await self.hub.start()
+        await self.launcher.start()
+
+    def pool(self, fixture: str, scale: ScalePolicy, handler: str = "handler.py:handle", env=None) -> RunnerPool:
+        def spec(rid: str) -> WorkerSpec:
+            return WorkerSpec(str(self.hub.socket_path), rid, str(FUNCTIONS / fixture), handler,
+                              scale.concurrency, env={"PATH": "/usr/bin:/bin", **(env or {})})
+        pool = RunnerPool(fixture, spec, self.launcher, self.hub, scale, lambda t: self.logs.note(fixture, t))
+        self.pools.append(pool)
+        pool.start()
+        return pool
+
+    async def stop(self) -> None:
+        for pool in self.pools:
+            await pool.shutdown(grace=2)
+        await self.launcher.stop()
+        await self.hub.stop()
+        self.logs.close()
+
+
+@pytest.fixture(params=["zygote", "subprocess"])
+async def harness(request, tmp_path):
+    h = Harness(tmp_path, request.param)
+    await h.start()
+    yield h
+    await h.stop()
+
+
+@pytest.fixture
+async def zygote(tmp_path):
+    h = Harness(tmp_path, "zygote")
+    await h.start()
+    yield h
+    await h.stop()
+
+
+async def test_cold_start_from_zero_then_warm(harness):
+    pool = harness.pool("pid", ScalePolicy(max=2, idle_timeout=30), env={"GREETING": "hi"})
+    assert pool.status().ready == 0
+    reply = await pool.invoke(new_event("t", "/s"), timeout=10)
+    assert reply.payload and b'"env":"hi"' in reply.payload.replace(b" ", b"")
+    assert pool.status().ready == 1 and pool.status().cold_start_last_ms is not None
+    again = await pool.invoke(new_event("t", "/s"), timeout=10)
+    assert again.payload == reply.payload  # the same warm replica answered
+
+
+async def test_scales_up_under_load_and_back_to_zero(zygote):
+    pool = zygote.pool("pid", ScalePolicy(max=3, concurrency=1, idle_timeout=0.5))
+    replies = await asyncio.gather(*(pool.invoke(new_event("t", "/s", {"sleep": 0.3}), 10) for _ in range(6)))
+    pids = {r.data["pid"] for r in replies}
+    assert len(pids) == 3, "six slow events at concurrency 1 should use all three replicas"
+    assert pool.status().ready == 3
+    for _ in range(100):
+        if not pool.replicas:
+            break
+        await asyncio.sleep(0.05)
+    assert pool.status().ready == 0 and not pool.replicas
+
+
+async def test_concurrency_lets_one_replica_take_several_events(zygote):
+    pool = zygote.pool("pid", ScalePolicy(max=1, concurrency=4))
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    replies = await asyncio.gather(*(pool.invoke(new_event("t", "/s", {"sleep": 0.5}), 10) for _ in range(4)))
+    assert len({r.data["pid"] for r in replies}) == 1
+    assert loop.time() - started < 1.5, "four 0.5 s events on one replica at concurrency 4 run together"
+
+
+async def test_min_replicas_stay_warm(zygote):
+    pool = zygote.pool("pid", ScalePolicy(min=1, max=2, idle_timeout=0.2))
+    for _ in range(100):
+        if pool.status().ready == 1:
+            break
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.6)
+    assert pool.status().ready == 1
+
+
+@pytest.mark.parametrize("how", ["exit", "kill", "segfault"])
+async def test_a_dying_replica_fails_its_event_and_is_replaced(zygote, tmp_path, how):
+    pool = zygote.pool("crash", ScalePolicy(max=1), env={"CRASH_ONCE": str(tmp_path / f"crashed-{how}")})
+    with pytest.raises(HandlerError, match="stopped"):
+        await pool.invoke(new_event("t", "/s", {"how": how}), timeout=10)
+    reply = await pool.invoke(new_event("t", "/s", {"how": how}), timeout=10)
+    assert "survived" in reply.data
+
+
+async def test_timeout_recycles_the_replica(zygote):
+    pool = zygote.pool("slow", ScalePolicy(max=1))
+    with pytest.raises(HandlerTimeout):
+        await pool.invoke(new_event("t", "/s", {"sleep": 30}), timeout=0.3)
+    reply = await pool.invoke(new_event("t", "/s", {"sleep": 0}), timeout=10)
+    assert reply.data["slept"] == 0
+    assert "timed out after 0.3s" in "".join(zygote.logs.tail("slow"))
+
+
+async def test_a_handler_that_cannot_load_fails_waiting_events_with_its_error(zygote):
+    pool = zygote.pool("broken_import", ScalePolicy(max=1))
+    with pytest.raises(HandlerError, match="this handler cannot load"):
+        await pool.invoke(new_event("t", "/s"), timeout=5)
+    assert "ImportError: this handler cannot load" in "".join(zygote.logs.tail("broken_import"))
+
+
+async def test_handler_output_is_captured_per_replica(zygote):
+    pool = zygote.pool("crash", ScalePolicy(max=1))
+    await pool.invoke(new_event("t", "/s", {"how": "none"}), timeout=10)
+    pool2 = zygote.pool("broken_import", ScalePolicy(max=1))
+    with pytest.raises(HandlerError):
+        await pool2.invoke(new_event("t", "/s"), timeout=5)
+    lines = zygote.logs.tail("broken_import")
+    assert any(" broken_import/1 stderr: " in line for line in lines)

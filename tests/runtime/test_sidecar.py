@@ -1,0 +1,129 @@
+"""Sidecar delivery policy over the in-memory event log, with in-process targets."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from fmesh.broker.broker import Broker
+from fmesh.broker.filters import compile_shorthand
+from fmesh.broker.memory_log import MemoryEventLog
+from fmesh.errors import HandlerError
+from fmesh.events import new_event
+from fmesh.runtime.policy import DeliveryPolicy
+from fmesh.runtime.replica import ReplyData
+from fmesh.runtime.sidecar import Sidecar
+
+
+class Scripted:
+    """A target that fails the first `failures` attempts of each event, then answers `reply`."""
+
+    def __init__(self, failures: int = 0, error: HandlerError | None = None, reply=None, delay: float = 0) -> None:
+        self.failures = failures
+        self.error = error or HandlerError("boom", status=500)
+        self.reply = reply
+        self.delay = delay
+        self.attempts: dict[str, int] = {}
+        self.inflight = 0
+        self.peak = 0
+
+    async def invoke(self, event, timeout):
+        self.attempts[event.id] = self.attempts.get(event.id, 0) + 1
+        self.inflight += 1
+        self.peak = max(self.peak, self.inflight)
+        try:
+            await asyncio.sleep(self.delay)
+            if self.attempts[event.id] <= self.failures:
+                raise self.error
+            return self.reply
+        finally:
+            self.inflight -= 1
+
+
+async def run(target, policy, events, max_inflight=4, until=None, timeout=5.0):
+    log = MemoryEventLog()
+    broker = Broker(log)
+    queue = broker.subscribe("function:f", compile_shorthand({"type": "t"}))
+    broker.subscribe("replies", compile_shorthand({"type": {"suffix": ".reply"}}))
+    sidecar = Sidecar("function:f", "/fmesh/functions/f", queue, target, broker, policy, max_inflight)
+    sidecar.start()
+    await broker.publish(events)
+    deadline = time.monotonic() + timeout
+    while not (until or (lambda s: s.delivered + s.dead_lettered >= len(events)))(sidecar.stats):
+        assert time.monotonic() < deadline, f"timed out: {sidecar.stats}"
+        await asyncio.sleep(0.01)
+    await sidecar.stop()
+    return sidecar, log, broker
+
+
+async def test_retries_then_succeeds():
+    target = Scripted(failures=2)
+    sidecar, log, _ = await run(target, DeliveryPolicy(retries=2, delay=0.01), [new_event("t", "/s")])
+    assert sidecar.stats.delivered == 1 and sidecar.stats.failed == 2 and sidecar.stats.retried == 2
+    assert await log.pending("function:f") == 0
+
+
+async def test_gives_up_after_the_retries_into_the_dead_letters():
+    event = new_event("t", "/s")
+    sidecar, log, _ = await run(Scripted(failures=99), DeliveryPolicy(retries=1, delay=0.01), [event])
+    [letter] = await log.dead_letters()
+    assert letter.attempts == 2 and letter.status == 500 and "boom" in letter.error
+    assert letter.event["fmesherrordest"] == "function:f" and letter.event["fmesherrorcode"] == 500
+    assert letter.event.payload == event.payload
+
+
+async def test_not_retryable_goes_straight_to_the_dead_letters():
+    target = Scripted(failures=1, error=HandlerError("bad request", status=400, retryable=False))
+    sidecar, log, _ = await run(target, DeliveryPolicy(retries=5, delay=0.01), [new_event("t", "/s")])
+    assert sum(target.attempts.values()) == 1
+    assert (await log.dead_letters())[0].reason == "not retryable"
+
+
+async def test_retry_after_is_honoured_up_to_the_cap():
+    target = Scripted(failures=1, error=HandlerError("slow down", status=429, retry_after=0.3))
+    started = time.monotonic()
+    await run(target, DeliveryPolicy(retries=1, delay=0.001), [new_event("t", "/s")])
+    assert time.monotonic() - started >= 0.3
+
+
+async def test_never_more_in_flight_than_allowed():
+    target = Scripted(delay=0.02)
+    events = [new_event("t", "/s") for _ in range(40)]
+    sidecar, _, _ = await run(target, DeliveryPolicy(), events, max_inflight=3)
+    assert sidecar.stats.delivered == 40 and target.peak == 3
+
+
+async def test_a_retrying_event_does_not_hold_up_the_others():
+    slow_to_succeed = new_event("t", "/s", {"n": 0})
+    others = [new_event("t", "/s", {"n": i}) for i in range(1, 6)]
+
+    class FailFirst(Scripted):
+        async def invoke(self, event, timeout):
+            if event.id == slow_to_succeed.id and self.attempts.get(event.id, 0) < 1:
+                self.attempts[event.id] = 1
+                raise HandlerError("later")
+            return await super().invoke(event, timeout)
+
+    target = FailFirst()
+    sidecar, _, _ = await run(target, DeliveryPolicy(retries=1, delay=1.0), [slow_to_succeed, *others],
+                              max_inflight=1, until=lambda s: s.delivered >= 5, timeout=0.9)
+    assert sidecar.stats.delivered == 5  # all others delivered while the first waits out its 1 s backoff
+
+
+async def test_data_replies_are_wrapped_and_published_with_a_hop_count():
+    reply = ReplyData(b'{"ok":true}', "application/json")
+    incoming = new_event("t", "/s")
+    sidecar, log, broker = await run(Scripted(reply=reply), DeliveryPolicy(), [incoming])
+    assert sidecar.stats.replies == 1
+    [published] = (await log.claim("replies", 10, time.time())).deliveries
+    out = published.event
+    assert out["type"] == "t.reply" and out["source"] == "/fmesh/functions/f" and out["fmeshhops"] == 1
+    assert out.data == {"ok": True} and out.id != incoming.id
+
+
+async def test_backoff_grows_and_is_capped():
+    policy = DeliveryPolicy(delay=1.0, max_delay=5.0)
+    for attempt, base in [(1, 1), (2, 2), (3, 4), (4, 5), (10, 5)]:
+        assert base * 0.5 <= policy.backoff_for(attempt) <= base
+    linear = DeliveryPolicy(backoff="linear", delay=1.0)
+    assert 1.5 <= linear.backoff_for(3) <= 3

@@ -1,0 +1,99 @@
+"""The contracts of a trigger: what it calls (`Publish`, `StateStore`) and what it offers.
+
+A trigger turns something that arrived (a Kafka record, a NATS message, a timer tick,
+an HTTP request) into CloudEvents and hands them to `Publish`, which returns once they
+are durable. A trigger never raises out of `start()` because a broker is down: it
+keeps retrying in the background and says so in `status()`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from fmesh.events import Event
+
+Publish = Callable[[list[Event]], Awaitable[None]]
+"""Store the events; durable on return, `fmesh.errors.StoreError` otherwise."""
+
+CONNECTED = "connected"
+RETRYING = "retrying"
+STOPPED = "stopped"
+
+
+@dataclass
+class TriggerStatus:
+    """What a trigger reports about itself (the control plane shows it as is)."""
+
+    name: str
+    kind: str                       # "kafka" | "nats" | "timer" | "http"
+    state: str                      # "connected" | "retrying" | "stopped"
+    last_error: str | None          # names the URL that could not be reached
+    events_in: int
+    last_event_at: float | None
+    lag: int | None = None          # Kafka: records not yet committed, over assigned partitions
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Trigger(Protocol):
+    """A source of events. `start` returns at once; the work runs in background tasks."""
+
+    name: str
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    def status(self) -> TriggerStatus: ...
+
+
+@runtime_checkable
+class StateStore(Protocol):
+    """Small durable key-value state (the event log's `get_state`/`put_state`)."""
+
+    async def get_state(self, key: str) -> bytes | None: ...
+
+    async def put_state(self, key: str, value: bytes) -> None: ...
+
+
+class StatusTracker:
+    """The mutable status of one trigger, updated by its loops, copied out by `status()`."""
+
+    def __init__(self, name: str, kind: str) -> None:
+        self._status = TriggerStatus(name, kind, STOPPED, None, 0, None)
+
+    @property
+    def state(self) -> str:
+        return self._status.state
+
+    @property
+    def detail(self) -> dict[str, Any]:
+        return self._status.detail
+
+    def connected(self) -> None:
+        self._status.state = CONNECTED
+
+    def retrying(self, error: str) -> None:
+        self._status.state = RETRYING
+        self._status.last_error = error
+
+    def stopped(self) -> None:
+        self._status.state = STOPPED
+
+    def received(self, count: int, at: float | None = None) -> None:
+        self._status.events_in += count
+        self._status.last_event_at = at if at is not None else time.time()
+
+    def set_lag(self, lag: int | None) -> None:
+        self._status.lag = lag
+
+    def count(self, key: str, amount: int = 1) -> None:
+        self._status.detail[key] = self._status.detail.get(key, 0) + amount
+
+    def snapshot(self) -> TriggerStatus:
+        status = self._status
+        return TriggerStatus(status.name, status.kind, status.state, status.last_error,
+                             status.events_in, status.last_event_at, status.lag, dict(status.detail))

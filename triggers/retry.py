@@ -1,0 +1,45 @@
+"""Waiting between attempts: capped exponential backoff, and publishing until stored."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Callable
+
+from fmesh.errors import StoreError
+from fmesh.events import Event
+from fmesh.triggers.base import Publish
+
+
+class Backoff:
+    """Delays that double from `initial` up to `maximum`, with jitter so peers spread out."""
+
+    def __init__(self, initial: float, maximum: float) -> None:
+        self.initial = initial
+        self.maximum = max(initial, maximum)
+        self._attempt = 0
+
+    def next_delay(self) -> float:
+        delay = min(self.maximum, self.initial * 2 ** self._attempt)
+        self._attempt += 1
+        return delay / 2 + random.uniform(0, delay / 2)
+
+    def reset(self) -> None:
+        self._attempt = 0
+
+    async def wait(self) -> None:
+        await asyncio.sleep(self.next_delay())
+
+
+async def publish_until_stored(publish: Publish, events: list[Event], backoff: Backoff,
+                               on_error: Callable[[StoreError], None]) -> None:
+    """Publish `events`, retrying while the event log refuses them (cancel to give up)."""
+    while True:
+        try:
+            await publish(events)
+        except StoreError as exc:
+            on_error(exc)
+            await backoff.wait()
+            continue
+        backoff.reset()
+        return
