@@ -89,6 +89,7 @@ class SqliteEventLog:
         return conn
 
     def _run(self, ready: asyncio.Future, loop: asyncio.AbstractEventLoop) -> None:
+        """The writer thread's loop. Nothing may escape it: a dead writer would hang every caller."""
         try:
             conn = self._connect()
         except sqlite3.Error as exc:
@@ -125,20 +126,25 @@ class SqliteEventLog:
             for op, future, loop in group:
                 results.append((future, loop, *self._apply(conn, op)))
             conn.execute("COMMIT")
-        except sqlite3.Error as exc:
+        except Exception as exc:  # noqa: BLE001 - reported to every caller in the group
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             error = StoreError(f"event log {self.path} failed to commit: {exc}")
             results = [(future, loop, None, error) for _, future, loop in group]
         for future, loop, value, error in results:
-            loop.call_soon_threadsafe(_settle, future, value, error)
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(_settle, future, value, error)
 
-    @staticmethod
-    def _apply(conn: sqlite3.Connection, op: Operation) -> tuple[Any, BaseException | None]:
+    def _apply(self, conn: sqlite3.Connection, op: Operation) -> tuple[Any, BaseException | None]:
         """Run one operation in its own savepoint so that its failure spares the others."""
         conn.execute("SAVEPOINT op")
         try:
             value = op(conn)
+            if isinstance(value, sqlite3.Cursor):
+                # A cursor must never reach the event loop's thread: finalizing it there
+                # while this thread uses the connection is API misuse.
+                value.close()
+                value = None
         except Exception as exc:
             conn.execute("ROLLBACK TO op")
             conn.execute("RELEASE op")

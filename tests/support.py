@@ -36,6 +36,14 @@ def wait_for(condition, timeout: float = 10.0, interval: float = 0.05, message: 
         time.sleep(interval)
 
 
+def run_cli(args, env: dict[str, str], check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
+    """Run `fmesh ARGS` as a user would; with `check`, fail the test on a non-zero exit."""
+    result = subprocess.run([*FMESH, *args], capture_output=True, text=True, env=env, timeout=timeout, cwd=ROOT)
+    if check and result.returncode != 0:
+        raise AssertionError(f"fmesh {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
 class Mesh:
     """A real `fmesh up` subprocess on a free port, with the CLI pointed at it."""
 
@@ -86,12 +94,7 @@ class Mesh:
                 self.kill()
 
     def cli(self, *args: str, check: bool = True, timeout: float = 60, **env: str) -> subprocess.CompletedProcess:
-        result = subprocess.run([*FMESH, *args], capture_output=True, text=True, env=self.env(**env),
-                                timeout=timeout, cwd=ROOT)
-        if check and result.returncode != 0:
-            raise AssertionError(f"fmesh {' '.join(args)} failed ({result.returncode}):\n"
-                                 f"{result.stdout}\n{result.stderr}")
-        return result
+        return run_cli(args, self.env(**env), check, timeout)
 
     def api(self, method: str, path: str, **kwargs) -> httpx.Response:
         headers = {"authorization": f"Bearer {self.token}", **kwargs.pop("headers", {})}

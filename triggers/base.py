@@ -73,6 +73,10 @@ class StatusTracker:
     def detail(self) -> dict[str, Any]:
         return self._status.detail
 
+    def connecting(self) -> None:
+        """Started, not connected yet: "retrying" until the first connection succeeds."""
+        self._status.state = RETRYING
+
     def connected(self) -> None:
         self._status.state = CONNECTED
 

@@ -1,0 +1,77 @@
+"""Ingress throughput: events/s that `fmesh up` accepts durably (202 after the SQLite commit)
+against a bare ASGI app answering 202, under the same wrk load, in one run.
+
+The mesh has one function subscribed to the bench events, so every accepted event is
+really stored (an event no subscription wants is not kept); the function drains them
+at the same time, as it would in production. Prints JSON with both rates and the ratio.
+
+    python bench/ingress.py [--seconds 5] [--runs 3] [--connections 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import httpx  # noqa: E402
+
+from bench.common import bare_app, emit, free_port, median, mesh, wait_http, wrk  # noqa: E402
+
+MANIFEST = """
+functions:
+  sink:
+    handler: {root}/functions/sink/handler.py:handle
+    on: [{{type: bench.event}}]
+    scale: {{max: 1, concurrency: 16}}
+"""
+
+
+def deploy(url: str, folder: Path) -> None:
+    import subprocess
+
+    manifest = folder / "fmesh.yaml"
+    manifest.write_text(MANIFEST.format(root=Path(__file__).resolve().parent.parent))
+    subprocess.run([sys.executable, "-m", "fmesh.cli", "deploy", "-f", str(manifest), "--mesh", url,
+                    "--token", "bench"], check=True, capture_output=True)
+
+
+def stored_count(url: str) -> int:
+    status = httpx.get(url + "/v1/status", headers={"authorization": "Bearer bench"}, timeout=120).json()
+    sink = next(f for f in status["functions"] if f["name"] == "sink")
+    return sink["delivered"] + sink["pending"] + sink["dead_lettered"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=int, default=5)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--connections", type=int, default=64)
+    args = parser.parse_args()
+    bare, fmesh = [], []
+    accepted = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        bare_port, mesh_port = free_port(), free_port()
+        with bare_app(bare_port), mesh(mesh_port, Path(tmp) / "data"):
+            wait_http(f"http://127.0.0.1:{bare_port}/")
+            mesh_url = f"http://127.0.0.1:{mesh_port}"
+            wait_http(mesh_url + "/healthz")
+            deploy(mesh_url, Path(tmp))
+            for _ in range(args.runs):  # interleaved, so drift hits both alike
+                bare.append(wrk(f"http://127.0.0.1:{bare_port}/", args.seconds, args.connections)["rps"])
+                run = wrk(mesh_url + "/", args.seconds, args.connections)
+                fmesh.append(run["rps"])
+                accepted += round(run["rps"] * args.seconds)
+            stored = stored_count(mesh_url)
+    emit({"bench": "ingress", "event_bytes": 1024, "connections": args.connections, "runs": args.runs,
+          "bare_asgi_rps_median": round(median(bare)), "fmesh_rps_median": round(median(fmesh)),
+          "ratio": round(median(fmesh) / median(bare), 3),
+          "bare_runs": [round(r) for r in bare], "fmesh_runs": [round(r) for r in fmesh],
+          "events_stored": stored, "events_accepted_approx": accepted})
+
+
+if __name__ == "__main__":
+    main()

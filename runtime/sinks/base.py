@@ -1,0 +1,47 @@
+"""What every sink is, and the options a sink URL can be given.
+
+A sink is a `Target` for a sidecar that sends events out of the mesh: to an HTTP
+endpoint, a Kafka topic or a NATS subject. `invoke` raises `HandlerError` with
+`retryable` set as the delivery policy needs it, and its message names the URL.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from fmesh.events import Event
+from fmesh.runtime.replica import Result
+from fmesh.triggers.config import EnvName, KafkaSecurity, NatsAuth
+
+
+@runtime_checkable
+class Sink(Protocol):
+    """A delivery target outside the mesh; `start` never fails because the far side is down."""
+
+    url: str
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def invoke(self, event: Event, timeout: float) -> Result:
+        """Send `event` within `timeout` seconds; an HTTP sink may return a reply event."""
+
+
+class SinkOptions(BaseModel):
+    """Options of a sink beyond its URL (the URL's own query can also set `structured`
+    and, for NATS, `jetstream`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    structured: bool = Field(False, description="send structured mode (the JSON event format) "
+                             "instead of binary mode")
+    headers: dict[str, str] = Field(default_factory=dict, description="extra HTTP request headers")
+    bearer_env: EnvName | None = Field(None, description="HTTP: env var with a bearer token to send")
+    tls_ca: Path | None = Field(None, description="HTTP: CA bundle to verify the server with")
+    jetstream: bool = Field(False, description="NATS: publish to JetStream and wait for its ack")
+    kafka: KafkaSecurity = Field(default_factory=KafkaSecurity, description="Kafka: SASL and TLS")
+    nats: NatsAuth = Field(default_factory=NatsAuth, description="NATS: credentials and TLS")

@@ -1,0 +1,75 @@
+"""The HTTP sink: POST each event to a URL (binary mode unless structured is asked for).
+
+One keep-alive `httpx.AsyncClient` per sink. The URL may carry `?structured` (or
+`structured=true`), which is taken off before sending.
+"""
+
+from __future__ import annotations
+
+import ssl
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import httpx
+
+from fmesh.broker.http_binding import write_binary, write_structured
+from fmesh.errors import BrokerUnreachable, HandlerError
+from fmesh.events import Event
+from fmesh.runtime.sinks.base import SinkOptions
+from fmesh.runtime.sinks.responses import outcome
+from fmesh.triggers.config import read_secret
+from fmesh.triggers.kafka_client import describe
+
+TRUE = {"", "1", "true", "yes"}
+MAX_CONNECTIONS = 100
+
+
+def split_structured(url: str) -> tuple[str, bool]:
+    """The URL without a `structured` query parameter, and whether it asked for it."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    flags = [value for name, value in query if name == "structured"]
+    if not flags:
+        return url, False
+    rest = [(name, value) for name, value in query if name != "structured"]
+    structured = flags[-1].lower() in TRUE
+    return urlunsplit(parts._replace(query=urlencode(rest))), structured
+
+
+class HttpSink:
+    """`Sink` that POSTs events; 2xx CloudEvent answers come back as reply events."""
+
+    def __init__(self, url: str, options: SinkOptions) -> None:
+        self.url, structured = split_structured(url)
+        self.structured = structured or options.structured
+        self._headers = dict(options.headers)
+        if options.bearer_env:
+            token = read_secret(options.bearer_env, f"sink {self.url}: bearer_env")
+            self._headers["authorization"] = f"Bearer {token}"
+        self._verify: ssl.SSLContext | bool = (ssl.create_default_context(cafile=options.tls_ca)
+                                               if options.tls_ca else True)
+        self._client: httpx.AsyncClient | None = None
+
+    async def start(self) -> None:
+        if self._client is None:
+            self._client = httpx.AsyncClient(
+                verify=self._verify, follow_redirects=False, trust_env=False,
+                limits=httpx.Limits(max_connections=MAX_CONNECTIONS, max_keepalive_connections=MAX_CONNECTIONS))
+
+    async def stop(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    async def invoke(self, event: Event, timeout: float) -> Event | None:
+        if self._client is None:
+            await self.start()
+        assert self._client is not None
+        headers, body = write_structured(event) if self.structured else write_binary(event)
+        try:
+            response = await self._client.post(self.url, headers={**self._headers, **headers},
+                                               content=body, timeout=timeout)
+        except httpx.TimeoutException as exc:
+            raise HandlerError(f"POST {self.url} timed out after {timeout:g}s", retryable=True) from exc
+        except httpx.TransportError as exc:
+            raise HandlerError(str(BrokerUnreachable(self.url, describe(exc))), retryable=True) from exc
+        return outcome(self.url, response.status_code, response.headers, response.content)

@@ -1,0 +1,66 @@
+"""What users see when something is wrong: clear messages, right status codes, nothing lost."""
+
+from __future__ import annotations
+
+import os
+
+import httpx
+
+from support import free_port, run_cli, write_manifest
+
+
+def test_control_api_needs_the_token(mesh):
+    assert httpx.get(mesh.url + "/v1/functions").status_code == 401
+    wrong = httpx.get(mesh.url + "/v1/status", headers={"authorization": "Bearer nope"})
+    assert wrong.status_code == 401 and "token" in wrong.json()["error"]
+    assert wrong.headers["www-authenticate"] == "Bearer"
+    assert mesh.api("GET", "/v1/functions").status_code == 200
+    refused = mesh.cli("status", check=False, FMESH_TOKEN="nope")
+    assert refused.returncode != 0 and "refused the token" in refused.stderr
+    assert httpx.get(mesh.url + "/docs").status_code == 200  # the API's docs are public
+
+
+def test_up_generates_a_token_the_cli_then_reads(mesh_factory, tmp_path):
+    mesh = mesh_factory(token="")
+    env = mesh.env()
+    env.pop("FMESH_TOKEN")
+    mesh.env = lambda **more: {**env, **more}  # neither the mesh nor the CLI gets a token
+    mesh.start()
+    token = (mesh.data_dir / "token").read_text().strip()
+    assert len(token) >= 32 and oct((mesh.data_dir / "token").stat().st_mode & 0o777) == "0o600"
+    assert mesh.cli("status").returncode == 0  # FMESH_DATA_DIR points the CLI at the token file
+
+
+def test_unreachable_mesh_names_the_url():
+    url = f"http://127.0.0.1:{free_port()}"
+    env = {**os.environ, "FMESH_URL": url, "FMESH_TOKEN": "t"}
+    for args in (["status"], ["send", "--type", "t", "--source", "/s"], ["logs", "x"]):
+        out = run_cli(args, env, check=False)
+        assert out.returncode != 0
+        assert f"cannot reach {url}" in out.stderr, out.stderr
+
+
+def test_send_exits_non_zero_on_a_refused_event(mesh):
+    result = mesh.cli("send", "--type", "t", "--source", "/s", "--ext", "Bad_Name=x", check=False)
+    assert result.returncode == 1 and " 400 " in result.stdout
+
+
+def test_deploy_with_a_misspelt_field_names_file_line_and_field(mesh, tmp_path):
+    manifest = write_manifest(tmp_path, """functions:
+  hello:
+    handler: {functions}/hello/handler.py:handle
+    scale: {{max: 2, idel_timeout: 5s}}
+""")
+    result = mesh.cli("deploy", "-f", str(manifest), check=False)
+    assert result.returncode == 2
+    message = " ".join(result.stderr.split())
+    assert f"{manifest}:4: functions.hello.scale.idel_timeout: unknown field 'idel_timeout'" in message
+    assert "idle_timeout" in message.split("expected one of:")[1]
+    assert mesh.api("GET", "/v1/functions").json()["functions"] == []  # nothing half-applied
+
+
+def test_up_refuses_a_bad_manifest_before_starting(mesh_factory, tmp_path):
+    manifest = write_manifest(tmp_path, "functions:\n  hello:\n    handler: nowhere.py:handle\n")
+    mesh = mesh_factory().start("-f", str(manifest), wait=False)
+    assert mesh.process.wait(30) != 0
+    assert "does not exist" in " ".join(mesh.log().split())

@@ -1,0 +1,232 @@
+"""The NATS trigger: a core subscription or a durable JetStream consumer.
+
+Core NATS is at-most-once by nature: a message is published (retrying while the event
+log refuses it) but cannot be asked for again. JetStream messages are acked only after
+their batch is durably published; when the event log refuses a batch they are nak'ed
+with a delay and come back. nats-py reconnects by itself, forever; the trigger reports
+"retrying" with the server URL while it is cut off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import uuid
+from urllib.parse import urlsplit
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
+from nats.errors import SlowConsumerError, TimeoutError as NatsTimeout
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from fmesh.errors import BrokerUnreachable, InvalidEvent, StoreError
+from fmesh.events import Event
+from fmesh.triggers.base import Publish, StatusTracker, TriggerStatus
+from fmesh.triggers.config import JetStreamConfig, NatsTriggerConfig, TriggerConfigError
+from fmesh.triggers.kafka_client import describe
+from fmesh.triggers.nats_binding import content_type, read_message
+from fmesh.triggers.nats_client import connect_options
+from fmesh.triggers.retry import Backoff, publish_until_stored
+from fmesh.triggers.wire import marked_invalid, wrapped_event
+
+FETCH_WAIT = 1.0
+CLOSE_TIMEOUT = 5.0
+DELIVER = {"all": DeliverPolicy.ALL, "new": DeliverPolicy.NEW, "last": DeliverPolicy.LAST}
+
+
+class NatsTrigger:
+    """`Trigger` over one NATS subject."""
+
+    kind = "nats"
+
+    def __init__(self, name: str, config: NatsTriggerConfig, publish: Publish) -> None:
+        self.name = name
+        self.config = config
+        self._publish = publish
+        field = f"triggers.{name}.nats"
+        self._options = connect_options(config, field, f"fmesh-trigger-{name}")
+        if config.credentials is not None:
+            require_nkeys(f"{field}.credentials")
+        self._source = "nats://" + ",".join(urlsplit(url).netloc for url in config.url)
+        self._durable = (config.jetstream.durable if config.jetstream and config.jetstream.durable
+                         else "fmesh-" + re.sub(r"[^A-Za-z0-9_-]", "_", name))
+        self._status = StatusTracker(name, self.kind)
+        self._status.detail.update(subject=config.subject, queue=config.queue)
+        if config.jetstream:
+            self._status.detail.update(durable=self._durable, stream=config.jetstream.stream)
+        self._backoff = Backoff(config.retry_delay, config.retry_max_delay)
+        self._task: asyncio.Task | None = None
+        self._stopping = False
+
+    async def start(self) -> None:
+        if self._task is None:
+            self._stopping = False
+            self._status.connecting()
+            self._task = asyncio.get_running_loop().create_task(self._run(), name=f"nats trigger {self.name}")
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        self._status.stopped()
+
+    def status(self) -> TriggerStatus:
+        return self._status.snapshot()
+
+    # -- the connection ------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        client = Client()
+        try:
+            await client.connect(**self._options, error_cb=self._on_error,
+                                 disconnected_cb=self._on_disconnected, reconnected_cb=self._on_reconnected)
+            self._status.connected()
+            await self._consume_forever(client)
+        finally:
+            await self._close(client)
+
+    async def _consume_forever(self, client: Client) -> None:
+        backoff = Backoff(self.config.retry_delay, self.config.retry_max_delay)
+        while True:
+            try:
+                await self._consume(client)
+            except (NatsError, OSError, TimeoutError) as exc:
+                self._status.retrying(f"{self.config.display_url}: {describe(exc)}")
+                await backoff.wait()
+
+    async def _close(self, client: Client) -> None:
+        try:
+            await asyncio.wait_for(asyncio.shield(client.close()), CLOSE_TIMEOUT)
+        except (NatsError, OSError, TimeoutError):
+            pass
+
+    async def _on_error(self, error: Exception) -> None:
+        if isinstance(error, SlowConsumerError):
+            self._status.count("dropped")  # core NATS drops what a slow subscriber cannot take
+            return
+        if not self._stopping:
+            self._status.retrying(str(BrokerUnreachable(self.config.display_url, describe(error))))
+
+    async def _on_disconnected(self) -> None:
+        if not self._stopping:
+            self._status.retrying(str(BrokerUnreachable(self.config.display_url, "disconnected; reconnecting")))
+
+    async def _on_reconnected(self) -> None:
+        self._status.connected()
+
+    # -- consuming -----------------------------------------------------------------------
+
+    async def _consume(self, client: Client) -> None:
+        jetstream = self.config.jetstream
+        if jetstream is None:
+            await self._consume_core(client)
+        elif jetstream.mode == "pull":
+            await self._consume_pull(client, jetstream)
+        else:
+            await self._consume_push(client, jetstream)
+
+    async def _consume_core(self, client: Client) -> None:
+        inbox: asyncio.Queue[Msg] = asyncio.Queue(maxsize=self.config.batch_size * 4)
+        subscription = await client.subscribe(self.config.subject, queue=self.config.queue or "", cb=inbox.put)
+        try:
+            while True:
+                messages = await take(inbox, self.config.batch_size)
+                await publish_until_stored(self._publish, self._events(messages), self._backoff,
+                                           self._store_failed)
+                self._received(messages)
+        finally:
+            if client.is_connected:
+                await subscription.unsubscribe()
+
+    async def _consume_pull(self, client: Client, jetstream: JetStreamConfig) -> None:
+        subscription = await client.jetstream().pull_subscribe(
+            self.config.subject, self._durable, stream=jetstream.stream,
+            config=self._consumer_config(jetstream))
+        while True:
+            try:
+                messages = await subscription.fetch(jetstream.batch_size, timeout=FETCH_WAIT)
+            except NatsTimeout:
+                continue
+            await self._publish_then_ack(messages)
+
+    async def _consume_push(self, client: Client, jetstream: JetStreamConfig) -> None:
+        inbox: asyncio.Queue[Msg] = asyncio.Queue(maxsize=jetstream.batch_size * 4)
+        await client.jetstream().subscribe(
+            self.config.subject, queue=self.config.queue, cb=inbox.put, durable=self._durable,
+            stream=jetstream.stream, config=self._consumer_config(jetstream), manual_ack=True)
+        while True:
+            await self._publish_then_ack(await take(inbox, jetstream.batch_size))
+
+    def _consumer_config(self, jetstream: JetStreamConfig) -> ConsumerConfig:
+        return ConsumerConfig(durable_name=self._durable, ack_policy=AckPolicy.EXPLICIT,
+                              ack_wait=jetstream.ack_wait, deliver_policy=DELIVER[jetstream.deliver],
+                              filter_subject=self.config.subject,
+                              deliver_group=self.config.queue if jetstream.mode == "push" else None)
+
+    async def _publish_then_ack(self, messages: list[Msg]) -> None:
+        """Ack only what is stored; on a refusal, nak with a delay so JetStream redelivers."""
+        try:
+            await self._publish(self._events(messages))
+        except StoreError as exc:
+            delay = self._backoff.next_delay()
+            self._store_failed(exc)
+            for message in messages:
+                await message.nak(delay=delay)
+            await asyncio.sleep(delay)
+            return
+        self._backoff.reset()
+        for message in messages:
+            await message.ack()
+        self._received(messages)
+        self._status.set_lag(messages[-1].metadata.num_pending)
+
+    def _received(self, messages: list[Msg]) -> None:
+        self._status.connected()
+        self._status.received(len(messages))
+
+    def _store_failed(self, error: StoreError) -> None:
+        self._status.retrying(f"event log refused messages from {self.config.display_url}: {error}")
+
+    # -- messages to events --------------------------------------------------------------
+
+    def _events(self, messages: list[Msg]) -> list[Event]:
+        return [self._to_event(message) for message in messages]
+
+    def _to_event(self, message: Msg) -> Event:
+        try:
+            event = read_message(message.headers, message.data, f"message on {message.subject}")
+        except InvalidEvent as exc:
+            self._status.count("invalid")
+            self._status.detail["last_invalid"] = str(exc)
+            return marked_invalid(self._wrap(message), exc)
+        return event if event is not None else self._wrap(message)
+
+    def _wrap(self, message: Msg) -> Event:
+        """A plain message as an event: id from the stream sequence (JetStream) or a UUID."""
+        time, id = None, str(uuid.uuid4())
+        if self.config.jetstream is not None:
+            metadata = message.metadata
+            id = f"{metadata.stream}-{metadata.sequence.stream}"
+            time = metadata.timestamp
+        return wrapped_event(id=id, source=f"{self._source}/{message.subject}", type=self.config.type,
+                             payload=message.data, content_type=content_type(message.headers or {}),
+                             time=time)
+
+
+async def take(inbox: asyncio.Queue[Msg], limit: int) -> list[Msg]:
+    """Wait for one message, then take whatever else is already waiting, up to `limit`."""
+    messages = [await inbox.get()]
+    while len(messages) < limit and not inbox.empty():
+        messages.append(inbox.get_nowait())
+    return messages
+
+
+def require_nkeys(field: str) -> None:
+    try:
+        import nkeys  # noqa: F401 - nats-py needs it for .creds files
+    except ImportError as exc:
+        raise TriggerConfigError(field, "a .creds file needs the `nkeys` package (pip install nkeys)") from exc
+

@@ -1,0 +1,33 @@
+"""Build a trigger from its manifest entry: the one place that knows every kind."""
+
+from __future__ import annotations
+
+from fmesh.triggers.base import Publish, StateStore, Trigger
+from fmesh.triggers.clock import Clock
+from fmesh.triggers.config import (HttpTriggerConfig, KafkaTriggerConfig, NatsTriggerConfig,
+                                   TimerTriggerConfig, TriggerConfig, TriggerEntry)
+from fmesh.triggers.kafka import KafkaTrigger
+from fmesh.triggers.nats import NatsTrigger
+from fmesh.triggers.timer import TimerTrigger
+from fmesh.triggers.webhook import WebhookTrigger
+
+
+def build_trigger(name: str, config: TriggerEntry | TriggerConfig, publish: Publish, state: StateStore,
+                  clock: Clock | None = None) -> Trigger:
+    """A stopped trigger named `name`; call `start()` to run it.
+
+    Raises TriggerConfigError (a ValueError) naming the field when a referenced secret
+    environment variable or file is missing. A webhook trigger (kind "http") also has
+    `.path` and `.app`, the ASGI app to mount at that path.
+    """
+    if isinstance(config, TriggerEntry):
+        config = config.config
+    if isinstance(config, KafkaTriggerConfig):
+        return KafkaTrigger(name, config, publish)
+    if isinstance(config, NatsTriggerConfig):
+        return NatsTrigger(name, config, publish)
+    if isinstance(config, TimerTriggerConfig):
+        return TimerTrigger(name, config, publish, state, clock)
+    if isinstance(config, HttpTriggerConfig):
+        return WebhookTrigger(name, config, publish, clock)
+    raise TypeError(f"trigger {name!r}: unknown configuration {type(config).__name__}")
