@@ -67,8 +67,8 @@ def reading(what: str) -> Iterator[None]:
     """Translate the errors of reading `what` as a CloudEvent into `InvalidEvent`."""
     try:
         yield
-    except InvalidEvent:
-        raise
+    except InvalidEvent as exc:
+        raise InvalidEvent(f"{what}: {exc}", exc.attribute) from exc
     except json.JSONDecodeError as exc:
         raise InvalidEvent(f"{what}: body is not valid JSON: {exc.msg} at line {exc.lineno} "
                            f"column {exc.colno}") from exc

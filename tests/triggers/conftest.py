@@ -55,9 +55,9 @@ class Recorder:
         return [event.id for event in self.events]
 
 
-async def eventually(condition: Callable[[], object], timeout: float = WAIT, what: str = "condition",
-                     interval: float = 0.05) -> object:
-    """Poll a condition that has no event to await (a status field); bounded."""
+async def poll(condition: Callable[[], object], timeout: float = WAIT, what: str = "condition",
+               interval: float = 0.05) -> object:
+    """Poll a condition that has no event to await (a status field, a row count); bounded."""
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
         value = condition()
@@ -71,6 +71,18 @@ async def eventually(condition: Callable[[], object], timeout: float = WAIT, wha
 @pytest.fixture
 def recorder() -> Recorder:
     return Recorder()
+
+
+@pytest.fixture
+def eventually() -> Callable:
+    """`await eventually(lambda: ..., what="...")`: see `poll`."""
+    return poll
+
+
+@pytest.fixture
+def read_topic() -> Callable:
+    """`await read_topic(bootstrap, topic, count)`: see `consume`."""
+    return consume
 
 
 @pytest.fixture
