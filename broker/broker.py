@@ -10,14 +10,15 @@ from fmesh.broker.filters import Filter
 from fmesh.broker.log import EventLog
 from fmesh.broker.router import Router
 from fmesh.contracts import Claimed, DeadLetter, Delivery
-from fmesh.events import Event
+from fmesh.events import Event, without_error_context
 
 
 class SubscriptionQueue:
     """`DeliveryQueue` of one subscription over the broker's event log."""
 
-    def __init__(self, broker: Broker, name: str) -> None:
+    def __init__(self, broker: Broker, name: str, ordered: bool = False) -> None:
         self.name = name
+        self.ordered = ordered
         self._broker = broker
         self._log = broker.log
         self._new = asyncio.Event()
@@ -27,7 +28,7 @@ class SubscriptionQueue:
 
     async def claim(self, limit: int) -> Claimed:
         self._new.clear()
-        return await self._log.claim(self.name, limit, time.time())
+        return await self._log.claim(self.name, limit, time.time(), self.ordered)
 
     async def ack(self, delivery_ids: Sequence[int]) -> None:
         await self._log.ack(delivery_ids)
@@ -37,6 +38,25 @@ class SubscriptionQueue:
 
     async def dead_letter(self, delivery: Delivery, letter: DeadLetter) -> None:
         await self._log.dead_letter(delivery, letter)
+
+    async def replay(self, letters: Sequence[DeadLetter]) -> int:
+        """Deliver dead letters again, to the subscription each failed in (reset attempts).
+
+        A letter whose subscription is gone is published anew through the router instead.
+        """
+        direct, republish = [], []
+        for letter in letters:
+            event = without_error_context(letter.event)
+            if letter.subscription in self._queues:
+                direct.append((event, [letter.subscription]))
+            else:
+                republish.append(event)
+        await self.log.append(direct)
+        for _, (sub,) in direct:
+            self._queues[sub].wake()
+        if republish:
+            await self.publish(republish)
+        return len(letters)
 
     async def redirect(self, delivery: Delivery, subscription: str, event: Event) -> bool:
         return await self._broker.redirect(delivery, subscription, event)
@@ -64,12 +84,16 @@ class Broker:
             for sub in subs:
                 self._queues[sub].wake()
 
-    def subscribe(self, name: str, filter: Filter) -> SubscriptionQueue:
-        """Route matching events to `name` from now on; returns its delivery queue."""
+    def subscribe(self, name: str, filter: Filter, ordered: bool = False) -> SubscriptionQueue:
+        """Route matching events to `name` from now on; returns its delivery queue.
+
+        `ordered`: events with the same `partitionkey` go one at a time, in publish order.
+        """
         self.router.set(name, filter)
         queue = self._queues.get(name)
         if queue is None:
-            queue = self._queues[name] = SubscriptionQueue(self, name)
+            queue = self._queues[name] = SubscriptionQueue(self, name, ordered)
+        queue.ordered = ordered
         queue.wake()  # deliveries stored before a restart are due at once
         return queue
 
@@ -78,6 +102,25 @@ class Broker:
         self._queues.pop(name, None)
         if drop_pending:
             await self.log.drop_subscription(name)
+
+    async def replay(self, letters: Sequence[DeadLetter]) -> int:
+        """Deliver dead letters again, to the subscription each failed in (reset attempts).
+
+        A letter whose subscription is gone is published anew through the router instead.
+        """
+        direct, republish = [], []
+        for letter in letters:
+            event = without_error_context(letter.event)
+            if letter.subscription in self._queues:
+                direct.append((event, [letter.subscription]))
+            else:
+                republish.append(event)
+        await self.log.append(direct)
+        for _, (sub,) in direct:
+            self._queues[sub].wake()
+        if republish:
+            await self.publish(republish)
+        return len(letters)
 
     async def redirect(self, delivery: Delivery, subscription: str, event: Event) -> bool:
         """Hand a delivery to another subscription; False when there is no such subscription."""

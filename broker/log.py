@@ -35,8 +35,12 @@ class EventLog(Protocol):
     async def append(self, routed: Sequence[tuple[Event, Sequence[str]]]) -> None:
         """Store each event once for every subscription named beside it."""
 
-    async def claim(self, subscription: str, limit: int, now: float) -> Claimed:
-        """Up to `limit` unclaimed deliveries due by `now`, oldest due first, now claimed."""
+    async def claim(self, subscription: str, limit: int, now: float, ordered: bool = False) -> Claimed:
+        """Up to `limit` unclaimed deliveries due by `now`, oldest due first, now claimed.
+
+        `ordered`: of the deliveries sharing a `partitionkey`, only the oldest stored one
+        can be claimed, so each key goes one at a time in publish order.
+        """
 
     async def ack(self, delivery_ids: Sequence[int]) -> None:
         """The deliveries succeeded: forget them."""
@@ -54,6 +58,9 @@ class EventLog(Protocol):
 
     async def remove_dead_letters(self, ids: Sequence[int]) -> list[DeadLetter]:
         """Delete dead letters by id, returning what was removed (for replay)."""
+
+    async def purge_dead_letters(self, subscription: str | None = None, before: float | None = None) -> int:
+        """Delete dead letters (of one subscription, or failed before a time); returns how many."""
 
     async def count_dead_letters(self) -> dict[str, int]: ...
 

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from fmesh.contracts import Claimed, DeadLetter, Delivery
-from fmesh.events import Event
+from fmesh.events import Event, ordering_key
 
 
 @dataclass(slots=True)
@@ -44,12 +44,20 @@ class MemoryEventLog:
                 delivery = Delivery(next(self._ids), sub, event)
                 self._rows[delivery.id] = _Row(delivery, now)
 
-    async def claim(self, subscription: str, limit: int, now: float) -> Claimed:
-        waiting = [r for r in self._rows.values() if r.delivery.subscription == subscription and not r.claimed]
-        due = sorted((r for r in waiting if r.due_at <= now), key=lambda r: (r.due_at, r.delivery.id))[:limit]
+    async def claim(self, subscription: str, limit: int, now: float, ordered: bool = False) -> Claimed:
+        mine = [r for r in self._rows.values() if r.delivery.subscription == subscription]
+        waiting = [r for r in mine if not r.claimed]
+        eligible = [r for r in waiting if r.due_at <= now]
+        if ordered:
+            heads = {}
+            for row in sorted(mine, key=lambda r: r.delivery.id):
+                heads.setdefault(ordering_key(row.delivery.event), row.delivery.id)
+            eligible = [r for r in eligible if ordering_key(r.delivery.event) is None
+                        or heads[ordering_key(r.delivery.event)] == r.delivery.id]
+        due = sorted(eligible, key=lambda r: (r.due_at, r.delivery.id))[:limit]
         for row in due:
             row.claimed = True
-        rest = [r.due_at for r in waiting if not r.claimed]
+        rest = [r.due_at for r in waiting if not r.claimed and r.due_at > now]
         return Claimed([_copy(r.delivery) for r in due], min(rest) if rest else None)
 
     async def ack(self, delivery_ids: Sequence[int]) -> None:
@@ -79,6 +87,13 @@ class MemoryEventLog:
 
     async def remove_dead_letters(self, ids: Sequence[int]) -> list[DeadLetter]:
         return [self._dead.pop(i) for i in ids if i in self._dead]
+
+    async def purge_dead_letters(self, subscription: str | None = None, before: float | None = None) -> int:
+        doomed = [i for i, d in self._dead.items() if subscription in (None, d.subscription)
+                  and (before is None or d.failed_at < before)]
+        for i in doomed:
+            del self._dead[i]
+        return len(doomed)
 
     async def count_dead_letters(self) -> dict[str, int]:
         counts: dict[str, int] = {}

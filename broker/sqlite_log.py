@@ -19,7 +19,7 @@ from typing import Any
 
 from fmesh.contracts import Claimed, DeadLetter, Delivery
 from fmesh.errors import StoreError
-from fmesh.events import Event, from_record, to_record
+from fmesh.events import Event, from_record, ordering_key, to_record
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS deliveries(
@@ -30,9 +30,11 @@ CREATE TABLE IF NOT EXISTS deliveries(
     attempts INTEGER NOT NULL DEFAULT 0,
     due_at REAL NOT NULL,
     claimed INTEGER NOT NULL DEFAULT 0,
-    last_error TEXT
+    last_error TEXT,
+    okey TEXT                      -- the partitionkey, for ordered subscriptions
 );
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries(subscription, claimed, due_at);
+CREATE INDEX IF NOT EXISTS deliveries_key ON deliveries(subscription, okey, id);
 CREATE TABLE IF NOT EXISTS dead_letters(
     id INTEGER PRIMARY KEY,
     subscription TEXT NOT NULL,
@@ -47,6 +49,15 @@ CREATE TABLE IF NOT EXISTS dead_letters(
 CREATE INDEX IF NOT EXISTS dead_letters_sub ON dead_letters(subscription);
 CREATE TABLE IF NOT EXISTS state(key TEXT PRIMARY KEY, value BLOB NOT NULL);
 """
+
+CLAIM = ("SELECT id, attributes, payload, attempts, last_error FROM deliveries "
+         "WHERE subscription=? AND claimed=0 AND due_at<=? ORDER BY due_at, id LIMIT ?")
+# Ordered: only the oldest stored delivery of each key may go; while it is in flight or
+# waiting to retry, the ones behind it wait too. Deliveries without a key never wait.
+ORDERED_CLAIM = ("SELECT id, attributes, payload, attempts, last_error FROM deliveries AS d "
+                 "WHERE subscription=? AND claimed=0 AND due_at<=? AND (okey IS NULL OR NOT EXISTS ("
+                 "SELECT 1 FROM deliveries AS e WHERE e.subscription=d.subscription AND e.okey=d.okey "
+                 "AND e.id<d.id)) ORDER BY due_at, id LIMIT ?")
 
 Operation = Callable[[sqlite3.Connection], Any]
 MAX_GROUP = 512
@@ -167,23 +178,23 @@ class SqliteEventLog:
         rows = []
         for event, subscriptions in routed:
             attributes, payload = to_record(event)
-            rows.extend((sub, attributes, payload, now) for sub in subscriptions)
+            key = ordering_key(event)
+            rows.extend((sub, attributes, payload, now, key) for sub in subscriptions)
         if rows:
             await self._submit(lambda c: c.executemany(
-                "INSERT INTO deliveries(subscription, attributes, payload, due_at) VALUES (?,?,?,?)",
+                "INSERT INTO deliveries(subscription, attributes, payload, due_at, okey) VALUES (?,?,?,?,?)",
                 rows))
 
-    async def claim(self, subscription: str, limit: int, now: float) -> Claimed:
+    async def claim(self, subscription: str, limit: int, now: float, ordered: bool = False) -> Claimed:
         def op(conn: sqlite3.Connection) -> Claimed:
-            rows = conn.execute(
-                "SELECT id, attributes, payload, attempts, last_error FROM deliveries "
-                "WHERE subscription=? AND claimed=0 AND due_at<=? ORDER BY due_at, id LIMIT ?",
-                (subscription, now, limit)).fetchall()
+            rows = conn.execute(ORDERED_CLAIM if ordered else CLAIM, (subscription, now, limit)).fetchall()
             if rows:
                 conn.executemany("UPDATE deliveries SET claimed=1 WHERE id=?", [(r[0],) for r in rows])
+            # Rows already due but not returned are past the limit or waiting behind their
+            # key: the next wake-up worth scheduling is the next row that falls due later.
             nxt = conn.execute(
-                "SELECT min(due_at) FROM deliveries WHERE subscription=? AND claimed=0",
-                (subscription,)).fetchone()[0]
+                "SELECT min(due_at) FROM deliveries WHERE subscription=? AND claimed=0 AND due_at>?",
+                (subscription, now)).fetchone()[0]
             deliveries = [Delivery(r[0], subscription, from_record(r[1], r[2]), r[3], r[4]) for r in rows]
             return Claimed(deliveries, nxt)
 
@@ -215,8 +226,8 @@ class SqliteEventLog:
         attributes, payload = to_record(event)
         await self._submit(lambda c: c.execute(
             "UPDATE deliveries SET subscription=?, attributes=?, payload=?, attempts=0, claimed=0,"
-            " due_at=?, last_error=NULL WHERE id=?",
-            (subscription, attributes, payload, time.time(), delivery_id)))
+            " due_at=?, last_error=NULL, okey=? WHERE id=?",
+            (subscription, attributes, payload, time.time(), ordering_key(event), delivery_id)))
 
     async def dead_letters(self, subscription: str | None = None, limit: int = 1000) -> list[DeadLetter]:
         where, args = ("WHERE subscription=?", (subscription,)) if subscription else ("", ())
@@ -238,6 +249,10 @@ class SqliteEventLog:
             return found
 
         return await self._submit(op)
+
+    async def purge_dead_letters(self, subscription: str | None = None, before: float | None = None) -> int:
+        where, args = _dead_letter_filter(subscription, before)
+        return await self._submit(lambda c: c.execute(f"DELETE FROM dead_letters {where}", args).rowcount)
 
     async def count_dead_letters(self) -> dict[str, int]:
         rows = await self._submit(lambda c: c.execute(
@@ -270,6 +285,17 @@ class SqliteEventLog:
             "SELECT key, value FROM state WHERE substr(key, 1, ?) = ? ORDER BY key",
             (len(prefix), prefix)).fetchall())
         return dict(rows)
+
+
+def _dead_letter_filter(subscription: str | None, before: float | None) -> tuple[str, tuple]:
+    clauses, args = [], []
+    if subscription is not None:
+        clauses.append("subscription=?")
+        args.append(subscription)
+    if before is not None:
+        clauses.append("failed_at<?")
+        args.append(before)
+    return ("WHERE " + " AND ".join(clauses) if clauses else ""), tuple(args)
 
 
 def _dead_letter(row: tuple) -> DeadLetter:

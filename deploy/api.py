@@ -126,10 +126,33 @@ def create_app(node: Node, control: ControlPlane, token: str) -> FastAPI:
 
     @app.get("/v1/dead-letters", dependencies=auth, summary="Events that exhausted their delivery policy")
     async def dead_letters(function: str | None = None, limit: int = Query(1000, ge=1, le=100_000)) -> dict:
-        letters = await node.log.dead_letters(f"function:{function}" if function else None, limit)
+        letters = await node.log.dead_letters(subscription_of(function), limit)
         return {"dead_letters": [dead_letter_json(d) for d in letters]}
 
+    @app.post("/v1/dead-letters/replay", dependencies=auth, summary="Deliver dead letters again")
+    async def replay(request: ReplayRequest) -> dict[str, Any]:
+        if not request.ids and not request.function:
+            raise HTTPException(422, "name the dead letters to replay: ids, or a function")
+        ids = list(request.ids)
+        if request.function:
+            ids += [d.id for d in await node.log.dead_letters(subscription_of(request.function), 100_000)]
+        letters = await node.log.remove_dead_letters(ids)
+        missing = sorted(set(request.ids) - {d.id for d in letters})
+        await node.broker.replay(letters)
+        return {"replayed": len(letters), "not_found": missing}
+
+    @app.delete("/v1/dead-letters", dependencies=auth, summary="Purge dead letters")
+    async def purge(function: str | None = None) -> dict[str, Any]:
+        return {"purged": await node.log.purge_dead_letters(subscription_of(function))}
+
     return app
+
+
+def subscription_of(function: str | None) -> str | None:
+    """`hello` means the function's subscription; a full name (`subscription:audit`) is kept."""
+    if function is None:
+        return None
+    return function if ":" in function else f"function:{function}"
 
 
 def _has(control: ControlPlane, digest: str) -> bool:

@@ -70,6 +70,13 @@ class MeshClient:
         except httpx.ConnectError as exc:
             raise BrokerUnreachable(self.url, str(exc)) from exc
 
+    def replay_dead_letters(self, ids: list[int], function: str | None) -> dict[str, Any]:
+        return self.request("POST", "/v1/dead-letters/replay", json={"ids": ids, "function": function}).json()
+
+    def purge_dead_letters(self, function: str | None) -> int:
+        params = {"function": function} if function else {}
+        return self.request("DELETE", "/v1/dead-letters", params=params).json()["purged"]
+
     def dead_letters(self, function: str | None, limit: int = 1000) -> list[dict[str, Any]]:
         params: dict[str, Any] = {"limit": limit}
         if function:

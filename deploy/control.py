@@ -120,6 +120,7 @@ def runtime_spec(function: DeployedFunction, bundles: BundleStore) -> FunctionSp
         delivery=DeliveryPolicy(retries=spec.delivery.retries, backoff=spec.delivery.backoff,
                                 delay=spec.delivery.delay, max_delay=spec.delivery.max_delay,
                                 timeout=spec.delivery.timeout or spec.timeout,
-                                dead_letter=spec.delivery.dead_letter),
+                                dead_letter=spec.delivery.dead_letter,
+                                ordered=spec.delivery.ordering == "ordered"),
         version=function.version,
     )

@@ -65,6 +65,8 @@ class DeliverySpec(Strict):
     max_delay: Duration = Field(60.0, ge=0, description="longest wait between attempts")
     timeout: Duration | None = Field(None, gt=0, description="per attempt; defaults to the function's timeout")
     dead_letter: Name | None = Field(None, description="function that receives events that failed")
+    ordering: Literal["unordered", "ordered"] = Field(
+        "unordered", description="ordered: events with the same partitionkey go one at a time, in order")
 
 
 class FunctionSpec(Strict):

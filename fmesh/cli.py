@@ -18,8 +18,9 @@ from fmesh.settings import DEFAULT_MESH_URL, DEFAULT_PORT, default_data_dir, rea
 
 app = typer.Typer(help="fmesh: event-driven functions that scale to zero, no cluster required.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
-console = Console()
-errors = Console(stderr=True)
+# Piped output is for scripts and logs: do not squeeze tables into 80 columns there.
+console = Console(width=None if sys.stdout.isatty() else 200)
+errors = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 
 MeshOption = Annotated[str, typer.Option("--mesh", envvar="FMESH_URL", help="URL of the mesh node.")]
 TokenOption = Annotated[str | None, typer.Option(
@@ -43,11 +44,12 @@ def up(
     file: Annotated[Path | None, typer.Option("-f", "--file", help="Deploy this manifest at start.")] = None,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port for events (POST /) and the control API (/v1).")] = DEFAULT_PORT,
-    data_dir: Annotated[Path | None, typer.Option(help="Where the mesh keeps its state [default: ~/.fmesh].")] = None,
-    store: Annotated[str | None, typer.Option(help="Event log: sqlite:///path or memory:// [default: sqlite in the data dir].")] = None,
-    token: Annotated[str | None, typer.Option(envvar="FMESH_TOKEN", help="Control API token [default: generated into <data dir>/token].")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="Where the mesh keeps its state (default: ~/.fmesh).")] = None,
+    store: Annotated[str | None, typer.Option(help="Event log: sqlite:///path or memory:// (default: sqlite in the data dir).")] = None,
+    token: Annotated[str | None, typer.Option(envvar="FMESH_TOKEN", help="Control API token (default: generated into <data dir>/token).")] = None,
     max_event_bytes: Annotated[int, typer.Option(help="Largest event accepted (413 past it).")] = 1024 * 1024,
     launcher: Annotated[str, typer.Option(help="How replicas start: zygote (fast) or subprocess.")] = "zygote",
+    dead_letter_retention: Annotated[str, typer.Option(help="How long dead letters are kept.")] = "7d",
 ) -> None:
     """Run a mesh node in the foreground (no external services needed)."""
     from fmesh.deploy.server import serve
@@ -55,7 +57,7 @@ def up(
 
     settings = NodeSettings(data_dir=(data_dir or default_data_dir()).expanduser().resolve(), host=host,
                             port=port, store=store, token=token, max_event_bytes=max_event_bytes,
-                            launcher=launcher)
+                            launcher=launcher, dead_letter_retention=_duration(dead_letter_retention))
     if launcher not in ("zygote", "subprocess"):
         fail(f"--launcher must be zygote or subprocess, not {launcher!r}")
     try:
@@ -102,6 +104,15 @@ def deploy(file: ManifestOption = Path("fmesh.yaml"), mesh: MeshOption = DEFAULT
     console.print(f"[bold green]Done:[/] {summarize(changes)}.")
 
 
+def _duration(text: str) -> float:
+    from fmesh.durations import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        fail(str(exc))
+
+
 class _StatusProgress:
     def __init__(self, status: Any) -> None:
         self.status = status
@@ -117,8 +128,8 @@ def send(
     data: Annotated[str | None, typer.Option(help="JSON data, or @file to send a file's contents.")] = None,
     subject: Annotated[str | None, typer.Option(help="Event subject.")] = None,
     ext: Annotated[list[str] | None, typer.Option(help="An extension as key=value (repeatable).")] = None,
-    id: Annotated[str | None, typer.Option("--id", help="Event id [default: a new UUID].")] = None,
-    content_type: Annotated[str | None, typer.Option(help="datacontenttype [default: guessed from the data].")] = None,
+    id: Annotated[str | None, typer.Option("--id", help="Event id (default: a new UUID).")] = None,
+    content_type: Annotated[str | None, typer.Option(help="datacontenttype (default: guessed from the data).")] = None,
     structured: Annotated[bool, typer.Option(help="Send in structured mode instead of binary.")] = False,
     mesh: MeshOption = DEFAULT_MESH_URL,
 ) -> None:
@@ -196,6 +207,41 @@ def logs(function: Annotated[str, typer.Argument(help="The function.")],
         fail(str(exc))
     except KeyboardInterrupt:
         pass
+
+
+@app.command("dead-letters")
+def dead_letters(
+    function: Annotated[str | None, typer.Argument(help="Only this function's dead letters.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    replay: Annotated[list[int] | None, typer.Option("--replay", help="Deliver this dead letter again (repeatable).")] = None,
+    replay_all: Annotated[str | None, typer.Option("--replay-all", help="Deliver all of this function's dead letters again.")] = None,
+    purge: Annotated[bool, typer.Option("--purge", help="Delete the dead letters (of FUNCTION, else all).")] = False,
+    mesh: MeshOption = DEFAULT_MESH_URL, token: TokenOption = None,
+) -> None:
+    """List events that exhausted their delivery policy, replay them, or purge them."""
+    try:
+        with client(mesh, token) as mesh_client:
+            if replay or replay_all:
+                result = mesh_client.replay_dead_letters(replay or [], replay_all)
+                console.print(f"replayed {result['replayed']} dead letter(s)")
+                if result["not_found"]:
+                    fail(f"no dead letter with id {', '.join(map(str, result['not_found']))}")
+                return
+            if purge:
+                console.print(f"purged {mesh_client.purge_dead_letters(function)} dead letter(s)")
+                return
+            letters = mesh_client.dead_letters(function)
+    except FmeshError as exc:
+        fail(str(exc))
+    if as_json:
+        print(json.dumps({"dead_letters": letters}, indent=2))
+        return
+    table = Table("id", "subscription", "event", "attempts", "status", "reason", "last error")
+    for d in letters:
+        attributes = d["event"]["attributes"]
+        table.add_row(str(d["id"]), d["subscription"], f"{attributes['type']} {attributes['id']}",
+                      str(d["attempts"]), str(d["status"] or "-"), d["reason"], (d["error"] or "")[:80])
+    console.print(table if letters else "No dead letters.")
 
 
 @app.command()

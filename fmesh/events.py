@@ -241,6 +241,21 @@ def with_extension(event: Event, **extensions: Any) -> Event:
     return Event({**event.attributes, **extensions}, event.payload)
 
 
+# The extensions a dead letter carries about its failure (see runtime.sidecar).
+ERROR_EXTENSIONS = ("fmesherrordest", "fmesherrorcode", "fmesherrordata", "fmeshattempts")
+
+
+def without_error_context(event: Event) -> Event:
+    """The event as it was before it failed: for replaying a dead letter."""
+    return Event({k: v for k, v in event.attributes.items() if k not in ERROR_EXTENSIONS}, event.payload)
+
+
+def ordering_key(event: Event) -> str | None:
+    """The key ordered delivery keeps in sequence: the `partitionkey` extension."""
+    key = event.attributes.get("partitionkey")
+    return None if key is None else str(key)
+
+
 def to_record(event: Event) -> tuple[bytes, bytes | None]:
     """Storage form: attributes as compact JSON, payload as-is."""
     return json.dumps(event.attributes, separators=(",", ":")).encode(), event.payload

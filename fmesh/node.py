@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import sys
 import tempfile
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -16,6 +18,7 @@ from fmesh.broker.broker import Broker
 from fmesh.broker.filters import Filter
 from fmesh.broker.ingress import ASGIApp, Ingress, Receive, Scope, Send, respond
 from fmesh.broker.stores import open_store
+from fmesh.errors import StoreError
 from fmesh.runtime.runtime import FunctionSpec, Runtime
 from fmesh.settings import NodeSettings
 
@@ -32,6 +35,7 @@ class Node:
         self.run_dir = Path(tempfile.mkdtemp(prefix="fmesh-"))  # short: Unix socket paths are limited
         self.runtime = Runtime(self.data_dir, self.run_dir, self.broker, settings.launcher)
         self.control_app: ASGIApp | None = None
+        self._janitor: asyncio.Task | None = None
         self.on_start: list[Hook] = []
         self.routes: dict[str, ASGIApp] = {}   # extra POST paths (webhook triggers)
         self._started = False
@@ -40,6 +44,7 @@ class Node:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         await self.log.open()
         await self.runtime.start()
+        self._janitor = asyncio.get_running_loop().create_task(self._expire_dead_letters())
         self._started = True
         for hook in self.on_start:
             await hook()
@@ -48,12 +53,24 @@ class Node:
         if not self._started:
             return
         self._started = False
+        if self._janitor is not None:
+            self._janitor.cancel()
         await self.runtime.stop()
         await self.log.close()
         shutil.rmtree(self.run_dir, ignore_errors=True)
 
+    async def _expire_dead_letters(self) -> None:
+        """Dead letters older than the retention go, checked a few times per retention period."""
+        retention = self.settings.dead_letter_retention
+        while True:
+            try:
+                await self.log.purge_dead_letters(before=time.time() - retention)
+            except StoreError as exc:
+                print(f"fmesh: could not expire dead letters: {exc}", file=sys.stderr)
+            await asyncio.sleep(min(3600.0, max(1.0, retention / 10)))
+
     async def deploy_function(self, spec: FunctionSpec, filter: Filter) -> None:
-        queue = self.broker.subscribe(spec.subscription, filter)
+        queue = self.broker.subscribe(spec.subscription, filter, ordered=spec.delivery.ordered)
         await self.runtime.deploy(spec, queue)
 
     async def remove_function(self, name: str) -> None:

@@ -50,6 +50,7 @@ class NodeSettings:
     token: str | None = None
     max_event_bytes: int = 1024 * 1024
     launcher: str = "zygote"              # or "subprocess": a fresh interpreter per replica
+    dead_letter_retention: float = 7 * 86400.0
 
     @property
     def store_url(self) -> str:

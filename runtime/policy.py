@@ -18,6 +18,7 @@ class DeliveryPolicy:
     dead_letter: str | None = None        # a function to send dead letters to
     retry_after_cap: float = 300.0        # longest Retry-After honoured
     max_hops: int = 16                    # reply chain length that counts as a loop
+    ordered: bool = False                 # one event per partitionkey at a time, in order
 
     def backoff_for(self, attempt: int, rng: random.Random | None = None) -> float:
         """Seconds to wait after failed attempt number `attempt` (1-based), with jitter.

@@ -168,6 +168,7 @@ class Sidecar:
 
 def with_error_context(event: Event, where: str, error: FmeshError, attempts: int) -> Event:
     """The event with extensions saying where and how it failed (as Knative's knativeerror*)."""
+    # Names as in fmesh.events.ERROR_EXTENSIONS, which replay strips again.
     extensions = {"fmesherrordest": where, "fmesherrordata": str(error)[:ERROR_DATA_BYTES],
                   "fmeshattempts": attempts}
     status = getattr(error, "status", None)

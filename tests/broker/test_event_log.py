@@ -141,3 +141,19 @@ async def test_sqlite_reports_an_unusable_path(tmp_path):
     log = SqliteEventLog(blocker / "mesh.db")
     with pytest.raises((StoreError, OSError)):
         await log.open()
+
+
+async def test_ordered_claims_hand_out_one_delivery_per_key_in_publish_order(log):
+    events = [new_event("t", "/s", {"i": i}, partitionkey=f"k{i % 2}") for i in range(6)]
+    events.append(new_event("t", "/s", {"i": "free"}))  # no key: never waits
+    await log.append([(e, ["sub"]) for e in events])
+    first = (await log.claim("sub", 10, time.time(), ordered=True)).deliveries
+    assert [d.event.data["i"] for d in first] == [0, 1, "free"]
+    assert (await log.claim("sub", 10, time.time(), ordered=True)).deliveries == []
+    await log.ack([first[0].id])  # k0's head done: its next one may go
+    second = (await log.claim("sub", 10, time.time(), ordered=True)).deliveries
+    assert [d.event.data["i"] for d in second] == [2]
+    await log.retry(first[1], time.time() + 60, "later")  # a retrying head holds its key back
+    assert (await log.claim("sub", 10, time.time(), ordered=True)).deliveries == []
+    retried = (await log.claim("sub", 10, time.time() + 61, ordered=True)).deliveries
+    assert [d.event.data["i"] for d in retried] == [1]
