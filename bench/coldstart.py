@@ -28,11 +28,11 @@ from fmesh.deploy.server import build, deploy_local  # noqa: E402
 from fmesh.events import new_event  # noqa: E402
 from fmesh.settings import NodeSettings  # noqa: E402
 
-HANDLER_DIR = ROOT / "functions" / "hello"
-MANIFEST = f"""
+DEFAULT_HANDLER = ROOT / "bench" / "functions" / "typical"
+MANIFEST = """
 functions:
   hello:
-    handler: {HANDLER_DIR}/handler.py:handle
+    handler: {folder}/handler.py:handle
     on: [{{type: bench.cold}}]
     scale: {{max: 1, idle_timeout: 0s}}
 """
@@ -56,12 +56,12 @@ async def wait_for_zero(node) -> None:
         await asyncio.sleep(0.01)
 
 
-async def measure_mesh(runs: int, data_dir: Path) -> tuple[list[float], list[float]]:
+async def measure_mesh(runs: int, data_dir: Path, folder: Path) -> tuple[list[float], list[float]]:
     node, control, _ = build(NodeSettings(data_dir=data_dir))
     await node.start()
     try:
         manifest = data_dir / "fmesh.yaml"
-        manifest.write_text(MANIFEST)
+        manifest.write_text(MANIFEST.format(folder=folder))
         await deploy_local(control, manifest)
         replies = node.broker.subscribe("bench-replies", compile_shorthand({"type": "bench.cold.reply"}))
         await round_trip(node, replies)  # the first start also warms the zygote's page cache
@@ -70,7 +70,7 @@ async def measure_mesh(runs: int, data_dir: Path) -> tuple[list[float], list[flo
             await wait_for_zero(node)
             await asyncio.sleep(0.05)
             cold.append(await round_trip(node, replies))
-        manifest.write_text(MANIFEST.replace("idle_timeout: 0s", "idle_timeout: 60s"))  # now keep it warm
+        manifest.write_text(MANIFEST.format(folder=folder).replace("idle_timeout: 0s", "idle_timeout: 60s"))
         await deploy_local(control, manifest)
         await round_trip(node, replies)
         warm = [await round_trip(node, replies) for _ in range(runs * 4)]
@@ -79,9 +79,9 @@ async def measure_mesh(runs: int, data_dir: Path) -> tuple[list[float], list[flo
         await node.stop()
 
 
-def measure_fresh_interpreter(runs: int) -> list[float]:
+def measure_fresh_interpreter(runs: int, folder: Path) -> list[float]:
     """A new interpreter that imports the handler, as a runner without a zygote must."""
-    code = f"import sys; sys.path.insert(0, {str(HANDLER_DIR)!r}); import handler"
+    code = f"import sys; sys.path.insert(0, {str(folder)!r}); import handler"
     times = []
     for _ in range(runs):
         started = time.perf_counter()
@@ -97,11 +97,14 @@ def ms(values: list[float]) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=15)
+    parser.add_argument("--handler", type=Path, default=DEFAULT_HANDLER,
+                        help="folder with handler.py:handle (default: a typical pydantic + cloudevents handler)")
     args = parser.parse_args()
+    folder = args.handler.resolve()
     with tempfile.TemporaryDirectory() as tmp:
-        cold, warm = asyncio.run(measure_mesh(args.runs, Path(tmp)))
-    fresh = measure_fresh_interpreter(args.runs)
-    emit({"bench": "coldstart", "runs": args.runs,
+        cold, warm = asyncio.run(measure_mesh(args.runs, Path(tmp), folder))
+    fresh = measure_fresh_interpreter(args.runs, folder)
+    emit({"bench": "coldstart", "runs": args.runs, "handler": str(folder.relative_to(ROOT)) if folder.is_relative_to(ROOT) else str(folder),
           "cold_start_ms_median": ms(cold), "warm_ms_median": ms(warm),
           "fresh_interpreter_ms_median": ms(fresh),
           "cold_over_fresh_interpreter": round(statistics.median(cold) / statistics.median(fresh), 3),

@@ -33,6 +33,10 @@ class SubscriptionQueue:
     async def ack(self, delivery_ids: Sequence[int]) -> None:
         await self._log.ack(delivery_ids)
 
+    async def release(self, delivery_ids: Sequence[int]) -> None:
+        await self._log.release(delivery_ids)
+        self.wake()
+
     async def retry(self, delivery: Delivery, due_at: float, error: str) -> None:
         await self._log.retry(delivery, due_at, error)
 

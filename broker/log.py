@@ -45,6 +45,9 @@ class EventLog(Protocol):
     async def ack(self, delivery_ids: Sequence[int]) -> None:
         """The deliveries succeeded: forget them."""
 
+    async def release(self, delivery_ids: Sequence[int]) -> None:
+        """Unclaim deliveries without counting an attempt."""
+
     async def retry(self, delivery: Delivery, due_at: float, error: str) -> None:
         """Release a delivery for another attempt at `due_at`, counting this one."""
 

@@ -64,6 +64,11 @@ class MemoryEventLog:
         for i in delivery_ids:
             self._rows.pop(i, None)
 
+    async def release(self, delivery_ids: Sequence[int]) -> None:
+        for i in delivery_ids:
+            if i in self._rows:
+                self._rows[i].claimed = False
+
     async def retry(self, delivery: Delivery, due_at: float, error: str) -> None:
         row = self._rows.get(delivery.id)
         if row:

@@ -204,6 +204,11 @@ class SqliteEventLog:
         ids = [(i,) for i in delivery_ids]
         await self._submit(lambda c: c.executemany("DELETE FROM deliveries WHERE id=?", ids))
 
+    async def release(self, delivery_ids: Sequence[int]) -> None:
+        ids = [(i,) for i in delivery_ids]
+        if ids:
+            await self._submit(lambda c: c.executemany("UPDATE deliveries SET claimed=0 WHERE id=?", ids))
+
     async def retry(self, delivery: Delivery, due_at: float, error: str) -> None:
         await self._submit(lambda c: c.execute(
             "UPDATE deliveries SET claimed=0, attempts=attempts+1, due_at=?, last_error=? WHERE id=?",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import secrets
 from dataclasses import asdict
 from typing import Any
@@ -48,6 +49,7 @@ def function_status(control: ControlPlane, item: Any, pending: int, dead: int) -
         "delivered": delivery.delivered, "failed": delivery.failed, "retried": delivery.retried,
         "dead_lettered": dead, "replies": delivery.replies, "last_error": delivery.last_error,
         "cold_start_last_ms": pool.cold_start_last_ms, "cold_start_median_ms": pool.cold_start_median_ms,
+        "out_of_memory": item.out_of_memory, "retiring_versions": item.retiring,
     }
 
 
@@ -90,6 +92,25 @@ def create_app(node: Node, control: ControlPlane, token: str) -> FastAPI:
         except (ValueError, OSError) as exc:
             raise HTTPException(400, f"bundle refused: {exc}") from exc
         return {"bundle": digest}
+
+    @app.post("/v1/bundles/{digest}/prepare", dependencies=auth,
+              summary="Install a bundle's requirements.txt; streams pip's output as JSON lines")
+    async def prepare(digest: str) -> StreamingResponse:
+        try:
+            lines = control.prepare(digest)
+        except (DeployError, ValueError) as exc:
+            raise HTTPException(404, str(exc)) from exc
+
+        async def stream():  # type: ignore[no-untyped-def]
+            try:
+                async for line in lines:
+                    yield json.dumps({"line": line}) + "\n"
+            except DeployError as exc:
+                yield json.dumps({"ok": False, "error": str(exc)}) + "\n"
+                return
+            yield json.dumps({"ok": True}) + "\n"
+
+        return StreamingResponse(stream(), media_type="application/x-ndjson")
 
     @app.post("/v1/apply", dependencies=auth, summary="Deploy functions")
     async def apply(request: ApplyRequest) -> dict[str, Any]:

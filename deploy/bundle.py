@@ -6,6 +6,7 @@ digest on any machine, and an unchanged function is not uploaded or restarted ag
 
 from __future__ import annotations
 
+import compileall
 import gzip
 import hashlib
 import io
@@ -81,3 +82,5 @@ class BundleStore:
         if actual != digest:
             shutil.rmtree(destination)
             raise ValueError(f"bundle content does not match its digest {digest[:12]} (got {actual[:12]})")
+        # Byte-compile now, so the first replica does not pay for it during a cold start.
+        compileall.compile_dir(destination, quiet=2)

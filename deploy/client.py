@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -45,6 +46,20 @@ class MeshClient:
     def put_bundle(self, digest: str, data: bytes) -> None:
         self.request("PUT", f"/v1/bundles/{digest}", content=data,
                      headers={"content-type": "application/gzip"})
+
+    def prepare(self, digest: str) -> Iterator[str]:
+        """pip's output while the mesh installs a bundle's requirements; DeployError on failure."""
+        try:
+            with self._http.stream("POST", f"/v1/bundles/{digest}/prepare", timeout=None) as response:
+                check(response, self.url)
+                for line in response.iter_lines():
+                    message = json.loads(line)
+                    if "line" in message:
+                        yield message["line"]
+                    elif not message.get("ok"):
+                        raise DeployError(message.get("error", "installing requirements failed"))
+        except httpx.ConnectError as exc:
+            raise BrokerUnreachable(self.url, str(exc)) from exc
 
     def apply(self, functions: dict[str, dict[str, Any]], prune: bool) -> list[dict[str, Any]]:
         return self.request("POST", "/v1/apply", json={"functions": functions, "prune": prune}).json()["changes"]

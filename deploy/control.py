@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
 
 from fmesh.deploy.bundle import BundleStore
+from fmesh.deploy.dependencies import DependencyInstaller, top_level_names
 from fmesh.deploy.manifest import FunctionSpec as ManifestFunction
 from fmesh.deploy.manifest import NAME
-from fmesh.errors import DeployError
+from fmesh.errors import DeployError, FmeshError
 from fmesh.node import Node
 from fmesh.runtime.policy import DeliveryPolicy, ScalePolicy
 from fmesh.runtime.runtime import FunctionSpec
+from fmesh.runtime.secrets import SecretSource
 
 STATE_PREFIX = "function/"
 
@@ -53,14 +57,24 @@ class ControlPlane:
     def __init__(self, node: Node) -> None:
         self.node = node
         self.bundles = BundleStore(node.data_dir / "bundles")
+        self.dependencies = DependencyInstaller(node.data_dir / "deps")
         self.functions: dict[str, DeployedFunction] = {}
 
     async def restore(self) -> int:
         """Bring back what was deployed before the node restarted."""
         for data in (await self.node.log.list_state(STATE_PREFIX)).values():
             function = DeployedFunction.from_json(data)
-            await self._run(function)
+            try:
+                await self._run(function)
+            except FmeshError as exc:  # one broken function must not keep the others down
+                print(f"fmesh: could not restore function {function.name}: {exc}", file=sys.stderr)
         return len(self.functions)
+
+    def prepare(self, digest: str) -> AsyncIterator[str]:
+        """Install a bundle's requirements.txt, yielding pip's output (DeployError on failure)."""
+        if not self.bundles.has(digest):
+            raise DeployError(f"bundle {digest[:12]} was not uploaded")
+        return self.dependencies.stream(self.bundles.path(digest))
 
     async def apply(self, functions: dict[str, dict[str, Any]], prune: bool = False) -> list[Change]:
         """Make the node run exactly `functions` ({name: {spec, bundle}}), plus what `prune` spares."""
@@ -101,22 +115,39 @@ class ControlPlane:
             raise DeployError(f"function {name}: {exc}") from exc
         if not present:
             raise DeployError(f"function {name}: bundle {bundle[:12]} was not uploaded")
+        if not self.dependencies.is_ready(self.bundles.path(bundle)):
+            raise DeployError(f"function {name}: its requirements.txt is not installed yet "
+                              f"(POST /v1/bundles/{bundle}/prepare first; fmesh deploy does)")
         return DeployedFunction(name, spec, bundle)
 
     async def _run(self, function: DeployedFunction) -> None:
-        await self.node.deploy_function(runtime_spec(function, self.bundles), function.spec.compiled_filter())
+        spec = runtime_spec(function, self.bundles, self.dependencies, self.node.runtime.zygote.preloaded)
+        await self.node.deploy_function(spec, function.spec.compiled_filter())
         self.functions[function.name] = function
 
 
-def runtime_spec(function: DeployedFunction, bundles: BundleStore) -> FunctionSpec:
+def runtime_spec(function: DeployedFunction, bundles: BundleStore, dependencies: DependencyInstaller,
+                 preloaded: frozenset[str]) -> FunctionSpec:
     spec = function.spec
+    directory = bundles.path(function.bundle)
+    site_packages = dependencies.target(directory)
+    if site_packages is not None and not site_packages.is_dir():
+        raise DeployError(f"function {function.name}: its requirements are not installed ({site_packages})")
+    clash = bool(site_packages) and bool(top_level_names(site_packages) & preloaded)  # type: ignore[arg-type]
     return FunctionSpec(
         name=function.name,
-        directory=bundles.path(function.bundle),
+        directory=directory,
         handler=spec.handler_in_folder,
+        command=tuple(spec.command or ()),
+        secrets={name: SecretSource(env, file) for name, (env, file) in spec.secret_sources().items()},
+        memory_bytes=spec.memory,
+        structured=spec.delivery.content_mode == "structured",
+        site_packages=site_packages,
+        fresh_interpreter=clash,
         env=dict(spec.env),
         scale=ScalePolicy(min=spec.scale.min, max=spec.scale.max, concurrency=spec.scale.concurrency,
-                          idle_timeout=spec.scale.idle_timeout),
+                          idle_timeout=spec.scale.idle_timeout,
+                          stable_window=spec.scale.stable_window),
         delivery=DeliveryPolicy(retries=spec.delivery.retries, backoff=spec.delivery.backoff,
                                 delay=spec.delivery.delay, max_delay=spec.delivery.max_delay,
                                 timeout=spec.delivery.timeout or spec.timeout,

@@ -20,6 +20,7 @@ class PackedFunction:
     digest: str
     data: bytes
     files: int
+    has_requirements: bool = False
 
 
 def pack_functions(manifest: Manifest, manifest_path: Path, progress: Progress) -> list[PackedFunction]:
@@ -28,7 +29,8 @@ def pack_functions(manifest: Manifest, manifest_path: Path, progress: Progress) 
         folder = manifest_path.parent / function.folder
         progress.step(f"packing {name} from {folder}")
         digest, data = pack(folder)
-        packed.append(PackedFunction(name, digest, data, _count_files(folder)))
+        packed.append(PackedFunction(name, digest, data, _count_files(folder),
+                                     (folder / "requirements.txt").is_file()))
     return packed
 
 

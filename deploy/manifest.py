@@ -18,6 +18,23 @@ NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 HANDLER = re.compile(r"^[^:]+\.py:[A-Za-z_][A-Za-z0-9_]*$")
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_SIZE_UNITS = {"": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "ki": 1024, "mi": 1024**2, "gi": 1024**3}
+_SIZE = re.compile(r"^(\d+)\s*([kmg]i?)?$", re.I)
+
+
+def parse_size(value: Any) -> int:
+    """Bytes in a Kubernetes-style quantity: 256Mi, 1Gi, 500M, or a plain number of bytes."""
+    match = _SIZE.match(str(value).strip()) if isinstance(value, int | str) and not isinstance(value, bool) else None
+    if not match:
+        raise ValueError(f"expected a size such as 256Mi, 1Gi or 500M, got {value!r}")
+    size = int(match.group(1)) * _SIZE_UNITS[(match.group(2) or "").lower()]
+    if size < 16 * 1024**2:
+        raise ValueError(f"{value!r} is too little memory for a replica: give at least 16Mi")
+    return size
+
+
+MemorySize = Annotated[int, BeforeValidator(parse_size)]
 
 
 def _check_name(value: str) -> str:
@@ -50,6 +67,9 @@ class ScaleSpec(Strict):
     max: int = Field(4, ge=1, le=1000, description="most replicas at once")
     concurrency: int = Field(1, ge=1, le=1000, description="events a replica handles at once")
     idle_timeout: Duration = Field(30.0, ge=0, description="idle time before a replica stops")
+    stable_window: Duration | None = Field(
+        None, ge=0, description="scale down only to the most replicas wanted within this window "
+        "(default: idle_timeout)")
 
     @model_validator(mode="after")
     def _min_below_max(self) -> ScaleSpec:
@@ -67,22 +87,63 @@ class DeliverySpec(Strict):
     dead_letter: Name | None = Field(None, description="function that receives events that failed")
     ordering: Literal["unordered", "ordered"] = Field(
         "unordered", description="ordered: events with the same partitionkey go one at a time, in order")
+    content_mode: Literal["binary", "structured"] = Field(
+        "binary", description="how events are POSTed to command functions and URLs")
+
+
+class SecretFrom(Strict):
+    env: str | None = Field(None, description="the mesh's environment variable holding the value")
+    file: str | None = Field(None, description="a file on the mesh's machine holding the value")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> SecretFrom:
+        if (self.env is None) == (self.file is None):
+            raise ValueError("give exactly one of env or file")
+        return self
 
 
 class FunctionSpec(Strict):
-    handler: str = Field(description="path/to/file.py:function, relative to the manifest's folder")
+    handler: str | None = Field(None, description="path/to/file.py:function, relative to the manifest's folder")
+    command: list[str] | None = Field(None, description="or any program serving CloudEvents over HTTP on $PORT")
+    workdir: str | None = Field(None, description="the command's folder, relative to the manifest (uploaded)")
     on: list[dict[str, Any]] = Field(default_factory=list, description="events that invoke the function")
     filters: list[Any] | None = Field(None, description="Knative-style filters (all must match)")
     env: dict[str, EnvValue] = Field(default_factory=dict)
+    secrets: list[str] | dict[str, SecretFrom] = Field(
+        default_factory=list, description="env vars whose values come from the mesh's env or files")
     scale: ScaleSpec = Field(default_factory=ScaleSpec)
     timeout: Duration = Field(30.0, gt=0, description="how long one attempt may take")
+    memory: MemorySize | None = Field(None, description="memory cap of a replica, e.g. 256Mi")
     delivery: DeliverySpec = Field(default_factory=DeliverySpec)
 
     @field_validator("handler")
     @classmethod
-    def _handler_shape(cls, value: str) -> str:
-        if not HANDLER.match(value):
+    def _handler_shape(cls, value: str | None) -> str | None:
+        if value is not None and not HANDLER.match(value):
             raise ValueError(f"{value!r} should look like functions/hello/handler.py:handle")
+        return value
+
+    @field_validator("command")
+    @classmethod
+    def _command_shape(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and (not value or not all(isinstance(v, str) and v for v in value)):
+            raise ValueError("command must be a non-empty list of strings, e.g. [node, server.js]")
+        return value
+
+    @model_validator(mode="after")
+    def _handler_or_command(self) -> FunctionSpec:
+        if (self.handler is None) == (self.command is None):
+            raise ValueError("give either handler (a Python function) or command (any program), not both")
+        if self.workdir is not None and self.command is None:
+            raise ValueError("workdir goes with command; a handler's folder is the one it is in")
+        return self
+
+    @field_validator("secrets")
+    @classmethod
+    def _secret_names(cls, value: list[str] | dict[str, SecretFrom]) -> list[str] | dict[str, SecretFrom]:
+        for name in value:
+            if not ENV_NAME.match(name):
+                raise ValueError(f"{name!r} is not an environment variable name")
         return value
 
     @field_validator("on")
@@ -116,13 +177,23 @@ class FunctionSpec(Strict):
 
     @property
     def folder(self) -> str:
-        """The folder holding the handler file: this is what gets uploaded."""
+        """What gets uploaded: the handler file's folder, or the command's workdir."""
+        if self.handler is None:
+            return self.workdir or "."
         return str(Path(self.handler.rsplit(":", 1)[0]).parent)
 
     @property
-    def handler_in_folder(self) -> str:
+    def handler_in_folder(self) -> str | None:
+        if self.handler is None:
+            return None
         file, function = self.handler.rsplit(":", 1)
         return f"{Path(file).name}:{function}"
+
+    def secret_sources(self) -> dict[str, tuple[str | None, str | None]]:
+        """{name: (env var, file)}; a bare name reads the mesh's variable of that name."""
+        if isinstance(self.secrets, list):
+            return {name: (name, None) for name in self.secrets}
+        return {name: (source.env, source.file) for name, source in self.secrets.items()}
 
 
 class Manifest(Strict):
@@ -158,11 +229,14 @@ def load_manifest(path: Path) -> Manifest:
 
 def check_files(manifest: Manifest, path: Path, located: LocatedYaml) -> None:
     for name, function in manifest.functions.items():
-        handler_file = path.parent / function.handler.rsplit(":", 1)[0]
-        if not handler_file.is_file():
-            where = ("functions", name, "handler")
-            raise ManifestError(str(path), located.line_of(where), ".".join(where),
-                                f"handler file {handler_file} does not exist")
+        if function.handler is not None:
+            where, wanted = ("functions", name, "handler"), path.parent / function.handler.rsplit(":", 1)[0]
+            exists = wanted.is_file()
+        else:
+            where, wanted = ("functions", name, "workdir"), path.parent / function.folder
+            exists = wanted.is_dir()
+        if not exists:
+            raise ManifestError(str(path), located.line_of(where), ".".join(where), f"{wanted} does not exist")
 
 
 def _located_error(exc: ValidationError, located: LocatedYaml) -> ManifestError:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import uvicorn
@@ -24,13 +25,15 @@ def build(settings: NodeSettings) -> tuple[Node, ControlPlane, str]:
     return node, control, token
 
 
-async def deploy_local(control: ControlPlane, manifest_path: Path) -> str:
+async def deploy_local(control: ControlPlane, manifest_path: Path,
+                       progress: Callable[[str], None] = lambda line: None) -> str:
     """Apply a manifest from this machine without going through HTTP."""
     manifest = load_manifest(manifest_path)
     functions = {}
     for name, function in manifest.functions.items():
         digest, data = pack(manifest_path.parent / function.folder)
         control.bundles.put(digest, data)
+        await control.dependencies.install(control.bundles.path(digest), progress)
         functions[name] = {"spec": function.model_dump(mode="json"), "bundle": digest}
     return summarize([c.__dict__ for c in await control.apply(functions)])
 
@@ -51,7 +54,8 @@ async def serve(settings: NodeSettings, manifest: Path | None, console: Console)
         if restored:
             console.print(f"  restored {restored} deployed function(s)")
         if manifest is not None:
-            console.print(f"  deployed {manifest}: {await deploy_local(control, manifest)}")
+            summary = await deploy_local(control, manifest, lambda line: console.print(f"  [dim]{line}[/]"))
+            console.print(f"  deployed {manifest}: {summary}")
 
     node.on_start.append(on_start)
     config = uvicorn.Config(node, host=settings.host, port=settings.port, lifespan="on",

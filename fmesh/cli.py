@@ -93,6 +93,9 @@ def deploy(file: ManifestOption = Path("fmesh.yaml"), mesh: MeshOption = DEFAULT
                 progress.step(f"uploading {function.name} ({function.files} files, {len(function.data):,} bytes)")
                 mesh_client.put_bundle(function.digest, function.data)
                 console.print(f"  uploaded {function.name}: {function.files} files, {len(function.data):,} bytes")
+            for function in packed:
+                if function.has_requirements:
+                    _install_requirements(mesh_client, function, progress)
             progress.step("applying")
             changes = mesh_client.apply(apply_request(manifest, packed), prune)
     except FmeshError as exc:
@@ -111,6 +114,15 @@ def _duration(text: str) -> float:
         return parse_duration(text)
     except ValueError as exc:
         fail(str(exc))
+
+
+def _install_requirements(mesh_client: Any, function: Any, progress: Any) -> None:
+    progress.step(f"installing requirements of {function.name}")
+    installed = False
+    for line in mesh_client.prepare(function.digest):
+        installed = True
+        progress.step(f"{function.name}: {line[:100]}")
+    console.print(f"  requirements of {function.name} " + ("installed" if installed else "already installed"))
 
 
 class _StatusProgress:
@@ -167,11 +179,12 @@ def status(mesh: MeshOption = DEFAULT_MESH_URL, token: TokenOption = None,
     if as_json:
         print(json.dumps(report, indent=2))
         return
-    table = Table("function", "replicas", "in flight", "pending", "delivered", "failed", "dead",
-                  "cold start last/median")
+    table = Table("function", "replicas", "desired", "in flight", "pending", "delivered", "failed", "dead",
+                  "out of memory", "cold start last/median")
     for f in report["functions"]:
         table.add_row(f["name"], _replicas(f), *(str(f[k]) for k in (
-            "inflight", "pending", "delivered", "failed", "dead_lettered")), _cold_start(f))
+            "desired", "inflight", "pending", "delivered", "failed", "dead_lettered", "out_of_memory")),
+            _cold_start(f))
     console.print(table)
     if not report["functions"]:
         console.print("No functions deployed. Deploy some with `fmesh deploy -f fmesh.yaml`.")

@@ -62,6 +62,9 @@ class DeliveryQueue(Protocol):
 
     async def ack(self, delivery_ids: Sequence[int]) -> None: ...
 
+    async def release(self, delivery_ids: Sequence[int]) -> None:
+        """Give claimed deliveries back unattempted (a sidecar stopped before doing them)."""
+
     async def retry(self, delivery: Delivery, due_at: float, error: str) -> None: ...
 
     async def dead_letter(self, delivery: Delivery, letter: DeadLetter) -> None: ...

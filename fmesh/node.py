@@ -23,6 +23,7 @@ from fmesh.runtime.runtime import FunctionSpec, Runtime
 from fmesh.settings import NodeSettings
 
 Hook = Callable[[], Awaitable[None]]
+SHUTDOWN_TIMEOUT = 60.0  # unfinished deliveries stay stored; the next start delivers them
 
 
 class Node:
@@ -103,6 +104,10 @@ class Node:
                     return
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
-                await asyncio.shield(self.stop())
+                try:
+                    await asyncio.wait_for(asyncio.shield(self.stop()), SHUTDOWN_TIMEOUT)
+                except TimeoutError:
+                    print(f"fmesh: shutdown took over {SHUTDOWN_TIMEOUT:g}s; leaving the rest undone",
+                          file=sys.stderr)
                 await send({"type": "lifespan.shutdown.complete"})
                 return

@@ -11,17 +11,17 @@ import asyncio
 from collections.abc import Callable
 from pathlib import Path
 
-from fmesh.runtime.replica import Replica
+from fmesh.runtime.python_replica import PythonReplica
 from fmesh.runtime.wire import Kind, read_frame
 
-LogLine = Callable[[Replica, str, str], None]  # (replica, stream, line)
+LogLine = Callable[[PythonReplica, str, str], None]  # (replica, stream, line)
 
 
 class ReplicaHub:
     def __init__(self, socket_path: Path, on_log: LogLine) -> None:
         self.socket_path = socket_path
         self._on_log = on_log
-        self._expected: dict[str, Replica] = {}
+        self._expected: dict[str, PythonReplica] = {}
         self._server: asyncio.Server | None = None
         self._streams: set[asyncio.Task] = set()
 
@@ -37,10 +37,10 @@ class ReplicaHub:
             self._server = None
         self.socket_path.unlink(missing_ok=True)
 
-    def expect(self, replica: Replica) -> None:
+    def expect(self, replica: PythonReplica) -> None:
         self._expected[replica.id] = replica
 
-    def forget(self, replica: Replica) -> None:
+    def forget(self, replica: PythonReplica) -> None:
         self._expected.pop(replica.id, None)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -65,7 +65,7 @@ class ReplicaHub:
             self._streams.discard(task)  # type: ignore[arg-type]
             writer.close()
 
-    async def _copy_lines(self, replica: Replica, stream: str, reader: asyncio.StreamReader) -> None:
+    async def _copy_lines(self, replica: PythonReplica, stream: str, reader: asyncio.StreamReader) -> None:
         while True:
             try:
                 line = await reader.readline()

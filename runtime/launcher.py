@@ -82,6 +82,7 @@ class ZygoteLauncher:
         self._spawns: dict[str, asyncio.Future[int]] = {}
         self._tasks: set[asyncio.Task] = set()
         self._lock = asyncio.Lock()
+        self.preloaded: frozenset[str] = frozenset()  # top-level modules every fork already has
 
     async def start(self) -> None:
         async with self._lock:
@@ -97,6 +98,7 @@ class ZygoteLauncher:
         if not ready:
             error = (await process.stderr.read()).decode(errors="replace")  # type: ignore[union-attr]
             raise HandlerError(f"the zygote failed to start: {error.strip() or 'no output'}")
+        self.preloaded = frozenset(json.loads(ready).get("modules", []))
         self._process = process
         for coroutine in (self._read_reports(process), self._read_errors(process)):
             task = asyncio.get_running_loop().create_task(coroutine)

@@ -40,7 +40,13 @@ class ScalePolicy:
     max: int = 4
     concurrency: int = 1
     idle_timeout: float = 30.0            # an idle replica above `min` stops after this
+    stable_window: float | None = None    # scale down only to the most wanted within this window
+                                          # (default: idle_timeout)
     start_timeout: float = 30.0           # a replica that is not ready by then failed
+
+    @property
+    def window(self) -> float:
+        return self.idle_timeout if self.stable_window is None else self.stable_window
 
     @property
     def max_inflight(self) -> int:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import math
-import secrets
 import statistics
 import time
 from collections import deque
@@ -20,13 +19,10 @@ from dataclasses import dataclass
 
 from fmesh.errors import HandlerError, HandlerTimeout
 from fmesh.events import Event
-from fmesh.runtime.hub import ReplicaHub
-from fmesh.runtime.launcher import Launcher
 from fmesh.runtime.policy import ScalePolicy
 from fmesh.runtime.replica import Replica, Result, State
-from fmesh.runtime.worker import WorkerSpec
+from fmesh.runtime.starters import ReplicaStarter
 
-MakeSpec = Callable[[str], WorkerSpec]   # replica id → how to start it
 Note = Callable[[str], None]
 
 
@@ -45,13 +41,10 @@ class PoolStatus:
 class RunnerPool:
     """`invoke(event, timeout)` on some replica of one function; owns replicas and scaling."""
 
-    def __init__(self, function: str, make_spec: MakeSpec, launcher: Launcher, hub: ReplicaHub,
-                 scale: ScalePolicy, note: Note) -> None:
+    def __init__(self, function: str, starter: ReplicaStarter, scale: ScalePolicy, note: Note) -> None:
         self.function = function
         self.scale = scale
-        self._make_spec = make_spec
-        self._launcher = launcher
-        self._hub = hub
+        self._starter = starter
         self._note = note
         self.replicas: dict[str, Replica] = {}
         self._waiters: deque[tuple[asyncio.Future[Replica], float]] = deque()
@@ -63,6 +56,8 @@ class RunnerPool:
         self._start_failures = 0
         self._start_error: HandlerError | None = None
         self._backoff_until = 0.0               # no new replica before this after failed starts
+        self.out_of_memory = 0                  # replicas lost to their memory limit
+        self._desired_history: deque[tuple[float, int]] = deque()
 
     def start(self) -> None:
         self._reaper = asyncio.get_running_loop().create_task(self._reap(), name=f"reaper {self.function}")
@@ -156,10 +151,9 @@ class RunnerPool:
             return
         for _ in range(self.desired() - len(self._active())):
             # Registered now, not when the task runs, so the next rescale counts it.
-            replica = Replica(secrets.token_hex(8), self.function, next(self._indexes))
+            replica = self._starter.create(next(self._indexes))
             replica.on_close = self._on_close
             self.replicas[replica.id] = replica
-            self._hub.expect(replica)
             self._spawn(self._start_replica(replica))
 
     def _spawn(self, coroutine) -> None:  # type: ignore[no-untyped-def]
@@ -170,8 +164,7 @@ class RunnerPool:
     async def _start_replica(self, replica: Replica) -> None:
         started = time.monotonic()
         try:
-            replica.pid = await self._launcher.launch(self._make_spec(replica.id))
-            await replica.wait_ready(self.scale.start_timeout)
+            await self._starter.start(replica, self.scale.start_timeout)
         except HandlerError as exc:
             self._start_failed(replica, exc)
             return
@@ -193,7 +186,9 @@ class RunnerPool:
 
     def _on_close(self, replica: Replica) -> None:
         self.replicas.pop(replica.id, None)
-        self._hub.forget(replica)
+        if replica.exit_reason == "out of memory":
+            self.out_of_memory += 1
+        self._starter.forget(replica)
         if replica.ready_at is not None and replica.exit_reason not in ("scaled down", "shut down"):
             self._note(f"{replica.name} stopped: {replica.exit_reason}")
         # A replica that never got ready is the start path's business (with its backoff).
@@ -207,16 +202,25 @@ class RunnerPool:
             replica.exit_reason = replica.exit_reason or how
 
     async def _reap(self) -> None:
-        tick = min(1.0, max(0.05, self.scale.idle_timeout / 4))
+        tick = min(1.0, max(0.05, min(self.scale.idle_timeout, self.scale.window) / 4))
         while True:
             await asyncio.sleep(tick)
             self._scale_down(time.monotonic())
             self._rescale()
 
+    def _peak_desired(self, now: float) -> int:
+        """The most replicas wanted within the stable window (Knative's KPA keeps those)."""
+        self._desired_history.append((now, self.desired()))
+        horizon = now - self.scale.window
+        while self._desired_history and self._desired_history[0][0] < horizon:
+            self._desired_history.popleft()
+        return max(d for _, d in self._desired_history)
+
     def _scale_down(self, now: float) -> None:
+        peak = self._peak_desired(now)
         if any(not w.done() for w, _ in self._waiters):
             return
-        surplus = len(self._active()) - self.scale.min
+        surplus = len(self._active()) - max(self.scale.min, peak)
         idle = [r for r in self.replicas.values() if r.state is State.READY and r.inflight == 0
                 and now - r.last_used >= self.scale.idle_timeout]
         for replica in sorted(idle, key=lambda r: r.last_used)[:max(0, surplus)]:

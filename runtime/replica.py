@@ -1,9 +1,10 @@
-"""The mesh's side of one Python replica: its connection, its in-flight calls, its state."""
+"""A replica as the mesh sees it: state, in-flight calls, start, stop. Subclasses connect
+it to a process: `PythonReplica` (a forked or fresh Python worker on the replica socket)
+and `CommandReplica` (any program serving the CloudEvents HTTP binding on $PORT)."""
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import os
 import signal
 import time
@@ -13,13 +14,12 @@ from enum import Enum
 
 from fmesh.errors import HandlerError
 from fmesh.events import Event, decode_data
-from fmesh.runtime.wire import Frame, Kind, encode, read_frame
 
 
 class State(Enum):
     STARTING = "starting"
     READY = "ready"
-    DRAINING = "draining"   # chosen for scale-down: gets no new events
+    DRAINING = "draining"   # chosen for scale-down or being killed: gets no new events
     STOPPED = "stopped"
 
 
@@ -39,7 +39,7 @@ Result = Event | ReplyData | None
 
 
 class Replica:
-    """One replica process, as seen from the mesh."""
+    """Bookkeeping common to every kind of replica."""
 
     def __init__(self, replica_id: str, function: str, index: int) -> None:
         self.id = replica_id
@@ -52,44 +52,35 @@ class Replica:
         self.ready_at: float | None = None
         self.last_used = self.created_at
         self.exit_reason: str | None = None
-        self._requests = itertools.count(1)
-        self._calls: dict[int, asyncio.Future[Result]] = {}
-        self._ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._writer: asyncio.StreamWriter | None = None
         self.on_close: Callable[[Replica], None] = lambda replica: None
+        loop = asyncio.get_running_loop()
+        self._ready: asyncio.Future[None] = loop.create_future()
+        self._closed: asyncio.Future[None] = loop.create_future()
 
     @property
     def routable(self) -> bool:
         return self.state is State.READY
 
-    def attach(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, pid: int | None) -> None:
-        """The replica's control connection arrived; read its frames until it closes."""
-        self._writer = writer
-        self.pid = pid or self.pid
-        asyncio.get_running_loop().create_task(self._read(reader), name=f"replica {self.name}")
+    async def invoke(self, event: Event) -> Result:
+        raise NotImplementedError
 
-    async def _read(self, reader: asyncio.StreamReader) -> None:
-        try:
-            while True:
-                self._on_frame(await read_frame(reader))
-        except (asyncio.IncompleteReadError, ConnectionError, ValueError):
-            pass
-        self.closed(self.exit_reason or "its connection closed")
+    def _request_stop(self) -> None:
+        """Ask the process to finish what it has and exit."""
 
-    def _on_frame(self, frame: Frame) -> None:
-        if frame.kind is Kind.RESULT:
-            call = self._calls.pop(frame.request, None)
-            if call is not None and not call.done():
-                call.set_result(_result(frame)) if frame.meta.get("ok") else call.set_exception(
-                    HandlerError(frame.meta.get("error", "handler failed"), status=500))
-        elif frame.kind is Kind.READY:
-            self.state = State.READY
-            self.ready_at = time.monotonic()
-            _settle(self._ready)
-        elif frame.kind is Kind.FAILED:
-            self.exit_reason = f"handler failed to load: {frame.meta.get('error')}"
-            _settle(self._ready, HandlerError(self.exit_reason, status=500))
+    def _disconnect(self) -> None:
+        """Drop the connection to the process (it is being killed)."""
+
+    def _fail_calls(self, error: HandlerError) -> None:
+        """Fail every call in flight: the process is gone."""
+
+    def mark_ready(self) -> None:
+        self.state = State.READY
+        self.ready_at = time.monotonic()
+        _settle(self._ready)
+
+    def fail_start(self, reason: str) -> None:
+        self.exit_reason = reason
+        _settle(self._ready, HandlerError(reason, status=500))
 
     async def wait_ready(self, timeout: float) -> None:
         try:
@@ -97,30 +88,14 @@ class Replica:
         except TimeoutError:
             raise HandlerError(f"replica {self.name} did not start within {timeout:g}s") from None
 
-    async def invoke(self, event: Event) -> Result:
-        if self._writer is None or self.state is State.STOPPED:
-            raise HandlerError(f"replica {self.name} is not running")
-        request = next(self._requests)
-        call: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
-        self._calls[request] = call
-        self._writer.write(encode(Kind.INVOKE, request, event.attributes, event.payload))
-        try:
-            return await call
-        finally:
-            self._calls.pop(request, None)
-
     def closed(self, reason: str) -> None:
         """The process is gone: fail what it was doing, so those events are retried."""
         if self.state is State.STOPPED:
             return
         self.state = State.STOPPED
-        self.exit_reason = reason
-        error = HandlerError(f"replica {self.name} stopped: {reason}", status=503)
-        _settle(self._ready, HandlerError(f"replica {self.name} exited before it was ready: {reason}"))
-        for call in self._calls.values():
-            if not call.done():
-                call.set_exception(error)
-        self._calls.clear()
+        self.exit_reason = self.exit_reason or reason
+        _settle(self._ready, HandlerError(f"replica {self.name} exited before it was ready: {self.exit_reason}"))
+        self._fail_calls(HandlerError(f"replica {self.name} stopped: {self.exit_reason}", status=503))
         _settle(self._closed)
         self.on_close(self)
 
@@ -128,39 +103,31 @@ class Replica:
         """Let in-flight calls finish, then end the process (killing it after `grace`)."""
         if self.state is not State.STOPPED:
             self.state = State.DRAINING
-            if self._writer is not None:
-                self._writer.write(encode(Kind.STOP))
+            self._request_stop()
         try:
             await asyncio.wait_for(asyncio.shield(self._closed), grace)
         except TimeoutError:
-            self.kill()
+            self.kill("did not stop in time")
             await asyncio.shield(self._closed)
 
     def kill(self, reason: str = "killed") -> None:
         self.exit_reason = self.exit_reason or reason
         if self.state is not State.STOPPED:
-            self.state = State.DRAINING  # out of routing now, not when the socket closes
+            self.state = State.DRAINING  # out of routing now, not when the process is gone
         if self.pid:
-            try:
-                os.killpg(self.pid, signal.SIGKILL)  # the replica leads its own session
-            except (ProcessLookupError, PermissionError):
-                try:
-                    os.kill(self.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-        if self._writer is not None:
-            self._writer.close()
-        else:
-            self.closed(reason)
+            kill_process_group(self.pid)
+        self._disconnect()
 
 
-def _result(frame: Frame) -> Result:
-    reply = frame.meta.get("reply")
-    if reply == "event":
-        return Event(frame.meta["attributes"], frame.body)
-    if reply == "data":
-        return ReplyData(frame.body, frame.meta.get("content_type", "application/json"))
-    return None
+def kill_process_group(pid: int) -> None:
+    """SIGKILL a replica and whatever it started: each replica leads its own session."""
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def _settle(future: asyncio.Future, error: BaseException | None = None) -> None:

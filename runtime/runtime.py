@@ -1,7 +1,9 @@
 """The function runtime of a mesh node: every function's runner pool and sidecar.
 
-It owns the replica socket, the zygote and the function logs, and turns a
-`FunctionSpec` into a running (or scaled-to-zero) function.
+It owns the replica socket, the zygote and the function logs, turns a `FunctionSpec`
+into a running (or scaled-to-zero) function, and replaces a running version safely:
+the new version starts taking events first, the old one finishes what it has, then
+stops.
 """
 
 from __future__ import annotations
@@ -18,12 +20,14 @@ from fmesh.runtime.launcher import Launcher, SubprocessLauncher, ZygoteLauncher
 from fmesh.runtime.logs import LogStore
 from fmesh.runtime.policy import DeliveryPolicy, ScalePolicy
 from fmesh.runtime.pool import PoolStatus, RunnerPool
-from fmesh.runtime.replica import Replica
+from fmesh.runtime.python_replica import PythonReplica
+from fmesh.runtime.secrets import SecretSource, resolve_secrets
 from fmesh.runtime.sidecar import DeliveryStats, Sidecar
+from fmesh.runtime.starters import CommandStarter, PythonStarter, ReplicaStarter
 from fmesh.runtime.worker import WorkerSpec
 
 # What a replica inherits from the mesh's environment; everything else must be declared.
-INHERITED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "VIRTUAL_ENV", "PYTHONPATH")
+INHERITED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR")
 
 
 @dataclass(frozen=True)
@@ -32,10 +36,17 @@ class FunctionSpec:
 
     name: str
     directory: Path                      # the function's code, as deployed
-    handler: str                         # "handler.py:handle", relative to `directory`
+    handler: str | None = None           # "handler.py:handle", relative to `directory`
+    command: tuple[str, ...] = ()        # or any program serving CloudEvents over HTTP on $PORT
+    workdir: str = "."                   # the command's folder, relative to `directory`
     env: dict[str, str] = field(default_factory=dict)
+    secrets: dict[str, SecretSource] = field(default_factory=dict)
     scale: ScalePolicy = ScalePolicy()
     delivery: DeliveryPolicy = DeliveryPolicy()
+    memory_bytes: int | None = None      # address-space cap of a Python replica
+    structured: bool = False             # command functions: structured instead of binary mode
+    site_packages: Path | None = None    # the function's own requirements, installed
+    fresh_interpreter: bool = False      # its requirements clash with what the zygote preloads
     version: str = ""
 
     @property
@@ -53,6 +64,8 @@ class FunctionStatus:
     version: str
     pool: PoolStatus
     delivery: DeliveryStats
+    out_of_memory: int = 0
+    retiring: int = 0
 
 
 @dataclass
@@ -67,32 +80,44 @@ class Runtime:
         self.logs = LogStore(data_dir / "logs")
         self.publisher = publisher
         self.hub = ReplicaHub(run_dir / "replicas.sock", self._on_log)
-        self.launcher: Launcher = (
-            ZygoteLauncher(self._on_exit, self._on_zygote_output) if launcher == "zygote"
-            else SubprocessLauncher(self._on_exit))
+        self.zygote = ZygoteLauncher(self._on_exit, self._on_zygote_output)
+        self.fresh = SubprocessLauncher(self._on_exit)
+        self.default_launcher: Launcher = self.zygote if launcher == "zygote" else self.fresh
         self.functions: dict[str, _Running] = {}
+        self._retiring: dict[str, set[asyncio.Task]] = {}
 
     async def start(self) -> None:
         await self.hub.start()
-        await self.launcher.start()
+        await self.default_launcher.start()
 
     async def stop(self) -> None:
         await asyncio.gather(*(self.remove(name, forget_logs=False) for name in list(self.functions)))
-        await self.launcher.stop()
+        await asyncio.gather(*(t for tasks in self._retiring.values() for t in tasks), return_exceptions=True)
+        await self.zygote.stop()
+        await self.fresh.stop()
         await self.hub.stop()
         self.logs.close()
 
     async def deploy(self, spec: FunctionSpec, queue: DeliveryQueue) -> None:
-        """Run `spec`, replacing the running version of the same function if any."""
-        if spec.name in self.functions:
-            await self.remove(spec.name, forget_logs=False)
-        pool = RunnerPool(spec.name, lambda rid: self._worker_spec(spec, rid), self.launcher, self.hub,
-                          spec.scale, lambda text: self.logs.note(spec.name, text))
+        """Run `spec`; a running older version keeps its in-flight events until they finish."""
+        old = self.functions.get(spec.name)
+        starter = self._starter(spec)
+        pool = RunnerPool(spec.name, starter, spec.scale, lambda text: self.logs.note(spec.name, text))
         sidecar = Sidecar(spec.subscription, f"/fmesh/functions/{spec.name}", queue, pool, self.publisher,
                           spec.delivery, spec.scale.max_inflight)
         self.functions[spec.name] = _Running(spec, pool, sidecar)
         pool.start()
         sidecar.start()
+        if old is not None:
+            self.logs.note(spec.name, f"version {spec.version} deployed; version {old.spec.version} "
+                                      "finishes its in-flight events, then stops")
+            task = asyncio.get_running_loop().create_task(self._retire(old))
+            self._retiring.setdefault(spec.name, set()).add(task)
+            task.add_done_callback(self._retiring[spec.name].discard)
+
+    async def _retire(self, old: _Running) -> None:
+        await old.sidecar.stop(grace=old.spec.delivery.timeout + 5)
+        await old.pool.shutdown()
 
     async def remove(self, name: str, forget_logs: bool = True) -> None:
         running = self.functions.pop(name, None)
@@ -104,18 +129,34 @@ class Runtime:
             self.logs.forget(name)
 
     def status(self) -> list[FunctionStatus]:
-        return [FunctionStatus(name, r.spec.version, r.pool.status(), r.sidecar.stats)
+        return [FunctionStatus(name, r.spec.version, r.pool.status(), r.sidecar.stats,
+                               r.pool.out_of_memory, len(self._retiring.get(name, ())))
                 for name, r in sorted(self.functions.items())]
 
-    def _worker_spec(self, spec: FunctionSpec, replica_id: str) -> WorkerSpec:
+    def _starter(self, spec: FunctionSpec) -> ReplicaStarter:
+        if spec.command:
+            return CommandStarter(spec.name, list(spec.command), spec.directory / spec.workdir,
+                                  lambda: self._environment(spec), self.logs, spec.structured)
+        launcher = self.fresh if spec.fresh_interpreter else self.default_launcher
+        return PythonStarter(spec.name, self.hub, launcher, lambda rid: self._worker_spec(spec, rid))
+
+    def _environment(self, spec: FunctionSpec) -> dict[str, str]:
+        """Declared env and secrets, read now (so a rotated secret reaches new replicas)."""
         env = {k: os.environ[k] for k in INHERITED_ENV if k in os.environ}
         env.update(spec.env)
+        env.update(resolve_secrets(spec.secrets))
         env.update(FMESH_FUNCTION=spec.name, FMESH_VERSION=spec.version, PYTHONUNBUFFERED="1")
-        return WorkerSpec(socket=str(self.hub.socket_path), replica=replica_id, directory=str(spec.directory),
-                          handler=spec.handler, concurrency=spec.scale.concurrency, env=env,
-                          sys_path=[p for p in sys.path if p])
+        return env
 
-    def _on_log(self, replica: Replica, stream: str, line: str) -> None:
+    def _worker_spec(self, spec: FunctionSpec, replica_id: str) -> WorkerSpec:
+        assert spec.handler is not None
+        extra = [str(spec.site_packages)] if spec.site_packages else []
+        return WorkerSpec(socket=str(self.hub.socket_path), replica=replica_id, directory=str(spec.directory),
+                          handler=spec.handler, concurrency=spec.scale.concurrency,
+                          env=self._environment(spec), memory_bytes=spec.memory_bytes,
+                          sys_path=extra + [p for p in sys.path if p])
+
+    def _on_log(self, replica: PythonReplica, stream: str, line: str) -> None:
         self.logs.write(replica.function, replica.name, stream, line)
 
     def _on_exit(self, replica_id: str, how: str) -> None:

@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from fmesh.contracts import DeadLetter, Delivery, DeliveryQueue, Publisher
+from fmesh.contracts import Claimed, DeadLetter, Delivery, DeliveryQueue, Publisher
 from fmesh.errors import FmeshError, HandlerError, InvalidEvent, StoreError
 from fmesh.events import Event, check_required, format_time, with_extension
 from fmesh.runtime.policy import DeliveryPolicy
@@ -62,7 +62,8 @@ class Sidecar:
         self._loop_task = asyncio.get_running_loop().create_task(self._run(), name=f"sidecar {self.name}")
 
     async def stop(self, grace: float = 10.0) -> None:
-        """Take no more deliveries; give those in flight `grace` seconds (unfinished ones stay stored)."""
+        """Take no more deliveries; give those in flight `grace` seconds. Unfinished ones are
+        released back to the log, so another sidecar (or a restart) delivers them."""
         if self._loop_task is not None:
             self._loop_task.cancel()
             await asyncio.gather(self._loop_task, return_exceptions=True)
@@ -72,13 +73,23 @@ class Sidecar:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
 
+    async def _claim(self, capacity: int) -> Claimed:
+        """Claim deliveries; if cancelled meanwhile, hand back what the claim took."""
+        claiming = asyncio.ensure_future(self.queue.claim(capacity))
+        try:
+            return await asyncio.shield(claiming)
+        except asyncio.CancelledError:
+            claimed = await claiming
+            await self.queue.release([d.id for d in claimed.deliveries])
+            raise
+
     async def _run(self) -> None:
         while True:
             capacity = self.max_inflight - len(self._inflight)
             timeout: float | None = None
             if capacity > 0:
                 try:
-                    claimed = await self.queue.claim(capacity)
+                    claimed = await self._claim(capacity)
                 except StoreError as exc:
                     self.stats.last_error = str(exc)
                     await asyncio.sleep(1.0)
@@ -106,6 +117,9 @@ class Sidecar:
         try:
             result = await self.target.invoke(delivery.event, self.policy.timeout)
             await self._publish_reply(delivery, result)
+        except asyncio.CancelledError:
+            await asyncio.shield(self.queue.release([delivery.id]))  # not done: someone else may
+            raise
         except HandlerError as exc:
             await self._failed(delivery, exc)
             return

@@ -12,7 +12,7 @@ import json
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any
+from typing import Any, BinaryIO
 
 HEADER = struct.Struct("!IBII")
 MAX_FRAME = 64 * 1024 * 1024
@@ -59,3 +59,15 @@ async def read_frame(reader: asyncio.StreamReader) -> Frame:
     if length > MAX_FRAME:
         raise ValueError(f"frame of {length} bytes exceeds {MAX_FRAME}")
     return decode(await reader.readexactly(length))
+
+
+def read_frame_blocking(reader: BinaryIO) -> Frame | None:
+    """The next frame from a blocking file, or None at end of stream."""
+    prefix = reader.read(4)
+    if len(prefix) < 4:
+        return None
+    length = struct.unpack("!I", prefix)[0]
+    if length > MAX_FRAME:
+        raise ValueError(f"frame of {length} bytes exceeds {MAX_FRAME}")
+    data = reader.read(length)
+    return decode(data) if len(data) == length else None

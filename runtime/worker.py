@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from fmesh.events import Event, encode_data, format_time
-from fmesh.runtime.wire import Kind, encode, read_frame
+from fmesh.runtime.wire import Kind, encode, read_frame, read_frame_blocking
 
 
 @dataclass
@@ -88,22 +88,6 @@ def result_frame(request: int, result: Any) -> bytes:
                   encode_data(result, content_type))
 
 
-class Invoker:
-    """Runs the handler: coroutines on the loop, plain functions on threads when concurrent."""
-
-    def __init__(self, handler: Callable[[Event], Any], concurrency: int) -> None:
-        self.handler = handler
-        self.is_async = inspect.iscoroutinefunction(handler)
-        self.pool = ThreadPoolExecutor(concurrency) if concurrency > 1 and not self.is_async else None
-
-    async def __call__(self, event: Event) -> Any:
-        if self.is_async:
-            return await self.handler(event)
-        if self.pool is None:
-            return self.handler(event)
-        return await asyncio.get_running_loop().run_in_executor(self.pool, self.handler, event)
-
-
 def handler_traceback(exc: BaseException) -> str:
     """The traceback of the user's code: fmesh's and importlib's frames around it are noise."""
     summary = traceback.TracebackException.from_exception(exc)
@@ -113,27 +97,86 @@ def handler_traceback(exc: BaseException) -> str:
     return "".join(summary.format())
 
 
-async def handle(invoker: Invoker, request: int, event: Event, writer: asyncio.StreamWriter) -> None:
-    try:
-        frame = result_frame(request, await invoker(event))
-    except Exception as exc:
-        text = handler_traceback(exc)
-        print(text, file=sys.stderr, end="", flush=True)
-        frame = encode(Kind.RESULT, request, {"ok": False, "error": f"{type(exc).__name__}: {exc}",
-                                              "traceback": text[-4096:]})
-    writer.write(frame)
+def failure_frame(request: int, exc: BaseException) -> tuple[bytes, int | None]:
+    """The RESULT frame for a handler that raised, and the exit code if the replica must end."""
+    if isinstance(exc, MemoryError):
+        # Past the memory limit: a process that ran out of memory cannot be trusted further.
+        print("out of memory: the handler exceeded this function's memory limit", file=sys.stderr, flush=True)
+        return encode(Kind.RESULT, request, {"ok": False, "oom": True, "exiting": True,
+                                             "error": "MemoryError: out of memory (memory limit reached)"}), 137
+    print(handler_traceback(exc), file=sys.stderr, end="", flush=True)
+    # SystemExit and KeyboardInterrupt: the handler asked the process to stop.
+    exiting = not isinstance(exc, Exception)
+    frame = encode(Kind.RESULT, request, {"ok": False, "exiting": exiting, "error": f"{type(exc).__name__}: {exc}"})
+    return frame, 1 if exiting else None
 
 
-async def serve(spec: WorkerSpec) -> None:
-    reader, writer = await asyncio.open_unix_connection(spec.socket)
-    writer.write(encode(Kind.HELLO, 0, {"replica": spec.replica, "stream": "control", "pid": os.getpid()}))
+def exit_now(code: int) -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def connect_control(spec: WorkerSpec) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(spec.socket)
+    sock.sendall(encode(Kind.HELLO, 0, {"replica": spec.replica, "stream": "control", "pid": os.getpid()}))
+    return sock
+
+
+def load_or_report(spec: WorkerSpec, sock: socket.socket) -> Callable[[Event], Any] | None:
+    """The handler, or None after telling the mesh (and the logs) why it did not load."""
     try:
-        invoker = Invoker(load_handler(spec.directory, spec.handler), spec.concurrency)
+        return load_handler(spec.directory, spec.handler)
     except Exception as exc:
         print(handler_traceback(exc), file=sys.stderr, end="", flush=True)
-        writer.write(encode(Kind.FAILED, 0, {"error": f"{type(exc).__name__}: {exc}"}))
-        await writer.drain()
-        return
+        sock.sendall(encode(Kind.FAILED, 0, {"error": f"{type(exc).__name__}: {exc}"}))
+        return None
+
+
+def serve_blocking(sock: socket.socket, handler: Callable[[Event], Any]) -> None:
+    """One plain function, one event at a time: no event loop needed, so it starts fastest."""
+    sock.sendall(encode(Kind.READY))
+    reader = sock.makefile("rb")
+    while (frame := read_frame_blocking(reader)) is not None and frame.kind is not Kind.STOP:
+        try:
+            out, code = result_frame(frame.request, handler(Event(frame.meta, frame.body))), None
+        except BaseException as exc:  # noqa: BLE001 - every failure goes back to the mesh
+            out, code = failure_frame(frame.request, exc)
+        sock.sendall(out)
+        if code is not None:
+            exit_now(code)
+
+
+class Invoker:
+    """Runs the handler: coroutines on the loop, plain functions on threads."""
+
+    def __init__(self, handler: Callable[[Event], Any], concurrency: int) -> None:
+        self.handler = handler
+        self.is_async = inspect.iscoroutinefunction(handler)
+        self.pool = None if self.is_async else ThreadPoolExecutor(concurrency)
+
+    async def __call__(self, event: Event) -> Any:
+        if self.is_async:
+            return await self.handler(event)
+        return await asyncio.get_running_loop().run_in_executor(self.pool, self.handler, event)
+
+
+async def handle(invoker: Invoker, request: int, event: Event, writer: asyncio.StreamWriter) -> None:
+    try:
+        writer.write(result_frame(request, await invoker(event)))
+    except BaseException as exc:  # noqa: BLE001 - every failure goes back to the mesh
+        frame, code = failure_frame(request, exc)
+        writer.write(frame)
+        if code is not None:
+            await writer.drain()
+            exit_now(code)
+
+
+async def serve_concurrently(sock: socket.socket, handler: Callable[[Event], Any], concurrency: int) -> None:
+    """Async handlers, or several events at once: frames are read while handlers run."""
+    reader, writer = await asyncio.open_unix_connection(sock=sock)
+    invoker = Invoker(handler, concurrency)
     writer.write(encode(Kind.READY))
     tasks: set[asyncio.Task] = set()
     while True:
@@ -143,13 +186,23 @@ async def serve(spec: WorkerSpec) -> None:
             break  # the mesh went away: nothing left to do
         if frame.kind is Kind.STOP:
             break
-        event = Event(frame.meta, frame.body)
-        task = asyncio.create_task(handle(invoker, frame.request, event, writer))
+        task = asyncio.create_task(handle(invoker, frame.request, Event(frame.meta, frame.body), writer))
         tasks.add(task)
         task.add_done_callback(tasks.discard)
     if tasks:
         await asyncio.wait(tasks)
     await writer.drain()
+
+
+def serve(spec: WorkerSpec) -> None:
+    sock = connect_control(spec)
+    handler = load_or_report(spec, sock)
+    if handler is None:
+        return
+    if spec.concurrency == 1 and not inspect.iscoroutinefunction(handler):
+        serve_blocking(sock, handler)
+    else:
+        asyncio.run(serve_concurrently(sock, handler, spec.concurrency))
 
 
 def connect_stream(spec: WorkerSpec, stream: str, fd: int) -> None:
@@ -181,7 +234,7 @@ def prepare(spec: WorkerSpec) -> None:
 def run(spec: WorkerSpec) -> None:
     prepare(spec)
     try:
-        asyncio.run(serve(spec))
+        serve(spec)
     finally:
         sys.stdout.flush()
         sys.stderr.flush()

@@ -21,7 +21,9 @@ import sys
 
 from fmesh.runtime import worker  # preloaded: this is what makes forks warm
 
-PRELOAD = ("asyncio", "json", "cloudevents.core.v1.event", "cloudevents.core.bindings.http")
+# What handlers commonly import, loaded once here instead of in every replica.
+PRELOAD = ("asyncio", "json", "concurrent.futures", "pydantic", "cloudevents.core.v1.event",
+           "cloudevents.core.bindings.http")
 
 
 def preload() -> None:
@@ -32,6 +34,22 @@ def preload() -> None:
             importlib.import_module(name)
         except ImportError:
             pass
+    warm_pydantic()
+
+
+def warm_pydantic() -> None:
+    """pydantic imports most of itself lazily, on the first model: make that happen here."""
+    try:
+        from pydantic import BaseModel
+    except ImportError:
+        return
+
+    class Warm(BaseModel):
+        text: str = ""
+        number: int = 0
+        items: list[str] = []
+
+    Warm.model_validate({"text": "x", "items": ["y"]}).model_dump_json()
 
 
 def emit(message: dict) -> None:
@@ -90,7 +108,9 @@ def main() -> None:
     selector.register(wake_r, selectors.EVENT_READ, "wake")
     children: dict[int, str] = {}
     buffer = b""
-    emit({"op": "ready", "pid": os.getpid()})
+    # Which top-level modules a forked replica gets for free, so the mesh can tell
+    # whether a function's own packages would clash with them.
+    emit({"op": "ready", "pid": os.getpid(), "modules": sorted({m.split(".")[0] for m in sys.modules})})
     while True:
         for key, _ in selector.select():
             if key.data == "wake":

@@ -157,3 +157,11 @@ async def test_ordered_claims_hand_out_one_delivery_per_key_in_publish_order(log
     assert (await log.claim("sub", 10, time.time(), ordered=True)).deliveries == []
     retried = (await log.claim("sub", 10, time.time() + 61, ordered=True)).deliveries
     assert [d.event.data["i"] for d in retried] == [1]
+
+
+async def test_released_deliveries_can_be_claimed_again_without_an_attempt(log):
+    await log.append([(new_event("t", "/s"), ["sub"])])
+    [delivery] = (await log.claim("sub", 1, time.time())).deliveries
+    await log.release([delivery.id])
+    [again] = (await log.claim("sub", 1, time.time())).deliveries
+    assert (again.id, again.attempts) == (delivery.id, 0)

@@ -29,7 +29,8 @@ def test_store_unpacks_and_verifies(tmp_path):
     store.put(digest, data)
     assert store.has(digest)
     assert (store.path(digest) / "pkg" / "util.py").read_text() == "X = 1\n"
-    assert not (store.path(digest) / "__pycache__").exists()
+    shipped = list((store.path(digest) / "__pycache__").glob("*.pyc"))
+    assert shipped and all(p.read_bytes() != b"junk" for p in shipped)  # compiled there, not uploaded
     with pytest.raises(ValueError, match="does not match its digest"):
         store.put("0" * 64, data)
     with pytest.raises(ValueError, match="not a bundle digest"):

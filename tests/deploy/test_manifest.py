@@ -59,7 +59,10 @@ def test_every_problem_is_listed():
 
 
 def test_missing_handler_bad_name_and_bad_filter():
-    assert error_for("functions:\n  a:\n    on: []\n").field == "functions.a.handler"
+    error = error_for("functions:\n  a:\n    on: []\n")
+    assert error.field == "functions.a" and "give either handler" in str(error)
+    error = error_for("functions:\n  a:\n    handler: h.py:f\n    command: [node, s.js]\n")
+    assert "not both" in str(error)
     error = error_for("functions:\n  Bad_Name:\n    handler: h.py:f\n")
     assert error.field == "functions.Bad_Name" and "not a valid name" in str(error)
     error = error_for("functions:\n  a:\n    handler: h.py:f\n    on: [{type: {prefx: x}}]\n")
@@ -87,3 +90,23 @@ def test_load_checks_the_handler_file_exists(tmp_path):
     assert error.value.line == 3 and "does not exist" in str(error.value)
     with pytest.raises(ManifestError, match="cannot read the manifest"):
         load_manifest(tmp_path / "missing.yaml")
+
+
+def test_command_functions_secrets_and_memory():
+    function = parse_manifest("""functions:
+  node:
+    command: [node, server.js]
+    workdir: functions/node-hello
+    secrets: [API_KEY]
+    memory: 256Mi
+    delivery: {content_mode: structured}
+""").functions["node"]
+    assert function.folder == "functions/node-hello" and function.handler_in_folder is None
+    assert function.memory == 256 * 1024 * 1024 and function.secret_sources() == {"API_KEY": ("API_KEY", None)}
+    assert function.delivery.content_mode == "structured"
+    files = parse_manifest("functions:\n  a:\n    handler: h.py:f\n    secrets: {DB: {file: /run/db}}\n")
+    assert files.functions["a"].secret_sources() == {"DB": (None, "/run/db")}
+    assert "at least 16Mi" in str(error_for("functions:\n  a:\n    handler: h.py:f\n    memory: 1Ki\n"))
+    assert "256Mi" in str(error_for("functions:\n  a:\n    handler: h.py:f\n    memory: lots\n"))
+    assert "exactly one of env or file" in str(error_for("functions:\n  a:\n    handler: h.py:f\n    secrets: {X: {}}\n"))
+    assert "workdir goes with command" in str(error_for("functions:\n  a:\n    handler: h.py:f\n    workdir: x\n"))

@@ -15,6 +15,7 @@ from fmesh.runtime.launcher import SubprocessLauncher, ZygoteLauncher
 from fmesh.runtime.logs import LogStore
 from fmesh.runtime.policy import ScalePolicy
 from fmesh.runtime.pool import RunnerPool
+from fmesh.runtime.starters import PythonStarter
 from fmesh.runtime.worker import WorkerSpec
 from support import FIXTURES
 
@@ -35,11 +36,14 @@ class Harness:
         await self.hub.start()
         await self.launcher.start()
 
-    def pool(self, fixture: str, scale: ScalePolicy, handler: str = "handler.py:handle", env=None) -> RunnerPool:
+    def pool(self, fixture: str, scale: ScalePolicy, handler: str = "handler.py:handle", env=None,
+             memory_bytes=None) -> RunnerPool:
         def spec(rid: str) -> WorkerSpec:
             return WorkerSpec(str(self.hub.socket_path), rid, str(FUNCTIONS / fixture), handler,
-                              scale.concurrency, env={"PATH": "/usr/bin:/bin", **(env or {})})
-        pool = RunnerPool(fixture, spec, self.launcher, self.hub, scale, lambda t: self.logs.note(fixture, t))
+                              scale.concurrency, env={"PATH": "/usr/bin:/bin", **(env or {})},
+                              memory_bytes=memory_bytes)
+        starter = PythonStarter(fixture, self.hub, self.launcher, spec)
+        pool = RunnerPool(fixture, starter, scale, lambda t: self.logs.note(fixture, t))
         self.pools.append(pool)
         pool.start()
         return pool
@@ -143,3 +147,40 @@ async def test_handler_output_is_captured_per_replica(zygote):
         await pool2.invoke(new_event("t", "/s"), timeout=5)
     lines = zygote.logs.tail("broken_import")
     assert any(" broken_import/1 stderr: " in line for line in lines)
+
+
+async def test_a_handler_calling_sys_exit_fails_its_event_and_the_replica_is_replaced(zygote, tmp_path):
+    pool = zygote.pool("exit_loop", ScalePolicy(max=1), env={"CRASH_ONCE": str(tmp_path / "exited")})
+    with pytest.raises(HandlerError, match="SystemExit"):
+        await pool.invoke(new_event("t", "/s"), timeout=10)
+    reply = await pool.invoke(new_event("t", "/s"), timeout=10)
+    assert "survived" in reply.data
+
+
+async def test_memory_limit_shows_as_out_of_memory_and_recycles_the_replica(zygote):
+    pool = zygote.pool("hog", ScalePolicy(max=1), memory_bytes=128 * 1024 * 1024)
+    small = await pool.invoke(new_event("t", "/s", {"mb": 8}), timeout=10)
+    assert small.data["allocated"] == 8 * 1024 * 1024
+    with pytest.raises(HandlerError, match="out of memory"):
+        await pool.invoke(new_event("t", "/s", {"mb": 512}), timeout=10)
+    for _ in range(100):
+        if pool.out_of_memory:
+            break
+        await asyncio.sleep(0.02)
+    assert pool.out_of_memory == 1
+    logs = "".join(zygote.logs.tail("hog"))
+    assert "out of memory" in logs and "hog/1 stopped: out of memory" in logs
+    assert (await pool.invoke(new_event("t", "/s", {"mb": 8}), timeout=10)).data["allocated"]  # a fresh replica
+
+
+async def test_scale_down_waits_for_the_stable_window(zygote):
+    pool = zygote.pool("pid", ScalePolicy(max=2, idle_timeout=0.1, stable_window=1.5))
+    await asyncio.gather(*(pool.invoke(new_event("t", "/s", {"sleep": 0.2}), 10) for _ in range(2)))
+    assert pool.status().ready == 2
+    await asyncio.sleep(0.8)
+    assert pool.status().ready == 2, "idle, but demand was 2 within the stable window"
+    for _ in range(100):
+        if not pool.replicas:
+            break
+        await asyncio.sleep(0.05)
+    assert not pool.replicas

@@ -1,0 +1,92 @@
+"""A Python replica: a worker process speaking frames over the mesh's replica socket."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+
+from fmesh.errors import HandlerError
+from fmesh.events import Event
+from fmesh.runtime.replica import Replica, ReplyData, Result, State
+from fmesh.runtime.wire import Frame, Kind, encode, read_frame
+
+
+class PythonReplica(Replica):
+    def __init__(self, replica_id: str, function: str, index: int) -> None:
+        super().__init__(replica_id, function, index)
+        self._requests = itertools.count(1)
+        self._calls: dict[int, asyncio.Future[Result]] = {}
+        self._writer: asyncio.StreamWriter | None = None
+        self.out_of_memory = 0
+
+    def attach(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, pid: int | None) -> None:
+        """The replica's control connection arrived; read its frames until it closes."""
+        self._writer = writer
+        self.pid = pid or self.pid
+        asyncio.get_running_loop().create_task(self._read(reader), name=f"replica {self.name}")
+
+    async def _read(self, reader: asyncio.StreamReader) -> None:
+        try:
+            while True:
+                self._on_frame(await read_frame(reader))
+        except (asyncio.IncompleteReadError, ConnectionError, ValueError):
+            pass
+        self.closed(self.exit_reason or "its connection closed")
+
+    def _on_frame(self, frame: Frame) -> None:
+        if frame.kind is Kind.RESULT:
+            call = self._calls.pop(frame.request, None)
+            if call is not None and not call.done():
+                if frame.meta.get("ok"):
+                    call.set_result(_result(frame))
+                else:
+                    call.set_exception(self._failure(frame.meta))
+        elif frame.kind is Kind.READY:
+            self.mark_ready()
+        elif frame.kind is Kind.FAILED:
+            self.fail_start(f"handler failed to load: {frame.meta.get('error')}")
+
+    def _failure(self, meta: dict) -> HandlerError:
+        if meta.get("exiting") and self.state is State.READY:
+            self.state = State.DRAINING  # it is about to exit: send it nothing more
+        if meta.get("oom"):
+            self.out_of_memory += 1
+            self.exit_reason = "out of memory"
+        return HandlerError(meta.get("error", "handler failed"), status=500)
+
+    async def invoke(self, event: Event) -> Result:
+        if self._writer is None or self.state is State.STOPPED:
+            raise HandlerError(f"replica {self.name} is not running", status=503)
+        request = next(self._requests)
+        call: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        self._calls[request] = call
+        self._writer.write(encode(Kind.INVOKE, request, event.attributes, event.payload))
+        try:
+            return await call
+        finally:
+            self._calls.pop(request, None)
+
+    def _request_stop(self) -> None:
+        if self._writer is not None:
+            self._writer.write(encode(Kind.STOP))
+
+    def _disconnect(self) -> None:
+        if self._writer is not None:
+            self._writer.close()  # the reader then sees the end and calls closed()
+        else:
+            self.closed(self.exit_reason or "killed")
+
+    def _fail_calls(self, error: HandlerError) -> None:
+        for call in self._calls.values():
+            if not call.done():
+                call.set_exception(error)
+        self._calls.clear()
+
+
+def _result(frame: Frame) -> Result:
+    reply = frame.meta.get("reply")
+    if reply == "event":
+        return Event(frame.meta["attributes"], frame.body)
+    if reply == "data":
+        return ReplyData(frame.body, frame.meta.get("content_type", "application/json"))
+    return None
