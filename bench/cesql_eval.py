@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from fmesh.broker.cesql import compile_expression
+from fmesh.broker.filters import compile_dialect, compile_filters
 
 EXPRESSION = "type LIKE 'com.shop.%' AND source = '/web' AND INT(amount) > 100 AND EXISTS region"
 
@@ -37,6 +38,10 @@ EVENT: Mapping[str, Any] = {
     "region": "eu-west",
     "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
 }
+
+# The same condition both ways, for the comparison: CESQL against Knative's dialects.
+COMPARABLE = "type LIKE 'com.shop.%' AND source = '/web' AND region = 'eu-west'"
+COMPARABLE_FILTERS = [{"prefix": {"type": "com.shop."}}, {"exact": {"source": "/web", "region": "eu-west"}}]
 
 RUNS = 5
 _BATCH = 1000
@@ -73,7 +78,21 @@ def main() -> None:
     compile_seconds = time.perf_counter() - compile_start
     assert expression.matches(EVENT), "the benchmark event must match the expression"
 
+    comparable = compile_expression(COMPARABLE)
+    dialects = compile_filters(COMPARABLE_FILTERS)
+    as_broker_filter = compile_dialect({"cesql": COMPARABLE}, "cesql")  # with error reporting, as routed
+    assert comparable.matches(EVENT) and dialects(EVENT) and as_broker_filter(EVENT)
+    cesql_rate = measure(comparable.matches, EVENT, args.seconds)
+    dialect_rate = measure(dialects, EVENT, args.seconds)
     report = {
+        "comparison": {
+            "condition": COMPARABLE,
+            "filters": COMPARABLE_FILTERS,
+            "cesql_evals_per_second": round(cesql_rate),
+            "cesql_as_broker_filter_per_second": round(measure(as_broker_filter, EVENT, args.seconds)),
+            "exact_prefix_filters_per_second": round(dialect_rate),
+            "cesql_over_filters": round(cesql_rate / dialect_rate, 3),
+        },
         "expression": EXPRESSION,
         "runs": RUNS,
         "seconds_per_run": args.seconds,

@@ -14,8 +14,10 @@ it by type instead of trying it against every event.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
+
+from fmesh.broker.cesql import CesqlParseError, compile_expression
 
 ATTRIBUTE_DIALECTS = ("exact", "prefix", "suffix")
 DIALECTS = (*ATTRIBUTE_DIALECTS, "all", "any", "not", "cesql")
@@ -37,6 +39,19 @@ def attribute_text(value: Any) -> str:
     return value if isinstance(value, str) else str(value)
 
 
+@dataclass
+class FilterErrors:
+    """Evaluation errors of a filter's CESQL expressions: they count as "no match", and
+    are reported here instead of raised through the broker."""
+
+    count: int = 0
+    last: str | None = None
+
+    def record(self, error: Exception) -> None:
+        self.count += 1
+        self.last = str(error)
+
+
 @dataclass(frozen=True, slots=True)
 class Filter:
     """A compiled filter: call it with the event's attributes.
@@ -47,6 +62,7 @@ class Filter:
     test: Callable[[Mapping[str, Any]], bool]
     types: frozenset[str] | None
     description: str
+    errors: FilterErrors = field(default_factory=FilterErrors, compare=False)
 
     def __call__(self, attributes: Mapping[str, Any]) -> bool:
         return self.test(attributes)
@@ -72,29 +88,31 @@ def _attribute_filter(dialect: str, name: str, expected: str) -> Filter:
     return Filter(test, types, f"{name} {dialect} {expected!r}")
 
 
-def all_of(filters: list[Filter]) -> Filter:
+def all_of(filters: list[Filter], errors: FilterErrors | None = None) -> Filter:
+    errors = errors or FilterErrors()
     if not filters:
-        return MATCH_ALL
-    if len(filters) == 1:
-        return filters[0]
+        return Filter(MATCH_ALL.test, None, MATCH_ALL.description, errors)
     tests = tuple(f.test for f in filters)
     known = [f.types for f in filters if f.types is not None]
     types = frozenset.intersection(*known) if known else None
-    return Filter(lambda a: all(t(a) for t in tests), types, " and ".join(f.description for f in filters))
-
-
-def any_of(filters: list[Filter]) -> Filter:
     if len(filters) == 1:
-        return filters[0]
+        return Filter(tests[0], types, filters[0].description, errors)
+    return Filter(lambda a: all(t(a) for t in tests), types, " and ".join(f.description for f in filters), errors)
+
+
+def any_of(filters: list[Filter], errors: FilterErrors | None = None) -> Filter:
+    errors = errors or FilterErrors()
     tests = tuple(f.test for f in filters)
     types = None if any(f.types is None for f in filters) else frozenset().union(*(f.types for f in filters))
     description = " or ".join(f"({f.description})" for f in filters) or "nothing"
-    return Filter(lambda a: any(t(a) for t in tests), types, description)
+    if len(filters) == 1:
+        return Filter(tests[0], types, filters[0].description, errors)
+    return Filter(lambda a: any(t(a) for t in tests), types, description, errors)
 
 
 def negate(inner: Filter) -> Filter:
     test = inner.test
-    return Filter(lambda a: not test(a), None, f"not ({inner.description})")
+    return Filter(lambda a: not test(a), None, f"not ({inner.description})", inner.errors)
 
 
 def _check_attribute_name(name: Any, path: str) -> str:
@@ -109,18 +127,19 @@ def _check_text(value: Any, path: str) -> str:
     raise FilterError(path, f"expected a string to compare with, got {type(value).__name__}")
 
 
-def compile_shorthand(spec: Mapping[str, Any], path: str = "") -> Filter:
+def compile_shorthand(spec: Mapping[str, Any], path: str = "", errors: FilterErrors | None = None) -> Filter:
     """`{attr: value | {exact|prefix|suffix: value}}`: all attributes must match."""
+    errors = errors or FilterErrors()
     if not isinstance(spec, Mapping):
         raise FilterError(path, f"expected a mapping of attribute to value, got {type(spec).__name__}")
     parts = []
     for name, expected in spec.items():
         where = f"{path}.{name}" if path else str(name)
         if name == "filters":
-            parts.append(compile_filters(expected, where))
+            parts.append(compile_filters(expected, where, errors))
             continue
         if name == "cesql":
-            parts.append(_cesql(expected, where))
+            parts.append(_cesql(expected, where, errors))
             continue
         _check_attribute_name(name, where)
         if isinstance(expected, Mapping):
@@ -130,17 +149,18 @@ def compile_shorthand(spec: Mapping[str, Any], path: str = "") -> Filter:
             parts.append(_attribute_filter(dialect, name, _check_text(value, f"{where}.{dialect}")))
         else:
             parts.append(_attribute_filter("exact", name, _check_text(expected, where)))
-    return all_of(parts)
+    return all_of(parts, errors)
 
 
-def compile_filters(specs: Any, path: str = "filters") -> Filter:
+def compile_filters(specs: Any, path: str = "filters", errors: FilterErrors | None = None) -> Filter:
     """Knative's `filters:` list: every entry must match."""
+    errors = errors or FilterErrors()
     if not isinstance(specs, list):
         raise FilterError(path, f"expected a list of filters, got {type(specs).__name__}")
-    return all_of([compile_dialect(spec, f"{path}[{i}]") for i, spec in enumerate(specs)])
+    return all_of([compile_dialect(spec, f"{path}[{i}]", errors) for i, spec in enumerate(specs)], errors)
 
 
-def compile_dialect(spec: Any, path: str) -> Filter:
+def compile_dialect(spec: Any, path: str, errors: FilterErrors | None = None) -> Filter:
     """One Knative filter expression: `{exact: {...}}`, `{all: [...]}`, `{not: {...}}`, ..."""
     if not isinstance(spec, Mapping) or len(spec) != 1:
         raise FilterError(path, f"expected exactly one of {', '.join(DIALECTS)}, got {spec!r}")
@@ -154,22 +174,22 @@ def compile_dialect(spec: Any, path: str) -> Filter:
     if dialect in ("all", "any"):
         if not isinstance(body, list) or not body:
             raise FilterError(where, "expected a non-empty list of filters")
-        compiled = [compile_dialect(s, f"{where}[{i}]") for i, s in enumerate(body)]
-        return all_of(compiled) if dialect == "all" else any_of(compiled)
+        compiled = [compile_dialect(s, f"{where}[{i}]", errors) for i, s in enumerate(body)]
+        return all_of(compiled, errors) if dialect == "all" else any_of(compiled, errors)
     if dialect == "not":
-        return negate(compile_dialect(body, where))
+        return negate(compile_dialect(body, where, errors))
     if dialect == "cesql":
-        return _cesql(body, where)
+        return _cesql(body, where, errors)
     raise FilterError(path, f"unknown filter dialect {dialect!r}: expected one of {', '.join(DIALECTS)}")
 
 
-def _cesql(expression: Any, path: str) -> Filter:
+def _cesql(expression: Any, path: str, errors: FilterErrors | None) -> Filter:
     if not isinstance(expression, str) or not expression.strip():
         raise FilterError(path, "expected a CESQL expression string")
-    from fmesh.broker.cesql import CesqlParseError, compile_expression
-
     try:
         compiled = compile_expression(expression)
     except CesqlParseError as exc:
         raise FilterError(path, f"invalid CESQL expression: {exc}") from exc
-    return Filter(compiled.matches, None, f"cesql {expression!r}")
+    errors = errors or FilterErrors()
+    matches, record = compiled.matches, errors.record
+    return Filter(lambda a: matches(a, record), None, f"cesql {expression!r}", errors)

@@ -22,6 +22,9 @@ class Router:
     def __contains__(self, subscription: str) -> bool:
         return subscription in self._filters
 
+    def filter(self, subscription: str) -> Filter | None:
+        return self._filters.get(subscription)
+
     def set(self, subscription: str, filter: Filter) -> None:
         """Add a subscription, or replace its filter."""
         self.remove(subscription)

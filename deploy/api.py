@@ -39,8 +39,9 @@ def require_token(expected: str):  # type: ignore[no-untyped-def]
     return check
 
 
-def function_status(control: ControlPlane, item: Any, pending: int, dead: int) -> dict[str, Any]:
+def function_status(node: Node, item: Any, pending: int, dead: int) -> dict[str, Any]:
     pool, delivery = item.pool, item.delivery
+    routed = node.broker.router.filter(f"function:{item.name}")
     return {
         "name": item.name, "version": item.version,
         "replicas": pool.ready + pool.starting + pool.draining,
@@ -50,6 +51,8 @@ def function_status(control: ControlPlane, item: Any, pending: int, dead: int) -
         "dead_lettered": dead, "replies": delivery.replies, "last_error": delivery.last_error,
         "cold_start_last_ms": pool.cold_start_last_ms, "cold_start_median_ms": pool.cold_start_median_ms,
         "out_of_memory": item.out_of_memory, "retiring_versions": item.retiring,
+        "filter_errors": routed.errors.count if routed else 0,
+        "last_filter_error": routed.errors.last if routed else None,
     }
 
 
@@ -126,7 +129,7 @@ def create_app(node: Node, control: ControlPlane, token: str) -> FastAPI:
         items = []
         for item in node.runtime.status():
             pending = await node.log.pending(f"function:{item.name}")
-            items.append(function_status(control, item, pending, dead.get(f"function:{item.name}", 0)))
+            items.append(function_status(node, item, pending, dead.get(f"function:{item.name}", 0)))
         return {"functions": items, "store": node.log.url}
 
     @app.get("/v1/functions/{name}/logs", dependencies=auth, summary="A function's stdout and stderr")

@@ -9,7 +9,15 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from fmesh.broker.filters import Filter, FilterError, all_of, any_of, compile_filters, compile_shorthand
+from fmesh.broker.filters import (
+    Filter,
+    FilterError,
+    FilterErrors,
+    all_of,
+    any_of,
+    compile_filters,
+    compile_shorthand,
+)
 from fmesh.deploy.yaml_lines import LocatedYaml
 from fmesh.durations import parse_duration
 from fmesh.errors import ManifestError
@@ -150,30 +158,25 @@ class FunctionSpec(Strict):
     @classmethod
     def _on_compiles(cls, value: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for index, item in enumerate(value):
-            try:
-                compile_shorthand(item)
-            except FilterError as exc:
-                raise ValueError(f"item {index}: {exc}") from exc
+            compile_shorthand(item, f"on[{index}]")  # a FilterError says where (see _located_error)
         return value
 
     @field_validator("filters")
     @classmethod
     def _filters_compile(cls, value: list[Any] | None) -> list[Any] | None:
         if value is not None:
-            try:
-                compile_filters(value)
-            except FilterError as exc:
-                raise ValueError(str(exc)) from exc
+            compile_filters(value, "filters")
         return value
 
     def compiled_filter(self) -> Filter:
         """Any `on:` item matches, and all `filters:` match; neither given: no events."""
+        errors = FilterErrors()
         parts = []
         if self.on:
-            parts.append(any_of([compile_shorthand(item) for item in self.on]))
+            parts.append(any_of([compile_shorthand(item, "", errors) for item in self.on], errors))
         if self.filters is not None:
-            parts.append(compile_filters(self.filters))
-        return all_of(parts) if parts else any_of([])
+            parts.append(compile_filters(self.filters, "filters", errors))
+        return all_of(parts, errors) if parts else any_of([], errors)
 
     @property
     def folder(self) -> str:
@@ -242,7 +245,7 @@ def check_files(manifest: Manifest, path: Path, located: LocatedYaml) -> None:
 def _located_error(exc: ValidationError, located: LocatedYaml) -> ManifestError:
     problems = []
     for error in exc.errors():
-        loc = [part for part in error["loc"] if part != "[key]"]
+        loc = _filter_location([part for part in error["loc"] if part != "[key]"], error)
         field = ".".join(str(p) for p in loc)
         if error["type"] == "extra_forbidden":
             line = located.key_line(loc)
@@ -260,6 +263,19 @@ def _located_error(exc: ValidationError, located: LocatedYaml) -> ManifestError:
     return error
 
 
+def _filter_location(loc: list[Any], error: dict[str, Any]) -> list[Any]:
+    """A FilterError knows where inside `on`/`filters` it is: point the location there."""
+    cause = error.get("ctx", {}).get("error")
+    if not isinstance(cause, FilterError) or not cause.path:
+        return loc
+    inner: list[Any] = []
+    for part in cause.path.split("."):
+        name, _, rest = part.partition("[")
+        inner.append(name)
+        inner.extend(int(index) for index in rest.rstrip("]").split("][") if index)
+    return loc[:-1] + inner
+
+
 def _explain(error: dict[str, Any], loc: list[Any]) -> str:
     if error["type"] == "extra_forbidden":
         expected = _fields_at(loc[:-1])
@@ -267,6 +283,9 @@ def _explain(error: dict[str, Any], loc: list[Any]) -> str:
         return f"unknown field {loc[-1]!r}{hint}"
     if error["type"] == "missing":
         return "required field is missing"
+    cause = error.get("ctx", {}).get("error")
+    if isinstance(cause, FilterError):
+        return cause.problem
     message = error["msg"].removeprefix("Value error, ")
     return f"{message} (got {error['input']!r})" if error["type"] != "value_error" and "input" in error \
         and not isinstance(error["input"], dict | list) else message

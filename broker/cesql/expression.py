@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +43,19 @@ class _FailFast:
 _FAIL_FAST = _FailFast()
 
 
+class _Reporting:
+    """Fail-fast, after handing the error to a callback."""
+
+    __slots__ = ("_on_error",)
+
+    def __init__(self, on_error: Callable[[CesqlError], None]) -> None:
+        self._on_error = on_error
+
+    def append(self, error: CesqlError, /) -> None:
+        self._on_error(error)
+        raise _StopEvaluation
+
+
 class Expression:
     """A compiled CESQL expression; immutable and safe to share between threads.
 
@@ -80,13 +93,14 @@ class Expression:
             value = value.value
         return EvaluationResult(value, tuple(errors))
 
-    def matches(self, event: Mapping[str, Any]) -> bool:
+    def matches(self, event: Mapping[str, Any], on_error: Callable[[CesqlError], None] | None = None) -> bool:
         """Filter semantics (spec 1.2): true only for the value ``true`` with no error.
 
-        Evaluation stops at the first error (fail-fast mode, spec 4.1).
+        Evaluation stops at the first error (fail-fast mode, spec 4.1), which is
+        passed to ``on_error`` when given, so a broker can report it.
         """
         try:
-            return self._evaluator(event, _FAIL_FAST) is True
+            return self._evaluator(event, _FAIL_FAST if on_error is None else _Reporting(on_error)) is True
         except _StopEvaluation:
             return False
 

@@ -66,7 +66,7 @@ def test_missing_handler_bad_name_and_bad_filter():
     error = error_for("functions:\n  Bad_Name:\n    handler: h.py:f\n")
     assert error.field == "functions.Bad_Name" and "not a valid name" in str(error)
     error = error_for("functions:\n  a:\n    handler: h.py:f\n    on: [{type: {prefx: x}}]\n")
-    assert error.field == "functions.a.on" and "prefx" in str(error)
+    assert error.field == "functions.a.on.0.type" and "prefx" in str(error)
     error = error_for("functions:\n  a:\n    handler: h.py:f\n    filters: [{nope: {type: x}}]\n")
     assert "unknown filter dialect 'nope'" in str(error)
 
@@ -110,3 +110,17 @@ def test_command_functions_secrets_and_memory():
     assert "256Mi" in str(error_for("functions:\n  a:\n    handler: h.py:f\n    memory: lots\n"))
     assert "exactly one of env or file" in str(error_for("functions:\n  a:\n    handler: h.py:f\n    secrets: {X: {}}\n"))
     assert "workdir goes with command" in str(error_for("functions:\n  a:\n    handler: h.py:f\n    workdir: x\n"))
+
+
+def test_a_cesql_parse_error_names_file_line_and_column():
+    error = error_for("""functions:
+  a:
+    handler: h.py:f
+    filters:
+      - exact: {type: com.shop.order}
+      - any:
+          - cesql: "source = '/web'"
+          - cesql: "INT(amount) > > 100"
+""")
+    assert (error.line, error.field) == (8, "functions.a.filters.1.any.1.cesql")
+    assert "invalid CESQL expression" in str(error) and "line 1, column 15" in str(error)
