@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from fmesh.broker.filters import Filter
 from fmesh.broker.log import EventLog
 from fmesh.broker.router import Router
-from fmesh.contracts import Claimed, DeadLetter, Delivery
+from fmesh.contracts import Claimed, DeadLetter, Delivery, Publisher
 from fmesh.events import Event, without_error_context
 
 
@@ -73,6 +73,17 @@ class SubscriptionQueue:
         self._new.clear()  # a wake-up is consumed by the wait it ends
 
 
+class DirectPublisher:
+    """`Publisher` into one subscription's queue (e.g. a function's `reply_to` sink)."""
+
+    def __init__(self, broker: Broker, subscription: str) -> None:
+        self._broker = broker
+        self.subscription = subscription
+
+    async def publish(self, events: Sequence[Event]) -> None:
+        await self._broker.enqueue(events, self.subscription)
+
+
 class Broker:
     """`Publisher` plus the subscription registry, over one event log."""
 
@@ -94,12 +105,26 @@ class Broker:
         `ordered`: events with the same `partitionkey` go one at a time, in publish order.
         """
         self.router.set(name, filter)
+        return self.queue(name, ordered)
+
+    def queue(self, name: str, ordered: bool = False) -> SubscriptionQueue:
+        """The delivery queue of `name`, routed to or not (replies to a sink, dead letters)."""
         queue = self._queues.get(name)
         if queue is None:
             queue = self._queues[name] = SubscriptionQueue(self, name, ordered)
         queue.ordered = ordered
         queue.wake()  # deliveries stored before a restart are due at once
         return queue
+
+    def direct(self, name: str) -> Publisher:
+        """A publisher that stores events for subscription `name` only, bypassing routing."""
+        return DirectPublisher(self, name)
+
+    async def enqueue(self, events: Sequence[Event], subscription: str) -> None:
+        await self.log.append([(event, [subscription]) for event in events])
+        queue = self._queues.get(subscription)
+        if queue is not None:
+            queue.wake()
 
     async def unsubscribe(self, name: str, drop_pending: bool = True) -> None:
         self.router.remove(name)

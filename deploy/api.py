@@ -20,7 +20,8 @@ from fmesh.node import Node
 class ApplyRequest(BaseModel):
     functions: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="name → {spec: manifest function, bundle: sha256 of its code}")
-    prune: bool = Field(False, description="delete deployed functions that are not in this request")
+    subscriptions: dict[str, dict[str, Any]] = Field(default_factory=dict, description="name → {spec}")
+    prune: bool = Field(False, description="delete deployed resources that are not in this request")
 
 
 class ReplayRequest(BaseModel):
@@ -80,8 +81,18 @@ def create_app(node: Node, control: ControlPlane, token: str) -> FastAPI:
 
     @app.delete("/v1/functions/{name}", dependencies=auth, summary="Delete a function")
     async def delete_function(name: str) -> dict[str, Any]:
-        if not await control.delete(name):
+        if not await control.delete("function", name):
             raise HTTPException(404, f"no function named {name!r}")
+        return {"deleted": name}
+
+    @app.get("/v1/subscriptions", dependencies=auth, summary="Subscriptions to URLs and sinks")
+    async def list_subscriptions() -> dict[str, Any]:
+        return {"subscriptions": [describe(s) for _, s in sorted(control.deployed["subscription"].items())]}
+
+    @app.delete("/v1/subscriptions/{name}", dependencies=auth, summary="Delete a subscription")
+    async def delete_subscription(name: str) -> dict[str, Any]:
+        if not await control.delete("subscription", name):
+            raise HTTPException(404, f"no subscription named {name!r}")
         return {"deleted": name}
 
     @app.head("/v1/bundles/{digest}", dependencies=auth)
@@ -118,7 +129,8 @@ def create_app(node: Node, control: ControlPlane, token: str) -> FastAPI:
     @app.post("/v1/apply", dependencies=auth, summary="Deploy functions")
     async def apply(request: ApplyRequest) -> dict[str, Any]:
         try:
-            changes = await control.apply(request.functions, request.prune)
+            changes = await control.apply({"function": request.functions, "subscription": request.subscriptions},
+                                          request.prune)
         except DeployError as exc:
             raise HTTPException(422, str(exc)) from exc
         return {"changes": [asdict(c) for c in changes]}
@@ -130,7 +142,11 @@ def create_app(node: Node, control: ControlPlane, token: str) -> FastAPI:
         for item in node.runtime.status():
             pending = await node.log.pending(f"function:{item.name}")
             items.append(function_status(node, item, pending, dead.get(f"function:{item.name}", 0)))
-        return {"functions": items, "store": node.log.url}
+        sinks = [{"name": s.name, "url": s.url, "delivered": s.delivery.delivered, "failed": s.delivery.failed,
+                  "retried": s.delivery.retried, "inflight": s.delivery.inflight,
+                  "pending": await node.log.pending(s.name), "dead_lettered": dead.get(s.name, 0),
+                  "last_error": s.delivery.last_error} for s in node.runtime.sink_status()]
+        return {"functions": items, "sinks": sinks, "store": node.log.url}
 
     @app.get("/v1/functions/{name}/logs", dependencies=auth, summary="A function's stdout and stderr")
     async def logs(name: str, lines: int = Query(200, ge=0, le=100_000), follow: bool = False) -> Response:
@@ -186,9 +202,10 @@ def _has(control: ControlPlane, digest: str) -> bool:
         return False
 
 
-def describe(function: Any) -> dict[str, Any]:
-    return {"name": function.name, "version": function.version, "bundle": function.bundle,
-            **function.spec.model_dump(mode="json", exclude_none=True)}
+def describe(resource: Any) -> dict[str, Any]:
+    extra = {"bundle": resource.bundle} if resource.bundle else {}
+    return {"name": resource.name, "version": resource.version, **extra,
+            **resource.spec.model_dump(mode="json", exclude_none=True)}
 
 
 def dead_letter_json(letter: Any) -> dict[str, Any]:

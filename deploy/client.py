@@ -61,8 +61,9 @@ class MeshClient:
         except httpx.ConnectError as exc:
             raise BrokerUnreachable(self.url, str(exc)) from exc
 
-    def apply(self, functions: dict[str, dict[str, Any]], prune: bool) -> list[dict[str, Any]]:
-        return self.request("POST", "/v1/apply", json={"functions": functions, "prune": prune}).json()["changes"]
+    def apply(self, resources: dict[str, dict[str, Any]], prune: bool) -> list[dict[str, Any]]:
+        """`resources` is {"functions": {...}, "subscriptions": {...}} as the API takes it."""
+        return self.request("POST", "/v1/apply", json={**resources, "prune": prune}).json()["changes"]
 
     def status(self) -> dict[str, Any]:
         return self.request("GET", "/v1/status").json()

@@ -35,9 +35,14 @@ def pack_functions(manifest: Manifest, manifest_path: Path, progress: Progress) 
 
 
 def apply_request(manifest: Manifest, packed: list[PackedFunction]) -> dict[str, dict[str, Any]]:
+    """The body of POST /v1/apply for this manifest (bundles already uploaded)."""
     digests = {p.name: p.digest for p in packed}
-    return {name: {"spec": function.model_dump(mode="json"), "bundle": digests[name]}
-            for name, function in manifest.functions.items()}
+    return {
+        "functions": {name: {"spec": function.model_dump(mode="json"), "bundle": digests[name]}
+                      for name, function in manifest.functions.items()},
+        "subscriptions": {name: {"spec": sub.model_dump(mode="json")}
+                          for name, sub in manifest.subscriptions.items()},
+    }
 
 
 def _count_files(folder: Path) -> int:

@@ -19,6 +19,7 @@ from fmesh.broker.filters import (
     compile_shorthand,
 )
 from fmesh.deploy.yaml_lines import LocatedYaml
+from fmesh.runtime.sinks.base import SinkOptions
 from fmesh.durations import parse_duration
 from fmesh.errors import ManifestError
 
@@ -43,6 +44,23 @@ def parse_size(value: Any) -> int:
 
 
 MemorySize = Annotated[int, BeforeValidator(parse_size)]
+SINK_SCHEMES = ("http", "https", "kafka", "nats")
+
+
+def _check_sink_url(value: Any) -> str:
+    if not isinstance(value, str) or "://" not in value or value.split("://", 1)[0].lower() not in SINK_SCHEMES:
+        raise ValueError(f"expected a URL starting with http://, https://, kafka:// or nats://, got {value!r}")
+    if not value.split("://", 1)[1]:
+        raise ValueError(f"{value!r} names no host")
+    return value
+
+
+def _check_dead_letter(value: Any) -> str:
+    return _check_sink_url(value) if isinstance(value, str) and "://" in value else _check_name(value)
+
+
+SinkUrl = Annotated[str, BeforeValidator(_check_sink_url)]
+DeadLetterTarget = Annotated[str, BeforeValidator(_check_dead_letter)]
 
 
 def _check_name(value: str) -> str:
@@ -92,7 +110,8 @@ class DeliverySpec(Strict):
     delay: Duration = Field(0.2, ge=0, description="wait before the first retry")
     max_delay: Duration = Field(60.0, ge=0, description="longest wait between attempts")
     timeout: Duration | None = Field(None, gt=0, description="per attempt; defaults to the function's timeout")
-    dead_letter: Name | None = Field(None, description="function that receives events that failed")
+    dead_letter: DeadLetterTarget | None = Field(
+        None, description="function, or sink URL (http(s)://, kafka://, nats://), for events that failed")
     ordering: Literal["unordered", "ordered"] = Field(
         "unordered", description="ordered: events with the same partitionkey go one at a time, in order")
     content_mode: Literal["binary", "structured"] = Field(
@@ -123,6 +142,8 @@ class FunctionSpec(Strict):
     timeout: Duration = Field(30.0, gt=0, description="how long one attempt may take")
     memory: MemorySize | None = Field(None, description="memory cap of a replica, e.g. 256Mi")
     delivery: DeliverySpec = Field(default_factory=DeliverySpec)
+    reply_to: SinkUrl | None = Field(None, description="send replies to this sink instead of back into the mesh")
+    sink_options: dict[str, Any] = Field(default_factory=dict, description="headers, auth and TLS for reply_to")
 
     @field_validator("handler")
     @classmethod
@@ -199,8 +220,46 @@ class FunctionSpec(Strict):
         return {name: (source.env, source.file) for name, source in self.secrets.items()}
 
 
+class SubscriptionSpec(Strict):
+    """Events matching `filter`/`filters` go to `to`, with the delivery policy of a function."""
+
+    filter: dict[str, Any] = Field(default_factory=dict, description="attribute: value or {exact|prefix|suffix}")
+    filters: list[Any] | None = Field(None, description="Knative-style filters (all must match)")
+    to: SinkUrl = Field(description="http(s)://..., kafka://host:port/topic or nats://host:port/subject")
+    delivery: DeliverySpec = Field(default_factory=DeliverySpec)
+    concurrency: int = Field(32, ge=1, le=10_000, description="deliveries in flight at once")
+    options: dict[str, Any] = Field(default_factory=dict, description="headers, auth and TLS for the sink")
+
+    @field_validator("filter")
+    @classmethod
+    def _filter_compiles(cls, value: dict[str, Any]) -> dict[str, Any]:
+        compile_shorthand(value, "filter")
+        return value
+
+    @field_validator("filters")
+    @classmethod
+    def _filters_compile(cls, value: list[Any] | None) -> list[Any] | None:
+        if value is not None:
+            compile_filters(value, "filters")
+        return value
+
+    @field_validator("options")
+    @classmethod
+    def _options_valid(cls, value: dict[str, Any]) -> dict[str, Any]:
+        SinkOptions.model_validate(value)
+        return value
+
+    def compiled_filter(self) -> Filter:
+        errors = FilterErrors()
+        parts = [compile_shorthand(self.filter, "", errors)]
+        if self.filters is not None:
+            parts.append(compile_filters(self.filters, "filters", errors))
+        return all_of(parts, errors)
+
+
 class Manifest(Strict):
     functions: dict[Name, FunctionSpec] = Field(default_factory=dict)
+    subscriptions: dict[Name, SubscriptionSpec] = Field(default_factory=dict)
 
 
 def parse_manifest(text: str, file: str = "fmesh.yaml") -> Manifest:
@@ -297,9 +356,9 @@ def _fields_at(loc: list[Any]) -> list[str]:
     path = list(loc)
     while path:
         key = path.pop(0)
-        if model is Manifest and key == "functions" and path:
+        if model is Manifest and key in ("functions", "subscriptions") and path:
             path.pop(0)
-            model = FunctionSpec
+            model = FunctionSpec if key == "functions" else SubscriptionSpec
             continue
         field = model.model_fields.get(str(key))
         annotation = field.annotation if field else None

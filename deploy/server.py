@@ -11,7 +11,7 @@ from rich.console import Console
 from fmesh.deploy.api import create_app
 from fmesh.deploy.bundle import pack
 from fmesh.deploy.control import ControlPlane
-from fmesh.deploy.deployer import summarize
+from fmesh.deploy.deployer import PackedFunction, apply_request, summarize
 from fmesh.deploy.manifest import load_manifest
 from fmesh.node import Node
 from fmesh.settings import NodeSettings, load_or_create_token, token_path
@@ -29,13 +29,15 @@ async def deploy_local(control: ControlPlane, manifest_path: Path,
                        progress: Callable[[str], None] = lambda line: None) -> str:
     """Apply a manifest from this machine without going through HTTP."""
     manifest = load_manifest(manifest_path)
-    functions = {}
+    packed = []
     for name, function in manifest.functions.items():
         digest, data = pack(manifest_path.parent / function.folder)
         control.bundles.put(digest, data)
         await control.dependencies.install(control.bundles.path(digest), progress)
-        functions[name] = {"spec": function.model_dump(mode="json"), "bundle": digest}
-    return summarize([c.__dict__ for c in await control.apply(functions)])
+        packed.append(PackedFunction(name, digest, b"", 0))
+    request = apply_request(manifest, packed)
+    changes = await control.apply({"function": request["functions"], "subscription": request["subscriptions"]})
+    return summarize([c.__dict__ for c in changes])
 
 
 async def serve(settings: NodeSettings, manifest: Path | None, console: Console) -> None:

@@ -19,7 +19,7 @@ from fmesh.broker.filters import Filter
 from fmesh.broker.ingress import ASGIApp, Ingress, Receive, Scope, Send, respond
 from fmesh.broker.stores import open_store
 from fmesh.errors import StoreError
-from fmesh.runtime.runtime import FunctionSpec, Runtime
+from fmesh.runtime.runtime import FunctionSpec, Runtime, SinkSpec
 from fmesh.settings import NodeSettings
 
 Hook = Callable[[], Awaitable[None]]
@@ -70,13 +70,41 @@ class Node:
                 print(f"fmesh: could not expire dead letters: {exc}", file=sys.stderr)
             await asyncio.sleep(min(3600.0, max(1.0, retention / 10)))
 
-    async def deploy_function(self, spec: FunctionSpec, filter: Filter) -> None:
+    async def deploy_function(self, spec: FunctionSpec, filter: Filter, reply_to: SinkSpec | None = None,
+                              dead_letter: SinkSpec | None = None) -> None:
+        """Run a function on the events `filter` passes; its replies go to `reply_to` if given."""
+        for sink in (reply_to, dead_letter):
+            if sink is not None:
+                await self.runtime.deploy_sink(sink, self.broker.queue(sink.subscription))
+        replies = self.broker.direct(reply_to.subscription) if reply_to else None
         queue = self.broker.subscribe(spec.subscription, filter, ordered=spec.delivery.ordered)
-        await self.runtime.deploy(spec, queue)
+        await self.runtime.deploy(spec, queue, replies)
+        await self._drop_sinks_except(spec.name, {s.subscription for s in (reply_to, dead_letter) if s})
 
     async def remove_function(self, name: str) -> None:
         await self.runtime.remove(name)
         await self.broker.unsubscribe(f"function:{name}")
+        await self._drop_sinks_except(name, set())
+
+    async def deploy_subscription(self, sink: SinkSpec, filter: Filter, dead_letter: SinkSpec | None = None) -> None:
+        """Deliver the events `filter` passes to a URL or sink."""
+        owner = sink.subscription.split(":", 1)[1]
+        if dead_letter is not None:
+            await self.runtime.deploy_sink(dead_letter, self.broker.queue(dead_letter.subscription))
+        await self.runtime.deploy_sink(sink, self.broker.subscribe(sink.subscription, filter, sink.delivery.ordered))
+        await self._drop_sinks_except(f"subscription-{owner}", {dead_letter.subscription} if dead_letter else set())
+
+    async def remove_subscription(self, name: str) -> None:
+        await self.runtime.remove_sink(f"subscription:{name}")
+        await self.broker.unsubscribe(f"subscription:{name}")
+        await self._drop_sinks_except(f"subscription-{name}", set())
+
+    async def _drop_sinks_except(self, owner: str, keep: set[str]) -> None:
+        """Remove the reply and dead-letter sinks `owner` no longer has."""
+        for name in (f"reply:{owner}", f"deadletter:{owner}"):
+            if name not in keep and name in self.runtime.sinks:
+                await self.runtime.remove_sink(name)
+                await self.broker.unsubscribe(name)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The node's ASGI app."""

@@ -15,7 +15,7 @@ class DeliveryPolicy:
     delay: float = 0.2                    # seconds before the first retry
     max_delay: float = 60.0
     timeout: float = 30.0                 # per attempt
-    dead_letter: str | None = None        # a function to send dead letters to
+    dead_letter: str | None = None        # the subscription dead letters go to ("function:x", a sink's)
     retry_after_cap: float = 300.0        # longest Retry-After honoured
     max_hops: int = 16                    # reply chain length that counts as a loop
     ordered: bool = False                 # one event per partitionkey at a time, in order

@@ -23,6 +23,7 @@ from fmesh.runtime.pool import PoolStatus, RunnerPool
 from fmesh.runtime.python_replica import PythonReplica
 from fmesh.runtime.secrets import SecretSource, resolve_secrets
 from fmesh.runtime.sidecar import DeliveryStats, Sidecar
+from fmesh.runtime.sinks import Sink, open_sink
 from fmesh.runtime.starters import CommandStarter, PythonStarter, ReplicaStarter
 from fmesh.runtime.worker import WorkerSpec
 
@@ -58,6 +59,26 @@ def subscription_name(function: str) -> str:
     return f"function:{function}"
 
 
+@dataclass(frozen=True)
+class SinkSpec:
+    """A subscription whose target is a URL or sink: `subscription:<name>`, a function's
+    `reply:<name>`, or an owner's `deadletter:<name>`."""
+
+    subscription: str
+    url: str
+    options: dict = field(default_factory=dict)     # SinkOptions fields
+    delivery: DeliveryPolicy = DeliveryPolicy()
+    max_inflight: int = 32
+    source: str = ""                                # the `source` of replies the sink answers with
+
+
+@dataclass
+class SinkStatus:
+    name: str
+    url: str
+    delivery: DeliveryStats
+
+
 @dataclass
 class FunctionStatus:
     name: str
@@ -84,6 +105,7 @@ class Runtime:
         self.fresh = SubprocessLauncher(self._on_exit)
         self.default_launcher: Launcher = self.zygote if launcher == "zygote" else self.fresh
         self.functions: dict[str, _Running] = {}
+        self.sinks: dict[str, tuple[SinkSpec, Sink, Sidecar]] = {}
         self._retiring: dict[str, set[asyncio.Task]] = {}
 
     async def start(self) -> None:
@@ -92,19 +114,22 @@ class Runtime:
 
     async def stop(self) -> None:
         await asyncio.gather(*(self.remove(name, forget_logs=False) for name in list(self.functions)))
+        await asyncio.gather(*(self.remove_sink(name) for name in list(self.sinks)))
         await asyncio.gather(*(t for tasks in self._retiring.values() for t in tasks), return_exceptions=True)
         await self.zygote.stop()
         await self.fresh.stop()
         await self.hub.stop()
         self.logs.close()
 
-    async def deploy(self, spec: FunctionSpec, queue: DeliveryQueue) -> None:
-        """Run `spec`; a running older version keeps its in-flight events until they finish."""
+    async def deploy(self, spec: FunctionSpec, queue: DeliveryQueue, replies: Publisher | None = None) -> None:
+        """Run `spec`; a running older version keeps its in-flight events until they finish.
+
+        Replies go to `replies` (a sink's queue) when given, else back into the mesh."""
         old = self.functions.get(spec.name)
         starter = self._starter(spec)
         pool = RunnerPool(spec.name, starter, spec.scale, lambda text: self.logs.note(spec.name, text))
-        sidecar = Sidecar(spec.subscription, f"/fmesh/functions/{spec.name}", queue, pool, self.publisher,
-                          spec.delivery, spec.scale.max_inflight)
+        sidecar = Sidecar(spec.subscription, f"/fmesh/functions/{spec.name}", queue, pool,
+                          replies or self.publisher, spec.delivery, spec.scale.max_inflight)
         self.functions[spec.name] = _Running(spec, pool, sidecar)
         pool.start()
         sidecar.start()
@@ -127,6 +152,26 @@ class Runtime:
         await running.pool.shutdown()
         if forget_logs:
             self.logs.forget(name)
+
+    async def deploy_sink(self, spec: SinkSpec, queue: DeliveryQueue) -> None:
+        """Deliver `spec.subscription`'s events to its URL; replaces one running already."""
+        sink = open_sink(spec.url, spec.options)
+        await sink.start()
+        sidecar = Sidecar(spec.subscription, spec.source or f"/fmesh/{spec.subscription}", queue, sink,
+                          self.publisher, spec.delivery, spec.max_inflight)
+        await self.remove_sink(spec.subscription)
+        self.sinks[spec.subscription] = (spec, sink, sidecar)
+        sidecar.start()
+
+    async def remove_sink(self, subscription: str) -> None:
+        running = self.sinks.pop(subscription, None)
+        if running is not None:
+            spec, sink, sidecar = running
+            await sidecar.stop(grace=spec.delivery.timeout)
+            await sink.stop()
+
+    def sink_status(self) -> list[SinkStatus]:
+        return [SinkStatus(name, spec.url, sidecar.stats) for name, (spec, _, sidecar) in sorted(self.sinks.items())]
 
     def status(self) -> list[FunctionStatus]:
         return [FunctionStatus(name, r.spec.version, r.pool.status(), r.sidecar.stats,

@@ -173,7 +173,7 @@ class Sidecar:
         event = with_error_context(delivery.event, self.name, error, attempts)
         self.stats.dead_lettered += 1
         target = self.policy.dead_letter
-        if target and await self.queue.redirect(delivery, f"function:{target}", event):
+        if target and await self.queue.redirect(delivery, target, event):
             return
         reason = "not retryable" if not error.retryable else f"gave up after {attempts} attempts"
         await self.queue.dead_letter(delivery, DeadLetter(

@@ -27,3 +27,12 @@ def mesh_factory(tmp_path: Path) -> Iterator:
 @pytest.fixture
 def mesh(mesh_factory) -> Mesh:
     return mesh_factory().start()
+
+
+@pytest.fixture
+def receiver() -> Iterator:
+    from support import Receiver
+
+    server = Receiver()
+    yield server
+    server.close()

@@ -110,3 +110,62 @@ def write_manifest(folder: Path, text: str) -> Path:
     path = folder / "fmesh.yaml"
     path.write_text(text.format(fixtures=FIXTURES / "functions", functions=ROOT / "functions"))
     return path
+
+
+class Receiver:
+    """A real HTTP server on a free loopback port that records what it is sent and answers
+    as scripted per path: a list of (status, headers, body, delay) used in turn, the last
+    one repeating."""
+
+    def __init__(self) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.requests: list[dict] = []
+        self.scripts: dict[str, list[tuple[int, dict, bytes, float]]] = {}
+        self.lock = threading.Lock()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("content-length", 0)))
+                status, headers, reply, delay = receiver._record(self.path, dict(self.headers.items()), body)
+                time.sleep(delay)
+                try:
+                    self.send_response(status)
+                    for name, value in headers.items():
+                        self.send_header(name, value)
+                    self.send_header("content-length", str(len(reply)))
+                    self.end_headers()
+                    self.wfile.write(reply)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the mesh gave up waiting: that is what a timeout test wants
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def script(self, path: str, *answers: tuple) -> None:
+        """Answers for `path`: (status,), (status, headers), (status, headers, body) or with a delay."""
+        full = [(a + (None, None, None))[:4] for a in answers]
+        self.scripts[path] = [(s, h or {}, b or b"", d or 0.0) for s, h, b, d in full]
+
+    def _record(self, path: str, headers: dict, body: bytes) -> tuple[int, dict, bytes, float]:
+        with self.lock:
+            self.requests.append({"path": path, "headers": {k.lower(): v for k, v in headers.items()},
+                                  "body": body, "at": time.time()})
+            answers = self.scripts.get(path, [(202, {}, b"", 0.0)])
+            return answers.pop(0) if len(answers) > 1 else answers[0]
+
+    def to(self, path: str) -> list[dict]:
+        with self.lock:
+            return [r for r in self.requests if r["path"] == path]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
