@@ -8,6 +8,7 @@ keeps retrying in the background and says so in `status()`.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -17,6 +18,8 @@ from fmesh.events import Event
 
 Publish = Callable[[list[Event]], Awaitable[None]]
 """Store the events; durable on return, `fmesh.errors.StoreError` otherwise."""
+
+STOP_TIMEOUT = 15.0
 
 CONNECTED = "connected"
 RETRYING = "retrying"
@@ -101,3 +104,11 @@ class StatusTracker:
         status = self._status
         return TriggerStatus(status.name, status.kind, status.state, status.last_error,
                              status.events_in, status.last_event_at, status.lag, dict(status.detail))
+
+
+async def stop_task(task: asyncio.Task | None, timeout: float = STOP_TIMEOUT) -> None:
+    """Cancel a trigger's background task and wait (bounded) until it has cleaned up."""
+    if task is None or task.done():
+        return
+    task.cancel()
+    await asyncio.wait({task}, timeout=timeout)

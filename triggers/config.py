@@ -52,7 +52,7 @@ def read_secret(env_name: str, field: str) -> str:
     return value
 
 
-_SIZE = re.compile(r"^\s*(\d+)\s*(b|kb|kib|mb|mib|gb|gib)?\s*$", re.I)
+_SIZE = re.compile(r"^\s*(\d+)\s*(b|kb|kib|mb|mib|gb|gib)?\s*$", re.IGNORECASE)
 _SIZE_UNITS = {"b": 1, "kb": 1000, "kib": 1024, "mb": 1000**2, "mib": 1024**2, "gb": 1000**3,
                "gib": 1024**3}
 
@@ -158,6 +158,9 @@ class KafkaTriggerConfig(KafkaConnection):
     content_type: str | None = Field(
         None, description="datacontenttype of wrapped records that carry no content-type header")
     batch_size: int = Field(500, ge=1, le=10000, description="most records published in one batch")
+    session_timeout: Duration = Field(
+        10.0, ge=1, description="how long the group waits for a silent member before reassigning its "
+        "partitions (heartbeats go at a third of it)")
     reconnect_delay: Duration = Field(0.5, description="first wait before reconnecting")
     reconnect_max_delay: Duration = Field(30.0, description="longest wait between reconnects")
     probe_interval: Duration = Field(

@@ -18,12 +18,12 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaConnectio
 
 from fmesh.errors import BrokerUnreachable, InvalidEvent, StoreError
 from fmesh.events import Event
-from fmesh.triggers.base import Publish, StatusTracker, TriggerStatus
+from fmesh.triggers.base import Publish, StatusTracker, TriggerStatus, stop_task
 from fmesh.triggers.config import KafkaTriggerConfig
 from fmesh.triggers.kafka_binding import Wrapping, is_cloudevent, read_record, wrap_record
-from fmesh.triggers.kafka_client import client_options, describe
-from fmesh.triggers.retry import Backoff, publish_until_stored
-from fmesh.triggers.wire import marked_invalid
+from fmesh.triggers.kafka_client import client_options
+from fmesh.triggers.retry import Backoff, keep_running, publish_until_stored
+from fmesh.triggers.wire import describe, marked_invalid
 
 FETCH_WAIT_MS = 500
 REQUEST_TIMEOUT = 10.0      # a commit, start or stop that takes longer means the cluster is gone
@@ -48,18 +48,21 @@ class KafkaTrigger:
         self._status.detail.update(topics=list(config.topics), group=self.group)
         self._committed: dict[TopicPartition, int] = {}
         self._unreachable_since: float | None = None
+        self._store_refusing = False
+        self._probe_timeout = min(REQUEST_TIMEOUT, max(1.0, 5 * config.probe_interval))
         self._task: asyncio.Task | None = None
 
     async def start(self) -> None:
         if self._task is None:
             self._status.connecting()
-            self._task = asyncio.get_running_loop().create_task(self._run(), name=f"kafka trigger {self.name}")
+            what = f"kafka trigger {self.name} ({self.config.url})"
+            backoff = Backoff(self.config.reconnect_delay, self.config.reconnect_max_delay)
+            self._task = asyncio.get_running_loop().create_task(
+                keep_running(what, self._run, self._status, backoff), name=what)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        await stop_task(self._task)
+        self._task = None
         self._status.stopped()
 
     def status(self) -> TriggerStatus:
@@ -72,7 +75,8 @@ class KafkaTrigger:
         while True:
             consumer = self._consumer()
             try:
-                await asyncio.wait_for(consumer.start(), REQUEST_TIMEOUT)
+                async with asyncio.timeout(REQUEST_TIMEOUT):
+                    await consumer.start()
                 backoff.reset()
                 await self._consume(consumer)
             except (KafkaError, *UNREACHABLE) as exc:
@@ -85,11 +89,13 @@ class KafkaTrigger:
         return AIOKafkaConsumer(
             *self.config.topics, group_id=self.group, enable_auto_commit=False,
             auto_offset_reset=self.config.start, max_poll_records=self.config.batch_size,
-            **self._options)
+            session_timeout_ms=round(self.config.session_timeout * 1000),
+            heartbeat_interval_ms=round(self.config.session_timeout * 1000 / 3), **self._options)
 
     async def _close(self, consumer: AIOKafkaConsumer) -> None:
         try:
-            await asyncio.wait_for(asyncio.shield(consumer.stop()), REQUEST_TIMEOUT)
+            async with asyncio.timeout(REQUEST_TIMEOUT):
+                await asyncio.shield(consumer.stop())
         except (KafkaError, *UNREACHABLE):
             pass  # leaving the group failed: the cluster will expire our membership
 
@@ -103,27 +109,42 @@ class KafkaTrigger:
     # -- consuming -----------------------------------------------------------------------
 
     async def _consume(self, consumer: AIOKafkaConsumer) -> None:
+        """Fetch and publish; beside it, probe lag and reachability (even while a publish waits)."""
         self._status.connected()
         self._unreachable_since = None
         self._committed.clear()
-        next_probe = 0.0
+        loops = [asyncio.create_task(self._fetch_loop(consumer)), asyncio.create_task(self._probe_loop(consumer))]
+        try:
+            done, _ = await asyncio.wait(loops, return_when=asyncio.FIRST_COMPLETED)
+            for loop in done:
+                loop.result()  # re-raise what ended it
+        finally:
+            for loop in loops:
+                loop.cancel()
+            await asyncio.gather(*loops, return_exceptions=True)
+
+    async def _fetch_loop(self, consumer: AIOKafkaConsumer) -> None:
         while True:
             batch = await consumer.getmany(timeout_ms=FETCH_WAIT_MS, max_records=self.config.batch_size)
             if any(batch.values()):
                 await self._publish_batch(batch)
                 await self._commit(consumer, batch)
-            if time.monotonic() >= next_probe:
-                await self._probe(consumer)
-                next_probe = time.monotonic() + self.config.probe_interval
+
+    async def _probe_loop(self, consumer: AIOKafkaConsumer) -> None:
+        while True:
+            await self._probe(consumer)
+            await asyncio.sleep(self.config.probe_interval)
 
     async def _publish_batch(self, batch: Batch) -> None:
         events = [self._to_event(record) for records in batch.values() for record in records]
         backoff = Backoff(self.config.reconnect_delay, self.config.reconnect_max_delay)
         await publish_until_stored(self._publish, events, backoff, self._store_failed)
+        self._store_refusing = False
         self._status.connected()
         self._status.received(len(events))
 
     def _store_failed(self, error: StoreError) -> None:
+        self._store_refusing = True
         self._status.retrying(f"event log refused {self.config.url} records: {error}")
 
     def _to_event(self, record: ConsumerRecord) -> Event:
@@ -139,7 +160,8 @@ class KafkaTrigger:
     async def _commit(self, consumer: AIOKafkaConsumer, batch: Batch) -> None:
         offsets = {tp: records[-1].offset + 1 for tp, records in batch.items() if records}
         try:
-            await asyncio.wait_for(consumer.commit(offsets), REQUEST_TIMEOUT)
+            async with asyncio.timeout(REQUEST_TIMEOUT):
+                await consumer.commit(offsets)
         except (CommitFailedError, IllegalStateError) as exc:
             # Rebalanced away: whoever owns the partitions now reads these records again.
             self._status.count("commit_failed")
@@ -153,17 +175,17 @@ class KafkaTrigger:
         """Measure lag, which doubles as a check that the cluster still answers."""
         partitions = sorted(consumer.assignment())
         try:
-            if partitions:
-                ends = await asyncio.wait_for(consumer.end_offsets(partitions), REQUEST_TIMEOUT)
-                lag = await asyncio.wait_for(self._lag(consumer, ends), REQUEST_TIMEOUT)
-            else:
-                await asyncio.wait_for(consumer.topics(), REQUEST_TIMEOUT)
-                lag = 0
+            async with asyncio.timeout(self._probe_timeout):
+                ends = await consumer.end_offsets(partitions) if partitions else {}
+                lag = await self._lag(consumer, ends)
+                if not partitions:
+                    await consumer.topics()
         except (KafkaError, *UNREACHABLE) as exc:
             self._unreachable(exc)
             return
         self._unreachable_since = None
-        self._status.connected()
+        if not self._store_refusing:
+            self._status.connected()
         self._status.set_lag(lag)
         self._status.detail["partitions"] = len(partitions)
 

@@ -37,10 +37,3 @@ def tls_context(connection: KafkaConnection, field: str) -> ssl.SSLContext:
                                   keyfile=connection.ssl_keyfile, password=password)
     except (ssl.SSLError, OSError) as exc:
         raise TriggerConfigError(f"{field}.ssl_certfile", f"cannot load the TLS files: {exc}") from exc
-
-
-def describe(error: BaseException) -> str:
-    """A library error as one line: its class and message."""
-    text = str(error).strip()
-    name = type(error).__name__
-    return f"{name}: {text}" if text and not text.startswith(name) else text or name

@@ -10,8 +10,12 @@ with a delay and come back. nats-py reconnects by itself, forever; the trigger r
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
 from urllib.parse import urlsplit
 
 from nats.aio.client import Client
@@ -22,13 +26,12 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from fmesh.errors import BrokerUnreachable, InvalidEvent, StoreError
 from fmesh.events import Event
-from fmesh.triggers.base import Publish, StatusTracker, TriggerStatus
+from fmesh.triggers.base import Publish, StatusTracker, TriggerStatus, stop_task
 from fmesh.triggers.config import JetStreamConfig, NatsTriggerConfig, TriggerConfigError
-from fmesh.triggers.kafka_client import describe
 from fmesh.triggers.nats_binding import content_type, read_message
 from fmesh.triggers.nats_client import connect_options
-from fmesh.triggers.retry import Backoff, publish_until_stored
-from fmesh.triggers.wire import marked_invalid, wrapped_event
+from fmesh.triggers.retry import Backoff, keep_running, publish_until_stored
+from fmesh.triggers.wire import describe, marked_invalid, wrapped_event
 
 FETCH_WAIT = 1.0
 CLOSE_TIMEOUT = 5.0
@@ -63,14 +66,15 @@ class NatsTrigger:
         if self._task is None:
             self._stopping = False
             self._status.connecting()
-            self._task = asyncio.get_running_loop().create_task(self._run(), name=f"nats trigger {self.name}")
+            what = f"nats trigger {self.name} ({self.config.display_url})"
+            backoff = Backoff(self.config.retry_delay, self.config.retry_max_delay)
+            self._task = asyncio.get_running_loop().create_task(
+                keep_running(what, self._run, self._status, backoff), name=what)
 
     async def stop(self) -> None:
         self._stopping = True
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        await stop_task(self._task)
+        self._task = None
         self._status.stopped()
 
     def status(self) -> TriggerStatus:
@@ -94,12 +98,14 @@ class NatsTrigger:
             try:
                 await self._consume(client)
             except (NatsError, OSError, TimeoutError) as exc:
+                self._status.detail["subscribed"] = False
                 self._status.retrying(f"{self.config.display_url}: {describe(exc)}")
                 await backoff.wait()
 
     async def _close(self, client: Client) -> None:
         try:
-            await asyncio.wait_for(asyncio.shield(client.close()), CLOSE_TIMEOUT)
+            async with asyncio.timeout(CLOSE_TIMEOUT):
+                await asyncio.shield(client.close())
         except (NatsError, OSError, TimeoutError):
             pass
 
@@ -131,34 +137,42 @@ class NatsTrigger:
     async def _consume_core(self, client: Client) -> None:
         inbox: asyncio.Queue[Msg] = asyncio.Queue(maxsize=self.config.batch_size * 4)
         subscription = await client.subscribe(self.config.subject, queue=self.config.queue or "", cb=inbox.put)
-        try:
+        async with unsubscribing(client, subscription):
+            await self._subscribed(client)
             while True:
                 messages = await take(inbox, self.config.batch_size)
                 await publish_until_stored(self._publish, self._events(messages), self._backoff,
                                            self._store_failed)
                 self._received(messages)
-        finally:
-            if client.is_connected:
-                await subscription.unsubscribe()
 
     async def _consume_pull(self, client: Client, jetstream: JetStreamConfig) -> None:
         subscription = await client.jetstream().pull_subscribe(
             self.config.subject, self._durable, stream=jetstream.stream,
             config=self._consumer_config(jetstream))
-        while True:
-            try:
-                messages = await subscription.fetch(jetstream.batch_size, timeout=FETCH_WAIT)
-            except NatsTimeout:
-                continue
-            await self._publish_then_ack(messages)
+        async with unsubscribing(client, subscription):
+            await self._subscribed(client)
+            while True:
+                try:
+                    messages = await subscription.fetch(jetstream.batch_size, timeout=FETCH_WAIT)
+                except NatsTimeout:
+                    continue
+                await self._publish_then_ack(messages)
 
     async def _consume_push(self, client: Client, jetstream: JetStreamConfig) -> None:
         inbox: asyncio.Queue[Msg] = asyncio.Queue(maxsize=jetstream.batch_size * 4)
-        await client.jetstream().subscribe(
+        subscription = await client.jetstream().subscribe(
             self.config.subject, queue=self.config.queue, cb=inbox.put, durable=self._durable,
             stream=jetstream.stream, config=self._consumer_config(jetstream), manual_ack=True)
-        while True:
-            await self._publish_then_ack(await take(inbox, jetstream.batch_size))
+        async with unsubscribing(client, subscription):
+            await self._subscribed(client)
+            while True:
+                await self._publish_then_ack(await take(inbox, jetstream.batch_size))
+
+    async def _subscribed(self, client: Client) -> None:
+        """Once the server has the subscription (flushed), say so in the status."""
+        await client.flush()
+        self._status.connected()
+        self._status.detail["subscribed"] = True
 
     def _consumer_config(self, jetstream: JetStreamConfig) -> ConsumerConfig:
         return ConsumerConfig(durable_name=self._durable, ack_policy=AckPolicy.EXPLICIT,
@@ -216,6 +230,17 @@ class NatsTrigger:
                              time=time)
 
 
+@asynccontextmanager
+async def unsubscribing(client: Client, subscription: Any) -> AsyncIterator[None]:
+    """Drop the subscription (never the durable consumer) when consuming ends."""
+    try:
+        yield
+    finally:
+        if client.is_connected:
+            with contextlib.suppress(NatsError, OSError, TimeoutError):
+                await subscription.unsubscribe()
+
+
 async def take(inbox: asyncio.Queue[Msg], limit: int) -> list[Msg]:
     """Wait for one message, then take whatever else is already waiting, up to `limit`."""
     messages = [await inbox.get()]
@@ -226,7 +251,7 @@ async def take(inbox: asyncio.Queue[Msg], limit: int) -> list[Msg]:
 
 def require_nkeys(field: str) -> None:
     try:
-        import nkeys  # noqa: F401 - nats-py needs it for .creds files
+        import nkeys
     except ImportError as exc:
         raise TriggerConfigError(field, "a .creds file needs the `nkeys` package (pip install nkeys)") from exc
 

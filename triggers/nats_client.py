@@ -35,7 +35,10 @@ def existing(path: Path, field: str) -> Path:
 
 def tls_context(connection: NatsConnection, field: str) -> ssl.SSLContext:
     cafile = existing(connection.tls_ca, f"{field}.tls_ca") if connection.tls_ca else None
-    context = ssl.create_default_context(cafile=cafile)
+    try:
+        context = ssl.create_default_context(cafile=cafile)
+    except ssl.SSLError as exc:
+        raise TriggerConfigError(f"{field}.tls_ca", f"cannot load the CA bundle {cafile}: {exc}") from exc
     if connection.tls_cert and connection.tls_key:
         try:
             context.load_cert_chain(existing(connection.tls_cert, f"{field}.tls_cert"),

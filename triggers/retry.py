@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from fmesh.errors import StoreError
 from fmesh.events import Event
-from fmesh.triggers.base import Publish
+from fmesh.triggers.base import Publish, StatusTracker
+
+logger = logging.getLogger("fmesh.triggers")
 
 
 class Backoff:
@@ -43,3 +46,16 @@ async def publish_until_stored(publish: Publish, events: list[Event], backoff: B
             continue
         backoff.reset()
         return
+
+
+async def keep_running(what: str, body: Callable[[], Awaitable[None]], status: StatusTracker,
+                       backoff: Backoff) -> None:
+    """Run `body` until it returns; a bug in it is logged, reported, and `body` starts again."""
+    while True:
+        try:
+            await body()
+            return
+        except Exception as exc:
+            logger.exception("%s failed; starting it again", what)
+            status.retrying(f"{what}: unexpected {type(exc).__name__}: {exc}")
+            await backoff.wait()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, timezone, UTC
 from typing import Protocol
 from zoneinfo import ZoneInfo
 
@@ -42,7 +42,7 @@ class Cron:
         self._zone = ZoneInfo(zone)
 
     def _at(self, t: float) -> datetime:
-        return datetime.fromtimestamp(t, timezone.utc).astimezone(self._zone)
+        return datetime.fromtimestamp(t, UTC).astimezone(self._zone)
 
     def next_after(self, t: float) -> float:
         return croniter(self._expression, self._at(t)).get_next(datetime).timestamp()

@@ -12,14 +12,14 @@ each is fired once, oldest first, at most `max_catch_up` of them (the latest one
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timezone
+from datetime import datetime, timezone, UTC
 
 from fmesh.errors import StoreError
 from fmesh.events import Event, encode_data, format_time
-from fmesh.triggers.base import Publish, StateStore, StatusTracker, TriggerStatus
+from fmesh.triggers.base import Publish, StateStore, StatusTracker, TriggerStatus, stop_task
 from fmesh.triggers.clock import Clock, SystemClock
 from fmesh.triggers.config import TimerTriggerConfig
-from fmesh.triggers.retry import Backoff, publish_until_stored
+from fmesh.triggers.retry import Backoff, keep_running, publish_until_stored
 from fmesh.triggers.schedule import due, schedule_for
 
 RETRY_DELAY = 0.5
@@ -27,7 +27,7 @@ RETRY_MAX_DELAY = 30.0
 
 
 def tick_time(t: float) -> str:
-    return format_time(datetime.fromtimestamp(t, timezone.utc))
+    return format_time(datetime.fromtimestamp(t, UTC))
 
 
 def parse_tick(value: bytes) -> float:
@@ -56,13 +56,14 @@ class TimerTrigger:
     async def start(self) -> None:
         if self._task is None:
             self._status.connected()
-            self._task = asyncio.get_running_loop().create_task(self._run(), name=f"timer trigger {self.name}")
+            what = f"timer trigger {self.name}"
+            backoff = Backoff(RETRY_DELAY, RETRY_MAX_DELAY)
+            self._task = asyncio.get_running_loop().create_task(
+                keep_running(what, self._run, self._status, backoff), name=what)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        await stop_task(self._task)
+        self._task = None
         self._status.stopped()
 
     def status(self) -> TriggerStatus:

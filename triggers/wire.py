@@ -1,7 +1,8 @@
 """Pieces every wire binding of the triggers and sinks shares.
 
 `wrapped_event` builds the event for a message that is not a CloudEvent;
-`reading` turns what the SDK raises on a bad message into `InvalidEvent`.
+`reading` turns what the SDK raises on a bad message into `InvalidEvent`;
+`describe` puts a client library's error on one line for status and error messages.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import base64
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import datetime, timezone, UTC
 from typing import Any
 
 from cloudevents.core.formats.json import JSONFormat
@@ -28,7 +29,7 @@ def wrapped_event(*, id: str, source: str, type: str, payload: bytes | None,
                   subject: str | None = None, **extensions: Any) -> Event:
     """The event that carries a foreign message: its bytes untouched as the payload."""
     attributes: dict[str, Any] = {"specversion": "1.0", "id": id, "source": source, "type": type,
-                                  "time": format_time(time or datetime.now(timezone.utc))}
+                                  "time": format_time(time or datetime.now(UTC))}
     if content_type:
         attributes["datacontenttype"] = content_type
     if subject:
@@ -52,7 +53,7 @@ def text_or_base64(value: bytes) -> str:
 
 
 def from_millis(millis: int | None) -> datetime | None:
-    return None if millis is None or millis < 0 else datetime.fromtimestamp(millis / 1000, timezone.utc)
+    return None if millis is None or millis < 0 else datetime.fromtimestamp(millis / 1000, UTC)
 
 
 def canonical(value: Any) -> str:
@@ -76,3 +77,10 @@ def reading(what: str) -> Iterator[None]:
         raise InvalidEvent(f"{what}: not UTF-8 text: {exc.reason} at byte {exc.start}") from exc
     except (ValueError, TypeError, AttributeError, KeyError, OverflowError) as exc:
         raise InvalidEvent(f"{what}: not a valid CloudEvent: {exc or type(exc).__name__}") from exc
+
+
+def describe(error: BaseException) -> str:
+    """A library error as one line: its class and message."""
+    text = str(error).strip()
+    name = type(error).__name__
+    return f"{name}: {text}" if text and not text.startswith(name) else text or name

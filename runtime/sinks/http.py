@@ -16,8 +16,8 @@ from fmesh.errors import BrokerUnreachable, HandlerError
 from fmesh.events import Event
 from fmesh.runtime.sinks.base import SinkOptions
 from fmesh.runtime.sinks.responses import outcome
-from fmesh.triggers.config import read_secret
-from fmesh.triggers.kafka_client import describe
+from fmesh.triggers.config import TriggerConfigError, read_secret
+from fmesh.triggers.wire import describe
 
 TRUE = {"", "1", "true", "yes"}
 MAX_CONNECTIONS = 100
@@ -35,6 +35,16 @@ def split_structured(url: str) -> tuple[str, bool]:
     return urlunsplit(parts._replace(query=urlencode(rest))), structured
 
 
+def verification(options: SinkOptions, field: str) -> ssl.SSLContext | bool:
+    """How to check the server's certificate: the system CAs, or `tls_ca`."""
+    if options.tls_ca is None:
+        return True
+    try:
+        return ssl.create_default_context(cafile=options.tls_ca)
+    except (OSError, ssl.SSLError) as exc:
+        raise TriggerConfigError(f"{field}: tls_ca", f"cannot load {options.tls_ca}: {exc}") from exc
+
+
 class HttpSink:
     """`Sink` that POSTs events; 2xx CloudEvent answers come back as reply events."""
 
@@ -45,8 +55,7 @@ class HttpSink:
         if options.bearer_env:
             token = read_secret(options.bearer_env, f"sink {self.url}: bearer_env")
             self._headers["authorization"] = f"Bearer {token}"
-        self._verify: ssl.SSLContext | bool = (ssl.create_default_context(cafile=options.tls_ca)
-                                               if options.tls_ca else True)
+        self._verify = verification(options, f"sink {self.url}")
         self._client: httpx.AsyncClient | None = None
 
     async def start(self) -> None:

@@ -9,6 +9,7 @@ raises a retryable HandlerError naming the URL.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from urllib.parse import urlsplit
 
 from aiokafka import AIOKafkaProducer
@@ -19,7 +20,8 @@ from fmesh.events import Event
 from fmesh.runtime.sinks.base import SinkOptions
 from fmesh.triggers.config import KafkaConnection
 from fmesh.triggers.kafka_binding import write_binary, write_structured
-from fmesh.triggers.kafka_client import client_options, describe
+from fmesh.triggers.kafka_client import client_options
+from fmesh.triggers.wire import describe
 
 UNREACHABLE = (KafkaConnectionError, KafkaTimeoutError, OSError, TimeoutError)
 STOP_TIMEOUT = 10.0
@@ -47,10 +49,8 @@ class KafkaSink:
 
     async def start(self) -> None:
         """Connect now if the cluster answers; otherwise the first `invoke` tries again."""
-        try:
+        with contextlib.suppress(HandlerError):
             await self._ready(STOP_TIMEOUT)
-        except HandlerError:
-            pass
 
     async def stop(self) -> None:
         if self._producer is not None:
@@ -64,9 +64,9 @@ class KafkaSink:
         message = self._write(event)
         key = message.key.encode() if isinstance(message.key, str) else message.key
         try:
-            await asyncio.wait_for(producer.send_and_wait(
-                self.topic, message.value, key=key, headers=list(message.headers.items())),
-                max(0.001, deadline - loop.time()))
+            async with asyncio.timeout_at(deadline):
+                await producer.send_and_wait(self.topic, message.value, key=key,
+                                             headers=list(message.headers.items()))
         except (KafkaError, *UNREACHABLE) as exc:
             raise self._error(exc) from exc
 
@@ -75,7 +75,8 @@ class KafkaSink:
             if self._producer is None:
                 producer = AIOKafkaProducer(acks="all", **self._options)
                 try:
-                    await asyncio.wait_for(producer.start(), timeout)
+                    async with asyncio.timeout(timeout):
+                        await producer.start()
                 except (KafkaError, *UNREACHABLE) as exc:
                     await _stop(producer)
                     raise self._error(exc) from exc
@@ -90,6 +91,7 @@ class KafkaSink:
 
 async def _stop(producer: AIOKafkaProducer) -> None:
     try:
-        await asyncio.wait_for(producer.stop(), STOP_TIMEOUT)
+        async with asyncio.timeout(STOP_TIMEOUT):
+            await producer.stop()
     except (KafkaError, *UNREACHABLE):
         pass

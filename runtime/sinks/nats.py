@@ -9,17 +9,19 @@ with `jetstream` the publish waits for the stream's ack and carries `Nats-Msg-Id
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from urllib.parse import parse_qsl, urlsplit
 
 from nats.aio.client import Client
 from nats.errors import Error as NatsError
 from nats.errors import NoRespondersError
+from nats.js.errors import NoStreamResponseError
 
 from fmesh.errors import BrokerUnreachable, HandlerError
 from fmesh.events import Event
 from fmesh.runtime.sinks.base import SinkOptions
 from fmesh.triggers.config import NatsConnection
-from fmesh.triggers.kafka_client import describe
+from fmesh.triggers.wire import describe
 from fmesh.triggers.nats_binding import write_binary, write_structured
 from fmesh.triggers.nats_client import connect_options
 
@@ -58,10 +60,8 @@ class NatsSink:
 
     async def start(self) -> None:
         """Connect now if the server answers; otherwise the first `invoke` tries again."""
-        try:
+        with contextlib.suppress(HandlerError):
             await self._ready(self._options["connect_timeout"])
-        except HandlerError:
-            pass
 
     async def stop(self) -> None:
         if self._client is not None:
@@ -81,7 +81,7 @@ class NatsSink:
             else:
                 await client.publish(self.subject, body, headers=headers)
                 await client.flush(timeout=remaining)
-        except NoRespondersError as exc:
+        except (NoRespondersError, NoStreamResponseError) as exc:
             raise HandlerError(f"{self.url}: no JetStream stream stores subject {self.subject}",
                                retryable=True) from exc
         except UNREACHABLE as exc:
@@ -93,7 +93,8 @@ class NatsSink:
             if self._client is None or self._client.is_closed:
                 client = Client()
                 try:
-                    await asyncio.wait_for(client.connect(**self._options, error_cb=_ignore), timeout)
+                    async with asyncio.timeout(timeout):
+                        await client.connect(**self._options, error_cb=_ignore)
                 except UNREACHABLE as exc:
                     await _close(client)
                     raise HandlerError(str(BrokerUnreachable(self.url, describe(exc) or "no answer")),
@@ -108,6 +109,7 @@ async def _ignore(error: Exception) -> None:
 
 async def _close(client: Client) -> None:
     try:
-        await asyncio.wait_for(client.close(), CLOSE_TIMEOUT)
+        async with asyncio.timeout(CLOSE_TIMEOUT):
+            await client.close()
     except UNREACHABLE:
         pass

@@ -8,7 +8,7 @@ Connection errors, timeouts, 5xx, 404, 408, 409 and 429 are worth retrying (hono
 from __future__ import annotations
 
 import time
-from datetime import timezone
+from datetime import timezone, UTC
 from collections.abc import Mapping
 from email.utils import parsedate_to_datetime
 
@@ -36,7 +36,7 @@ def retry_after(value: str | None, now: float | None = None) -> float | None:
     except (TypeError, ValueError, IndexError):
         return None
     if when.tzinfo is None:  # HTTP dates are GMT
-        when = when.replace(tzinfo=timezone.utc)
+        when = when.replace(tzinfo=UTC)
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
@@ -46,7 +47,8 @@ class Recorder:
                     what: str = "condition") -> None:
         async with self._changed:
             try:
-                await asyncio.wait_for(self._changed.wait_for(condition), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._changed.wait_for(condition)
             except TimeoutError:
                 raise AssertionError(f"timed out after {timeout}s waiting for {what}; "
                                      f"got {len(self.events)} events") from None
@@ -57,10 +59,14 @@ class Recorder:
 
 async def poll(condition: Callable[[], object], timeout: float = WAIT, what: str = "condition",
                interval: float = 0.05) -> object:
-    """Poll a condition that has no event to await (a status field, a row count); bounded."""
+    """Poll a condition that has no event to await (a status field, a row count); bounded.
+
+    The condition may return an awaitable (ask a server), whose result is then used."""
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
         value = condition()
+        if inspect.isawaitable(value):
+            value = await value
         if value:
             return value
         if asyncio.get_running_loop().time() > deadline:
@@ -121,3 +127,4 @@ async def consume(bootstrap: str, topic: str, count: int, timeout: float = WAIT)
     finally:
         await consumer.stop()
     return records
+

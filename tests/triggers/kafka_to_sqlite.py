@@ -27,8 +27,8 @@ async def main(bootstrap: str, topic: str, path: str) -> None:
     async def publish(events: Sequence[Event]) -> None:
         await log.append([(event, [SUBSCRIPTION]) for event in events])
 
-    config = KafkaTriggerConfig(bootstrap=bootstrap, topic=topic, start="earliest", batch_size=20,
-                                group="sigkill-test")
+    config = KafkaTriggerConfig(bootstrap=bootstrap, topic=topic, start="earliest", batch_size=10,
+                                group="sigkill-test", session_timeout="2s")
     trigger = KafkaTrigger("sigkill", config, publish)
     await trigger.start()
     await asyncio.Event().wait()  # until killed

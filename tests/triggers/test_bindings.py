@@ -94,7 +94,7 @@ def test_a_binary_key_that_is_not_text_becomes_base64():
 
 def test_a_broken_kafka_cloudevent_is_invalid_naming_the_record():
     record = Record(value=b"x", headers=[("ce_type", b"t"), ("ce_source", b"/s"), ("ce_specversion", b"1.0")])
-    with pytest.raises(InvalidEvent, match="orders-2-41.*'id'"):
+    with pytest.raises(InvalidEvent, match=r"orders-2-41.*'id'"):
         read_record(record)
     structured = Record(value=b"{not json", headers=[("content-type", b"application/cloudevents+json")])
     with pytest.raises(InvalidEvent, match="not valid JSON"):
@@ -151,7 +151,7 @@ def test_plain_nats_messages_are_not_cloudevents():
 
 
 def test_a_broken_nats_cloudevent_is_invalid():
-    with pytest.raises(InvalidEvent, match="message on a.b.*'source'"):
+    with pytest.raises(InvalidEvent, match=r"message on a\.b.*'source'"):
         nats_binding.read_message({"ce-specversion": "1.0", "ce-id": "1", "ce-type": "t"}, b"", "message on a.b")
     with pytest.raises(InvalidEvent, match="time"):
         nats_binding.read_message({"ce-specversion": "1.0", "ce-id": "1", "ce-type": "t", "ce-source": "/s",
