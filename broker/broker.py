@@ -66,8 +66,11 @@ class SubscriptionQueue:
         return await self._broker.redirect(delivery, subscription, event)
 
     async def wait(self, timeout: float | None) -> None:
+        # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
+        # races the wake-up, and a sidecar being stopped must stop.
         try:
-            await asyncio.wait_for(self._new.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._new.wait()
         except TimeoutError:
             pass
         self._new.clear()  # a wake-up is consumed by the wait it ends

@@ -8,51 +8,16 @@ type), store (503), accepted (202).
 
 from __future__ import annotations
 
-import json
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from collections.abc import Awaitable, Callable
 
-from fmesh.broker.http_binding import read_events
+from fmesh.asgi import Receive, Scope, Send, header_dict, read_body, respond
+from fmesh.bindings.http import read_events
 from fmesh.errors import EventTooLarge, InvalidEvent, StoreError, UnsupportedContentType
 from fmesh.events import Event
 
-Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 Publish = Callable[[list[Event]], Awaitable[None]]
 
 DEFAULT_MAX_EVENT_BYTES = 1024 * 1024
-JSON_HEADERS = [(b"content-type", b"application/json")]
-
-
-async def respond(send: Send, status: int, body: dict[str, Any], headers: list | None = None) -> None:
-    payload = json.dumps(body).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [*JSON_HEADERS, *(headers or []), (b"content-length", str(len(payload)).encode())]})
-    await send({"type": "http.response.body", "body": payload})
-
-
-def header_dict(scope: Scope) -> dict[str, str]:
-    return {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in scope["headers"]}
-
-
-async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
-    """The request body, refusing (EventTooLarge) as soon as it passes `limit`."""
-    declared = next((int(v) for k, v in scope["headers"] if k == b"content-length" and v.isdigit()), None)
-    if declared is not None and declared > limit:
-        raise EventTooLarge(declared, limit)
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise EventTooLarge(size, limit)
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
 
 
 class Ingress:

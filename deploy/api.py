@@ -21,6 +21,7 @@ class ApplyRequest(BaseModel):
     functions: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="name → {spec: manifest function, bundle: sha256 of its code}")
     subscriptions: dict[str, dict[str, Any]] = Field(default_factory=dict, description="name → {spec}")
+    triggers: dict[str, dict[str, Any]] = Field(default_factory=dict, description="name → {spec}")
     prune: bool = Field(False, description="delete deployed resources that are not in this request")
 
 
@@ -89,6 +90,16 @@ def create_app(node: Node, control: ControlPlane, token: str) -> FastAPI:
     async def list_subscriptions() -> dict[str, Any]:
         return {"subscriptions": [describe(s) for _, s in sorted(control.deployed["subscription"].items())]}
 
+    @app.get("/v1/triggers", dependencies=auth, summary="Kafka, NATS, timer and webhook sources")
+    async def list_triggers() -> dict[str, Any]:
+        return {"triggers": [describe(t) for _, t in sorted(control.deployed["trigger"].items())]}
+
+    @app.delete("/v1/triggers/{name}", dependencies=auth, summary="Delete a trigger")
+    async def delete_trigger(name: str) -> dict[str, Any]:
+        if not await control.delete("trigger", name):
+            raise HTTPException(404, f"no trigger named {name!r}")
+        return {"deleted": name}
+
     @app.delete("/v1/subscriptions/{name}", dependencies=auth, summary="Delete a subscription")
     async def delete_subscription(name: str) -> dict[str, Any]:
         if not await control.delete("subscription", name):
@@ -129,8 +140,8 @@ def create_app(node: Node, control: ControlPlane, token: str) -> FastAPI:
     @app.post("/v1/apply", dependencies=auth, summary="Deploy functions")
     async def apply(request: ApplyRequest) -> dict[str, Any]:
         try:
-            changes = await control.apply({"function": request.functions, "subscription": request.subscriptions},
-                                          request.prune)
+            changes = await control.apply({"function": request.functions, "subscription": request.subscriptions,
+                                           "trigger": request.triggers}, request.prune)
         except DeployError as exc:
             raise HTTPException(422, str(exc)) from exc
         return {"changes": [asdict(c) for c in changes]}
@@ -146,7 +157,8 @@ def create_app(node: Node, control: ControlPlane, token: str) -> FastAPI:
                   "retried": s.delivery.retried, "inflight": s.delivery.inflight,
                   "pending": await node.log.pending(s.name), "dead_lettered": dead.get(s.name, 0),
                   "last_error": s.delivery.last_error} for s in node.runtime.sink_status()]
-        return {"functions": items, "sinks": sinks, "store": node.log.url}
+        triggers = [asdict(t.status()) for _, t in sorted(node.triggers.items())]
+        return {"functions": items, "sinks": sinks, "triggers": triggers, "store": node.log.url}
 
     @app.get("/v1/functions/{name}/logs", dependencies=auth, summary="A function's stdout and stderr")
     async def logs(name: str, lines: int = Query(200, ge=0, le=100_000), follow: bool = False) -> Response:

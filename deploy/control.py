@@ -14,7 +14,7 @@ from typing import Any
 
 from fmesh.deploy.bundle import BundleStore
 from fmesh.deploy.dependencies import DependencyInstaller
-from fmesh.deploy.resources import FunctionKind, Kind, Resource, SubscriptionKind
+from fmesh.deploy.resources import FunctionKind, Kind, Resource, SubscriptionKind, TriggerKind
 from fmesh.errors import DeployError, FmeshError
 from fmesh.node import Node
 
@@ -36,6 +36,7 @@ class ControlPlane:
         self.kinds: dict[str, Kind] = {
             "function": FunctionKind(node, self.bundles, self.dependencies),
             "subscription": SubscriptionKind(node),
+            "trigger": TriggerKind(node),
         }
         self.deployed: dict[str, dict[str, Resource]] = {kind: {} for kind in self.kinds}
 

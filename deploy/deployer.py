@@ -42,6 +42,8 @@ def apply_request(manifest: Manifest, packed: list[PackedFunction]) -> dict[str,
                       for name, function in manifest.functions.items()},
         "subscriptions": {name: {"spec": sub.model_dump(mode="json")}
                           for name, sub in manifest.subscriptions.items()},
+        "triggers": {name: {"spec": trigger.model_dump(mode="json", exclude_none=True)}
+                     for name, trigger in manifest.triggers.items()},
     }
 
 

@@ -20,6 +20,7 @@ from fmesh.broker.filters import (
 )
 from fmesh.deploy.yaml_lines import LocatedYaml
 from fmesh.runtime.sinks.base import SinkOptions
+from fmesh.triggers.config import TriggerEntry
 from fmesh.durations import parse_duration
 from fmesh.errors import ManifestError
 
@@ -260,6 +261,11 @@ class SubscriptionSpec(Strict):
 class Manifest(Strict):
     functions: dict[Name, FunctionSpec] = Field(default_factory=dict)
     subscriptions: dict[Name, SubscriptionSpec] = Field(default_factory=dict)
+    triggers: dict[Name, TriggerEntry] = Field(default_factory=dict)
+
+
+SECTIONS: dict[str, type[BaseModel]] = {
+    "functions": FunctionSpec, "subscriptions": SubscriptionSpec, "triggers": TriggerEntry}
 
 
 def parse_manifest(text: str, file: str = "fmesh.yaml") -> Manifest:
@@ -356,9 +362,9 @@ def _fields_at(loc: list[Any]) -> list[str]:
     path = list(loc)
     while path:
         key = path.pop(0)
-        if model is Manifest and key in ("functions", "subscriptions") and path:
+        if model is Manifest and key in SECTIONS and path:
             path.pop(0)
-            model = FunctionSpec if key == "functions" else SubscriptionSpec
+            model = SECTIONS[key]
             continue
         field = model.model_fields.get(str(key))
         annotation = field.annotation if field else None

@@ -1,6 +1,6 @@
-"""What the control plane deploys, kind by kind: functions and subscriptions (triggers
-join later). Each kind validates a request item, runs it on the node, and stops it;
-the control plane stores and diffs them all alike."""
+"""What the control plane deploys, kind by kind: functions, subscriptions and triggers.
+Each kind validates a request item, runs it on the node, and stops it; the control
+plane stores and diffs them all alike."""
 
 from __future__ import annotations
 
@@ -15,11 +15,12 @@ from fmesh.deploy.bundle import BundleStore
 from fmesh.deploy.dependencies import DependencyInstaller, top_level_names
 from fmesh.deploy.manifest import NAME, DeliverySpec, SubscriptionSpec
 from fmesh.deploy.manifest import FunctionSpec as ManifestFunction
-from fmesh.errors import DeployError
+from fmesh.errors import DeployError, TriggerConfigError
 from fmesh.node import Node
 from fmesh.runtime.policy import DeliveryPolicy, ScalePolicy
 from fmesh.runtime.runtime import FunctionSpec, SinkSpec
 from fmesh.runtime.secrets import SecretSource
+from fmesh.triggers.config import TriggerEntry
 
 
 @dataclass
@@ -159,3 +160,25 @@ class SubscriptionKind:
 
     async def stop(self, name: str) -> None:
         await self.node.remove_subscription(name)
+
+
+class TriggerKind:
+    """Sources of events: Kafka, NATS, timers and webhooks (see fmesh.triggers)."""
+
+    name = "trigger"
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
+    def validate(self, name: str, item: dict[str, Any]) -> Resource:
+        check_name("trigger", name)
+        return Resource("trigger", name, parse_spec("trigger", name, TriggerEntry, item.get("spec")))
+
+    async def run(self, resource: Resource) -> None:
+        try:
+            await self.node.deploy_trigger(resource.name, resource.spec)  # type: ignore[arg-type]
+        except TriggerConfigError as exc:
+            raise DeployError(f"trigger {resource.name}: {exc}") from exc
+
+    async def stop(self, name: str) -> None:
+        await self.node.remove_trigger(name)

@@ -36,7 +36,8 @@ async def deploy_local(control: ControlPlane, manifest_path: Path,
         await control.dependencies.install(control.bundles.path(digest), progress)
         packed.append(PackedFunction(name, digest, b"", 0))
     request = apply_request(manifest, packed)
-    changes = await control.apply({"function": request["functions"], "subscription": request["subscriptions"]})
+    changes = await control.apply({"function": request["functions"], "subscription": request["subscriptions"],
+                                   "trigger": request["triggers"]})
     return summarize([c.__dict__ for c in changes])
 
 
@@ -54,7 +55,7 @@ async def serve(settings: NodeSettings, manifest: Path | None, console: Console)
         if not settings.token:
             console.print(f"  control API token in {token_path(settings.data_dir)}")
         if restored:
-            console.print(f"  restored {restored} deployed function(s)")
+            console.print(f"  restored {restored} deployed resource(s)")
         if manifest is not None:
             summary = await deploy_local(control, manifest, lambda line: console.print(f"  [dim]{line}[/]"))
             console.print(f"  deployed {manifest}: {summary}")

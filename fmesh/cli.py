@@ -188,6 +188,36 @@ def status(mesh: MeshOption = DEFAULT_MESH_URL, token: TokenOption = None,
     console.print(table)
     if not report["functions"]:
         console.print("No functions deployed. Deploy some with `fmesh deploy -f fmesh.yaml`.")
+    _print_sinks(report.get("sinks", []))
+    _print_triggers(report.get("triggers", []))
+
+
+def _print_sinks(sinks: list[dict[str, Any]]) -> None:
+    if not sinks:
+        return
+    table = Table("subscription", "to", "in flight", "pending", "delivered", "failed", "dead", "last error")
+    for s in sinks:
+        table.add_row(s["name"], s["url"], *(str(s[k]) for k in ("inflight", "pending", "delivered", "failed",
+                                                                  "dead_lettered")), s["last_error"] or "")
+    console.print(table)
+
+
+def _print_triggers(triggers: list[dict[str, Any]]) -> None:
+    if not triggers:
+        return
+    table = Table("trigger", "kind", "state", "events in", "last event", "lag", "last error")
+    for t in triggers:
+        last = "-" if t["last_event_at"] is None else _ago(t["last_event_at"])
+        colour = {"connected": "green", "retrying": "yellow"}.get(t["state"], "red")
+        table.add_row(t["name"], t["kind"], f"[{colour}]{t['state']}[/]", str(t["events_in"]), last,
+                      "-" if t["lag"] is None else str(t["lag"]), t["last_error"] or "")
+    console.print(table)
+
+
+def _ago(timestamp: float) -> str:
+    import time
+
+    return f"{max(0.0, time.time() - timestamp):.0f}s ago"
 
 
 def _replicas(f: dict[str, Any]) -> str:

@@ -7,6 +7,7 @@ FmeshError                       root of every error fmesh raises on purpose
 ├── StoreError(OSError)          the event log could not store or read (HTTP 503)
 ├── BrokerUnreachable(ConnectionError)  a mesh, broker or sink URL did not answer
 ├── ManifestError(ValueError)    a manifest that does not validate (file, line, field)
+├── TriggerConfigError(ValueError)  a trigger or sink that cannot be built (a missing secret)
 ├── DeployError                  the mesh refused or failed a deploy
 ├── AuthError(PermissionError)   a missing or wrong token (HTTP 401)
 └── HandlerError(RuntimeError)   a function failed to handle an event
@@ -63,6 +64,15 @@ class ManifestError(FmeshError, ValueError):
         super().__init__(f"{where}: {field}: {problem}" if field else f"{where}: {problem}")
         self.file = file
         self.line = line
+        self.field = field
+        self.problem = problem
+
+
+class TriggerConfigError(FmeshError, ValueError):
+    """A trigger or sink that cannot be built as configured; `field` is the dotted path at fault."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
         self.field = field
         self.problem = problem
 

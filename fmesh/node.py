@@ -16,11 +16,15 @@ from pathlib import Path
 
 from fmesh.broker.broker import Broker
 from fmesh.broker.filters import Filter
-from fmesh.broker.ingress import ASGIApp, Ingress, Receive, Scope, Send, respond
+from fmesh.asgi import ASGIApp, Receive, Scope, Send, respond
+from fmesh.broker.ingress import Ingress
 from fmesh.broker.stores import open_store
-from fmesh.errors import StoreError
+from fmesh.errors import StoreError, TriggerConfigError
 from fmesh.runtime.runtime import FunctionSpec, Runtime, SinkSpec
 from fmesh.settings import NodeSettings
+from fmesh.triggers.base import Trigger
+from fmesh.triggers.config import TriggerEntry
+from fmesh.triggers.registry import build_trigger
 
 Hook = Callable[[], Awaitable[None]]
 SHUTDOWN_TIMEOUT = 60.0  # unfinished deliveries stay stored; the next start delivers them
@@ -39,6 +43,7 @@ class Node:
         self._janitor: asyncio.Task | None = None
         self.on_start: list[Hook] = []
         self.routes: dict[str, ASGIApp] = {}   # extra POST paths (webhook triggers)
+        self.triggers: dict[str, Trigger] = {}
         self._started = False
 
     async def start(self) -> None:
@@ -56,6 +61,8 @@ class Node:
         self._started = False
         if self._janitor is not None:
             self._janitor.cancel()
+        for name in list(self.triggers):
+            await self.remove_trigger(name)
         await self.runtime.stop()
         await self.log.close()
         shutil.rmtree(self.run_dir, ignore_errors=True)
@@ -98,6 +105,30 @@ class Node:
         await self.runtime.remove_sink(f"subscription:{name}")
         await self.broker.unsubscribe(f"subscription:{name}")
         await self._drop_sinks_except(f"subscription-{name}", set())
+
+    async def deploy_trigger(self, name: str, entry: TriggerEntry) -> None:
+        """Start a source of events; replaces a running trigger of that name."""
+        trigger = build_trigger(name, entry, self.broker.publish, self.log)
+        path = getattr(trigger, "path", None)
+        if path is not None and (path == "/" or path.startswith("/v1/") or path in ("/docs", "/healthz")):
+            raise TriggerConfigError(f"triggers.{name}.http.path", f"{path} is taken by the mesh itself")
+        owner = next((n for n, t in self.triggers.items() if getattr(t, "path", None) == path and n != name), None)
+        if path is not None and owner is not None:
+            raise TriggerConfigError(f"triggers.{name}.http.path", f"{path} is already trigger {owner}'s")
+        await self.remove_trigger(name)
+        self.triggers[name] = trigger
+        if path is not None:
+            self.routes[path] = trigger.app  # type: ignore[attr-defined]
+        await trigger.start()
+
+    async def remove_trigger(self, name: str) -> None:
+        trigger = self.triggers.pop(name, None)
+        if trigger is None:
+            return
+        path = getattr(trigger, "path", None)
+        if path is not None and self.routes.get(path) is getattr(trigger, "app", None):
+            del self.routes[path]
+        await trigger.stop()
 
     async def _drop_sinks_except(self, owner: str, keep: set[str]) -> None:
         """Remove the reply and dead-letter sinks `owner` no longer has."""

@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 
-from fmesh.broker.http_binding import write_binary, write_structured
+from fmesh.bindings.http import write_binary, write_structured
 from fmesh.errors import BrokerUnreachable, InvalidEvent
 from fmesh.events import Event, encode_data, format_time
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 
-from fmesh.broker.http_binding import write_binary, write_structured
+from fmesh.bindings.http import write_binary, write_structured
 from fmesh.errors import HandlerError
 from fmesh.events import Event
 from fmesh.runtime.launcher import describe_exit

@@ -26,22 +26,13 @@ from pydantic import (AliasChoices, BaseModel, BeforeValidator, ConfigDict, Fiel
                       field_validator, model_validator)
 
 from fmesh.durations import parse_duration
-from fmesh.errors import FmeshError
+from fmesh.errors import TriggerConfigError
 
 __all__ = [
     "HttpTriggerConfig", "JetStreamConfig", "KafkaConnection", "KafkaSecurity", "KafkaTriggerConfig",
     "NatsAuth", "NatsConnection", "NatsTriggerConfig", "TimerTriggerConfig", "TriggerConfig",
     "TriggerConfigError", "TriggerEntry", "TriggerName", "WebhookAuth", "read_secret",
 ]
-
-
-class TriggerConfigError(FmeshError, ValueError):
-    """A trigger that cannot be built as configured; `field` is the dotted path at fault."""
-
-    def __init__(self, field: str, problem: str) -> None:
-        super().__init__(f"{field}: {problem}")
-        self.field = field
-        self.problem = problem
 
 
 def read_secret(env_name: str, field: str) -> str:

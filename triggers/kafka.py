@@ -20,10 +20,10 @@ from fmesh.errors import BrokerUnreachable, InvalidEvent, StoreError
 from fmesh.events import Event
 from fmesh.triggers.base import Publish, StatusTracker, TriggerStatus, stop_task
 from fmesh.triggers.config import KafkaTriggerConfig
-from fmesh.triggers.kafka_binding import Wrapping, is_cloudevent, read_record, wrap_record
+from fmesh.bindings.kafka import Wrapping, is_cloudevent, read_record, wrap_record
 from fmesh.triggers.kafka_client import client_options
 from fmesh.triggers.retry import Backoff, keep_running, publish_until_stored
-from fmesh.triggers.wire import describe, marked_invalid
+from fmesh.bindings.common import describe, marked_invalid
 
 FETCH_WAIT_MS = 500
 REQUEST_TIMEOUT = 10.0      # a commit, start or stop that takes longer means the cluster is gone

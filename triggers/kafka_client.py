@@ -8,7 +8,8 @@ from typing import Any
 
 from aiokafka.helpers import create_ssl_context
 
-from fmesh.triggers.config import KafkaConnection, TriggerConfigError, read_secret
+from fmesh.triggers.config import KafkaConnection, read_secret
+from fmesh.errors import TriggerConfigError
 
 
 def client_options(connection: KafkaConnection, field: str) -> dict[str, Any]:

@@ -24,14 +24,14 @@ from nats.errors import Error as NatsError
 from nats.errors import SlowConsumerError, TimeoutError as NatsTimeout
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from fmesh.errors import BrokerUnreachable, InvalidEvent, StoreError
+from fmesh.errors import BrokerUnreachable, InvalidEvent, StoreError, TriggerConfigError
 from fmesh.events import Event
 from fmesh.triggers.base import Publish, StatusTracker, TriggerStatus, stop_task
-from fmesh.triggers.config import JetStreamConfig, NatsTriggerConfig, TriggerConfigError
-from fmesh.triggers.nats_binding import content_type, read_message
+from fmesh.triggers.config import JetStreamConfig, NatsTriggerConfig
+from fmesh.bindings.nats import content_type, read_message
 from fmesh.triggers.nats_client import connect_options
 from fmesh.triggers.retry import Backoff, keep_running, publish_until_stored
-from fmesh.triggers.wire import describe, marked_invalid, wrapped_event
+from fmesh.bindings.common import describe, marked_invalid, wrapped_event
 
 FETCH_WAIT = 1.0
 CLOSE_TIMEOUT = 5.0

@@ -6,7 +6,8 @@ import ssl
 from pathlib import Path
 from typing import Any
 
-from fmesh.triggers.config import NatsConnection, TriggerConfigError, read_secret
+from fmesh.triggers.config import NatsConnection, read_secret
+from fmesh.errors import TriggerConfigError
 
 
 def connect_options(connection: NatsConnection, field: str, name: str) -> dict[str, Any]:

@@ -19,9 +19,9 @@ from fmesh.errors import BrokerUnreachable, HandlerError
 from fmesh.events import Event
 from fmesh.runtime.sinks.base import SinkOptions
 from fmesh.triggers.config import KafkaConnection
-from fmesh.triggers.kafka_binding import write_binary, write_structured
+from fmesh.bindings.kafka import write_binary, write_structured
 from fmesh.triggers.kafka_client import client_options
-from fmesh.triggers.wire import describe
+from fmesh.bindings.common import describe
 
 UNREACHABLE = (KafkaConnectionError, KafkaTimeoutError, OSError, TimeoutError)
 STOP_TIMEOUT = 10.0

@@ -21,8 +21,8 @@ from fmesh.errors import BrokerUnreachable, HandlerError
 from fmesh.events import Event
 from fmesh.runtime.sinks.base import SinkOptions
 from fmesh.triggers.config import NatsConnection
-from fmesh.triggers.wire import describe
-from fmesh.triggers.nats_binding import write_binary, write_structured
+from fmesh.bindings.common import describe
+from fmesh.bindings.nats import write_binary, write_structured
 from fmesh.triggers.nats_client import connect_options
 
 TRUE = {"", "1", "true", "yes"}

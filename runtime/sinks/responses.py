@@ -12,7 +12,7 @@ from datetime import timezone, UTC
 from collections.abc import Mapping
 from email.utils import parsedate_to_datetime
 
-from fmesh.broker.http_binding import read_events
+from fmesh.bindings.http import read_events
 from fmesh.errors import HandlerError, InvalidEvent
 from fmesh.events import Event
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from fmesh.broker.http_binding import read_events, write_binary, write_structured
+from fmesh.bindings.http import read_events, write_binary, write_structured
 from fmesh.durations import parse_duration
 from fmesh.events import Event, decode_data, encode_data, new_event
 

@@ -81,7 +81,7 @@ functions:
     mesh.cli("deploy", "-f", str(manifest))
     mesh.stop()
     mesh.start()
-    assert "restored 1 deployed function" in mesh.log()
+    assert "restored 1 deployed resource" in mesh.log()
     mesh.cli("send", "--type", "greet", "--source", "/t")
     wait_for(lambda: mesh.status("hello").get("delivered") == 1, 10, message="delivery after restart")
 

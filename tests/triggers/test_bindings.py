@@ -12,8 +12,8 @@ from cloudevents.core.v1.event import CloudEvent
 
 from fmesh.errors import InvalidEvent
 from fmesh.events import Event
-from fmesh.triggers import kafka_binding, nats_binding
-from fmesh.triggers.kafka_binding import Wrapping, is_cloudevent, read_record, wrap_record
+from fmesh.bindings import kafka as kafka_binding, nats as nats_binding
+from fmesh.bindings.kafka import Wrapping, is_cloudevent, read_record, wrap_record
 
 BINARY_PAYLOAD = bytes(range(256))
 

@@ -14,7 +14,7 @@ from external import NatsServer, TansuBroker, free_port
 from fmesh.errors import HandlerError
 from fmesh.events import Event
 from fmesh.runtime.sinks import open_sink
-from fmesh.triggers.nats_binding import read_message
+from fmesh.bindings.nats import read_message
 
 EVENT = Event({"specversion": "1.0", "id": "e-1", "source": "/shop", "type": "com.shop.order",
                "time": "2024-05-01T12:00:00Z", "datacontenttype": "application/octet-stream",

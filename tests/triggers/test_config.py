@@ -8,7 +8,8 @@ from pydantic import ValidationError
 from fmesh.broker.memory_log import MemoryEventLog
 from fmesh.runtime.sinks import SinkOptions, open_sink
 from fmesh.triggers.base import Trigger
-from fmesh.triggers.config import TriggerConfigError, TriggerEntry
+from fmesh.triggers.config import TriggerEntry
+from fmesh.errors import TriggerConfigError
 from fmesh.triggers.kafka import KafkaTrigger
 from fmesh.triggers.kafka_client import client_options
 from fmesh.triggers.nats import NatsTrigger

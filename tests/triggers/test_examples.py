@@ -15,7 +15,7 @@ from fmesh.events import Event
 from fmesh.runtime.sinks import open_sink
 from fmesh.triggers.clock import ManualClock
 from fmesh.triggers.config import TriggerEntry
-from fmesh.triggers.nats_binding import read_message
+from fmesh.bindings.nats import read_message
 from fmesh.triggers.registry import build_trigger
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"

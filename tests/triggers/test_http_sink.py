@@ -15,7 +15,7 @@ from cloudevents.core.bindings import http as sdk_http
 from cloudevents.core.formats.json import JSONFormat
 
 from external import free_port
-from fmesh.broker.http_binding import write_binary, write_structured
+from fmesh.bindings.http import write_binary, write_structured
 from fmesh.errors import HandlerError
 from fmesh.events import Event
 from fmesh.runtime.sinks import SinkOptions, open_sink

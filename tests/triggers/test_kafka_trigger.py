@@ -20,7 +20,7 @@ from external import TansuBroker, free_port
 from fmesh.events import Event
 from fmesh.triggers.config import KafkaTriggerConfig
 from fmesh.triggers.kafka import KafkaTrigger
-from fmesh.triggers.kafka_binding import write_binary, write_structured
+from fmesh.bindings.kafka import write_binary, write_structured
 
 HERE = Path(__file__).parent
 

@@ -13,7 +13,7 @@ from external import NatsServer, free_port, make_tls_files
 from fmesh.events import Event
 from fmesh.triggers.config import NatsTriggerConfig
 from fmesh.triggers.nats import NatsTrigger
-from fmesh.triggers.nats_binding import write_binary, write_structured
+from fmesh.bindings.nats import write_binary, write_structured
 
 FAST = {"reconnect_delay": "100ms", "connect_timeout": "1s", "retry_delay": "50ms", "retry_max_delay": "200ms"}
 

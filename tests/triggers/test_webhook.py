@@ -9,10 +9,11 @@ from collections.abc import AsyncIterator, Callable
 import httpx
 import pytest
 
-from fmesh.broker.http_binding import write_binary, write_structured
+from fmesh.bindings.http import write_binary, write_structured
 from fmesh.events import Event
 from fmesh.triggers.clock import ManualClock
-from fmesh.triggers.config import HttpTriggerConfig, TriggerConfigError
+from fmesh.triggers.config import HttpTriggerConfig
+from fmesh.errors import TriggerConfigError
 from fmesh.triggers.webhook import WebhookTrigger
 
 NOW = 1_700_000_000.0

@@ -22,7 +22,7 @@ from typing import Any
 from urllib.parse import quote, unquote_to_bytes
 
 from fmesh.events import Event, from_sdk, parse_time, strict_factory, to_sdk_decoded
-from fmesh.triggers.wire import JSON_FORMAT, canonical, reading
+from fmesh.bindings.common import JSON_FORMAT, canonical, reading
 
 PREFIX = "ce-"
 STRUCTURED = "application/cloudevents+json"
