@@ -4,7 +4,7 @@ import asyncio
 
 import nats
 
-from fmesh.triggers.nats_binding import read_message
+from fmesh.bindings.nats import read_message
 
 
 async def main() -> None:
