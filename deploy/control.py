@@ -1,7 +1,8 @@
 """The control plane: applies manifests to a node, remembers them, restores them on restart.
 
-Every deployed resource is stored under `<kind>/<name>` in the event log's state, with
-a version hashed from its spec (and code), so an unchanged resource is left alone.
+Every deployed resource is stored under `deployed/<kind>/<name>` in the event log's
+state, with a version hashed from its spec (and code), so an unchanged resource is left
+alone. (Triggers keep their own state under `trigger/`.)
 """
 
 from __future__ import annotations
@@ -27,6 +28,10 @@ class Change:
     version: str = ""
 
 
+def state_key(kind: str, name: str) -> str:
+    return f"deployed/{kind}/{name}"
+
+
 class ControlPlane:
     def __init__(self, node: Node) -> None:
         self.node = node
@@ -47,12 +52,12 @@ class ControlPlane:
     async def restore(self) -> int:
         """Bring back what was deployed before the node restarted."""
         for kind in self.kinds:
-            for data in (await self.node.log.list_state(f"{kind}/")).values():
-                record = json.loads(data)
+            for key, data in (await self.node.log.list_state(state_key(kind, ""))).items():
                 try:
+                    record = json.loads(data)
                     await self._run(self.kinds[kind].validate(record["name"], record))
-                except FmeshError as exc:  # one broken resource must not keep the others down
-                    print(f"fmesh: could not restore {kind} {record['name']}: {exc}", file=sys.stderr)
+                except (FmeshError, ValueError, KeyError) as exc:  # one broken resource must not keep the others down
+                    print(f"fmesh: could not restore {key}: {exc}", file=sys.stderr)
         return sum(len(resources) for resources in self.deployed.values())
 
     def prepare(self, digest: str) -> AsyncIterator[str]:
@@ -84,14 +89,14 @@ class ControlPlane:
         if old is not None and old.version == resource.version:
             return Change(resource.kind, resource.name, "unchanged", resource.version)
         await self._run(resource)
-        await self.node.log.put_state(f"{resource.kind}/{resource.name}", resource.to_json())
+        await self.node.log.put_state(state_key(resource.kind, resource.name), resource.to_json())
         return Change(resource.kind, resource.name, "updated" if old else "created", resource.version)
 
     async def delete(self, kind: str, name: str) -> bool:
         if self.deployed[kind].pop(name, None) is None:
             return False
         await self.kinds[kind].stop(name)
-        await self.node.log.delete_state(f"{kind}/{name}")
+        await self.node.log.delete_state(state_key(kind, name))
         return True
 
     async def _run(self, resource: Resource) -> None:
