@@ -43,25 +43,6 @@ class SubscriptionQueue:
     async def dead_letter(self, delivery: Delivery, letter: DeadLetter) -> None:
         await self._log.dead_letter(delivery, letter)
 
-    async def replay(self, letters: Sequence[DeadLetter]) -> int:
-        """Deliver dead letters again, to the subscription each failed in (reset attempts).
-
-        A letter whose subscription is gone is published anew through the router instead.
-        """
-        direct, republish = [], []
-        for letter in letters:
-            event = without_error_context(letter.event)
-            if letter.subscription in self._queues:
-                direct.append((event, [letter.subscription]))
-            else:
-                republish.append(event)
-        await self.log.append(direct)
-        for _, (sub,) in direct:
-            self._queues[sub].wake()
-        if republish:
-            await self.publish(republish)
-        return len(letters)
-
     async def redirect(self, delivery: Delivery, subscription: str, event: Event) -> bool:
         return await self._broker.redirect(delivery, subscription, event)
 

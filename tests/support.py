@@ -105,6 +105,18 @@ class Mesh:
         return next((f for f in report["functions"] if f["name"] == name), {})
 
 
+def append_manifest(folder: Path, out: Path, event_type: str, scale: str = "{max: 2, concurrency: 4}") -> Path:
+    """A manifest with one function, `append`, writing the id of each `event_type` event to `out`."""
+    return write_manifest(folder, f"""
+functions:
+  append:
+    handler: {{fixtures}}/append/handler.py:handle
+    on: [{{{{type: {event_type}}}}}]
+    env: {{{{APPEND_TO: "{out}"}}}}
+    scale: {scale.replace("{", "{{").replace("}", "}}")}
+""")
+
+
 def write_manifest(folder: Path, text: str) -> Path:
     """A manifest in `folder`; handler paths in `text` may use {fixtures} and {functions}."""
     path = folder / "fmesh.yaml"

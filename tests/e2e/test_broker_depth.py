@@ -13,7 +13,7 @@ from cloudevents.core.bindings import http as sdk_http
 from cloudevents.core.formats.json import JSONFormat
 from cloudevents.core.v1.event import CloudEvent
 
-from support import wait_for, write_manifest
+from support import append_manifest, wait_for, write_manifest
 
 
 def record_manifest(tmp_path, out):
@@ -167,14 +167,7 @@ functions:
 def test_a_50000_event_burst_keeps_memory_flat_and_loses_nothing(mesh_factory, tmp_path):
     out = tmp_path / "ids.txt"
     mesh = mesh_factory().start()
-    manifest = write_manifest(tmp_path, f"""
-functions:
-  append:
-    handler: {{fixtures}}/append/handler.py:handle
-    on: [{{{{type: burst}}}}]
-    env: {{{{APPEND_TO: "{out}"}}}}
-    scale: {{{{max: 2, concurrency: 8}}}}
-""")
+    manifest = append_manifest(tmp_path, out, "burst", "{max: 2, concurrency: 8}")
     mesh.cli("deploy", "-f", str(manifest))
     baseline = rss_peak_kib(mesh.process.pid)
     payload = "x" * 1024

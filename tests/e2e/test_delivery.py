@@ -8,7 +8,7 @@ from pathlib import Path
 
 import httpx
 
-from support import wait_for, write_manifest
+from support import append_manifest, wait_for, write_manifest
 
 
 def test_flaky_succeeds_on_the_third_attempt(mesh, tmp_path):
@@ -127,14 +127,7 @@ def test_every_accepted_event_survives_sigkill(mesh_factory, tmp_path):
     """1,000 events, the mesh SIGKILLed midway: every id that got a 202 reaches the function."""
     out = tmp_path / "ids.txt"
     mesh = mesh_factory().start()
-    manifest = write_manifest(tmp_path, f"""
-functions:
-  append:
-    handler: {{fixtures}}/append/handler.py:handle
-    on: [{{{{type: record}}}}]
-    env: {{{{APPEND_TO: "{out}"}}}}
-    scale: {{{{max: 2, concurrency: 4}}}}
-""")
+    manifest = append_manifest(tmp_path, out, "record", "{max: 2, concurrency: 4}")
     mesh.cli("deploy", "-f", str(manifest))
     accepted = asyncio.run(send_many(mesh, 1000, kill_after=500))
     assert 500 <= len(accepted) < 1000, f"expected the kill to cut the run short, got {len(accepted)}"
