@@ -131,37 +131,45 @@ class SqliteEventLog:
         return group
 
     def _commit(self, conn: sqlite3.Connection, group: list) -> None:
-        results: list[tuple[asyncio.Future, asyncio.AbstractEventLoop, Any, BaseException | None]] = []
+        """Run the group in one transaction; if any operation fails, run each on its own,
+        so one bad operation fails alone and the others still commit."""
         try:
-            conn.execute("BEGIN IMMEDIATE")
+            results = self._transaction(conn, group)
+        except _OperationFailed:
+            results = [result for item in group for result in self._alone(conn, item)]
+        self._settle_all(results)
+
+    def _transaction(self, conn: sqlite3.Connection, group: list) -> list[tuple]:
+        conn.execute("BEGIN IMMEDIATE")
+        results = []
+        try:
             for op, future, loop in group:
-                results.append((future, loop, *self._apply(conn, op)))
+                results.append((future, loop, _run(op, conn), None))
             conn.execute("COMMIT")
-        except Exception as exc:  # noqa: BLE001 - reported to every caller in the group
+        except BaseException as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            error = StoreError(f"event log {self.path} failed to commit: {exc}")
-            results = [(future, loop, None, error) for _, future, loop in group]
-        for future, loop, value, error in results:
-            if not loop.is_closed():
-                loop.call_soon_threadsafe(_settle, future, value, error)
+            raise _OperationFailed from exc
+        return results
 
-    def _apply(self, conn: sqlite3.Connection, op: Operation) -> tuple[Any, BaseException | None]:
-        """Run one operation in its own savepoint so that its failure spares the others."""
-        conn.execute("SAVEPOINT op")
+    def _alone(self, conn: sqlite3.Connection, item: tuple) -> list[tuple]:
+        op, future, loop = item
         try:
-            value = op(conn)
-            if isinstance(value, sqlite3.Cursor):
-                # A cursor must never reach the event loop's thread: finalizing it there
-                # while this thread uses the connection is API misuse.
-                value.close()
-                value = None
-        except Exception as exc:
-            conn.execute("ROLLBACK TO op")
-            conn.execute("RELEASE op")
-            return None, StoreError(f"event log {self.path}: {exc}") if isinstance(exc, sqlite3.Error) else exc
-        conn.execute("RELEASE op")
-        return value, None
+            return self._transaction(conn, [item])
+        except _OperationFailed as failed:
+            exc = failed.__cause__
+            error = StoreError(f"event log {self.path}: {exc}") if isinstance(exc, sqlite3.Error) else exc
+            return [(future, loop, None, error)]
+
+    @staticmethod
+    def _settle_all(results: list[tuple]) -> None:
+        """Hand results back to each caller's loop: one wake-up per loop, not per operation."""
+        by_loop: dict[asyncio.AbstractEventLoop, list] = {}
+        for future, loop, value, error in results:
+            by_loop.setdefault(loop, []).append((future, value, error))
+        for loop, settled in by_loop.items():
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(_settle_many, settled)
 
     async def _submit(self, op: Operation) -> Any:
         if self._thread is None:
@@ -305,6 +313,25 @@ def _dead_letter_filter(subscription: str | None, before: float | None) -> tuple
 
 def _dead_letter(row: tuple) -> DeadLetter:
     return DeadLetter(row[0], row[1], from_record(row[2], row[3]), row[4], row[5], row[6], row[7], row[8])
+
+
+class _OperationFailed(Exception):
+    """An operation of a group failed; the cause is the operation's own error."""
+
+
+def _run(op: Operation, conn: sqlite3.Connection) -> Any:
+    value = op(conn)
+    if isinstance(value, sqlite3.Cursor):
+        # A cursor must never reach the event loop's thread: finalizing it there while
+        # this thread uses the connection is API misuse.
+        value.close()
+        return None
+    return value
+
+
+def _settle_many(settled: list[tuple[asyncio.Future, Any, BaseException | None]]) -> None:
+    for future, value, error in settled:
+        _settle(future, value, error)
 
 
 def _settle(future: asyncio.Future, value: Any, error: BaseException | None) -> None:

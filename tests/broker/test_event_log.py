@@ -165,3 +165,25 @@ async def test_released_deliveries_can_be_claimed_again_without_an_attempt(log):
     await log.release([delivery.id])
     [again] = (await log.claim("sub", 1, time.time())).deliveries
     assert (again.id, again.attempts) == (delivery.id, 0)
+
+
+async def test_sqlite_a_failing_operation_fails_alone_in_its_group(tmp_path):
+    import asyncio
+
+    from fmesh.errors import StoreError
+
+    log = SqliteEventLog(tmp_path / "mesh.db")
+    await log.open()
+
+    def broken(conn):
+        conn.execute("INSERT INTO no_such_table VALUES (1)")
+
+    results = await asyncio.gather(
+        *(log.append([(new_event("t", "/s"), ["sub"])]) for _ in range(20)),
+        log._submit(broken),
+        *(log.append([(new_event("t", "/s"), ["sub"])]) for _ in range(20)),
+        return_exceptions=True)
+    failures = [r for r in results if isinstance(r, BaseException)]
+    assert len(failures) == 1 and isinstance(failures[0], StoreError) and "no_such_table" in str(failures[0])
+    assert await log.pending("sub") == 40
+    await log.close()
