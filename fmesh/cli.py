@@ -61,11 +61,22 @@ def up(
     if launcher not in ("zygote", "subprocess"):
         fail(f"--launcher must be zygote or subprocess, not {launcher!r}")
     try:
-        asyncio.run(serve(settings, file, console))
+        run_fast(serve(settings, file, console))
     except FmeshError as exc:
         fail(str(exc))
     except KeyboardInterrupt:
         pass
+
+
+def run_fast(coroutine: Any) -> None:
+    """asyncio.run on uvloop when it is installed (uvicorn[standard] brings it): the mesh's
+    loop is created here, so uvicorn's own loop choice would come too late."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(coroutine)
+        return
+    uvloop.run(coroutine)
 
 
 @app.command()
