@@ -42,14 +42,21 @@ def wait_http(url: str, timeout: float = 30) -> None:
 class Process:
     """A server process for the length of a `with` block."""
 
-    def __init__(self, command: list[str], env: dict[str, str] | None = None) -> None:
+    def __init__(self, command: list[str], env: dict[str, str] | None = None, log: Path | None = None) -> None:
         self.command = command
         self.env = {**os.environ, **(env or {})}
+        self.log = log  # where its stdout and stderr go (default: nowhere), to diagnose a failed run
         self.proc: subprocess.Popen | None = None
 
     def __enter__(self) -> Process:
-        self.proc = subprocess.Popen(self.command, env=self.env, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL, start_new_session=True)
+        out = open(self.log, "ab") if self.log else subprocess.DEVNULL
+        err = subprocess.STDOUT if self.log else subprocess.DEVNULL
+        try:
+            self.proc = subprocess.Popen(self.command, env=self.env, stdout=out, stderr=err,
+                                         start_new_session=True)
+        finally:
+            if self.log:
+                out.close()  # the child has its own copy
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -71,9 +78,9 @@ def bare_app(port: int) -> Process:
                     *UVICORN_FLAGS], env={"PYTHONPATH": str(ROOT)})
 
 
-def mesh(port: int, data_dir: Path, *args: str) -> Process:
+def mesh(port: int, data_dir: Path, *args: str, log: Path | None = None) -> Process:
     return Process([PYTHON, "-m", "fmesh.cli", "up", "--port", str(port), "--data-dir", str(data_dir), *args],
-                   env={"FMESH_TOKEN": "bench"})
+                   env={"FMESH_TOKEN": "bench"}, log=log)
 
 
 WRK_SCRIPT = """
@@ -107,9 +114,10 @@ def wrk(url: str, seconds: int, connections: int, event_type: str = "bench.event
 
 def parse_wrk(out: str) -> dict:
     rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     non_2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     errors = re.search(r"Socket errors:.*", out)
-    return {"rps": rate, "non_2xx": int(non_2xx.group(1)) if non_2xx else 0,
+    return {"rps": rate, "requests": requests, "non_2xx": int(non_2xx.group(1)) if non_2xx else 0,
             "socket_errors": errors.group(0) if errors else None}
 
 

@@ -1,0 +1,210 @@
+"""Runs every benchmark of issue 5 in one go, prints the table of ratios and writes
+bench/results.json (each figure: fmesh value, baseline value, ratio, goal, met).
+
+`bench/run` installs what this needs and then runs it; run it directly only when wrk
+and bench/.peer-venv are already there. Each benchmark that starts servers runs in its
+own child process or `with` block, so Ctrl-C (or SIGTERM) stops them all.
+
+    python bench/report.py [--quick] [--only ingress pipelines coldstart routing footprint]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.common import PYTHON  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results.json"
+
+
+@dataclass
+class Figure:
+    name: str
+    fmesh: float
+    baseline: float
+    unit: str
+    ratio: float
+    goal: str          # ">= 0.5", "<= 1.0", or "-" for a figure reported without a goal
+    met: bool | None   # None without a goal
+    note: str = ""
+
+
+def meets(ratio: float, goal: str) -> bool:
+    op, value = goal.split()
+    return ratio >= float(value) if op == ">=" else ratio <= float(value)
+
+
+def figure(name: str, fmesh: float, baseline: float, unit: str, goal: str, ratio: float | None = None,
+           note: str = "", extra_condition: bool = True) -> Figure:
+    ratio = round(fmesh / baseline if ratio is None else ratio, 3)
+    return Figure(name, fmesh, baseline, unit, ratio, goal, meets(ratio, goal) and extra_condition, note)
+
+
+# -- running the benchmarks ------------------------------------------------------------------
+
+def run_json(script: str, *args: str, timeout: float = 300) -> dict:
+    """Run a bench script in a child process and parse the JSON it prints.
+
+    On Ctrl-C the child (in our process group) gets SIGINT too; we wait for it to stop
+    its servers instead of killing it, which would leave them running.
+    """
+    process = subprocess.Popen([PYTHON, str(ROOT / "bench" / script), *args], stdout=subprocess.PIPE, text=True,
+                               preexec_fn=default_sigint)
+    try:
+        out, _ = process.communicate(timeout=timeout)
+    except BaseException:
+        stop_child(process)
+        raise
+    if process.returncode != 0:
+        raise RuntimeError(f"bench/{script} failed with exit code {process.returncode}")
+    return json.loads(out)
+
+
+def default_sigint() -> None:
+    """In the child before exec: Ctrl-C must reach it even if we were started with SIGINT ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def stop_child(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def ingress(quick: bool) -> tuple[list[Figure], dict]:
+    result = run_json("ingress.py", "--seconds", "3", "--runs", "3" if quick else "5")
+    return [figure("ingress", result["fmesh_rps_median"], result["bare_asgi_rps_median"], "events/s", ">= 0.5",
+                   note="durable 202 vs bare ASGI 202")], result
+
+
+def pipelines(quick: bool) -> tuple[list[Figure], dict]:
+    """End to end and latency share one fmesh and one peer pipeline (started once)."""
+    from bench import e2e, latency
+    from bench.peer.pipeline import PeerPipeline
+
+    with tempfile.TemporaryDirectory() as tmp, e2e.FmeshPipeline(Path(tmp) / "fmesh") as fmesh, \
+            PeerPipeline(Path(tmp) / "peer", f"{e2e.NOOP}:handle") as peer:
+        runs = 3 if quick else 5  # the noisiest figures: more runs for their medians
+        throughput = e2e.measure(fmesh, peer, runs=runs, seconds=3 if quick else 5, connections=64)
+        rate = throughput["peer_per_s_median"] / 2  # half the peer's maximum, from this run
+        delays = latency.measure(fmesh, peer, rate, runs=runs, seconds=3 if quick else 5)
+    figures = [
+        figure("end to end", throughput["fmesh_per_s_median"], throughput["peer_per_s_median"], "events/s",
+               ">= 1.5", note="delivered+acked, no-op handler; peer: FastAPI+JetStream+FastStream",
+               extra_condition=throughput["all_drained"]),
+        figure("latency p99", delays["fmesh_p99_ms"], delays["peer_p99_ms"], "ms", "<= 1.0",
+               note=f"at {delays['rate_per_s']}/s fixed rate"),
+        Figure("latency p50", delays["fmesh_p50_ms"], delays["peer_p50_ms"], "ms", delays["ratio_p50"], "-",
+               None, "informational"),
+        Figure("CPU per event", delays["fmesh_cpu_ms_per_event"], delays["peer_cpu_ms_per_event"], "ms",
+               round(delays["fmesh_cpu_ms_per_event"] / delays["peer_cpu_ms_per_event"], 3), "-", None,
+               "informational: all processes of each pipeline, at the latency run's rate"),
+    ]
+    return figures, {"e2e": throughput, "latency": delays}
+
+
+def coldstart(quick: bool) -> tuple[list[Figure], dict]:
+    result = run_json("coldstart.py", "--runs", "10" if quick else "15")
+    return [figure("cold start", result["cold_start_ms_median"], result["fresh_interpreter_ms_median"], "ms",
+                   "<= 0.1", note=f"zygote fork vs fresh python, {result.get('handler', 'handler')}")], result
+
+
+def routing(quick: bool) -> tuple[list[Figure], dict]:
+    result = run_json("routing.py", "--runs", "3", "--events", "10000" if quick else "20000")
+    return [figure("routing", result["publish_per_s_1000_subscriptions"], result["publish_per_s_10_subscriptions"],
+                   "events/s", ">= 0.8", note="publish rate, 1,000 vs 10 subscriptions")], result
+
+
+def footprint(quick: bool) -> tuple[list[Figure], dict]:
+    result = run_json("footprint.py", "--functions", "100")
+    clean = result["no_function_processes"]
+    note = "100 idle functions, mesh+zygote vs bare uvicorn" + ("" if clean else "; FUNCTION PROCESSES RUNNING")
+    return [figure("footprint RSS", result["fmesh_rss_mib"], result["bare_rss_mib"], "MiB", "<= 3",
+                   ratio=result["ratio_rss"], note=note, extra_condition=clean),
+            Figure("footprint PSS", result["fmesh_pss_mib"], result["bare_pss_mib"], "MiB", result["ratio_pss"],
+                   "-", None, "informational")], result
+
+
+BENCHMARKS = {"ingress": ingress, "pipelines": pipelines, "coldstart": coldstart, "routing": routing,
+              "footprint": footprint}
+
+
+# -- the table ----------------------------------------------------------------------------------
+
+def number(value: float, unit: str) -> str:
+    if unit == "events/s":
+        return f"{value:,.0f}/s"
+    if unit == "ms":
+        return f"{value:,.{1 if value >= 1 else 3}f} ms"
+    return f"{value:,.1f} {unit}"
+
+
+def table(figures: list[Figure]) -> str:
+    rows = [("figure", "fmesh", "baseline", "ratio", "goal", "met")]
+    for f in figures:
+        met = "-" if f.met is None else ("yes" if f.met else "NO")
+        rows.append((f.name, number(f.fmesh, f.unit), number(f.baseline, f.unit), f"{f.ratio:.2f}", f.goal, met))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows)
+
+
+def interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM cleans up as Ctrl-C does: every `with` block stops its servers
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true", help="shorter measurements (a smoke test)")
+    parser.add_argument("--only", nargs="*", choices=list(BENCHMARKS), help="run only these")
+    args = parser.parse_args()
+    signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with SIGINT ignored
+    try:
+        run(args.only or list(BENCHMARKS), args.quick)
+    except KeyboardInterrupt:
+        print("\ninterrupted: every server this run started has been stopped", file=sys.stderr)
+        sys.exit(130)
+
+
+def run(names: list[str], quick: bool) -> None:
+    started = time.monotonic()
+    load_before = os.getloadavg()  # other work on the machine: the figures' noise
+    figures: list[Figure] = []
+    details: dict = {}
+    for name in names:
+        print(f"running {name} ...", file=sys.stderr, flush=True)
+        step = time.monotonic()
+        found, detail = BENCHMARKS[name](quick)
+        figures += found
+        details[name] = detail
+        print(f"  {name} took {time.monotonic() - step:.0f}s", file=sys.stderr, flush=True)
+    elapsed = time.monotonic() - started
+    RESULTS.write_text(json.dumps({
+        "figures": [asdict(f) for f in figures], "details": details, "seconds": round(elapsed),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                    "platform": platform.platform(), "loadavg_before": load_before,
+                    "loadavg_after": os.getloadavg()},
+    }, indent=2) + "\n")
+    print(table(figures))
+    print(f"\n{len(figures)} figures in {elapsed:.0f}s; details in {RESULTS.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
