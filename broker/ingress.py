@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from fmesh.asgi import Receive, Scope, Send, header_dict, read_body, respond
+from fmesh.asgi import Receive, Scope, Send, accepted, header_dict, read_body, respond
 from fmesh.bindings.http import read_events
 from fmesh.errors import EventTooLarge, InvalidEvent, StoreError, UnsupportedContentType
 from fmesh.events import Event
@@ -52,6 +52,6 @@ class Ingress:
             await respond(send, 503, {"error": f"event not stored: {exc}"})
             return
         if len(events) == 1:
-            await respond(send, 202, {"id": events[0].id})
+            await accepted(send, events[0].id)
         else:
             await respond(send, 202, {"accepted": len(events), "ids": [e.id for e in events]})

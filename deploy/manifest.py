@@ -6,7 +6,6 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fmesh.broker.filters import (
@@ -270,6 +269,8 @@ SECTIONS: dict[str, type[BaseModel]] = {
 
 def parse_manifest(text: str, file: str = "fmesh.yaml") -> Manifest:
     """Validate manifest text; a ManifestError lists every problem with its line."""
+    import yaml
+
     try:
         located = LocatedYaml(text, file)
     except yaml.YAMLError as exc:

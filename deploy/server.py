@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+import json
+import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import uvicorn
-from rich.console import Console
 
 from fmesh.deploy.api import create_app
 from fmesh.deploy.bundle import pack
@@ -41,7 +43,7 @@ async def deploy_local(control: ControlPlane, manifest_path: Path,
     return summarize([c.__dict__ for c in changes])
 
 
-async def serve(settings: NodeSettings, manifest: Path | None, console: Console) -> None:
+async def serve(settings: NodeSettings, manifest: Path | None) -> None:
     if manifest is not None:
         load_manifest(manifest)  # refuse a bad manifest before anything starts
     node, control, _ = build(settings)
@@ -49,18 +51,65 @@ async def serve(settings: NodeSettings, manifest: Path | None, console: Console)
     async def on_start() -> None:
         restored = await control.restore()
         url = f"http://{settings.host}:{settings.port}"
-        console.print(f"[bold green]fmesh[/] mesh up on {url}  (events: POST {url}/, control: {url}/v1, "
-                      f"docs: {url}/docs)")
-        console.print(f"  store {node.log.url}; data dir {settings.data_dir}")
+        say(f"fmesh mesh up on {url}  (events: POST {url}/, control: {url}/v1, docs: {url}/docs)")
+        say(f"  store {node.log.url}; data dir {settings.data_dir}")
         if not settings.token:
-            console.print(f"  control API token in {token_path(settings.data_dir)}")
+            say(f"  control API token in {token_path(settings.data_dir)}")
         if restored:
-            console.print(f"  restored {restored} deployed resource(s)")
+            say(f"  restored {restored} deployed resource(s)")
         if manifest is not None:
-            summary = await deploy_local(control, manifest, lambda line: console.print(f"  [dim]{line}[/]"))
-            console.print(f"  deployed {manifest}: {summary}")
+            summary = await deploy_local(control, manifest, lambda line: say(f"  {line}"))
+            say(f"  deployed {manifest}: {summary}")
 
     node.on_start.append(on_start)
     config = uvicorn.Config(node, host=settings.host, port=settings.port, lifespan="on",
                             log_level="warning", access_log=False, loop="auto", http="auto")
     await uvicorn.Server(config).serve()
+
+
+def say(line: str) -> None:
+    print(line, flush=True)
+
+
+def exec_server(settings: NodeSettings, manifest: Path | None) -> None:
+    """Replace this process (same pid) with a lean `python -m fmesh.deploy.server`: the
+    CLI's own libraries (typer, rich) would otherwise stay in the mesh's memory for good."""
+    import os
+
+    payload = json.dumps({**asdict(settings), "data_dir": str(settings.data_dir),
+                          "manifest": str(manifest) if manifest else None})
+    os.execv(sys.executable, [sys.executable, "-m", "fmesh.deploy.server", payload])
+
+
+def main(argv: list[str]) -> int:
+    from fmesh.errors import FmeshError
+
+    options = json.loads(argv[0])
+    manifest_path = options.pop("manifest", None)
+    manifest = Path(manifest_path) if manifest_path else None
+    settings = NodeSettings(**{**options, "data_dir": Path(options["data_dir"])})
+    try:
+        run_fast(serve(settings, manifest))
+    except FmeshError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def run_fast(coroutine: object) -> None:
+    """asyncio.run on uvloop when it is installed (uvicorn[standard] brings it): the mesh's
+    loop is created here, so uvicorn's own loop choice would come too late."""
+    import asyncio
+
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(coroutine)  # type: ignore[arg-type]
+        return
+    uvloop.run(coroutine)  # type: ignore[arg-type]
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

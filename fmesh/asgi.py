@@ -24,6 +24,17 @@ async def respond(send: Send, status: int, body: dict[str, Any], headers: list |
     await send({"type": "http.response.body", "body": payload})
 
 
+ACCEPTED_HEADERS = [*JSON_HEADERS]
+
+
+async def accepted(send: Send, event_id: str) -> None:
+    """202 {"id": ...}: the ingress's hot path, so without building a dict to dump."""
+    payload = b'{"id":' + json.dumps(event_id).encode() + b"}"
+    await send({"type": "http.response.start", "status": 202,
+                "headers": [*ACCEPTED_HEADERS, (b"content-length", str(len(payload)).encode())]})
+    await send({"type": "http.response.body", "body": payload})
+
+
 def header_dict(scope: Scope) -> dict[str, str]:
     return {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in scope["headers"]}
 

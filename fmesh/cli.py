@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import sys
@@ -52,7 +51,8 @@ def up(
     dead_letter_retention: Annotated[str, typer.Option(help="How long dead letters are kept.")] = "7d",
 ) -> None:
     """Run a mesh node in the foreground (no external services needed)."""
-    from fmesh.deploy.server import serve
+    from fmesh.deploy.manifest import load_manifest
+    from fmesh.deploy.server import exec_server
     from fmesh.settings import NodeSettings
 
     settings = NodeSettings(data_dir=(data_dir or default_data_dir()).expanduser().resolve(), host=host,
@@ -60,23 +60,12 @@ def up(
                             launcher=launcher, dead_letter_retention=_duration(dead_letter_retention))
     if launcher not in ("zygote", "subprocess"):
         fail(f"--launcher must be zygote or subprocess, not {launcher!r}")
-    try:
-        run_fast(serve(settings, file, console))
-    except FmeshError as exc:
-        fail(str(exc))
-    except KeyboardInterrupt:
-        pass
-
-
-def run_fast(coroutine: Any) -> None:
-    """asyncio.run on uvloop when it is installed (uvicorn[standard] brings it): the mesh's
-    loop is created here, so uvicorn's own loop choice would come too late."""
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(coroutine)
-        return
-    uvloop.run(coroutine)
+    if file is not None:
+        try:
+            load_manifest(file)  # a bad manifest is refused here, with the CLI's error style
+        except FmeshError as exc:
+            fail(str(exc), 2)
+    exec_server(settings, file.resolve() if file else None)
 
 
 @app.command()

@@ -12,8 +12,6 @@ import signal
 import os
 from pathlib import Path
 
-import httpx
-
 from fmesh.bindings.http import write_binary, write_structured
 from fmesh.errors import HandlerError
 from fmesh.events import Event
@@ -32,7 +30,10 @@ class CommandReplica(Replica):
         self.url = f"http://127.0.0.1:{port}/"
         self.structured = structured
         self._process: asyncio.subprocess.Process | None = None
+        import httpx  # imported here: only meshes with command functions pay for it
+
         self._client = httpx.AsyncClient(trust_env=False, timeout=None)
+        self._transport_error = httpx.TransportError
         self._tasks: set[asyncio.Task] = set()
 
     async def launch(self, command: list[str], workdir: Path, env: dict[str, str], logs: LogStore) -> None:
@@ -73,7 +74,7 @@ class CommandReplica(Replica):
                 if response.status_code < 500:
                     self.mark_ready()
                     return
-            except httpx.TransportError:
+            except self._transport_error:
                 pass
             await asyncio.sleep(READY_POLL)
         await self.wait_ready(0)  # raises: exited, or did not start in time
@@ -82,7 +83,7 @@ class CommandReplica(Replica):
         headers, body = write_structured(event) if self.structured else write_binary(event)
         try:
             response = await self._client.post(self.url, headers=headers, content=body)
-        except httpx.TransportError as exc:
+        except self._transport_error as exc:
             raise HandlerError(f"replica {self.name} on port {self.port}: {exc or type(exc).__name__}",
                                status=503) from exc
         return outcome(self.url, response.status_code, response.headers, response.content)

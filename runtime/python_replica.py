@@ -17,6 +17,7 @@ class PythonReplica(Replica):
         self._requests = itertools.count(1)
         self._calls: dict[int, asyncio.Future[Result]] = {}
         self._writer: asyncio.StreamWriter | None = None
+        self._outbox: list[bytes] = []          # frames written together at the end of the loop turn
         self.out_of_memory = 0
 
     def attach(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, pid: int | None) -> None:
@@ -60,15 +61,26 @@ class PythonReplica(Replica):
         request = next(self._requests)
         call: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         self._calls[request] = call
-        self._writer.write(encode(Kind.INVOKE, request, event.attributes, event.payload))
+        self._send(encode(Kind.INVOKE, request, event.attributes, event.payload))
         try:
             return await call
         finally:
             self._calls.pop(request, None)
 
+    def _send(self, frame: bytes) -> None:
+        """Queue a frame; all frames of one loop turn leave in one write (one syscall)."""
+        if not self._outbox:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._outbox.append(frame)
+
+    def _flush(self) -> None:
+        frames, self._outbox = self._outbox, []
+        if self._writer is not None and not self._writer.is_closing():
+            self._writer.write(b"".join(frames))
+
     def _request_stop(self) -> None:
         if self._writer is not None:
-            self._writer.write(encode(Kind.STOP))
+            self._send(encode(Kind.STOP))
 
     def _disconnect(self) -> None:
         if self._writer is not None:

@@ -57,6 +57,7 @@ class Sidecar:
         self.stats = DeliveryStats()
         self._inflight: set[asyncio.Task] = set()
         self._loop_task: asyncio.Task | None = None
+        self._acks = AckBatcher(queue)
 
     def start(self) -> None:
         self._loop_task = asyncio.get_running_loop().create_task(self._run(), name=f"sidecar {self.name}")
@@ -126,7 +127,7 @@ class Sidecar:
         except StoreError as exc:  # the reply could not be stored: try the event again
             await self._failed(delivery, HandlerError(f"reply not stored: {exc}"))
             return
-        await self.queue.ack([delivery.id])
+        await self._acks.ack(delivery.id)
         self.stats.delivered += 1
 
     async def _publish_reply(self, delivery: Delivery, result: Result) -> None:
@@ -178,6 +179,41 @@ class Sidecar:
         reason = "not retryable" if not error.retryable else f"gave up after {attempts} attempts"
         await self.queue.dead_letter(delivery, DeadLetter(
             0, self.name, event, attempts, reason, error.status, str(error)[:ERROR_DATA_BYTES], time.time()))
+
+
+class AckBatcher:
+    """Acks of one loop turn go to the event log as one operation: under load the writer
+    gets one DELETE batch instead of one operation per event. Each caller still waits
+    until its ack is stored."""
+
+    def __init__(self, queue: DeliveryQueue) -> None:
+        self.queue = queue
+        self._ids: list[int] = []
+        self._stored: asyncio.Future[None] | None = None
+
+    async def ack(self, delivery_id: int) -> None:
+        if self._stored is None:
+            self._stored = asyncio.get_running_loop().create_future()
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._ids.append(delivery_id)
+        await asyncio.shield(self._stored)
+
+    def _flush(self) -> None:
+        ids, stored = self._ids, self._stored
+        self._ids, self._stored = [], None
+        task = asyncio.get_running_loop().create_task(self.queue.ack(ids))
+        task.add_done_callback(lambda done: _copy_outcome(done, stored))
+
+
+def _copy_outcome(done: asyncio.Task, future: asyncio.Future | None) -> None:
+    if future is None or future.done():
+        return
+    if done.cancelled():
+        future.cancel()
+    elif done.exception() is not None:
+        future.set_exception(done.exception())
+    else:
+        future.set_result(None)
 
 
 def with_error_context(event: Event, where: str, error: FmeshError, attempts: int) -> Event:

@@ -202,7 +202,17 @@ def serve(spec: WorkerSpec) -> None:
     if spec.concurrency == 1 and not inspect.iscoroutinefunction(handler):
         serve_blocking(sock, handler)
     else:
-        asyncio.run(serve_concurrently(sock, handler, spec.concurrency))
+        run_loop(serve_concurrently(sock, handler, spec.concurrency))
+
+
+def run_loop(coroutine: Any) -> None:
+    """uvloop if this process already has it loaded; importing it here would cost a cold
+    start some 50 ms, and preloading it in the zygote costs memory for every mesh."""
+    uvloop = sys.modules.get("uvloop")
+    if uvloop is None:
+        asyncio.run(coroutine)
+    else:
+        uvloop.run(coroutine)
 
 
 def connect_stream(spec: WorkerSpec, stream: str, fd: int) -> None:

@@ -6,10 +6,9 @@ from fmesh.triggers.base import Publish, StateStore, Trigger
 from fmesh.triggers.clock import Clock
 from fmesh.triggers.config import (HttpTriggerConfig, KafkaTriggerConfig, NatsTriggerConfig,
                                    TimerTriggerConfig, TriggerConfig, TriggerEntry)
-from fmesh.triggers.kafka import KafkaTrigger
-from fmesh.triggers.nats import NatsTrigger
-from fmesh.triggers.timer import TimerTrigger
-from fmesh.triggers.webhook import WebhookTrigger
+
+# Each kind is imported when first used: a mesh without Kafka or NATS triggers never
+# loads aiokafka or nats-py (a few MB of memory each).
 
 
 def build_trigger(name: str, config: TriggerEntry | TriggerConfig, publish: Publish, state: StateStore,
@@ -23,11 +22,15 @@ def build_trigger(name: str, config: TriggerEntry | TriggerConfig, publish: Publ
     if isinstance(config, TriggerEntry):
         config = config.config
     if isinstance(config, KafkaTriggerConfig):
+        from fmesh.triggers.kafka import KafkaTrigger
         return KafkaTrigger(name, config, publish)
     if isinstance(config, NatsTriggerConfig):
+        from fmesh.triggers.nats import NatsTrigger
         return NatsTrigger(name, config, publish)
     if isinstance(config, TimerTriggerConfig):
+        from fmesh.triggers.timer import TimerTrigger
         return TimerTrigger(name, config, publish, state, clock)
     if isinstance(config, HttpTriggerConfig):
+        from fmesh.triggers.webhook import WebhookTrigger
         return WebhookTrigger(name, config, publish, clock)
     raise TypeError(f"trigger {name!r}: unknown configuration {type(config).__name__}")

@@ -12,7 +12,7 @@ each is fired once, oldest first, at most `max_catch_up` of them (the latest one
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timezone, UTC
+from datetime import datetime, UTC
 
 from fmesh.errors import StoreError
 from fmesh.events import Event, encode_data, format_time

@@ -8,7 +8,7 @@ Connection errors, timeouts, 5xx, 404, 408, 409 and 429 are worth retrying (hono
 from __future__ import annotations
 
 import time
-from datetime import timezone, UTC
+from datetime import UTC
 from collections.abc import Mapping
 from email.utils import parsedate_to_datetime
 

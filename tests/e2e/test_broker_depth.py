@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import time
 
 import httpx
 from cloudevents.core.bindings import http as sdk_http

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from datetime import datetime, timezone, UTC
+from datetime import datetime, UTC
 
 import pytest
 
