@@ -7,6 +7,8 @@ import json
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+import orjson
+
 from fmesh.errors import EventTooLarge
 
 Scope = MutableMapping[str, Any]
@@ -29,7 +31,7 @@ ACCEPTED_HEADERS = [*JSON_HEADERS]
 
 async def accepted(send: Send, event_id: str) -> None:
     """202 {"id": ...}: the ingress's hot path, so without building a dict to dump."""
-    payload = b'{"id":' + json.dumps(event_id).encode() + b"}"
+    payload = b'{"id":' + orjson.dumps(event_id) + b"}"
     await send({"type": "http.response.start", "status": 202,
                 "headers": [*ACCEPTED_HEADERS, (b"content-length", str(len(payload)).encode())]})
     await send({"type": "http.response.body", "body": payload})

@@ -15,6 +15,7 @@ from collections.abc import Iterator, Mapping
 from datetime import datetime, timezone
 from typing import Any
 
+import orjson
 from cloudevents.core.base import BaseCloudEvent
 from cloudevents.core.exceptions import CloudEventValidationError
 from cloudevents.core.formats.json import JSONFormat
@@ -256,10 +257,23 @@ def ordering_key(event: Event) -> str | None:
     return None if key is None else str(key)
 
 
+def dump_attributes(attributes: dict[str, Any]) -> bytes:
+    """Compact JSON of attributes (str, int, bool): orjson, which is several times faster on
+    this hot path, unless an integer is too big for it."""
+    try:
+        return orjson.dumps(attributes)
+    except TypeError:
+        return json.dumps(attributes, separators=(",", ":")).encode()
+
+
+def load_attributes(data: bytes | str) -> dict[str, Any]:
+    return orjson.loads(data)
+
+
 def to_record(event: Event) -> tuple[bytes, bytes | None]:
     """Storage form: attributes as compact JSON, payload as-is."""
-    return json.dumps(event.attributes, separators=(",", ":")).encode(), event.payload
+    return dump_attributes(event.attributes), event.payload
 
 
 def from_record(attributes: bytes | str, payload: bytes | None) -> Event:
-    return Event(json.loads(attributes), payload)
+    return Event(load_attributes(attributes), payload)

@@ -8,11 +8,12 @@ text); `body` carries raw payload bytes, so event data is never re-encoded.
 from __future__ import annotations
 
 import asyncio
-import json
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, BinaryIO
+
+from fmesh.events import dump_attributes, load_attributes
 
 HEADER = struct.Struct("!IBII")
 MAX_FRAME = 64 * 1024 * 1024
@@ -36,7 +37,7 @@ class Frame:
 
 
 def encode(kind: Kind, request: int = 0, meta: dict[str, Any] | None = None, body: bytes | None = None) -> bytes:
-    meta_bytes = json.dumps(meta or {}, separators=(",", ":")).encode()
+    meta_bytes = dump_attributes(meta) if meta else b"{}"
     payload = body if body is not None else b""
     # The body-present flag lives in the top bit of the kind byte: b"" and None differ.
     kind_byte = int(kind) | (0x80 if body is not None else 0)
@@ -48,7 +49,7 @@ def decode(data: bytes) -> Frame:
     """A frame from its bytes after the length prefix."""
     kind_byte, request, meta_length = struct.unpack_from("!BII", data)
     start = 9
-    meta = json.loads(data[start:start + meta_length]) if meta_length else {}
+    meta = load_attributes(data[start:start + meta_length]) if meta_length else {}
     body = bytes(data[start + meta_length:]) if kind_byte & 0x80 else None
     return Frame(Kind(kind_byte & 0x7F), request, meta, body)
 
