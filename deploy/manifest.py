@@ -129,12 +129,30 @@ class SecretFrom(Strict):
         return self
 
 
-class FunctionSpec(Strict):
+class Filtered(Strict):
+    """What functions and subscriptions share: Knative-style `filters:`, all of which must match."""
+
+    filters: list[Any] | None = Field(None, description="Knative-style filters (all must match)")
+
+    @field_validator("filters")
+    @classmethod
+    def _filters_compile(cls, value: list[Any] | None) -> list[Any] | None:
+        if value is not None:
+            compile_filters(value, "filters")  # a FilterError says where (see _located_error)
+        return value
+
+    def _combined(self, parts: list[Filter], errors: FilterErrors) -> Filter:
+        """`parts` and the `filters:` list, all of which must match."""
+        if self.filters is not None:
+            parts = [*parts, compile_filters(self.filters, "filters", errors)]
+        return all_of(parts, errors)
+
+
+class FunctionSpec(Filtered):
     handler: str | None = Field(None, description="path/to/file.py:function, relative to the manifest's folder")
     command: list[str] | None = Field(None, description="or any program serving CloudEvents over HTTP on $PORT")
     workdir: str | None = Field(None, description="the command's folder, relative to the manifest (uploaded)")
     on: list[dict[str, Any]] = Field(default_factory=list, description="events that invoke the function")
-    filters: list[Any] | None = Field(None, description="Knative-style filters (all must match)")
     env: dict[str, EnvValue] = Field(default_factory=dict)
     secrets: list[str] | dict[str, SecretFrom] = Field(
         default_factory=list, description="env vars whose values come from the mesh's env or files")
@@ -182,22 +200,13 @@ class FunctionSpec(Strict):
             compile_shorthand(item, f"on[{index}]")  # a FilterError says where (see _located_error)
         return value
 
-    @field_validator("filters")
-    @classmethod
-    def _filters_compile(cls, value: list[Any] | None) -> list[Any] | None:
-        if value is not None:
-            compile_filters(value, "filters")
-        return value
-
     def compiled_filter(self) -> Filter:
         """Any `on:` item matches, and all `filters:` match; neither given: no events."""
         errors = FilterErrors()
-        parts = []
-        if self.on:
-            parts.append(any_of([compile_shorthand(item, "", errors) for item in self.on], errors))
-        if self.filters is not None:
-            parts.append(compile_filters(self.filters, "filters", errors))
-        return all_of(parts, errors) if parts else any_of([], errors)
+        if not self.on and self.filters is None:
+            return any_of([], errors)
+        on = [any_of([compile_shorthand(item, "", errors) for item in self.on], errors)] if self.on else []
+        return self._combined(on, errors)
 
     @property
     def folder(self) -> str:
@@ -220,11 +229,10 @@ class FunctionSpec(Strict):
         return {name: (source.env, source.file) for name, source in self.secrets.items()}
 
 
-class SubscriptionSpec(Strict):
+class SubscriptionSpec(Filtered):
     """Events matching `filter`/`filters` go to `to`, with the delivery policy of a function."""
 
     filter: dict[str, Any] = Field(default_factory=dict, description="attribute: value or {exact|prefix|suffix}")
-    filters: list[Any] | None = Field(None, description="Knative-style filters (all must match)")
     to: SinkUrl = Field(description="http(s)://..., kafka://host:port/topic or nats://host:port/subject")
     delivery: DeliverySpec = Field(default_factory=DeliverySpec)
     concurrency: int = Field(32, ge=1, le=10_000, description="deliveries in flight at once")
@@ -236,13 +244,6 @@ class SubscriptionSpec(Strict):
         compile_shorthand(value, "filter")
         return value
 
-    @field_validator("filters")
-    @classmethod
-    def _filters_compile(cls, value: list[Any] | None) -> list[Any] | None:
-        if value is not None:
-            compile_filters(value, "filters")
-        return value
-
     @field_validator("options")
     @classmethod
     def _options_valid(cls, value: dict[str, Any]) -> dict[str, Any]:
@@ -251,10 +252,7 @@ class SubscriptionSpec(Strict):
 
     def compiled_filter(self) -> Filter:
         errors = FilterErrors()
-        parts = [compile_shorthand(self.filter, "", errors)]
-        if self.filters is not None:
-            parts.append(compile_filters(self.filters, "filters", errors))
-        return all_of(parts, errors)
+        return self._combined([compile_shorthand(self.filter, "", errors)], errors)
 
 
 class Manifest(Strict):
