@@ -18,11 +18,11 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaConnectio
 
 from fmesh.errors import BrokerUnreachable, InvalidEvent, StoreError
 from fmesh.events import Event
-from fmesh.triggers.base import Publish, StatusTracker, TriggerStatus, stop_task
+from fmesh.triggers.base import Publish, StatusTracker
 from fmesh.triggers.config import KafkaTriggerConfig
 from fmesh.bindings.kafka import Wrapping, is_cloudevent, read_record, wrap_record
 from fmesh.triggers.kafka_client import client_options
-from fmesh.triggers.retry import Backoff, keep_running, publish_until_stored
+from fmesh.triggers.retry import Backoff, BackgroundTrigger, publish_until_stored
 from fmesh.bindings.common import describe, marked_invalid
 
 FETCH_WAIT_MS = 500
@@ -32,7 +32,7 @@ UNREACHABLE = (KafkaConnectionError, OSError, TimeoutError)
 Batch = Mapping[TopicPartition, Sequence[ConsumerRecord]]
 
 
-class KafkaTrigger:
+class KafkaTrigger(BackgroundTrigger):
     """`Trigger` over one consumer group on one or more topics."""
 
     kind = "kafka"
@@ -52,21 +52,11 @@ class KafkaTrigger:
         self._probe_timeout = min(REQUEST_TIMEOUT, max(1.0, 5 * config.probe_interval))
         self._task: asyncio.Task | None = None
 
-    async def start(self) -> None:
-        if self._task is None:
-            self._status.connecting()
-            what = f"kafka trigger {self.name} ({self.config.url})"
-            backoff = Backoff(self.config.reconnect_delay, self.config.reconnect_max_delay)
-            self._task = asyncio.get_running_loop().create_task(
-                keep_running(what, self._run, self._status, backoff), name=what)
+    def _description(self) -> str:
+        return f"kafka trigger {self.name} ({self.config.url})"
 
-    async def stop(self) -> None:
-        await stop_task(self._task)
-        self._task = None
-        self._status.stopped()
-
-    def status(self) -> TriggerStatus:
-        return self._status.snapshot()
+    def _restart_backoff(self) -> Backoff:
+        return Backoff(self.config.reconnect_delay, self.config.reconnect_max_delay)
 
     # -- connecting and reconnecting -----------------------------------------------------
 

@@ -26,11 +26,11 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from fmesh.errors import BrokerUnreachable, InvalidEvent, StoreError, TriggerConfigError
 from fmesh.events import Event
-from fmesh.triggers.base import Publish, StatusTracker, TriggerStatus, stop_task
+from fmesh.triggers.base import Publish, StatusTracker
 from fmesh.triggers.config import JetStreamConfig, NatsTriggerConfig
 from fmesh.bindings.nats import content_type, read_message
 from fmesh.triggers.nats_client import connect_options
-from fmesh.triggers.retry import Backoff, keep_running, publish_until_stored
+from fmesh.triggers.retry import Backoff, BackgroundTrigger, publish_until_stored
 from fmesh.bindings.common import describe, marked_invalid, wrapped_event
 
 FETCH_WAIT = 1.0
@@ -38,7 +38,7 @@ CLOSE_TIMEOUT = 5.0
 DELIVER = {"all": DeliverPolicy.ALL, "new": DeliverPolicy.NEW, "last": DeliverPolicy.LAST}
 
 
-class NatsTrigger:
+class NatsTrigger(BackgroundTrigger):
     """`Trigger` over one NATS subject."""
 
     kind = "nats"
@@ -62,23 +62,19 @@ class NatsTrigger:
         self._task: asyncio.Task | None = None
         self._stopping = False
 
+    def _description(self) -> str:
+        return f"nats trigger {self.name} ({self.config.display_url})"
+
+    def _restart_backoff(self) -> Backoff:
+        return Backoff(self.config.retry_delay, self.config.retry_max_delay)
+
     async def start(self) -> None:
-        if self._task is None:
-            self._stopping = False
-            self._status.connecting()
-            what = f"nats trigger {self.name} ({self.config.display_url})"
-            backoff = Backoff(self.config.retry_delay, self.config.retry_max_delay)
-            self._task = asyncio.get_running_loop().create_task(
-                keep_running(what, self._run, self._status, backoff), name=what)
+        self._stopping = False
+        await super().start()
 
     async def stop(self) -> None:
         self._stopping = True
-        await stop_task(self._task)
-        self._task = None
-        self._status.stopped()
-
-    def status(self) -> TriggerStatus:
-        return self._status.snapshot()
+        await super().stop()
 
     # -- the connection ------------------------------------------------------------------
 

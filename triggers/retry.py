@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 
 from fmesh.errors import StoreError
 from fmesh.events import Event
-from fmesh.triggers.base import Publish, StatusTracker
+from fmesh.triggers.base import Publish, StatusTracker, TriggerStatus, stop_task
 
 logger = logging.getLogger("fmesh.triggers")
 
@@ -59,3 +59,41 @@ async def keep_running(what: str, body: Callable[[], Awaitable[None]], status: S
             logger.exception("%s failed; starting it again", what)
             status.retrying(f"{what}: unexpected {type(exc).__name__}: {exc}")
             await backoff.wait()
+
+
+class BackgroundTrigger:
+    """start/stop/status of a trigger whose work is one background task, started again
+    after a bug with backoff. Subclasses set `name`, `_status` and `_task = None`, and
+    give `_description()`, `_restart_backoff()` and `_run()`."""
+
+    name: str
+    _status: StatusTracker
+    _task: asyncio.Task | None
+
+    def _description(self) -> str:
+        raise NotImplementedError
+
+    def _restart_backoff(self) -> Backoff:
+        raise NotImplementedError
+
+    async def _run(self) -> None:
+        raise NotImplementedError
+
+    def _starting(self) -> None:
+        """The state shown until the task reports otherwise."""
+        self._status.connecting()
+
+    async def start(self) -> None:
+        if self._task is None:
+            self._starting()
+            what = self._description()
+            self._task = asyncio.get_running_loop().create_task(
+                keep_running(what, self._run, self._status, self._restart_backoff()), name=what)
+
+    async def stop(self) -> None:
+        await stop_task(self._task)
+        self._task = None
+        self._status.stopped()
+
+    def status(self) -> TriggerStatus:
+        return self._status.snapshot()

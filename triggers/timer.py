@@ -16,10 +16,10 @@ from datetime import datetime, UTC
 
 from fmesh.errors import StoreError
 from fmesh.events import Event, encode_data, format_time
-from fmesh.triggers.base import Publish, StateStore, StatusTracker, TriggerStatus, stop_task
+from fmesh.triggers.base import Publish, StateStore, StatusTracker
 from fmesh.triggers.clock import Clock, SystemClock
 from fmesh.triggers.config import TimerTriggerConfig
-from fmesh.triggers.retry import Backoff, keep_running, publish_until_stored
+from fmesh.triggers.retry import Backoff, BackgroundTrigger, publish_until_stored
 from fmesh.triggers.schedule import due, schedule_for
 
 RETRY_DELAY = 0.5
@@ -34,7 +34,7 @@ def parse_tick(value: bytes) -> float:
     return datetime.fromisoformat(value.decode().replace("Z", "+00:00")).timestamp()
 
 
-class TimerTrigger:
+class TimerTrigger(BackgroundTrigger):
     """`Trigger` firing on a schedule; see the module docstring for the exactly-once rule."""
 
     kind = "timer"
@@ -53,21 +53,14 @@ class TimerTrigger:
         self._status = StatusTracker(name, self.kind)
         self._task: asyncio.Task | None = None
 
-    async def start(self) -> None:
-        if self._task is None:
-            self._status.connected()
-            what = f"timer trigger {self.name}"
-            backoff = Backoff(RETRY_DELAY, RETRY_MAX_DELAY)
-            self._task = asyncio.get_running_loop().create_task(
-                keep_running(what, self._run, self._status, backoff), name=what)
+    def _description(self) -> str:
+        return f"timer trigger {self.name}"
 
-    async def stop(self) -> None:
-        await stop_task(self._task)
-        self._task = None
-        self._status.stopped()
+    def _restart_backoff(self) -> Backoff:
+        return Backoff(RETRY_DELAY, RETRY_MAX_DELAY)
 
-    def status(self) -> TriggerStatus:
-        return self._status.snapshot()
+    def _starting(self) -> None:
+        self._status.connected()  # a timer has nothing to connect to
 
     async def _run(self) -> None:
         cursor = await self._starting_point()
