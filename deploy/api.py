@@ -13,6 +13,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
 from fmesh.deploy.control import ControlPlane
+from fmesh.deploy.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from fmesh.deploy.metrics import metrics_text
 from fmesh.errors import DeployError
 from fmesh.node import Node
 
@@ -69,6 +71,11 @@ def create_app(node: Node, control: ControlPlane, token: str) -> FastAPI:
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        """Prometheus text format; public like /healthz (it carries no payloads or secrets)."""
+        return Response(metrics_text(node), media_type=METRICS_CONTENT_TYPE)
 
     @app.get("/v1/functions", dependencies=auth, summary="What is deployed")
     async def list_functions() -> dict[str, Any]:

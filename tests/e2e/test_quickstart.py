@@ -98,3 +98,21 @@ functions:
     assert mesh.api("GET", "/v1/functions").json()["functions"] == []
     missing = mesh.cli("delete", "hello", check=False)
     assert missing.returncode != 0 and "no function named 'hello'" in missing.stderr
+
+
+def test_prometheus_metrics(mesh, tmp_path):
+    import httpx
+
+    manifest = write_manifest(tmp_path, """
+functions:
+  hello:
+    handler: {functions}/hello/handler.py:handle
+    on: [{{type: greet}}]
+""")
+    mesh.cli("deploy", "-f", str(manifest))
+    mesh.cli("send", "--type", "greet", "--source", "/t")
+    wait_for(lambda: mesh.status("hello")["delivered"] == 1, 10, message="the delivery")
+    text = httpx.get(mesh.url + "/metrics").text
+    assert 'fmesh_function_delivered_total{function="hello"} 1.0' in text
+    assert 'fmesh_function_replicas{function="hello"} 1.0' in text
+    assert "fmesh_function_cold_start_seconds" in text
