@@ -22,9 +22,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import emit  # noqa: E402
 from fmesh.broker.filters import compile_shorthand  # noqa: E402
 from fmesh.deploy.server import build, deploy_local  # noqa: E402
+
+from bench.common import emit  # noqa: E402
 from fmesh.events import new_event  # noqa: E402
 from fmesh.settings import NodeSettings  # noqa: E402
 
@@ -104,7 +105,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         cold, warm = asyncio.run(measure_mesh(args.runs, Path(tmp), folder))
     fresh = measure_fresh_interpreter(args.runs, folder)
-    emit({"bench": "coldstart", "runs": args.runs, "handler": str(folder.relative_to(ROOT)) if folder.is_relative_to(ROOT) else str(folder),
+    shown = folder.relative_to(ROOT) if folder.is_relative_to(ROOT) else folder
+    emit({"bench": "coldstart", "runs": args.runs, "handler": str(shown),
           "cold_start_ms_median": ms(cold), "warm_ms_median": ms(warm),
           "fresh_interpreter_ms_median": ms(fresh),
           "cold_over_fresh_interpreter": round(statistics.median(cold) / statistics.median(fresh), 3),

@@ -125,7 +125,7 @@ def measure_mesh(folder: Path, count: int) -> dict:
     return {"functions": len(functions), "processes": len(tree), "zygote": len(tree) == 2,
             "function_processes": others,
             "rss_kib": sum(m["rss"] for m in memory), "pss_kib": sum(m["pss"] for m in memory),
-            "per_process": [{"role": role, **m} for role, m in zip(("mesh", "zygote"), memory)]}
+            "per_process": [{"role": role, **m} for role, m in zip(("mesh", "zygote"), memory, strict=False)]}
 
 
 def measure_bare() -> dict:

@@ -236,7 +236,7 @@ def main() -> None:
     if args.command == "generate":
         print(json.dumps(generate(args.url, args.rate, args.seconds)))
         return
-    from bench.e2e import FmeshPipeline, NOOP, drained_rate
+    from bench.e2e import NOOP, FmeshPipeline, drained_rate
     from bench.peer.pipeline import PeerPipeline
 
     with tempfile.TemporaryDirectory() as tmp, FmeshPipeline(Path(tmp) / "fmesh") as fmesh, \

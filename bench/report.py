@@ -162,7 +162,8 @@ def table(figures: list[Figure]) -> str:
         met = "-" if f.met is None else ("yes" if f.met else "NO")
         rows.append((f.name, number(f.fmesh, f.unit), number(f.baseline, f.unit), f"{f.ratio:.2f}", f.goal, met))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows)
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
+    return "\n".join(lines)
 
 
 def interrupt(signum: int, frame: object) -> None:

@@ -21,10 +21,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import emit  # noqa: E402
 from fmesh.broker.broker import Broker  # noqa: E402
 from fmesh.broker.filters import compile_shorthand  # noqa: E402
 from fmesh.broker.sqlite_log import SqliteEventLog  # noqa: E402
+
+from bench.common import emit  # noqa: E402
 from fmesh.events import new_event  # noqa: E402
 
 

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from fmesh.broker.filters import Filter
 from fmesh.broker.log import EventLog
 from fmesh.broker.router import Router
+
 from fmesh.contracts import Claimed, DeadLetter, Delivery, Publisher
 from fmesh.events import Event, without_error_context
 

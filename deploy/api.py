@@ -10,11 +10,11 @@ from typing import Any
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, Field
-
 from fmesh.deploy.control import ControlPlane
 from fmesh.deploy.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from fmesh.deploy.metrics import metrics_text
+from pydantic import BaseModel, Field
+
 from fmesh.errors import DeployError
 from fmesh.node import Node
 

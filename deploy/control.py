@@ -16,6 +16,7 @@ from typing import Any
 from fmesh.deploy.bundle import BundleStore
 from fmesh.deploy.dependencies import DependencyInstaller
 from fmesh.deploy.resources import FunctionKind, Kind, Resource, SubscriptionKind, TriggerKind
+
 from fmesh.errors import DeployError, FmeshError
 from fmesh.node import Node
 
@@ -74,7 +75,7 @@ class ControlPlane:
         wanted = {kind: [self.kinds[kind].validate(name, item) for name, item in sorted(request.get(kind, {}).items())]
                   for kind in self.kinds}  # everything validated before anything changes
         changes = []
-        for kind, resources in wanted.items():
+        for resources in wanted.values():
             for resource in resources:
                 changes.append(await self._apply_one(resource))
         if prune:

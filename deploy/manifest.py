@@ -6,8 +6,6 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
-
 from fmesh.broker.filters import (
     Filter,
     FilterError,
@@ -20,6 +18,8 @@ from fmesh.broker.filters import (
 from fmesh.deploy.yaml_lines import LocatedYaml
 from fmesh.runtime.sinks.base import SinkOptions
 from fmesh.triggers.config import TriggerEntry
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+
 from fmesh.durations import parse_duration
 from fmesh.errors import ManifestError
 

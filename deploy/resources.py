@@ -9,18 +9,18 @@ import json
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from pydantic import BaseModel, ValidationError
-
 from fmesh.deploy.bundle import BundleStore
 from fmesh.deploy.dependencies import DependencyInstaller, top_level_names
 from fmesh.deploy.manifest import NAME, DeliverySpec, SubscriptionSpec
 from fmesh.deploy.manifest import FunctionSpec as ManifestFunction
-from fmesh.errors import DeployError, TriggerConfigError
-from fmesh.node import Node
 from fmesh.runtime.policy import DeliveryPolicy, ScalePolicy
 from fmesh.runtime.runtime import FunctionSpec, SinkSpec
 from fmesh.runtime.secrets import SecretSource
 from fmesh.triggers.config import TriggerEntry
+from pydantic import BaseModel, ValidationError
+
+from fmesh.errors import DeployError, TriggerConfigError
+from fmesh.node import Node
 
 
 @dataclass

@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
 import uvicorn
-
 from fmesh.deploy.api import create_app
 from fmesh.deploy.bundle import pack
 from fmesh.deploy.control import ControlPlane
 from fmesh.deploy.deployer import PackedFunction, apply_request, summarize
 from fmesh.deploy.manifest import load_manifest
+
 from fmesh.node import Node
 from fmesh.settings import NodeSettings, load_or_create_token, token_path
 

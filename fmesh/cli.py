@@ -43,9 +43,12 @@ def up(
     file: Annotated[Path | None, typer.Option("-f", "--file", help="Deploy this manifest at start.")] = None,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port for events (POST /) and the control API (/v1).")] = DEFAULT_PORT,
-    data_dir: Annotated[Path | None, typer.Option(help="Where the mesh keeps its state (default: ~/.fmesh).")] = None,
-    store: Annotated[str | None, typer.Option(help="Event log: sqlite:///path or memory:// (default: sqlite in the data dir).")] = None,
-    token: Annotated[str | None, typer.Option(envvar="FMESH_TOKEN", help="Control API token (default: generated into <data dir>/token).")] = None,
+    data_dir: Annotated[Path | None, typer.Option(
+        help="Where the mesh keeps its state (default: ~/.fmesh).")] = None,
+    store: Annotated[str | None, typer.Option(
+        help="Event log: sqlite:///path or memory:// (default: sqlite in the data dir).")] = None,
+    token: Annotated[str | None, typer.Option(
+        envvar="FMESH_TOKEN", help="Control API token (default: generated into <data dir>/token).")] = None,
     max_event_bytes: Annotated[int, typer.Option(help="Largest event accepted (413 past it).")] = 1024 * 1024,
     launcher: Annotated[str, typer.Option(help="How replicas start: zygote (fast) or subprocess.")] = "zygote",
     dead_letter_retention: Annotated[str, typer.Option(help="How long dead letters are kept.")] = "7d",
@@ -256,8 +259,10 @@ def logs(function: Annotated[str, typer.Argument(help="The function.")],
 def dead_letters(
     function: Annotated[str | None, typer.Argument(help="Only this function's dead letters.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-    replay: Annotated[list[int] | None, typer.Option("--replay", help="Deliver this dead letter again (repeatable).")] = None,
-    replay_all: Annotated[str | None, typer.Option("--replay-all", help="Deliver all of this function's dead letters again.")] = None,
+    replay: Annotated[list[int] | None, typer.Option(
+        "--replay", help="Deliver this dead letter again (repeatable).")] = None,
+    replay_all: Annotated[str | None, typer.Option(
+        "--replay-all", help="Deliver all of this function's dead letters again.")] = None,
     purge: Annotated[bool, typer.Option("--purge", help="Delete the dead letters (of FUNCTION, else all).")] = False,
     mesh: MeshOption = DEFAULT_MESH_URL, token: TokenOption = None,
 ) -> None:

@@ -12,7 +12,7 @@ import json
 import re
 import uuid
 from collections.abc import Iterator, Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -115,7 +115,7 @@ def new_event(type: str, source: str, data: Any = None, **attributes: Any) -> Ev
     """A fresh event with a new id and the current time."""
     attrs: dict[str, Any] = {
         "specversion": "1.0", "id": str(uuid.uuid4()), "source": source, "type": type,
-        "time": format_time(datetime.now(timezone.utc)),
+        "time": format_time(datetime.now(UTC)),
     }
     attrs.update({k: v for k, v in attributes.items() if v is not None})
     if data is not None and "datacontenttype" not in attrs:
@@ -184,7 +184,7 @@ class ParsedEvent:
         return self._data
 
 
-_PLACEHOLDER_TIME = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_PLACEHOLDER_TIME = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def strict_factory(attributes: dict[str, Any], data: Any) -> ParsedEvent:

@@ -14,9 +14,9 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from fmesh.asgi import ASGIApp, Receive, Scope, Send, respond
 from fmesh.broker.broker import Broker
 from fmesh.broker.filters import Filter
-from fmesh.asgi import ASGIApp, Receive, Scope, Send, respond
 from fmesh.broker.ingress import Ingress
 from fmesh.broker.stores import open_store
 from fmesh.errors import StoreError, TriggerConfigError

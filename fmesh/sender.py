@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +45,7 @@ def build_event(type: str, source: str, data: str | None, subject: str | None = 
                 content_type: str | None = None) -> Event:
     value, content_type = read_data(data, content_type)
     attributes: dict[str, Any] = {"specversion": "1.0", "id": id or str(uuid.uuid4()), "source": source,
-                                  "type": type, "time": format_time(datetime.now(timezone.utc))}
+                                  "type": type, "time": format_time(datetime.now(UTC))}
     if subject:
         attributes["subject"] = subject
     if content_type:

@@ -8,17 +8,18 @@ a 2xx that is a CloudEvent is the reply, other answers are classified as Knative
 from __future__ import annotations
 
 import asyncio
-import signal
 import os
+import signal
 from pathlib import Path
 
-from fmesh.bindings.http import write_binary, write_structured
-from fmesh.errors import HandlerError
-from fmesh.events import Event
 from fmesh.runtime.launcher import describe_exit
 from fmesh.runtime.logs import LogStore
 from fmesh.runtime.replica import Replica, Result
 from fmesh.runtime.sinks.responses import outcome
+
+from fmesh.bindings.http import write_binary, write_structured
+from fmesh.errors import HandlerError
+from fmesh.events import Event
 
 READY_POLL = 0.02
 

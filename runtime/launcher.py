@@ -12,8 +12,9 @@ import sys
 from collections.abc import Callable
 from typing import Protocol
 
-from fmesh.errors import HandlerError
 from fmesh.runtime.worker import WorkerSpec
+
+from fmesh.errors import HandlerError
 
 OnExit = Callable[[str, str], None]      # (replica id, how it ended)
 OnOutput = Callable[[str], None]         # a line the launcher itself printed

@@ -64,12 +64,14 @@ class LogStore:
         self.write(function, "fmesh", "info", text)
 
     def tail(self, function: str, lines: int = 200) -> list[str]:
+        if lines <= 0:
+            return []
         found: list[str] = []
-        for path in (self.path(function), self.path(function).with_suffix(".log.1")):
-            if len(found) >= lines or not path.exists():
-                continue
-            found = path.read_text(encoding="utf-8", errors="replace").splitlines(keepends=True)[-(lines - len(found)):] + found
-        return found[-lines:] if lines else []
+        for path in (self.path(function), self.path(function).with_suffix(".log.1")):  # newest first
+            if len(found) < lines and path.exists():
+                older = path.read_text(encoding="utf-8", errors="replace").splitlines(keepends=True)
+                found = older[-(lines - len(found)):] + found
+        return found
 
     async def follow(self, function: str) -> AsyncIterator[str]:
         """Lines as they are written, until the caller stops iterating."""

@@ -17,11 +17,12 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from fmesh.errors import HandlerError, HandlerTimeout
-from fmesh.events import Event
 from fmesh.runtime.policy import ScalePolicy
 from fmesh.runtime.replica import Replica, Result, State
 from fmesh.runtime.starters import ReplicaStarter
+
+from fmesh.errors import HandlerError, HandlerTimeout
+from fmesh.events import Event
 
 Note = Callable[[str], None]
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import itertools
 
-from fmesh.errors import HandlerError
-from fmesh.events import Event
 from fmesh.runtime.replica import Replica, ReplyData, Result, State
 from fmesh.runtime.wire import Frame, Kind, encode, read_frame
+
+from fmesh.errors import HandlerError
+from fmesh.events import Event
 
 
 class PythonReplica(Replica):

@@ -14,7 +14,6 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fmesh.contracts import DeliveryQueue, Publisher
 from fmesh.runtime.hub import ReplicaHub
 from fmesh.runtime.launcher import Launcher, SubprocessLauncher, ZygoteLauncher
 from fmesh.runtime.logs import LogStore
@@ -26,6 +25,8 @@ from fmesh.runtime.sidecar import DeliveryStats, Sidecar
 from fmesh.runtime.sinks import Sink, open_sink
 from fmesh.runtime.starters import CommandStarter, PythonStarter, ReplicaStarter
 from fmesh.runtime.worker import WorkerSpec
+
+from fmesh.contracts import DeliveryQueue, Publisher
 
 # What a replica inherits from the mesh's environment; everything else must be declared.
 INHERITED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR")

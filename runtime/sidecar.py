@@ -12,15 +12,16 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from datetime import datetime, timezone
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Protocol
+
+from fmesh.runtime.policy import DeliveryPolicy
+from fmesh.runtime.replica import ReplyData, Result
 
 from fmesh.contracts import Claimed, DeadLetter, Delivery, DeliveryQueue, Publisher
 from fmesh.errors import FmeshError, HandlerError, InvalidEvent, StoreError
 from fmesh.events import Event, check_required, format_time, with_extension
-from fmesh.runtime.policy import DeliveryPolicy
-from fmesh.runtime.replica import ReplyData, Result
 
 HOPS = "fmeshhops"
 ERROR_DATA_BYTES = 1024
@@ -235,4 +236,4 @@ def _hops(event: Event) -> int:
 
 
 def format_time_now() -> str:
-    return format_time(datetime.now(timezone.utc))
+    return format_time(datetime.now(UTC))

@@ -23,8 +23,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from fmesh.events import Event, encode_data, format_time
 from fmesh.runtime.wire import Kind, encode, read_frame, read_frame_blocking
+
+from fmesh.events import Event, encode_data, format_time
 
 
 @dataclass

@@ -168,7 +168,9 @@ def make_tls_files(folder: Path) -> dict[str, Path]:
     files = {name: folder / f"{name}.pem" for name in ("ca", "ca-key", "server", "server-key")}
     extensions = folder / "san.cnf"
     extensions.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-    run = lambda *args: subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
+
     run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=fmesh-test-ca",
         "-keyout", str(files["ca-key"]), "-out", str(files["ca"]))
     request = folder / "server.csr"

@@ -15,15 +15,15 @@ from collections.abc import Mapping, Sequence
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaConnectionError, KafkaError
-
-from fmesh.errors import BrokerUnreachable, InvalidEvent, StoreError
-from fmesh.events import Event
 from fmesh.triggers.base import Publish, StatusTracker
 from fmesh.triggers.config import KafkaTriggerConfig
-from fmesh.bindings.kafka import Wrapping, is_cloudevent, read_record, wrap_record
 from fmesh.triggers.kafka_client import client_options
-from fmesh.triggers.retry import Backoff, BackgroundTrigger, publish_until_stored
+from fmesh.triggers.retry import BackgroundTrigger, Backoff, publish_until_stored
+
 from fmesh.bindings.common import describe, marked_invalid
+from fmesh.bindings.kafka import Wrapping, is_cloudevent, read_record, wrap_record
+from fmesh.errors import BrokerUnreachable, InvalidEvent, StoreError
+from fmesh.events import Event
 
 FETCH_WAIT_MS = 500
 REQUEST_TIMEOUT = 10.0      # a commit, start or stop that takes longer means the cluster is gone

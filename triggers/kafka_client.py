@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from aiokafka.helpers import create_ssl_context
-
 from fmesh.triggers.config import KafkaConnection, read_secret
+
 from fmesh.errors import TriggerConfigError
 
 

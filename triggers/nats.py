@@ -18,20 +18,21 @@ from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import urlsplit
 
+from fmesh.triggers.base import Publish, StatusTracker
+from fmesh.triggers.config import JetStreamConfig, NatsTriggerConfig
+from fmesh.triggers.nats_client import connect_options
+from fmesh.triggers.retry import BackgroundTrigger, Backoff, publish_until_stored
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
-from nats.errors import SlowConsumerError, TimeoutError as NatsTimeout
+from nats.errors import SlowConsumerError
+from nats.errors import TimeoutError as NatsTimeout
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
+from fmesh.bindings.common import describe, marked_invalid, wrapped_event
+from fmesh.bindings.nats import content_type, read_message
 from fmesh.errors import BrokerUnreachable, InvalidEvent, StoreError, TriggerConfigError
 from fmesh.events import Event
-from fmesh.triggers.base import Publish, StatusTracker
-from fmesh.triggers.config import JetStreamConfig, NatsTriggerConfig
-from fmesh.bindings.nats import content_type, read_message
-from fmesh.triggers.nats_client import connect_options
-from fmesh.triggers.retry import Backoff, BackgroundTrigger, publish_until_stored
-from fmesh.bindings.common import describe, marked_invalid, wrapped_event
 
 FETCH_WAIT = 1.0
 CLOSE_TIMEOUT = 5.0

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from fmesh.triggers.config import NatsConnection, read_secret
+
 from fmesh.errors import TriggerConfigError
 
 

@@ -4,8 +4,14 @@ from __future__ import annotations
 
 from fmesh.triggers.base import Publish, StateStore, Trigger
 from fmesh.triggers.clock import Clock
-from fmesh.triggers.config import (HttpTriggerConfig, KafkaTriggerConfig, NatsTriggerConfig,
-                                   TimerTriggerConfig, TriggerConfig, TriggerEntry)
+from fmesh.triggers.config import (
+    HttpTriggerConfig,
+    KafkaTriggerConfig,
+    NatsTriggerConfig,
+    TimerTriggerConfig,
+    TriggerConfig,
+    TriggerEntry,
+)
 
 # Each kind is imported when first used: a mesh without Kafka or NATS triggers never
 # loads aiokafka or nats-py (a few MB of memory each).

@@ -7,9 +7,10 @@ import logging
 import random
 from collections.abc import Awaitable, Callable
 
+from fmesh.triggers.base import Publish, StatusTracker, TriggerStatus, stop_task
+
 from fmesh.errors import StoreError
 from fmesh.events import Event
-from fmesh.triggers.base import Publish, StatusTracker, TriggerStatus, stop_task
 
 logger = logging.getLogger("fmesh.triggers")
 

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, UTC
+from datetime import UTC, datetime, timedelta
 from typing import Protocol
 from zoneinfo import ZoneInfo
 
 from croniter import croniter
-
 from fmesh.triggers.config import TimerTriggerConfig
 
 MICRO = 1_000_000

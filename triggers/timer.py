@@ -12,15 +12,16 @@ each is fired once, oldest first, at most `max_catch_up` of them (the latest one
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, UTC
+from datetime import UTC, datetime
 
-from fmesh.errors import StoreError
-from fmesh.events import Event, encode_data, format_time
 from fmesh.triggers.base import Publish, StateStore, StatusTracker
 from fmesh.triggers.clock import Clock, SystemClock
 from fmesh.triggers.config import TimerTriggerConfig
-from fmesh.triggers.retry import Backoff, BackgroundTrigger, publish_until_stored
+from fmesh.triggers.retry import BackgroundTrigger, Backoff, publish_until_stored
 from fmesh.triggers.schedule import due, schedule_for
+
+from fmesh.errors import StoreError
+from fmesh.events import Event, encode_data, format_time
 
 RETRY_DELAY = 0.5
 RETRY_MAX_DELAY = 30.0

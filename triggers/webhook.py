@@ -19,15 +19,16 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping
 
-from fmesh.bindings.http import read_events
-from fmesh.asgi import Receive, Scope, Send, header_dict, read_body, respond
-from fmesh.errors import AuthError, EventTooLarge, InvalidEvent, StoreError
-from fmesh.events import Event
 from fmesh.triggers.base import Publish, StatusTracker, TriggerStatus
 from fmesh.triggers.clock import Clock, SystemClock
 from fmesh.triggers.config import HttpTriggerConfig, WebhookAuth, read_secret
 from fmesh.triggers.signatures import HmacCheck, check_bearer, check_signature
+
+from fmesh.asgi import Receive, Scope, Send, header_dict, read_body, respond
 from fmesh.bindings.common import wrapped_event
+from fmesh.bindings.http import read_events
+from fmesh.errors import AuthError, EventTooLarge, InvalidEvent, StoreError
+from fmesh.events import Event
 
 CLOUDEVENTS_MEDIA = "application/cloudevents"
 

@@ -11,7 +11,7 @@ import base64
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, UTC
+from datetime import UTC, datetime
 from typing import Any
 
 from cloudevents.core.formats.json import JSONFormat

@@ -14,8 +14,8 @@ from typing import Any, Protocol
 
 from cloudevents.core.bindings import kafka as sdk_kafka
 
-from fmesh.events import RAW_FORMAT, Event, from_sdk, strict_factory, to_sdk, to_sdk_decoded
 from fmesh.bindings.common import JSON_FORMAT, canonical, from_millis, reading, text_or_base64, wrapped_event
+from fmesh.events import RAW_FORMAT, Event, from_sdk, strict_factory, to_sdk, to_sdk_decoded
 
 KafkaMessage = sdk_kafka.KafkaMessage
 STRUCTURED_PREFIX = "application/cloudevents"

@@ -21,8 +21,8 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote, unquote_to_bytes
 
-from fmesh.events import Event, from_sdk, parse_time, strict_factory, to_sdk_decoded
 from fmesh.bindings.common import JSON_FORMAT, canonical, reading
+from fmesh.events import Event, from_sdk, parse_time, strict_factory, to_sdk_decoded
 
 PREFIX = "ce-"
 STRUCTURED = "application/cloudevents+json"

@@ -10,11 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+from fmesh.runtime.replica import Result
+from fmesh.triggers.config import EnvName, KafkaSecurity, NatsAuth
 from pydantic import BaseModel, ConfigDict, Field
 
 from fmesh.events import Event
-from fmesh.runtime.replica import Result
-from fmesh.triggers.config import EnvName, KafkaSecurity, NatsAuth
 
 
 @runtime_checkable

@@ -10,14 +10,14 @@ import ssl
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import httpx
-
-from fmesh.bindings.http import write_binary, write_structured
-from fmesh.errors import BrokerUnreachable, HandlerError, TriggerConfigError
-from fmesh.events import Event
 from fmesh.runtime.sinks.base import SinkOptions
 from fmesh.runtime.sinks.responses import outcome
 from fmesh.triggers.config import read_secret
+
 from fmesh.bindings.common import describe
+from fmesh.bindings.http import write_binary, write_structured
+from fmesh.errors import BrokerUnreachable, HandlerError, TriggerConfigError
+from fmesh.events import Event
 
 TRUE = {"", "1", "true", "yes"}
 MAX_CONNECTIONS = 100

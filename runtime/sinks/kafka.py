@@ -14,14 +14,14 @@ from urllib.parse import urlsplit
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
-
-from fmesh.errors import BrokerUnreachable, HandlerError
-from fmesh.events import Event
 from fmesh.runtime.sinks.base import SinkOptions
 from fmesh.triggers.config import KafkaConnection
-from fmesh.bindings.kafka import write_binary, write_structured
 from fmesh.triggers.kafka_client import client_options
+
 from fmesh.bindings.common import describe
+from fmesh.bindings.kafka import write_binary, write_structured
+from fmesh.errors import BrokerUnreachable, HandlerError
+from fmesh.events import Event
 
 UNREACHABLE = (KafkaConnectionError, KafkaTimeoutError, OSError, TimeoutError)
 STOP_TIMEOUT = 10.0

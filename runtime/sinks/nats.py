@@ -12,18 +12,18 @@ import asyncio
 import contextlib
 from urllib.parse import parse_qsl, urlsplit
 
+from fmesh.runtime.sinks.base import SinkOptions
+from fmesh.triggers.config import NatsConnection
+from fmesh.triggers.nats_client import connect_options
 from nats.aio.client import Client
 from nats.errors import Error as NatsError
 from nats.errors import NoRespondersError
 from nats.js.errors import NoStreamResponseError
 
-from fmesh.errors import BrokerUnreachable, HandlerError
-from fmesh.events import Event
-from fmesh.runtime.sinks.base import SinkOptions
-from fmesh.triggers.config import NatsConnection
 from fmesh.bindings.common import describe
 from fmesh.bindings.nats import write_binary, write_structured
-from fmesh.triggers.nats_client import connect_options
+from fmesh.errors import BrokerUnreachable, HandlerError
+from fmesh.events import Event
 
 TRUE = {"", "1", "true", "yes"}
 CLOSE_TIMEOUT = 5.0

@@ -8,8 +8,8 @@ Connection errors, timeouts, 5xx, 404, 408, 409 and 429 are worth retrying (hono
 from __future__ import annotations
 
 import time
-from datetime import UTC
 from collections.abc import Mapping
+from datetime import UTC
 from email.utils import parsedate_to_datetime
 
 from fmesh.bindings.http import read_events

@@ -8,9 +8,8 @@ import pickle
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-import pytest
-
 import fmesh.broker.cesql as cesql
+import pytest
 from fmesh.broker.cesql import (
     CesqlCastError,
     CesqlError,
@@ -24,8 +23,9 @@ from fmesh.broker.cesql import (
     EvaluationResult,
     Expression,
     compile_expression,
+    lexer,
+    parser,
 )
-from fmesh.broker.cesql import lexer, parser
 
 BASE_EVENT = {
     "specversion": "1.0",
@@ -509,7 +509,7 @@ def test_evaluation_errors_pickle_with_their_details() -> None:
 
 
 def test_non_primitive_attribute_values_are_read_as_strings() -> None:
-    when = dt.datetime(2024, 5, 14, 9, 31, 7, tzinfo=dt.timezone.utc)
+    when = dt.datetime(2024, 5, 14, 9, 31, 7, tzinfo=dt.UTC)
     assert value_of("time", time=when) == "2024-05-14T09:31:07+00:00"
     assert value_of("data", data=b"\x00\xff") == base64.b64encode(b"\x00\xff").decode()
     assert value_of("big", big=2**40) == str(2**40)  # not a 32-bit CloudEvents Integer

@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 import yaml
-
 from fmesh.broker.cesql import CesqlError, CesqlParseError, compile_expression
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import time
 
 import pytest
-
 from fmesh.broker.memory_log import MemoryEventLog
 from fmesh.broker.sqlite_log import SqliteEventLog
+
 from fmesh.contracts import DeadLetter
 from fmesh.events import new_event
 

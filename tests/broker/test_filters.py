@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import pytest
-
 from fmesh.broker.filters import FilterError, compile_dialect, compile_filters, compile_shorthand
 from fmesh.broker.router import Router
 

@@ -9,7 +9,6 @@ import httpx
 import pytest
 from cloudevents.core.bindings import http as sdk_http
 from cloudevents.core.v1.event import CloudEvent
-
 from fmesh.broker.broker import Broker
 from fmesh.broker.filters import compile_shorthand
 from fmesh.broker.ingress import Ingress

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import pytest
-
 from fmesh.deploy.bundle import BundleStore, pack
 
 

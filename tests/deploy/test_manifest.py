@@ -1,8 +1,8 @@
 from __future__ import annotations
 
 import pytest
-
 from fmesh.deploy.manifest import load_manifest, parse_manifest
+
 from fmesh.errors import ManifestError
 
 GOOD = """\
@@ -108,7 +108,8 @@ def test_command_functions_secrets_and_memory():
     assert files.functions["a"].secret_sources() == {"DB": (None, "/run/db")}
     assert "at least 16Mi" in str(error_for("functions:\n  a:\n    handler: h.py:f\n    memory: 1Ki\n"))
     assert "256Mi" in str(error_for("functions:\n  a:\n    handler: h.py:f\n    memory: lots\n"))
-    assert "exactly one of env or file" in str(error_for("functions:\n  a:\n    handler: h.py:f\n    secrets: {X: {}}\n"))
+    no_source = "functions:\n  a:\n    handler: h.py:f\n    secrets: {X: {}}\n"
+    assert "exactly one of env or file" in str(error_for(no_source))
     assert "workdir goes with command" in str(error_for("functions:\n  a:\n    handler: h.py:f\n    workdir: x\n"))
 
 

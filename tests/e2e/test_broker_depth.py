@@ -11,7 +11,6 @@ import httpx
 from cloudevents.core.bindings import http as sdk_http
 from cloudevents.core.formats.json import JSONFormat
 from cloudevents.core.v1.event import CloudEvent
-
 from support import append_manifest, wait_for, write_manifest
 
 

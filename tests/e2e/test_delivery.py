@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import httpx
-
 from support import append_manifest, wait_for, write_manifest
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 
 import httpx
-
 from support import free_port, run_cli, write_manifest
 
 

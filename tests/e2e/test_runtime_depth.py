@@ -11,7 +11,6 @@ import time
 
 import httpx
 import pytest
-
 from support import FIXTURES, ROOT, wait_for, write_manifest
 
 

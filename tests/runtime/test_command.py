@@ -9,14 +9,14 @@ import subprocess
 import sys
 
 import pytest
-
-from fmesh.errors import HandlerError
-from fmesh.events import new_event
 from fmesh.runtime.logs import LogStore
 from fmesh.runtime.policy import ScalePolicy
 from fmesh.runtime.pool import RunnerPool
 from fmesh.runtime.starters import CommandStarter
 from support import FIXTURES, ROOT
+
+from fmesh.errors import HandlerError
+from fmesh.events import new_event
 
 
 @pytest.fixture

@@ -7,9 +7,6 @@ import tempfile
 from pathlib import Path
 
 import pytest
-
-from fmesh.errors import HandlerError, HandlerTimeout
-from fmesh.events import new_event
 from fmesh.runtime.hub import ReplicaHub
 from fmesh.runtime.launcher import SubprocessLauncher, ZygoteLauncher
 from fmesh.runtime.logs import LogStore
@@ -18,6 +15,9 @@ from fmesh.runtime.pool import RunnerPool
 from fmesh.runtime.starters import PythonStarter
 from fmesh.runtime.worker import WorkerSpec
 from support import FIXTURES
+
+from fmesh.errors import HandlerError, HandlerTimeout
+from fmesh.events import new_event
 
 FUNCTIONS = FIXTURES / "functions"
 

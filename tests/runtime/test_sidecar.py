@@ -8,11 +8,12 @@ import time
 from fmesh.broker.broker import Broker
 from fmesh.broker.filters import compile_shorthand
 from fmesh.broker.memory_log import MemoryEventLog
-from fmesh.errors import HandlerError
-from fmesh.events import new_event
 from fmesh.runtime.policy import DeliveryPolicy
 from fmesh.runtime.replica import ReplyData
 from fmesh.runtime.sidecar import Sidecar
+
+from fmesh.errors import HandlerError
+from fmesh.events import new_event
 
 
 class Scripted:

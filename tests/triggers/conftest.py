@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-
 from external import NatsServer, TansuBroker
+
 from fmesh.errors import StoreError
 from fmesh.events import Event
 

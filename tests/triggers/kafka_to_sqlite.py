@@ -13,9 +13,10 @@ import sys
 from collections.abc import Sequence
 
 from fmesh.broker.sqlite_log import SqliteEventLog
-from fmesh.events import Event
 from fmesh.triggers.config import KafkaTriggerConfig
 from fmesh.triggers.kafka import KafkaTrigger
+
+from fmesh.events import Event
 
 SUBSCRIPTION = "function:sink"
 

@@ -10,10 +10,11 @@ from cloudevents.core.bindings import kafka as sdk_kafka
 from cloudevents.core.formats.json import JSONFormat
 from cloudevents.core.v1.event import CloudEvent
 
+from fmesh.bindings import kafka as kafka_binding
+from fmesh.bindings import nats as nats_binding
+from fmesh.bindings.kafka import Wrapping, is_cloudevent, read_record, wrap_record
 from fmesh.errors import InvalidEvent
 from fmesh.events import Event
-from fmesh.bindings import kafka as kafka_binding, nats as nats_binding
-from fmesh.bindings.kafka import Wrapping, is_cloudevent, read_record, wrap_record
 
 BINARY_PAYLOAD = bytes(range(256))
 

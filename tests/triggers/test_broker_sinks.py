@@ -9,12 +9,12 @@ import nats
 import pytest
 from cloudevents.core.bindings import kafka as sdk_kafka
 from cloudevents.core.formats.json import JSONFormat
-
 from external import NatsServer, TansuBroker, free_port
+from fmesh.runtime.sinks import open_sink
+
+from fmesh.bindings.nats import read_message
 from fmesh.errors import HandlerError
 from fmesh.events import Event
-from fmesh.runtime.sinks import open_sink
-from fmesh.bindings.nats import read_message
 
 EVENT = Event({"specversion": "1.0", "id": "e-1", "source": "/shop", "type": "com.shop.order",
                "time": "2024-05-01T12:00:00Z", "datacontenttype": "application/octet-stream",

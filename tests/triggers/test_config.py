@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import pytest
-from pydantic import ValidationError
-
 from fmesh.broker.memory_log import MemoryEventLog
 from fmesh.runtime.sinks import SinkOptions, open_sink
 from fmesh.triggers.base import Trigger
 from fmesh.triggers.config import TriggerEntry
-from fmesh.errors import TriggerConfigError
 from fmesh.triggers.kafka import KafkaTrigger
 from fmesh.triggers.kafka_client import client_options
 from fmesh.triggers.nats import NatsTrigger
 from fmesh.triggers.registry import build_trigger
 from fmesh.triggers.timer import TimerTrigger
 from fmesh.triggers.webhook import WebhookTrigger
+from pydantic import ValidationError
+
+from fmesh.errors import TriggerConfigError
 
 EXAMPLES = {
     "kafka": {"kafka": {"bootstrap": "localhost:9092", "topic": "clicks"}},

@@ -9,14 +9,14 @@ from pathlib import Path
 import nats
 import yaml
 from aiokafka import AIOKafkaProducer
-
 from fmesh.broker.memory_log import MemoryEventLog
-from fmesh.events import Event
 from fmesh.runtime.sinks import open_sink
 from fmesh.triggers.clock import ManualClock
 from fmesh.triggers.config import TriggerEntry
-from fmesh.bindings.nats import read_message
 from fmesh.triggers.registry import build_trigger
+
+from fmesh.bindings.nats import read_message
+from fmesh.events import Event
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 

@@ -13,13 +13,13 @@ import pytest
 import uvicorn
 from cloudevents.core.bindings import http as sdk_http
 from cloudevents.core.formats.json import JSONFormat
-
 from external import free_port
+from fmesh.runtime.sinks import SinkOptions, open_sink
+from fmesh.runtime.sinks.responses import retry_after
+
 from fmesh.bindings.http import write_binary, write_structured
 from fmesh.errors import HandlerError
 from fmesh.events import Event
-from fmesh.runtime.sinks import SinkOptions, open_sink
-from fmesh.runtime.sinks.responses import retry_after
 
 EVENT = Event({"specversion": "1.0", "id": "e-1", "source": "/shop", "type": "com.shop.order",
                "time": "2024-05-01T12:00:00Z", "datacontenttype": "application/octet-stream",

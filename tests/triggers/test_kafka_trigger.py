@@ -15,12 +15,12 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from cloudevents.core.bindings import kafka as sdk_kafka
 from cloudevents.core.formats.json import JSONFormat
 from cloudevents.core.v1.event import CloudEvent
-
 from external import TansuBroker, free_port
-from fmesh.events import Event
 from fmesh.triggers.config import KafkaTriggerConfig
 from fmesh.triggers.kafka import KafkaTrigger
+
 from fmesh.bindings.kafka import write_binary, write_structured
+from fmesh.events import Event
 
 HERE = Path(__file__).parent
 

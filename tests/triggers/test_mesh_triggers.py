@@ -11,7 +11,6 @@ import time
 import httpx
 import nats
 from aiokafka import AIOKafkaProducer
-
 from external import NatsServer, free_port
 from support import ROOT, wait_for, write_manifest
 
@@ -123,7 +122,8 @@ functions:
     body = b'{"ref": "refs/heads/main"}'
     good = "sha256=" + hmac.new(b"s3cret", body, hashlib.sha256).hexdigest()
     headers = {"X-GitHub-Event": "push", "X-GitHub-Delivery": "d-1", "content-type": "application/json"}
-    wrong = httpx.post(mesh.url + "/hooks/github", content=body, headers={**headers, "X-Hub-Signature-256": "sha256=00"})
+    hook = mesh.url + "/hooks/github"
+    wrong = httpx.post(hook, content=body, headers={**headers, "X-Hub-Signature-256": "sha256=00"})
     assert wrong.status_code == 401
     missing = httpx.post(mesh.url + "/hooks/github", content=body, headers=headers)
     assert missing.status_code == 401

@@ -7,13 +7,13 @@ from collections.abc import AsyncIterator
 
 import nats
 import pytest
-from nats.aio.client import Client
-
 from external import NatsServer, free_port, make_tls_files
-from fmesh.events import Event
 from fmesh.triggers.config import NatsTriggerConfig
 from fmesh.triggers.nats import NatsTrigger
+from nats.aio.client import Client
+
 from fmesh.bindings.nats import write_binary, write_structured
+from fmesh.events import Event
 
 FAST = {"reconnect_delay": "100ms", "connect_timeout": "1s", "retry_delay": "50ms", "retry_max_delay": "200ms"}
 

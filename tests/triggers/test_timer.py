@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from datetime import datetime, UTC
+from datetime import UTC, datetime
 
 import pytest
-
 from fmesh.broker.sqlite_log import SqliteEventLog
-from fmesh.errors import StoreError
 from fmesh.triggers.clock import ManualClock
 from fmesh.triggers.config import TimerTriggerConfig
 from fmesh.triggers.timer import TimerTrigger
+
+from fmesh.errors import StoreError
 
 START = 1_700_000_005.0          # 2023-11-14T22:13:25Z, not on a 30 s boundary
 FIRST = 1_700_000_010.0          # the first multiple of 30 s after START

@@ -8,13 +8,13 @@ from collections.abc import AsyncIterator, Callable
 
 import httpx
 import pytest
-
-from fmesh.bindings.http import write_binary, write_structured
-from fmesh.events import Event
 from fmesh.triggers.clock import ManualClock
 from fmesh.triggers.config import HttpTriggerConfig
-from fmesh.errors import TriggerConfigError
 from fmesh.triggers.webhook import WebhookTrigger
+
+from fmesh.bindings.http import write_binary, write_structured
+from fmesh.errors import TriggerConfigError
+from fmesh.events import Event
 
 NOW = 1_700_000_000.0
 SECRET = "It's a Secret to Everybody"
