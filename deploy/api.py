@@ -77,41 +77,8 @@ def create_app(node: Node, control: ControlPlane, token: str) -> FastAPI:
         """Prometheus text format; public like /healthz (it carries no payloads or secrets)."""
         return Response(metrics_text(node), media_type=METRICS_CONTENT_TYPE)
 
-    @app.get("/v1/functions", dependencies=auth, summary="What is deployed")
-    async def list_functions() -> dict[str, Any]:
-        return {"functions": [describe(f) for _, f in sorted(control.functions.items())]}
-
-    @app.get("/v1/functions/{name}", dependencies=auth)
-    async def get_function(name: str) -> dict[str, Any]:
-        if name not in control.functions:
-            raise HTTPException(404, f"no function named {name!r}")
-        return describe(control.functions[name])
-
-    @app.delete("/v1/functions/{name}", dependencies=auth, summary="Delete a function")
-    async def delete_function(name: str) -> dict[str, Any]:
-        if not await control.delete("function", name):
-            raise HTTPException(404, f"no function named {name!r}")
-        return {"deleted": name}
-
-    @app.get("/v1/subscriptions", dependencies=auth, summary="Subscriptions to URLs and sinks")
-    async def list_subscriptions() -> dict[str, Any]:
-        return {"subscriptions": [describe(s) for _, s in sorted(control.deployed["subscription"].items())]}
-
-    @app.get("/v1/triggers", dependencies=auth, summary="Kafka, NATS, timer and webhook sources")
-    async def list_triggers() -> dict[str, Any]:
-        return {"triggers": [describe(t) for _, t in sorted(control.deployed["trigger"].items())]}
-
-    @app.delete("/v1/triggers/{name}", dependencies=auth, summary="Delete a trigger")
-    async def delete_trigger(name: str) -> dict[str, Any]:
-        if not await control.delete("trigger", name):
-            raise HTTPException(404, f"no trigger named {name!r}")
-        return {"deleted": name}
-
-    @app.delete("/v1/subscriptions/{name}", dependencies=auth, summary="Delete a subscription")
-    async def delete_subscription(name: str) -> dict[str, Any]:
-        if not await control.delete("subscription", name):
-            raise HTTPException(404, f"no subscription named {name!r}")
-        return {"deleted": name}
+    for kind in control.kinds:
+        add_resource_routes(app, control, kind, auth)
 
     @app.head("/v1/bundles/{digest}", dependencies=auth)
     async def has_bundle(digest: str) -> Response:
@@ -205,6 +172,28 @@ def create_app(node: Node, control: ControlPlane, token: str) -> FastAPI:
         return {"purged": await node.log.purge_dead_letters(subscription_of(function))}
 
     return app
+
+
+def add_resource_routes(app: FastAPI, control: ControlPlane, kind: str, auth: list) -> None:
+    """GET /v1/<kind>s, GET and DELETE /v1/<kind>s/{name}, for functions, subscriptions and triggers."""
+    deployed = control.deployed[kind]
+
+    async def list_all() -> dict[str, Any]:
+        return {f"{kind}s": [describe(r) for _, r in sorted(deployed.items())]}
+
+    async def get_one(name: str) -> dict[str, Any]:
+        if name not in deployed:
+            raise HTTPException(404, f"no {kind} named {name!r}")
+        return describe(deployed[name])
+
+    async def delete_one(name: str) -> dict[str, Any]:
+        if not await control.delete(kind, name):
+            raise HTTPException(404, f"no {kind} named {name!r}")
+        return {"deleted": name}
+
+    app.get(f"/v1/{kind}s", dependencies=auth, summary=f"Deployed {kind}s")(list_all)
+    app.get(f"/v1/{kind}s/{{name}}", dependencies=auth, summary=f"One {kind}")(get_one)
+    app.delete(f"/v1/{kind}s/{{name}}", dependencies=auth, summary=f"Delete a {kind}")(delete_one)
 
 
 def subscription_of(function: str | None) -> str | None:

@@ -7,6 +7,16 @@ import json
 from support import ROOT, wait_for, write_manifest
 
 
+def hello_manifest(tmp_path):
+    """The hello function, on events of type greet."""
+    return write_manifest(tmp_path, """
+functions:
+  hello:
+    handler: {functions}/hello/handler.py:handle
+    on: [{{type: greet}}]
+""")
+
+
 def test_quickstart_walkthrough(mesh_factory, tmp_path):
     mesh = mesh_factory().start("-f", str(ROOT / "examples/quickstart/fmesh.yaml"))
     assert "3 created" in mesh.log()
@@ -72,12 +82,7 @@ functions:
 
 def test_deployed_functions_survive_a_restart(mesh_factory, tmp_path):
     mesh = mesh_factory().start()
-    manifest = write_manifest(tmp_path, """
-functions:
-  hello:
-    handler: {functions}/hello/handler.py:handle
-    on: [{{type: greet}}]
-""")
+    manifest = hello_manifest(tmp_path)
     mesh.cli("deploy", "-f", str(manifest))
     mesh.stop()
     mesh.start()
@@ -87,12 +92,7 @@ functions:
 
 
 def test_delete_removes_the_function(mesh, tmp_path):
-    manifest = write_manifest(tmp_path, """
-functions:
-  hello:
-    handler: {functions}/hello/handler.py:handle
-    on: [{{type: greet}}]
-""")
+    manifest = hello_manifest(tmp_path)
     mesh.cli("deploy", "-f", str(manifest))
     assert "deleted" in mesh.cli("delete", "hello").stdout
     assert mesh.api("GET", "/v1/functions").json()["functions"] == []
@@ -103,12 +103,7 @@ functions:
 def test_prometheus_metrics(mesh, tmp_path):
     import httpx
 
-    manifest = write_manifest(tmp_path, """
-functions:
-  hello:
-    handler: {functions}/hello/handler.py:handle
-    on: [{{type: greet}}]
-""")
+    manifest = hello_manifest(tmp_path)
     mesh.cli("deploy", "-f", str(manifest))
     mesh.cli("send", "--type", "greet", "--source", "/t")
     wait_for(lambda: mesh.status("hello")["delivered"] == 1, 10, message="the delivery")

@@ -128,3 +128,20 @@ async def consume(bootstrap: str, topic: str, count: int, timeout: float = WAIT)
         await consumer.stop()
     return records
 
+
+@pytest.fixture
+async def sinks() -> AsyncIterator:
+    """Opens sinks with `await sinks(url, options)` and stops them all afterwards."""
+    from fmesh.runtime.sinks import open_sink
+
+    opened = []
+
+    async def sink(url: str, options: dict | None = None):
+        s = open_sink(url, options)
+        await s.start()
+        opened.append(s)
+        return s
+
+    yield sink
+    for s in opened:
+        await s.stop()

@@ -21,21 +21,6 @@ EVENT = Event({"specversion": "1.0", "id": "e-1", "source": "/shop", "type": "co
                "subject": "order 1 €", "partitionkey": "customer-7"}, b"\x00\x01binary\xff")
 
 
-@pytest.fixture
-async def sinks() -> AsyncIterator:
-    opened = []
-
-    async def sink(url: str, options: dict | None = None):
-        s = open_sink(url, options)
-        await s.start()
-        opened.append(s)
-        return s
-
-    yield sink
-    for s in opened:
-        await s.stop()
-
-
 def as_message(record) -> sdk_kafka.KafkaMessage:
     return sdk_kafka.KafkaMessage(headers=dict(record.headers), key=record.key, value=record.value)
 

@@ -84,21 +84,6 @@ async def endpoint() -> AsyncIterator[Endpoint]:
     await serving
 
 
-@pytest.fixture
-async def sinks() -> AsyncIterator:
-    opened = []
-
-    async def sink(url: str, options: dict | None = None):
-        s = open_sink(url, options)
-        await s.start()
-        opened.append(s)
-        return s
-
-    yield sink
-    for s in opened:
-        await s.stop()
-
-
 async def test_events_are_posted_in_binary_mode_over_one_kept_alive_connection(endpoint, sinks):
     sink = await sinks(endpoint.url)
     assert await sink.invoke(EVENT, 5) is None
