@@ -29,9 +29,3 @@ def parse_duration(value: str | int | float) -> float:
     if pieces and "".join(a + b for a, b in pieces) == text:
         return sum(float(amount) * _UNITS[unit] for amount, unit in pieces)
     raise ValueError(f"expected a duration such as 200ms, 5s, 1m30s or PT1S, got {value!r}")
-
-
-def format_duration(seconds: float) -> str:
-    if seconds < 1:
-        return f"{seconds * 1000:g}ms"
-    return f"{seconds:g}s"

@@ -48,9 +48,8 @@ class Replica:
         self.state = State.STARTING
         self.pid: int | None = None
         self.inflight = 0
-        self.created_at = time.monotonic()
         self.ready_at: float | None = None
-        self.last_used = self.created_at
+        self.last_used = time.monotonic()
         self.exit_reason: str | None = None
         self.on_close: Callable[[Replica], None] = lambda replica: None
         loop = asyncio.get_running_loop()

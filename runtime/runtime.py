@@ -200,7 +200,7 @@ class Runtime:
         return WorkerSpec(socket=str(self.hub.socket_path), replica=replica_id, directory=str(spec.directory),
                           handler=spec.handler, concurrency=spec.scale.concurrency,
                           env=self._environment(spec), memory_bytes=spec.memory_bytes,
-                          sys_path=extra + [p for p in sys.path if p])
+                          sys_path=extra)  # the rest of sys.path a replica has already
 
     def _on_log(self, replica: PythonReplica, stream: str, line: str) -> None:
         self.logs.write(replica.function, replica.name, stream, line)

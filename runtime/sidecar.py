@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
 
@@ -42,7 +42,6 @@ class DeliveryStats:
     replies: int = 0
     inflight: int = 0
     last_error: str | None = None
-    extra: dict = field(default_factory=dict)
 
 
 class Sidecar:
