@@ -156,12 +156,48 @@ def check_required(attributes: Mapping[str, Any]) -> None:
 
 
 def check_extensions(attributes: Mapping[str, Any]) -> None:
+    """Types CloudEvents allows, and strings that are valid Unicode (a lone surrogate such as
+    the JSON escape "\\ud800" parses, but cannot be stored or sent on)."""
     for name, value in attributes.items():
-        if isinstance(value, bool | int | str):
-            continue
-        raise InvalidEvent(
-            f"attribute {name!r} has a value of type {type(value).__name__}; "
-            "CloudEvents allows string, integer, boolean, binary, URI and timestamp", name)
+        if isinstance(value, str):
+            check_text(value, name)
+        elif not isinstance(value, bool | int):
+            raise InvalidEvent(
+                f"attribute {name!r} has a value of type {type(value).__name__}; "
+                "CloudEvents allows string, integer, boolean, binary, URI and timestamp", name)
+
+
+def check_text(value: str, attribute: str) -> None:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidEvent(f"attribute {attribute!r} is not valid Unicode: {exc.reason} at character "
+                           f"{exc.start}", attribute) from None
+
+
+# Extensions the mesh itself sets. Anyone may send them (a bridged event carries them),
+# but only well formed: a negative hop count would let a caller lengthen a reply loop.
+HOPS = "fmeshhops"
+INTERNAL_COUNTS = (HOPS, "fmeshattempts", "fmesherrorcode")
+MAX_COUNT_DIGITS = 9
+
+
+def checked_internal(attributes: dict[str, Any]) -> dict[str, Any]:
+    """`attributes` with the mesh's own counters as non-negative integers; InvalidEvent
+    naming the extension when one is anything else."""
+    for name in INTERNAL_COUNTS:
+        if name in attributes:
+            attributes[name] = _count(name, attributes[name])
+    return attributes
+
+
+def _count(name: str, value: Any) -> int:
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 10**MAX_COUNT_DIGITS:
+        return value
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= MAX_COUNT_DIGITS:
+        return int(value)
+    raise InvalidEvent(f"extension {name!r} is the mesh's own and must be a non-negative integer, "
+                       f"got {value!r:.40}", name)
 
 
 class ParsedEvent:
@@ -207,13 +243,19 @@ def first_attribute(exc: CloudEventValidationError) -> str | None:
 
 
 def from_sdk(event: BaseCloudEvent) -> Event:
+    """An event read at the edge of the mesh, checked: what it carries can be stored and sent on."""
     attributes: dict[str, Any] = {}
     for name, value in event.get_attributes().items():
         if value is None:
             continue
         attributes[name] = format_time(value) if isinstance(value, datetime) else value
     check_extensions(attributes)
-    return Event(attributes, encode_data(event.get_data(), attributes.get("datacontenttype")))
+    checked_internal(attributes)
+    try:
+        payload = encode_data(event.get_data(), attributes.get("datacontenttype"))
+    except UnicodeEncodeError as exc:
+        raise InvalidEvent(f"attribute 'data' is not valid Unicode: {exc.reason}", "data") from None
+    return Event(attributes, payload)
 
 
 def to_sdk(event: Event) -> ParsedEvent:
@@ -277,3 +319,34 @@ def to_record(event: Event) -> tuple[bytes, bytes | None]:
 
 def from_record(attributes: bytes | str, payload: bytes | None) -> Event:
     return Event(load_attributes(attributes), payload)
+
+
+UNDECODABLE_TYPE = "dev.fmesh.undecodable"
+
+
+def from_record_or_stub(attributes: bytes | str, payload: bytes | None, where: str) -> tuple[Event, str | None]:
+    """A stored event, and None; or, for a record that cannot be read back (corrupt, or
+    written by an older mesh that let a lone surrogate in), the best event that can be
+    made of it and why, so that it can be dead-lettered instead of failing every read."""
+    try:
+        return from_record(attributes, payload), None
+    except (ValueError, TypeError) as exc:
+        reason = f"stored event {where} cannot be decoded: {exc}"
+    try:
+        salvaged = json.loads(attributes)  # the stdlib reads lone surrogates, orjson does not
+    except (ValueError, TypeError):
+        salvaged = None
+    if isinstance(salvaged, dict):
+        fixed = {valid_text(str(k)): valid_text(v) if isinstance(v, str) else v for k, v in salvaged.items()}
+        fixed = {k: v for k, v in fixed.items() if isinstance(v, bool | int | str)}
+        if all(isinstance(fixed.get(name), str) and fixed[name] for name in REQUIRED):
+            return Event(fixed, payload), reason
+    raw = attributes if isinstance(attributes, bytes) else attributes.encode("utf-8", "surrogateescape")
+    stub = {"specversion": "1.0", "id": f"undecodable-{where.replace(' ', '-')}", "source": "/fmesh/store",
+            "type": UNDECODABLE_TYPE, "datacontenttype": "application/octet-stream"}
+    return Event(stub, raw + b"\n" + (payload or b"")), reason
+
+
+def valid_text(text: str) -> str:
+    """`text` with anything that is not valid Unicode (lone surrogates) replaced by '?'."""
+    return text.encode("utf-8", "replace").decode("utf-8")

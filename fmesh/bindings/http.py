@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from urllib.parse import unquote_to_bytes
 
 from cloudevents.core.bindings import http as sdk_http
 from cloudevents.core.formats.json import JSONFormat
@@ -35,6 +36,7 @@ def read_events(headers: Mapping[str, str], body: bytes) -> list[Event]:
     Raises InvalidEvent (400) naming the bad attribute, UnsupportedContentType (415).
     """
     if is_binary_mode(headers):
+        check_percent_encoding(headers)
         return [_read(sdk_http.from_binary, headers, body, RAW_FORMAT)]
     kind = media_type(headers)
     if kind == STRUCTURED:
@@ -42,6 +44,19 @@ def read_events(headers: Mapping[str, str], body: bytes) -> list[Event]:
     if kind == BATCH:
         return read_batch(body)
     raise UnsupportedContentType(headers.get("content-type", "(none)"))
+
+
+def check_percent_encoding(headers: Mapping[str, str]) -> None:
+    """The SDK decodes `ce-*` values leniently (bad UTF-8 becomes U+FFFD); refuse them instead,
+    so an attribute is stored exactly as the sender meant it or not at all."""
+    for name, value in headers.items():
+        if name.startswith("ce-") and "%" in value:
+            try:
+                unquote_to_bytes(value).decode("utf-8")
+            except UnicodeDecodeError as exc:
+                attribute = name[3:]
+                raise InvalidEvent(f"attribute {attribute!r}: the percent-encoded header {name} is not "
+                                   f"UTF-8 ({exc.reason} at byte {exc.start})", attribute) from None
 
 
 def _read(reader, headers: Mapping[str, str], body: bytes, fmt) -> Event:  # type: ignore[no-untyped-def]

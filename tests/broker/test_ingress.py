@@ -128,3 +128,57 @@ async def test_a_store_failure_is_503_and_not_acknowledged():
     async with httpx.AsyncClient(transport=transport, base_url="http://mesh") as client:
         response = await client.post("/", headers=BINARY)
     assert response.status_code == 503 and "disk full" in response.json()["error"]
+
+
+# -- strings that are not Unicode, and the mesh's own extensions --------------------------------
+
+STRUCTURED = {"content-type": "application/cloudevents+json"}
+LONE_SURROGATE = "\\ud800"  # the JSON escape of a lone UTF-16 surrogate: parses, but is no text
+
+
+@pytest.mark.parametrize("attribute", ["subject", "id", "partitionkey", "source"])
+async def test_a_lone_surrogate_in_a_structured_attribute_is_a_400_naming_it(setup, attribute):
+    client, log = setup
+    event = {"specversion": "1.0", "id": "1", "source": "/s", "type": "t"}
+    body = json.dumps(event)[:-1] + f', "{attribute}": "{LONE_SURROGATE}"}}'
+    response = await client.post("/", headers=STRUCTURED, content=body)
+    assert response.status_code == 400, response.text
+    assert response.json()["attribute"] == attribute and "not valid Unicode" in response.json()["error"]
+    assert await stored(log) == []
+
+
+async def test_a_lone_surrogate_in_structured_data_or_a_batch_is_a_400(setup):
+    client, log = setup
+    event = '{"specversion": "1.0", "id": "1", "source": "/s", "type": "t", "data": {"a": "' + LONE_SURROGATE + '"}}'
+    response = await client.post("/", headers=STRUCTURED, content=event)
+    assert response.status_code == 400 and response.json()["attribute"] == "data"
+    batch = '[{"specversion": "1.0", "id": "1", "source": "/s", "type": "t", "subject": "' + LONE_SURROGATE + '"}]'
+    response = await client.post("/", headers={"content-type": "application/cloudevents-batch+json"}, content=batch)
+    assert response.status_code == 400 and "batch item 0" in response.json()["error"]
+    assert await stored(log) == []
+
+
+async def test_a_percent_encoded_header_that_is_not_utf8_is_a_400_naming_the_attribute(setup):
+    client, log = setup
+    response = await client.post("/", headers={**BINARY, "ce-subject": "%ED%A0%80"})  # a surrogate, UTF-8 encoded
+    assert response.status_code == 400 and response.json()["attribute"] == "subject"
+    assert await stored(log) == []
+
+
+@pytest.mark.parametrize("value", ["-40", "x", "1.5", "99999999999999"])
+async def test_a_malformed_hop_count_from_outside_is_a_400(setup, value):
+    client, log = setup
+    response = await client.post("/", headers={**BINARY, "ce-fmeshhops": value})
+    assert response.status_code == 400 and response.json()["attribute"] == "fmeshhops"
+    structured = {"specversion": "1.0", "id": "1", "source": "/s", "type": "t", "fmeshattempts": -1}
+    response = await client.post("/", headers=STRUCTURED, content=json.dumps(structured))
+    assert response.status_code == 400 and response.json()["attribute"] == "fmeshattempts"
+    assert await stored(log) == []
+
+
+async def test_a_well_formed_hop_count_is_kept_as_an_integer(setup):
+    client, log = setup
+    response = await client.post("/", headers={**BINARY, "ce-fmeshhops": "3"})
+    assert response.status_code == 202
+    [event] = await stored(log)
+    assert event["fmeshhops"] == 3

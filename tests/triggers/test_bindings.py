@@ -157,3 +157,25 @@ def test_a_broken_nats_cloudevent_is_invalid():
     with pytest.raises(InvalidEvent, match="time"):
         nats_binding.read_message({"ce-specversion": "1.0", "ce-id": "1", "ce-type": "t", "ce-source": "/s",
                                    "ce-time": "yesterday"}, b"", "m")
+
+
+def test_a_lone_surrogate_is_refused_by_the_kafka_and_nats_bindings():
+    structured = b'{"specversion":"1.0","id":"1","source":"/s","type":"t","subject":"\\ud800"}'
+    record = Record(value=structured, headers=[("content-type", b"application/cloudevents+json")])
+    with pytest.raises(InvalidEvent, match="subject.*not valid Unicode"):
+        read_record(record)
+    with pytest.raises(InvalidEvent, match="subject.*not valid Unicode"):
+        nats_binding.read_message({}, structured, "message on x")
+    headers = {"ce-specversion": "1.0", "ce-id": "1", "ce-source": "/s", "ce-type": "t", "ce-subject": "%ED%A0%80"}
+    with pytest.raises(InvalidEvent, match="UTF-8"):
+        nats_binding.read_message(headers, b"", "message on x")
+
+
+def test_a_negative_hop_count_is_refused_by_the_kafka_and_nats_bindings():
+    binary = [("ce_specversion", b"1.0"), ("ce_id", b"1"), ("ce_source", b"/s"), ("ce_type", b"t"),
+              ("ce_fmeshhops", b"-40")]
+    with pytest.raises(InvalidEvent, match="fmeshhops"):
+        read_record(Record(value=b"", headers=binary))
+    headers = {"ce-specversion": "1.0", "ce-id": "1", "ce-source": "/s", "ce-type": "t", "ce-fmeshhops": "-40"}
+    with pytest.raises(InvalidEvent, match="fmeshhops"):
+        nats_binding.read_message(headers, b"", "message on x")
