@@ -117,24 +117,29 @@ class Broker:
         if drop_pending:
             await self.log.drop_subscription(name)
 
-    async def replay(self, letters: Sequence[DeadLetter]) -> int:
-        """Deliver dead letters again, to the subscription each failed in (reset attempts).
+    async def replay(self, ids: Sequence[int]) -> tuple[list[DeadLetter], list[int]]:
+        """Deliver dead letters again, to the subscription each failed in (attempts reset),
+        in one store operation: a failure leaves every letter where it was.
 
-        A letter whose subscription is gone is published anew through the router instead.
-        """
-        direct, republish = [], []
-        for letter in letters:
+        A letter whose subscription is gone is routed anew. Returns the letters replayed,
+        and the ids of those that nothing would take now (they stay dead letters)."""
+        targets: dict[int, list[str]] = {}  # filled idempotently: a store may run this more than once
+
+        def requeue(letter: DeadLetter) -> tuple[Event, list[str]]:
             event = without_error_context(letter.event)
-            if letter.subscription in self._queues:
-                direct.append((event, [letter.subscription]))
-            else:
-                republish.append(event)
-        await self.log.append(direct)
-        for _, (sub,) in direct:
-            self._queues[sub].wake()
-        if republish:
-            await self.publish(republish)
-        return len(letters)
+            targets[letter.id] = self._home_of(letter, event)
+            return event, targets[letter.id]
+
+        letters = await self.log.replay_dead_letters(ids, requeue)
+        for letter in letters:
+            for sub in targets[letter.id]:
+                self._queues[sub].wake()
+        return letters, sorted(i for i, subs in targets.items() if not subs)
+
+    def _home_of(self, letter: DeadLetter, event: Event) -> list[str]:
+        if letter.subscription in self._queues:
+            return [letter.subscription]
+        return self.router.match(event.attributes)
 
     async def redirect(self, delivery: Delivery, subscription: str, event: Event) -> bool:
         """Hand a delivery to another subscription; False when there is no such subscription."""

@@ -9,13 +9,17 @@ log releases them, which is what makes delivery at-least-once.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
 
 from fmesh.contracts import Claimed, DeadLetter, Delivery
 from fmesh.events import Event
 
-__all__ = ["Claimed", "DeadLetter", "Delivery", "EventLog"]
+__all__ = ["Claimed", "DeadLetter", "Delivery", "EventLog", "Requeue"]
+
+# Where a replayed dead letter goes: the event to deliver again and its subscriptions
+# (none: the letter stays where it is).
+Requeue = Callable[[DeadLetter], tuple[Event, Sequence[str]]]
 
 
 @runtime_checkable
@@ -59,8 +63,11 @@ class EventLog(Protocol):
 
     async def dead_letters(self, subscription: str | None = None, limit: int = 1000) -> list[DeadLetter]: ...
 
-    async def remove_dead_letters(self, ids: Sequence[int]) -> list[DeadLetter]:
-        """Delete dead letters by id, returning what was removed (for replay)."""
+    async def replay_dead_letters(self, ids: Sequence[int], requeue: Requeue) -> list[DeadLetter]:
+        """In one atomic step, turn the dead letters `ids` back into deliveries where
+        `requeue` says; returns the letters moved. A failure moves none of them.
+        `requeue` may be called more than once for a letter (a store may retry), so it
+        must give the same answer each time."""
 
     async def purge_dead_letters(self, subscription: str | None = None, before: float | None = None) -> int:
         """Delete dead letters (of one subscription, or failed before a time); returns how many."""

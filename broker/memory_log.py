@@ -10,6 +10,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from fmesh.broker.log import Requeue
+
 from fmesh.contracts import Claimed, DeadLetter, Delivery
 from fmesh.events import Event, ordering_key
 
@@ -90,8 +92,13 @@ class MemoryEventLog:
         found = [d for d in self._dead.values() if subscription in (None, d.subscription)]
         return found[:limit]
 
-    async def remove_dead_letters(self, ids: Sequence[int]) -> list[DeadLetter]:
-        return [self._dead.pop(i) for i in ids if i in self._dead]
+    async def replay_dead_letters(self, ids: Sequence[int], requeue: Requeue) -> list[DeadLetter]:
+        routed = [(self._dead[i], requeue(self._dead[i])) for i in dict.fromkeys(ids) if i in self._dead]
+        moved = [(letter, event, subs) for letter, (event, subs) in routed if subs]
+        await self.append([(event, subs) for _, event, subs in moved])  # raises before any letter goes
+        for letter, _, _ in moved:
+            del self._dead[letter.id]
+        return [letter for letter, _, _ in moved]
 
     async def purge_dead_letters(self, subscription: str | None = None, before: float | None = None) -> int:
         doomed = [i for i, d in self._dead.items() if subscription in (None, d.subscription)

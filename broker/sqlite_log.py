@@ -19,15 +19,17 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from fmesh.broker.log import Requeue
+
 from fmesh.contracts import Claimed, DeadLetter, Delivery
 from fmesh.errors import StoreError
-from fmesh.events import Event, from_record, ordering_key, to_record
+from fmesh.events import Event, from_record_or_stub, ordering_key, to_record
 
 CHECKPOINT_EVERY = 1.0  # seconds between background WAL checkpoints
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS deliveries(
-    id INTEGER PRIMARY KEY,
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
     subscription TEXT NOT NULL,
     attributes BLOB NOT NULL,
     payload BLOB,
@@ -37,10 +39,12 @@ CREATE TABLE IF NOT EXISTS deliveries(
     last_error TEXT,
     okey TEXT                      -- the partitionkey, for ordered subscriptions
 );
+-- AUTOINCREMENT: an id is never given twice, so a late ack cannot remove a newer
+-- delivery, and a script that replays dead letters by id cannot hit a different one.
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries(subscription, claimed, due_at);
 CREATE INDEX IF NOT EXISTS deliveries_key ON deliveries(subscription, okey, id);
 CREATE TABLE IF NOT EXISTS dead_letters(
-    id INTEGER PRIMARY KEY,
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
     subscription TEXT NOT NULL,
     attributes BLOB NOT NULL,
     payload BLOB,
@@ -64,6 +68,19 @@ ORDERED_CLAIM = ("SELECT id, attributes, payload, attempts, last_error FROM deli
                  "AND e.id<d.id)) ORDER BY due_at, id LIMIT ?")
 
 INSERT = "INSERT INTO deliveries(subscription, attributes, payload, due_at, okey) VALUES (?,?,?,?,?)"
+
+
+def migrate_ids(conn: sqlite3.Connection) -> None:
+    """Meshes before AUTOINCREMENT reused the highest id after a delete: rebuild those tables."""
+    for table in ("deliveries", "dead_letters"):
+        row = conn.execute("SELECT sql FROM sqlite_master WHERE type='table' AND name=?", (table,)).fetchone()
+        if row is None or "AUTOINCREMENT" in row[0]:
+            continue
+        indexes = conn.execute("SELECT name FROM sqlite_master WHERE type='index' AND tbl_name=? "
+                               "AND sql IS NOT NULL", (table,)).fetchall()
+        drops = "".join(f"DROP INDEX {name};" for (name,) in indexes)
+        conn.executescript(f"BEGIN IMMEDIATE; ALTER TABLE {table} RENAME TO {table}_old; {drops} {SCHEMA}"
+                           f"INSERT INTO {table} SELECT * FROM {table}_old; DROP TABLE {table}_old; COMMIT;")
 
 
 class Append:
@@ -117,6 +134,7 @@ class SqliteEventLog:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA synchronous={'FULL' if self._sync == 'full' else 'NORMAL'}")
         conn.execute("PRAGMA wal_autocheckpoint=0")  # the Checkpointer does it, off the loop
+        migrate_ids(conn)
         conn.executescript(SCHEMA)
         # Claims belong to the process that made them; a new process starts with none.
         conn.execute("UPDATE deliveries SET claimed=0 WHERE claimed=1")
@@ -196,7 +214,7 @@ class SqliteEventLog:
             nxt = conn.execute(
                 "SELECT min(due_at) FROM deliveries WHERE subscription=? AND claimed=0 AND due_at>?",
                 (subscription, now)).fetchone()[0]
-            deliveries = [Delivery(r[0], subscription, from_record(r[1], r[2]), r[3], r[4]) for r in rows]
+            deliveries = [_delivery(r, subscription) for r in rows]
             return Claimed(deliveries, nxt)
 
         return await self._submit(op)
@@ -242,17 +260,25 @@ class SqliteEventLog:
             f"FROM dead_letters {where} ORDER BY id LIMIT ?", (*args, limit)).fetchall())
         return [_dead_letter(r) for r in rows]
 
-    async def remove_dead_letters(self, ids: Sequence[int]) -> list[DeadLetter]:
+    async def replay_dead_letters(self, ids: Sequence[int], requeue: Requeue) -> list[DeadLetter]:
         def op(conn: sqlite3.Connection) -> list[DeadLetter]:
-            found = []
-            for i in ids:
+            moved, now = [], time.time()
+            for i in dict.fromkeys(ids):
                 row = conn.execute(
                     "SELECT id, subscription, attributes, payload, attempts, reason, status, error, "
                     "failed_at FROM dead_letters WHERE id=?", (i,)).fetchone()
-                if row:
-                    found.append(_dead_letter(row))
-                    conn.execute("DELETE FROM dead_letters WHERE id=?", (i,))
-            return found
+                if row is None:
+                    continue
+                letter = _dead_letter(row)
+                event, subscriptions = requeue(letter)
+                if not subscriptions:
+                    continue
+                attributes, payload = to_record(event)
+                conn.executemany(INSERT, [(sub, attributes, payload, now, ordering_key(event))
+                                          for sub in subscriptions])
+                conn.execute("DELETE FROM dead_letters WHERE id=?", (i,))
+                moved.append(letter)
+            return moved
 
         return await self._submit(op)
 
@@ -304,8 +330,14 @@ def _dead_letter_filter(subscription: str | None, before: float | None) -> tuple
     return ("WHERE " + " AND ".join(clauses) if clauses else ""), tuple(args)
 
 
+def _delivery(row: tuple, subscription: str) -> Delivery:
+    event, undecodable = from_record_or_stub(row[1], row[2], f"delivery {row[0]}")
+    return Delivery(row[0], subscription, event, row[3], row[4], undecodable)
+
+
 def _dead_letter(row: tuple) -> DeadLetter:
-    return DeadLetter(row[0], row[1], from_record(row[2], row[3]), row[4], row[5], row[6], row[7], row[8])
+    event, _ = from_record_or_stub(row[2], row[3], f"dead letter {row[0]}")
+    return DeadLetter(row[0], row[1], event, row[4], row[5], row[6], row[7], row[8])
 
 
 class Checkpointer(threading.Thread):

@@ -15,7 +15,7 @@ from fmesh.deploy.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from fmesh.deploy.metrics import metrics_text
 from pydantic import BaseModel, Field
 
-from fmesh.errors import DeployError
+from fmesh.errors import DeployError, StoreError
 from fmesh.node import Node
 
 
@@ -162,10 +162,12 @@ def create_app(node: Node, control: ControlPlane, token: str) -> FastAPI:
         ids = list(request.ids)
         if request.function:
             ids += [d.id for d in await node.log.dead_letters(subscription_of(request.function), 100_000)]
-        letters = await node.log.remove_dead_letters(ids)
-        missing = sorted(set(request.ids) - {d.id for d in letters})
-        await node.broker.replay(letters)
-        return {"replayed": len(letters), "not_found": missing}
+        try:
+            letters, unrouted = await node.broker.replay(ids)
+        except StoreError as exc:
+            raise HTTPException(503, f"nothing replayed: {exc}") from exc
+        missing = set(request.ids) - {d.id for d in letters} - set(unrouted)
+        return {"replayed": len(letters), "not_found": sorted(missing), "not_routed": unrouted}
 
     @app.delete("/v1/dead-letters", dependencies=auth, summary="Purge dead letters")
     async def purge(function: str | None = None) -> dict[str, Any]:

@@ -272,6 +272,9 @@ def dead_letters(
             if replay or replay_all:
                 result = mesh_client.replay_dead_letters(replay or [], replay_all)
                 console.print(f"replayed {result['replayed']} dead letter(s)")
+                if result.get("not_routed"):
+                    fail(f"dead letter(s) {', '.join(map(str, result['not_routed']))} kept: their subscription "
+                         "is gone and no deployed filter matches them now")
                 if result["not_found"]:
                     fail(f"no dead letter with id {', '.join(map(str, result['not_found']))}")
                 return

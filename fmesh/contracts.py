@@ -22,6 +22,7 @@ class Delivery:
     event: Event
     attempts: int = 0
     last_error: str | None = None
+    undecodable: str | None = None   # why the stored event could not be read back (then dead-lettered)
 
 
 @dataclass(slots=True)
