@@ -10,8 +10,10 @@ to the broker with a hop count, so a loop of replies ends in the dead letters.
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
@@ -19,12 +21,14 @@ from typing import Protocol
 from fmesh.runtime.policy import DeliveryPolicy
 from fmesh.runtime.replica import ReplyData, Result
 
+from fmesh.bindings.common import describe
 from fmesh.contracts import Claimed, DeadLetter, Delivery, DeliveryQueue, Publisher
 from fmesh.errors import FmeshError, HandlerError, InvalidEvent, StoreError
-from fmesh.events import Event, check_required, format_time, with_extension
+from fmesh.events import HOPS, Event, check_extensions, check_required, format_time, valid_text, with_extension
 
-HOPS = "fmeshhops"
 ERROR_DATA_BYTES = 1024
+STORE_RETRY_FIRST = 0.05     # seconds before a failed store operation is tried again, doubling
+STORE_RETRY_MAX = 5.0
 
 
 class Target(Protocol):
@@ -56,6 +60,7 @@ class Sidecar:
         self.max_inflight = max_inflight
         self.stats = DeliveryStats()
         self._inflight: set[asyncio.Task] = set()
+        self._releasing: set[asyncio.Task] = set()
         self._loop_task: asyncio.Task | None = None
         self._acks = AckBatcher(queue)
 
@@ -85,50 +90,98 @@ class Sidecar:
             raise
 
     async def _run(self) -> None:
+        """Claim and start deliveries for as long as the sidecar runs. Nothing ends this loop
+        but `stop`: a failing claim (a store fault, a bug) is reported and tried again."""
+        failures = 0
         while True:
-            capacity = self.max_inflight - len(self._inflight)
-            timeout: float | None = None
-            if capacity > 0:
-                try:
-                    claimed = await self._claim(capacity)
-                except StoreError as exc:
-                    self.stats.last_error = str(exc)
-                    await asyncio.sleep(1.0)
-                    continue
-                for delivery in claimed.deliveries:
-                    self._begin(delivery)
-                if len(claimed.deliveries) == capacity:
-                    continue  # full batch: there may be more due right now
-                if claimed.next_due_at is not None:
-                    timeout = max(0.0, claimed.next_due_at - time.time())
-            await self.queue.wait(timeout)
+            try:
+                await self._turn()
+                failures = 0
+            except Exception as exc:  # noqa: BLE001 - a sidecar never dies (see the module docstring)
+                failures += 1
+                self.stats.last_error = f"claiming deliveries failed: {describe(exc)}"
+                await asyncio.sleep(min(STORE_RETRY_MAX, STORE_RETRY_FIRST * 2 ** failures))
+
+    async def _turn(self) -> None:
+        capacity = self.max_inflight - len(self._inflight)
+        timeout: float | None = None
+        if capacity > 0:
+            claimed = await self._claim(capacity)
+            for delivery in claimed.deliveries:
+                self._begin(delivery)
+            if len(claimed.deliveries) == capacity:
+                return  # full batch: there may be more due right now
+            if claimed.next_due_at is not None:
+                timeout = max(0.0, claimed.next_due_at - time.time())
+        await self.queue.wait(timeout)
 
     def _begin(self, delivery: Delivery) -> None:
         task = asyncio.get_running_loop().create_task(self._deliver(delivery))
         self._inflight.add(task)
         self.stats.inflight = len(self._inflight)
-        task.add_done_callback(self._done)
+        task.add_done_callback(lambda done: self._done(done, delivery))
 
-    def _done(self, task: asyncio.Task) -> None:
+    def _done(self, task: asyncio.Task, delivery: Delivery) -> None:
         self._inflight.discard(task)
         self.stats.inflight = len(self._inflight)
+        if not task.cancelled() and task.exception() is not None:
+            # A bug, not a verdict on the event: give it back, so it is delivered again.
+            self.stats.last_error = f"delivering {delivery.event.id} failed: {describe(task.exception())}"
+            print(f"fmesh: sidecar {self.name}: {self.stats.last_error}", file=sys.stderr)
+            self._spawn_release(delivery)
         self.queue.wake()  # a slot is free
+
+    def _spawn_release(self, delivery: Delivery) -> None:
+        task = asyncio.get_running_loop().create_task(self._release(delivery))
+        self._releasing.add(task)
+        task.add_done_callback(self._releasing.discard)
+
+    async def _release(self, delivery: Delivery) -> None:
+        try:
+            await self.queue.release([delivery.id])
+        except StoreError as exc:  # the claim then lasts until the store restarts
+            self.stats.last_error = f"could not release delivery of {delivery.event.id}: {exc}"
 
     async def _deliver(self, delivery: Delivery) -> None:
         try:
+            if delivery.undecodable is not None:
+                await self._settle_failure(delivery, HandlerError(delivery.undecodable, retryable=False))
+                return
+            error = await self._attempt(delivery)
+            if error is None:
+                await self._until_stored(lambda: self._acks.ack(delivery.id), "ack")
+                self.stats.delivered += 1
+            else:
+                await self._settle_failure(delivery, error)
+        except asyncio.CancelledError:
+            await asyncio.shield(self._release(delivery))  # not done: someone else may
+            raise
+
+    async def _attempt(self, delivery: Delivery) -> HandlerError | None:
+        """One attempt at the event; None when it succeeded (and its reply is stored)."""
+        try:
             result = await self.target.invoke(delivery.event, self.policy.timeout)
             await self._publish_reply(delivery, result)
-        except asyncio.CancelledError:
-            await asyncio.shield(self.queue.release([delivery.id]))  # not done: someone else may
-            raise
         except HandlerError as exc:
-            await self._failed(delivery, exc)
-            return
+            return exc
         except StoreError as exc:  # the reply could not be stored: try the event again
-            await self._failed(delivery, HandlerError(f"reply not stored: {exc}"))
-            return
-        await self._acks.ack(delivery.id)
-        self.stats.delivered += 1
+            return HandlerError(f"reply not stored: {exc}")
+        except Exception as exc:  # noqa: BLE001 - the event itself breaks the mesh's own code
+            return HandlerError(f"the mesh cannot deliver this event: {describe(exc)}", retryable=False)
+        return None
+
+    async def _until_stored(self, operation: Callable[[], Awaitable[None]], what: str) -> None:
+        """Run a store operation until it succeeds: an ack or retry that is lost would leave
+        the delivery claimed for good. Until then the delivery keeps its slot."""
+        delay = STORE_RETRY_FIRST
+        while True:
+            try:
+                await operation()
+                return
+            except StoreError as exc:
+                self.stats.last_error = f"{what} not stored yet, retrying in {delay:g}s: {exc}"
+                await asyncio.sleep(delay)
+                delay = min(STORE_RETRY_MAX, delay * 2)
 
     async def _publish_reply(self, delivery: Delivery, result: Result) -> None:
         if result is None:
@@ -151,32 +204,40 @@ class Sidecar:
         hops = _hops(incoming) + 1
         if isinstance(result, Event):
             check_required(result.attributes)
+            check_extensions(result.attributes)
             return with_extension(result, **{HOPS: hops})
         attributes = {"specversion": "1.0", "id": str(uuid.uuid4()), "source": self.source,
                       "type": f"{incoming.type}.reply", "time": format_time_now(),
                       "datacontenttype": result.content_type, HOPS: hops}
         return Event(attributes, result.payload)
 
-    async def _failed(self, delivery: Delivery, error: HandlerError) -> None:
+    async def _settle_failure(self, delivery: Delivery, error: HandlerError) -> None:
+        """Schedule the next attempt, or dead-letter the event after the last."""
         self.stats.failed += 1
         self.stats.last_error = str(error)
         attempt = delivery.attempts + 1
         if error.retryable and attempt <= self.policy.retries:
-            delay = self.policy.backoff_for(attempt)
-            if error.retry_after is not None:
-                delay = max(delay, min(error.retry_after, self.policy.retry_after_cap))
-            await self.queue.retry(delivery, time.time() + delay, str(error))
+            due = time.time() + self._retry_delay(attempt, error)
+            await self._until_stored(lambda: self.queue.retry(delivery, due, str(error)), "retry")
             self.stats.retried += 1
             return
-        await self._dead_letter(delivery, error, attempt)
+        await self._until_stored(lambda: self._dead_letter(delivery, error, attempt), "dead letter")
+        self.stats.dead_lettered += 1
+
+    def _retry_delay(self, attempt: int, error: HandlerError) -> float:
+        delay = self.policy.backoff_for(attempt)
+        if error.retry_after is not None:
+            delay = max(delay, min(error.retry_after, self.policy.retry_after_cap))
+        return delay
 
     async def _dead_letter(self, delivery: Delivery, error: HandlerError, attempts: int) -> None:
         event = with_error_context(delivery.event, self.name, error, attempts)
-        self.stats.dead_lettered += 1
         target = self.policy.dead_letter
         if target and await self.queue.redirect(delivery, target, event):
             return
         reason = "not retryable" if not error.retryable else f"gave up after {attempts} attempts"
+        if delivery.undecodable is not None:
+            reason = "undecodable"
         await self.queue.dead_letter(delivery, DeadLetter(
             0, self.name, event, attempts, reason, error.status, str(error)[:ERROR_DATA_BYTES], time.time()))
 
@@ -219,7 +280,7 @@ def _copy_outcome(done: asyncio.Task, future: asyncio.Future | None) -> None:
 def with_error_context(event: Event, where: str, error: FmeshError, attempts: int) -> Event:
     """The event with extensions saying where and how it failed (as Knative's knativeerror*)."""
     # Names as in fmesh.events.ERROR_EXTENSIONS, which replay strips again.
-    extensions = {"fmesherrordest": where, "fmesherrordata": str(error)[:ERROR_DATA_BYTES],
+    extensions = {"fmesherrordest": where, "fmesherrordata": valid_text(str(error)[:ERROR_DATA_BYTES]),
                   "fmeshattempts": attempts}
     status = getattr(error, "status", None)
     if status is not None:
@@ -228,8 +289,9 @@ def with_error_context(event: Event, where: str, error: FmeshError, attempts: in
 
 
 def _hops(event: Event) -> int:
+    """The ingress refuses a malformed count; this guards events stored before it did."""
     try:
-        return int(event.get(HOPS, 0))
+        return max(0, int(event.get(HOPS, 0)))
     except (TypeError, ValueError):
         return 0
 

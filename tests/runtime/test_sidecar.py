@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
 from fmesh.broker.broker import Broker
+from fmesh.broker.faulty_log import FaultyEventLog
 from fmesh.broker.filters import compile_shorthand
 from fmesh.broker.memory_log import MemoryEventLog
 from fmesh.runtime.policy import DeliveryPolicy
@@ -41,13 +43,15 @@ class Scripted:
             self.inflight -= 1
 
 
-async def run(target, policy, events, max_inflight=4, until=None, timeout=5.0):
-    log = MemoryEventLog()
+async def run(target, policy, events, max_inflight=4, until=None, timeout=5.0, log=None, before=None):
+    log = log or MemoryEventLog()
     broker = Broker(log)
     queue = broker.subscribe("function:f", compile_shorthand({"type": "t"}))
     broker.subscribe("replies", compile_shorthand({"type": {"suffix": ".reply"}}))
     sidecar = Sidecar("function:f", "/fmesh/functions/f", queue, target, broker, policy, max_inflight)
     sidecar.start()
+    if before is not None:
+        await before(log)
     await broker.publish(events)
     deadline = time.monotonic() + timeout
     while not (until or (lambda s: s.delivered + s.dead_lettered >= len(events)))(sidecar.stats):
@@ -128,3 +132,88 @@ async def test_backoff_grows_and_is_capped():
         assert base * 0.5 <= policy.backoff_for(attempt) <= base
     linear = DeliveryPolicy(backoff="linear", delay=1.0)
     assert 1.5 <= linear.backoff_for(3) <= 3
+
+
+# -- faults: none of these may end the sidecar or lose an event ------------------------------
+
+async def test_a_failing_ack_is_retried_until_stored_and_the_sidecar_goes_on():
+    log = FaultyEventLog(MemoryEventLog())
+    log.fail("ack", times=3)
+    events = [new_event("t", "/s") for _ in range(5)]
+    sidecar, _, _ = await run(Scripted(), DeliveryPolicy(), events, log=log,
+                              until=lambda s: s.delivered == 5)
+    assert log.failed["ack"] == 3
+    assert await log.pending("function:f") == 0  # every claim ended in a stored ack
+
+
+async def test_a_failing_retry_is_retried_and_the_event_is_delivered_again():
+    log = FaultyEventLog(MemoryEventLog())
+    log.fail("retry", times=2)
+    target = Scripted(failures=1)
+    sidecar, _, _ = await run(target, DeliveryPolicy(retries=2, delay=0.01), [new_event("t", "/s")], log=log)
+    assert log.failed["retry"] == 2
+    assert sidecar.stats.delivered == 1 and sum(target.attempts.values()) == 2
+    assert await log.pending("function:f") == 0
+
+
+async def test_a_failing_dead_letter_is_retried_until_the_letter_is_stored():
+    log = FaultyEventLog(MemoryEventLog())
+    log.fail("dead_letter", times=2)
+    sidecar, _, _ = await run(Scripted(failures=9), DeliveryPolicy(retries=0), [new_event("t", "/s")], log=log)
+    assert log.failed["dead_letter"] == 2 and len(await log.dead_letters()) == 1
+    assert await log.pending("function:f") == 0
+
+
+async def test_a_claim_that_raises_anything_does_not_end_the_sidecar():
+    log = FaultyEventLog(MemoryEventLog())
+
+    async def break_claims(log):
+        log.fail("claim", times=2, error=lambda: ValueError("a bug in the store"))
+
+    sidecar, _, _ = await run(Scripted(), DeliveryPolicy(), [new_event("t", "/s")], log=log, before=break_claims)
+    assert log.failed["claim"] == 2 and sidecar.stats.delivered == 1
+
+
+async def test_an_event_that_breaks_the_mesh_itself_is_dead_lettered_with_the_reason():
+    class Recursing(Scripted):
+        async def invoke(self, event, timeout):
+            if event.data == {"poison": True}:
+                raise RecursionError("maximum recursion depth exceeded while encoding a JSON object")
+            return await super().invoke(event, timeout)
+
+    events = [new_event("t", "/s", {"poison": True}), new_event("t", "/s", {"poison": False})]
+    sidecar, log, _ = await run(Recursing(), DeliveryPolicy(retries=3, delay=0.01), events)
+    [letter] = await log.dead_letters()
+    assert letter.reason == "not retryable" and "RecursionError" in letter.error
+    assert sidecar.stats.delivered == 1
+
+
+async def test_an_undecodable_stored_event_is_dead_lettered_and_the_next_one_delivered(tmp_path):
+    import sqlite3
+
+    from fmesh.broker.sqlite_log import SqliteEventLog
+
+    log = SqliteEventLog(tmp_path / "mesh.db")
+    await log.open()
+
+    async def poison(log):
+        raw = sqlite3.connect(log.path, isolation_level=None)
+        raw.execute("INSERT INTO deliveries(subscription, attributes, due_at) VALUES (?, ?, 0)",
+                    ("function:f", b'{"specversion":"1.0","id":"p","source":"/s","type":"t","subject":"\\ud800"}'))
+        raw.close()
+
+    target = Scripted()
+    sidecar, _, _ = await run(target, DeliveryPolicy(), [new_event("t", "/s")], log=log, before=poison)
+    [letter] = await log.dead_letters()
+    assert letter.reason == "undecodable" and "surrogate" in letter.error and letter.event.id == "p"
+    assert sidecar.stats.delivered == 1 and "p" not in target.attempts
+    await log.close()
+
+
+async def test_a_hop_count_sent_from_outside_cannot_lengthen_a_reply_loop():
+    from fmesh.errors import InvalidEvent
+    from fmesh.events import checked_internal
+
+    with pytest.raises(InvalidEvent, match="fmeshhops"):
+        checked_internal({"fmeshhops": "-40"})
+    assert checked_internal({"fmeshhops": "3"}) == {"fmeshhops": 3}
