@@ -16,6 +16,7 @@ from fmesh.runtime.worker import WorkerSpec
 
 from fmesh.errors import HandlerError
 
+SPAWN_TIMEOUT = 10.0                     # seconds the zygote may take to fork one replica
 OnExit = Callable[[str, str], None]      # (replica id, how it ended)
 OnOutput = Callable[[str], None]         # a line the launcher itself printed
 
@@ -113,7 +114,9 @@ class ZygoteLauncher:
         request = json.dumps({"op": "spawn", "spec": json.loads(spec.to_json())}) + "\n"
         self._process.stdin.write(request.encode())  # type: ignore[union-attr]
         try:
-            return await asyncio.wait_for(spawned, 10)
+            return await asyncio.wait_for(spawned, SPAWN_TIMEOUT)
+        except TimeoutError:
+            raise HandlerError(f"the zygote did not fork a replica within {SPAWN_TIMEOUT:g}s") from None
         finally:
             self._spawns.pop(spec.replica, None)
 

@@ -169,6 +169,10 @@ class RunnerPool:
         except HandlerError as exc:
             self._start_failed(replica, exc)
             return
+        except Exception as exc:  # noqa: BLE001 - any failure to start is a failed start, with backoff
+            self._start_failed(replica, HandlerError(f"{type(exc).__name__}: {exc}" if str(exc) else
+                                                     type(exc).__name__))
+            return
         self._start_failures, self._start_error = 0, None
         self._note(f"{replica.name} ready in {(time.monotonic() - started) * 1000:.1f}ms (pid {replica.pid})")
         self._dispatch()

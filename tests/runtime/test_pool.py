@@ -184,3 +184,31 @@ async def test_scale_down_waits_for_the_stable_window(zygote):
             break
         await asyncio.sleep(0.05)
     assert not pool.replicas
+
+
+async def test_a_launch_that_times_out_is_a_failed_start_and_the_pool_recovers(zygote, monkeypatch):
+    import os
+    import signal
+    import time
+
+    from fmesh.runtime import launcher
+
+    monkeypatch.setattr(launcher, "SPAWN_TIMEOUT", 0.3)
+    pool = zygote.pool("pid", ScalePolicy(max=1, start_timeout=5))
+    zygote_pid = zygote.launcher._process.pid
+    os.kill(zygote_pid, signal.SIGSTOP)  # a wedged zygote: the spawn request is never answered
+    try:
+        with pytest.raises(HandlerError, match="did not fork a replica within 0.3s"):
+            await pool.invoke(new_event("t", "/s"), timeout=5)
+        assert pool.status().starting == 0  # counted as failed, not left starting for ever
+    finally:
+        os.kill(zygote_pid, signal.SIGCONT)
+    deadline = time.monotonic() + 10
+    while True:  # the failed start backs off; once it has passed, starting works again
+        try:
+            await pool.invoke(new_event("t", "/s"), timeout=5)
+            break
+        except HandlerError:
+            assert time.monotonic() < deadline, "the pool never recovered"
+            await asyncio.sleep(0.1)
+    assert pool.status().ready == 1
