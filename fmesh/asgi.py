@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
+from urllib.parse import unquote
 
 import orjson
 
@@ -17,6 +18,15 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 JSON_HEADERS = [(b"content-type", b"application/json")]
+
+# What a mesh node serves itself: the ingress at `/`, and these paths and all below them.
+MESH_PATHS = ("/v1", "/docs", "/redoc", "/openapi.json", "/healthz", "/metrics", "/ui")
+
+
+def is_mesh_path(path: str) -> bool:
+    """Whether `path` (as a trigger would be configured) is, or is under, one the mesh serves."""
+    plain = unquote(path).rstrip("/") or "/"
+    return plain == "/" or any(plain == own or plain.startswith(own + "/") for own in MESH_PATHS)
 
 
 async def respond(send: Send, status: int, body: dict[str, Any], headers: list | None = None) -> None:

@@ -14,7 +14,7 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from fmesh.asgi import ASGIApp, Receive, Scope, Send, respond
+from fmesh.asgi import ASGIApp, Receive, Scope, Send, is_mesh_path, respond
 from fmesh.broker.broker import Broker
 from fmesh.broker.filters import Filter
 from fmesh.broker.ingress import Ingress
@@ -110,7 +110,7 @@ class Node:
         """Start a source of events; replaces a running trigger of that name."""
         trigger = build_trigger(name, entry, self.broker.publish, self.log)
         path = getattr(trigger, "path", None)
-        if path is not None and (path == "/" or path.startswith("/v1/") or path in ("/docs", "/healthz")):
+        if path is not None and is_mesh_path(path):
             raise TriggerConfigError(f"triggers.{name}.http.path", f"{path} is taken by the mesh itself")
         owner = next((n for n, t in self.triggers.items() if getattr(t, "path", None) == path and n != name), None)
         if path is not None and owner is not None:

@@ -33,6 +33,7 @@ from pydantic import (
     model_validator,
 )
 
+from fmesh.asgi import MESH_PATHS, is_mesh_path
 from fmesh.durations import parse_duration
 from fmesh.errors import TriggerConfigError
 
@@ -344,6 +345,14 @@ class HttpTriggerConfig(Strict):
     source: str | None = Field(None, description="source of events from plain requests; default the path")
     max_body: Size = Field(1024 * 1024, description="largest accepted body; larger gets 413")
     auth: WebhookAuth | None = Field(None, description="required credentials; none means open")
+
+    @field_validator("path")
+    @classmethod
+    def _not_the_mesh_own(cls, value: str) -> str:
+        if is_mesh_path(value):
+            raise ValueError(f"{value} is served by the mesh itself (/, {', '.join(MESH_PATHS)} and what is "
+                             "under them); choose another path, e.g. /hooks/...")
+        return value
 
 
 # -- one manifest entry ----------------------------------------------------------------

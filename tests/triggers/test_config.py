@@ -6,7 +6,7 @@ import pytest
 from fmesh.broker.memory_log import MemoryEventLog
 from fmesh.runtime.sinks import SinkOptions, open_sink
 from fmesh.triggers.base import Trigger
-from fmesh.triggers.config import TriggerEntry
+from fmesh.triggers.config import HttpTriggerConfig, TriggerEntry
 from fmesh.triggers.kafka import KafkaTrigger
 from fmesh.triggers.kafka_client import client_options
 from fmesh.triggers.nats import NatsTrigger
@@ -61,6 +61,9 @@ def test_durations_sizes_and_lists_are_read_as_people_write_them():
     ({"timer": {"every": "5s", "cron": "* * * * *"}}, "timer", "exactly one of cron or every"),
     ({"timer": {"every": "5s", "extensions": {"Bad-Name": "x"}}}, "timer.extensions.Bad-Name", "pattern"),
     ({"http": {"path": "hooks"}}, "http.path", "pattern"),
+    *[({"http": {"path": path}}, "http.path", "served by the mesh itself") for path in (
+        "//", "/metrics", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc", "/healthz", "/ui",
+        "/ui/app.js", "/v1", "/v1/apply", "/v1/functions/x/logs", "/metrics/", "/%76%31/apply")],
     ({"http": {"path": "/h", "auth": {}}}, "http.auth", "bearer_env, hmac_secret_env"),
     ({"http": {"path": "/h", "auth": {"bearer_env": "T", "timestamp_header": "X-T"}}}, "http.auth",
      "timestamp_header needs hmac_secret_env"),
@@ -125,3 +128,8 @@ def test_a_creds_file_says_what_it_needs(tmp_path):
     entry = TriggerEntry.model_validate({"nats": {"subject": "s", "credentials": str(creds)}})
     with pytest.raises(TriggerConfigError, match=r"triggers\.s\.nats\.credentials.*nkeys"):
         build_trigger("s", entry, None, MemoryEventLog())  # type: ignore[arg-type]
+
+
+def test_paths_near_the_mesh_own_are_free_for_webhooks():
+    for path in ("/hooks/metrics", "/docsify", "/v2/hook", "/uikit", "/hooks/v1"):
+        assert HttpTriggerConfig(path=path).path == path
