@@ -25,6 +25,8 @@ class ApplyRequest(BaseModel):
     subscriptions: dict[str, dict[str, Any]] = Field(default_factory=dict, description="name → {spec}")
     triggers: dict[str, dict[str, Any]] = Field(default_factory=dict, description="name → {spec}")
     prune: bool = Field(False, description="delete deployed resources that are not in this request")
+    verify: bool = Field(True, description="start each new or changed function once before it takes events; "
+                         "if one does not start, nothing is deployed")
 
 
 class ReplayRequest(BaseModel):
@@ -115,7 +117,7 @@ def create_app(node: Node, control: ControlPlane, token: str) -> FastAPI:
     async def apply(request: ApplyRequest) -> dict[str, Any]:
         try:
             changes = await control.apply({"function": request.functions, "subscription": request.subscriptions,
-                                           "trigger": request.triggers}, request.prune)
+                                           "trigger": request.triggers}, request.prune, request.verify)
         except DeployError as exc:
             raise HTTPException(422, str(exc)) from exc
         return {"changes": [asdict(c) for c in changes]}

@@ -12,29 +12,35 @@ import hashlib
 import io
 import shutil
 import tarfile
+from collections.abc import Iterable
 from pathlib import Path
 
 SKIPPED = {"__pycache__", ".git", ".venv", ".mypy_cache", ".pytest_cache", ".DS_Store"}
 MAX_BUNDLE_BYTES = 200 * 1024 * 1024
 
 
-def _files(folder: Path) -> list[Path]:
+def _files(folder: Path, skip: Iterable[Path] = ()) -> list[Path]:
+    skipped = {p.resolve() for p in skip}
     found = []
     for path in sorted(folder.rglob("*")):
         relative = path.relative_to(folder)
         if any(part in SKIPPED for part in relative.parts) or path.suffix == ".pyc":
             continue
-        if path.is_file() and not path.is_symlink():
+        if path.is_file() and not path.is_symlink() and path.resolve() not in skipped:
             found.append(path)
     return found
 
 
-def pack(folder: Path) -> tuple[str, bytes]:
-    """(sha256 digest, tar.gz bytes) of `folder`."""
+def pack(folder: Path, skip: Iterable[Path] = ()) -> tuple[str, bytes, int]:
+    """(sha256 digest, tar.gz bytes, number of files) of `folder`, without the files in `skip`.
+
+    The manifest is skipped when it sits in a function's folder: otherwise editing one
+    function's spec would change every such function's code, and restart them all."""
     digest = hashlib.sha256()
     raw = io.BytesIO()
+    files = _files(folder, skip)
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for path in _files(folder):
+        for path in files:
             name = path.relative_to(folder).as_posix()
             data = path.read_bytes()
             mode = 0o755 if path.stat().st_mode & 0o111 else 0o644
@@ -43,7 +49,7 @@ def pack(folder: Path) -> tuple[str, bytes]:
             info = tarfile.TarInfo(name)
             info.size, info.mode, info.mtime = len(data), mode, 0
             tar.addfile(info, io.BytesIO(data))
-    return digest.hexdigest(), gzip.compress(raw.getvalue(), mtime=0)
+    return digest.hexdigest(), gzip.compress(raw.getvalue(), mtime=0), len(files)
 
 
 def unpack(data: bytes, destination: Path) -> None:
@@ -78,7 +84,7 @@ class BundleStore:
             return
         destination = self.path(digest)
         unpack(data, destination)
-        actual, _ = pack(destination)
+        actual, _, _ = pack(destination)
         if actual != digest:
             shutil.rmtree(destination)
             raise ValueError(f"bundle content does not match its digest {digest[:12]} (got {actual[:12]})")

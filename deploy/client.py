@@ -10,6 +10,8 @@ import httpx
 
 from fmesh.errors import AuthError, BrokerUnreachable, DeployError
 
+APPLY_TIMEOUT = 300.0
+
 
 class MeshClient:
     def __init__(self, url: str, token: str | None, timeout: float = 60.0) -> None:
@@ -61,9 +63,11 @@ class MeshClient:
         except httpx.ConnectError as exc:
             raise BrokerUnreachable(self.url, str(exc)) from exc
 
-    def apply(self, resources: dict[str, dict[str, Any]], prune: bool) -> list[dict[str, Any]]:
+    def apply(self, resources: dict[str, dict[str, Any]], prune: bool, verify: bool = True) -> list[dict[str, Any]]:
         """`resources` is {"functions": {...}, "subscriptions": {...}} as the API takes it."""
-        return self.request("POST", "/v1/apply", json={**resources, "prune": prune}).json()["changes"]
+        body = {**resources, "prune": prune, "verify": verify}
+        # Starting each changed function once may take up to its start timeout (30 s).
+        return self.request("POST", "/v1/apply", json=body, timeout=APPLY_TIMEOUT).json()["changes"]
 
     def status(self) -> dict[str, Any]:
         return self.request("GET", "/v1/status").json()

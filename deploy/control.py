@@ -7,6 +7,7 @@ alone. (Triggers keep their own state under `trigger/`.)
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 from collections.abc import AsyncIterator
@@ -67,13 +68,20 @@ class ControlPlane:
             raise DeployError(f"bundle {digest[:12]} was not uploaded")
         return self.dependencies.stream(self.bundles.path(digest))
 
-    async def apply(self, request: dict[str, dict[str, dict[str, Any]]], prune: bool = False) -> list[Change]:
-        """Run what `request` ({kind: {name: item}}) names; with `prune`, delete what it does not."""
+    async def apply(self, request: dict[str, dict[str, dict[str, Any]]], prune: bool = False,
+                    verify: bool = True) -> list[Change]:
+        """Run what `request` ({kind: {name: item}}) names; with `prune`, delete what it does not.
+
+        Everything is validated, and (with `verify`) every new or changed function started
+        once, before anything changes: a deploy that fails leaves the mesh as it was."""
         unknown = set(request) - set(self.kinds)
         if unknown:
             raise DeployError(f"unknown kind {sorted(unknown)[0]!r}: expected one of {', '.join(self.kinds)}")
         wanted = {kind: [self.kinds[kind].validate(name, item) for name, item in sorted(request.get(kind, {}).items())]
-                  for kind in self.kinds}  # everything validated before anything changes
+                  for kind in self.kinds}
+        self._check_references(wanted, prune)
+        if verify:
+            await self._verify([r for resources in wanted.values() for r in resources if self._changes(r)])
         changes = []
         for resources in wanted.values():
             for resource in resources:
@@ -84,6 +92,29 @@ class ControlPlane:
                     await self.delete(kind, name)
                     changes.append(Change(kind, name, "deleted"))
         return changes
+
+    def _changes(self, resource: Resource) -> bool:
+        old = self.deployed[resource.kind].get(resource.name)
+        return old is None or old.version != resource.version
+
+    def _check_references(self, wanted: dict[str, list[Resource]], prune: bool) -> None:
+        functions = {r.name for r in wanted["function"]} | (set() if prune else set(self.functions))
+        for kind, resources in wanted.items():
+            for resource in resources:
+                for field, target in self.kinds[kind].references(resource):
+                    if target not in functions:
+                        raise DeployError(f"{kind} {resource.name}: {field}: no function named {target!r} "
+                                          f"(functions: {', '.join(sorted(functions)) or 'none'})")
+
+    async def _verify(self, resources: list[Resource]) -> None:
+        """Start each resource once, all at the same time; every failure is reported."""
+        outcomes = await asyncio.gather(*(self.kinds[r.kind].verify(r) for r in resources), return_exceptions=True)
+        failures = [str(o) for o in outcomes if isinstance(o, BaseException)]
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException) and not isinstance(outcome, DeployError):
+                raise outcome
+        if failures:
+            raise DeployError("\n".join(failures))
 
     async def _apply_one(self, resource: Resource) -> Change:
         old = self.deployed[resource.kind].get(resource.name)

@@ -28,9 +28,8 @@ def pack_functions(manifest: Manifest, manifest_path: Path, progress: Progress) 
     for name, function in manifest.functions.items():
         folder = manifest_path.parent / function.folder
         progress.step(f"packing {name} from {folder}")
-        digest, data = pack(folder)
-        packed.append(PackedFunction(name, digest, data, _count_files(folder),
-                                     (folder / "requirements.txt").is_file()))
+        digest, data, files = pack(folder, skip=[manifest_path])
+        packed.append(PackedFunction(name, digest, data, files, (folder / "requirements.txt").is_file()))
     return packed
 
 
@@ -45,10 +44,6 @@ def apply_request(manifest: Manifest, packed: list[PackedFunction]) -> dict[str,
         "triggers": {name: {"spec": trigger.model_dump(mode="json", exclude_none=True)}
                      for name, trigger in manifest.triggers.items()},
     }
-
-
-def _count_files(folder: Path) -> int:
-    return sum(1 for p in folder.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
 
 
 def summarize(changes: list[dict[str, Any]]) -> str:

@@ -60,7 +60,9 @@ def _check_dead_letter(value: Any) -> str:
 
 
 SinkUrl = Annotated[str, BeforeValidator(_check_sink_url)]
-DeadLetterTarget = Annotated[str, BeforeValidator(_check_dead_letter)]
+# A function's name, or a sink URL: where dead letters and replies may go.
+Target = Annotated[str, BeforeValidator(_check_dead_letter)]
+DeadLetterTarget = Target
 
 
 def _check_name(value: str) -> str:
@@ -160,7 +162,8 @@ class FunctionSpec(Filtered):
     timeout: Duration = Field(30.0, gt=0, description="how long one attempt may take")
     memory: MemorySize | None = Field(None, description="memory cap of a replica, e.g. 256Mi")
     delivery: DeliverySpec = Field(default_factory=DeliverySpec)
-    reply_to: SinkUrl | None = Field(None, description="send replies to this sink instead of back into the mesh")
+    reply_to: Target | None = Field(
+        None, description="send replies to this function or sink URL instead of back into the mesh")
     sink_options: dict[str, Any] = Field(default_factory=dict, description="headers, auth and TLS for reply_to")
 
     @field_validator("handler")
@@ -304,6 +307,34 @@ def check_files(manifest: Manifest, path: Path, located: LocatedYaml) -> None:
             exists = wanted.is_dir()
         if not exists:
             raise ManifestError(str(path), located.line_of(where), ".".join(where), f"{wanted} does not exist")
+
+
+def is_function_target(target: str | None) -> bool:
+    """A dead-letter or reply target that names a function (not a sink URL)."""
+    return target is not None and "://" not in target
+
+
+def function_references(manifest: Manifest) -> list[tuple[tuple[str, ...], str]]:
+    """(field path, function name) of every dead-letter and reply target naming a function."""
+    found = []
+    for section, items in (("functions", manifest.functions), ("subscriptions", manifest.subscriptions)):
+        for name, item in items.items():
+            if is_function_target(item.delivery.dead_letter):
+                found.append(((section, name, "delivery", "dead_letter"), item.delivery.dead_letter))
+            if is_function_target(getattr(item, "reply_to", None)):
+                found.append(((section, name, "reply_to"), item.reply_to))
+    return found
+
+
+def check_references(manifest: Manifest, path: Path, deployed: set[str]) -> None:
+    """Every function a dead letter or reply goes to is in the manifest or already deployed."""
+    known = set(manifest.functions) | deployed
+    for where, target in function_references(manifest):
+        if target not in known:
+            located = LocatedYaml(path.read_text(encoding="utf-8"), str(path))
+            choices = ", ".join(sorted(known)) or "none"
+            raise ManifestError(str(path), located.line_of(where), ".".join(where),
+                                f"no function named {target!r} (functions: {choices})")
 
 
 def _located_error(exc: ValidationError, located: LocatedYaml) -> ManifestError:

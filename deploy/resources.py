@@ -11,15 +11,15 @@ from typing import Any, Protocol
 
 from fmesh.deploy.bundle import BundleStore
 from fmesh.deploy.dependencies import DependencyInstaller, top_level_names
-from fmesh.deploy.manifest import NAME, DeliverySpec, SubscriptionSpec
+from fmesh.deploy.manifest import NAME, DeliverySpec, SubscriptionSpec, is_function_target
 from fmesh.deploy.manifest import FunctionSpec as ManifestFunction
 from fmesh.runtime.policy import DeliveryPolicy, ScalePolicy
-from fmesh.runtime.runtime import FunctionSpec, SinkSpec
+from fmesh.runtime.runtime import FunctionSpec, SinkSpec, subscription_name
 from fmesh.runtime.secrets import SecretSource
 from fmesh.triggers.config import TriggerEntry
 from pydantic import BaseModel, ValidationError
 
-from fmesh.errors import DeployError, TriggerConfigError
+from fmesh.errors import DeployError, HandlerError, TriggerConfigError
 from fmesh.node import Node
 
 
@@ -48,6 +48,12 @@ class Kind(Protocol):
     async def run(self, resource: Resource) -> None: ...
 
     async def stop(self, name: str) -> None: ...
+
+    async def verify(self, resource: Resource) -> None:
+        """Check that the resource can run, before anything of it is deployed (DeployError if not)."""
+
+    def references(self, resource: Resource) -> list[tuple[str, str]]:
+        """(field, function name) of each function the resource hands events to."""
 
 
 def check_name(kind: str, name: str) -> None:
@@ -106,8 +112,10 @@ class FunctionKind:
     async def run(self, resource: Resource) -> None:
         spec: ManifestFunction = resource.spec  # type: ignore[assignment]
         dead_letter, dead_letter_sink = dead_letter_target(resource.name, spec.delivery)
-        reply_to = None
-        if spec.reply_to:
+        reply_to: SinkSpec | str | None = None
+        if is_function_target(spec.reply_to):
+            reply_to = subscription_name(spec.reply_to)  # type: ignore[arg-type]
+        elif spec.reply_to:
             reply_to = SinkSpec(f"reply:{resource.name}", spec.reply_to, spec.sink_options,
                                 delivery_policy(spec.delivery, spec.timeout, dead_letter),
                                 source=f"/fmesh/functions/{resource.name}")
@@ -116,6 +124,18 @@ class FunctionKind:
 
     async def stop(self, name: str) -> None:
         await self.node.remove_function(name)
+
+    async def verify(self, resource: Resource) -> None:
+        """Load the function as a replica would; DeployError with the reason if it cannot."""
+        try:
+            await self.node.runtime.verify(self.runtime_spec(resource, None))
+        except HandlerError as exc:
+            raise DeployError(f"function {resource.name} did not start, so it was not deployed: {exc}") from None
+
+    def references(self, resource: Resource) -> list[tuple[str, str]]:
+        spec: ManifestFunction = resource.spec  # type: ignore[assignment]
+        return [(field, target) for field, target in (("delivery.dead_letter", spec.delivery.dead_letter),
+                                                      ("reply_to", spec.reply_to)) if is_function_target(target)]
 
     def runtime_spec(self, resource: Resource, dead_letter: str | None) -> FunctionSpec:
         spec: ManifestFunction = resource.spec  # type: ignore[assignment]
@@ -161,6 +181,13 @@ class SubscriptionKind:
     async def stop(self, name: str) -> None:
         await self.node.remove_subscription(name)
 
+    async def verify(self, resource: Resource) -> None:
+        pass  # a sink is reached when events go to it; its delivery policy covers it being down
+
+    def references(self, resource: Resource) -> list[tuple[str, str]]:
+        target = resource.spec.delivery.dead_letter  # type: ignore[attr-defined]
+        return [("delivery.dead_letter", target)] if is_function_target(target) else []
+
 
 class TriggerKind:
     """Sources of events: Kafka, NATS, timers and webhooks (see fmesh.triggers)."""
@@ -182,3 +209,9 @@ class TriggerKind:
 
     async def stop(self, name: str) -> None:
         await self.node.remove_trigger(name)
+
+    async def verify(self, resource: Resource) -> None:
+        pass  # a trigger whose broker is down retries and says so in status
+
+    def references(self, resource: Resource) -> list[tuple[str, str]]:
+        return []

@@ -13,7 +13,7 @@ from fmesh.deploy.api import create_app
 from fmesh.deploy.bundle import pack
 from fmesh.deploy.control import ControlPlane
 from fmesh.deploy.deployer import PackedFunction, apply_request, summarize
-from fmesh.deploy.manifest import load_manifest
+from fmesh.deploy.manifest import check_references, load_manifest
 
 from fmesh.node import Node
 from fmesh.settings import NodeSettings, load_or_create_token, token_path
@@ -31,9 +31,10 @@ async def deploy_local(control: ControlPlane, manifest_path: Path,
                        progress: Callable[[str], None] = lambda line: None) -> str:
     """Apply a manifest from this machine without going through HTTP."""
     manifest = load_manifest(manifest_path)
+    check_references(manifest, manifest_path, set(control.functions))
     packed = []
     for name, function in manifest.functions.items():
-        digest, data = pack(manifest_path.parent / function.folder)
+        digest, data, _ = pack(manifest_path.parent / function.folder, skip=[manifest_path])
         control.bundles.put(digest, data)
         await control.dependencies.install(control.bundles.path(digest), progress)
         packed.append(PackedFunction(name, digest, b"", 0))

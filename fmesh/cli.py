@@ -75,10 +75,13 @@ def up(
 def deploy(file: ManifestOption = Path("fmesh.yaml"), mesh: MeshOption = DEFAULT_MESH_URL,
            token: TokenOption = None,
            prune: Annotated[bool, typer.Option(help="Delete deployed functions missing from the manifest.")] = False,
+           verify: Annotated[bool, typer.Option(
+               help="Start each new or changed function once before it takes events; if one does not start, "
+                    "nothing is deployed.")] = True,
            ) -> None:
     """Validate a manifest, upload each function's code, and apply it to the mesh."""
     from fmesh.deploy.deployer import apply_request, pack_functions, summarize
-    from fmesh.deploy.manifest import load_manifest
+    from fmesh.deploy.manifest import check_references, load_manifest
 
     try:
         manifest = load_manifest(file)
@@ -87,6 +90,11 @@ def deploy(file: ManifestOption = Path("fmesh.yaml"), mesh: MeshOption = DEFAULT
     console.print(f"Deploying [bold]{file}[/] to {mesh}")
     try:
         with client(mesh, token) as mesh_client, console.status("validating") as status:
+            deployed = set() if prune else {f["name"] for f in mesh_client.functions()}
+            try:
+                check_references(manifest, file, deployed)
+            except FmeshError as exc:
+                fail(str(exc), 2)
             progress = _StatusProgress(status)
             packed = pack_functions(manifest, file, progress)
             for function in packed:
@@ -99,8 +107,8 @@ def deploy(file: ManifestOption = Path("fmesh.yaml"), mesh: MeshOption = DEFAULT
             for function in packed:
                 if function.has_requirements:
                     _install_requirements(mesh_client, function, progress)
-            progress.step("applying")
-            changes = mesh_client.apply(apply_request(manifest, packed), prune)
+            progress.step("starting new versions once, then applying" if verify else "applying")
+            changes = mesh_client.apply(apply_request(manifest, packed), prune, verify)
     except FmeshError as exc:
         fail(str(exc))
     for change in changes:

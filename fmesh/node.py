@@ -77,16 +77,18 @@ class Node:
                 print(f"fmesh: could not expire dead letters: {exc}", file=sys.stderr)
             await asyncio.sleep(min(3600.0, max(1.0, retention / 10)))
 
-    async def deploy_function(self, spec: FunctionSpec, filter: Filter, reply_to: SinkSpec | None = None,
+    async def deploy_function(self, spec: FunctionSpec, filter: Filter, reply_to: SinkSpec | str | None = None,
                               dead_letter: SinkSpec | None = None) -> None:
-        """Run a function on the events `filter` passes; its replies go to `reply_to` if given."""
-        for sink in (reply_to, dead_letter):
-            if sink is not None:
-                await self.runtime.deploy_sink(sink, self.broker.queue(sink.subscription))
-        replies = self.broker.direct(reply_to.subscription) if reply_to else None
+        """Run a function on the events `filter` passes; its replies go to `reply_to` if given
+        (a sink, or the name of the subscription, such as another function's, to hand them to)."""
+        sinks = [s for s in (reply_to, dead_letter) if isinstance(s, SinkSpec)]
+        for sink in sinks:
+            await self.runtime.deploy_sink(sink, self.broker.queue(sink.subscription))
+        to = reply_to.subscription if isinstance(reply_to, SinkSpec) else reply_to
+        replies = self.broker.direct(to) if to else None
         queue = self.broker.subscribe(spec.subscription, filter, ordered=spec.delivery.ordered)
         await self.runtime.deploy(spec, queue, replies)
-        await self._drop_sinks_except(spec.name, {s.subscription for s in (reply_to, dead_letter) if s})
+        await self._drop_sinks_except(spec.name, {s.subscription for s in sinks})
 
     async def remove_function(self, name: str) -> None:
         await self.runtime.remove(name)

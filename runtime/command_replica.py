@@ -56,8 +56,10 @@ class CommandReplica(Replica):
 
     async def _copy(self, stream: asyncio.StreamReader | None, name: str, logs: LogStore) -> None:
         assert stream is not None
-        async for line in stream:
-            logs.write(self.function, self.name, name, line.decode("utf-8", "replace").rstrip("\n"))
+        async for raw in stream:
+            line = raw.decode("utf-8", "replace").rstrip("\n")
+            self.output.append(line)
+            logs.write(self.function, self.name, name, line)
 
     async def _wait_exit(self) -> None:
         assert self._process is not None
@@ -79,6 +81,12 @@ class CommandReplica(Replica):
                 pass
             await asyncio.sleep(READY_POLL)
         await self.wait_ready(0)  # raises: exited, or did not start in time
+
+    async def output_tail(self, timeout: float = 1.0) -> list[str]:
+        """The program's last lines, once what it wrote before exiting has been read."""
+        if self._process is not None and self._process.returncode is not None and self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=timeout)
+        return list(self.output)
 
     async def invoke(self, event: Event) -> Result:
         headers, body = write_structured(event) if self.structured else write_binary(event)

@@ -46,7 +46,8 @@ class PythonReplica(Replica):
         elif frame.kind is Kind.READY:
             self.mark_ready()
         elif frame.kind is Kind.FAILED:
-            self.fail_start(f"handler failed to load: {frame.meta.get('error')}")
+            where = frame.meta.get("where")
+            self.fail_start(f"handler failed to load: {where + ': ' if where else ''}{frame.meta.get('error')}")
 
     def _failure(self, meta: dict) -> HandlerError:
         if meta.get("exiting") and self.state is State.READY:

@@ -8,12 +8,15 @@ import asyncio
 import os
 import signal
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 
 from fmesh.errors import HandlerError
 from fmesh.events import Event, decode_data
+
+OUTPUT_LINES = 20
 
 
 class State(Enum):
@@ -52,6 +55,7 @@ class Replica:
         self.last_used = time.monotonic()
         self.exit_reason: str | None = None
         self.on_close: Callable[[Replica], None] = lambda replica: None
+        self.output: deque[str] = deque(maxlen=OUTPUT_LINES)  # its last lines, for a failed start
         loop = asyncio.get_running_loop()
         self._ready: asyncio.Future[None] = loop.create_future()
         self._closed: asyncio.Future[None] = loop.create_future()

@@ -20,6 +20,7 @@ from fmesh.runtime.logs import LogStore
 from fmesh.runtime.policy import DeliveryPolicy, ScalePolicy
 from fmesh.runtime.pool import PoolStatus, RunnerPool
 from fmesh.runtime.python_replica import PythonReplica
+from fmesh.runtime.replica import Replica, State
 from fmesh.runtime.secrets import SecretSource, resolve_secrets
 from fmesh.runtime.sidecar import DeliveryStats, Sidecar
 from fmesh.runtime.sinks import Sink, open_sink
@@ -27,6 +28,7 @@ from fmesh.runtime.starters import CommandStarter, PythonStarter, ReplicaStarter
 from fmesh.runtime.worker import WorkerSpec
 
 from fmesh.contracts import DeliveryQueue, Publisher
+from fmesh.errors import HandlerError
 
 # What a replica inherits from the mesh's environment; everything else must be declared.
 INHERITED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR")
@@ -141,6 +143,21 @@ class Runtime:
             self._retiring.setdefault(spec.name, set()).add(task)
             task.add_done_callback(self._retiring[spec.name].discard)
 
+    async def verify(self, spec: FunctionSpec) -> None:
+        """Start one replica of `spec` as it would run, then stop it: a handler that cannot
+        load, or a program that does not serve, fails here (HandlerError saying why)
+        instead of after it has replaced a working version."""
+        starter = self._starter(spec)
+        replica = starter.create(0)
+        replica.name = f"{spec.name}/verify"
+        try:
+            await starter.start(replica, spec.scale.start_timeout)
+        except HandlerError as exc:
+            raise HandlerError(f"{exc}{await _last_output(replica)}") from None
+        finally:
+            await _discard(replica)
+            starter.forget(replica)
+
     async def _retire(self, old: _Running) -> None:
         await old.sidecar.stop(grace=old.spec.delivery.timeout + 5)
         await old.pool.shutdown()
@@ -203,6 +220,7 @@ class Runtime:
                           sys_path=extra)  # the rest of sys.path a replica has already
 
     def _on_log(self, replica: PythonReplica, stream: str, line: str) -> None:
+        replica.output.append(line)
         self.logs.write(replica.function, replica.name, stream, line)
 
     def _on_exit(self, replica_id: str, how: str) -> None:
@@ -211,3 +229,17 @@ class Runtime:
 
     def _on_zygote_output(self, line: str) -> None:
         print(f"zygote: {line}", file=sys.stderr)
+
+
+async def _discard(replica: Replica) -> None:
+    if replica.state is State.READY:
+        await replica.stop(grace=2)
+    else:
+        replica.kill("not started")
+
+
+async def _last_output(replica: Replica) -> str:
+    """What a command program printed before it failed to serve: the lines users need."""
+    tail = getattr(replica, "output_tail", None)
+    lines = await tail() if tail is not None else []
+    return "; its last output:\n" + "\n".join(f"  {line}" for line in lines) if lines else ""

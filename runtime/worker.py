@@ -131,8 +131,23 @@ def load_or_report(spec: WorkerSpec, sock: socket.socket) -> Callable[[Event], A
         return load_handler(spec.directory, spec.handler)
     except Exception as exc:
         print(handler_traceback(exc), file=sys.stderr, end="", flush=True)
-        sock.sendall(encode(Kind.FAILED, 0, {"error": f"{type(exc).__name__}: {exc}"}))
+        error = f"{type(exc).__name__}: {exc}" if not isinstance(exc, HandlerLoadError) else str(exc)
+        sock.sendall(encode(Kind.FAILED, 0, {"error": error, "where": failure_location(exc, spec.directory)}))
         return None
+
+
+def failure_location(exc: BaseException, directory: str) -> str | None:
+    """`file:line` in the function's own code where loading failed (None if not in it)."""
+    root = Path(directory).resolve()
+    if isinstance(exc, SyntaxError) and exc.filename and exc.lineno:
+        places = [(exc.filename, exc.lineno)]
+    else:
+        places = [(frame.filename, frame.lineno) for frame in traceback.extract_tb(exc.__traceback__)]
+    for filename, line in reversed(places):
+        path = Path(filename).resolve()
+        if path.is_relative_to(root):
+            return f"{path.relative_to(root)}:{line}"
+    return None
 
 
 def serve_blocking(sock: socket.socket, handler: Callable[[Event], Any]) -> None:

@@ -23,7 +23,7 @@ def test_same_code_same_digest_anywhere(tmp_path):
 
 
 def test_store_unpacks_and_verifies(tmp_path):
-    digest, data = pack(make_folder(tmp_path / "src"))
+    digest, data, _ = pack(make_folder(tmp_path / "src"))
     store = BundleStore(tmp_path / "bundles")
     store.put(digest, data)
     assert store.has(digest)
