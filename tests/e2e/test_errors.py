@@ -63,3 +63,13 @@ def test_up_refuses_a_bad_manifest_before_starting(mesh_factory, tmp_path):
     mesh = mesh_factory().start("-f", str(manifest), wait=False)
     assert mesh.process.wait(30) != 0
     assert "does not exist" in " ".join(mesh.log().split())
+
+
+def test_a_webhook_cannot_take_a_path_the_mesh_serves(mesh, tmp_path):
+    manifest = write_manifest(tmp_path, "triggers:\n  grab:\n    http: {{path: /metrics}}\n")
+    refused = mesh.cli("deploy", "-f", str(manifest), check=False)
+    assert refused.returncode == 2 and "fmesh.yaml:3: triggers.grab.http.path" in refused.stderr, refused.stderr
+    for path in ("/metrics", "/v1/apply", "/openapi.json", "/ui/x"):  # the API refuses it too
+        answer = mesh.api("POST", "/v1/apply", json={"triggers": {"grab": {"spec": {"http": {"path": path}}}}})
+        assert answer.status_code == 422 and "served by the mesh" in answer.json()["error"]
+    assert httpx.get(mesh.url + "/metrics").status_code == 200
