@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import asdict
@@ -15,6 +16,7 @@ from fmesh.deploy.control import ControlPlane
 from fmesh.deploy.deployer import PackedFunction, apply_request, summarize
 from fmesh.deploy.manifest import load_manifest
 
+from fmesh.errors import FmeshError, StartupError
 from fmesh.node import Node
 from fmesh.settings import NodeSettings, load_or_create_token, token_path
 
@@ -73,22 +75,36 @@ def say(line: str) -> None:
 
 def exec_server(settings: NodeSettings, manifest: Path | None) -> None:
     """Replace this process (same pid) with a lean `python -m fmesh.deploy.server`: the
-    CLI's own libraries (typer, rich) would otherwise stay in the mesh's memory for good."""
-    import os
+    CLI's own libraries (typer, rich) would otherwise stay in the mesh's memory for good.
 
+    The settings, token included, go through an inherited pipe: a command line is
+    readable by every local user (`ps`, /proc/*/cmdline)."""
     payload = json.dumps({**asdict(settings), "data_dir": str(settings.data_dir),
-                          "manifest": str(manifest) if manifest else None})
-    os.execv(sys.executable, [sys.executable, "-m", "fmesh.deploy.server", payload])
+                          "manifest": str(manifest) if manifest else None}).encode()
+    read_end, write_end = os.pipe()
+    os.write(write_end, payload)  # a few hundred bytes: far below what a pipe buffers
+    os.close(write_end)
+    os.set_inheritable(read_end, True)
+    os.execv(sys.executable, [sys.executable, "-m", "fmesh.deploy.server", "--settings-fd", str(read_end)])
+
+
+def read_settings(argv: list[str]) -> tuple[NodeSettings, Path | None]:
+    """The settings `exec_server` sent: `--settings-fd N`, N a pipe to read them from."""
+    if len(argv) != 2 or argv[0] != "--settings-fd" or not argv[1].isdigit():
+        raise StartupError("usage: python -m fmesh.deploy.server --settings-fd N (run `fmesh up` instead)")
+    try:
+        with os.fdopen(int(argv[1]), "rb") as pipe:
+            options = json.loads(pipe.read())
+    except (OSError, ValueError) as exc:
+        raise StartupError(f"cannot read the settings from fd {argv[1]}: {exc}; run `fmesh up` instead") from exc
+    manifest_path = options.pop("manifest", None)
+    settings = NodeSettings(**{**options, "data_dir": Path(options["data_dir"])})
+    return settings, Path(manifest_path) if manifest_path else None
 
 
 def main(argv: list[str]) -> int:
-    from fmesh.errors import FmeshError
-
-    options = json.loads(argv[0])
-    manifest_path = options.pop("manifest", None)
-    manifest = Path(manifest_path) if manifest_path else None
-    settings = NodeSettings(**{**options, "data_dir": Path(options["data_dir"])})
     try:
+        settings, manifest = read_settings(argv)
         run_fast(serve(settings, manifest))
     except FmeshError as exc:
         print(f"error: {exc}", file=sys.stderr)
