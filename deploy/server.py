@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sys
 from collections.abc import Callable
 from dataclasses import asdict
@@ -12,6 +13,7 @@ from pathlib import Path
 import uvicorn
 from fmesh.deploy.api import create_app
 from fmesh.deploy.bundle import pack
+from fmesh.deploy.claims import listen, lock_data_dir
 from fmesh.deploy.control import ControlPlane
 from fmesh.deploy.deployer import PackedFunction, apply_request, summarize
 from fmesh.deploy.manifest import load_manifest
@@ -45,9 +47,8 @@ async def deploy_local(control: ControlPlane, manifest_path: Path,
     return summarize([c.__dict__ for c in changes])
 
 
-async def serve(settings: NodeSettings, manifest: Path | None) -> None:
-    if manifest is not None:
-        load_manifest(manifest)  # refuse a bad manifest before anything starts
+async def serve(settings: NodeSettings, manifest: Path | None, sockets: list[socket.socket]) -> None:
+    """Run the mesh on `sockets` until a signal stops it."""
     node, control, _ = build(settings)
 
     async def on_start() -> None:
@@ -66,7 +67,7 @@ async def serve(settings: NodeSettings, manifest: Path | None) -> None:
     node.on_start.append(on_start)
     config = uvicorn.Config(node, host=settings.host, port=settings.port, lifespan="on",
                             log_level="warning", access_log=False, loop="auto", http="auto")
-    await uvicorn.Server(config).serve()
+    await uvicorn.Server(config).serve(sockets=sockets)
 
 
 def say(line: str) -> None:
@@ -103,9 +104,14 @@ def read_settings(argv: list[str]) -> tuple[NodeSettings, Path | None]:
 
 
 def main(argv: list[str]) -> int:
+    """Own the data dir, then the port, and only then read or write anything in the data dir."""
     try:
         settings, manifest = read_settings(argv)
-        run_fast(serve(settings, manifest))
+        with lock_data_dir(settings.data_dir, settings.port):
+            sockets = listen(settings.host, settings.port)
+            if manifest is not None:
+                load_manifest(manifest)  # refuse a bad manifest before anything starts
+            run_fast(serve(settings, manifest, sockets))
     except FmeshError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -1,13 +1,69 @@
-"""How a mesh starts and stops: no secret on any command line."""
+"""How a mesh starts: one owner per data dir, a port checked before anything is written,
+and no secret on any command line."""
 
 from __future__ import annotations
 
 import json
+import os
 import secrets
+import socket
+import subprocess
 from pathlib import Path
 
 import pytest
-from support import wait_for, write_manifest
+from support import Mesh, free_port, run_cli, wait_for, write_manifest
+
+
+def up(data_dir: Path, port: int, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """`fmesh up` that is expected to give up on its own, quickly."""
+    return run_cli(["up", "--port", str(port), "--data-dir", str(data_dir), *args], env or dict(os.environ),
+                   check=False, timeout=20)
+
+
+def snapshot(mesh: Mesh) -> tuple:
+    """What a second `fmesh up` must not change: deployed resources and the function logs."""
+    logs = sorted((p.name, p.read_bytes()) for p in (mesh.data_dir / "logs").glob("*"))
+    return mesh.api("GET", "/v1/functions").json(), mesh.api("GET", "/v1/subscriptions").json(), logs
+
+
+@pytest.mark.parametrize("same_port", [True, False], ids=["same-port", "other-port"])
+def test_a_second_up_on_the_same_data_dir_is_refused(mesh_factory, tmp_path, same_port):
+    out = tmp_path / "seen.txt"
+    first = mesh_factory().start("-f", str(write_manifest(tmp_path, f"""
+functions:
+  append:
+    handler: {{fixtures}}/append/handler.py:handle
+    on: [{{{{type: t}}}}]
+    env: {{{{APPEND_TO: "{out}"}}}}
+""")))
+    first.cli("send", "--type", "t", "--source", "/s")
+    wait_for(lambda: out.exists(), 15, message="the first mesh to deliver")
+    before = snapshot(first)
+    (tmp_path / "other").mkdir()
+    other = write_manifest(tmp_path / "other", "functions:\n  hello:\n"
+                           "    handler: {functions}/hello/handler.py:handle\n")
+    port = first.port if same_port else free_port()
+    second = up(first.data_dir, port, "-f", str(other), env=first.env())
+    assert second.returncode != 0
+    assert second.stderr.strip() == (f"error: data dir {first.data_dir} is in use by pid {first.process.pid} "
+                                     f"(port {first.port})"), second.stderr
+    assert first.healthy() and snapshot(first) == before
+
+
+def test_up_on_a_taken_port_names_it_and_writes_nothing(tmp_path):
+    data_dir = tmp_path / "fresh"
+    env = {k: v for k, v in os.environ.items() if k != "FMESH_TOKEN"}
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = up(data_dir, port, env=env)
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"port {port}" in lines[0] and lines[0].startswith("error: "), result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    assert not (data_dir / "token").exists() and not list(data_dir.glob("mesh.db*"))
+    assert not (data_dir / "logs").exists()
 
 
 def cmdlines() -> dict[int, str]:
