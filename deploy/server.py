@@ -6,9 +6,10 @@ import json
 import os
 import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 from fmesh.deploy.api import create_app
@@ -17,6 +18,7 @@ from fmesh.deploy.claims import listen, lock_data_dir
 from fmesh.deploy.control import ControlPlane
 from fmesh.deploy.deployer import PackedFunction, apply_request, summarize
 from fmesh.deploy.manifest import load_manifest
+from fmesh.deploy.shutdown import MeshServer
 
 from fmesh.errors import FmeshError, StartupError
 from fmesh.node import Node
@@ -47,8 +49,8 @@ async def deploy_local(control: ControlPlane, manifest_path: Path,
     return summarize([c.__dict__ for c in changes])
 
 
-async def serve(settings: NodeSettings, manifest: Path | None, sockets: list[socket.socket]) -> None:
-    """Run the mesh on `sockets` until a signal stops it."""
+async def serve(settings: NodeSettings, manifest: Path | None, sockets: list[socket.socket]) -> int:
+    """Run the mesh on `sockets` until a signal stops it; 0 when it stopped cleanly."""
     node, control, _ = build(settings)
 
     async def on_start() -> None:
@@ -67,7 +69,10 @@ async def serve(settings: NodeSettings, manifest: Path | None, sockets: list[soc
     node.on_start.append(on_start)
     config = uvicorn.Config(node, host=settings.host, port=settings.port, lifespan="on",
                             log_level="warning", access_log=False, loop="auto", http="auto")
-    await uvicorn.Server(config).serve(sockets=sockets)
+    server = MeshServer(config, node, settings.shutdown_grace)
+    await server.serve(sockets=sockets)
+    say(server.stopped_line())
+    return 0 if server.clean else 1
 
 
 def say(line: str) -> None:
@@ -111,16 +116,15 @@ def main(argv: list[str]) -> int:
             sockets = listen(settings.host, settings.port)
             if manifest is not None:
                 load_manifest(manifest)  # refuse a bad manifest before anything starts
-            run_fast(serve(settings, manifest, sockets))
+            return run_fast(serve(settings, manifest, sockets))
     except FmeshError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        pass
-    return 0
+    except KeyboardInterrupt:  # Ctrl-C before the server took over the signals
+        return 0
 
 
-def run_fast(coroutine: object) -> None:
+def run_fast(coroutine: Coroutine[Any, Any, int]) -> int:
     """asyncio.run on uvloop when it is installed (uvicorn[standard] brings it): the mesh's
     loop is created here, so uvicorn's own loop choice would come too late."""
     import asyncio
@@ -128,9 +132,8 @@ def run_fast(coroutine: object) -> None:
     try:
         import uvloop
     except ImportError:
-        asyncio.run(coroutine)  # type: ignore[arg-type]
-        return
-    uvloop.run(coroutine)  # type: ignore[arg-type]
+        return asyncio.run(coroutine)
+    return uvloop.run(coroutine)
 
 
 if __name__ == "__main__":
