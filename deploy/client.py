@@ -14,10 +14,11 @@ APPLY_TIMEOUT = 300.0
 
 
 class MeshClient:
-    def __init__(self, url: str, token: str | None, timeout: float = 60.0) -> None:
+    def __init__(self, url: str, token: str | None, timeout: float = 60.0,
+                 transport: httpx.BaseTransport | None = None) -> None:
         self.url = url.rstrip("/")
         headers = {"authorization": f"Bearer {token}"} if token else {}
-        self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
+        self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout, transport=transport)
 
     def close(self) -> None:
         self._http.close()
@@ -82,6 +83,8 @@ class MeshClient:
         return self.request("GET", f"/v1/functions/{name}/logs", params={"lines": lines}).text
 
     def follow_logs(self, name: str, lines: int) -> Iterator[str]:
+        """Lines until the caller stops; the mesh ends the stream only when it goes away,
+        so an end or a dropped connection is BrokerUnreachable."""
         try:
             with self._http.stream("GET", f"/v1/functions/{name}/logs",
                                    params={"lines": lines, "follow": True}, timeout=None) as response:
@@ -89,6 +92,10 @@ class MeshClient:
                 yield from response.iter_lines()
         except httpx.ConnectError as exc:
             raise BrokerUnreachable(self.url, str(exc)) from exc
+        except httpx.TransportError as exc:  # dropped mid-stream: the mesh was killed, or the network went
+            reason = f"the connection broke while following logs ({type(exc).__name__})"
+            raise BrokerUnreachable(self.url, reason) from exc
+        raise BrokerUnreachable(self.url, "the mesh ended the log stream: it stopped or is stopping")
 
     def replay_dead_letters(self, ids: list[int], function: str | None) -> dict[str, Any]:
         return self.request("POST", "/v1/dead-letters/replay", json={"ids": ids, "function": function}).json()

@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 from fmesh.deploy.api import create_app
 from fmesh.deploy.bundle import pack
+from fmesh.deploy.claims import listen, lock_data_dir
 from fmesh.deploy.control import ControlPlane
 from fmesh.deploy.deployer import PackedFunction, apply_request, summarize
 from fmesh.deploy.manifest import check_references, load_manifest
+from fmesh.deploy.shutdown import MeshServer
 
+from fmesh.errors import FmeshError, StartupError
 from fmesh.node import Node
 from fmesh.settings import NodeSettings, load_or_create_token, token_path
 
@@ -44,9 +50,8 @@ async def deploy_local(control: ControlPlane, manifest_path: Path,
     return summarize([c.__dict__ for c in changes])
 
 
-async def serve(settings: NodeSettings, manifest: Path | None) -> None:
-    if manifest is not None:
-        load_manifest(manifest)  # refuse a bad manifest before anything starts
+async def serve(settings: NodeSettings, manifest: Path | None, sockets: list[socket.socket]) -> int:
+    """Run the mesh on `sockets` until a signal stops it; 0 when it stopped cleanly."""
     node, control, _ = build(settings)
 
     async def on_start() -> None:
@@ -65,7 +70,10 @@ async def serve(settings: NodeSettings, manifest: Path | None) -> None:
     node.on_start.append(on_start)
     config = uvicorn.Config(node, host=settings.host, port=settings.port, lifespan="on",
                             log_level="warning", access_log=False, loop="auto", http="auto")
-    await uvicorn.Server(config).serve()
+    server = MeshServer(config, node, settings.shutdown_grace)
+    await server.serve(sockets=sockets)
+    say(server.stopped_line())
+    return 0 if server.clean else 1
 
 
 def say(line: str) -> None:
@@ -74,32 +82,50 @@ def say(line: str) -> None:
 
 def exec_server(settings: NodeSettings, manifest: Path | None) -> None:
     """Replace this process (same pid) with a lean `python -m fmesh.deploy.server`: the
-    CLI's own libraries (typer, rich) would otherwise stay in the mesh's memory for good."""
-    import os
+    CLI's own libraries (typer, rich) would otherwise stay in the mesh's memory for good.
 
+    The settings, token included, go through an inherited pipe: a command line is
+    readable by every local user (`ps`, /proc/*/cmdline)."""
     payload = json.dumps({**asdict(settings), "data_dir": str(settings.data_dir),
-                          "manifest": str(manifest) if manifest else None})
-    os.execv(sys.executable, [sys.executable, "-m", "fmesh.deploy.server", payload])
+                          "manifest": str(manifest) if manifest else None}).encode()
+    read_end, write_end = os.pipe()
+    os.write(write_end, payload)  # a few hundred bytes: far below what a pipe buffers
+    os.close(write_end)
+    os.set_inheritable(read_end, True)
+    os.execv(sys.executable, [sys.executable, "-m", "fmesh.deploy.server", "--settings-fd", str(read_end)])
+
+
+def read_settings(argv: list[str]) -> tuple[NodeSettings, Path | None]:
+    """The settings `exec_server` sent: `--settings-fd N`, N a pipe to read them from."""
+    if len(argv) != 2 or argv[0] != "--settings-fd" or not argv[1].isdigit():
+        raise StartupError("usage: python -m fmesh.deploy.server --settings-fd N (run `fmesh up` instead)")
+    try:
+        with os.fdopen(int(argv[1]), "rb") as pipe:
+            options = json.loads(pipe.read())
+    except (OSError, ValueError) as exc:
+        raise StartupError(f"cannot read the settings from fd {argv[1]}: {exc}; run `fmesh up` instead") from exc
+    manifest_path = options.pop("manifest", None)
+    settings = NodeSettings(**{**options, "data_dir": Path(options["data_dir"])})
+    return settings, Path(manifest_path) if manifest_path else None
 
 
 def main(argv: list[str]) -> int:
-    from fmesh.errors import FmeshError
-
-    options = json.loads(argv[0])
-    manifest_path = options.pop("manifest", None)
-    manifest = Path(manifest_path) if manifest_path else None
-    settings = NodeSettings(**{**options, "data_dir": Path(options["data_dir"])})
+    """Own the data dir, then the port, and only then read or write anything in the data dir."""
     try:
-        run_fast(serve(settings, manifest))
+        settings, manifest = read_settings(argv)
+        with lock_data_dir(settings.data_dir, settings.port):
+            sockets = listen(settings.host, settings.port)
+            if manifest is not None:
+                load_manifest(manifest)  # refuse a bad manifest before anything starts
+            return run_fast(serve(settings, manifest, sockets))
     except FmeshError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        pass
-    return 0
+    except KeyboardInterrupt:  # Ctrl-C before the server took over the signals
+        return 0
 
 
-def run_fast(coroutine: object) -> None:
+def run_fast(coroutine: Coroutine[Any, Any, int]) -> int:
     """asyncio.run on uvloop when it is installed (uvicorn[standard] brings it): the mesh's
     loop is created here, so uvicorn's own loop choice would come too late."""
     import asyncio
@@ -107,9 +133,8 @@ def run_fast(coroutine: object) -> None:
     try:
         import uvloop
     except ImportError:
-        asyncio.run(coroutine)  # type: ignore[arg-type]
-        return
-    uvloop.run(coroutine)  # type: ignore[arg-type]
+        return asyncio.run(coroutine)
+    return uvloop.run(coroutine)
 
 
 if __name__ == "__main__":

@@ -52,6 +52,8 @@ def up(
     max_event_bytes: Annotated[int, typer.Option(help="Largest event accepted (413 past it).")] = 1024 * 1024,
     launcher: Annotated[str, typer.Option(help="How replicas start: zygote (fast) or subprocess.")] = "zygote",
     dead_letter_retention: Annotated[str, typer.Option(help="How long dead letters are kept.")] = "7d",
+    shutdown_grace: Annotated[str, typer.Option(
+        help="How long SIGTERM or Ctrl-C may take; unfinished deliveries stay stored.")] = "10s",
 ) -> None:
     """Run a mesh node in the foreground (no external services needed)."""
     from fmesh.deploy.manifest import load_manifest
@@ -60,7 +62,8 @@ def up(
 
     settings = NodeSettings(data_dir=(data_dir or default_data_dir()).expanduser().resolve(), host=host,
                             port=port, store=store, token=token, max_event_bytes=max_event_bytes,
-                            launcher=launcher, dead_letter_retention=_duration(dead_letter_retention))
+                            launcher=launcher, dead_letter_retention=_duration(dead_letter_retention),
+                            shutdown_grace=_duration(shutdown_grace))
     if launcher not in ("zygote", "subprocess"):
         fail(f"--launcher must be zygote or subprocess, not {launcher!r}")
     if file is not None:

@@ -10,6 +10,7 @@ FmeshError                       root of every error fmesh raises on purpose
 ├── TriggerConfigError(ValueError)  a trigger or sink that cannot be built (a missing secret)
 ├── DeployError                  the mesh refused or failed a deploy
 ├── AuthError(PermissionError)   a missing or wrong token (HTTP 401)
+├── StartupError(OSError)        `fmesh up` cannot start: data dir in use, port taken, no settings
 └── HandlerError(RuntimeError)   a function failed to handle an event
     └── HandlerTimeout(TimeoutError)
 """
@@ -83,6 +84,11 @@ class DeployError(FmeshError):
 
 class AuthError(FmeshError, PermissionError):
     """A missing or wrong bearer token."""
+
+
+class StartupError(FmeshError, OSError):
+    """`fmesh up` cannot start: its data dir belongs to another process, its port is taken,
+    or it got no settings. The message says which, in one line."""
 
 
 class HandlerError(FmeshError, RuntimeError):

@@ -27,7 +27,6 @@ from fmesh.triggers.config import TriggerEntry
 from fmesh.triggers.registry import build_trigger
 
 Hook = Callable[[], Awaitable[None]]
-SHUTDOWN_TIMEOUT = 60.0  # unfinished deliveries stay stored; the next start delivers them
 
 
 class Node:
@@ -45,6 +44,8 @@ class Node:
         self.routes: dict[str, ASGIApp] = {}   # extra POST paths (webhook triggers)
         self.triggers: dict[str, Trigger] = {}
         self._started = False
+        self.stop_deadline: float | None = None  # time.monotonic() by which a stop must be done
+        self.stop_overran = False                # the last stop ran out of time and left work undone
 
     async def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -55,7 +56,9 @@ class Node:
         for hook in self.on_start:
             await hook()
 
-    async def stop(self) -> None:
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop everything within about `grace` seconds (default: the shutdown grace);
+        unfinished deliveries stay stored, and the next start delivers them."""
         if not self._started:
             return
         self._started = False
@@ -63,7 +66,7 @@ class Node:
             self._janitor.cancel()
         for name in list(self.triggers):
             await self.remove_trigger(name)
-        await self.runtime.stop()
+        await self.runtime.stop(self.settings.shutdown_grace if grace is None else grace)
         await self.log.close()
         shutil.rmtree(self.run_dir, ignore_errors=True)
 
@@ -165,10 +168,20 @@ class Node:
                     return
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
-                try:
-                    await asyncio.wait_for(asyncio.shield(self.stop()), SHUTDOWN_TIMEOUT)
-                except TimeoutError:
-                    print(f"fmesh: shutdown took over {SHUTDOWN_TIMEOUT:g}s; leaving the rest undone",
-                          file=sys.stderr)
+                await self._stop_in_time()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+    def end_streams(self) -> None:
+        """End long-lived responses (`fmesh logs -f`) so that the HTTP server can stop."""
+        self.runtime.logs.end_followers()
+
+    async def _stop_in_time(self) -> None:
+        """Stop, leaving the rest undone (`stop_overran`) when the deadline or grace runs out."""
+        budget = self.settings.shutdown_grace
+        if self.stop_deadline is not None:
+            budget = max(0.0, self.stop_deadline - time.monotonic())
+        try:  # the parts get a little less than the budget, so that the store closes in time
+            await asyncio.wait_for(asyncio.shield(self.stop(budget * 0.9)), budget)
+        except TimeoutError:
+            self.stop_overran = True

@@ -51,6 +51,7 @@ class NodeSettings:
     max_event_bytes: int = 1024 * 1024
     launcher: str = "zygote"              # or "subprocess": a fresh interpreter per replica
     dead_letter_retention: float = 7 * 86400.0
+    shutdown_grace: float = 10.0          # seconds from SIGTERM/Ctrl-C until the process is gone
 
     @property
     def store_url(self) -> str:

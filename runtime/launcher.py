@@ -54,9 +54,12 @@ class SubprocessLauncher:
         pass
 
     async def launch(self, spec: WorkerSpec) -> int:
+        # The spec carries the function's env and secrets: on stdin, never on the command
+        # line, which every local user can read (`ps`, /proc/*/cmdline).
         process = await asyncio.create_subprocess_exec(
-            self.python, "-m", "fmesh.runtime.worker", spec.to_json(),
-            stdin=asyncio.subprocess.DEVNULL, start_new_session=True)
+            self.python, "-m", "fmesh.runtime.worker", stdin=asyncio.subprocess.PIPE, start_new_session=True)
+        process.stdin.write(spec.to_json().encode())  # type: ignore[union-attr]
+        process.stdin.close()  # type: ignore[union-attr]
         task = asyncio.get_running_loop().create_task(self._wait(spec.replica, process))
         self._waits.add(task)
         task.add_done_callback(self._waits.discard)

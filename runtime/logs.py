@@ -25,7 +25,8 @@ class LogStore:
     def __init__(self, directory: Path, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         self.directory = directory
         self.max_bytes = max_bytes
-        self._followers: dict[str, set[asyncio.Queue[str]]] = {}
+        self._followers: dict[str, set[asyncio.Queue[str | None]]] = {}
+        self._ended = False  # the mesh is stopping: no follower waits for lines any more
         self._files: dict[str, TextIO] = {}
         directory.mkdir(parents=True, exist_ok=True)
 
@@ -74,14 +75,24 @@ class LogStore:
         return found
 
     async def follow(self, function: str) -> AsyncIterator[str]:
-        """Lines as they are written, until the caller stops iterating."""
-        queue: asyncio.Queue[str] = asyncio.Queue(maxsize=10_000)
+        """Lines as they are written, until the caller stops iterating or `end_followers`."""
+        if self._ended:
+            return
+        queue: asyncio.Queue[str | None] = asyncio.Queue(maxsize=10_000)
         self._followers.setdefault(function, set()).add(queue)
         try:
-            while True:
-                yield await queue.get()
+            while (line := await queue.get()) is not None:
+                yield line
         finally:
             self._followers[function].discard(queue)
+
+    def end_followers(self) -> None:
+        """Let every `follow` finish (the mesh is stopping), and any started later at once."""
+        self._ended = True
+        for queue in (q for queues in self._followers.values() for q in queues):
+            if queue.full():
+                queue.get_nowait()  # a full follower misses one more line, not the end
+            queue.put_nowait(None)
 
     def forget(self, function: str) -> None:
         self._close(function)

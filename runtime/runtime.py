@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -115,10 +116,20 @@ class Runtime:
         await self.hub.start()
         await self.default_launcher.start()
 
-    async def stop(self) -> None:
-        await asyncio.gather(*(self.remove(name, forget_logs=False) for name in list(self.functions)))
-        await asyncio.gather(*(self.remove_sink(name) for name in list(self.sinks)))
-        await asyncio.gather(*(t for tasks in self._retiring.values() for t in tasks), return_exceptions=True)
+    async def stop(self, grace: float = 10.0) -> None:
+        """Stop every function and sink within about `grace` seconds: in-flight events get most
+        of it, then replicas that will not end are killed. Unfinished events stay stored."""
+        deadline = time.monotonic() + grace
+        running = list(self.functions.values())
+        self.functions.clear()
+        await asyncio.gather(*(r.sidecar.stop(grace * 0.6) for r in running))
+        await asyncio.gather(*(r.pool.shutdown(_left(deadline, 0.5)) for r in running))
+        await asyncio.gather(*(self.remove_sink(name, _left(deadline, 0.5)) for name in list(self.sinks)))
+        retiring = {t for tasks in self._retiring.values() for t in tasks}
+        if retiring:
+            _, late = await asyncio.wait(retiring, timeout=_left(deadline))
+            for task in late:
+                task.cancel()
         await self.zygote.stop()
         await self.fresh.stop()
         await self.hub.stop()
@@ -181,11 +192,11 @@ class Runtime:
         self.sinks[spec.subscription] = (spec, sink, sidecar)
         sidecar.start()
 
-    async def remove_sink(self, subscription: str) -> None:
+    async def remove_sink(self, subscription: str, grace: float | None = None) -> None:
         running = self.sinks.pop(subscription, None)
         if running is not None:
             spec, sink, sidecar = running
-            await sidecar.stop(grace=spec.delivery.timeout)
+            await sidecar.stop(grace=spec.delivery.timeout if grace is None else min(grace, spec.delivery.timeout))
             await sink.stop()
 
     def sink_status(self) -> list[SinkStatus]:
@@ -243,3 +254,8 @@ async def _last_output(replica: Replica) -> str:
     tail = getattr(replica, "output_tail", None)
     lines = await tail() if tail is not None else []
     return "; its last output:\n" + "\n".join(f"  {line}" for line in lines) if lines else ""
+
+
+def _left(deadline: float, share: float = 1.0) -> float:
+    """`share` of the time left until `deadline` (a `time.monotonic()` value)."""
+    return max(0.0, deadline - time.monotonic()) * share

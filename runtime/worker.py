@@ -3,7 +3,7 @@
 It connects to the mesh's replica socket three times (control, stdout, stderr), loads
 the handler, says READY, then runs INVOKE frames as they come, up to `concurrency` at a
 time. It is started either forked from the zygote (fast) or as a fresh interpreter:
-`python -m fmesh.runtime.worker SPEC_JSON`.
+`python -m fmesh.runtime.worker` with the spec's JSON on stdin.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from fmesh.events import Event, encode_data, format_time
 
 @dataclass
 class WorkerSpec:
-    """Everything a replica needs to start; sent to the zygote or passed on the command line."""
+    """Everything a replica needs to start; sent to the zygote, or on a fresh worker's stdin."""
 
     socket: str
     replica: str
@@ -266,5 +266,14 @@ def run(spec: WorkerSpec) -> None:
         sys.stderr.flush()
 
 
+def spec_from_stdin() -> WorkerSpec:
+    """A fresh interpreter's spec, on stdin (it holds secrets: never on the command line)."""
+    spec = WorkerSpec.from_json(sys.stdin.read())
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)  # the handler gets no stdin, as a forked replica does
+    os.close(devnull)
+    return spec
+
+
 if __name__ == "__main__":
-    run(WorkerSpec.from_json(sys.argv[1]))
+    run(spec_from_stdin())

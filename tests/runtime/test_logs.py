@@ -1,0 +1,37 @@
+"""Function logs: followers get new lines, and every follower ends when the mesh stops."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fmesh.runtime.logs import LogStore
+
+
+async def collect(store: LogStore, function: str) -> list[str]:
+    return [line async for line in store.follow(function)]
+
+
+async def test_end_followers_ends_every_follow_and_later_ones_at_once(tmp_path):
+    store = LogStore(tmp_path)
+    following = [asyncio.create_task(collect(store, name)) for name in ("a", "a", "b")]
+    await asyncio.sleep(0)  # let them subscribe
+    store.write("a", "r1", "stdout", "hello")
+    store.end_followers()
+    done = await asyncio.wait_for(asyncio.gather(*following), 2)
+    assert [len(lines) for lines in done] == [1, 1, 0] and done[0][0].endswith("r1 stdout: hello\n")
+    assert await asyncio.wait_for(collect(store, "a"), 2) == []
+    store.close()
+
+
+async def test_a_full_follower_still_hears_the_end(tmp_path):
+    store = LogStore(tmp_path)
+    following = store.follow("a")
+    first = asyncio.create_task(anext(following))
+    await asyncio.sleep(0)
+    for n in range(10_001):  # one more than a follower buffers
+        store.write("a", "r1", "stdout", str(n))
+    store.end_followers()
+    await first
+    lines = [line async for line in following]
+    assert 9_000 < len(lines) < 10_000
+    store.close()
