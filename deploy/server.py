@@ -71,7 +71,12 @@ async def serve(settings: NodeSettings, manifest: Path | None, sockets: list[soc
     config = uvicorn.Config(node, host=settings.host, port=settings.port, lifespan="on",
                             log_level="warning", access_log=False, loop="auto", http="auto")
     server = MeshServer(config, node, settings.shutdown_grace)
-    await server.serve(sockets=sockets)
+    try:
+        await server.serve(sockets=sockets)
+    except SystemExit:  # uvicorn's way out of a failed start, which the node has already said
+        if node.start_failed:
+            return 1
+        raise
     say(server.stopped_line())
     return 0 if server.clean else 1
 

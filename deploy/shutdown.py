@@ -9,6 +9,7 @@ serves, the node gets what is left, and the process says in one line why and whe
 from __future__ import annotations
 
 import contextlib
+import logging
 import signal
 import socket
 import threading
@@ -21,6 +22,16 @@ import uvicorn
 from fmesh.node import Node
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class _QuietStartupFailure(logging.Filter):
+    """The node says in one line why it could not start; uvicorn's own line would repeat it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Application startup failed")
+
+
+logging.getLogger("uvicorn.error").addFilter(_QuietStartupFailure())
 
 
 class MeshServer(uvicorn.Server):

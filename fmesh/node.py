@@ -44,6 +44,7 @@ class Node:
         self.routes: dict[str, ASGIApp] = {}   # extra POST paths (webhook triggers)
         self.triggers: dict[str, Trigger] = {}
         self._started = False
+        self.start_failed = False
         self.stop_deadline: float | None = None  # time.monotonic() by which a stop must be done
         self.stop_overran = False                # the last stop ran out of time and left work undone
 
@@ -163,8 +164,11 @@ class Node:
             if message["type"] == "lifespan.startup":
                 try:
                     await self.start()
-                except Exception as exc:  # noqa: BLE001 - reported to uvicorn, which exits
-                    await send({"type": "lifespan.startup.failed", "message": f"{type(exc).__name__}: {exc}"})
+                except Exception as exc:  # noqa: BLE001 - said in one line; uvicorn then exits
+                    print(f"error: {exc}", file=sys.stderr, flush=True)
+                    self.start_failed = True
+                    await self._stop_in_time()
+                    await send({"type": "lifespan.startup.failed", "message": ""})
                     return
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":

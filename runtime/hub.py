@@ -61,6 +61,8 @@ class ReplicaHub:
         self._streams.add(task)  # type: ignore[arg-type]
         try:
             await self._copy_lines(replica, str(stream), reader)
+        except asyncio.CancelledError:
+            pass  # the hub is stopping: a log stream just ends
         finally:
             self._streams.discard(task)  # type: ignore[arg-type]
             writer.close()

@@ -220,3 +220,14 @@ def test_functions_sharing_a_folder_restart_only_when_they_changed(mesh, tmp_pat
     deploy("1")
     changed = deploy("2")
     assert "function one unchanged" in changed and "function two updated" in changed, changed
+
+
+def test_up_with_a_manifest_whose_function_cannot_start_exits_with_one_line(mesh_factory, tmp_path):
+    (tmp_path / "app").mkdir()
+    (tmp_path / "app" / "handler.py").write_text(GOOD)
+    path = manifest(tmp_path, tmp_path / "out.txt", "app/handler.py:handel")
+    mesh = mesh_factory().start("-f", str(path), wait=False)
+    assert mesh.process.wait(30) == 1
+    errors = [line for line in mesh.log().splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "has no function 'handel'" in errors[0], mesh.log()
+    assert "Traceback" not in mesh.log() and "ERROR" not in mesh.log(), mesh.log()
