@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from fmesh.broker.filters import Filter
 from fmesh.broker.log import EventLog
@@ -12,6 +13,12 @@ from fmesh.broker.router import Router
 
 from fmesh.contracts import Claimed, DeadLetter, Delivery, Publisher
 from fmesh.events import Event, without_error_context
+from fmesh.meshpath import PATH, visited
+
+
+def dedup_key(event: Event) -> str:
+    """What makes two events the same event: their source and id (CloudEvents says so)."""
+    return f"{event.source}\x00{event.id}"
 
 
 class SubscriptionQueue:
@@ -69,17 +76,52 @@ class DirectPublisher:
         await self._broker.enqueue(events, self.subscription)
 
 
-class Broker:
-    """`Publisher` plus the subscription registry, over one event log."""
+DEDUP_WINDOW = 600.0  # seconds in which a bridged event with the same source and id is a duplicate
 
-    def __init__(self, log: EventLog) -> None:
+
+@dataclass
+class BridgedStats:
+    """What arrived from other meshes' bridges."""
+
+    received: int = 0
+    duplicates: int = 0     # dropped: the same (source, id) within the dedup window
+    looped: int = 0         # dropped: this mesh was already on the event's path
+
+
+class Broker:
+    """`Publisher` plus the subscription registry, over one event log.
+
+    Events forwarded by another mesh (they carry `fmeshpath`) are dropped when this mesh
+    is already on their path (a loop), and when an event with the same source and id
+    came within `dedup_window` seconds (a sender's retry after a lost answer)."""
+
+    def __init__(self, log: EventLog, mesh_id: str = "", dedup_window: float = DEDUP_WINDOW) -> None:
         self.log = log
+        self.mesh_id = mesh_id
+        self.dedup_window = dedup_window
         self.router = Router()
+        self.bridged = BridgedStats()
         self._queues: dict[str, SubscriptionQueue] = {}
 
     async def publish(self, events: Sequence[Event]) -> None:
+        if any(PATH in event.attributes for event in events):
+            await self._publish_bridged(events)
+            return
         routed = [(event, self.router.match(event.attributes)) for event in events]
         await self.log.append([(e, subs) for e, subs in routed if subs])
+        self._wake(routed)
+
+    async def _publish_bridged(self, events: Sequence[Event]) -> None:
+        arriving = [event for event in events if self.mesh_id not in visited(event)]
+        routed = [(event, self.router.match(event.attributes)) for event in arriving]
+        keys = [dedup_key(event) if PATH in event.attributes else None for event in arriving]
+        stored = await self.log.append_unique(routed, keys, self.dedup_window)
+        self.bridged.looped += len(events) - len(arriving)
+        self.bridged.received += sum(1 for key in keys if key is not None)
+        self.bridged.duplicates += stored.count(False)
+        self._wake([item for item, new in zip(routed, stored, strict=True) if new])
+
+    def _wake(self, routed: Sequence[tuple[Event, Sequence[str]]]) -> None:
         for _, subs in routed:
             for sub in subs:
                 self._queues[sub].wake()
@@ -110,6 +152,10 @@ class Broker:
         queue = self._queues.get(subscription)
         if queue is not None:
             queue.wake()
+
+    async def forget_seen(self) -> int:
+        """Forget bridged events older than the dedup window (run now and then)."""
+        return await self.log.forget_seen(time.time() - self.dedup_window)
 
     async def unsubscribe(self, name: str, drop_pending: bool = True) -> None:
         self.router.remove(name)

@@ -39,6 +39,18 @@ class EventLog(Protocol):
     async def append(self, routed: Sequence[tuple[Event, Sequence[str]]]) -> None:
         """Store each event once for every subscription named beside it."""
 
+    async def append_unique(self, routed: Sequence[tuple[Event, Sequence[str]]], keys: Sequence[str | None],
+                            window: float) -> list[bool]:
+        """Like `append`, except that an event whose key (one per event, None: no key) was
+        stored within the last `window` seconds is dropped; in one atomic step. Returns,
+        per event, whether it was stored. (Bridged events, keyed by source and id.)"""
+
+    async def forget_seen(self, before: float) -> int:
+        """Forget the keys `append_unique` saw before `before`; returns how many."""
+
+    async def backlog(self, subscription: str) -> tuple[int, float | None]:
+        """Deliveries stored for a subscription, and when the oldest of them was stored."""
+
     async def claim(self, subscription: str, limit: int, now: float, ordered: bool = False) -> Claimed:
         """Up to `limit` unclaimed deliveries due by `now`, oldest due first, now claimed.
 

@@ -32,6 +32,7 @@ class MemoryEventLog:
         self._rows: dict[int, _Row] = {}
         self._dead: dict[int, DeadLetter] = {}
         self._state: dict[str, bytes] = {}
+        self._seen: dict[str, float] = {}
 
     async def open(self) -> None:
         pass
@@ -43,8 +44,30 @@ class MemoryEventLog:
         now = time.time()
         for event, subscriptions in routed:
             for sub in subscriptions:
-                delivery = Delivery(next(self._ids), sub, event)
+                delivery = Delivery(next(self._ids), sub, event, stored_at=now)
                 self._rows[delivery.id] = _Row(delivery, now)
+
+    async def append_unique(self, routed: Sequence[tuple[Event, Sequence[str]]], keys: Sequence[str | None],
+                            window: float) -> list[bool]:
+        now = time.time()
+        fresh = []
+        for key in keys:
+            new = key is None or self._seen.get(key, float("-inf")) < now - window
+            if new and key is not None:
+                self._seen[key] = now
+            fresh.append(new)
+        await self.append([item for item, new in zip(routed, fresh, strict=True) if new])
+        return fresh
+
+    async def forget_seen(self, before: float) -> int:
+        old = [key for key, at in self._seen.items() if at < before]
+        for key in old:
+            del self._seen[key]
+        return len(old)
+
+    async def backlog(self, subscription: str) -> tuple[int, float | None]:
+        times = [r.delivery.stored_at for r in self._rows.values() if r.delivery.subscription == subscription]
+        return len(times), min(times) if times else None
 
     async def claim(self, subscription: str, limit: int, now: float, ordered: bool = False) -> Claimed:
         mine = [r for r in self._rows.values() if r.delivery.subscription == subscription]
@@ -86,7 +109,8 @@ class MemoryEventLog:
 
     async def redirect(self, delivery_id: int, subscription: str, event: Event) -> None:
         if self._rows.pop(delivery_id, None) is not None:
-            self._rows[delivery_id] = _Row(Delivery(delivery_id, subscription, event), time.time())
+            now = time.time()
+            self._rows[delivery_id] = _Row(Delivery(delivery_id, subscription, event, stored_at=now), now)
 
     async def dead_letters(self, subscription: str | None = None, limit: int = 1000) -> list[DeadLetter]:
         found = [d for d in self._dead.values() if subscription in (None, d.subscription)]
@@ -134,4 +158,5 @@ class MemoryEventLog:
 
 
 def _copy(delivery: Delivery) -> Delivery:
-    return Delivery(delivery.id, delivery.subscription, delivery.event, delivery.attempts, delivery.last_error)
+    return Delivery(delivery.id, delivery.subscription, delivery.event, delivery.attempts, delivery.last_error,
+                    stored_at=delivery.stored_at)

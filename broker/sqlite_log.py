@@ -37,7 +37,8 @@ CREATE TABLE IF NOT EXISTS deliveries(
     due_at REAL NOT NULL,
     claimed INTEGER NOT NULL DEFAULT 0,
     last_error TEXT,
-    okey TEXT                      -- the partitionkey, for ordered subscriptions
+    okey TEXT,                     -- the partitionkey, for ordered subscriptions
+    stored_at REAL                 -- when it was stored, for a delivery policy's ttl
 );
 -- AUTOINCREMENT: an id is never given twice, so a late ack cannot remove a newer
 -- delivery, and a script that replays dead letters by id cannot hit a different one.
@@ -56,18 +57,33 @@ CREATE TABLE IF NOT EXISTS dead_letters(
 );
 CREATE INDEX IF NOT EXISTS dead_letters_sub ON dead_letters(subscription);
 CREATE TABLE IF NOT EXISTS state(key TEXT PRIMARY KEY, value BLOB NOT NULL);
+-- Events seen from bridges, by source and id, for dropping the duplicates of a retry.
+CREATE TABLE IF NOT EXISTS seen(key TEXT PRIMARY KEY, at REAL NOT NULL) WITHOUT ROWID;
 """
 
-CLAIM = ("SELECT id, attributes, payload, attempts, last_error FROM deliveries "
+CLAIM = ("SELECT id, attributes, payload, attempts, last_error, stored_at FROM deliveries "
          "WHERE subscription=? AND claimed=0 AND due_at<=? ORDER BY due_at, id LIMIT ?")
 # Ordered: only the oldest stored delivery of each key may go; while it is in flight or
 # waiting to retry, the ones behind it wait too. Deliveries without a key never wait.
-ORDERED_CLAIM = ("SELECT id, attributes, payload, attempts, last_error FROM deliveries AS d "
+ORDERED_CLAIM = ("SELECT id, attributes, payload, attempts, last_error, stored_at FROM deliveries AS d "
                  "WHERE subscription=? AND claimed=0 AND due_at<=? AND (okey IS NULL OR NOT EXISTS ("
                  "SELECT 1 FROM deliveries AS e WHERE e.subscription=d.subscription AND e.okey=d.okey "
                  "AND e.id<d.id)) ORDER BY due_at, id LIMIT ?")
 
-INSERT = "INSERT INTO deliveries(subscription, attributes, payload, due_at, okey) VALUES (?,?,?,?,?)"
+# Rows are (subscription, attributes, payload, now, okey): stored at the time it is first due.
+INSERT = ("INSERT INTO deliveries(subscription, attributes, payload, due_at, okey, stored_at) "
+          "VALUES (?1, ?2, ?3, ?4, ?5, ?4)")
+SEEN = ("INSERT INTO seen(key, at) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET at=excluded.at "
+        "WHERE seen.at < ?3")
+
+
+def migrate(conn: sqlite3.Connection) -> None:
+    """Bring the tables of an older mesh up to this schema."""
+    columns = [row[1] for row in conn.execute("PRAGMA table_info(deliveries)")]
+    if columns and "stored_at" not in columns:
+        conn.execute("ALTER TABLE deliveries ADD COLUMN stored_at REAL")
+        conn.execute("UPDATE deliveries SET stored_at=due_at")
+    migrate_ids(conn)
 
 
 def migrate_ids(conn: sqlite3.Connection) -> None:
@@ -134,7 +150,7 @@ class SqliteEventLog:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA synchronous={'FULL' if self._sync == 'full' else 'NORMAL'}")
         conn.execute("PRAGMA wal_autocheckpoint=0")  # the Checkpointer does it, off the loop
-        migrate_ids(conn)
+        migrate(conn)
         conn.executescript(SCHEMA)
         # Claims belong to the process that made them; a new process starts with none.
         conn.execute("UPDATE deliveries SET claimed=0 WHERE claimed=1")
@@ -204,6 +220,27 @@ class SqliteEventLog:
         if rows:
             await self._submit(Append(rows))
 
+    async def append_unique(self, routed: Sequence[tuple[Event, Sequence[str]]], keys: Sequence[str | None],
+                            window: float) -> list[bool]:
+        now = time.time()
+
+        def op(conn: sqlite3.Connection) -> list[bool]:
+            fresh = [key is None or conn.execute(SEEN, (key, now, now - window)).rowcount == 1 for key in keys]
+            rows = [(sub, *to_record(event), now, ordering_key(event))
+                    for (event, subscriptions), new in zip(routed, fresh, strict=True) if new
+                    for sub in subscriptions]
+            conn.executemany(INSERT, rows)
+            return fresh
+
+        return await self._submit(op)
+
+    async def forget_seen(self, before: float) -> int:
+        return await self._submit(lambda c: c.execute("DELETE FROM seen WHERE at<?", (before,)).rowcount)
+
+    async def backlog(self, subscription: str) -> tuple[int, float | None]:
+        return await self._submit(lambda c: tuple(c.execute(
+            "SELECT count(*), min(stored_at) FROM deliveries WHERE subscription=?", (subscription,)).fetchone()))
+
     async def claim(self, subscription: str, limit: int, now: float, ordered: bool = False) -> Claimed:
         def op(conn: sqlite3.Connection) -> Claimed:
             rows = conn.execute(ORDERED_CLAIM if ordered else CLAIM, (subscription, now, limit)).fetchall()
@@ -250,7 +287,7 @@ class SqliteEventLog:
         attributes, payload = to_record(event)
         await self._submit(lambda c: c.execute(
             "UPDATE deliveries SET subscription=?, attributes=?, payload=?, attempts=0, claimed=0,"
-            " due_at=?, last_error=NULL, okey=? WHERE id=?",
+            " due_at=?, last_error=NULL, okey=?, stored_at=due_at WHERE id=?",
             (subscription, attributes, payload, time.time(), ordering_key(event), delivery_id)))
 
     async def dead_letters(self, subscription: str | None = None, limit: int = 1000) -> list[DeadLetter]:
@@ -332,7 +369,7 @@ def _dead_letter_filter(subscription: str | None, before: float | None) -> tuple
 
 def _delivery(row: tuple, subscription: str) -> Delivery:
     event, undecodable = from_record_or_stub(row[1], row[2], f"delivery {row[0]}")
-    return Delivery(row[0], subscription, event, row[3], row[4], undecodable)
+    return Delivery(row[0], subscription, event, row[3], row[4], undecodable, row[5] or 0.0)
 
 
 def _dead_letter(row: tuple) -> DeadLetter:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import time
 from dataclasses import asdict
 from typing import Any
 
@@ -24,6 +25,7 @@ class ApplyRequest(BaseModel):
         default_factory=dict, description="name → {spec: manifest function, bundle: sha256 of its code}")
     subscriptions: dict[str, dict[str, Any]] = Field(default_factory=dict, description="name → {spec}")
     triggers: dict[str, dict[str, Any]] = Field(default_factory=dict, description="name → {spec}")
+    bridges: dict[str, dict[str, Any]] = Field(default_factory=dict, description="name → {spec}")
     prune: bool = Field(False, description="delete deployed resources that are not in this request")
     verify: bool = Field(True, description="start each new or changed function once before it takes events; "
                          "if one does not start, nothing is deployed")
@@ -72,7 +74,7 @@ def create_app(node: Node, control: ControlPlane, token: str) -> FastAPI:
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+        return {"status": "ok", "mesh": node.mesh_id}  # a bridge asks, to keep loops from starting
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
@@ -117,7 +119,8 @@ def create_app(node: Node, control: ControlPlane, token: str) -> FastAPI:
     async def apply(request: ApplyRequest) -> dict[str, Any]:
         try:
             changes = await control.apply({"function": request.functions, "subscription": request.subscriptions,
-                                           "trigger": request.triggers}, request.prune, request.verify)
+                                           "trigger": request.triggers, "bridge": request.bridges},
+                                          request.prune, request.verify)
         except DeployError as exc:
             raise HTTPException(422, str(exc)) from exc
         return {"changes": [asdict(c) for c in changes]}
@@ -129,12 +132,19 @@ def create_app(node: Node, control: ControlPlane, token: str) -> FastAPI:
         for item in node.runtime.status():
             pending = await node.log.pending(f"function:{item.name}")
             items.append(function_status(node, item, pending, dead.get(f"function:{item.name}", 0)))
-        sinks = [{"name": s.name, "url": s.url, "delivered": s.delivery.delivered, "failed": s.delivery.failed,
-                  "retried": s.delivery.retried, "inflight": s.delivery.inflight,
-                  "pending": await node.log.pending(s.name), "dead_lettered": dead.get(s.name, 0),
-                  "last_error": s.delivery.last_error} for s in node.runtime.sink_status()]
+        sinks, bridges = [], []
+        for s in node.runtime.sink_status():
+            item = {"name": s.name, "url": s.url, "delivered": s.delivery.delivered, "failed": s.delivery.failed,
+                    "retried": s.delivery.retried, "inflight": s.delivery.inflight,
+                    "pending": await node.log.pending(s.name), "dead_lettered": dead.get(s.name, 0),
+                    "last_error": s.delivery.last_error}
+            if s.bridge is None:
+                sinks.append(item)
+            else:
+                bridges.append(await bridge_status(node, item, s.bridge))
         triggers = [asdict(t.status()) for _, t in sorted(node.triggers.items())]
-        return {"functions": items, "sinks": sinks, "triggers": triggers, "store": node.log.url}
+        return {"mesh": node.mesh_id, "functions": items, "sinks": sinks, "bridges": bridges,
+                "bridged_in": asdict(node.broker.bridged), "triggers": triggers, "store": node.log.url}
 
     @app.get("/v1/functions/{name}/logs", dependencies=auth, summary="A function's stdout and stderr")
     async def logs(name: str, lines: int = Query(200, ge=0, le=100_000), follow: bool = False) -> Response:
@@ -176,6 +186,14 @@ def create_app(node: Node, control: ControlPlane, token: str) -> FastAPI:
         return {"purged": await node.log.purge_dead_letters(subscription_of(function))}
 
     return app
+
+
+async def bridge_status(node: Node, item: dict[str, Any], stats: Any) -> dict[str, Any]:
+    """A bridge as `fmesh status` shows it: state, backlog, how long the oldest has waited."""
+    backlog, oldest = await node.log.backlog(item["name"])
+    return {**item, "name": item["name"].split(":", 1)[1], "state": stats.state, "peer_mesh": stats.peer_mesh,
+            "backlog": backlog, "oldest_waiting_s": None if oldest is None else round(time.time() - oldest, 1),
+            "looped": stats.looped, "forwarded": item["delivered"] - stats.looped}
 
 
 def add_resource_routes(app: FastAPI, control: ControlPlane, kind: str, auth: list) -> None:

@@ -76,6 +76,11 @@ class MeshClient:
     def functions(self) -> list[dict[str, Any]]:
         return self.request("GET", "/v1/functions").json()["functions"]
 
+    def target_names(self) -> set[str]:
+        """The deployed functions and bridges: what replies and dead letters may name."""
+        bridges = self.request("GET", "/v1/bridges").json()["bridges"]
+        return {f["name"] for f in self.functions()} | {b["name"] for b in bridges}
+
     def delete(self, name: str) -> None:
         self.request("DELETE", f"/v1/functions/{name}")
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from fmesh.deploy.bundle import BundleStore
 from fmesh.deploy.dependencies import DependencyInstaller
-from fmesh.deploy.resources import FunctionKind, Kind, Resource, SubscriptionKind, TriggerKind
+from fmesh.deploy.resources import BridgeKind, FunctionKind, Kind, Resource, SubscriptionKind, TriggerKind
 
 from fmesh.errors import DeployError, FmeshError
 from fmesh.node import Node
@@ -39,8 +39,10 @@ class ControlPlane:
         self.node = node
         self.bundles = BundleStore(node.data_dir / "bundles")
         self.dependencies = DependencyInstaller(node.data_dir / "deps")
-        # Order matters: functions before the subscriptions and triggers that feed them.
+        # Order matters: bridges (that functions may hand replies and dead letters to), then
+        # functions, then the subscriptions and triggers that feed them.
         self.kinds: dict[str, Kind] = {
+            "bridge": BridgeKind(node),
             "function": FunctionKind(node, self.bundles, self.dependencies),
             "subscription": SubscriptionKind(node),
             "trigger": TriggerKind(node),
@@ -98,13 +100,14 @@ class ControlPlane:
         return old is None or old.version != resource.version
 
     def _check_references(self, wanted: dict[str, list[Resource]], prune: bool) -> None:
-        functions = {r.name for r in wanted["function"]} | (set() if prune else set(self.functions))
+        names = {r.name for kind in ("function", "bridge") for r in wanted[kind]}
+        functions = names | (set() if prune else set(self.functions) | set(self.deployed["bridge"]))
         for kind, resources in wanted.items():
             for resource in resources:
                 for field, target in self.kinds[kind].references(resource):
                     if target not in functions:
-                        raise DeployError(f"{kind} {resource.name}: {field}: no function named {target!r} "
-                                          f"(functions: {', '.join(sorted(functions)) or 'none'})")
+                        raise DeployError(f"{kind} {resource.name}: {field}: no function or bridge named "
+                                          f"{target!r} (there are: {', '.join(sorted(functions)) or 'none'})")
 
     async def _verify(self, resources: list[Resource]) -> None:
         """Start each resource once, all at the same time; every failure is reported."""

@@ -43,6 +43,7 @@ def apply_request(manifest: Manifest, packed: list[PackedFunction]) -> dict[str,
                           for name, sub in manifest.subscriptions.items()},
         "triggers": {name: {"spec": trigger.model_dump(mode="json", exclude_none=True)}
                      for name, trigger in manifest.triggers.items()},
+        "bridges": {name: {"spec": bridge.model_dump(mode="json")} for name, bridge in manifest.bridges.items()},
     }
 
 

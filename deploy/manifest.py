@@ -17,7 +17,7 @@ from fmesh.broker.filters import (
 )
 from fmesh.deploy.yaml_lines import LocatedYaml
 from fmesh.runtime.sinks.base import SinkOptions
-from fmesh.triggers.config import TriggerEntry
+from fmesh.triggers.config import EnvName, TriggerEntry
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fmesh.durations import parse_duration
@@ -118,6 +118,8 @@ class DeliverySpec(Strict):
         "unordered", description="ordered: events with the same partitionkey go one at a time, in order")
     content_mode: Literal["binary", "structured"] = Field(
         "binary", description="how events are POSTed to command functions and URLs")
+    ttl: Duration | None = Field(None, gt=0, description="an event not delivered within this long after it was "
+                                 "stored goes to the dead letters, retries left or not")
 
 
 class SecretFrom(Strict):
@@ -258,14 +260,87 @@ class SubscriptionSpec(Filtered):
         return self._combined([compile_shorthand(self.filter, "", errors)], errors)
 
 
+def _check_mesh_url(value: Any) -> str:
+    if not isinstance(value, str) or value.split("://", 1)[0].lower() not in ("http", "https") \
+            or not value.split("://", 1)[-1].strip("/"):
+        raise ValueError(f"expected the other mesh's URL, http(s)://host:port, got {value!r}")
+    return value
+
+
+MeshUrl = Annotated[str, BeforeValidator(_check_mesh_url)]
+
+
+class BridgeAuthSpec(Strict):
+    """How this mesh proves who it is to the other: one secret, from the environment or a file."""
+
+    token_env: EnvName | None = Field(None, description="env var with a bearer token the other mesh accepts")
+    token_file: str | None = Field(None, description="file holding that token")
+    hmac_secret_env: EnvName | None = Field(None, description="env var with an HMAC secret shared with the other mesh")
+    hmac_secret_file: str | None = Field(None, description="file holding that secret")
+    peer: Name | None = Field(None, description="the name the other mesh knows this one by, sent with HMAC "
+                              "signatures (default: this mesh's id)")
+
+    @model_validator(mode="after")
+    def _one_secret(self) -> BridgeAuthSpec:
+        given = [n for n in ("token_env", "token_file", "hmac_secret_env", "hmac_secret_file") if getattr(self, n)]
+        if len(given) != 1:
+            raise ValueError("give exactly one of token_env, token_file, hmac_secret_env, hmac_secret_file"
+                             + (f" (got {', '.join(given)})" if given else ""))
+        return self
+
+
+class BridgeTlsSpec(Strict):
+    ca: str | None = Field(None, description="CA bundle to verify the other mesh with")
+    cert: str | None = Field(None, description="client certificate, for a mesh that requires one (mTLS)")
+    key: str | None = Field(None, description="the client certificate's key")
+
+    @model_validator(mode="after")
+    def _cert_and_key(self) -> BridgeTlsSpec:
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("give cert and key together")
+        return self
+
+
+class BridgeDeliverySpec(DeliverySpec):
+    """A bridge waits out the other mesh being down: it retries until the ttl, not a count."""
+
+    retries: int | None = Field(None, ge=0, description="attempts after the first (default: until the ttl)")
+    max_delay: Duration = Field(5.0, ge=0, description="longest wait between attempts")
+    ttl: Duration | None = Field(86400.0, gt=0, description="an event still waiting after this long goes to "
+                                 "the dead letters")
+
+
+class BridgeSpec(Filtered):
+    """Events matching `filter`/`filters` are forwarded to another mesh's ingress."""
+
+    to: MeshUrl = Field(description="the other mesh, http(s)://host:port")
+    filter: dict[str, Any] = Field(default_factory=dict, description="attribute: value or {exact|prefix|suffix}")
+    auth: BridgeAuthSpec | None = Field(None, description="how this mesh authenticates to the other")
+    tls: BridgeTlsSpec | None = Field(None, description="certificates for an https:// mesh")
+    delivery: BridgeDeliverySpec = Field(default_factory=BridgeDeliverySpec)
+    concurrency: int = Field(16, ge=1, le=10_000, description="events in flight to the other mesh at once")
+
+    @field_validator("filter")
+    @classmethod
+    def _filter_compiles(cls, value: dict[str, Any]) -> dict[str, Any]:
+        compile_shorthand(value, "filter")
+        return value
+
+    def compiled_filter(self) -> Filter:
+        errors = FilterErrors()
+        return self._combined([compile_shorthand(self.filter, "", errors)], errors)
+
+
 class Manifest(Strict):
     functions: dict[Name, FunctionSpec] = Field(default_factory=dict)
     subscriptions: dict[Name, SubscriptionSpec] = Field(default_factory=dict)
     triggers: dict[Name, TriggerEntry] = Field(default_factory=dict)
+    bridges: dict[Name, BridgeSpec] = Field(default_factory=dict)
 
 
 SECTIONS: dict[str, type[BaseModel]] = {
-    "functions": FunctionSpec, "subscriptions": SubscriptionSpec, "triggers": TriggerEntry}
+    "functions": FunctionSpec, "subscriptions": SubscriptionSpec, "triggers": TriggerEntry,
+    "bridges": BridgeSpec}
 
 
 def parse_manifest(text: str, file: str = "fmesh.yaml") -> Manifest:
@@ -315,9 +390,10 @@ def is_function_target(target: str | None) -> bool:
 
 
 def function_references(manifest: Manifest) -> list[tuple[tuple[str, ...], str]]:
-    """(field path, function name) of every dead-letter and reply target naming a function."""
+    """(field path, name) of every dead-letter and reply target naming a function or bridge."""
     found = []
-    for section, items in (("functions", manifest.functions), ("subscriptions", manifest.subscriptions)):
+    for section, items in (("functions", manifest.functions), ("subscriptions", manifest.subscriptions),
+                           ("bridges", manifest.bridges)):
         for name, item in items.items():
             if is_function_target(item.delivery.dead_letter):
                 found.append(((section, name, "delivery", "dead_letter"), item.delivery.dead_letter))
@@ -327,14 +403,15 @@ def function_references(manifest: Manifest) -> list[tuple[tuple[str, ...], str]]
 
 
 def check_references(manifest: Manifest, path: Path, deployed: set[str]) -> None:
-    """Every function a dead letter or reply goes to is in the manifest or already deployed."""
-    known = set(manifest.functions) | deployed
+    """Every function or bridge a dead letter or reply goes to is in the manifest or
+    already deployed (`deployed`: the names of both)."""
+    known = set(manifest.functions) | set(manifest.bridges) | deployed
     for where, target in function_references(manifest):
         if target not in known:
             located = LocatedYaml(path.read_text(encoding="utf-8"), str(path))
             choices = ", ".join(sorted(known)) or "none"
             raise ManifestError(str(path), located.line_of(where), ".".join(where),
-                                f"no function named {target!r} (functions: {choices})")
+                                f"no function or bridge named {target!r} (there are: {choices})")
 
 
 def _located_error(exc: ValidationError, located: LocatedYaml) -> ManifestError:

@@ -7,16 +7,18 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 from fmesh.deploy.bundle import BundleStore
 from fmesh.deploy.dependencies import DependencyInstaller, top_level_names
-from fmesh.deploy.manifest import NAME, DeliverySpec, SubscriptionSpec, is_function_target
+from fmesh.deploy.manifest import NAME, BridgeSpec, DeliverySpec, SubscriptionSpec, is_function_target
 from fmesh.deploy.manifest import FunctionSpec as ManifestFunction
 from fmesh.runtime.policy import DeliveryPolicy, ScalePolicy
 from fmesh.runtime.runtime import FunctionSpec, SinkSpec, subscription_name
 from fmesh.runtime.secrets import SecretSource
-from fmesh.triggers.config import TriggerEntry
+from fmesh.runtime.sinks.bridge import BridgeAuth
+from fmesh.triggers.config import TriggerEntry, read_secret
 from pydantic import BaseModel, ValidationError
 
 from fmesh.errors import DeployError, HandlerError, TriggerConfigError
@@ -68,19 +70,30 @@ def parse_spec(kind: str, name: str, model: type[BaseModel], spec: Any) -> BaseM
         raise DeployError(f"{kind} {name}: {exc}") from exc
 
 
+UNTIL_TTL = 10**9  # "retries: none given" on a bridge: as many as the ttl leaves time for
+
+
 def delivery_policy(delivery: DeliverySpec, timeout: float, dead_letter: str | None) -> DeliveryPolicy:
-    return DeliveryPolicy(retries=delivery.retries, backoff=delivery.backoff, delay=delivery.delay,
+    return DeliveryPolicy(retries=UNTIL_TTL if delivery.retries is None else delivery.retries,
+                          backoff=delivery.backoff, delay=delivery.delay,
                           max_delay=delivery.max_delay, timeout=delivery.timeout or timeout,
-                          dead_letter=dead_letter, ordered=delivery.ordering == "ordered")
+                          dead_letter=dead_letter, ordered=delivery.ordering == "ordered", ttl=delivery.ttl)
 
 
-def dead_letter_target(owner: str, delivery: DeliverySpec) -> tuple[str | None, SinkSpec | None]:
-    """The subscription dead letters go to: a function's, or a sink of the owner's own."""
+def named_target(node: Node, name: str) -> str:
+    """The subscription a dead-letter or reply target named `name` stands for: a bridge's
+    if a bridge has that name (bridges are deployed first), else a function's."""
+    bridge = f"bridge:{name}"
+    return bridge if bridge in node.runtime.sinks else subscription_name(name)
+
+
+def dead_letter_target(node: Node, owner: str, delivery: DeliverySpec) -> tuple[str | None, SinkSpec | None]:
+    """The subscription dead letters go to: a function's or bridge's, or a sink of the owner's own."""
     target = delivery.dead_letter
     if target is None:
         return None, None
-    if "://" not in target:
-        return f"function:{target}", None
+    if is_function_target(target):
+        return named_target(node, target), None
     sink = SinkSpec(f"deadletter:{owner}", target, {}, delivery_policy(delivery, 30.0, None),
                     source=f"/fmesh/dead-letters/{owner}")
     return sink.subscription, sink
@@ -111,10 +124,10 @@ class FunctionKind:
 
     async def run(self, resource: Resource) -> None:
         spec: ManifestFunction = resource.spec  # type: ignore[assignment]
-        dead_letter, dead_letter_sink = dead_letter_target(resource.name, spec.delivery)
+        dead_letter, dead_letter_sink = dead_letter_target(self.node, resource.name, spec.delivery)
         reply_to: SinkSpec | str | None = None
         if is_function_target(spec.reply_to):
-            reply_to = subscription_name(spec.reply_to)  # type: ignore[arg-type]
+            reply_to = named_target(self.node, spec.reply_to)  # type: ignore[arg-type]
         elif spec.reply_to:
             reply_to = SinkSpec(f"reply:{resource.name}", spec.reply_to, spec.sink_options,
                                 delivery_policy(spec.delivery, spec.timeout, dead_letter),
@@ -171,7 +184,7 @@ class SubscriptionKind:
 
     async def run(self, resource: Resource) -> None:
         spec: SubscriptionSpec = resource.spec  # type: ignore[assignment]
-        dead_letter, dead_letter_sink = dead_letter_target(f"subscription-{resource.name}", spec.delivery)
+        dead_letter, dead_letter_sink = dead_letter_target(self.node, f"subscription-{resource.name}", spec.delivery)
         options = {**spec.options, "structured": spec.delivery.content_mode == "structured"}
         sink = SinkSpec(f"subscription:{resource.name}", spec.to, options,
                         delivery_policy(spec.delivery, spec.delivery.timeout or 30.0, dead_letter),
@@ -179,7 +192,7 @@ class SubscriptionKind:
         await self.node.deploy_subscription(sink, spec.compiled_filter(), dead_letter_sink)
 
     async def stop(self, name: str) -> None:
-        await self.node.remove_subscription(name)
+        await self.node.remove_subscription(f"subscription:{name}")
 
     async def verify(self, resource: Resource) -> None:
         pass  # a sink is reached when events go to it; its delivery policy covers it being down
@@ -215,3 +228,65 @@ class TriggerKind:
 
     def references(self, resource: Resource) -> list[tuple[str, str]]:
         return []
+
+
+class BridgeKind:
+    """Forward matching events to another mesh (see fmesh.runtime.sinks.bridge)."""
+
+    name = "bridge"
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
+    def validate(self, name: str, item: dict[str, Any]) -> Resource:
+        check_name("bridge", name)
+        return Resource("bridge", name, parse_spec("bridge", name, BridgeSpec, item.get("spec")))
+
+    async def run(self, resource: Resource) -> None:
+        spec: BridgeSpec = resource.spec  # type: ignore[assignment]
+        dead_letter, dead_letter_sink = dead_letter_target(self.node, f"bridge-{resource.name}", spec.delivery)
+        options = {"structured": spec.delivery.content_mode == "structured",
+                   **({"tls_ca": spec.tls.ca} if spec.tls and spec.tls.ca else {})}
+        sink = SinkSpec(f"bridge:{resource.name}", spec.to, options,
+                        delivery_policy(spec.delivery, spec.delivery.timeout or 30.0, dead_letter),
+                        max_inflight=spec.concurrency, source=f"/fmesh/bridges/{resource.name}",
+                        bridge=self.auth(resource.name, spec))
+        try:
+            await self.node.deploy_subscription(sink, spec.compiled_filter(), dead_letter_sink)
+        except (TriggerConfigError, ValueError) as exc:
+            raise DeployError(f"bridge {resource.name}: {exc}") from exc
+
+    def auth(self, name: str, spec: BridgeSpec) -> BridgeAuth:
+        """The bridge's secret, read now from the mesh's environment or a file."""
+        auth, peer = spec.auth, self.node.mesh_id
+        if auth is None:
+            return BridgeAuth(peer)
+        try:
+            secret = (read_secret(auth.token_env or auth.hmac_secret_env, f"bridges.{name}.auth")
+                      if auth.token_env or auth.hmac_secret_env
+                      else read_secret_file(auth.token_file or auth.hmac_secret_file, f"bridges.{name}.auth"))
+        except TriggerConfigError as exc:
+            raise DeployError(f"bridge {name}: {exc}") from exc
+        if auth.token_env or auth.token_file:
+            return BridgeAuth(auth.peer or peer, token=secret)
+        return BridgeAuth(auth.peer or peer, hmac_secret=secret.encode())
+
+    async def stop(self, name: str) -> None:
+        await self.node.remove_subscription(f"bridge:{name}")
+
+    async def verify(self, resource: Resource) -> None:
+        self.auth(resource.name, resource.spec)  # type: ignore[arg-type]  # a missing secret fails the deploy
+
+    def references(self, resource: Resource) -> list[tuple[str, str]]:
+        target = resource.spec.delivery.dead_letter  # type: ignore[attr-defined]
+        return [("delivery.dead_letter", target)] if is_function_target(target) else []
+
+
+def read_secret_file(path: str | None, field: str) -> str:
+    try:
+        value = Path(path or "").read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise TriggerConfigError(field, f"cannot read {path}: {exc.strerror}") from exc
+    if not value:
+        raise TriggerConfigError(field, f"{path} is empty")
+    return value

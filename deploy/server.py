@@ -22,11 +22,12 @@ from fmesh.deploy.shutdown import MeshServer
 
 from fmesh.errors import FmeshError, StartupError
 from fmesh.node import Node
-from fmesh.settings import NodeSettings, load_or_create_token, token_path
+from fmesh.settings import NodeSettings, load_or_create_mesh_id, load_or_create_token, token_path
 
 
 def build(settings: NodeSettings) -> tuple[Node, ControlPlane, str]:
     token = load_or_create_token(settings.data_dir, settings.token)
+    settings.mesh_id = load_or_create_mesh_id(settings.data_dir, settings.mesh_id)
     node = Node(settings)
     control = ControlPlane(node)
     node.control_app = create_app(node, control, token)
@@ -37,7 +38,7 @@ async def deploy_local(control: ControlPlane, manifest_path: Path,
                        progress: Callable[[str], None] = lambda line: None) -> str:
     """Apply a manifest from this machine without going through HTTP."""
     manifest = load_manifest(manifest_path)
-    check_references(manifest, manifest_path, set(control.functions))
+    check_references(manifest, manifest_path, set(control.functions) | set(control.deployed["bridge"]))
     packed = []
     for name, function in manifest.functions.items():
         digest, data, _ = pack(manifest_path.parent / function.folder, skip=[manifest_path])
@@ -46,7 +47,7 @@ async def deploy_local(control: ControlPlane, manifest_path: Path,
         packed.append(PackedFunction(name, digest, b"", 0))
     request = apply_request(manifest, packed)
     changes = await control.apply({"function": request["functions"], "subscription": request["subscriptions"],
-                                   "trigger": request["triggers"]})
+                                   "trigger": request["triggers"], "bridge": request["bridges"]})
     return summarize([c.__dict__ for c in changes])
 
 
@@ -57,7 +58,7 @@ async def serve(settings: NodeSettings, manifest: Path | None, sockets: list[soc
     async def on_start() -> None:
         restored = await control.restore()
         url = f"http://{settings.host}:{settings.port}"
-        say(f"fmesh mesh up on {url}  (events: POST {url}/, control: {url}/v1, docs: {url}/docs)")
+        say(f"fmesh mesh {node.mesh_id} up on {url}  (events: POST {url}/, control: {url}/v1, docs: {url}/docs)")
         say(f"  store {node.log.url}; data dir {settings.data_dir}")
         if not settings.token:
             say(f"  control API token in {token_path(settings.data_dir)}")

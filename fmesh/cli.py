@@ -52,6 +52,11 @@ def up(
     max_event_bytes: Annotated[int, typer.Option(help="Largest event accepted (413 past it).")] = 1024 * 1024,
     launcher: Annotated[str, typer.Option(help="How replicas start: zygote (fast) or subprocess.")] = "zygote",
     dead_letter_retention: Annotated[str, typer.Option(help="How long dead letters are kept.")] = "7d",
+    mesh_id: Annotated[str | None, typer.Option(
+        help="This mesh's id, which bridges put on the path of the events it forwards "
+             "(default: one generated once and kept in the data dir).")] = None,
+    dedup_window: Annotated[str, typer.Option(
+        help="Bridged events with the same source and id within this window are dropped as duplicates.")] = "10m",
     shutdown_grace: Annotated[str, typer.Option(
         help="How long SIGTERM or Ctrl-C may take; unfinished deliveries stay stored.")] = "10s",
 ) -> None:
@@ -63,9 +68,17 @@ def up(
     settings = NodeSettings(data_dir=(data_dir or default_data_dir()).expanduser().resolve(), host=host,
                             port=port, store=store, token=token, max_event_bytes=max_event_bytes,
                             launcher=launcher, dead_letter_retention=_duration(dead_letter_retention),
-                            shutdown_grace=_duration(shutdown_grace))
+                            shutdown_grace=_duration(shutdown_grace), mesh_id=mesh_id,
+                            dedup_window=_duration(dedup_window))
     if launcher not in ("zygote", "subprocess"):
         fail(f"--launcher must be zygote or subprocess, not {launcher!r}")
+    if mesh_id is not None:
+        from fmesh.meshpath import check_mesh_id
+
+        try:
+            check_mesh_id(mesh_id)
+        except ValueError as exc:
+            fail(f"--mesh-id: {exc}")
     if file is not None:
         try:
             load_manifest(file)  # a bad manifest is refused here, with the CLI's error style
@@ -93,7 +106,7 @@ def deploy(file: ManifestOption = Path("fmesh.yaml"), mesh: MeshOption = DEFAULT
     console.print(f"Deploying [bold]{file}[/] to {mesh}")
     try:
         with client(mesh, token) as mesh_client, console.status("validating") as status:
-            deployed = set() if prune else {f["name"] for f in mesh_client.functions()}
+            deployed = set() if prune else mesh_client.target_names()
             try:
                 check_references(manifest, file, deployed)
             except FmeshError as exc:
@@ -203,7 +216,26 @@ def status(mesh: MeshOption = DEFAULT_MESH_URL, token: TokenOption = None,
     if not report["functions"]:
         console.print("No functions deployed. Deploy some with `fmesh deploy -f fmesh.yaml`.")
     _print_sinks(report.get("sinks", []))
+    _print_bridges(report.get("bridges", []), report.get("bridged_in"))
     _print_triggers(report.get("triggers", []))
+    if report.get("mesh"):
+        console.print(f"mesh {report['mesh']}; store {report['store']}", highlight=False)
+
+
+def _print_bridges(bridges: list[dict[str, Any]], bridged_in: dict[str, int] | None) -> None:
+    if bridges:
+        table = Table("bridge", "to", "state", "backlog", "oldest waiting", "forwarded", "looped", "dead",
+                      "last error")
+        for b in bridges:
+            colour = {"connected": "green", "retrying": "yellow"}.get(b["state"], "dim")
+            oldest = "-" if b["oldest_waiting_s"] is None else f"{b['oldest_waiting_s']:.0f}s"
+            table.add_row(b["name"], f"{b['url']} ({b['peer_mesh'] or '?'})", f"[{colour}]{b['state']}[/]",
+                          str(b["backlog"]), oldest, str(b["forwarded"]), str(b["looped"]),
+                          str(b["dead_lettered"]), b["last_error"] or "")
+        console.print(table)
+    if bridged_in and bridged_in.get("received"):
+        console.print(f"from other meshes: {bridged_in['received']} received, {bridged_in['duplicates']} "
+                      f"duplicates and {bridged_in['looped']} looped events dropped", highlight=False)
 
 
 def _print_sinks(sinks: list[dict[str, Any]]) -> None:

@@ -23,6 +23,7 @@ class Delivery:
     attempts: int = 0
     last_error: str | None = None
     undecodable: str | None = None   # why the stored event could not be read back (then dead-lettered)
+    stored_at: float = 0.0           # when it was stored (a delivery policy's ttl counts from here)
 
 
 @dataclass(slots=True)

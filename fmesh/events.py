@@ -182,13 +182,27 @@ INTERNAL_COUNTS = (HOPS, "fmeshattempts", "fmesherrorcode")
 MAX_COUNT_DIGITS = 9
 
 
+PATH = "fmeshpath"          # the meshes an event was forwarded from (see fmesh.meshpath)
+MESH_ID = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+MAX_PATH = 32               # meshes on one path
+
+
 def checked_internal(attributes: dict[str, Any]) -> dict[str, Any]:
-    """`attributes` with the mesh's own counters as non-negative integers; InvalidEvent
-    naming the extension when one is anything else."""
+    """`attributes` with the mesh's own counters as non-negative integers and its path
+    a list of mesh ids; InvalidEvent naming the extension when one is anything else."""
     for name in INTERNAL_COUNTS:
         if name in attributes:
             attributes[name] = _count(name, attributes[name])
+    if PATH in attributes:
+        _check_path(attributes[PATH])
     return attributes
+
+
+def _check_path(value: Any) -> None:
+    parts = value.split(",") if isinstance(value, str) else None
+    if not parts or len(parts) > MAX_PATH or not all(MESH_ID.match(p) for p in parts):
+        raise InvalidEvent(f"extension {PATH!r} is the mesh's own: a comma-separated list of at most "
+                           f"{MAX_PATH} mesh ids, got {value!r:.60}", PATH)
 
 
 def _count(name: str, value: Any) -> int:

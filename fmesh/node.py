@@ -29,15 +29,21 @@ from fmesh.triggers.registry import build_trigger
 Hook = Callable[[], Awaitable[None]]
 
 
+def owner_of(subscription: str) -> str:
+    """The name its reply and dead-letter sinks go by: `subscription:audit` → `subscription-audit`."""
+    return subscription.replace(":", "-", 1)
+
+
 class Node:
     def __init__(self, settings: NodeSettings) -> None:
         self.settings = settings
         self.data_dir = settings.data_dir
         self.log = open_store(settings.store_url, settings.data_dir)
-        self.broker = Broker(self.log)
+        self.mesh_id = settings.mesh_id or ""
+        self.broker = Broker(self.log, self.mesh_id, settings.dedup_window)
         self.ingress = Ingress(self.broker.publish, settings.max_event_bytes)
         self.run_dir = Path(tempfile.mkdtemp(prefix="fmesh-"))  # short: Unix socket paths are limited
-        self.runtime = Runtime(self.data_dir, self.run_dir, self.broker, settings.launcher)
+        self.runtime = Runtime(self.data_dir, self.run_dir, self.broker, settings.launcher, self.mesh_id)
         self.control_app: ASGIApp | None = None
         self._janitor: asyncio.Task | None = None
         self.on_start: list[Hook] = []
@@ -52,7 +58,7 @@ class Node:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         await self.log.open()
         await self.runtime.start()
-        self._janitor = asyncio.get_running_loop().create_task(self._expire_dead_letters())
+        self._janitor = asyncio.get_running_loop().create_task(self._expire())
         self._started = True
         for hook in self.on_start:
             await hook()
@@ -71,15 +77,17 @@ class Node:
         await self.log.close()
         shutil.rmtree(self.run_dir, ignore_errors=True)
 
-    async def _expire_dead_letters(self) -> None:
-        """Dead letters older than the retention go, checked a few times per retention period."""
-        retention = self.settings.dead_letter_retention
+    async def _expire(self) -> None:
+        """Dead letters older than the retention go, and bridged events older than the dedup
+        window are forgotten, checked a few times per period."""
+        retention, window = self.settings.dead_letter_retention, self.settings.dedup_window
         while True:
             try:
                 await self.log.purge_dead_letters(before=time.time() - retention)
+                await self.broker.forget_seen()
             except StoreError as exc:
-                print(f"fmesh: could not expire dead letters: {exc}", file=sys.stderr)
-            await asyncio.sleep(min(3600.0, max(1.0, retention / 10)))
+                print(f"fmesh: could not expire dead letters or seen events: {exc}", file=sys.stderr)
+            await asyncio.sleep(min(3600.0, max(1.0, min(retention, window) / 10)))
 
     async def deploy_function(self, spec: FunctionSpec, filter: Filter, reply_to: SinkSpec | str | None = None,
                               dead_letter: SinkSpec | None = None) -> None:
@@ -100,17 +108,17 @@ class Node:
         await self._drop_sinks_except(name, set())
 
     async def deploy_subscription(self, sink: SinkSpec, filter: Filter, dead_letter: SinkSpec | None = None) -> None:
-        """Deliver the events `filter` passes to a URL or sink."""
-        owner = sink.subscription.split(":", 1)[1]
+        """Deliver the events `filter` passes to a URL, a sink or (a bridge) another mesh."""
         if dead_letter is not None:
             await self.runtime.deploy_sink(dead_letter, self.broker.queue(dead_letter.subscription))
         await self.runtime.deploy_sink(sink, self.broker.subscribe(sink.subscription, filter, sink.delivery.ordered))
-        await self._drop_sinks_except(f"subscription-{owner}", {dead_letter.subscription} if dead_letter else set())
+        await self._drop_sinks_except(owner_of(sink.subscription), {dead_letter.subscription} if dead_letter else set())
 
-    async def remove_subscription(self, name: str) -> None:
-        await self.runtime.remove_sink(f"subscription:{name}")
-        await self.broker.unsubscribe(f"subscription:{name}")
-        await self._drop_sinks_except(f"subscription-{name}", set())
+    async def remove_subscription(self, subscription: str) -> None:
+        """Stop a subscription (`subscription:audit`, `bridge:eu`) and forget what it had pending."""
+        await self.runtime.remove_sink(subscription)
+        await self.broker.unsubscribe(subscription)
+        await self._drop_sinks_except(owner_of(subscription), set())
 
     async def deploy_trigger(self, name: str, entry: TriggerEntry) -> None:
         """Start a source of events; replaces a running trigger of that name."""

@@ -33,6 +33,23 @@ def load_or_create_token(data_dir: Path, given: str | None) -> str:
     return token
 
 
+def mesh_id_path(data_dir: Path) -> Path:
+    return data_dir / "mesh-id"
+
+
+def load_or_create_mesh_id(data_dir: Path, given: str | None) -> str:
+    """This mesh's id: the one given, else the data dir's, else a new one saved there."""
+    if given:
+        return given
+    path = mesh_id_path(data_dir)
+    if path.exists():
+        return path.read_text().strip()
+    mesh_id = f"mesh-{secrets.token_hex(4)}"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(mesh_id + "\n")
+    return mesh_id
+
+
 def read_token(data_dir: Path | None = None) -> str | None:
     """The token a CLI call uses: FMESH_TOKEN, else the default data dir's token file."""
     if os.environ.get("FMESH_TOKEN"):
@@ -52,6 +69,8 @@ class NodeSettings:
     launcher: str = "zygote"              # or "subprocess": a fresh interpreter per replica
     dead_letter_retention: float = 7 * 86400.0
     shutdown_grace: float = 10.0          # seconds from SIGTERM/Ctrl-C until the process is gone
+    mesh_id: str | None = None            # default: a stable id kept in the data dir
+    dedup_window: float = 600.0           # bridged events with the same source and id within it are dropped
 
     @property
     def store_url(self) -> str:

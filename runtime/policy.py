@@ -19,6 +19,10 @@ class DeliveryPolicy:
     retry_after_cap: float = 300.0        # longest Retry-After honoured
     max_hops: int = 16                    # reply chain length that counts as a loop
     ordered: bool = False                 # one event per partitionkey at a time, in order
+    ttl: float | None = None              # an event stored longer than this is dead-lettered, not retried
+
+    def expired(self, stored_at: float, now: float) -> bool:
+        return self.ttl is not None and stored_at > 0 and now - stored_at > self.ttl
 
     def backoff_for(self, attempt: int, rng: random.Random | None = None) -> float:
         """Seconds to wait after failed attempt number `attempt` (1-based), with jitter.

@@ -25,6 +25,7 @@ from fmesh.runtime.replica import Replica, State
 from fmesh.runtime.secrets import SecretSource, resolve_secrets
 from fmesh.runtime.sidecar import DeliveryStats, Sidecar
 from fmesh.runtime.sinks import Sink, open_sink
+from fmesh.runtime.sinks.bridge import BridgeAuth, BridgeSink, BridgeStats
 from fmesh.runtime.starters import CommandStarter, PythonStarter, ReplicaStarter
 from fmesh.runtime.worker import WorkerSpec
 
@@ -74,6 +75,7 @@ class SinkSpec:
     delivery: DeliveryPolicy = DeliveryPolicy()
     max_inflight: int = 32
     source: str = ""                                # the `source` of replies the sink answers with
+    bridge: BridgeAuth | None = None                # set: the URL is another mesh, reached as a bridge
 
 
 @dataclass
@@ -81,6 +83,7 @@ class SinkStatus:
     name: str
     url: str
     delivery: DeliveryStats
+    bridge: BridgeStats | None = None
 
 
 @dataclass
@@ -101,7 +104,9 @@ class _Running:
 
 
 class Runtime:
-    def __init__(self, data_dir: Path, run_dir: Path, publisher: Publisher, launcher: str = "zygote") -> None:
+    def __init__(self, data_dir: Path, run_dir: Path, publisher: Publisher, launcher: str = "zygote",
+                 mesh_id: str = "") -> None:
+        self.mesh_id = mesh_id
         self.logs = LogStore(data_dir / "logs")
         self.publisher = publisher
         self.hub = ReplicaHub(run_dir / "replicas.sock", self._on_log)
@@ -185,6 +190,8 @@ class Runtime:
     async def deploy_sink(self, spec: SinkSpec, queue: DeliveryQueue) -> None:
         """Deliver `spec.subscription`'s events to its URL; replaces one running already."""
         sink = open_sink(spec.url, spec.options)
+        if spec.bridge is not None:
+            sink = BridgeSink(sink, self.mesh_id, spec.bridge)  # type: ignore[arg-type]
         await sink.start()
         sidecar = Sidecar(spec.subscription, spec.source or f"/fmesh/{spec.subscription}", queue, sink,
                           self.publisher, spec.delivery, spec.max_inflight)
@@ -200,7 +207,8 @@ class Runtime:
             await sink.stop()
 
     def sink_status(self) -> list[SinkStatus]:
-        return [SinkStatus(name, spec.url, sidecar.stats) for name, (spec, _, sidecar) in sorted(self.sinks.items())]
+        return [SinkStatus(name, spec.url, sidecar.stats, getattr(sink, "stats", None))
+                for name, (spec, sink, sidecar) in sorted(self.sinks.items())]
 
     def status(self) -> list[FunctionStatus]:
         return [FunctionStatus(name, r.spec.version, r.pool.status(), r.sidecar.stats,

@@ -147,6 +147,9 @@ class Sidecar:
             if delivery.undecodable is not None:
                 await self._settle_failure(delivery, HandlerError(delivery.undecodable, retryable=False))
                 return
+            if self.policy.expired(delivery.stored_at, time.time()):
+                await self._settle_failure(delivery, Expired(self.policy, delivery, delivery.last_error))
+                return
             error = await self._attempt(delivery)
             if error is None:
                 await self._until_stored(lambda: self._acks.ack(delivery.id), "ack")
@@ -218,9 +221,11 @@ class Sidecar:
         attempt = delivery.attempts + 1
         if error.retryable and attempt <= self.policy.retries:
             due = time.time() + self._retry_delay(attempt, error)
-            await self._until_stored(lambda: self.queue.retry(delivery, due, str(error)), "retry")
-            self.stats.retried += 1
-            return
+            if not self.policy.expired(delivery.stored_at, due):
+                await self._until_stored(lambda: self.queue.retry(delivery, due, str(error)), "retry")
+                self.stats.retried += 1
+                return
+            error = Expired(self.policy, delivery, str(error))
         await self._until_stored(lambda: self._dead_letter(delivery, error, attempt), "dead letter")
         self.stats.dead_lettered += 1
 
@@ -238,8 +243,19 @@ class Sidecar:
         reason = "not retryable" if not error.retryable else f"gave up after {attempts} attempts"
         if delivery.undecodable is not None:
             reason = "undecodable"
+        elif isinstance(error, Expired):
+            reason = "ttl expired"
         await self.queue.dead_letter(delivery, DeadLetter(
             0, self.name, event, attempts, reason, error.status, str(error)[:ERROR_DATA_BYTES], time.time()))
+
+
+class Expired(HandlerError):
+    """The event waited longer than its delivery policy's ttl: it goes to the dead letters."""
+
+    def __init__(self, policy: DeliveryPolicy, delivery: Delivery, last_error: str | None) -> None:
+        waited = time.time() - delivery.stored_at
+        super().__init__(f"not delivered within its ttl of {policy.ttl:g}s (stored {waited:.0f}s ago)"
+                         + (f"; last error: {last_error}" if last_error else ""), retryable=False)
 
 
 class AckBatcher:

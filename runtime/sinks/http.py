@@ -70,10 +70,29 @@ class HttpSink:
             self._client = None
 
     async def invoke(self, event: Event, timeout: float) -> Event | None:
+        headers, body = self.encode(event)
+        return await self.post(headers, body, timeout)
+
+    def encode(self, event: Event) -> tuple[dict[str, str], bytes]:
+        """Headers and body of `event` as this sink sends it (binary or structured mode)."""
+        return write_structured(event) if self.structured else write_binary(event)
+
+    async def get_json(self, url: str, timeout: float) -> object:
+        """The JSON a GET of `url` answers with, or None if it does not (best effort)."""
         if self._client is None:
             await self.start()
         assert self._client is not None
-        headers, body = write_structured(event) if self.structured else write_binary(event)
+        try:
+            response = await self._client.get(url, headers=self._headers, timeout=timeout)
+            return response.json() if response.status_code == 200 else None
+        except (httpx.HTTPError, ValueError):
+            return None
+
+    async def post(self, headers: dict[str, str], body: bytes, timeout: float) -> Event | None:
+        """POST an encoded event; the outcome classified as Knative's dispatcher does."""
+        if self._client is None:
+            await self.start()
+        assert self._client is not None
         try:
             response = await self._client.post(self.url, headers={**self._headers, **headers},
                                                content=body, timeout=timeout)

@@ -288,3 +288,39 @@ async def test_sqlite_migrates_tables_that_reused_ids(tmp_path):
     [new] = (await log.claim("sub", 10, time.time())).deliveries
     assert new.id > kept.id
     await log.close()
+
+
+async def test_append_unique_drops_a_key_seen_within_the_window(log):
+    first, again, other = new_event("t", "/s"), new_event("t", "/s"), new_event("t", "/s")
+    stored = await log.append_unique([(first, ["sub"]), (other, ["sub"])], ["a", None], window=600)
+    assert stored == [True, True]
+    stored = await log.append_unique([(again, ["sub"]), (other, ["sub"])], ["a", None], window=600)
+    assert stored == [False, True]  # the key was seen; an event without a key always goes in
+    assert await log.pending("sub") == 3
+    assert await log.append_unique([(again, ["sub"])], ["a"], window=0) == [True]  # outside the window
+    assert await log.forget_seen(time.time() + 1) == 1
+    assert await log.append_unique([(again, ["sub"])], ["a"], window=600) == [True]
+
+
+async def test_backlog_counts_and_dates_the_oldest_delivery(log):
+    assert await log.backlog("sub") == (0, None)
+    before = time.time()
+    await log.append([(new_event("t", "/s"), ["sub"])])
+    await log.append([(new_event("t", "/s"), ["sub"])])
+    count, oldest = await log.backlog("sub")
+    assert count == 2 and before <= oldest <= time.time()
+    [first, _] = (await log.claim("sub", 10, time.time())).deliveries
+    assert first.stored_at == oldest
+    await log.retry(first, time.time() + 60, "later")  # a retry does not make it younger
+    assert (await log.backlog("sub"))[1] == oldest
+
+
+async def test_sqlite_remembers_seen_keys_across_reopen(tmp_path):
+    log = SqliteEventLog(tmp_path / "mesh.db")
+    await log.open()
+    assert await log.append_unique([(new_event("t", "/s"), ["sub"])], ["/s\x00e1"], 600) == [True]
+    await log.close()
+    log = SqliteEventLog(tmp_path / "mesh.db")
+    await log.open()
+    assert await log.append_unique([(new_event("t", "/s"), ["sub"])], ["/s\x00e1"], 600) == [False]
+    await log.close()

@@ -174,7 +174,7 @@ def test_a_missing_dead_letter_or_reply_target_is_refused_with_its_line(mesh, tm
             ("functions.app.reply_to", "    reply_to: nosuch\n", 6)):
         refused = mesh.cli("deploy", "-f", str(manifest(tmp_path, out, extra=extra)), check=False)
         assert refused.returncode == 2, refused.stderr
-        assert f"fmesh.yaml:{line}: {field}: no function named 'nosuch'" in refused.stderr, refused.stderr
+        assert f"fmesh.yaml:{line}: {field}: no function or bridge named 'nosuch'" in refused.stderr, refused.stderr
     assert mesh.api("GET", "/v1/functions").json()["functions"] == []
     # The API refuses the same without the CLI's help.
     spec = {"handler": "handler.py:handle", "delivery": {"dead_letter": "nosuch"}}

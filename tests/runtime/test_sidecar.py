@@ -217,3 +217,13 @@ async def test_a_hop_count_sent_from_outside_cannot_lengthen_a_reply_loop():
     with pytest.raises(InvalidEvent, match="fmeshhops"):
         checked_internal({"fmeshhops": "-40"})
     assert checked_internal({"fmeshhops": "3"}) == {"fmeshhops": 3}
+
+
+async def test_an_event_past_its_ttl_is_dead_lettered_instead_of_retried_for_ever():
+    target = Scripted(failures=10**6, error=HandlerError("peer down", status=503))
+    policy = DeliveryPolicy(retries=10**6, delay=0.05, max_delay=0.05, ttl=0.5)
+    started = time.monotonic()
+    sidecar, log, _ = await run(target, policy, [new_event("t", "/s")], timeout=5)
+    [letter] = await log.dead_letters()
+    assert letter.reason == "ttl expired" and "ttl of 0.5s" in letter.error and "peer down" in letter.error
+    assert 0.4 < time.monotonic() - started < 3 and sum(target.attempts.values()) >= 3

@@ -1,0 +1,122 @@
+"""A bridge: the sink that forwards events to another mesh's ingress.
+
+It is an HTTP sink with three things more: it never sends an event to a mesh already on
+the event's path (`fmeshpath`) and adds this mesh's id to the path of what it sends; it
+authenticates as this mesh, with a bearer token or an HMAC signature over the timestamp
+and body (`X-Fmesh-Peer`, `X-Fmesh-Timestamp`, `X-Fmesh-Signature`); and it keeps what
+the bridge's status shows. Waiting and retrying is the sidecar's, with the event log
+holding the events, so nothing waits in memory while the other mesh is down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from urllib.parse import urljoin
+
+from fmesh.runtime.replica import Result
+from fmesh.runtime.sinks.http import HttpSink
+from fmesh.triggers.signatures import HmacCheck, sign
+
+from fmesh.errors import HandlerError
+from fmesh.events import Event
+from fmesh.meshpath import visited, with_visit
+
+PEER_HEADER = "x-fmesh-peer"
+TIMESTAMP_HEADER = "x-fmesh-timestamp"
+SIGNATURE_HEADER = "x-fmesh-signature"
+PEER_ID_RETRY = 10.0        # seconds between attempts to learn the other mesh's id
+PEER_ID_TIMEOUT = 2.0
+
+
+@dataclass(frozen=True)
+class BridgeAuth:
+    """How this mesh proves who it is to the other: secrets already read."""
+
+    peer: str                          # the name the other mesh knows this one by
+    token: str | None = None
+    hmac_secret: bytes | None = None
+
+
+def signing(secret: bytes) -> HmacCheck:
+    """The HMAC a bridge signs with and a mesh's ingress checks: SHA-256 over
+    `<unix seconds>.<raw body>`, hex, after `sha256=`."""
+    return HmacCheck(secret=secret, header=SIGNATURE_HEADER, algorithm="sha256", prefix="sha256=",
+                     encoding="hex", timestamp_header=TIMESTAMP_HEADER, tolerance=300.0)
+
+
+def signed_headers(auth: BridgeAuth, body: bytes, now: float) -> dict[str, str]:
+    """The authentication headers of one request to the other mesh."""
+    if auth.hmac_secret is not None:
+        timestamp = str(int(now))
+        return {PEER_HEADER: auth.peer, TIMESTAMP_HEADER: timestamp,
+                SIGNATURE_HEADER: sign(signing(auth.hmac_secret), body, timestamp)}
+    if auth.token is not None:
+        return {"authorization": f"Bearer {auth.token}"}
+    return {}
+
+
+@dataclass
+class BridgeStats:
+    peer_mesh: str | None = None       # the other mesh's id, once it said
+    looped: int = 0                    # events not sent: the other mesh was on their path
+    last_ok_at: float | None = None
+    last_failed_at: float | None = None
+
+    @property
+    def state(self) -> str:
+        if self.last_failed_at is None and self.last_ok_at is None:
+            return "idle"
+        if self.last_failed_at is not None and (self.last_ok_at is None or self.last_failed_at > self.last_ok_at):
+            return "retrying"
+        return "connected"
+
+
+class BridgeSink:
+    """`Sink` to another mesh; see the module docstring."""
+
+    def __init__(self, http: HttpSink, mesh_id: str, auth: BridgeAuth) -> None:
+        self.http = http
+        self.url = http.url
+        self.mesh_id = mesh_id
+        self.auth = auth
+        self.stats = BridgeStats()
+        self._asked_at = float("-inf")
+        self._asking = asyncio.Lock()
+
+    async def start(self) -> None:
+        await self.http.start()
+
+    async def stop(self) -> None:
+        await self.http.stop()
+
+    async def invoke(self, event: Event, timeout: float) -> Result:
+        await self._learn_peer_id()
+        path = visited(event)
+        if self.mesh_id in path or (self.stats.peer_mesh is not None and self.stats.peer_mesh in path):
+            self.stats.looped += 1  # it has been there already: sending it would start a loop
+            return None
+        headers, body = self.http.encode(with_visit(event, self.mesh_id))
+        headers.update(signed_headers(self.auth, body, time.time()))
+        try:
+            result = await self.http.post(headers, body, timeout)
+        except HandlerError:
+            self.stats.last_failed_at = time.time()
+            raise
+        self.stats.last_ok_at = time.time()
+        return result
+
+    async def _learn_peer_id(self) -> None:
+        """Ask the other mesh its id (`GET /healthz`), now and then until it answers. Until
+        then the other mesh still drops what already visited it; this saves the trip."""
+        if self.stats.peer_mesh is not None or time.monotonic() - self._asked_at < PEER_ID_RETRY:
+            return
+        async with self._asking:  # the events in flight meanwhile wait for the same answer
+            if self.stats.peer_mesh is not None or time.monotonic() - self._asked_at < PEER_ID_RETRY:
+                return
+            answer = await self.http.get_json(urljoin(self.url, "/healthz"), PEER_ID_TIMEOUT)
+            self._asked_at = time.monotonic()
+            mesh = answer.get("mesh") if isinstance(answer, dict) else None
+            if isinstance(mesh, str) and mesh:
+                self.stats.peer_mesh = mesh
