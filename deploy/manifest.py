@@ -318,7 +318,8 @@ class BridgeSpec(Filtered):
     auth: BridgeAuthSpec | None = Field(None, description="how this mesh authenticates to the other")
     tls: BridgeTlsSpec | None = Field(None, description="certificates for an https:// mesh")
     delivery: BridgeDeliverySpec = Field(default_factory=BridgeDeliverySpec)
-    concurrency: int = Field(16, ge=1, le=10_000, description="events in flight to the other mesh at once")
+    concurrency: int = Field(256, ge=1, le=10_000, description="events in flight to the other mesh at once "
+                             "(sent in batches of up to 64)")
 
     @field_validator("filter")
     @classmethod

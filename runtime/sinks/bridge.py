@@ -19,6 +19,7 @@ from fmesh.runtime.replica import Result
 from fmesh.runtime.sinks.http import HttpSink
 from fmesh.triggers.signatures import HmacCheck, sign
 
+from fmesh.bindings.http import write_batch
 from fmesh.errors import HandlerError
 from fmesh.events import Event
 from fmesh.meshpath import visited, with_visit
@@ -26,6 +27,8 @@ from fmesh.meshpath import visited, with_visit
 PEER_HEADER = "x-fmesh-peer"
 TIMESTAMP_HEADER = "x-fmesh-timestamp"
 SIGNATURE_HEADER = "x-fmesh-signature"
+MAX_BATCH = 64              # events per request to the other mesh
+MAX_BATCH_BYTES = 512 * 1024
 PEER_ID_RETRY = 10.0        # seconds between attempts to learn the other mesh's id
 PEER_ID_TIMEOUT = 2.0
 
@@ -74,7 +77,14 @@ class BridgeStats:
 
 
 class BridgeSink:
-    """`Sink` to another mesh; see the module docstring."""
+    """`Sink` to another mesh; see the module docstring.
+
+    Events the sidecar hands over in the same loop turn leave together, as one batch-mode
+    request of up to `MAX_BATCH` (one request per event would cap a bridge at what one
+    HTTP round trip allows). A batch the other mesh refuses as a whole (a 4xx: one of its
+    events is invalid or not allowed) is sent again event by event, so each event gets
+    its own answer; a batch that fails for a reason worth retrying fails every event in it,
+    and the sidecar retries them."""
 
     def __init__(self, http: HttpSink, mesh_id: str, auth: BridgeAuth) -> None:
         self.http = http
@@ -84,11 +94,16 @@ class BridgeSink:
         self.stats = BridgeStats()
         self._asked_at = float("-inf")
         self._asking = asyncio.Lock()
+        self._waiting: list[tuple[Event, asyncio.Future[None]]] = []
+        self._sending: set[asyncio.Task] = set()
 
     async def start(self) -> None:
         await self.http.start()
 
     async def stop(self) -> None:
+        for task in list(self._sending):
+            task.cancel()
+        await asyncio.gather(*self._sending, return_exceptions=True)
         await self.http.stop()
 
     async def invoke(self, event: Event, timeout: float) -> Result:
@@ -97,15 +112,51 @@ class BridgeSink:
         if self.mesh_id in path or (self.stats.peer_mesh is not None and self.stats.peer_mesh in path):
             self.stats.looped += 1  # it has been there already: sending it would start a loop
             return None
-        headers, body = self.http.encode(with_visit(event, self.mesh_id))
+        sent: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if not self._waiting:
+            asyncio.get_running_loop().call_soon(self._flush, timeout)
+        self._waiting.append((with_visit(event, self.mesh_id), sent))
+        await sent
+        return None
+
+    def _flush(self, timeout: float) -> None:
+        waiting, self._waiting = self._waiting, []
+        for batch in batches(waiting):
+            task = asyncio.get_running_loop().create_task(self._send(batch, timeout))
+            self._sending.add(task)
+            task.add_done_callback(self._sending.discard)
+
+    async def _send(self, items: list[tuple[Event, asyncio.Future[None]]], timeout: float) -> None:
+        if len(items) > 1 and not await self._refused_as_batch(items, timeout):
+            return
+        for event, sent in items:  # one at a time: each event its own answer
+            try:
+                await self._post(*self.http.encode(event), timeout)
+                _settle([(event, sent)], None)
+            except HandlerError as exc:
+                _settle([(event, sent)], exc)
+
+    async def _refused_as_batch(self, items: list[tuple[Event, asyncio.Future[None]]], timeout: float) -> bool:
+        """Send `items` in one request and settle them; True instead if the other mesh
+        refused the batch as a whole."""
+        try:
+            await self._post(*write_batch([event for event, _ in items]), timeout)
+        except HandlerError as exc:
+            if not exc.retryable:
+                return True
+            _settle(items, exc)
+            return False
+        _settle(items, None)
+        return False
+
+    async def _post(self, headers: dict[str, str], body: bytes, timeout: float) -> None:
         headers.update(signed_headers(self.auth, body, time.time()))
         try:
-            result = await self.http.post(headers, body, timeout)
+            await self.http.post(headers, body, timeout)
         except HandlerError:
             self.stats.last_failed_at = time.time()
             raise
         self.stats.last_ok_at = time.time()
-        return result
 
     async def _learn_peer_id(self) -> None:
         """Ask the other mesh its id (`GET /healthz`), now and then until it answers. Until
@@ -120,3 +171,28 @@ class BridgeSink:
             mesh = answer.get("mesh") if isinstance(answer, dict) else None
             if isinstance(mesh, str) and mesh:
                 self.stats.peer_mesh = mesh
+
+
+def batches(items: list[tuple[Event, asyncio.Future[None]]]) -> list[list[tuple[Event, asyncio.Future[None]]]]:
+    """`items` in batches of at most MAX_BATCH events and about MAX_BATCH_BYTES (a receiver
+    refuses a request past its size limit, 1 MiB by default)."""
+    out: list[list[tuple[Event, asyncio.Future[None]]]] = []
+    size = MAX_BATCH_BYTES
+    for item in items:
+        grows = item[0].size() * 4 // 3 + 200  # base64 and the JSON around it
+        if len(out[-1] if out else ()) >= MAX_BATCH or size + grows > MAX_BATCH_BYTES:
+            out.append([])
+            size = 0
+        out[-1].append(item)
+        size += grows
+    return out
+
+
+def _settle(items: list[tuple[Event, asyncio.Future[None]]], error: HandlerError | None) -> None:
+    for _, sent in items:
+        if sent.done():
+            continue  # its sidecar gave up waiting (stopping)
+        if error is None:
+            sent.set_result(None)
+        else:
+            sent.set_exception(error)

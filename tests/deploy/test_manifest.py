@@ -125,3 +125,35 @@ def test_a_cesql_parse_error_names_file_line_and_column():
 """)
     assert (error.line, error.field) == (8, "functions.a.filters.1.any.1.cesql")
     assert "invalid CESQL expression" in str(error) and "line 1, column 15" in str(error)
+
+
+BRIDGE = """\
+bridges:
+  eu:
+    to: https://mesh-eu.example.com
+    filter: {type: {prefix: com.shop.}}
+    filters: [{cesql: "region = 'eu'"}]
+    auth: {hmac_secret_env: EU_SECRET, peer: us}
+    tls: {ca: /etc/fmesh/ca.pem}
+    delivery: {ttl: 1h}
+"""
+
+
+def test_the_design_sketch_of_a_bridge_validates_with_waiting_defaults():
+    bridge = parse_manifest(BRIDGE).bridges["eu"]
+    assert bridge.auth.peer == "us" and bridge.tls.ca == "/etc/fmesh/ca.pem"
+    assert bridge.delivery.ttl == 3600 and bridge.delivery.retries is None and bridge.delivery.max_delay == 5
+    matches = bridge.compiled_filter()
+    assert matches({"type": "com.shop.order", "region": "eu"}) and not matches({"type": "com.shop.order"})
+
+
+@pytest.mark.parametrize("change, line, field, says", [
+    (("https://mesh-eu.example.com", "kafka://h:9092/t"), 3, "bridges.eu.to", "the other mesh's URL"),
+    (("peer: us", "token_env: EU_TOKEN"), 6, "bridges.eu.auth", "exactly one of"),
+    (("ca: /etc/fmesh/ca.pem", "cert: /c.pem"), 7, "bridges.eu.tls", "cert and key together"),
+    (("ttl: 1h", "ttl: soon"), 8, "bridges.eu.delivery.ttl", "200ms"),
+    (("    auth:", "    oauth:"), 6, "bridges.eu.oauth", "unknown field"),
+])
+def test_bridge_mistakes_are_located(change, line, field, says):
+    error = error_for(BRIDGE.replace(*change))
+    assert (error.line, error.field) == (line, field) and says in error.problem, error
