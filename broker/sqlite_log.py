@@ -12,6 +12,8 @@ survives power loss (and then each commit waits for the disk).
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import os
 import sqlite3
 import threading
 import time
@@ -26,6 +28,7 @@ from fmesh.errors import StoreError
 from fmesh.events import Event, from_record_or_stub, ordering_key, to_record
 
 CHECKPOINT_EVERY = 1.0  # seconds between background WAL checkpoints
+BUSY_TIMEOUT = 0.5      # seconds to wait for a database another process has locked
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS deliveries(
@@ -124,12 +127,15 @@ class SqliteEventLog:
         self._conn: sqlite3.Connection | None = None
         self._pending: list[tuple[Operation, asyncio.Future]] = []
         self._checkpointer: Checkpointer | None = None
+        self._owner: int | None = None   # the lock file that makes this process the log's one writer
 
     async def open(self) -> None:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._owner = own(self.path)
             self._conn = self._connect()
         except (sqlite3.Error, OSError) as exc:
+            self._disown()
             raise StoreError(f"cannot open event log {self.path}: {exc}") from exc
         self._checkpointer = Checkpointer(self.path)
         self._checkpointer.start()
@@ -144,9 +150,17 @@ class SqliteEventLog:
             self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             self._conn.close()
             self._conn = None
+        self._disown()
+
+    def _disown(self) -> None:
+        if self._owner is not None:
+            os.close(self._owner)
+            self._owner = None
 
     def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, isolation_level=None)
+        # Waiting for a lock blocks the event loop: wait briefly, then fail (StoreError), and
+        # the caller retries or answers 503. Only another process can hold it for long.
+        conn = sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA synchronous={'FULL' if self._sync == 'full' else 'NORMAL'}")
         conn.execute("PRAGMA wal_autocheckpoint=0")  # the Checkpointer does it, off the loop
@@ -169,23 +183,33 @@ class SqliteEventLog:
 
     def _flush(self) -> None:
         group, self._pending = self._pending, []
-        if self._conn is None:
-            for _, future in group:
-                _settle(future, None, StoreError(f"event log {self.path} is closed"))
-            return
         try:
-            results = self._transaction(self._conn, group)
+            self._write(group)
+        except BaseException as exc:  # noqa: BLE001 - whoever waits must hear; nobody may wait for ever
+            for _, future in group:
+                _settle(future, None, StoreError(f"event log {self.path}: {exc}"))
+
+    def _write(self, group: list) -> None:
+        if self._conn is None:
+            raise StoreError("it is closed")
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:  # busy (another process holds the database) or broken: all fail
+            raise StoreError(str(exc)) from exc
+        try:
+            results = self._transaction(self._conn, group, begun=True)
         except _OperationFailed:
             results = [result for item in group for result in self._alone(self._conn, item)]
         for future, value, error in results:
             _settle(future, value, error)
 
-    def _transaction(self, conn: sqlite3.Connection, group: list) -> list[tuple]:
+    def _transaction(self, conn: sqlite3.Connection, group: list, begun: bool = False) -> list[tuple]:
         """Run the group in one transaction; if any operation fails, raise _OperationFailed
         (and `_flush` runs each on its own, so one bad operation fails alone)."""
-        conn.execute("BEGIN IMMEDIATE")
         results = []
         try:
+            if not begun:
+                conn.execute("BEGIN IMMEDIATE")
             # All appends of the group go in as one INSERT batch: publishing is the hot path.
             rows = [row for op, _ in group if isinstance(op, Append) for row in op.rows]
             if rows:
@@ -375,6 +399,18 @@ def _delivery(row: tuple, subscription: str) -> Delivery:
 def _dead_letter(row: tuple) -> DeadLetter:
     event, _ = from_record_or_stub(row[2], row[3], f"dead letter {row[0]}")
     return DeadLetter(row[0], row[1], event, row[4], row[5], row[6], row[7], row[8])
+
+
+def own(path: Path) -> int:
+    """Lock `<path>.lock` for this process: two meshes on one event log would hand out each
+    other's deliveries (each resets claims when it opens)."""
+    fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise OSError("it is in use by another process (a mesh with another data dir on the same --store?)") from None
+    return fd
 
 
 class Checkpointer(threading.Thread):

@@ -22,6 +22,7 @@ from fmesh.events import Event, format_time
 JSON_FORMAT = JSONFormat()
 INVALID_EXTENSION = "fmeshinvalid"
 INVALID_REASON_CHARS = 200
+TOO_DEEP = "JSON nested too deeply to read"
 
 
 def wrapped_event(*, id: str, source: str, type: str, payload: bytes | None,
@@ -75,8 +76,15 @@ def reading(what: str) -> Iterator[None]:
                            f"column {exc.colno}") from exc
     except UnicodeDecodeError as exc:
         raise InvalidEvent(f"{what}: not UTF-8 text: {exc.reason} at byte {exc.start}") from exc
+    except RecursionError as exc:
+        raise InvalidEvent(f"{what}: {TOO_DEEP}") from exc
     except (ValueError, TypeError, AttributeError, KeyError, OverflowError) as exc:
         raise InvalidEvent(f"{what}: not a valid CloudEvent: {exc or type(exc).__name__}") from exc
+
+
+def as_invalid(error: Exception, what: str) -> InvalidEvent:
+    """Any failure to read a message as a CloudEvent, as the InvalidEvent it amounts to."""
+    return error if isinstance(error, InvalidEvent) else InvalidEvent(f"{what}: cannot be read: {describe(error)}")
 
 
 def describe(error: BaseException) -> str:

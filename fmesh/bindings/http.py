@@ -14,6 +14,7 @@ from urllib.parse import unquote_to_bytes
 from cloudevents.core.bindings import http as sdk_http
 from cloudevents.core.formats.json import JSONFormat
 
+from fmesh.bindings.common import TOO_DEEP
 from fmesh.errors import InvalidEvent, UnsupportedContentType
 from fmesh.events import RAW_FORMAT, Event, from_sdk, strict_factory, to_sdk, to_sdk_decoded
 
@@ -68,6 +69,8 @@ def _read(reader, headers: Mapping[str, str], body: bytes, fmt) -> Event:  # typ
         raise InvalidEvent(f"body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from exc
     except UnicodeDecodeError as exc:
         raise InvalidEvent(f"body is not UTF-8 text: {exc.reason} at byte {exc.start}") from exc
+    except RecursionError as exc:
+        raise InvalidEvent(f"body is {TOO_DEEP}") from exc
     except (ValueError, TypeError, AttributeError) as exc:
         raise InvalidEvent(f"not a valid CloudEvent: {_describe(exc)}", _attribute_of(exc)) from exc
 
@@ -78,6 +81,8 @@ def read_batch(body: bytes) -> list[Event]:
         items = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidEvent(f"batch body is not valid JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise InvalidEvent(f"batch body is {TOO_DEEP}") from exc
     if not isinstance(items, list):
         raise InvalidEvent(f"a batch must be a JSON array of events, got {type(items).__name__}")
     events = []

@@ -324,3 +324,38 @@ async def test_sqlite_remembers_seen_keys_across_reopen(tmp_path):
     await log.open()
     assert await log.append_unique([(new_event("t", "/s"), ["sub"])], ["/s\x00e1"], 600) == [False]
     await log.close()
+
+
+async def test_sqlite_a_database_locked_by_another_process_fails_fast_and_recovers(tmp_path):
+    import asyncio
+    import sqlite3
+
+    from fmesh.errors import StoreError
+
+    log = SqliteEventLog(tmp_path / "mesh.db")
+    await log.open()
+    other = sqlite3.connect(tmp_path / "mesh.db", isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")  # another process holds the database
+    started = time.monotonic()
+    results = await asyncio.gather(*(log.append([(new_event("t", "/s"), ["sub"])]) for _ in range(3)),
+                                   return_exceptions=True)
+    assert all(isinstance(r, StoreError) and "locked" in str(r) for r in results), results
+    assert time.monotonic() - started < 3  # a bounded wait, then an answer: never a hang
+    other.execute("COMMIT")
+    other.close()
+    await log.append([(new_event("t", "/s"), ["sub"])])
+    assert await log.pending("sub") == 1
+    await log.close()
+
+
+async def test_sqlite_one_event_log_has_one_owner(tmp_path):
+    from fmesh.errors import StoreError
+
+    first = SqliteEventLog(tmp_path / "mesh.db")
+    await first.open()
+    second = SqliteEventLog(tmp_path / "mesh.db")
+    with pytest.raises(StoreError, match="in use by another process"):
+        await second.open()
+    await first.close()
+    await second.open()  # free again once the first has let go
+    await second.close()

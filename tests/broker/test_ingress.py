@@ -182,3 +182,19 @@ async def test_a_well_formed_hop_count_is_kept_as_an_integer(setup):
     assert response.status_code == 202
     [event] = await stored(log)
     assert event["fmeshhops"] == 3
+
+
+async def test_json_nested_too_deeply_is_a_400_in_every_mode():
+    log = MemoryEventLog()
+    broker = Broker(log)
+    broker.subscribe("sub", compile_shorthand({}))
+    transport = httpx.ASGITransport(app=Ingress(broker.publish, max_event_bytes=1024 * 1024))
+    client = httpx.AsyncClient(transport=transport, base_url="http://mesh")
+    deep = "[" * 100_000 + "]" * 100_000
+    structured = '{"specversion": "1.0", "id": "1", "source": "/s", "type": "t", "data": ' + deep + "}"
+    answer = await client.post("/", headers=STRUCTURED, content=structured)
+    assert answer.status_code == 400 and "nested too deeply" in answer.json()["error"]
+    answer = await client.post("/", headers={"content-type": "application/cloudevents-batch+json"}, content=deep)
+    assert answer.status_code == 400 and "nested too deeply" in answer.json()["error"]
+    assert await stored(log) == []
+    await client.aclose()

@@ -179,3 +179,11 @@ def test_a_negative_hop_count_is_refused_by_the_kafka_and_nats_bindings():
     headers = {"ce-specversion": "1.0", "ce-id": "1", "ce-source": "/s", "ce-type": "t", "ce-fmeshhops": "-40"}
     with pytest.raises(InvalidEvent, match="fmeshhops"):
         nats_binding.read_message(headers, b"", "message on x")
+
+
+def test_json_nested_too_deeply_is_invalid_not_a_crash_in_kafka_and_nats():
+    deep = b'{"specversion":"1.0","x":' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    with pytest.raises(InvalidEvent, match="nested too deeply"):
+        read_record(Record(value=deep, headers=[("content-type", b"application/cloudevents+json")]))
+    with pytest.raises(InvalidEvent, match="nested too deeply"):
+        nats_binding.read_message({}, deep, "message on x")

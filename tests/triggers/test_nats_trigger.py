@@ -64,6 +64,18 @@ async def test_core_messages_on_a_wildcard_subject_are_wrapped(nats_server, clie
     assert (status.kind, status.state, status.events_in) == ("nats", "connected", 2)
 
 
+async def test_a_message_nested_too_deeply_is_wrapped_as_invalid_and_the_rest_go_on(
+        nats_server, client, recorder, running):
+    trigger = await running(NatsTrigger("deep", config(nats_server.url, "deep"), recorder))
+    deep = b'{"specversion":"1.0","x":' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    for body in (b"before", deep, b"after"):
+        await client.publish("deep", body)
+    before, poison, after = await recorder.wait_for(3)
+    assert (before.payload, after.payload) == (b"before", b"after")
+    assert "nested too deeply" in poison["fmeshinvalid"] and poison.payload == deep
+    assert trigger.status().state == "connected"
+
+
 async def test_cloudevents_in_binary_and_structured_mode(nats_server, client, recorder, running):
     await running(NatsTrigger("ce", config(nats_server.url, "ce"), recorder))
     event = Event({"specversion": "1.0", "id": "o-1", "source": "/shop", "type": "com.shop.order",
