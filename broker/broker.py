@@ -12,7 +12,7 @@ from fmesh.broker.log import EventLog
 from fmesh.broker.router import Router
 
 from fmesh.contracts import Claimed, DeadLetter, Delivery, Publisher
-from fmesh.events import Event, without_error_context
+from fmesh.events import UNDECODABLE_TYPE, Event, without_error_context
 from fmesh.meshpath import PATH, visited
 
 
@@ -183,6 +183,8 @@ class Broker:
         return letters, sorted(i for i, subs in targets.items() if not subs)
 
     def _home_of(self, letter: DeadLetter, event: Event) -> list[str]:
+        if event.type == UNDECODABLE_TYPE:
+            return []  # what is left of an unreadable row: for reading, not for a function
         if letter.subscription in self._queues:
             return [letter.subscription]
         return self.router.match(event.attributes)

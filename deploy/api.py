@@ -209,7 +209,11 @@ def add_resource_routes(app: FastAPI, control: ControlPlane, kind: str, auth: li
         return describe(deployed[name])
 
     async def delete_one(name: str) -> dict[str, Any]:
-        if not await control.delete(kind, name):
+        try:
+            deleted = await control.delete(kind, name)
+        except DeployError as exc:
+            raise HTTPException(409, str(exc)) from exc
+        if not deleted:
             raise HTTPException(404, f"no {kind} named {name!r}")
         return {"deleted": name}
 

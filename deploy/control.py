@@ -48,6 +48,7 @@ class ControlPlane:
             "trigger": TriggerKind(node),
         }
         self.deployed: dict[str, dict[str, Resource]] = {kind: {} for kind in self.kinds}
+        self._changing = asyncio.Lock()
 
     @property
     def functions(self) -> dict[str, Resource]:
@@ -74,16 +75,24 @@ class ControlPlane:
                     verify: bool = True) -> list[Change]:
         """Run what `request` ({kind: {name: item}}) names; with `prune`, delete what it does not.
 
-        Everything is validated, and (with `verify`) every new or changed function started
-        once, before anything changes: a deploy that fails leaves the mesh as it was."""
+        Everything is validated and checked, and (with `verify`) every new or changed
+        function started once, before anything changes: a deploy that fails leaves the
+        mesh as it was. One apply or delete at a time, so that what was checked still holds."""
+        async with self._changing:
+            return await self._apply(request, prune, verify)
+
+    async def _apply(self, request: dict[str, dict[str, dict[str, Any]]], prune: bool, verify: bool) -> list[Change]:
         unknown = set(request) - set(self.kinds)
         if unknown:
             raise DeployError(f"unknown kind {sorted(unknown)[0]!r}: expected one of {', '.join(self.kinds)}")
         wanted = {kind: [self.kinds[kind].validate(name, item) for name, item in sorted(request.get(kind, {}).items())]
                   for kind in self.kinds}
         self._check_references(wanted, prune)
+        changing = [r for resources in wanted.values() for r in resources if self._changes(r)]
+        for resource in changing:
+            self.kinds[resource.kind].check(resource)
         if verify:
-            await self._verify([r for resources in wanted.values() for r in resources if self._changes(r)])
+            await self._verify(changing)
         changes = []
         for resources in wanted.values():
             for resource in resources:
@@ -91,7 +100,7 @@ class ControlPlane:
         if prune:
             for kind in reversed(self.kinds):
                 for name in sorted(set(self.deployed[kind]) - {r.name for r in wanted[kind]}):
-                    await self.delete(kind, name)
+                    await self._delete(kind, name)
                     changes.append(Change(kind, name, "deleted"))
         return changes
 
@@ -128,6 +137,23 @@ class ControlPlane:
         return Change(resource.kind, resource.name, "updated" if old else "created", resource.version)
 
     async def delete(self, kind: str, name: str) -> bool:
+        """Stop and forget a resource; DeployError while another still hands events to it."""
+        async with self._changing:
+            if name in self.deployed[kind]:
+                self._check_unreferenced(kind, name)
+            return await self._delete(kind, name)
+
+    def _check_unreferenced(self, kind: str, name: str) -> None:
+        if kind not in ("function", "bridge"):
+            return
+        for other_kind, resources in self.deployed.items():
+            for other in resources.values():
+                for field, target in self.kinds[other_kind].references(other):
+                    if target == name:
+                        raise DeployError(f"{kind} {name} is the {field} of {other_kind} {other.name}: "
+                                          f"change or delete that first")
+
+    async def _delete(self, kind: str, name: str) -> bool:
         if self.deployed[kind].pop(name, None) is None:
             return False
         await self.kinds[kind].stop(name)

@@ -55,14 +55,13 @@ def _check_sink_url(value: Any) -> str:
     return value
 
 
-def _check_dead_letter(value: Any) -> str:
+def _check_hand_off(value: Any) -> str:
     return _check_sink_url(value) if isinstance(value, str) and "://" in value else _check_name(value)
 
 
 SinkUrl = Annotated[str, BeforeValidator(_check_sink_url)]
-# A function's name, or a sink URL: where dead letters and replies may go.
-Target = Annotated[str, BeforeValidator(_check_dead_letter)]
-DeadLetterTarget = Target
+# Where dead letters and replies may go: a function or bridge by name, or a sink URL.
+HandOff = Annotated[str, BeforeValidator(_check_hand_off)]
 
 
 def _check_name(value: str) -> str:
@@ -112,8 +111,8 @@ class DeliverySpec(Strict):
     delay: Duration = Field(0.2, ge=0, description="wait before the first retry")
     max_delay: Duration = Field(60.0, ge=0, description="longest wait between attempts")
     timeout: Duration | None = Field(None, gt=0, description="per attempt; defaults to the function's timeout")
-    dead_letter: DeadLetterTarget | None = Field(
-        None, description="function, or sink URL (http(s)://, kafka://, nats://), for events that failed")
+    dead_letter: HandOff | None = Field(
+        None, description="function, bridge, or sink URL (http(s)://, kafka://, nats://), for events that failed")
     ordering: Literal["unordered", "ordered"] = Field(
         "unordered", description="ordered: events with the same partitionkey go one at a time, in order")
     content_mode: Literal["binary", "structured"] = Field(
@@ -164,8 +163,8 @@ class FunctionSpec(Filtered):
     timeout: Duration = Field(30.0, gt=0, description="how long one attempt may take")
     memory: MemorySize | None = Field(None, description="memory cap of a replica, e.g. 256Mi")
     delivery: DeliverySpec = Field(default_factory=DeliverySpec)
-    reply_to: Target | None = Field(
-        None, description="send replies to this function or sink URL instead of back into the mesh")
+    reply_to: HandOff | None = Field(
+        None, description="send replies to this function, bridge or sink URL instead of back into the mesh")
     sink_options: dict[str, Any] = Field(default_factory=dict, description="headers, auth and TLS for reply_to")
 
     @field_validator("handler")

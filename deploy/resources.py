@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -51,8 +53,12 @@ class Kind(Protocol):
 
     async def stop(self, name: str) -> None: ...
 
+    def check(self, resource: Resource) -> None:
+        """What can be checked without running it (secrets, files, clashes), before anything
+        of a deploy changes; DeployError if it cannot run as given."""
+
     async def verify(self, resource: Resource) -> None:
-        """Check that the resource can run, before anything of it is deployed (DeployError if not)."""
+        """Start the resource once, before anything of it is deployed (DeployError if it cannot)."""
 
     def references(self, resource: Resource) -> list[tuple[str, str]]:
         """(field, function name) of each function the resource hands events to."""
@@ -138,6 +144,9 @@ class FunctionKind:
     async def stop(self, name: str) -> None:
         await self.node.remove_function(name)
 
+    def check(self, resource: Resource) -> None:
+        self.runtime_spec(resource, None)
+
     async def verify(self, resource: Resource) -> None:
         """Load the function as a replica would; DeployError with the reason if it cannot."""
         try:
@@ -183,13 +192,25 @@ class SubscriptionKind:
         return Resource("subscription", name, parse_spec("subscription", name, SubscriptionSpec, item.get("spec")))
 
     async def run(self, resource: Resource) -> None:
+        sink, dead_letter_sink = self.sinks(resource)
+        spec: SubscriptionSpec = resource.spec  # type: ignore[assignment]
+        with deploy_errors("subscription", resource.name):
+            await self.node.deploy_subscription(sink, spec.compiled_filter(), dead_letter_sink)
+
+    def sinks(self, resource: Resource) -> tuple[SinkSpec, SinkSpec | None]:
         spec: SubscriptionSpec = resource.spec  # type: ignore[assignment]
         dead_letter, dead_letter_sink = dead_letter_target(self.node, f"subscription-{resource.name}", spec.delivery)
         options = {**spec.options, "structured": spec.delivery.content_mode == "structured"}
         sink = SinkSpec(f"subscription:{resource.name}", spec.to, options,
                         delivery_policy(spec.delivery, spec.delivery.timeout or 30.0, dead_letter),
                         max_inflight=spec.concurrency, source=f"/fmesh/subscriptions/{resource.name}")
-        await self.node.deploy_subscription(sink, spec.compiled_filter(), dead_letter_sink)
+        return sink, dead_letter_sink
+
+    def check(self, resource: Resource) -> None:
+        with deploy_errors("subscription", resource.name):
+            for sink in self.sinks(resource):
+                if sink is not None:
+                    self.node.runtime.open_sink(sink)
 
     async def stop(self, name: str) -> None:
         await self.node.remove_subscription(f"subscription:{name}")
@@ -215,10 +236,12 @@ class TriggerKind:
         return Resource("trigger", name, parse_spec("trigger", name, TriggerEntry, item.get("spec")))
 
     async def run(self, resource: Resource) -> None:
-        try:
+        with deploy_errors("trigger", resource.name):
             await self.node.deploy_trigger(resource.name, resource.spec)  # type: ignore[arg-type]
-        except TriggerConfigError as exc:
-            raise DeployError(f"trigger {resource.name}: {exc}") from exc
+
+    def check(self, resource: Resource) -> None:
+        with deploy_errors("trigger", resource.name):
+            self.node.build_trigger(resource.name, resource.spec)  # type: ignore[arg-type]
 
     async def stop(self, name: str) -> None:
         await self.node.remove_trigger(name)
@@ -243,6 +266,11 @@ class BridgeKind:
         return Resource("bridge", name, parse_spec("bridge", name, BridgeSpec, item.get("spec")))
 
     async def run(self, resource: Resource) -> None:
+        sink, dead_letter_sink = self.sinks(resource)
+        with deploy_errors("bridge", resource.name):
+            await self.node.deploy_subscription(sink, resource.spec.compiled_filter(), dead_letter_sink)  # type: ignore[attr-defined]
+
+    def sinks(self, resource: Resource) -> tuple[SinkSpec, SinkSpec | None]:
         spec: BridgeSpec = resource.spec  # type: ignore[assignment]
         dead_letter, dead_letter_sink = dead_letter_target(self.node, f"bridge-{resource.name}", spec.delivery)
         options = {"structured": spec.delivery.content_mode == "structured",
@@ -251,10 +279,13 @@ class BridgeKind:
                         delivery_policy(spec.delivery, spec.delivery.timeout or 30.0, dead_letter),
                         max_inflight=spec.concurrency, source=f"/fmesh/bridges/{resource.name}",
                         bridge=self.auth(resource.name, spec))
-        try:
-            await self.node.deploy_subscription(sink, spec.compiled_filter(), dead_letter_sink)
-        except (TriggerConfigError, ValueError) as exc:
-            raise DeployError(f"bridge {resource.name}: {exc}") from exc
+        return sink, dead_letter_sink
+
+    def check(self, resource: Resource) -> None:
+        with deploy_errors("bridge", resource.name):
+            for sink in self.sinks(resource):
+                if sink is not None:
+                    self.node.runtime.open_sink(sink)
 
     def auth(self, name: str, spec: BridgeSpec) -> BridgeAuth:
         """The bridge's secret, read now from the mesh's environment or a file."""
@@ -275,11 +306,20 @@ class BridgeKind:
         await self.node.remove_subscription(f"bridge:{name}")
 
     async def verify(self, resource: Resource) -> None:
-        self.auth(resource.name, resource.spec)  # type: ignore[arg-type]  # a missing secret fails the deploy
+        pass  # the other mesh may be down: its events wait (see the ttl)
 
     def references(self, resource: Resource) -> list[tuple[str, str]]:
         target = resource.spec.delivery.dead_letter  # type: ignore[attr-defined]
         return [("delivery.dead_letter", target)] if is_function_target(target) else []
+
+
+@contextmanager
+def deploy_errors(kind: str, name: str) -> Iterator[None]:
+    """A resource that cannot be built as configured, as the DeployError that names it."""
+    try:
+        yield
+    except (TriggerConfigError, ValueError) as exc:
+        raise DeployError(f"{kind} {name}: {exc}") from exc
 
 
 def read_secret_file(path: str | None, field: str) -> str:

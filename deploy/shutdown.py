@@ -85,7 +85,7 @@ class MeshServer(uvicorn.Server):
         took = time.monotonic() - (self.signalled_at or time.monotonic())
         how = ""
         if self.force_exit:
-            how = ", forced by a second signal: the node's shutdown was skipped"
+            how = ", hurried by a second signal: what was still stopping was cut short"
         elif self.node.stop_overran:
             how = f", past its shutdown grace of {self.grace:g}s: the rest of the shutdown was left undone"
         return f"fmesh: stopped {self.reason} after {took:.1f}s{how} (unfinished deliveries stay stored)"

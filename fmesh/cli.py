@@ -72,6 +72,9 @@ def up(
                             dedup_window=_duration(dedup_window))
     if launcher not in ("zygote", "subprocess"):
         fail(f"--launcher must be zygote or subprocess, not {launcher!r}")
+    if settings.shutdown_grace <= 0:
+        fail("--shutdown-grace must be more than 0s, e.g. 10s")
+    _check_store(settings)
     if mesh_id is not None:
         from fmesh.meshpath import check_mesh_id
 
@@ -132,6 +135,15 @@ def deploy(file: ManifestOption = Path("fmesh.yaml"), mesh: MeshOption = DEFAULT
         version = f" (version {change['version']})" if change.get("version") else ""
         console.print(f"  {change['kind']} [bold]{change['name']}[/] [{colour}]{change['action']}[/]{version}")
     console.print(f"[bold green]Done:[/] {summarize(changes)}.")
+
+
+def _check_store(settings: Any) -> None:
+    from fmesh.broker.stores import open_store
+
+    try:
+        open_store(settings.store_url, settings.data_dir)  # only parses the URL: nothing is opened
+    except ValueError as exc:
+        fail(f"--store: {exc}")
 
 
 def _duration(text: str) -> float:

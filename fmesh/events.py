@@ -343,8 +343,11 @@ def from_record_or_stub(attributes: bytes | str, payload: bytes | None, where: s
     written by an older mesh that let a lone surrogate in), the best event that can be
     made of it and why, so that it can be dead-lettered instead of failing every read."""
     try:
-        return from_record(attributes, payload), None
-    except (ValueError, TypeError) as exc:
+        event = from_record(attributes, payload)
+        check_required(event.attributes)
+        check_extensions(event.attributes)
+        return event, None
+    except (ValueError, TypeError, AttributeError) as exc:
         reason = f"stored event {where} cannot be decoded: {exc}"
     try:
         salvaged = json.loads(attributes)  # the stdlib reads lone surrogates, orjson does not

@@ -109,9 +109,11 @@ class Node:
 
     async def deploy_subscription(self, sink: SinkSpec, filter: Filter, dead_letter: SinkSpec | None = None) -> None:
         """Deliver the events `filter` passes to a URL, a sink or (a bridge) another mesh."""
+        target = self.runtime.open_sink(sink)  # before it is routed to: a sink that cannot be built fails alone
         if dead_letter is not None:
             await self.runtime.deploy_sink(dead_letter, self.broker.queue(dead_letter.subscription))
-        await self.runtime.deploy_sink(sink, self.broker.subscribe(sink.subscription, filter, sink.delivery.ordered))
+        queue = self.broker.subscribe(sink.subscription, filter, sink.delivery.ordered)
+        await self.runtime.deploy_sink(sink, queue, target)
         await self._drop_sinks_except(owner_of(sink.subscription), {dead_letter.subscription} if dead_letter else set())
 
     async def remove_subscription(self, subscription: str) -> None:
@@ -122,6 +124,16 @@ class Node:
 
     async def deploy_trigger(self, name: str, entry: TriggerEntry) -> None:
         """Start a source of events; replaces a running trigger of that name."""
+        trigger = self.build_trigger(name, entry)
+        path = getattr(trigger, "path", None)
+        await self.remove_trigger(name)
+        self.triggers[name] = trigger
+        if path is not None:
+            self.routes[path] = trigger.app  # type: ignore[attr-defined]
+        await trigger.start()
+
+    def build_trigger(self, name: str, entry: TriggerEntry) -> Trigger:
+        """The trigger, not started; TriggerConfigError if it cannot run as configured."""
         trigger = build_trigger(name, entry, self.broker.publish, self.log)
         path = getattr(trigger, "path", None)
         if path is not None and is_mesh_path(path):
@@ -129,11 +141,7 @@ class Node:
         owner = next((n for n, t in self.triggers.items() if getattr(t, "path", None) == path and n != name), None)
         if path is not None and owner is not None:
             raise TriggerConfigError(f"triggers.{name}.http.path", f"{path} is already trigger {owner}'s")
-        await self.remove_trigger(name)
-        self.triggers[name] = trigger
-        if path is not None:
-            self.routes[path] = trigger.app  # type: ignore[attr-defined]
-        await trigger.start()
+        return trigger
 
     async def remove_trigger(self, name: str) -> None:
         trigger = self.triggers.pop(name, None)

@@ -80,12 +80,15 @@ class CommandReplica(Replica):
             except self._transport_error:
                 pass
             await asyncio.sleep(READY_POLL)
-        await self.wait_ready(0)  # raises: exited, or did not start in time
+        if self._process is not None and self._process.returncode is not None:
+            code = self._process.returncode
+            raise HandlerError(f"{self.name} {describe_exit(code if code >= 0 else None, -code if code < 0 else None)} "
+                               f"before it served on port {self.port}")
+        await self.wait_ready(0)  # raises if it did not become ready in time
 
-    async def output_tail(self, timeout: float = 1.0) -> list[str]:
-        """The program's last lines, once what it wrote before exiting has been read."""
+    async def last_output(self, timeout: float = 1.0) -> list[str]:
         if self._process is not None and self._process.returncode is not None and self._tasks:
-            await asyncio.wait(set(self._tasks), timeout=timeout)
+            await asyncio.wait(set(self._tasks), timeout=timeout)  # what it wrote before it exited
         return list(self.output)
 
     async def invoke(self, event: Event) -> Result:

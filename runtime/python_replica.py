@@ -31,8 +31,10 @@ class PythonReplica(Replica):
         try:
             while True:
                 self._on_frame(await read_frame(reader))
-        except (asyncio.IncompleteReadError, ConnectionError, ValueError):
+        except (asyncio.IncompleteReadError, ConnectionError):
             pass
+        except ValueError as exc:  # a frame the mesh cannot read: the process is not to be trusted
+            self.kill(f"sent a frame the mesh cannot read ({exc})")
         self.closed(self.exit_reason or "its connection closed")
 
     def _on_frame(self, frame: Frame) -> None:

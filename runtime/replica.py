@@ -91,6 +91,15 @@ class Replica:
         except TimeoutError:
             raise HandlerError(f"replica {self.name} did not start within {timeout:g}s") from None
 
+    async def last_output(self, timeout: float = 1.0) -> list[str]:
+        """Its last lines of output, once it has ended (or after `timeout`): for saying why
+        it did not start."""
+        try:
+            await asyncio.wait_for(asyncio.shield(self._closed), timeout)
+        except TimeoutError:
+            pass
+        return list(self.output)
+
     def closed(self, reason: str) -> None:
         """The process is gone: fail what it was doing, so those events are retried."""
         if self.state is State.STOPPED:

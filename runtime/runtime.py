@@ -116,6 +116,7 @@ class Runtime:
         self.functions: dict[str, _Running] = {}
         self.sinks: dict[str, tuple[SinkSpec, Sink, Sidecar]] = {}
         self._retiring: dict[str, set[asyncio.Task]] = {}
+        self._verifying: dict[str, Replica] = {}   # replicas started once by a deploy, by id
 
     async def start(self) -> None:
         await self.hub.start()
@@ -166,13 +167,17 @@ class Runtime:
         starter = self._starter(spec)
         replica = starter.create(0)
         replica.name = f"{spec.name}/verify"
+        self._verifying[replica.id] = replica
         try:
             await starter.start(replica, spec.scale.start_timeout)
-        except HandlerError as exc:
-            raise HandlerError(f"{exc}{await _last_output(replica)}") from None
+        except Exception as exc:  # noqa: BLE001 - any failure to start is the answer
+            raise HandlerError(await _why_not_started(replica, exc)) from None
         finally:
+            del self._verifying[replica.id]
             await _discard(replica)
             starter.forget(replica)
+            if spec.name not in self.functions:
+                self.logs.forget(spec.name)  # a function that never ran keeps no logs
 
     async def _retire(self, old: _Running) -> None:
         await old.sidecar.stop(grace=old.spec.delivery.timeout + 5)
@@ -187,11 +192,17 @@ class Runtime:
         if forget_logs:
             self.logs.forget(name)
 
-    async def deploy_sink(self, spec: SinkSpec, queue: DeliveryQueue) -> None:
-        """Deliver `spec.subscription`'s events to its URL; replaces one running already."""
+    def open_sink(self, spec: SinkSpec) -> Sink:
+        """The sink `spec` describes, not started; raises (TriggerConfigError, ValueError)
+        when it cannot be built as given (a missing secret, an unreadable CA file)."""
         sink = open_sink(spec.url, spec.options)
         if spec.bridge is not None:
             sink = BridgeSink(sink, self.mesh_id, spec.bridge)  # type: ignore[arg-type]
+        return sink
+
+    async def deploy_sink(self, spec: SinkSpec, queue: DeliveryQueue, sink: Sink | None = None) -> None:
+        """Deliver `spec.subscription`'s events to its URL; replaces one running already."""
+        sink = sink or self.open_sink(spec)
         await sink.start()
         sidecar = Sidecar(spec.subscription, spec.source or f"/fmesh/{spec.subscription}", queue, sink,
                           self.publisher, spec.delivery, spec.max_inflight)
@@ -243,6 +254,9 @@ class Runtime:
         self.logs.write(replica.function, replica.name, stream, line)
 
     def _on_exit(self, replica_id: str, how: str) -> None:
+        verifying = self._verifying.get(replica_id)
+        if verifying is not None:
+            verifying.exit_reason = how
         for running in self.functions.values():
             running.pool.on_exit(replica_id, how)
 
@@ -257,11 +271,16 @@ async def _discard(replica: Replica) -> None:
         replica.kill("not started")
 
 
-async def _last_output(replica: Replica) -> str:
-    """What a command program printed before it failed to serve: the lines users need."""
-    tail = getattr(replica, "output_tail", None)
-    lines = await tail() if tail is not None else []
-    return "; its last output:\n" + "\n".join(f"  {line}" for line in lines) if lines else ""
+async def _why_not_started(replica: Replica, error: Exception) -> str:
+    """The error, how the process ended, and what it printed last: the lines users need.
+    (A handler that failed to load has said where already: its traceback is in the logs.)"""
+    lines = await replica.last_output()
+    message = str(error) or type(error).__name__
+    if replica.exit_reason and replica.exit_reason not in message and "failed to load" not in message:
+        message += f" ({replica.exit_reason})"
+    if lines and "failed to load" not in message:
+        message += "; its last output:\n" + "\n".join(f"  {line}" for line in lines)
+    return message
 
 
 def _left(deadline: float, share: float = 1.0) -> float:

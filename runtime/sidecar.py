@@ -24,7 +24,16 @@ from fmesh.runtime.replica import ReplyData, Result
 from fmesh.bindings.common import describe
 from fmesh.contracts import Claimed, DeadLetter, Delivery, DeliveryQueue, Publisher
 from fmesh.errors import FmeshError, HandlerError, InvalidEvent, StoreError
-from fmesh.events import HOPS, Event, check_extensions, check_required, format_time, valid_text, with_extension
+from fmesh.events import (
+    HOPS,
+    Event,
+    check_extensions,
+    check_required,
+    checked_internal,
+    format_time,
+    valid_text,
+    with_extension,
+)
 
 ERROR_DATA_BYTES = 1024
 STORE_RETRY_FIRST = 0.05     # seconds before a failed store operation is tried again, doubling
@@ -126,7 +135,7 @@ class Sidecar:
         self.stats.inflight = len(self._inflight)
         if not task.cancelled() and task.exception() is not None:
             # A bug, not a verdict on the event: give it back, so it is delivered again.
-            self.stats.last_error = f"delivering {delivery.event.id} failed: {describe(task.exception())}"
+            self.stats.last_error = f"delivery {delivery.id} failed: {describe(task.exception())}"
             print(f"fmesh: sidecar {self.name}: {self.stats.last_error}", file=sys.stderr)
             self._spawn_release(delivery)
         self.queue.wake()  # a slot is free
@@ -140,7 +149,7 @@ class Sidecar:
         try:
             await self.queue.release([delivery.id])
         except StoreError as exc:  # the claim then lasts until the store restarts
-            self.stats.last_error = f"could not release delivery of {delivery.event.id}: {exc}"
+            self.stats.last_error = f"could not release delivery {delivery.id}: {exc}"
 
     async def _deliver(self, delivery: Delivery) -> None:
         try:
@@ -208,6 +217,7 @@ class Sidecar:
         if isinstance(result, Event):
             check_required(result.attributes)
             check_extensions(result.attributes)
+            checked_internal(result.attributes)
             return with_extension(result, **{HOPS: hops})
         attributes = {"specversion": "1.0", "id": str(uuid.uuid4()), "source": self.source,
                       "type": f"{incoming.type}.reply", "time": format_time_now(),

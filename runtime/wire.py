@@ -8,12 +8,13 @@ text); `body` carries raw payload bytes, so event data is never re-encoded.
 from __future__ import annotations
 
 import asyncio
+import json
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, BinaryIO
 
-from fmesh.events import dump_attributes, load_attributes
+from fmesh.events import dump_attributes, load_attributes, valid_text
 
 HEADER = struct.Struct("!IBII")
 MAX_FRAME = 64 * 1024 * 1024
@@ -49,9 +50,28 @@ def decode(data: bytes) -> Frame:
     """A frame from its bytes after the length prefix."""
     kind_byte, request, meta_length = struct.unpack_from("!BII", data)
     start = 9
-    meta = load_attributes(data[start:start + meta_length]) if meta_length else {}
+    meta = load_meta(data[start:start + meta_length]) if meta_length else {}
     body = bytes(data[start + meta_length:]) if kind_byte & 0x80 else None
     return Frame(Kind(kind_byte & 0x7F), request, meta, body)
+
+
+def load_meta(data: bytes) -> dict:
+    """A frame's metadata. What a handler put there need not be valid Unicode (a lone
+    surrogate from JSON it was sent): read it anyway, with such characters replaced."""
+    try:
+        return load_attributes(data)
+    except ValueError:
+        return valid_texts(json.loads(data))
+
+
+def valid_texts(value: Any) -> Any:
+    if isinstance(value, str):
+        return valid_text(value)
+    if isinstance(value, dict):
+        return {valid_text(k): valid_texts(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [valid_texts(v) for v in value]
+    return value
 
 
 async def read_frame(reader: asyncio.StreamReader) -> Frame:

@@ -129,7 +129,7 @@ def load_or_report(spec: WorkerSpec, sock: socket.socket) -> Callable[[Event], A
     """The handler, or None after telling the mesh (and the logs) why it did not load."""
     try:
         return load_handler(spec.directory, spec.handler)
-    except Exception as exc:
+    except BaseException as exc:  # noqa: BLE001 - sys.exit() at import is a failure to load too
         print(handler_traceback(exc), file=sys.stderr, end="", flush=True)
         error = f"{type(exc).__name__}: {exc}" if not isinstance(exc, HandlerLoadError) else str(exc)
         sock.sendall(encode(Kind.FAILED, 0, {"error": error, "where": failure_location(exc, spec.directory)}))
@@ -244,8 +244,10 @@ def prepare(spec: WorkerSpec) -> None:
     """Process set-up shared by both ways of starting: streams, limits, env, paths."""
     connect_stream(spec, "stdout", 1)
     connect_stream(spec, "stderr", 2)
-    sys.stdout = open(1, "w", buffering=1, closefd=False)  # line-buffered: logs show up promptly
-    sys.stderr = open(2, "w", buffering=1, closefd=False)
+    # Line-buffered, so logs show up promptly; and printing what is not valid Unicode (a
+    # lone surrogate from the event) must not raise in the middle of a traceback.
+    sys.stdout = open(1, "w", buffering=1, closefd=False, errors="backslashreplace")
+    sys.stderr = open(2, "w", buffering=1, closefd=False, errors="backslashreplace")
     if spec.memory_bytes:
         import resource
 

@@ -73,3 +73,14 @@ def test_a_webhook_cannot_take_a_path_the_mesh_serves(mesh, tmp_path):
         answer = mesh.api("POST", "/v1/apply", json={"triggers": {"grab": {"spec": {"http": {"path": path}}}}})
         assert answer.status_code == 422 and "served by the mesh" in answer.json()["error"]
     assert httpx.get(mesh.url + "/metrics").status_code == 200
+
+
+def test_bad_up_options_are_one_line_each_and_nothing_is_written(tmp_path):
+    data_dir = tmp_path / "data"
+    env = {**os.environ, "FMESH_DATA_DIR": str(data_dir)}
+    for args, says in ((["--store", "foo://x"], "--store: unknown store URL 'foo://x'"),
+                       (["--shutdown-grace", "0s"], "--shutdown-grace must be more than 0s"),
+                       (["--mesh-id", "Not_Valid"], "--mesh-id: mesh id 'Not_Valid' is not valid")):
+        result = run_cli(["up", "--port", str(free_port()), "--data-dir", str(data_dir), *args], env, check=False)
+        assert result.returncode == 1 and says in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert not data_dir.exists()

@@ -65,3 +65,44 @@ def test_an_undecodable_stored_event_is_dead_lettered_and_the_function_keeps_rec
     wait_for(lambda: len(dead_letters(mesh)) == 2, 20, message="the second poisoned row dead-lettered")
     assert "poison" not in lines(out)
     assert mesh.status("append")["dead_lettered"] == 2
+
+
+HANDLERS = {
+    "raises": "def handle(event):\n    raise ValueError(event.data['name'])\n",
+    "echoes": ("from cloudevents.core.v1.event import CloudEvent\n\n"
+               "def handle(event):\n"
+               "    return CloudEvent({'type': 'echoed', 'source': '/e', 'subject': event.data['name']})\n"),
+}
+
+
+def test_a_lone_surrogate_inside_json_data_cannot_wedge_or_crash_replicas(mesh, tmp_path):
+    """The ingress keeps binary-mode bodies as sent; `\\ud800` in JSON data reaches handlers."""
+    out = tmp_path / "out.txt"
+    text = "functions:\n"
+    for name, code in HANDLERS.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "handler.py").write_text(code)
+        for concurrency in (1, 4):
+            text += (f"  {name}-{concurrency}:\n    handler: {name}/handler.py:handle\n    on: [{{type: poison}}]\n"
+                     f"    scale: {{max: 1, concurrency: {concurrency}}}\n    timeout: 10s\n"
+                     f"    delivery: {{retries: 0}}\n")
+    text += f"""  after:
+    handler: {tmp_path / "after.py"}:handle
+    on: [{{type: echoed}}]
+    env: {{APPEND_TO: "{out}"}}
+"""
+    (tmp_path / "after.py").write_text(
+        "import os\n\ndef handle(event):\n    open(os.environ['APPEND_TO'], 'a').write(event['subject'] + '\\n')\n")
+    manifest = tmp_path / "poison.yaml"
+    manifest.write_text(text)
+    mesh.cli("deploy", "-f", str(manifest))
+    headers = {"ce-specversion": "1.0", "ce-id": "p", "ce-source": "/t", "ce-type": "poison",
+               "content-type": "application/json"}
+    assert httpx.post(mesh.url + "/", headers=headers, content=b'{"name": "\\ud800"}').status_code == 202
+    wait_for(lambda: len(mesh.api("GET", "/v1/dead-letters").json()["dead_letters"]) == 2, 30,
+             message="both raising functions' events dead-lettered")
+    wait_for(lambda: lines(out) == ["?", "?"], 30, message="both echoes, the surrogate replaced")
+    for name in ("raises-1", "raises-4", "echoes-1", "echoes-4"):
+        assert mesh.status(name)["failed"] <= 1  # one attempt each, no hang to a timeout
+    letters = mesh.api("GET", "/v1/dead-letters").json()["dead_letters"]
+    assert all("ValueError" in d["error"] and d["attempts"] == 1 for d in letters), letters

@@ -231,3 +231,43 @@ def test_up_with_a_manifest_whose_function_cannot_start_exits_with_one_line(mesh
     errors = [line for line in mesh.log().splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "has no function 'handel'" in errors[0], mesh.log()
     assert "Traceback" not in mesh.log() and "ERROR" not in mesh.log(), mesh.log()
+
+
+def test_a_deploy_whose_trigger_or_subscription_cannot_be_built_changes_nothing(mesh, tmp_path):
+    (tmp_path / "app").mkdir()
+    (tmp_path / "app" / "handler.py").write_text(GOOD)
+    out = tmp_path / "out.txt"
+    mesh.cli("deploy", "-f", str(manifest(tmp_path, out)))
+    working = deployed_version(mesh)
+    changed = "    scale: {max: 1}\n"  # the function changes too: it must stay as it was
+    for extra, says in (
+            (changed + "triggers:\n  hook:\n    http: {path: /hooks/x, auth: {hmac_secret_env: NOT_SET_ANYWHERE}}\n",
+             "NOT_SET_ANYWHERE is not set"),
+            (changed + "subscriptions:\n  audit:\n    filter: {type: work}\n    to: http://127.0.0.1:9/\n"
+                       "    options: {bearer_env: NOPE_NOT_SET}\n", "NOPE_NOT_SET is not set")):
+        refused = mesh.cli("deploy", "-f", str(manifest(tmp_path, out, extra=extra)), check=False)
+        assert refused.returncode == 1 and says in refused.stderr and "500" not in refused.stderr, refused.stderr
+        assert deployed_version(mesh) == working
+    assert mesh.api("GET", "/v1/triggers").json()["triggers"] == []
+    assert mesh.api("GET", "/v1/subscriptions").json()["subscriptions"] == []
+    assert mesh.api("GET", "/v1/status").json()["sinks"] == []  # nothing routed to a half-made sink
+
+
+def test_a_function_others_hand_events_to_cannot_be_deleted_from_under_them(mesh, tmp_path):
+    (tmp_path / "app").mkdir()
+    (tmp_path / "app" / "handler.py").write_text(GOOD)
+    path = tmp_path / "fmesh.yaml"
+    path.write_text("""functions:
+  app:
+    handler: app/handler.py:handle
+    on: [{type: work}]
+    reply_to: sink
+  sink:
+    handler: app/handler.py:handle
+""")
+    mesh.cli("deploy", "-f", str(path))
+    refused = mesh.cli("delete", "sink", check=False)
+    assert refused.returncode != 0 and "reply_to of function app" in refused.stderr, refused.stderr
+    assert {f["name"] for f in mesh.api("GET", "/v1/functions").json()["functions"]} == {"app", "sink"}
+    mesh.cli("delete", "app")
+    mesh.cli("delete", "sink")  # nothing refers to it any more
