@@ -43,6 +43,8 @@ def apply_request(manifest: Manifest, packed: list[PackedFunction]) -> dict[str,
                           for name, sub in manifest.subscriptions.items()},
         "triggers": {name: {"spec": trigger.model_dump(mode="json", exclude_none=True)}
                      for name, trigger in manifest.triggers.items()},
+        "peers": {name: {"spec": peer.model_dump(mode="json", exclude_none=True)}
+                  for name, peer in manifest.peers.items()},
     }
 
 

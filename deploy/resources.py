@@ -1,4 +1,4 @@
-"""What the control plane deploys, kind by kind: functions, subscriptions and triggers.
+"""What the control plane deploys, kind by kind: peers, functions, subscriptions and triggers.
 Each kind validates a request item, runs it on the node, and stops it; the control
 plane stores and diffs them all alike."""
 
@@ -9,9 +9,10 @@ import json
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from fmesh.broker.policy import Rule
 from fmesh.deploy.bundle import BundleStore
 from fmesh.deploy.dependencies import DependencyInstaller, top_level_names
-from fmesh.deploy.manifest import NAME, DeliverySpec, SubscriptionSpec, is_function_target
+from fmesh.deploy.manifest import NAME, DeliverySpec, PeerSpec, SubscriptionSpec, is_function_target
 from fmesh.deploy.manifest import FunctionSpec as ManifestFunction
 from fmesh.runtime.policy import DeliveryPolicy, ScalePolicy
 from fmesh.runtime.runtime import FunctionSpec, SinkSpec, subscription_name
@@ -212,6 +213,40 @@ class TriggerKind:
 
     async def verify(self, resource: Resource) -> None:
         pass  # a trigger whose broker is down retries and says so in status
+
+    def references(self, resource: Resource) -> list[tuple[str, str]]:
+        return []
+
+
+class PeerKind:
+    """Senders known by a token, an HMAC secret or a client certificate, with what they may publish."""
+
+    name = "peer"
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
+    def validate(self, name: str, item: dict[str, Any]) -> Resource:
+        check_name("peer", name)
+        return Resource("peer", name, parse_spec("peer", name, PeerSpec, item.get("spec")))
+
+    async def run(self, resource: Resource) -> None:
+        spec: PeerSpec = resource.spec  # type: ignore[assignment]
+        rule = Rule(spec.compiled_allow(), spec.rate.bucket() if spec.rate is not None else None)
+        try:
+            self.node.deploy_peer(resource.name, spec.auth.credential(f"peers.{resource.name}.auth"), rule)
+        except ValueError as exc:  # a missing secret (TriggerConfigError), a credential already in use
+            raise DeployError(f"peer {resource.name}: {exc}") from exc
+
+    async def stop(self, name: str) -> None:
+        self.node.remove_peer(name)
+
+    async def verify(self, resource: Resource) -> None:
+        """Its secret is there: a missing env var or file fails the deploy, not the first request."""
+        try:
+            resource.spec.auth.credential(f"peers.{resource.name}.auth")  # type: ignore[attr-defined]
+        except ValueError as exc:
+            raise DeployError(f"peer {resource.name}: {exc}") from exc
 
     def references(self, resource: Resource) -> list[tuple[str, str]]:
         return []

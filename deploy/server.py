@@ -28,8 +28,9 @@ from fmesh.settings import NodeSettings, load_or_create_token, token_path
 def build(settings: NodeSettings) -> tuple[Node, ControlPlane, str]:
     token = load_or_create_token(settings.data_dir, settings.token)
     node = Node(settings)
+    node.trust_control_token(token)
     control = ControlPlane(node)
-    node.control_app = create_app(node, control, token)
+    node.control_app = create_app(node, control)
     return node, control, token
 
 
@@ -46,7 +47,7 @@ async def deploy_local(control: ControlPlane, manifest_path: Path,
         packed.append(PackedFunction(name, digest, b"", 0))
     request = apply_request(manifest, packed)
     changes = await control.apply({"function": request["functions"], "subscription": request["subscriptions"],
-                                   "trigger": request["triggers"]})
+                                   "trigger": request["triggers"], "peer": request["peers"]})
     return summarize([c.__dict__ for c in changes])
 
 

@@ -52,6 +52,14 @@ class NodeSettings:
     launcher: str = "zygote"              # or "subprocess": a fresh interpreter per replica
     dead_letter_retention: float = 7 * 86400.0
     shutdown_grace: float = 10.0          # seconds from SIGTERM/Ctrl-C until the process is gone
+    ingress_auth: str | None = None       # required | optional | off; default: off on loopback, else required
+    tls_cert: str | None = None           # PEM files: serve HTTPS with this certificate and key
+    tls_key: str | None = None
+    tls_client_ca: str | None = None      # require client certificates signed by this CA (mTLS)
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls_cert else "http"
 
     @property
     def store_url(self) -> str:

@@ -24,7 +24,7 @@ from fmesh.runtime.replica import ReplyData, Result
 from fmesh.bindings.common import describe
 from fmesh.contracts import Claimed, DeadLetter, Delivery, DeliveryQueue, Publisher
 from fmesh.errors import FmeshError, HandlerError, InvalidEvent, StoreError
-from fmesh.events import HOPS, Event, check_extensions, check_required, format_time, valid_text, with_extension
+from fmesh.events import HOPS, SENDER, Event, check_extensions, check_required, format_time, valid_text, with_extension
 
 ERROR_DATA_BYTES = 1024
 STORE_RETRY_FIRST = 0.05     # seconds before a failed store operation is tried again, doubling
@@ -205,10 +205,10 @@ class Sidecar:
         if isinstance(result, Event):
             check_required(result.attributes)
             check_extensions(result.attributes)
-            return with_extension(result, **{HOPS: hops})
+            return with_extension(result, **{HOPS: hops, SENDER: self.name})
         attributes = {"specversion": "1.0", "id": str(uuid.uuid4()), "source": self.source,
                       "type": f"{incoming.type}.reply", "time": format_time_now(),
-                      "datacontenttype": result.content_type, HOPS: hops}
+                      "datacontenttype": result.content_type, HOPS: hops, SENDER: self.name}
         return Event(attributes, result.payload)
 
     async def _settle_failure(self, delivery: Delivery, error: HandlerError) -> None:
