@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import os
 import re
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -115,8 +117,8 @@ class RateLimit(Strict):
     rate: Rate = Field(description="events per time unit: 100/s, 600/m, 5000/h")
     burst: int | None = Field(None, ge=1, le=10_000_000, description="most events at once; default rate x 1s")
 
-    def bucket(self) -> TokenBucket:
-        return TokenBucket(self.rate, self.burst if self.burst is not None else max(1, round(self.rate)))
+    def bucket(self, clock: Callable[[], float] = time.monotonic) -> TokenBucket:
+        return TokenBucket(self.rate, self.burst if self.burst is not None else max(1, round(self.rate)), clock)
 
 
 # -- Kafka -----------------------------------------------------------------------------

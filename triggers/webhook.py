@@ -50,7 +50,7 @@ class WebhookTrigger:
         field = f"triggers.{name}.http.auth"
         self._tokens = bearer_tokens(config.auth, field)
         self._hmac = hmac_check(config.auth, field)
-        self._bucket = config.rate.bucket() if config.rate is not None else None
+        self._bucket = config.rate.bucket(self._clock.now) if config.rate is not None else None
         self._status = StatusTracker(name, self.kind)
         self._status.detail["path"] = config.path
 
