@@ -78,6 +78,8 @@ class HttpSink:
                                                content=body, timeout=timeout)
         except httpx.TimeoutException as exc:
             raise HandlerError(f"POST {self.url} timed out after {timeout:g}s", retryable=True) from exc
-        except httpx.TransportError as exc:
+        except (httpx.TransportError, ssl.SSLError) as exc:
+            # A TLS 1.3 server refuses a client certificate after the handshake: httpx then lets
+            # the ssl module's error through as it is. Either way the far side may be fixed.
             raise HandlerError(str(BrokerUnreachable(self.url, describe(exc))), retryable=True) from exc
         return outcome(self.url, response.status_code, response.headers, response.content)
