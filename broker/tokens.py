@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import secrets
+import sys
 import time
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
@@ -63,9 +64,14 @@ class Tokens:
         self.records: dict[str, TokenRecord] = {}
 
     async def load(self) -> int:
-        """Know the stored tokens (at start)."""
-        for data in (await self._state.list_state(PREFIX)).values():
-            self._know(TokenRecord(**json.loads(data)))
+        """Know the stored tokens (at start). A record that cannot be read is said and skipped:
+        one broken token must not keep the mesh down."""
+        for key, data in (await self._state.list_state(PREFIX)).items():
+            try:
+                self._know(TokenRecord(**json.loads(data)))
+            except (ValueError, TypeError) as exc:
+                name = key.removeprefix(PREFIX)
+                print(f"fmesh: token {name} is unreadable and does not work: {exc}", file=sys.stderr)
         return len(self.records)
 
     async def create(self, name: str, scope: str, allow: dict[str, Any] | None = None,

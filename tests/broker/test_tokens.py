@@ -64,3 +64,10 @@ async def test_a_token_can_carry_an_allow_rule_and_a_rate(log):
         gate.permit(principal, [new_event("com.shop.x", "/s")])
     with pytest.raises(RateLimited):
         gate.admit(principal, {}, b"")
+
+
+async def test_an_unreadable_token_record_is_skipped_not_fatal(log, capsys):
+    await tokens_on(log).create("good", "read")
+    await log.put_state("tokens/broken", b"{not json")
+    assert await tokens_on(log).load() == 1
+    assert "token broken is unreadable" in capsys.readouterr().err
