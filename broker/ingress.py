@@ -2,48 +2,79 @@
 
 A raw ASGI app rather than a FastAPI route, because this is the hot path. The checks
 run in the order Knative's ingress uses, each with its own status: method (405), size
-(413), parse and validate (400 naming the attribute, 415 for an unreadable content
-type), store (503), accepted (202).
+(413), who is calling (401, from the headers before the body is read; a signature once it
+is), rate limit (429 with Retry-After), parse and validate (400 naming the attribute, 415
+for an unreadable content type), allow rule (403, the whole request), store (503),
+accepted (202). Every stored event carries its sender in `fmeshsender` (see `Gate`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from fmesh.asgi import Receive, Scope, Send, accepted, header_dict, read_body, respond
+from fmesh.broker.identity import Identity
+from fmesh.broker.policy import Gate
+
+from fmesh.asgi import Receive, Scope, Send, accepted, check_declared_size, header_dict, read_stream, respond
 from fmesh.bindings.http import read_events
-from fmesh.errors import EventTooLarge, InvalidEvent, StoreError, UnsupportedContentType
+from fmesh.errors import (
+    AuthError,
+    EventTooLarge,
+    Forbidden,
+    InvalidEvent,
+    RateLimited,
+    StoreError,
+    UnsupportedContentType,
+)
 from fmesh.events import Event
+from fmesh.ratelimit import retry_after_header
 
 Publish = Callable[[list[Event]], Awaitable[None]]
 
 DEFAULT_MAX_EVENT_BYTES = 1024 * 1024
+CHALLENGE = [(b"www-authenticate", b'Bearer realm="fmesh"')]
 
 
 class Ingress:
     """The ASGI app behind `POST /`."""
 
-    def __init__(self, publish: Publish, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> None:
+    def __init__(self, publish: Publish, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+                 gate: Gate | None = None) -> None:
         self.publish = publish
         self.max_event_bytes = max_event_bytes
+        self.gate = gate or Gate(Identity(), "off")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["method"] != "POST":
             await respond(send, 405, {"error": "send CloudEvents with POST"}, [(b"allow", b"POST")])
             return
         try:
-            body = await read_body(scope, receive, self.max_event_bytes)
-            events = read_events(header_dict(scope), body)
+            events = await self.read(scope, receive)
         except EventTooLarge as exc:
             await respond(send, 413, {"error": str(exc), "limit": exc.limit})
-            return
+        except AuthError as exc:
+            await respond(send, 401, {"error": str(exc)}, CHALLENGE)
+        except RateLimited as exc:
+            await respond(send, 429, {"error": str(exc)}, [(b"retry-after", retry_after_header(exc.retry_after))])
         except UnsupportedContentType as exc:
             await respond(send, 415, {"error": str(exc)})
-            return
         except InvalidEvent as exc:
             await respond(send, 400, {"error": str(exc), "attribute": exc.attribute})
-            return
-        await self.accept(events, send)
+        except Forbidden as exc:
+            await respond(send, 403, {"error": str(exc)})
+        else:
+            await self.accept(events, send)
+
+    async def read(self, scope: Scope, receive: Receive) -> list[Event]:
+        """The request's events, stamped with their sender, once every check before the store passed."""
+        check_declared_size(scope, self.max_event_bytes)
+        headers = header_dict(scope)
+        caller = self.gate.identify(headers, scope)
+        body = await read_stream(receive, self.max_event_bytes)
+        principal = self.gate.admit(caller, headers, body)
+        events = read_events(headers, body)
+        self.gate.permit(principal, events)
+        return events
 
     async def accept(self, events: list[Event], send: Send) -> None:
         try:

@@ -1,9 +1,9 @@
-"""The control API under `/v1` (OpenAPI at `/docs`), protected by a bearer token."""
+"""The control API under `/v1` (OpenAPI at `/docs`), protected by bearer tokens with scopes:
+the mesh's own token and `admin` tokens may do everything, `read` tokens the GET routes."""
 
 from __future__ import annotations
 
 import json
-import secrets
 import time
 from dataclasses import asdict
 from typing import Any
@@ -11,6 +11,8 @@ from typing import Any
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fmesh.broker.identity import Identity, Principal
+from fmesh.broker.policy import control_refusal
 from fmesh.deploy.control import ControlPlane
 from fmesh.deploy.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from fmesh.deploy.metrics import metrics_text
@@ -18,6 +20,7 @@ from pydantic import BaseModel, Field
 
 from fmesh.errors import DeployError, StoreError
 from fmesh.node import Node
+from fmesh.ratelimit import parse_rate
 
 
 class ApplyRequest(BaseModel):
@@ -26,6 +29,7 @@ class ApplyRequest(BaseModel):
     subscriptions: dict[str, dict[str, Any]] = Field(default_factory=dict, description="name → {spec}")
     triggers: dict[str, dict[str, Any]] = Field(default_factory=dict, description="name → {spec}")
     bridges: dict[str, dict[str, Any]] = Field(default_factory=dict, description="name → {spec}")
+    peers: dict[str, dict[str, Any]] = Field(default_factory=dict, description="name → {spec}")
     prune: bool = Field(False, description="delete deployed resources that are not in this request")
     verify: bool = Field(True, description="start each new or changed function once before it takes events; "
                          "if one does not start, nothing is deployed")
@@ -36,13 +40,27 @@ class ReplayRequest(BaseModel):
     function: str | None = Field(None, description="replay every dead letter of this function")
 
 
-def require_token(expected: str):  # type: ignore[no-untyped-def]
+class TokenRequest(BaseModel):
+    name: str = Field(description="lowercase letters, digits and '-'; events it publishes say token:<name>")
+    scope: str = Field("publish", description="publish (POST / only), read (GET routes) or admin (everything)")
+    allow: dict[str, Any] | None = Field(None, description="filter on what it may publish, as a subscription's")
+    rate: str | float | None = Field(None, description="rate limit of what it publishes: 100/s, 600/m")
+    burst: int | None = Field(None, ge=1, description="events at once within the rate limit")
+
+
+def require_token(identity: Identity):  # type: ignore[no-untyped-def]
+    """A dependency: the caller's principal, refused with 401 (unknown) or 403 (out of scope)."""
     bearer = HTTPBearer(auto_error=False)
 
-    def check(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
-        if credentials is None or not secrets.compare_digest(credentials.credentials.encode(), expected.encode()):
+    def check(request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> Principal:
+        principal = identity.bearer(credentials.credentials) if credentials is not None else None
+        if principal is None:
             raise HTTPException(401, "missing or wrong bearer token: pass --token or set FMESH_TOKEN",
                                 headers={"WWW-Authenticate": "Bearer"})
+        refusal = control_refusal(principal, request.method)
+        if refusal is not None:
+            raise HTTPException(403, refusal)
+        return principal
 
     return check
 
@@ -64,9 +82,9 @@ def function_status(node: Node, item: Any, pending: int, dead: int) -> dict[str,
     }
 
 
-def create_app(node: Node, control: ControlPlane, token: str) -> FastAPI:
+def create_app(node: Node, control: ControlPlane) -> FastAPI:
     app = FastAPI(title="fmesh control API", version="1", docs_url="/docs", openapi_url="/openapi.json")
-    auth = [Depends(require_token(token))]
+    auth = [Depends(require_token(node.identity))]
 
     @app.exception_handler(HTTPException)
     async def _error(request: Request, exc: HTTPException) -> JSONResponse:
@@ -119,7 +137,8 @@ def create_app(node: Node, control: ControlPlane, token: str) -> FastAPI:
     async def apply(request: ApplyRequest) -> dict[str, Any]:
         try:
             changes = await control.apply({"function": request.functions, "subscription": request.subscriptions,
-                                           "trigger": request.triggers, "bridge": request.bridges},
+                                           "trigger": request.triggers, "bridge": request.bridges,
+                                           "peer": request.peers},
                                           request.prune, request.verify)
         except DeployError as exc:
             raise HTTPException(422, str(exc)) from exc
@@ -185,6 +204,7 @@ def create_app(node: Node, control: ControlPlane, token: str) -> FastAPI:
     async def purge(function: str | None = None) -> dict[str, Any]:
         return {"purged": await node.log.purge_dead_letters(subscription_of(function))}
 
+    add_token_routes(app, node, auth)
     return app
 
 
@@ -194,6 +214,32 @@ async def bridge_status(node: Node, item: dict[str, Any], stats: Any) -> dict[st
     return {**item, "name": item["name"].split(":", 1)[1], "state": stats.state, "peer_mesh": stats.peer_mesh,
             "backlog": backlog, "oldest_waiting_s": None if oldest is None else round(time.time() - oldest, 1),
             "looped": stats.looped, "forwarded": item["delivered"] - stats.looped}
+
+
+def add_token_routes(app: FastAPI, node: Node, auth: list) -> None:
+    """GET /v1/tokens, POST /v1/tokens (the token is in the answer, and nowhere else), DELETE /v1/tokens/{name}."""
+
+    @app.get("/v1/tokens", dependencies=auth, summary="Tokens (names, scopes and rules; never the tokens)")
+    async def list_tokens() -> dict[str, Any]:
+        return {"tokens": [r.public() for _, r in sorted(node.tokens.records.items())]}
+
+    @app.post("/v1/tokens", dependencies=auth, status_code=201, summary="Make a token; it is shown only here")
+    async def create_token(request: TokenRequest) -> dict[str, Any]:
+        if request.name in node.tokens.records:
+            raise HTTPException(409, f"there is already a token named {request.name!r}: "
+                                f"revoke it first (fmesh tokens revoke {request.name})")
+        try:
+            rate = parse_rate(request.rate) if request.rate is not None else None
+            record, token = await node.tokens.create(request.name, request.scope, request.allow, rate, request.burst)
+        except (DeployError, ValueError) as exc:
+            raise HTTPException(422, str(exc)) from exc
+        return {**record.public(), "token": token}
+
+    @app.delete("/v1/tokens/{name}", dependencies=auth, summary="Revoke a token: it stops working at once")
+    async def revoke_token(name: str) -> dict[str, Any]:
+        if not await node.tokens.revoke(name):
+            raise HTTPException(404, f"no token named {name!r}")
+        return {"revoked": name}
 
 
 def add_resource_routes(app: FastAPI, control: ControlPlane, kind: str, auth: list) -> None:

@@ -3,22 +3,25 @@
 from __future__ import annotations
 
 import json
+import ssl
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 
 from fmesh.errors import AuthError, BrokerUnreachable, DeployError
+from fmesh.tls import connect_hint
 
 APPLY_TIMEOUT = 300.0
 
 
 class MeshClient:
     def __init__(self, url: str, token: str | None, timeout: float = 60.0,
-                 transport: httpx.BaseTransport | None = None) -> None:
+                 transport: httpx.BaseTransport | None = None, verify: ssl.SSLContext | bool = True) -> None:
         self.url = url.rstrip("/")
         headers = {"authorization": f"Bearer {token}"} if token else {}
-        self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout, transport=transport)
+        self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout, transport=transport,
+                                  verify=verify)
 
     def close(self) -> None:
         self._http.close()
@@ -33,7 +36,7 @@ class MeshClient:
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.ConnectError as exc:
-            raise BrokerUnreachable(self.url, f"{exc}; is `fmesh up` running there?") from exc
+            raise BrokerUnreachable(self.url, f"{exc}; {connect_hint(exc)}") from exc
         except httpx.TimeoutException as exc:
             raise BrokerUnreachable(self.url, f"no answer in time ({type(exc).__name__})") from exc
         check(response, self.url)
@@ -108,6 +111,18 @@ class MeshClient:
     def purge_dead_letters(self, function: str | None) -> int:
         params = {"function": function} if function else {}
         return self.request("DELETE", "/v1/dead-letters", params=params).json()["purged"]
+
+    def tokens(self) -> list[dict[str, Any]]:
+        return self.request("GET", "/v1/tokens").json()["tokens"]
+
+    def create_token(self, name: str, scope: str, allow: dict[str, Any] | None = None,
+                     rate: str | None = None, burst: int | None = None) -> dict[str, Any]:
+        """The new token's record, with the token itself under "token" (shown only this once)."""
+        body = {"name": name, "scope": scope, "allow": allow, "rate": rate, "burst": burst}
+        return self.request("POST", "/v1/tokens", json=body).json()
+
+    def revoke_token(self, name: str) -> None:
+        self.request("DELETE", f"/v1/tokens/{name}")
 
     def dead_letters(self, function: str | None, limit: int = 1000) -> list[dict[str, Any]]:
         params: dict[str, Any] = {"limit": limit}

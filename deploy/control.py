@@ -16,7 +16,7 @@ from typing import Any
 
 from fmesh.deploy.bundle import BundleStore
 from fmesh.deploy.dependencies import DependencyInstaller
-from fmesh.deploy.resources import BridgeKind, FunctionKind, Kind, Resource, SubscriptionKind, TriggerKind
+from fmesh.deploy.resources import BridgeKind, FunctionKind, Kind, PeerKind, Resource, SubscriptionKind, TriggerKind
 
 from fmesh.errors import DeployError, FmeshError
 from fmesh.node import Node
@@ -39,9 +39,11 @@ class ControlPlane:
         self.node = node
         self.bundles = BundleStore(node.data_dir / "bundles")
         self.dependencies = DependencyInstaller(node.data_dir / "deps")
-        # Order matters: bridges (that functions may hand replies and dead letters to), then
-        # functions, then the subscriptions and triggers that feed them.
+        # Order matters: peers before anything takes events; bridges (that functions may hand
+        # replies and dead letters to) before functions; functions before the subscriptions
+        # and triggers that feed them.
         self.kinds: dict[str, Kind] = {
+            "peer": PeerKind(node),
             "bridge": BridgeKind(node),
             "function": FunctionKind(node, self.bundles, self.dependencies),
             "subscription": SubscriptionKind(node),

@@ -44,6 +44,8 @@ def apply_request(manifest: Manifest, packed: list[PackedFunction]) -> dict[str,
         "triggers": {name: {"spec": trigger.model_dump(mode="json", exclude_none=True)}
                      for name, trigger in manifest.triggers.items()},
         "bridges": {name: {"spec": bridge.model_dump(mode="json")} for name, bridge in manifest.bridges.items()},
+        "peers": {name: {"spec": peer.model_dump(mode="json", exclude_none=True)}
+                  for name, peer in manifest.peers.items()},
     }
 
 

@@ -15,9 +15,11 @@ from fmesh.broker.filters import (
     compile_filters,
     compile_shorthand,
 )
+from fmesh.broker.identity import PeerCredential
+from fmesh.broker.policy import sender_filter
 from fmesh.deploy.yaml_lines import LocatedYaml
-from fmesh.runtime.sinks.base import SinkOptions
-from fmesh.triggers.config import EnvName, TriggerEntry
+from fmesh.runtime.sinks.base import SinkOptions, TlsFiles
+from fmesh.triggers.config import EnvName, RateLimit, TriggerEntry, read_secret, read_secret_file
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fmesh.durations import parse_duration
@@ -25,6 +27,7 @@ from fmesh.errors import ManifestError
 
 NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 HANDLER = re.compile(r"^[^:]+\.py:[A-Za-z_][A-Za-z0-9_]*$")
+PRINCIPAL = re.compile(r"^(admin|anonymous|(peer|token|function|trigger|subscription):[a-z0-9][-a-z0-9_.]{0,62})$")
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -166,6 +169,9 @@ class FunctionSpec(Filtered):
     reply_to: HandOff | None = Field(
         None, description="send replies to this function, bridge or sink URL instead of back into the mesh")
     sink_options: dict[str, Any] = Field(default_factory=dict, description="headers, auth and TLS for reply_to")
+    allow: list[str] | None = Field(
+        None, description="only events from these senders reach it (peer:eu, token:ci, trigger:orders, "
+        "function:hello, admin, anonymous); default: from anyone")
 
     @field_validator("handler")
     @classmethod
@@ -189,6 +195,17 @@ class FunctionSpec(Filtered):
             raise ValueError("workdir goes with command; a handler's folder is the one it is in")
         return self
 
+    @field_validator("allow")
+    @classmethod
+    def _principals(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and not value:
+            raise ValueError("allow lists who may reach the function: give at least one, or leave it out for all")
+        for name in value or ():
+            if not isinstance(name, str) or not PRINCIPAL.match(name):
+                raise ValueError(f"{name!r} is not a sender: use peer:<name>, token:<name>, trigger:<name>, "
+                                 "function:<name>, admin or anonymous")
+        return value
+
     @field_validator("secrets")
     @classmethod
     def _secret_names(cls, value: list[str] | dict[str, SecretFrom]) -> list[str] | dict[str, SecretFrom]:
@@ -210,7 +227,8 @@ class FunctionSpec(Filtered):
         if not self.on and self.filters is None:
             return any_of([], errors)
         on = [any_of([compile_shorthand(item, "", errors) for item in self.on], errors)] if self.on else []
-        return self._combined(on, errors)
+        routed = self._combined(on, errors)
+        return routed if self.allow is None else all_of([routed, sender_filter(self.allow)], errors)
 
     @property
     def folder(self) -> str:
@@ -288,18 +306,6 @@ class BridgeAuthSpec(Strict):
         return self
 
 
-class BridgeTlsSpec(Strict):
-    ca: str | None = Field(None, description="CA bundle to verify the other mesh with")
-    cert: str | None = Field(None, description="client certificate, for a mesh that requires one (mTLS)")
-    key: str | None = Field(None, description="the client certificate's key")
-
-    @model_validator(mode="after")
-    def _cert_and_key(self) -> BridgeTlsSpec:
-        if (self.cert is None) != (self.key is None):
-            raise ValueError("give cert and key together")
-        return self
-
-
 class BridgeDeliverySpec(DeliverySpec):
     """A bridge waits out the other mesh being down: it retries until the ttl, not a count."""
 
@@ -315,7 +321,7 @@ class BridgeSpec(Filtered):
     to: MeshUrl = Field(description="the other mesh, http(s)://host:port")
     filter: dict[str, Any] = Field(default_factory=dict, description="attribute: value or {exact|prefix|suffix}")
     auth: BridgeAuthSpec | None = Field(None, description="how this mesh authenticates to the other")
-    tls: BridgeTlsSpec | None = Field(None, description="certificates for an https:// mesh")
+    tls: TlsFiles | None = Field(None, description="certificates for an https:// mesh: {ca, cert, key}")
     delivery: BridgeDeliverySpec = Field(default_factory=BridgeDeliverySpec)
     concurrency: int = Field(256, ge=1, le=10_000, description="events in flight to the other mesh at once "
                              "(sent in batches of up to 64)")
@@ -331,16 +337,69 @@ class BridgeSpec(Filtered):
         return self._combined([compile_shorthand(self.filter, "", errors)], errors)
 
 
+class PeerAuth(Strict):
+    """How a peer proves who it is: exactly one of a bearer token, an HMAC secret (each from
+    an env var or a file of the mesh's), or the subject of its client certificate."""
+
+    token_env: EnvName | None = Field(None, description="env var with the token it sends as Bearer")
+    token_file: str | None = Field(None, description="file with that token")
+    hmac_secret_env: EnvName | None = Field(None, description="env var with the secret it signs requests with")
+    hmac_secret_file: str | None = Field(None, description="file with that secret")
+    subject: str | None = Field(None, min_length=1, description="CN or DNS/URI SAN of its client certificate (mTLS)")
+    tolerance: Duration = Field(300.0, gt=0, description="signed requests: how far X-Fmesh-Timestamp may be "
+                                "from now before the request counts as replayed")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> PeerAuth:
+        given = [k for k in ("token_env", "token_file", "hmac_secret_env", "hmac_secret_file", "subject")
+                 if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of token_env, token_file, hmac_secret_env, hmac_secret_file or "
+                             f"subject (found {', '.join(given) or 'none'}); secrets never go in the manifest")
+        return self
+
+    def credential(self, field: str) -> PeerCredential:
+        """The peer's credential, its secret read now (TriggerConfigError names what is missing)."""
+        if self.subject is not None:
+            return PeerCredential(subject=self.subject)
+        key, source = next((k, v) for k, v in self.model_dump().items() if v is not None and k != "tolerance")
+        where = f"{field}.{key}"
+        value = read_secret(source, where) if key.endswith("_env") else read_secret_file(source, where)
+        if key.startswith("token"):
+            return PeerCredential(token=value)
+        return PeerCredential(secret=value.encode(), tolerance=self.tolerance)
+
+
+class PeerSpec(Strict):
+    """Another mesh, or any sender, that may publish here (`fmeshsender: peer:<name>`)."""
+
+    auth: PeerAuth
+    allow: dict[str, Any] | None = Field(None, description="what it may publish, as a subscription's filter "
+                                         "(filters: and cesql: too); default: anything")
+    rate: RateLimit | None = Field(None, description="token bucket: {rate: 100/s, burst: 200}; past it 429")
+
+    @field_validator("allow")
+    @classmethod
+    def _allow_compiles(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None:
+            compile_shorthand(value, "allow")
+        return value
+
+    def compiled_allow(self) -> Filter | None:
+        return compile_shorthand(self.allow, "") if self.allow is not None else None
+
+
 class Manifest(Strict):
     functions: dict[Name, FunctionSpec] = Field(default_factory=dict)
     subscriptions: dict[Name, SubscriptionSpec] = Field(default_factory=dict)
     triggers: dict[Name, TriggerEntry] = Field(default_factory=dict)
     bridges: dict[Name, BridgeSpec] = Field(default_factory=dict)
+    peers: dict[Name, PeerSpec] = Field(default_factory=dict)
 
 
 SECTIONS: dict[str, type[BaseModel]] = {
     "functions": FunctionSpec, "subscriptions": SubscriptionSpec, "triggers": TriggerEntry,
-    "bridges": BridgeSpec}
+    "bridges": BridgeSpec, "peers": PeerSpec}
 
 
 def parse_manifest(text: str, file: str = "fmesh.yaml") -> Manifest:

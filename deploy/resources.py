@@ -1,4 +1,4 @@
-"""What the control plane deploys, kind by kind: functions, subscriptions and triggers.
+"""What the control plane deploys, kind by kind: peers, functions, subscriptions and triggers.
 Each kind validates a request item, runs it on the node, and stops it; the control
 plane stores and diffs them all alike."""
 
@@ -9,18 +9,18 @@ import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
+from fmesh.broker.policy import Rule
 from fmesh.deploy.bundle import BundleStore
 from fmesh.deploy.dependencies import DependencyInstaller, top_level_names
-from fmesh.deploy.manifest import NAME, BridgeSpec, DeliverySpec, SubscriptionSpec, is_function_target
+from fmesh.deploy.manifest import NAME, BridgeSpec, DeliverySpec, PeerSpec, SubscriptionSpec, is_function_target
 from fmesh.deploy.manifest import FunctionSpec as ManifestFunction
 from fmesh.runtime.policy import DeliveryPolicy, ScalePolicy
 from fmesh.runtime.runtime import FunctionSpec, SinkSpec, subscription_name
 from fmesh.runtime.secrets import SecretSource
 from fmesh.runtime.sinks.bridge import BridgeAuth
-from fmesh.triggers.config import TriggerEntry, read_secret
+from fmesh.triggers.config import TriggerEntry, read_secret, read_secret_file
 from pydantic import BaseModel, ValidationError
 
 from fmesh.errors import DeployError, HandlerError, TriggerConfigError
@@ -274,7 +274,7 @@ class BridgeKind:
         spec: BridgeSpec = resource.spec  # type: ignore[assignment]
         dead_letter, dead_letter_sink = dead_letter_target(self.node, f"bridge-{resource.name}", spec.delivery)
         options = {"structured": spec.delivery.content_mode == "structured",
-                   **({"tls_ca": spec.tls.ca} if spec.tls and spec.tls.ca else {})}
+                   **({"tls": spec.tls.model_dump(mode="json")} if spec.tls else {})}
         sink = SinkSpec(f"bridge:{resource.name}", spec.to, options,
                         delivery_policy(spec.delivery, spec.delivery.timeout or 30.0, dead_letter),
                         max_inflight=spec.concurrency, source=f"/fmesh/bridges/{resource.name}",
@@ -322,11 +322,34 @@ def deploy_errors(kind: str, name: str) -> Iterator[None]:
         raise DeployError(f"{kind} {name}: {exc}") from exc
 
 
-def read_secret_file(path: str | None, field: str) -> str:
-    try:
-        value = Path(path or "").read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise TriggerConfigError(field, f"cannot read {path}: {exc.strerror}") from exc
-    if not value:
-        raise TriggerConfigError(field, f"{path} is empty")
-    return value
+class PeerKind:
+    """Senders known by a token, an HMAC secret or a client certificate, with what they may publish."""
+
+    name = "peer"
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
+    def validate(self, name: str, item: dict[str, Any]) -> Resource:
+        check_name("peer", name)
+        return Resource("peer", name, parse_spec("peer", name, PeerSpec, item.get("spec")))
+
+    async def run(self, resource: Resource) -> None:
+        spec: PeerSpec = resource.spec  # type: ignore[assignment]
+        rule = Rule(spec.compiled_allow(), spec.rate.bucket() if spec.rate is not None else None)
+        with deploy_errors("peer", resource.name):  # a missing secret, a credential already in use
+            self.node.deploy_peer(resource.name, spec.auth.credential(f"peers.{resource.name}.auth"), rule)
+
+    async def stop(self, name: str) -> None:
+        self.node.remove_peer(name)
+
+    def check(self, resource: Resource) -> None:
+        """Its secret is there: a missing env var or file fails the deploy, not the first request."""
+        with deploy_errors("peer", resource.name):
+            resource.spec.auth.credential(f"peers.{resource.name}.auth")  # type: ignore[attr-defined]
+
+    async def verify(self, resource: Resource) -> None:
+        pass
+
+    def references(self, resource: Resource) -> list[tuple[str, str]]:
+        return []

@@ -19,6 +19,7 @@ from fmesh.deploy.control import ControlPlane
 from fmesh.deploy.deployer import PackedFunction, apply_request, summarize
 from fmesh.deploy.manifest import check_references, load_manifest
 from fmesh.deploy.shutdown import MeshServer
+from fmesh.deploy.tls import uvicorn_tls_options
 
 from fmesh.errors import FmeshError, StartupError
 from fmesh.node import Node
@@ -29,8 +30,9 @@ def build(settings: NodeSettings) -> tuple[Node, ControlPlane, str]:
     token = load_or_create_token(settings.data_dir, settings.token)
     settings.mesh_id = load_or_create_mesh_id(settings.data_dir, settings.mesh_id)
     node = Node(settings)
+    node.trust_control_token(token)
     control = ControlPlane(node)
-    node.control_app = create_app(node, control, token)
+    node.control_app = create_app(node, control)
     return node, control, token
 
 
@@ -47,19 +49,24 @@ async def deploy_local(control: ControlPlane, manifest_path: Path,
         packed.append(PackedFunction(name, digest, b"", 0))
     request = apply_request(manifest, packed)
     changes = await control.apply({"function": request["functions"], "subscription": request["subscriptions"],
-                                   "trigger": request["triggers"], "bridge": request["bridges"]})
+                                   "trigger": request["triggers"], "bridge": request["bridges"],
+                                   "peer": request["peers"]})
     return summarize([c.__dict__ for c in changes])
 
 
-async def serve(settings: NodeSettings, manifest: Path | None, sockets: list[socket.socket]) -> int:
+async def serve(settings: NodeSettings, manifest: Path | None, sockets: list[socket.socket],
+                tls: dict[str, Any] | None = None) -> int:
     """Run the mesh on `sockets` until a signal stops it; 0 when it stopped cleanly."""
     node, control, _ = build(settings)
 
     async def on_start() -> None:
         restored = await control.restore()
-        url = f"http://{settings.host}:{settings.port}"
+        url = f"{settings.scheme}://{settings.host}:{settings.port}"
         say(f"fmesh mesh {node.mesh_id} up on {url}  (events: POST {url}/, control: {url}/v1, docs: {url}/docs)")
         say(f"  store {node.log.url}; data dir {settings.data_dir}")
+        say(f"  {ingress_auth_line(settings, node.gate.mode)}")
+        if settings.tls_client_ca:
+            say(f"  mTLS: every client needs a certificate signed by {settings.tls_client_ca}")
         if not settings.token:
             say(f"  control API token in {token_path(settings.data_dir)}")
         if restored:
@@ -69,8 +76,9 @@ async def serve(settings: NodeSettings, manifest: Path | None, sockets: list[soc
             say(f"  deployed {manifest}: {summary}")
 
     node.on_start.append(on_start)
+    options: dict[str, Any] = {"http": "auto", **(tls or {})}
     config = uvicorn.Config(node, host=settings.host, port=settings.port, lifespan="on",
-                            log_level="warning", access_log=False, loop="auto", http="auto")
+                            log_level="warning", access_log=False, loop="auto", **options)
     server = MeshServer(config, node, settings.shutdown_grace)
     try:
         await server.serve(sockets=sockets)
@@ -80,6 +88,15 @@ async def serve(settings: NodeSettings, manifest: Path | None, sockets: list[soc
         raise
     say(server.stopped_line())
     return 0 if server.clean else 1
+
+
+def ingress_auth_line(settings: NodeSettings, mode: str) -> str:
+    """The startup line saying who may publish, and why it is so when it is the default."""
+    why = "" if settings.ingress_auth else f", the default on {settings.host} (--ingress-auth to change)"
+    meaning = {"off": "anyone who reaches this address may publish; credentials are not looked at",
+               "optional": "callers with credentials are checked, callers without publish as anonymous",
+               "required": "publishing without a token, signature or peer certificate gets 401"}[mode]
+    return f"ingress auth {mode}{why}: {meaning}"
 
 
 def say(line: str) -> None:
@@ -119,11 +136,12 @@ def main(argv: list[str]) -> int:
     """Own the data dir, then the port, and only then read or write anything in the data dir."""
     try:
         settings, manifest = read_settings(argv)
+        tls = uvicorn_tls_options(settings)  # a missing or wrong file: said before anything is claimed
         with lock_data_dir(settings.data_dir, settings.port):
             sockets = listen(settings.host, settings.port)
             if manifest is not None:
                 load_manifest(manifest)  # refuse a bad manifest before anything starts
-            return run_fast(serve(settings, manifest, sockets))
+            return run_fast(serve(settings, manifest, sockets, tls))
     except FmeshError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

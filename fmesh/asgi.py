@@ -51,11 +51,21 @@ def header_dict(scope: Scope) -> dict[str, str]:
     return {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in scope["headers"]}
 
 
-async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
-    """The request body, refusing (EventTooLarge) as soon as it passes `limit`."""
+def check_declared_size(scope: Scope, limit: int) -> None:
+    """Refuse (EventTooLarge) a request whose Content-Length is past `limit`, before reading it."""
     declared = next((int(v) for k, v in scope["headers"] if k == b"content-length" and v.isdigit()), None)
     if declared is not None and declared > limit:
         raise EventTooLarge(declared, limit)
+
+
+async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    """The request body, refusing (EventTooLarge) as soon as it passes `limit`."""
+    check_declared_size(scope, limit)
+    return await read_stream(receive, limit)
+
+
+async def read_stream(receive: Receive, limit: int) -> bytes:
+    """The body as it arrives, refusing (EventTooLarge) as soon as it passes `limit`."""
     chunks: list[bytes] = []
     size = 0
     while True:

@@ -25,6 +25,9 @@ MeshOption = Annotated[str, typer.Option("--mesh", envvar="FMESH_URL", help="URL
 TokenOption = Annotated[str | None, typer.Option(
     "--token", help="Control API token (default: FMESH_TOKEN, else <data dir>/token).")]
 ManifestOption = Annotated[Path, typer.Option("-f", "--file", help="The manifest.")]
+CaOption = Annotated[Path | None, typer.Option(
+    "--ca", envvar="FMESH_CA", help="CA (PEM) of an HTTPS mesh with its own CA; for mTLS meshes the client "
+    "certificate and key come from FMESH_CERT and FMESH_KEY.")]
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
@@ -32,10 +35,11 @@ def fail(message: str, code: int = 1) -> NoReturn:
     raise typer.Exit(code)
 
 
-def client(mesh: str, token: str | None):  # type: ignore[no-untyped-def]
+def client(mesh: str, token: str | None, ca: Path | None = None):  # type: ignore[no-untyped-def]
     from fmesh.deploy.client import MeshClient
+    from fmesh.tls import cli_context
 
-    return MeshClient(mesh, token or read_token())
+    return MeshClient(mesh, token or read_token(), verify=cli_context(ca))
 
 
 @app.command()
@@ -59,6 +63,13 @@ def up(
         help="Bridged events with the same source and id within this window are dropped as duplicates.")] = "10m",
     shutdown_grace: Annotated[str, typer.Option(
         help="How long SIGTERM or Ctrl-C may take; unfinished deliveries stay stored.")] = "10s",
+    ingress_auth: Annotated[str | None, typer.Option(
+        help="Who may publish to POST /: required (401 without a token, signature or peer certificate), "
+             "optional, or off (default: off on a loopback --host, else required).")] = None,
+    tls_cert: Annotated[Path | None, typer.Option(help="Serve HTTPS with this certificate (PEM).")] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="The private key (PEM) of --tls-cert.")] = None,
+    tls_client_ca: Annotated[Path | None, typer.Option(
+        help="Require client certificates signed by this CA (mTLS); peers can be known by their subject.")] = None,
 ) -> None:
     """Run a mesh node in the foreground (no external services needed)."""
     from fmesh.deploy.manifest import load_manifest
@@ -68,10 +79,14 @@ def up(
     settings = NodeSettings(data_dir=(data_dir or default_data_dir()).expanduser().resolve(), host=host,
                             port=port, store=store, token=token, max_event_bytes=max_event_bytes,
                             launcher=launcher, dead_letter_retention=_duration(dead_letter_retention),
-                            shutdown_grace=_duration(shutdown_grace), mesh_id=mesh_id,
+                            shutdown_grace=_duration(shutdown_grace), ingress_auth=ingress_auth,
+                            tls_cert=_absolute(tls_cert), tls_key=_absolute(tls_key),
+                            tls_client_ca=_absolute(tls_client_ca), mesh_id=mesh_id,
                             dedup_window=_duration(dedup_window))
     if launcher not in ("zygote", "subprocess"):
         fail(f"--launcher must be zygote or subprocess, not {launcher!r}")
+    if ingress_auth not in (None, "required", "optional", "off"):
+        fail(f"--ingress-auth must be required, optional or off, not {ingress_auth!r}")
     if settings.shutdown_grace <= 0:
         fail("--shutdown-grace must be more than 0s, e.g. 10s")
     _check_store(settings)
@@ -92,7 +107,7 @@ def up(
 
 @app.command()
 def deploy(file: ManifestOption = Path("fmesh.yaml"), mesh: MeshOption = DEFAULT_MESH_URL,
-           token: TokenOption = None,
+           token: TokenOption = None, ca: CaOption = None,
            prune: Annotated[bool, typer.Option(help="Delete deployed functions missing from the manifest.")] = False,
            verify: Annotated[bool, typer.Option(
                help="Start each new or changed function once before it takes events; if one does not start, "
@@ -108,7 +123,7 @@ def deploy(file: ManifestOption = Path("fmesh.yaml"), mesh: MeshOption = DEFAULT
         fail(str(exc), 2)
     console.print(f"Deploying [bold]{file}[/] to {mesh}")
     try:
-        with client(mesh, token) as mesh_client, console.status("validating") as status:
+        with client(mesh, token, ca) as mesh_client, console.status("validating") as status:
             deployed = set() if prune else mesh_client.target_names()
             try:
                 check_references(manifest, file, deployed)
@@ -144,6 +159,10 @@ def _check_store(settings: Any) -> None:
         open_store(settings.store_url, settings.data_dir)  # only parses the URL: nothing is opened
     except ValueError as exc:
         fail(f"--store: {exc}")
+
+
+def _absolute(path: Path | None) -> str | None:
+    return str(path.expanduser().resolve()) if path is not None else None
 
 
 def _duration(text: str) -> float:
@@ -183,14 +202,19 @@ def send(
     content_type: Annotated[str | None, typer.Option(help="datacontenttype (default: guessed from the data).")] = None,
     structured: Annotated[bool, typer.Option(help="Send in structured mode instead of binary.")] = False,
     mesh: MeshOption = DEFAULT_MESH_URL,
+    token: Annotated[str | None, typer.Option(
+        "--token", help="Token to publish with (fmesh tokens create NAME --scope publish; default: FMESH_TOKEN, "
+        "else <data dir>/token).")] = None,
+    ca: CaOption = None,
 ) -> None:
     """Send one CloudEvent to the mesh; prints its id and the HTTP status."""
     from fmesh.sender import build_event, post_event
+    from fmesh.tls import cli_context
 
     try:
         extensions = dict(_key_value(item) for item in ext or [])
         event = build_event(type, source, data, subject, extensions, id, content_type)
-        status, body = post_event(mesh, event, structured)
+        status, body = post_event(mesh, event, structured, token or read_token(), cli_context(ca))
     except FmeshError as exc:
         fail(str(exc))
     reason = body.get("error") if isinstance(body, dict) else None
@@ -207,11 +231,11 @@ def _key_value(item: str) -> tuple[str, str]:
 
 
 @app.command()
-def status(mesh: MeshOption = DEFAULT_MESH_URL, token: TokenOption = None,
+def status(mesh: MeshOption = DEFAULT_MESH_URL, token: TokenOption = None, ca: CaOption = None,
            as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
     """Per function: replicas, events in flight, delivered, failed and dead-lettered."""
     try:
-        with client(mesh, token) as mesh_client:
+        with client(mesh, token, ca) as mesh_client:
             report = mesh_client.status()
     except FmeshError as exc:
         fail(str(exc))
@@ -295,10 +319,10 @@ def _cold_start(f: dict[str, Any]) -> str:
 def logs(function: Annotated[str, typer.Argument(help="The function.")],
          follow: Annotated[bool, typer.Option("-f", "--follow", help="Keep printing new lines.")] = False,
          lines: Annotated[int, typer.Option("-n", "--lines", help="How many past lines.")] = 200,
-         mesh: MeshOption = DEFAULT_MESH_URL, token: TokenOption = None) -> None:
+         mesh: MeshOption = DEFAULT_MESH_URL, token: TokenOption = None, ca: CaOption = None) -> None:
     """A function's stdout and stderr, each line tagged with its replica."""
     try:
-        with client(mesh, token) as mesh_client:
+        with client(mesh, token, ca) as mesh_client:
             if not follow:
                 sys.stdout.write(mesh_client.logs(function, lines))
                 return
@@ -319,11 +343,11 @@ def dead_letters(
     replay_all: Annotated[str | None, typer.Option(
         "--replay-all", help="Deliver all of this function's dead letters again.")] = None,
     purge: Annotated[bool, typer.Option("--purge", help="Delete the dead letters (of FUNCTION, else all).")] = False,
-    mesh: MeshOption = DEFAULT_MESH_URL, token: TokenOption = None,
+    mesh: MeshOption = DEFAULT_MESH_URL, token: TokenOption = None, ca: CaOption = None,
 ) -> None:
     """List events that exhausted their delivery policy, replay them, or purge them."""
     try:
-        with client(mesh, token) as mesh_client:
+        with client(mesh, token, ca) as mesh_client:
             if replay or replay_all:
                 result = mesh_client.replay_dead_letters(replay or [], replay_all)
                 console.print(f"replayed {result['replayed']} dead letter(s)")
@@ -350,12 +374,78 @@ def dead_letters(
     console.print(table if letters else "No dead letters.")
 
 
+tokens_app = typer.Typer(help="Tokens that may publish (POST /), read (GET /v1/...) or administer the mesh.",
+                         no_args_is_help=True)
+app.add_typer(tokens_app, name="tokens")
+
+
+@tokens_app.command("create")
+def tokens_create(
+    name: Annotated[str, typer.Argument(help="The token's name; events it publishes say fmeshsender token:NAME.")],
+    scope: Annotated[str, typer.Option(help="publish (POST / only), read (list and watch) or admin.")] = "publish",
+    allow: Annotated[str | None, typer.Option(
+        help="What it may publish, a filter as in a subscription, in YAML: '{type: {prefix: com.ci.}}'.")] = None,
+    rate: Annotated[str | None, typer.Option(help="Rate limit of what it publishes: 100/s, 600/m.")] = None,
+    burst: Annotated[int | None, typer.Option(help="Events at once within --rate (default: one second's).")] = None,
+    mesh: MeshOption = DEFAULT_MESH_URL, token: TokenOption = None, ca: CaOption = None,
+) -> None:
+    """Make a token and print it, once: the mesh keeps only its hash."""
+    import yaml
+
+    try:
+        rule = yaml.safe_load(allow) if allow is not None else None
+    except yaml.YAMLError as exc:
+        fail(f"--allow is not YAML: {exc}")
+    if rule is not None and not isinstance(rule, dict):
+        fail("--allow takes a filter mapping such as '{type: {prefix: com.ci.}}'")
+    try:
+        with client(mesh, token, ca) as mesh_client:
+            made = mesh_client.create_token(name, scope, rule, rate, burst)
+    except FmeshError as exc:
+        fail(str(exc))
+    errors.print(f"token [bold]{made['name']}[/] (scope {made['scope']}) created; it is shown only now:",
+                 highlight=False)
+    print(made["token"], flush=True)
+
+
+@tokens_app.command("list")
+def tokens_list(mesh: MeshOption = DEFAULT_MESH_URL, token: TokenOption = None, ca: CaOption = None,
+                as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """The mesh's tokens: names, scopes and rules (never the tokens)."""
+    try:
+        with client(mesh, token, ca) as mesh_client:
+            tokens = mesh_client.tokens()
+    except FmeshError as exc:
+        fail(str(exc))
+    if as_json:
+        print(json.dumps({"tokens": tokens}, indent=2))
+        return
+    table = Table("name", "scope", "allow", "rate", "created")
+    for t in tokens:
+        rate = f"{t['rate']:g}/s, burst {t['burst']}" if t.get("rate") else "-"
+        table.add_row(t["name"], t["scope"], json.dumps(t["allow"]) if t.get("allow") else "-", rate,
+                      _ago(t["created_at"]))
+    console.print(table if tokens else "No tokens. Make one with `fmesh tokens create NAME --scope publish`.")
+
+
+@tokens_app.command("revoke")
+def tokens_revoke(name: Annotated[str, typer.Argument(help="The token.")],
+                  mesh: MeshOption = DEFAULT_MESH_URL, token: TokenOption = None, ca: CaOption = None) -> None:
+    """Revoke a token: requests with it are refused from now on."""
+    try:
+        with client(mesh, token, ca) as mesh_client:
+            mesh_client.revoke_token(name)
+    except FmeshError as exc:
+        fail(str(exc))
+    console.print(f"token [bold]{name}[/] revoked")
+
+
 @app.command()
 def delete(function: Annotated[str, typer.Argument(help="The function.")],
-           mesh: MeshOption = DEFAULT_MESH_URL, token: TokenOption = None) -> None:
+           mesh: MeshOption = DEFAULT_MESH_URL, token: TokenOption = None, ca: CaOption = None) -> None:
     """Delete a deployed function (its pending events go with it)."""
     try:
-        with client(mesh, token) as mesh_client:
+        with client(mesh, token, ca) as mesh_client:
             mesh_client.delete(function)
     except FmeshError as exc:
         fail(str(exc))

@@ -9,7 +9,9 @@ FmeshError                       root of every error fmesh raises on purpose
 ├── ManifestError(ValueError)    a manifest that does not validate (file, line, field)
 ├── TriggerConfigError(ValueError)  a trigger or sink that cannot be built (a missing secret)
 ├── DeployError                  the mesh refused or failed a deploy
-├── AuthError(PermissionError)   a missing or wrong token (HTTP 401)
+├── AuthError(PermissionError)   a missing or wrong token, signature or certificate (HTTP 401)
+├── Forbidden(PermissionError)   a known caller asking for what it may not do (HTTP 403)
+├── RateLimited                  a caller past its rate limit; `retry_after` seconds (HTTP 429)
 ├── StartupError(OSError)        `fmesh up` cannot start: data dir in use, port taken, no settings
 └── HandlerError(RuntimeError)   a function failed to handle an event
     └── HandlerTimeout(TimeoutError)
@@ -83,7 +85,20 @@ class DeployError(FmeshError):
 
 
 class AuthError(FmeshError, PermissionError):
-    """A missing or wrong bearer token."""
+    """A missing or wrong bearer token, HMAC signature or client certificate."""
+
+
+class Forbidden(FmeshError, PermissionError):
+    """The caller is known, and what it asked for is not allowed to it."""
+
+
+class RateLimited(FmeshError):
+    """The caller is past its rate limit; it may try again in `retry_after` seconds."""
+
+    def __init__(self, who: str, retry_after: float) -> None:
+        super().__init__(f"{who} is over its rate limit: try again in {retry_after:.3g}s")
+        self.who = who
+        self.retry_after = retry_after
 
 
 class StartupError(FmeshError, OSError):

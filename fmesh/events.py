@@ -178,6 +178,9 @@ def check_text(value: str, attribute: str) -> None:
 # Extensions the mesh itself sets. Anyone may send them (a bridged event carries them),
 # but only well formed: a negative hop count would let a caller lengthen a reply loop.
 HOPS = "fmeshhops"
+# Who published an event (`peer:eu`, `token:ci`, `trigger:orders`, `function:hello`, `admin`,
+# `anonymous`): set where the event enters the mesh, replacing anything a caller sent.
+SENDER = "fmeshsender"
 INTERNAL_COUNTS = (HOPS, "fmeshattempts", "fmesherrorcode")
 MAX_COUNT_DIGITS = 9
 

@@ -17,8 +17,11 @@ from pathlib import Path
 from fmesh.asgi import ASGIApp, Receive, Scope, Send, is_mesh_path, respond
 from fmesh.broker.broker import Broker
 from fmesh.broker.filters import Filter
+from fmesh.broker.identity import ADMIN, Identity, PeerCredential, token_digest
 from fmesh.broker.ingress import Ingress
+from fmesh.broker.policy import Gate, Rule, default_mode
 from fmesh.broker.stores import open_store
+from fmesh.broker.tokens import Tokens
 from fmesh.errors import StoreError, TriggerConfigError
 from fmesh.runtime.runtime import FunctionSpec, Runtime, SinkSpec
 from fmesh.settings import NodeSettings
@@ -41,7 +44,10 @@ class Node:
         self.log = open_store(settings.store_url, settings.data_dir)
         self.mesh_id = settings.mesh_id or ""
         self.broker = Broker(self.log, self.mesh_id, settings.dedup_window)
-        self.ingress = Ingress(self.broker.publish, settings.max_event_bytes)
+        self.identity = Identity()
+        self.gate = Gate(self.identity, settings.ingress_auth or default_mode(settings.host))
+        self.tokens = Tokens(self.log, self.identity, self.gate)
+        self.ingress = Ingress(self.broker.publish, settings.max_event_bytes, self.gate)
         self.run_dir = Path(tempfile.mkdtemp(prefix="fmesh-"))  # short: Unix socket paths are limited
         self.runtime = Runtime(self.data_dir, self.run_dir, self.broker, settings.launcher, self.mesh_id)
         self.control_app: ASGIApp | None = None
@@ -57,11 +63,16 @@ class Node:
     async def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         await self.log.open()
+        await self.tokens.load()
         await self.runtime.start()
         self._janitor = asyncio.get_running_loop().create_task(self._expire())
         self._started = True
         for hook in self.on_start:
             await hook()
+
+    def trust_control_token(self, token: str) -> None:
+        """The mesh's own token: the `admin` principal, on the control API and at the ingress."""
+        self.identity.add_bearer(token_digest(token), ADMIN)
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop everything within about `grace` seconds (default: the shutdown grace);
@@ -151,6 +162,16 @@ class Node:
         if path is not None and self.routes.get(path) is getattr(trigger, "app", None):
             del self.routes[path]
         await trigger.stop()
+
+    def deploy_peer(self, name: str, credential: PeerCredential, rule: Rule) -> None:
+        """Take events from peer `name`, known by `credential`, within `rule` (ValueError if its
+        credential is another principal's)."""
+        principal = self.identity.set_peer(name, credential)
+        self.gate.set_rule(principal.name, rule)
+
+    def remove_peer(self, name: str) -> None:
+        self.identity.forget(f"peer:{name}")
+        self.gate.drop_rule(f"peer:{name}")
 
     async def _drop_sinks_except(self, owner: str, keep: set[str]) -> None:
         """Remove the reply and dead-letter sinks `owner` no longer has."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import ssl
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -13,6 +14,7 @@ import httpx
 from fmesh.bindings.http import write_binary, write_structured
 from fmesh.errors import BrokerUnreachable, InvalidEvent
 from fmesh.events import Event, encode_data, format_time
+from fmesh.tls import connect_hint
 
 
 def read_data(data: str | None, content_type: str | None) -> tuple[Any, str | None]:
@@ -54,12 +56,17 @@ def build_event(type: str, source: str, data: str | None, subject: str | None = 
     return Event(attributes, encode_data(value, content_type))
 
 
-def post_event(mesh: str, event: Event, structured: bool = False) -> tuple[int, Any]:
+def post_event(mesh: str, event: Event, structured: bool = False, token: str | None = None,
+               verify: ssl.SSLContext | bool = True) -> tuple[int, Any]:
+    """POST the event; (status, answer). `token` is sent as Bearer (a mesh with ingress auth
+    off ignores it); `verify` as httpx takes it (see `fmesh.tls.cli_context`)."""
     headers, body = write_structured(event) if structured else write_binary(event)
+    if token:
+        headers = {**headers, "authorization": f"Bearer {token}"}
     try:
-        response = httpx.post(mesh.rstrip("/") + "/", headers=headers, content=body, timeout=30)
+        response = httpx.post(mesh.rstrip("/") + "/", headers=headers, content=body, timeout=30, verify=verify)
     except httpx.HTTPError as exc:
-        raise BrokerUnreachable(mesh, f"{exc}; is `fmesh up` running there?") from exc
+        raise BrokerUnreachable(mesh, f"{exc}; {connect_hint(exc)}") from exc
     try:
         return response.status_code, response.json()
     except ValueError:

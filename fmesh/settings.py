@@ -71,6 +71,14 @@ class NodeSettings:
     shutdown_grace: float = 10.0          # seconds from SIGTERM/Ctrl-C until the process is gone
     mesh_id: str | None = None            # default: a stable id kept in the data dir
     dedup_window: float = 600.0           # bridged events with the same source and id within it are dropped
+    ingress_auth: str | None = None       # required | optional | off; default: off on loopback, else required
+    tls_cert: str | None = None           # PEM files: serve HTTPS with this certificate and key
+    tls_key: str | None = None
+    tls_client_ca: str | None = None      # require client certificates signed by this CA (mTLS)
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls_cert else "http"
 
     @property
     def store_url(self) -> str:

@@ -26,6 +26,7 @@ from fmesh.contracts import Claimed, DeadLetter, Delivery, DeliveryQueue, Publis
 from fmesh.errors import FmeshError, HandlerError, InvalidEvent, StoreError
 from fmesh.events import (
     HOPS,
+    SENDER,
     Event,
     check_extensions,
     check_required,
@@ -218,10 +219,10 @@ class Sidecar:
             check_required(result.attributes)
             check_extensions(result.attributes)
             checked_internal(result.attributes)
-            return with_extension(result, **{HOPS: hops})
+            return with_extension(result, **{HOPS: hops, SENDER: self.name})
         attributes = {"specversion": "1.0", "id": str(uuid.uuid4()), "source": self.source,
                       "type": f"{incoming.type}.reply", "time": format_time_now(),
-                      "datacontenttype": result.content_type, HOPS: hops}
+                      "datacontenttype": result.content_type, HOPS: hops, SENDER: self.name}
         return Event(attributes, result.payload)
 
     async def _settle_failure(self, delivery: Delivery, error: HandlerError) -> None:

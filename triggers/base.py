@@ -14,10 +14,20 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from fmesh.events import Event
+from fmesh.events import SENDER, Event, with_extension
 
 Publish = Callable[[list[Event]], Awaitable[None]]
 """Store the events; durable on return, `fmesh.errors.StoreError` otherwise."""
+
+
+def stamped(publish: Publish, sender: str) -> Publish:
+    """`publish` that marks every event as published by `sender` (`trigger:<name>`) in
+    `fmeshsender`, replacing whatever the source sent: only the mesh says who sent what."""
+
+    async def publish_stamped(events: list[Event]) -> None:
+        await publish([with_extension(event, **{SENDER: sender}) for event in events])
+
+    return publish_stamped
 
 STOP_TIMEOUT = 15.0
 

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import os
 import re
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -36,11 +38,12 @@ from pydantic import (
 from fmesh.asgi import MESH_PATHS, is_mesh_path
 from fmesh.durations import parse_duration
 from fmesh.errors import TriggerConfigError
+from fmesh.ratelimit import TokenBucket, parse_rate
 
 __all__ = [
     "HttpTriggerConfig", "JetStreamConfig", "KafkaConnection", "KafkaSecurity", "KafkaTriggerConfig",
-    "NatsAuth", "NatsConnection", "NatsTriggerConfig", "TimerTriggerConfig", "TriggerConfig",
-    "TriggerConfigError", "TriggerEntry", "TriggerName", "WebhookAuth", "read_secret",
+    "NatsAuth", "NatsConnection", "NatsTriggerConfig", "RateLimit", "TimerTriggerConfig", "TriggerConfig",
+    "TriggerConfigError", "TriggerEntry", "TriggerName", "WebhookAuth", "read_secret", "read_secret_file",
 ]
 
 
@@ -49,6 +52,19 @@ def read_secret(env_name: str, field: str) -> str:
     value = os.environ.get(env_name)
     if not value:
         raise TriggerConfigError(field, f"environment variable {env_name} is not set or empty")
+    return value
+
+
+def read_secret_file(path: str, field: str) -> str:
+    """The secret in file `path` (without a trailing newline), named by config field `field`."""
+    try:
+        value = Path(path).read_text().rstrip("\n")
+    except OSError as exc:
+        raise TriggerConfigError(field, f"cannot read {path}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise TriggerConfigError(field, f"{path} is not UTF-8 text") from exc
+    if not value:
+        raise TriggerConfigError(field, f"{path} is empty")
     return value
 
 
@@ -88,6 +104,21 @@ EventType = Annotated[str, Field(min_length=1)]
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+Rate = Annotated[float, BeforeValidator(parse_rate),
+                 WithJsonSchema({"type": ["string", "number"], "examples": ["100/s", "600/m"]})]
+
+
+class RateLimit(Strict):
+    """A token bucket: `rate` events per second on average, `burst` at once (default: one
+    second's worth). Past it, callers get 429 with Retry-After."""
+
+    rate: Rate = Field(description="events per time unit: 100/s, 600/m, 5000/h")
+    burst: int | None = Field(None, ge=1, le=10_000_000, description="most events at once; default rate x 1s")
+
+    def bucket(self, clock: Callable[[], float] = time.monotonic) -> TokenBucket:
+        return TokenBucket(self.rate, self.burst if self.burst is not None else max(1, round(self.rate)), clock)
 
 
 # -- Kafka -----------------------------------------------------------------------------
@@ -345,6 +376,7 @@ class HttpTriggerConfig(Strict):
     source: str | None = Field(None, description="source of events from plain requests; default the path")
     max_body: Size = Field(1024 * 1024, description="largest accepted body; larger gets 413")
     auth: WebhookAuth | None = Field(None, description="required credentials; none means open")
+    rate: RateLimit | None = Field(None, description="token bucket for this webhook; past it 429 with Retry-After")
 
     @field_validator("path")
     @classmethod

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fmesh.triggers.base import Publish, StateStore, Trigger
+from fmesh.triggers.base import Publish, StateStore, Trigger, stamped
 from fmesh.triggers.clock import Clock
 from fmesh.triggers.config import (
     HttpTriggerConfig,
@@ -27,6 +27,7 @@ def build_trigger(name: str, config: TriggerEntry | TriggerConfig, publish: Publ
     """
     if isinstance(config, TriggerEntry):
         config = config.config
+    publish = stamped(publish, f"trigger:{name}")
     if isinstance(config, KafkaTriggerConfig):
         from fmesh.triggers.kafka import KafkaTrigger
         return KafkaTrigger(name, config, publish)

@@ -1,93 +1,28 @@
-"""Webhook authentication: bearer tokens and HMAC signatures, compared in constant time.
+"""The signature checks webhook triggers use, and `sign_request` for senders.
 
-What is signed:
-
-- without a timestamp header: the raw request body, byte for byte (GitHub's
-  `X-Hub-Signature-256: sha256=<hex HMAC-SHA256 of the body>`);
-- with `timestamp_header`: the ASCII timestamp, a dot, then the raw body
-  (`<timestamp>.<body>`, as Stripe does). The timestamp is Unix seconds; a request
-  whose timestamp is further than the tolerance from now is refused as a replay.
-
-The header value is `<prefix><signature>`; the prefix defaults to `<algorithm>=`, and
-the signature is hex (any case) or base64. Every failure raises `AuthError` saying what
-was wrong, never what was expected.
+They live in the core (`fmesh.signing`), because the broker's ingress checks peers'
+signatures with them too and the broker does not import triggers; importing them from
+here keeps working.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
-import hmac
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from fmesh.signing import (
+    DEFAULT_TOLERANCE,
+    PEER_HEADER,
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    HmacCheck,
+    check_bearer,
+    check_signature,
+    check_timestamp,
+    decode_signature,
+    peer_check,
+    sign,
+    sign_request,
+    signed_payload,
+)
 
-from fmesh.errors import AuthError
-
-
-@dataclass(frozen=True)
-class HmacCheck:
-    secret: bytes
-    header: str                     # lowercase
-    algorithm: str                  # sha1 | sha256 | sha512
-    prefix: str
-    encoding: str                   # hex | base64
-    timestamp_header: str | None    # lowercase
-    tolerance: float
-
-
-def check_bearer(headers: Mapping[str, str], tokens: Sequence[bytes]) -> None:
-    """Refuse unless `Authorization: Bearer <t>` carries one of `tokens`."""
-    scheme, _, given = headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not given.strip():
-        raise AuthError("missing bearer token")
-    candidate = given.strip().encode()
-    matched = False
-    for token in tokens:  # compare with every token, so timing does not tell which one is close
-        matched |= hmac.compare_digest(candidate, token)
-    if not matched:
-        raise AuthError("wrong bearer token")
-
-
-def signed_payload(body: bytes, timestamp: str | None) -> bytes:
-    return body if timestamp is None else timestamp.encode("ascii") + b"." + body
-
-
-def sign(check: HmacCheck, body: bytes, timestamp: str | None = None) -> str:
-    """The header value a sender puts on `body` (used by tests and by clients)."""
-    digest = hmac.new(check.secret, signed_payload(body, timestamp), check.algorithm).digest()
-    text = digest.hex() if check.encoding == "hex" else base64.b64encode(digest).decode()
-    return check.prefix + text
-
-
-def check_signature(check: HmacCheck, headers: Mapping[str, str], body: bytes, now: float) -> None:
-    """Refuse unless the request carries a valid, fresh signature over (timestamp and) body."""
-    timestamp = check_timestamp(check, headers, now) if check.timestamp_header else None
-    value = headers.get(check.header)
-    if value is None:
-        raise AuthError(f"missing signature header {check.header}")
-    if not value.startswith(check.prefix):
-        raise AuthError(f"signature header {check.header} does not start with {check.prefix!r}")
-    given = decode_signature(value[len(check.prefix):].strip(), check.encoding)
-    expected = hmac.new(check.secret, signed_payload(body, timestamp), getattr(hashlib, check.algorithm)).digest()
-    if not hmac.compare_digest(given, expected):
-        raise AuthError(f"wrong signature in {check.header}")
-
-
-def check_timestamp(check: HmacCheck, headers: Mapping[str, str], now: float) -> str:
-    assert check.timestamp_header is not None
-    value = headers.get(check.timestamp_header, "").strip()
-    if not value.isdigit():
-        raise AuthError(f"missing or malformed timestamp header {check.timestamp_header} "
-                        "(expected Unix seconds)")
-    if abs(now - int(value)) > check.tolerance:
-        raise AuthError(f"timestamp in {check.timestamp_header} is more than {check.tolerance:g}s "
-                        "from now: a replayed or delayed request")
-    return value
-
-
-def decode_signature(text: str, encoding: str) -> bytes:
-    try:
-        return bytes.fromhex(text) if encoding == "hex" else base64.b64decode(text, validate=True)
-    except (ValueError, binascii.Error) as exc:
-        raise AuthError(f"signature is not valid {encoding}") from exc
+__all__ = ["DEFAULT_TOLERANCE", "PEER_HEADER", "SIGNATURE_HEADER", "TIMESTAMP_HEADER", "HmacCheck", "check_bearer",
+           "check_signature", "check_timestamp", "decode_signature", "peer_check", "sign", "sign_request",
+           "signed_payload"]

@@ -1,8 +1,9 @@
 """The HTTP webhook trigger: an ASGI app the node mounts at the trigger's path.
 
 Checks run in order, each with its own status: method (405), bearer token (401),
-body size (413), signature (401), CloudEvent validity (400), storage (503), then 202
-with the event id. Nothing is published unless every check passed.
+body size (413), signature (401), rate limit (429 with Retry-After), CloudEvent validity
+(400), storage (503), then 202 with the event id. Nothing is published unless every
+check passed.
 
 A request that is already a CloudEvent (binary `ce-*` headers, or structured/batch
 `application/cloudevents...` content) is taken as such. Any other request is wrapped:
@@ -27,8 +28,9 @@ from fmesh.triggers.signatures import HmacCheck, check_bearer, check_signature
 from fmesh.asgi import Receive, Scope, Send, header_dict, read_body, respond
 from fmesh.bindings.common import wrapped_event
 from fmesh.bindings.http import read_events
-from fmesh.errors import AuthError, EventTooLarge, InvalidEvent, StoreError
+from fmesh.errors import AuthError, EventTooLarge, InvalidEvent, RateLimited, StoreError
 from fmesh.events import Event
+from fmesh.ratelimit import retry_after_header
 
 CLOUDEVENTS_MEDIA = "application/cloudevents"
 
@@ -48,6 +50,7 @@ class WebhookTrigger:
         field = f"triggers.{name}.http.auth"
         self._tokens = bearer_tokens(config.auth, field)
         self._hmac = hmac_check(config.auth, field)
+        self._bucket = config.rate.bucket(self._clock.now) if config.rate is not None else None
         self._status = StatusTracker(name, self.kind)
         self._status.detail["path"] = config.path
 
@@ -75,6 +78,9 @@ class WebhookTrigger:
             await self._refuse(send, 401, "unauthorized", str(exc), self._challenge())
         except EventTooLarge as exc:
             await self._refuse(send, 413, "too_large", str(exc))
+        except RateLimited as exc:
+            await self._refuse(send, 429, "rate_limited", str(exc),
+                               [(b"retry-after", retry_after_header(exc.retry_after))])
         except InvalidEvent as exc:
             await self._refuse(send, 400, "invalid", str(exc))
         else:
@@ -86,9 +92,12 @@ class WebhookTrigger:
         body = await read_body(scope, receive, self.config.max_body)
         if self._hmac is not None:
             check_signature(self._hmac, headers, body, self._clock.now())
-        if is_cloudevent(headers):
-            return read_events(headers, body)
-        return [self._wrap(headers, body)]
+        if self._bucket is not None:
+            self._bucket.admit(f"trigger {self.name}")
+        events = read_events(headers, body) if is_cloudevent(headers) else [self._wrap(headers, body)]
+        if self._bucket is not None:
+            self._bucket.take(len(events))
+        return events
 
     def _wrap(self, headers: Mapping[str, str], body: bytes) -> Event:
         config = self.config

@@ -17,16 +17,13 @@ from urllib.parse import urljoin
 
 from fmesh.runtime.replica import Result
 from fmesh.runtime.sinks.http import HttpSink
-from fmesh.triggers.signatures import HmacCheck, sign
 
 from fmesh.bindings.http import write_batch
 from fmesh.errors import HandlerError
 from fmesh.events import Event
 from fmesh.meshpath import visited, with_visit
+from fmesh.signing import PEER_HEADER, sign_request
 
-PEER_HEADER = "x-fmesh-peer"
-TIMESTAMP_HEADER = "x-fmesh-timestamp"
-SIGNATURE_HEADER = "x-fmesh-signature"
 MAX_BATCH = 64              # events per request to the other mesh
 MAX_BATCH_BYTES = 512 * 1024
 PEER_ID_RETRY = 10.0        # seconds between attempts to learn the other mesh's id
@@ -42,19 +39,10 @@ class BridgeAuth:
     hmac_secret: bytes | None = None
 
 
-def signing(secret: bytes) -> HmacCheck:
-    """The HMAC a bridge signs with and a mesh's ingress checks: SHA-256 over
-    `<unix seconds>.<raw body>`, hex, after `sha256=`."""
-    return HmacCheck(secret=secret, header=SIGNATURE_HEADER, algorithm="sha256", prefix="sha256=",
-                     encoding="hex", timestamp_header=TIMESTAMP_HEADER, tolerance=300.0)
-
-
 def signed_headers(auth: BridgeAuth, body: bytes, now: float) -> dict[str, str]:
-    """The authentication headers of one request to the other mesh."""
+    """The authentication headers of one request to the other mesh (see fmesh.signing)."""
     if auth.hmac_secret is not None:
-        timestamp = str(int(now))
-        return {PEER_HEADER: auth.peer, TIMESTAMP_HEADER: timestamp,
-                SIGNATURE_HEADER: sign(signing(auth.hmac_secret), body, timestamp)}
+        return {PEER_HEADER: auth.peer, **sign_request(auth.hmac_secret, body, now)}
     if auth.token is not None:
         return {"authorization": f"Bearer {auth.token}"}
     return {}

@@ -16,8 +16,9 @@ from fmesh.triggers.config import read_secret
 
 from fmesh.bindings.common import describe
 from fmesh.bindings.http import write_binary, write_structured
-from fmesh.errors import BrokerUnreachable, HandlerError, TriggerConfigError
+from fmesh.errors import BrokerUnreachable, HandlerError
 from fmesh.events import Event
+from fmesh.tls import client_context
 
 TRUE = {"", "1", "true", "yes"}
 MAX_CONNECTIONS = 100
@@ -36,13 +37,11 @@ def split_structured(url: str) -> tuple[str, bool]:
 
 
 def verification(options: SinkOptions, field: str) -> ssl.SSLContext | bool:
-    """How to check the server's certificate: the system CAs, or `tls_ca`."""
-    if options.tls_ca is None:
-        return True
-    try:
-        return ssl.create_default_context(cafile=options.tls_ca)
-    except (OSError, ssl.SSLError) as exc:
-        raise TriggerConfigError(f"{field}: tls_ca", f"cannot load {options.tls_ca}: {exc}") from exc
+    """How to check the server's certificate (the system CAs, `tls.ca` or `tls_ca`), and the
+    client certificate to show it (`tls.cert`, `tls.key`)."""
+    tls = options.tls
+    ca = (tls.ca if tls is not None else None) or options.tls_ca
+    return client_context(ca, tls.cert if tls else None, tls.key if tls else None, f"{field}: tls")
 
 
 class HttpSink:
@@ -98,6 +97,8 @@ class HttpSink:
                                                content=body, timeout=timeout)
         except httpx.TimeoutException as exc:
             raise HandlerError(f"POST {self.url} timed out after {timeout:g}s", retryable=True) from exc
-        except httpx.TransportError as exc:
+        except (httpx.TransportError, ssl.SSLError) as exc:
+            # A TLS 1.3 server refuses a client certificate after the handshake: httpx then lets
+            # the ssl module's error through as it is. Either way the far side may be fixed.
             raise HandlerError(str(BrokerUnreachable(self.url, describe(exc))), retryable=True) from exc
         return outcome(self.url, response.status_code, response.headers, response.content)

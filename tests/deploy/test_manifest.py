@@ -141,7 +141,7 @@ bridges:
 
 def test_the_design_sketch_of_a_bridge_validates_with_waiting_defaults():
     bridge = parse_manifest(BRIDGE).bridges["eu"]
-    assert bridge.auth.peer == "us" and bridge.tls.ca == "/etc/fmesh/ca.pem"
+    assert bridge.auth.peer == "us" and str(bridge.tls.ca) == "/etc/fmesh/ca.pem"
     assert bridge.delivery.ttl == 3600 and bridge.delivery.retries is None and bridge.delivery.max_delay == 5
     matches = bridge.compiled_filter()
     assert matches({"type": "com.shop.order", "region": "eu"}) and not matches({"type": "com.shop.order"})
@@ -150,7 +150,7 @@ def test_the_design_sketch_of_a_bridge_validates_with_waiting_defaults():
 @pytest.mark.parametrize("change, line, field, says", [
     (("https://mesh-eu.example.com", "kafka://h:9092/t"), 3, "bridges.eu.to", "the other mesh's URL"),
     (("peer: us", "token_env: EU_TOKEN"), 6, "bridges.eu.auth", "exactly one of"),
-    (("ca: /etc/fmesh/ca.pem", "cert: /c.pem"), 7, "bridges.eu.tls", "cert and key together"),
+    (("ca: /etc/fmesh/ca.pem", "cert: /c.pem"), 7, "bridges.eu.tls", "cert and key go together"),
     (("ttl: 1h", "ttl: soon"), 8, "bridges.eu.delivery.ttl", "200ms"),
     (("    auth:", "    oauth:"), 6, "bridges.eu.oauth", "unknown field"),
 ])

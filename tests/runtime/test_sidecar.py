@@ -126,6 +126,14 @@ async def test_data_replies_are_wrapped_and_published_with_a_hop_count():
     assert out.data == {"ok": True} and out.id != incoming.id
 
 
+async def test_replies_say_which_function_sent_them_whatever_the_handler_claims():
+    forged = new_event("t.reply", "/f", fmeshsender="peer:trusted")
+    for result in (ReplyData(b"{}", "application/json"), forged):
+        _, log, _ = await run(Scripted(reply=result), DeliveryPolicy(), [new_event("t", "/s", fmeshsender="admin")])
+        [published] = (await log.claim("replies", 10, time.time())).deliveries
+        assert published.event["fmeshsender"] == "function:f"
+
+
 async def test_backoff_grows_and_is_capped():
     policy = DeliveryPolicy(delay=1.0, max_delay=5.0)
     for attempt, base in [(1, 1), (2, 2), (3, 4), (4, 5), (10, 5)]:

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import AsyncIterator
 
 import nats
 import pytest
-from external import NatsServer, free_port, make_tls_files
+from external import NatsServer, free_port
 from fmesh.triggers.config import NatsTriggerConfig
 from fmesh.triggers.nats import NatsTrigger
 from nats.aio.client import Client
+from tls import make_tls
 
 from fmesh.bindings.nats import write_binary, write_structured
 from fmesh.events import Event
@@ -226,14 +226,13 @@ async def test_a_wrong_token_is_reported_as_retrying(tmp_path, recorder, running
         server.stop()
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl CLI to make certificates")
 async def test_tls_with_a_private_ca(tmp_path, recorder, running):
-    files = make_tls_files(tmp_path / "tls")
-    server = NatsServer(tmp_path / "tls-nats", args=["--tls", "--tlscert", str(files["server"]),
-                                                     "--tlskey", str(files["server-key"])]).start()
+    files = make_tls(tmp_path / "tls")
+    server = NatsServer(tmp_path / "tls-nats", args=["--tls", "--tlscert", str(files.server.cert),
+                                                     "--tlskey", str(files.server.key)]).start()
     try:
-        trigger = await running(NatsTrigger("tls", config(server.url, "secure", tls_ca=files["ca"]), recorder))
-        publisher = await nats.connect(server.url, tls=trusting(files["ca"]))
+        trigger = await running(NatsTrigger("tls", config(server.url, "secure", tls_ca=files.ca_file), recorder))
+        publisher = await nats.connect(server.url, tls=trusting(files.ca_file))
         await publisher.publish("secure", b"over tls")
         await publisher.close()
         (event,) = await recorder.wait_for(1)

@@ -185,3 +185,28 @@ async def test_a_missing_secret_is_a_config_error_naming_the_field(recorder, mon
     config = HttpTriggerConfig(path="/hooks/x", auth={"hmac_secret_env": "NOT_SET_ANYWHERE"})
     with pytest.raises(TriggerConfigError, match=r"triggers\.x\.http\.auth\.hmac_secret_env.*NOT_SET_ANYWHERE"):
         WebhookTrigger("x", config, recorder)
+
+
+async def test_past_its_rate_a_webhook_answers_429_with_retry_after_and_publishes_nothing(hook, recorder):
+    trigger, client = await hook(rate={"rate": "1/s", "burst": 2})
+    statuses = [(await client.post("/hooks/test", content=b"{}")).status_code for _ in range(3)]
+    assert statuses == [202, 202, 429]
+    refused = await client.post("/hooks/test", content=b"{}")
+    assert refused.status_code == 429 and refused.headers["retry-after"] == "1"
+    assert "trigger test is over its rate limit" in refused.json()["error"]
+    assert len(recorder.events) == 2 and trigger.status().detail["refused_rate_limited"] == 2
+    trigger._clock.advance(1.0)
+    assert (await client.post("/hooks/test", content=b"{}")).status_code == 202
+
+
+async def test_events_from_a_trigger_say_which_trigger_whatever_the_source_sent(recorder):
+    from fmesh.triggers.registry import build_trigger
+
+    trigger = build_trigger("orders", HttpTriggerConfig(path="/hooks/orders"), recorder, state=None)
+    await trigger.start()
+    event = Event({"specversion": "1.0", "id": "c-1", "source": "/crm", "type": "t", "fmeshsender": "admin"}, None)
+    headers, body = write_binary(event)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=trigger.app), base_url="http://mesh") as client:
+        assert (await client.post("/hooks/orders", content=body, headers=headers)).status_code == 202
+        assert (await client.post("/hooks/orders", content=b"plain")).status_code == 202
+    assert [e["fmeshsender"] for e in recorder.events] == ["trigger:orders", "trigger:orders"]

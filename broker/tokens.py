@@ -1,0 +1,115 @@
+"""Tokens made with `fmesh tokens create`: kept in the event log's state as their SHA-256
+(`tokens/<name>`), the token itself shown once, at creation, and never stored.
+
+A token has a scope: `publish` (POST / only), `read` (the control API's GET routes) or
+`admin` (everything). It may also carry an allow rule and a rate limit for what it publishes.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import sys
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol
+
+from fmesh.broker.filters import compile_shorthand
+from fmesh.broker.identity import SCOPES, Identity, Principal, token_digest
+from fmesh.broker.policy import Gate, Rule
+
+from fmesh.errors import DeployError
+from fmesh.ratelimit import TokenBucket
+
+PREFIX = "tokens/"
+NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+
+class StateStore(Protocol):
+    async def put_state(self, key: str, value: bytes) -> None: ...
+
+    async def delete_state(self, key: str) -> None: ...
+
+    async def list_state(self, prefix: str) -> dict[str, bytes]: ...
+
+
+@dataclass
+class TokenRecord:
+    """What is kept of a token: never the token, only its SHA-256 (hex)."""
+
+    name: str
+    scope: str
+    sha256: str
+    created_at: float
+    allow: dict[str, Any] | None = None   # filter shorthand, as in a subscription's `filter:`
+    rate: float | None = None             # events per second
+    burst: int | None = None
+
+    @property
+    def principal(self) -> Principal:
+        return Principal(f"token:{self.name}", self.scope)
+
+    def public(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if k != "sha256" and v is not None}
+
+
+class Tokens:
+    """The mesh's tokens, in its state store and known to its identity and gate."""
+
+    def __init__(self, state: StateStore, identity: Identity, gate: Gate) -> None:
+        self._state = state
+        self._identity = identity
+        self._gate = gate
+        self.records: dict[str, TokenRecord] = {}
+
+    async def load(self) -> int:
+        """Know the stored tokens (at start). A record that cannot be read is said and skipped:
+        one broken token must not keep the mesh down."""
+        for key, data in (await self._state.list_state(PREFIX)).items():
+            try:
+                self._know(TokenRecord(**json.loads(data)))
+            except (ValueError, TypeError) as exc:
+                name = key.removeprefix(PREFIX)
+                print(f"fmesh: token {name} is unreadable and does not work: {exc}", file=sys.stderr)
+        return len(self.records)
+
+    async def create(self, name: str, scope: str, allow: dict[str, Any] | None = None,
+                     rate: float | None = None, burst: int | None = None) -> tuple[TokenRecord, str]:
+        """A new token: its record, and the token itself (shown once). DeployError if the name
+        is taken or not valid, or the scope or allow rule is not."""
+        check_new(name, scope, self.records)
+        if allow is not None:
+            compile_shorthand(allow, "allow")  # FilterError (a ValueError) says where
+        token = secrets.token_urlsafe(32)
+        record = TokenRecord(name, scope, token_digest(token).hex(), time.time(), allow, rate,
+                             burst if burst is not None or rate is None else max(1, round(rate)))
+        await self._state.put_state(PREFIX + name, json.dumps(asdict(record)).encode())
+        self._know(record)
+        return record, token
+
+    async def revoke(self, name: str) -> bool:
+        if name not in self.records:
+            return False
+        await self._state.delete_state(PREFIX + name)
+        record = self.records.pop(name)
+        self._identity.forget(record.principal.name)
+        self._gate.drop_rule(record.principal.name)
+        return True
+
+    def _know(self, record: TokenRecord) -> None:
+        self.records[record.name] = record
+        self._identity.add_bearer(bytes.fromhex(record.sha256), record.principal)
+        allow = compile_shorthand(record.allow, "allow") if record.allow is not None else None
+        bucket = TokenBucket(record.rate, record.burst or 1) if record.rate else None
+        if allow is not None or bucket is not None:
+            self._gate.set_rule(record.principal.name, Rule(allow, bucket))
+
+
+def check_new(name: str, scope: str, records: dict[str, TokenRecord]) -> None:
+    if not NAME.match(name):
+        raise DeployError(f"token name {name!r} is not valid: lowercase letters, digits and '-'")
+    if scope not in SCOPES:
+        raise DeployError(f"scope {scope!r} is not one of {', '.join(SCOPES)}")
+    if name in records:
+        raise DeployError(f"there is already a token named {name!r}: revoke it first (fmesh tokens revoke {name})")

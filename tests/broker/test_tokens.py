@@ -1,0 +1,73 @@
+"""Tokens from `fmesh tokens create`: stored as their hash only, known again after a restart,
+and gone at once when revoked."""
+
+from __future__ import annotations
+
+import pytest
+from fmesh.broker.identity import Identity
+from fmesh.broker.memory_log import MemoryEventLog
+from fmesh.broker.policy import Gate
+from fmesh.broker.tokens import Tokens
+
+from fmesh.errors import DeployError, Forbidden, RateLimited
+from fmesh.events import new_event
+
+
+@pytest.fixture
+async def log():
+    log = MemoryEventLog()
+    await log.open()
+    yield log
+    await log.close()
+
+
+def tokens_on(log) -> Tokens:
+    identity = Identity()
+    return Tokens(log, identity, Gate(identity, "required"))
+
+
+async def test_a_token_is_stored_hashed_and_known_after_a_restart(log):
+    tokens = tokens_on(log)
+    record, token = await tokens.create("ci", "publish")
+    stored = (await log.list_state("tokens/"))["tokens/ci"]
+    assert token.encode() not in stored and record.sha256.encode() in stored
+    assert "sha256" not in record.public() and record.public()["scope"] == "publish"
+    again = tokens_on(log)
+    assert await again.load() == 1
+    assert again._identity.bearer(token).name == "token:ci" and again._identity.bearer("other") is None
+
+
+async def test_revoking_a_token_stops_it_at_once(log):
+    tokens = tokens_on(log)
+    _, token = await tokens.create("ci", "admin")
+    assert await tokens.revoke("ci") and not await tokens.revoke("ci")
+    assert tokens._identity.bearer(token) is None
+    assert await log.list_state("tokens/") == {} and await tokens_on(log).load() == 0
+
+
+async def test_bad_names_scopes_and_duplicates_are_refused(log):
+    tokens = tokens_on(log)
+    await tokens.create("ci", "read")
+    refusals = (("CI!", "read", "not valid"), ("x", "root", "scope 'root'"), ("ci", "read", "already"))
+    for name, scope, problem in refusals:
+        with pytest.raises(DeployError, match=problem):
+            await tokens.create(name, scope)
+
+
+async def test_a_token_can_carry_an_allow_rule_and_a_rate(log):
+    tokens = tokens_on(log)
+    record, token = await tokens.create("ci", "publish", allow={"type": {"prefix": "com.ci."}}, rate=1.0)
+    assert record.burst == 1
+    principal = tokens._identity.bearer(token)
+    gate = tokens._gate
+    with pytest.raises(Forbidden, match="token:ci may not publish"):
+        gate.permit(principal, [new_event("com.shop.x", "/s")])
+    with pytest.raises(RateLimited):
+        gate.admit(principal, {}, b"")
+
+
+async def test_an_unreadable_token_record_is_skipped_not_fatal(log, capsys):
+    await tokens_on(log).create("good", "read")
+    await log.put_state("tokens/broken", b"{not json")
+    assert await tokens_on(log).load() == 1
+    assert "token broken is unreadable" in capsys.readouterr().err
