@@ -62,8 +62,8 @@ async def serve(settings: NodeSettings, manifest: Path | None, sockets: list[soc
     async def on_start() -> None:
         restored = await control.restore()
         url = f"{settings.scheme}://{settings.host}:{settings.port}"
-        say(f"fmesh mesh {node.mesh_id} up on {url}  (events: POST {url}/, control: {url}/v1, docs: {url}/docs)")
-        say(f"  store {node.log.url}; data dir {settings.data_dir}")
+        say(f"fmesh mesh up on {url}  (events: POST {url}/, control: {url}/v1, docs: {url}/docs)")
+        say(f"  mesh id {node.mesh_id}; store {node.log.url}; data dir {settings.data_dir}")
         say(f"  {ingress_auth_line(settings, node.gate.mode)}")
         if settings.tls_client_ca:
             say(f"  mTLS: every client needs a certificate signed by {settings.tls_client_ca}")
