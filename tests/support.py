@@ -47,8 +47,9 @@ class Mesh:
     """A real `fmesh up` subprocess on a free port, with the CLI pointed at it."""
 
     def __init__(self, data_dir: Path, token: str = "test-token", extra: list[str] | None = None,
-                 scheme: str = "http", client: dict | None = None) -> None:
+                 scheme: str = "http", client: dict | None = None, environ: dict[str, str] | None = None) -> None:
         self.data_dir = data_dir
+        self.environ = environ or {}  # more environment of the mesh process (secrets its manifest names)
         self.token = token
         self.port = free_port()
         self.url = f"{scheme}://127.0.0.1:{self.port}"
@@ -59,7 +60,7 @@ class Mesh:
 
     def env(self, **more: str) -> dict[str, str]:
         return {**os.environ, "FMESH_TOKEN": self.token, "FMESH_URL": self.url,
-                "FMESH_DATA_DIR": str(self.data_dir), **more}
+                "FMESH_DATA_DIR": str(self.data_dir), **self.environ, **more}
 
     def start(self, *args: str, wait: bool = True) -> Mesh:
         command = [*FMESH, "up", "--port", str(self.port), "--data-dir", str(self.data_dir), *self.extra, *args]
