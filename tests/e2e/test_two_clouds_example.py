@@ -16,7 +16,7 @@ def test_an_order_crosses_to_billing_and_its_invoice_comes_back(mesh_factory, tm
     secrets = {"A_TO_B_TOKEN": "a-to-b-token-for-the-test", "B_TO_A_TOKEN": "b-to-a-token-for-the-test"}
     a = mesh_factory(extra=["--mesh-id", "cloud-a", "--ingress-auth", "optional"], environ=secrets)
     b = mesh_factory(extra=["--mesh-id", "cloud-b", "--ingress-auth", "required"], environ=secrets)
-    for mesh, name, other in ((a, "cloud-a", b), (b, "cloud-b", a)):  # the README's ports, made free ones
+    for name in ("cloud-a", "cloud-b"):  # the README's ports, made free ones
         path = tmp_path / "two-clouds" / f"{name}.yaml"
         path.write_text(path.read_text().replace("http://127.0.0.1:9080", "B_URL").replace(
             "http://127.0.0.1:8080", "A_URL").replace("B_URL", b.url).replace("A_URL", a.url))
