@@ -12,13 +12,15 @@ from fmesh.broker.log import EventLog
 from fmesh.broker.router import Router
 
 from fmesh.contracts import Claimed, DeadLetter, Delivery, Publisher
-from fmesh.events import UNDECODABLE_TYPE, Event, without_error_context
+from fmesh.events import SENDER, UNDECODABLE_TYPE, Event, without_error_context
 from fmesh.meshpath import PATH, visited
 
 
 def dedup_key(event: Event) -> str:
-    """What makes two events the same event: their source and id (CloudEvents says so)."""
-    return f"{event.source}\x00{event.id}"
+    """What makes two events the same event: their source and id (CloudEvents says so), from
+    the same sender: a retry comes from who sent it first, and nobody else may pre-empt it.
+    (So an event that reaches this mesh by two different paths is kept twice.)"""
+    return f"{event.attributes.get(SENDER, '')}\x00{event.source}\x00{event.id}"
 
 
 class SubscriptionQueue:

@@ -19,6 +19,7 @@ with a stored token happens (and timing tells nothing about one).
 from __future__ import annotations
 
 import hashlib
+import hmac
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -62,6 +63,11 @@ class PeerCredential:
     subject: str | None = None
     tolerance: float = DEFAULT_TOLERANCE   # signed requests: seconds a timestamp may be off
 
+    def same_as(self, other: PeerCredential) -> bool:
+        """Whether one caller could pass for both (the same token, secret or subject)."""
+        return any(mine is not None and mine == theirs for mine, theirs in (
+            (self.token, other.token), (self.secret, other.secret), (self.subject, other.subject)))
+
 
 @dataclass(frozen=True, slots=True)
 class PendingSignature:
@@ -102,15 +108,22 @@ class Identity:
     def add_subject(self, subject: str, principal: Principal) -> None:
         self._subjects[subject] = principal
 
+    def check_peer(self, name: str, credential: PeerCredential) -> None:
+        """ValueError when the token, secret or subject is already another principal's."""
+        holder = self._bearer.get(token_digest(credential.token)) if credential.token is not None else None
+        holder = holder or (self._subjects.get(credential.subject) if credential.subject is not None else None)
+        if holder is None and credential.secret is not None:
+            holder = next((s.principal for s in self._signing.values()
+                           if hmac.compare_digest(s.check.secret, credential.secret)), None)
+        if holder is not None and holder.name != f"peer:{name}":
+            raise ValueError(f"that credential is already {holder.name}'s: give each peer its own")
+
     def set_peer(self, name: str, credential: PeerCredential) -> Principal:
         """Know peer `name` by `credential` (only by it: an earlier credential goes).
 
-        ValueError when the token or subject is already another principal's."""
+        ValueError when the token, secret or subject is already another principal's."""
         principal = Principal(f"peer:{name}", "peer")
-        holder = self._bearer.get(token_digest(credential.token)) if credential.token is not None else None
-        holder = holder or (self._subjects.get(credential.subject) if credential.subject is not None else None)
-        if holder is not None and holder.name != principal.name:
-            raise ValueError(f"that credential is already {holder.name}'s: give each peer its own")
+        self.check_peer(name, credential)
         self.forget(principal.name)
         if credential.token is not None:
             self.add_bearer(token_digest(credential.token), principal)
@@ -151,6 +164,11 @@ class Identity:
         """The principal, once a signing peer's signature over the body checks out."""
         if isinstance(caller, Principal):
             return caller
+        if any(name.startswith("ce-") for name in headers):
+            # The signature covers the body only: what ce-* headers say could be rewritten in a
+            # replay. A signing peer sends its events in the body (structured or batch mode).
+            raise AuthError("a signed request must carry its events in the body (structured or batch mode): "
+                            "ce-* headers are not covered by X-Fmesh-Signature")
         check_signature(caller.check, headers, body, self._clock())
         return caller.principal
 

@@ -19,15 +19,18 @@ from fmesh.broker.filters import Filter, any_of, compile_dialect
 from fmesh.broker.identity import ANONYMOUS, SENDER, Identity, PendingSignature, Principal
 
 from fmesh.errors import AuthError, Forbidden
-from fmesh.events import Event
+from fmesh.events import PATH, Event
 from fmesh.ratelimit import TokenBucket
 
 MODES = ("required", "optional", "off")
 READ_METHODS = ("GET", "HEAD")
 
 
-def default_mode(host: str) -> str:
-    """`off` on a loopback address (only this machine can call), `required` on any other."""
+def default_mode(host: str, client_certificates: bool = False) -> str:
+    """`off` on a loopback address (only this machine can call), `required` on any other, and
+    wherever client certificates are required (mTLS is for telling callers apart)."""
+    if client_certificates:
+        return "required"
     if host == "localhost":
         return "off"
     try:
@@ -85,10 +88,17 @@ class Gate:
         return principal
 
     def permit(self, principal: Principal, events: Sequence[Event]) -> None:
-        """Stamp the events with their sender; Forbidden (403) if any is outside its allow rule."""
+        """Stamp the events with their sender; Forbidden (403) if any is outside its allow rule.
+
+        Only a peer may say where an event has been (`fmeshpath`): from anyone else, where
+        callers are told apart, it is dropped, so that nobody can make this mesh take a
+        legitimate bridged event for a loop or a duplicate."""
         name = principal.name
+        forwarded_by_peer = principal.scope == "peer" or self.mode == "off"
         for event in events:
             event.attributes[SENDER] = name
+            if not forwarded_by_peer:
+                event.attributes.pop(PATH, None)
         rule = self._rules.get(name)
         if rule is None:
             return

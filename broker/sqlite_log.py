@@ -29,6 +29,7 @@ from fmesh.events import Event, from_record_or_stub, ordering_key, to_record
 
 CHECKPOINT_EVERY = 1.0  # seconds between background WAL checkpoints
 BUSY_TIMEOUT = 0.5      # seconds to wait for a database another process has locked
+FORGET_CHUNK = 5000     # seen keys deleted per writer turn
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS deliveries(
@@ -62,6 +63,7 @@ CREATE INDEX IF NOT EXISTS dead_letters_sub ON dead_letters(subscription);
 CREATE TABLE IF NOT EXISTS state(key TEXT PRIMARY KEY, value BLOB NOT NULL);
 -- Events seen from bridges, by source and id, for dropping the duplicates of a retry.
 CREATE TABLE IF NOT EXISTS seen(key TEXT PRIMARY KEY, at REAL NOT NULL) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS seen_at ON seen(at);
 """
 
 CLAIM = ("SELECT id, attributes, payload, attempts, last_error, stored_at FROM deliveries "
@@ -259,7 +261,16 @@ class SqliteEventLog:
         return await self._submit(op)
 
     async def forget_seen(self, before: float) -> int:
-        return await self._submit(lambda c: c.execute("DELETE FROM seen WHERE at<?", (before,)).rowcount)
+        # In chunks, each its own turn of the writer: a window's worth of keys at a high rate
+        # is millions of rows, and deleting them at once would stall the event loop.
+        forgotten = 0
+        while True:
+            count = await self._submit(lambda c: c.execute(
+                "DELETE FROM seen WHERE key IN (SELECT key FROM seen WHERE at<? LIMIT ?)",
+                (before, FORGET_CHUNK)).rowcount)
+            forgotten += count
+            if count < FORGET_CHUNK:
+                return forgotten
 
     async def backlog(self, subscription: str) -> tuple[int, float | None]:
         return await self._submit(lambda c: tuple(c.execute(

@@ -7,8 +7,8 @@ A token has a scope: `publish` (POST / only), `read` (the control API's GET rout
 
 from __future__ import annotations
 
+import asyncio
 import json
-import re
 import secrets
 import sys
 import time
@@ -20,10 +20,10 @@ from fmesh.broker.identity import SCOPES, Identity, Principal, token_digest
 from fmesh.broker.policy import Gate, Rule
 
 from fmesh.errors import DeployError
+from fmesh.names import NAME_RULE, is_name
 from fmesh.ratelimit import TokenBucket
 
 PREFIX = "tokens/"
-NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 
 class StateStore(Protocol):
@@ -62,6 +62,7 @@ class Tokens:
         self._identity = identity
         self._gate = gate
         self.records: dict[str, TokenRecord] = {}
+        self._creating = asyncio.Lock()
 
     async def load(self) -> int:
         """Know the stored tokens (at start). A record that cannot be read is said and skipped:
@@ -78,15 +79,16 @@ class Tokens:
                      rate: float | None = None, burst: int | None = None) -> tuple[TokenRecord, str]:
         """A new token: its record, and the token itself (shown once). DeployError if the name
         is taken or not valid, or the scope or allow rule is not."""
-        check_new(name, scope, self.records)
-        if allow is not None:
-            compile_shorthand(allow, "allow")  # FilterError (a ValueError) says where
-        token = secrets.token_urlsafe(32)
-        record = TokenRecord(name, scope, token_digest(token).hex(), time.time(), allow, rate,
-                             burst if burst is not None or rate is None else max(1, round(rate)))
-        await self._state.put_state(PREFIX + name, json.dumps(asdict(record)).encode())
-        self._know(record)
-        return record, token
+        async with self._creating:  # one at a time: two requests for one name must not both win
+            check_new(name, scope, self.records)
+            if allow is not None:
+                compile_shorthand(allow, "allow")  # FilterError (a ValueError) says where
+            token = secrets.token_urlsafe(32)
+            record = TokenRecord(name, scope, token_digest(token).hex(), time.time(), allow, rate,
+                                 burst if burst is not None or rate is None else max(1, round(rate)))
+            await self._state.put_state(PREFIX + name, json.dumps(asdict(record)).encode())
+            self._know(record)
+            return record, token
 
     async def revoke(self, name: str) -> bool:
         if name not in self.records:
@@ -107,8 +109,8 @@ class Tokens:
 
 
 def check_new(name: str, scope: str, records: dict[str, TokenRecord]) -> None:
-    if not NAME.match(name):
-        raise DeployError(f"token name {name!r} is not valid: lowercase letters, digits and '-'")
+    if not is_name(name):
+        raise DeployError(f"token name {name!r} is not valid: {NAME_RULE}")
     if scope not in SCOPES:
         raise DeployError(f"scope {scope!r} is not one of {', '.join(SCOPES)}")
     if name in records:

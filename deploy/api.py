@@ -142,7 +142,7 @@ def create_app(node: Node, control: ControlPlane) -> FastAPI:
                                           request.prune, request.verify)
         except DeployError as exc:
             raise HTTPException(422, str(exc)) from exc
-        return {"changes": [asdict(c) for c in changes]}
+        return {"changes": [asdict(c) for c in changes], "warnings": control.warnings()}
 
     @app.get("/v1/status", dependencies=auth, summary="Replicas and delivery counts per function")
     async def status() -> dict[str, Any]:
@@ -162,7 +162,7 @@ def create_app(node: Node, control: ControlPlane) -> FastAPI:
             else:
                 bridges.append(await bridge_status(node, item, s.bridge))
         triggers = [asdict(t.status()) for _, t in sorted(node.triggers.items())]
-        return {"mesh": node.mesh_id, "functions": items, "sinks": sinks, "bridges": bridges,
+        return {"mesh": node.mesh_id, "broken": control.broken, "functions": items, "sinks": sinks, "bridges": bridges,
                 "bridged_in": asdict(node.broker.bridged), "triggers": triggers, "store": node.log.url}
 
     @app.get("/v1/functions/{name}/logs", dependencies=auth, summary="A function's stdout and stderr")
@@ -211,6 +211,8 @@ def create_app(node: Node, control: ControlPlane) -> FastAPI:
 async def bridge_status(node: Node, item: dict[str, Any], stats: Any) -> dict[str, Any]:
     """A bridge as `fmesh status` shows it: state, backlog, how long the oldest has waited."""
     backlog, oldest = await node.log.backlog(item["name"])
+    if stats.state == "connected":
+        item = {**item, "last_error": None}  # an old failure, since mended, is no news
     return {**item, "name": item["name"].split(":", 1)[1], "state": stats.state, "peer_mesh": stats.peer_mesh,
             "backlog": backlog, "oldest_waiting_s": None if oldest is None else round(time.time() - oldest, 1),
             "looped": stats.looped, "forwarded": item["delivered"] - stats.looped}

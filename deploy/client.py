@@ -67,11 +67,12 @@ class MeshClient:
         except httpx.ConnectError as exc:
             raise BrokerUnreachable(self.url, str(exc)) from exc
 
-    def apply(self, resources: dict[str, dict[str, Any]], prune: bool, verify: bool = True) -> list[dict[str, Any]]:
-        """`resources` is {"functions": {...}, "subscriptions": {...}} as the API takes it."""
+    def apply(self, resources: dict[str, dict[str, Any]], prune: bool, verify: bool = True) -> dict[str, Any]:
+        """`resources` is {"functions": {...}, "subscriptions": {...}} as the API takes it;
+        the answer has the `changes` and any `warnings`."""
         body = {**resources, "prune": prune, "verify": verify}
         # Starting each changed function once may take up to its start timeout (30 s).
-        return self.request("POST", "/v1/apply", json=body, timeout=APPLY_TIMEOUT).json()["changes"]
+        return self.request("POST", "/v1/apply", json=body, timeout=APPLY_TIMEOUT).json()
 
     def status(self) -> dict[str, Any]:
         return self.request("GET", "/v1/status").json()

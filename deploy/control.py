@@ -51,6 +51,7 @@ class ControlPlane:
         }
         self.deployed: dict[str, dict[str, Resource]] = {kind: {} for kind in self.kinds}
         self._changing = asyncio.Lock()
+        self.broken: dict[str, str] = {}   # "<kind>/<name>" → why it could not be restored
 
     @property
     def functions(self) -> dict[str, Resource]:
@@ -60,12 +61,24 @@ class ControlPlane:
         """Bring back what was deployed before the node restarted."""
         for kind in self.kinds:
             for key, data in (await self.node.log.list_state(state_key(kind, ""))).items():
+                resource = None
                 try:
                     record = json.loads(data)
-                    await self._run(self.kinds[kind].validate(record["name"], record))
+                    resource = self.kinds[kind].validate(record["name"], record)
+                    await self._run(resource)
                 except (FmeshError, ValueError, KeyError) as exc:  # one broken resource must not keep the others down
                     print(f"fmesh: could not restore {key}: {exc}", file=sys.stderr)
+                    self.broken[key.removeprefix("deployed/")] = str(exc)
+                    if resource is not None:
+                        self._keep_routing(resource)
         return sum(len(resources) for resources in self.deployed.values())
+
+    def _keep_routing(self, resource: Resource) -> None:
+        """A resource that cannot run now (a secret gone from the environment) still gets its
+        events, stored until a deploy mends it: nothing meant for it is dropped meanwhile."""
+        route = self.kinds[resource.kind].route(resource)
+        if route is not None:
+            self.node.broker.subscribe(*route)
 
     def prepare(self, digest: str) -> AsyncIterator[str]:
         """Install a bundle's requirements.txt, yielding pip's output (DeployError on failure)."""
@@ -92,7 +105,7 @@ class ControlPlane:
         self._check_references(wanted, prune)
         changing = [r for resources in wanted.values() for r in resources if self._changes(r)]
         for resource in changing:
-            self.kinds[resource.kind].check(resource)
+            self.kinds[resource.kind].check(resource, wanted[resource.kind])
         if verify:
             await self._verify(changing)
         changes = []
@@ -106,6 +119,14 @@ class ControlPlane:
                     changes.append(Change(kind, name, "deleted"))
         return changes
 
+    def warnings(self) -> list[str]:
+        """What is deployed but cannot work as meant on this node."""
+        allows = [name for name, r in self.functions.items() if getattr(r.spec, "allow", None)]
+        if self.node.gate.mode != "off" or not (self.deployed["peer"] or allows):
+            return []
+        return ["ingress auth is off on this mesh: every publisher is anonymous, so peers are not told apart and "
+                "functions with allow: get no events from them (restart with --ingress-auth optional or required)"]
+
     def _changes(self, resource: Resource) -> bool:
         old = self.deployed[resource.kind].get(resource.name)
         return old is None or old.version != resource.version
@@ -113,12 +134,24 @@ class ControlPlane:
     def _check_references(self, wanted: dict[str, list[Resource]], prune: bool) -> None:
         names = {r.name for kind in ("function", "bridge") for r in wanted[kind]}
         functions = names | (set() if prune else set(self.functions) | set(self.deployed["bridge"]))
+        self._check_unique_targets(wanted, prune)
         for kind, resources in wanted.items():
             for resource in resources:
                 for field, target in self.kinds[kind].references(resource):
                     if target not in functions:
                         raise DeployError(f"{kind} {resource.name}: {field}: no function or bridge named "
                                           f"{target!r} (there are: {', '.join(sorted(functions)) or 'none'})")
+
+    def _check_unique_targets(self, wanted: dict[str, list[Resource]], prune: bool) -> None:
+        """A name given as a reply or dead-letter target must mean one thing: a function and a
+        bridge may not share it."""
+        def names(kind: str) -> set[str]:
+            return {r.name for r in wanted[kind]} | (set() if prune else set(self.deployed[kind]))
+
+        clash = sorted(names("function") & names("bridge"))
+        if clash:
+            raise DeployError(f"{clash[0]!r} is the name of a function and of a bridge: "
+                              "rename one (replies and dead letters name their target)")
 
     async def _verify(self, resources: list[Resource]) -> None:
         """Start each resource once, all at the same time; every failure is reported."""
@@ -156,6 +189,10 @@ class ControlPlane:
                                           f"change or delete that first")
 
     async def _delete(self, kind: str, name: str) -> bool:
+        if self.broken.pop(f"{kind}/{name}", None) is not None:  # never ran since the restart
+            await self.node.log.delete_state(state_key(kind, name))
+            await self.node.broker.unsubscribe(f"{kind}:{name}")
+            return True
         if self.deployed[kind].pop(name, None) is None:
             return False
         await self.kinds[kind].stop(name)
@@ -164,4 +201,5 @@ class ControlPlane:
 
     async def _run(self, resource: Resource) -> None:
         await self.kinds[resource.kind].run(resource)
+        self.broken.pop(f"{resource.kind}/{resource.name}", None)
         self.deployed[resource.kind][resource.name] = resource

@@ -33,9 +33,38 @@ def pack_functions(manifest: Manifest, manifest_path: Path, progress: Progress) 
     return packed
 
 
-def apply_request(manifest: Manifest, packed: list[PackedFunction]) -> dict[str, dict[str, Any]]:
-    """The body of POST /v1/apply for this manifest (bundles already uploaded)."""
-    digests = {p.name: p.digest for p in packed}
+# Where a manifest names files the mesh reads (certificates, secrets in files).
+FILE_FIELDS = {"functions": [("sink_options", "tls")], "subscriptions": [("options", "tls"), ("options",)],
+               "bridges": [("tls",), ("auth",)], "peers": [("auth",)]}
+FILE_KEYS = ("ca", "cert", "key", "tls_ca", "token_file", "hmac_secret_file")
+
+
+def apply_request(manifest: Manifest, packed: list[PackedFunction],
+                  base: Path | None = None) -> dict[str, dict[str, Any]]:
+    """The body of POST /v1/apply for this manifest (bundles already uploaded). Relative
+    file paths in it are made relative to `base`, the manifest's folder."""
+    request = _request(manifest, {p.name: p.digest for p in packed})
+    if base is not None:
+        for section, places in FILE_FIELDS.items():
+            for item in request[section].values():
+                for place in places:
+                    _anchor(item["spec"], place, base)
+    return request
+
+
+def _anchor(spec: dict[str, Any], place: tuple[str, ...], base: Path) -> None:
+    holder: Any = spec
+    for key in place:
+        holder = holder.get(key) if isinstance(holder, dict) else None
+    if not isinstance(holder, dict):
+        return
+    for key in FILE_KEYS:
+        value = holder.get(key)
+        if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
+            holder[key] = str((base / value).resolve())
+
+
+def _request(manifest: Manifest, digests: dict[str, str]) -> dict[str, dict[str, Any]]:
     return {
         "functions": {name: {"spec": function.model_dump(mode="json"), "bundle": digests[name]}
                       for name, function in manifest.functions.items()},

@@ -24,8 +24,8 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from fmesh.durations import parse_duration
 from fmesh.errors import ManifestError
+from fmesh.names import NAME_RULE, is_name
 
-NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 HANDLER = re.compile(r"^[^:]+\.py:[A-Za-z_][A-Za-z0-9_]*$")
 PRINCIPAL = re.compile(r"^(admin|anonymous|(peer|token|function|trigger|subscription):[a-z0-9][-a-z0-9_.]{0,62})$")
 
@@ -68,9 +68,8 @@ HandOff = Annotated[str, BeforeValidator(_check_hand_off)]
 
 
 def _check_name(value: str) -> str:
-    if not NAME.match(value):
-        raise ValueError(f"{value!r} is not a valid name: use lowercase letters, digits and '-', "
-                         "starting and ending with a letter or digit, at most 63 characters")
+    if not is_name(value):
+        raise ValueError(f"{value!r} is not a valid name: use {NAME_RULE}")
     return value
 
 
@@ -465,6 +464,11 @@ def check_references(manifest: Manifest, path: Path, deployed: set[str]) -> None
     """Every function or bridge a dead letter or reply goes to is in the manifest or
     already deployed (`deployed`: the names of both)."""
     known = set(manifest.functions) | set(manifest.bridges) | deployed
+    for name in sorted(set(manifest.functions) & set(manifest.bridges)):
+        located = LocatedYaml(path.read_text(encoding="utf-8"), str(path))
+        raise ManifestError(str(path), located.key_line(("bridges", name)), f"bridges.{name}",
+                            f"a function is named {name!r} too: rename one (replies and dead letters "
+                            "name their target)")
     for where, target in function_references(manifest):
         if target not in known:
             located = LocatedYaml(path.read_text(encoding="utf-8"), str(path))

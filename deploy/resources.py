@@ -11,10 +11,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from fmesh.broker.filters import Filter
+from fmesh.broker.identity import PeerCredential
 from fmesh.broker.policy import Rule
 from fmesh.deploy.bundle import BundleStore
 from fmesh.deploy.dependencies import DependencyInstaller, top_level_names
-from fmesh.deploy.manifest import NAME, BridgeSpec, DeliverySpec, PeerSpec, SubscriptionSpec, is_function_target
+from fmesh.deploy.manifest import BridgeSpec, DeliverySpec, PeerSpec, SubscriptionSpec, is_function_target
 from fmesh.deploy.manifest import FunctionSpec as ManifestFunction
 from fmesh.runtime.policy import DeliveryPolicy, ScalePolicy
 from fmesh.runtime.runtime import FunctionSpec, SinkSpec, subscription_name
@@ -24,6 +26,7 @@ from fmesh.triggers.config import TriggerEntry, read_secret, read_secret_file
 from pydantic import BaseModel, ValidationError
 
 from fmesh.errors import DeployError, HandlerError, TriggerConfigError
+from fmesh.names import NAME_RULE, is_name
 from fmesh.node import Node
 
 
@@ -53,9 +56,10 @@ class Kind(Protocol):
 
     async def stop(self, name: str) -> None: ...
 
-    def check(self, resource: Resource) -> None:
-        """What can be checked without running it (secrets, files, clashes), before anything
-        of a deploy changes; DeployError if it cannot run as given."""
+    def check(self, resource: Resource, wanted: list[Resource]) -> None:
+        """What can be checked without running it (secrets, files, clashes with what runs and
+        with the rest of `wanted`, this kind's part of the deploy), before anything of a
+        deploy changes; DeployError if it cannot run as given."""
 
     async def verify(self, resource: Resource) -> None:
         """Start the resource once, before anything of it is deployed (DeployError if it cannot)."""
@@ -63,10 +67,14 @@ class Kind(Protocol):
     def references(self, resource: Resource) -> list[tuple[str, str]]:
         """(field, function name) of each function the resource hands events to."""
 
+    def route(self, resource: Resource) -> tuple[str, Filter] | None:
+        """The subscription and filter it takes events by (None: it takes none), so that when
+        it cannot run after a restart its events still wait in the log until it can."""
+
 
 def check_name(kind: str, name: str) -> None:
-    if not NAME.match(name):
-        raise DeployError(f"{kind} name {name!r} is not valid: lowercase letters, digits and '-'")
+    if not is_name(name):
+        raise DeployError(f"{kind} name {name!r} is not valid: {NAME_RULE}")
 
 
 def parse_spec(kind: str, name: str, model: type[BaseModel], spec: Any) -> BaseModel:
@@ -144,7 +152,10 @@ class FunctionKind:
     async def stop(self, name: str) -> None:
         await self.node.remove_function(name)
 
-    def check(self, resource: Resource) -> None:
+    def route(self, resource: Resource) -> tuple[str, Filter] | None:
+        return subscription_name(resource.name), resource.spec.compiled_filter()  # type: ignore[attr-defined]
+
+    def check(self, resource: Resource, wanted: list[Resource]) -> None:
         self.runtime_spec(resource, None)
 
     async def verify(self, resource: Resource) -> None:
@@ -206,14 +217,14 @@ class SubscriptionKind:
                         max_inflight=spec.concurrency, source=f"/fmesh/subscriptions/{resource.name}")
         return sink, dead_letter_sink
 
-    def check(self, resource: Resource) -> None:
-        with deploy_errors("subscription", resource.name):
-            for sink in self.sinks(resource):
-                if sink is not None:
-                    self.node.runtime.open_sink(sink)
+    def check(self, resource: Resource, wanted: list[Resource]) -> None:
+        check_sinks(self.node, "subscription", resource.name, self.sinks(resource))
 
     async def stop(self, name: str) -> None:
         await self.node.remove_subscription(f"subscription:{name}")
+
+    def route(self, resource: Resource) -> tuple[str, Filter] | None:
+        return f"subscription:{resource.name}", resource.spec.compiled_filter()  # type: ignore[attr-defined]
 
     async def verify(self, resource: Resource) -> None:
         pass  # a sink is reached when events go to it; its delivery policy covers it being down
@@ -239,12 +250,15 @@ class TriggerKind:
         with deploy_errors("trigger", resource.name):
             await self.node.deploy_trigger(resource.name, resource.spec)  # type: ignore[arg-type]
 
-    def check(self, resource: Resource) -> None:
+    def check(self, resource: Resource, wanted: list[Resource]) -> None:
         with deploy_errors("trigger", resource.name):
             self.node.build_trigger(resource.name, resource.spec)  # type: ignore[arg-type]
 
     async def stop(self, name: str) -> None:
         await self.node.remove_trigger(name)
+
+    def route(self, resource: Resource) -> tuple[str, Filter] | None:
+        return None
 
     async def verify(self, resource: Resource) -> None:
         pass  # a trigger whose broker is down retries and says so in status
@@ -281,11 +295,8 @@ class BridgeKind:
                         bridge=self.auth(resource.name, spec))
         return sink, dead_letter_sink
 
-    def check(self, resource: Resource) -> None:
-        with deploy_errors("bridge", resource.name):
-            for sink in self.sinks(resource):
-                if sink is not None:
-                    self.node.runtime.open_sink(sink)
+    def check(self, resource: Resource, wanted: list[Resource]) -> None:
+        check_sinks(self.node, "bridge", resource.name, self.sinks(resource))
 
     def auth(self, name: str, spec: BridgeSpec) -> BridgeAuth:
         """The bridge's secret, read now from the mesh's environment or a file."""
@@ -305,12 +316,23 @@ class BridgeKind:
     async def stop(self, name: str) -> None:
         await self.node.remove_subscription(f"bridge:{name}")
 
+    def route(self, resource: Resource) -> tuple[str, Filter] | None:
+        return f"bridge:{resource.name}", resource.spec.compiled_filter()  # type: ignore[attr-defined]
+
     async def verify(self, resource: Resource) -> None:
         pass  # the other mesh may be down: its events wait (see the ttl)
 
     def references(self, resource: Resource) -> list[tuple[str, str]]:
         target = resource.spec.delivery.dead_letter  # type: ignore[attr-defined]
         return [("delivery.dead_letter", target)] if is_function_target(target) else []
+
+
+def check_sinks(node: Node, kind: str, name: str, sinks: tuple[SinkSpec, SinkSpec | None]) -> None:
+    """Build (not start) the sinks a resource delivers to: a missing secret or CA file fails the deploy."""
+    with deploy_errors(kind, name):
+        for sink in sinks:
+            if sink is not None:
+                node.runtime.open_sink(sink)
 
 
 @contextmanager
@@ -343,10 +365,21 @@ class PeerKind:
     async def stop(self, name: str) -> None:
         self.node.remove_peer(name)
 
-    def check(self, resource: Resource) -> None:
-        """Its secret is there: a missing env var or file fails the deploy, not the first request."""
+    def route(self, resource: Resource) -> tuple[str, Filter] | None:
+        return None
+
+    def check(self, resource: Resource, wanted: list[Resource]) -> None:
+        """Its secret is there (a missing env var or file fails the deploy, not the first
+        request), and no other peer, deployed or in this deploy, has the same credential."""
         with deploy_errors("peer", resource.name):
-            resource.spec.auth.credential(f"peers.{resource.name}.auth")  # type: ignore[attr-defined]
+            credential = self.credential(resource)
+            self.node.identity.check_peer(resource.name, credential)
+            for other in wanted:
+                if other.name != resource.name and self.credential(other).same_as(credential):
+                    raise ValueError(f"peer {other.name} has the same credential: give each peer its own")
+
+    def credential(self, resource: Resource) -> PeerCredential:
+        return resource.spec.auth.credential(f"peers.{resource.name}.auth")  # type: ignore[attr-defined]
 
     async def verify(self, resource: Resource) -> None:
         pass

@@ -47,7 +47,7 @@ async def deploy_local(control: ControlPlane, manifest_path: Path,
         control.bundles.put(digest, data)
         await control.dependencies.install(control.bundles.path(digest), progress)
         packed.append(PackedFunction(name, digest, b"", 0))
-    request = apply_request(manifest, packed)
+    request = apply_request(manifest, packed, manifest_path.parent.resolve())
     changes = await control.apply({"function": request["functions"], "subscription": request["subscriptions"],
                                    "trigger": request["triggers"], "bridge": request["bridges"],
                                    "peer": request["peers"]})
@@ -92,7 +92,8 @@ async def serve(settings: NodeSettings, manifest: Path | None, sockets: list[soc
 
 def ingress_auth_line(settings: NodeSettings, mode: str) -> str:
     """The startup line saying who may publish, and why it is so when it is the default."""
-    why = "" if settings.ingress_auth else f", the default on {settings.host} (--ingress-auth to change)"
+    where = "with --tls-client-ca" if settings.tls_client_ca else f"on {settings.host}"
+    why = "" if settings.ingress_auth else f", the default {where} (--ingress-auth to change)"
     meaning = {"off": "anyone who reaches this address may publish; credentials are not looked at",
                "optional": "callers with credentials are checked, callers without publish as anonymous",
                "required": "publishing without a token, signature or peer certificate gets 401"}[mode]

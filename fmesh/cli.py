@@ -142,14 +142,17 @@ def deploy(file: ManifestOption = Path("fmesh.yaml"), mesh: MeshOption = DEFAULT
                 if function.has_requirements:
                     _install_requirements(mesh_client, function, progress)
             progress.step("starting new versions once, then applying" if verify else "applying")
-            changes = mesh_client.apply(apply_request(manifest, packed), prune, verify)
+            applied = mesh_client.apply(apply_request(manifest, packed, file.parent.resolve()), prune, verify)
     except FmeshError as exc:
         fail(str(exc))
+    changes = applied["changes"]
     for change in changes:
         colour = {"created": "green", "updated": "yellow", "deleted": "red"}.get(change["action"], "dim")
         version = f" (version {change['version']})" if change.get("version") else ""
         console.print(f"  {change['kind']} [bold]{change['name']}[/] [{colour}]{change['action']}[/]{version}")
     console.print(f"[bold green]Done:[/] {summarize(changes)}.")
+    for warning in applied.get("warnings", []):
+        errors.print(f"[bold yellow]warning:[/] {warning}", highlight=False)
 
 
 def _check_store(settings: Any) -> None:
@@ -214,13 +217,29 @@ def send(
     try:
         extensions = dict(_key_value(item) for item in ext or [])
         event = build_event(type, source, data, subject, extensions, id, content_type)
-        status, body = post_event(mesh, event, structured, token or read_token(), cli_context(ca))
+        status, body = post_event(mesh, event, structured, _publish_token(mesh, token), cli_context(ca))
     except FmeshError as exc:
         fail(str(exc))
     reason = body.get("error") if isinstance(body, dict) else None
     console.print(f"{event.id} {status}{' ' + reason if reason else ''}", highlight=False)
     if not 200 <= status < 300:
         raise typer.Exit(1)
+
+
+def _publish_token(mesh: str, given: str | None) -> str | None:
+    """--token or FMESH_TOKEN as given; the data dir's own token only to a mesh on this
+    machine: `send` to another mesh must not hand it this mesh's admin token."""
+    import ipaddress
+    from urllib.parse import urlsplit
+
+    if given or os.environ.get("FMESH_TOKEN"):
+        return given or os.environ["FMESH_TOKEN"]
+    host = urlsplit(mesh).hostname or ""
+    try:
+        local = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        local = False
+    return read_token() if local else None
 
 
 def _key_value(item: str) -> tuple[str, str]:
@@ -254,6 +273,9 @@ def status(mesh: MeshOption = DEFAULT_MESH_URL, token: TokenOption = None, ca: C
     _print_sinks(report.get("sinks", []))
     _print_bridges(report.get("bridges", []), report.get("bridged_in"))
     _print_triggers(report.get("triggers", []))
+    for key, why in sorted(report.get("broken", {}).items()):
+        errors.print(f"[bold red]broken:[/] {key.replace('/', ' ', 1)} could not start after a restart "
+                     f"(its events wait): {why}", highlight=False)
     if report.get("mesh"):
         console.print(f"mesh {report['mesh']}; store {report['store']}", highlight=False)
 

@@ -22,6 +22,7 @@ from cloudevents.core.formats.json import JSONFormat
 from cloudevents.core.v1.event import CloudEvent as SdkEvent
 
 from fmesh.errors import InvalidEvent
+from fmesh.names import is_name
 
 REQUIRED = ("id", "source", "type", "specversion")
 JSON_CONTENT_TYPE = re.compile(r"^(application|text)/([a-zA-Z0-9\-.]+\+)?json(;.*)?$", re.I)
@@ -186,7 +187,6 @@ MAX_COUNT_DIGITS = 9
 
 
 PATH = "fmeshpath"          # the meshes an event was forwarded from (see fmesh.meshpath)
-MESH_ID = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 MAX_PATH = 32               # meshes on one path
 
 
@@ -203,7 +203,7 @@ def checked_internal(attributes: dict[str, Any]) -> dict[str, Any]:
 
 def _check_path(value: Any) -> None:
     parts = value.split(",") if isinstance(value, str) else None
-    if not parts or len(parts) > MAX_PATH or not all(MESH_ID.match(p) for p in parts):
+    if not parts or len(parts) > MAX_PATH or not all(is_name(p) for p in parts):
         raise InvalidEvent(f"extension {PATH!r} is the mesh's own: a comma-separated list of at most "
                            f"{MAX_PATH} mesh ids, got {value!r:.60}", PATH)
 

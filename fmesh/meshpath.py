@@ -8,7 +8,8 @@ malformed path: `fmesh.events.checked_internal`.)
 
 from __future__ import annotations
 
-from fmesh.events import MESH_ID, PATH, Event, with_extension
+from fmesh.events import PATH, Event, with_extension
+from fmesh.names import NAME_RULE, is_name
 
 __all__ = ["PATH", "check_mesh_id", "visited", "with_visit"]
 
@@ -25,7 +26,6 @@ def with_visit(event: Event, mesh_id: str) -> Event:
 
 
 def check_mesh_id(value: str) -> str:
-    if not MESH_ID.match(value):
-        raise ValueError(f"mesh id {value!r} is not valid: lowercase letters, digits and '-', "
-                         "starting and ending with a letter or digit, at most 63 characters")
+    if not is_name(value):
+        raise ValueError(f"mesh id {value!r} is not valid: {NAME_RULE}")
     return value

@@ -45,7 +45,8 @@ class Node:
         self.mesh_id = settings.mesh_id or ""
         self.broker = Broker(self.log, self.mesh_id, settings.dedup_window)
         self.identity = Identity()
-        self.gate = Gate(self.identity, settings.ingress_auth or default_mode(settings.host))
+        self.gate = Gate(self.identity, settings.ingress_auth or default_mode(settings.host,
+                                                                              bool(settings.tls_client_ca)))
         self.tokens = Tokens(self.log, self.identity, self.gate)
         self.ingress = Ingress(self.broker.publish, settings.max_event_bytes, self.gate)
         self.run_dir = Path(tempfile.mkdtemp(prefix="fmesh-"))  # short: Unix socket paths are limited

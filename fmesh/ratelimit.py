@@ -19,6 +19,11 @@ _RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:/\s*(ms|s|m|min|h))?\s*$")
 _PER = {"ms": 0.001, "s": 1.0, "": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
 
 
+MIN_RATE = 1 / 86400.0
+MAX_RATE = 10_000_000.0
+MAX_RETRY_AFTER = 86400
+
+
 def parse_rate(value: object) -> float:
     """Events per second in `100/s`, `600/m`, `5000/h` (or a plain number per second)."""
     if isinstance(value, int | float) and not isinstance(value, bool):
@@ -28,8 +33,8 @@ def parse_rate(value: object) -> float:
         if not match:
             raise ValueError(f"expected a rate such as 100/s, 600/m or 5000/h, got {value!r}")
         number, per = float(match.group(1)), _PER[match.group(2) or ""]
-    if number <= 0:
-        raise ValueError(f"a rate must be above zero, got {value!r}")
+    if not MIN_RATE <= number / per <= MAX_RATE:
+        raise ValueError(f"a rate must be between one per day and {MAX_RATE:,.0f}/s, got {value!r}")
     return number / per
 
 
@@ -62,5 +67,5 @@ class TokenBucket:
 
 
 def retry_after_header(seconds: float) -> bytes:
-    """`Retry-After` in whole seconds, at least 1 (HTTP allows no fractions)."""
-    return str(max(1, math.ceil(seconds))).encode()
+    """`Retry-After` in whole seconds, at least 1 (HTTP allows no fractions), at most a day."""
+    return str(max(1, min(MAX_RETRY_AFTER, math.ceil(min(seconds, MAX_RETRY_AFTER))))).encode()

@@ -7,6 +7,9 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
+from fmesh.errors import StartupError
+from fmesh.names import is_name
+
 DEFAULT_PORT = 8080
 DEFAULT_MESH_URL = f"http://127.0.0.1:{DEFAULT_PORT}"
 
@@ -43,7 +46,11 @@ def load_or_create_mesh_id(data_dir: Path, given: str | None) -> str:
         return given
     path = mesh_id_path(data_dir)
     if path.exists():
-        return path.read_text().strip()
+        stored = path.read_text().strip()
+        if not is_name(stored):
+            raise StartupError(f"{path} holds {stored[:70]!r}, which is no mesh id (lowercase letters, digits "
+                               "and '-'): fix or delete the file, or pass --mesh-id")
+        return stored
     mesh_id = f"mesh-{secrets.token_hex(4)}"
     data_dir.mkdir(parents=True, exist_ok=True)
     path.write_text(mesh_id + "\n")

@@ -83,13 +83,16 @@ def check_signature(check: HmacCheck, headers: Mapping[str, str], body: bytes, n
 def check_timestamp(check: HmacCheck, headers: Mapping[str, str], now: float) -> str:
     assert check.timestamp_header is not None
     value = headers.get(check.timestamp_header, "").strip()
-    if not value.isdigit():
+    if not (value.isascii() and value.isdigit() and len(value) <= MAX_TIMESTAMP_DIGITS):
         raise AuthError(f"missing or malformed timestamp header {check.timestamp_header} "
                         "(expected Unix seconds)")
     if abs(now - int(value)) > check.tolerance:
         raise AuthError(f"timestamp in {check.timestamp_header} is more than {check.tolerance:g}s "
                         "from now: a replayed or delayed request")
     return value
+
+
+MAX_TIMESTAMP_DIGITS = 12  # Unix seconds for the next 30,000 years; "²" and 5,000 digits are not times
 
 
 def decode_signature(text: str, encoding: str) -> bytes:

@@ -236,7 +236,7 @@ class Sidecar:
                 await self._until_stored(lambda: self.queue.retry(delivery, due, str(error)), "retry")
                 self.stats.retried += 1
                 return
-            error = Expired(self.policy, delivery, str(error))
+            error = Expired(self.policy, delivery, str(error), at=due)
         await self._until_stored(lambda: self._dead_letter(delivery, error, attempt), "dead letter")
         self.stats.dead_lettered += 1
 
@@ -263,9 +263,10 @@ class Sidecar:
 class Expired(HandlerError):
     """The event waited longer than its delivery policy's ttl: it goes to the dead letters."""
 
-    def __init__(self, policy: DeliveryPolicy, delivery: Delivery, last_error: str | None) -> None:
-        waited = time.time() - delivery.stored_at
-        super().__init__(f"not delivered within its ttl of {policy.ttl:g}s (stored {waited:.0f}s ago)"
+    def __init__(self, policy: DeliveryPolicy, delivery: Delivery, last_error: str | None,
+                 at: float | None = None) -> None:
+        waited = (at or time.time()) - delivery.stored_at
+        super().__init__(f"not delivered within its ttl of {policy.ttl:g}s (it would have waited {waited:.0f}s)"
                          + (f"; last error: {last_error}" if last_error else ""), retryable=False)
 
 

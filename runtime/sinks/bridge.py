@@ -20,7 +20,7 @@ from fmesh.runtime.sinks.http import HttpSink
 
 from fmesh.bindings.http import write_batch
 from fmesh.errors import HandlerError
-from fmesh.events import Event
+from fmesh.events import SENDER, Event
 from fmesh.meshpath import visited, with_visit
 from fmesh.signing import PEER_HEADER, sign_request
 
@@ -54,13 +54,20 @@ class BridgeStats:
     looped: int = 0                    # events not sent: the other mesh was on their path
     last_ok_at: float | None = None
     last_failed_at: float | None = None
+    last_refused: bool = False         # the last failure was not worth retrying (401, 403, 400)
+
+    def failed(self, error: HandlerError) -> None:
+        self.last_failed_at = time.time()
+        self.last_refused = not error.retryable
 
     @property
     def state(self) -> str:
+        """idle (nothing sent yet), connected (the last request went through), retrying (the
+        other mesh is down or busy), refused (it turned the last request down: see the error)."""
         if self.last_failed_at is None and self.last_ok_at is None:
             return "idle"
         if self.last_failed_at is not None and (self.last_ok_at is None or self.last_failed_at > self.last_ok_at):
-            return "retrying"
+            return "refused" if self.last_refused else "retrying"
         return "connected"
 
 
@@ -103,7 +110,7 @@ class BridgeSink:
         sent: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if not self._waiting:
             asyncio.get_running_loop().call_soon(self._flush, timeout)
-        self._waiting.append((with_visit(event, self.mesh_id), sent))
+        self._waiting.append((outgoing(event, self.mesh_id), sent))
         await sent
         return None
 
@@ -119,7 +126,7 @@ class BridgeSink:
             return
         for event, sent in items:  # one at a time: each event its own answer
             try:
-                await self._post(*self.http.encode(event), timeout)
+                await self._post(*self._encode(event), timeout)
                 _settle([(event, sent)], None)
             except HandlerError as exc:
                 _settle([(event, sent)], exc)
@@ -137,12 +144,17 @@ class BridgeSink:
         _settle(items, None)
         return False
 
+    def _encode(self, event: Event) -> tuple[dict[str, str], bytes]:
+        """One event alone: in binary mode, unless it is signed, since a signature covers the
+        body only (the ce-* headers would be open to rewriting): then as a batch of one."""
+        return write_batch([event]) if self.auth.hmac_secret is not None else self.http.encode(event)
+
     async def _post(self, headers: dict[str, str], body: bytes, timeout: float) -> None:
         headers.update(signed_headers(self.auth, body, time.time()))
         try:
-            await self.http.post(headers, body, timeout)
-        except HandlerError:
-            self.stats.last_failed_at = time.time()
+            await self.http.post(headers, body, timeout, replies=False)  # the other mesh answers 202, never events
+        except HandlerError as exc:
+            self.stats.failed(exc)
             raise
         self.stats.last_ok_at = time.time()
 
@@ -159,6 +171,13 @@ class BridgeSink:
             mesh = answer.get("mesh") if isinstance(answer, dict) else None
             if isinstance(mesh, str) and mesh:
                 self.stats.peer_mesh = mesh
+
+
+def outgoing(event: Event, mesh_id: str) -> Event:
+    """The event as this mesh sends it on: its id added to the path, and without its sender
+    here (a name of this mesh's, which the other mesh replaces with this mesh's own)."""
+    visit = with_visit(event, mesh_id)
+    return Event({k: v for k, v in visit.attributes.items() if k != SENDER}, visit.payload)
 
 
 def batches(items: list[tuple[Event, asyncio.Future[None]]]) -> list[list[tuple[Event, asyncio.Future[None]]]]:

@@ -84,11 +84,12 @@ class HttpSink:
         try:
             response = await self._client.get(url, headers=self._headers, timeout=timeout)
             return response.json() if response.status_code == 200 else None
-        except (httpx.HTTPError, ValueError):
+        except (httpx.HTTPError, ssl.SSLError, ValueError):
             return None
 
-    async def post(self, headers: dict[str, str], body: bytes, timeout: float) -> Event | None:
-        """POST an encoded event; the outcome classified as Knative's dispatcher does."""
+    async def post(self, headers: dict[str, str], body: bytes, timeout: float, replies: bool = True) -> Event | None:
+        """POST an encoded event; the outcome classified as Knative's dispatcher does. With
+        `replies` off, any 2xx is success and its body is not read as a reply event."""
         if self._client is None:
             await self.start()
         assert self._client is not None
@@ -101,4 +102,6 @@ class HttpSink:
             # A TLS 1.3 server refuses a client certificate after the handshake: httpx then lets
             # the ssl module's error through as it is. Either way the far side may be fixed.
             raise HandlerError(str(BrokerUnreachable(self.url, describe(exc))), retryable=True) from exc
+        if not replies and 200 <= response.status_code < 300:
+            return None
         return outcome(self.url, response.status_code, response.headers, response.content)

@@ -359,3 +359,16 @@ async def test_sqlite_one_event_log_has_one_owner(tmp_path):
     await first.close()
     await second.open()  # free again once the first has let go
     await second.close()
+
+
+async def test_sqlite_forgets_seen_keys_in_chunks(tmp_path, monkeypatch):
+    from fmesh.broker import sqlite_log
+
+    monkeypatch.setattr(sqlite_log, "FORGET_CHUNK", 7)
+    log = SqliteEventLog(tmp_path / "mesh.db")
+    await log.open()
+    events = [new_event("t", "/s") for _ in range(30)]
+    await log.append_unique([(e, []) for e in events], [e.id for e in events], 600)
+    assert await log.forget_seen(time.time() + 1) == 30
+    assert await log.append_unique([(events[0], ["sub"])], [events[0].id], 600) == [True]
+    await log.close()

@@ -258,3 +258,63 @@ def test_a_credential_belongs_to_one_principal(identity):
                                             ("mesh.example.com", "required")])
 def test_default_mode_is_off_only_on_loopback(host, mode):
     assert default_mode(host) == mode
+
+
+# -- found by a hostile review: signed headers, pre-seeded duplicates, odd timestamps -----------
+
+async def test_a_signed_request_in_binary_mode_is_refused_for_its_headers_are_not_signed(required, clock):
+    client, log, _ = required
+    headers = {**BINARY, **signed(b"", clock.now)}  # ce-* headers could be rewritten in a replay
+    response = await client.post("/", headers=headers, content=b"")
+    assert response.status_code == 401 and "in the body" in response.json()["error"]
+    assert await stored(log) == []
+
+
+@pytest.mark.parametrize("timestamp", ["9" * 5000, b"\xb2", "0" * 4301, "1e9", "+1700000000"])
+async def test_a_timestamp_that_is_not_a_few_ascii_digits_is_401_not_500(required, timestamp):
+    client, log, _ = required
+    headers = {"content-type": BATCH, "x-fmesh-peer": "us", "x-fmesh-timestamp": timestamp,
+               "x-fmesh-signature": "sha256=00"}
+    response = await client.post("/", headers=headers, content=b"[]")
+    assert response.status_code == 401 and "timestamp" in response.json()["error"]
+
+
+async def test_only_a_peer_may_say_where_an_event_has_been(identity):
+    gate = Gate(identity, "required")
+    log = MemoryEventLog()
+    broker = Broker(log, "here")
+    broker.subscribe("sub", compile_shorthand({}))
+    app = Ingress(broker.publish, 4096, gate)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://mesh") as client:
+        # An admin (not a peer) tries to pre-seed the id a peer will forward, and to fake a loop.
+        for path in ("cloud-a", "here"):
+            seeded = await client.post("/", headers={**BINARY, "ce-fmeshpath": path, **bearer("admin-token")})
+            assert seeded.status_code == 202
+        forwarded = await client.post("/", headers={**BINARY, "ce-fmeshpath": "cloud-a", **bearer("eu-token")})
+        assert forwarded.status_code == 202
+    events = await stored(log)
+    assert [(e.get("fmeshsender"), e.get("fmeshpath")) for e in events] == [
+        ("admin", None), ("admin", None), ("peer:eu", "cloud-a")]
+    assert broker.bridged.duplicates == 0 and broker.bridged.looped == 0
+
+
+async def test_a_peer_retrying_is_a_duplicate_only_of_its_own_event():
+    log = MemoryEventLog()
+    broker = Broker(log, "here")
+    broker.subscribe("sub", compile_shorthand({}))
+
+    def forwarded(sender: str):
+        from fmesh.events import Event
+
+        return Event({"specversion": "1.0", "id": "1", "source": "/s", "type": "t", "fmeshpath": "there",
+                      "fmeshsender": sender})
+
+    for sender in ("peer:eu", "peer:us", "peer:eu"):
+        await broker.publish([forwarded(sender)])
+    assert [e["fmeshsender"] for e in await stored(log)] == ["peer:eu", "peer:us"]
+    assert broker.bridged.duplicates == 1
+
+
+def test_client_certificates_make_auth_required_by_default_even_on_loopback():
+    assert default_mode("127.0.0.1") == "off"
+    assert default_mode("127.0.0.1", client_certificates=True) == "required"

@@ -71,3 +71,13 @@ async def test_an_unreadable_token_record_is_skipped_not_fatal(log, capsys):
     await log.put_state("tokens/broken", b"{not json")
     assert await tokens_on(log).load() == 1
     assert "token broken is unreadable" in capsys.readouterr().err
+
+
+async def test_two_requests_for_one_token_name_make_one_token(log):
+    import asyncio
+
+    tokens = tokens_on(log)
+    results = await asyncio.gather(*(tokens.create("race", "admin") for _ in range(5)), return_exceptions=True)
+    made = [r for r in results if not isinstance(r, BaseException)]
+    assert len(made) == 1 and all(isinstance(r, DeployError) for r in results if r not in made)
+    assert list(tokens.records) == ["race"]

@@ -37,3 +37,14 @@ def test_a_bucket_lets_a_burst_through_then_refills_at_its_rate():
 
 def test_retry_after_is_whole_seconds_at_least_one():
     assert [retry_after_header(s) for s in (0.0, 0.01, 1.0, 1.2)] == [b"1", b"1", b"1", b"2"]
+
+
+@pytest.mark.parametrize("text", [5e-324, 1e-300, 1e300, "0.0000001/s"])
+def test_a_rate_too_small_or_too_large_to_mean_anything_is_refused(text):
+    with pytest.raises(ValueError, match="between one per day"):
+        parse_rate(text)
+
+
+def test_retry_after_is_whole_seconds_between_one_and_a_day():
+    assert retry_after_header(0.01) == b"1" and retry_after_header(2.2) == b"3"
+    assert retry_after_header(1e300) == b"86400" and retry_after_header(float("inf")) == b"86400"

@@ -157,3 +157,23 @@ def test_the_design_sketch_of_a_bridge_validates_with_waiting_defaults():
 def test_bridge_mistakes_are_located(change, line, field, says):
     error = error_for(BRIDGE.replace(*change))
     assert (error.line, error.field) == (line, field) and says in error.problem, error
+
+
+def test_relative_files_a_manifest_names_are_anchored_to_its_folder(tmp_path):
+    from fmesh.deploy.deployer import apply_request
+
+    manifest = parse_manifest(BRIDGE.replace("ca: /etc/fmesh/ca.pem", "ca: certs/ca.pem, cert: me.pem, key: /k.pem")
+                              .replace("{hmac_secret_env: EU_SECRET, peer: us}", "{token_file: eu.token}"))
+    spec = apply_request(manifest, [], tmp_path)["bridges"]["eu"]["spec"]
+    assert spec["tls"] == {"ca": str(tmp_path / "certs/ca.pem"), "cert": str(tmp_path / "me.pem"), "key": "/k.pem"}
+    assert spec["auth"]["token_file"] == str(tmp_path / "eu.token")
+
+
+def test_a_function_and_a_bridge_may_not_share_a_name(tmp_path):
+    from fmesh.deploy.manifest import check_references
+
+    path = tmp_path / "fmesh.yaml"
+    path.write_text(BRIDGE + "functions:\n  eu:\n    handler: h.py:handle\n")
+    with pytest.raises(ManifestError, match="a function is named 'eu' too") as caught:
+        check_references(parse_manifest(path.read_text(), str(path)), path, set())
+    assert caught.value.line == 2

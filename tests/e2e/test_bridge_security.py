@@ -85,7 +85,7 @@ def test_a_bridge_with_the_wrong_token_gets_nothing_in(mesh_factory, tmp_path):
     a.start("-f", str(sender_manifest(tmp_path, b.url, "{token_env: A_TOKEN}")))
     send(a, 3)
     wait_for(lambda: bridge(a)["dead_lettered"] == 3, 30, message="the refused events dead-lettered at A")
-    assert "401" in bridge(a)["last_error"] and not records(out)
+    assert "401" in bridge(a)["last_error"] and bridge(a)["state"] == "refused" and not records(out)
 
 
 def test_a_bridge_signs_with_hmac_and_arrives_as_the_peer(mesh_factory, tmp_path):
@@ -120,3 +120,60 @@ def test_a_bridge_over_mtls_is_known_by_its_certificate(mesh_factory, tmp_path):
     wait_for(lambda: sorted(r["id"] for r in records(out)) == sorted(ids), 30, message="all events at B over mTLS")
     assert {r["fmeshsender"] for r in records(out)} == {"peer:cloud-a"}
     assert bridge(a)["url"].startswith("https://")
+
+
+def test_a_peer_answering_2xx_with_a_body_that_looks_like_a_broken_event_still_took_it(mesh_factory, tmp_path,
+                                                                                       receiver):
+    receiver.script("/", (200, {"ce-id": "", "ce-type": "junk"}, b"garbage"))  # not a mesh, but says 200
+    a = mesh_factory(extra=["--mesh-id", "cloud-a"])
+    a.start("-f", str(sender_manifest(tmp_path, receiver.url, None)))
+    send(a, 5)
+    wait_for(lambda: bridge(a)["forwarded"] == 5, 30, message="five events forwarded")
+    assert bridge(a)["dead_lettered"] == 0 and bridge(a)["state"] == "connected"
+
+
+def test_peers_that_share_a_credential_are_refused_and_nothing_is_deployed(mesh_factory, tmp_path):
+    mesh = mesh_factory(environ={"SAME": "x"}).start()  # the mesh reads secrets from its own environment
+    path = tmp_path / "peers.yaml"
+    path.write_text("peers:\n  p1: {auth: {token_env: SAME}}\n  p2: {auth: {token_env: SAME}}\n")
+    refused = mesh.cli("deploy", "-f", str(path), check=False)
+    assert refused.returncode == 1 and "same credential" in refused.stderr, refused.stderr
+    assert mesh.api("GET", "/v1/peers").json()["peers"] == []
+
+
+def test_deploying_peers_to_a_mesh_that_does_not_tell_callers_apart_warns(mesh_factory, tmp_path):
+    mesh = mesh_factory(environ={"EU": "x"}).start()
+    path = tmp_path / "peers.yaml"
+    path.write_text("peers:\n  eu: {auth: {token_env: EU}}\n")
+    deployed = mesh.cli("deploy", "-f", str(path))
+    assert "warning: ingress auth is off on this mesh" in deployed.stderr, deployed.stderr
+
+
+def test_a_bridge_whose_secret_is_gone_after_a_restart_keeps_its_events_waiting(mesh_factory, tmp_path):
+    out = tmp_path / "b.jsonl"
+    b = mesh_factory(extra=["--mesh-id", "cloud-b", "--ingress-auth", "required"], environ={"A_TOKEN": "t"})
+    b.start("-f", str(receiver_manifest(tmp_path, out, "{token_env: A_TOKEN}")))
+    a = mesh_factory(extra=["--mesh-id", "cloud-a"], environ={"A_TOKEN": "t"})
+    a.start("-f", str(sender_manifest(tmp_path, b.url, "{token_env: A_TOKEN}")))
+    a.stop()
+    a.environ = {}  # restarted without the bridge's secret
+    a.start()
+    report = a.api("GET", "/v1/status").json()
+    assert "A_TOKEN" in report["broken"]["bridge/to-b"]
+    ids = send(a, 4)
+    wait_for(lambda: a.api("GET", "/v1/status").json()["broken"] and pending(a) == 4, 20,
+             message="the events kept for the broken bridge")
+    a.stop()
+    a.environ = {"A_TOKEN": "t"}
+    a.start()
+    wait_for(lambda: sorted(r["id"] for r in records(out)) == sorted(ids), 30, message="the kept events at B")
+
+
+def pending(mesh) -> int:
+    import sqlite3
+
+    db = sqlite3.connect(mesh.data_dir / "mesh.db", timeout=5)
+    try:
+        return db.execute("SELECT count(*) FROM deliveries WHERE subscription='bridge:to-b'").fetchone()[0]
+    finally:
+        db.close()

@@ -1,0 +1,35 @@
+"""A mesh's own settings kept in its data dir, and which token the CLI sends where."""
+
+from __future__ import annotations
+
+import pytest
+
+from fmesh.errors import StartupError
+from fmesh.settings import load_or_create_mesh_id, mesh_id_path
+
+
+def test_a_mesh_id_is_made_once_and_kept(tmp_path):
+    first = load_or_create_mesh_id(tmp_path, None)
+    assert first.startswith("mesh-") and load_or_create_mesh_id(tmp_path, None) == first
+    assert load_or_create_mesh_id(tmp_path, "given") == "given"
+
+
+@pytest.mark.parametrize("stored", ["My Mesh", "", "UPPER", "-x"])
+def test_a_mesh_id_file_that_holds_no_mesh_id_is_one_clear_error(tmp_path, stored):
+    mesh_id_path(tmp_path).write_text(stored)
+    with pytest.raises(StartupError, match="no mesh id"):
+        load_or_create_mesh_id(tmp_path, None)
+
+
+def test_send_hands_the_data_dirs_token_only_to_a_mesh_on_this_machine(tmp_path, monkeypatch):
+    from fmesh.cli import _publish_token
+
+    (tmp_path / "token").write_text("local-admin-token\n")
+    monkeypatch.setenv("FMESH_DATA_DIR", str(tmp_path))
+    monkeypatch.delenv("FMESH_TOKEN", raising=False)
+    assert _publish_token("http://127.0.0.1:8080", None) == "local-admin-token"
+    assert _publish_token("http://localhost:8080", None) == "local-admin-token"
+    assert _publish_token("https://mesh-eu.example.com", None) is None
+    assert _publish_token("https://mesh-eu.example.com", "given") == "given"
+    monkeypatch.setenv("FMESH_TOKEN", "from-env")
+    assert _publish_token("https://mesh-eu.example.com", None) == "from-env"
