@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -11,7 +10,7 @@ from fmesh.broker.filters import Filter
 from fmesh.broker.log import EventLog
 from fmesh.broker.router import Router
 
-from fmesh.contracts import Claimed, DeadLetter, Delivery, Publisher
+from fmesh.contracts import DeadLetter, Delivery, DeliveryId, Publisher
 from fmesh.events import SENDER, UNDECODABLE_TYPE, Event, without_error_context
 from fmesh.meshpath import PATH, visited
 
@@ -31,40 +30,27 @@ class SubscriptionQueue:
         self.ordered = ordered
         self._broker = broker
         self._log = broker.log
-        self._new = asyncio.Event()
 
-    def wake(self) -> None:
-        self._new.set()
+    async def claim(self, limit: int, wait: float) -> list[Delivery]:
+        return await self._log.claim(self.name, limit, self.ordered, wait)
 
-    async def claim(self, limit: int) -> Claimed:
-        self._new.clear()
-        return await self._log.claim(self.name, limit, time.time(), self.ordered)
-
-    async def ack(self, delivery_ids: Sequence[int]) -> None:
+    async def ack(self, delivery_ids: Sequence[DeliveryId]) -> None:
         await self._log.ack(delivery_ids)
 
-    async def release(self, delivery_ids: Sequence[int]) -> None:
+    async def release(self, delivery_ids: Sequence[DeliveryId]) -> None:
         await self._log.release(delivery_ids)
-        self.wake()
 
-    async def retry(self, delivery: Delivery, due_at: float, error: str) -> None:
-        await self._log.retry(delivery, due_at, error)
+    async def retry(self, delivery: Delivery, delay: float, error: str) -> None:
+        await self._log.retry(delivery, delay, error)
+
+    async def extend(self, delivery_ids: Sequence[DeliveryId]) -> None:
+        await self._log.extend(delivery_ids)
 
     async def dead_letter(self, delivery: Delivery, letter: DeadLetter) -> None:
         await self._log.dead_letter(delivery, letter)
 
     async def redirect(self, delivery: Delivery, subscription: str, event: Event) -> bool:
         return await self._broker.redirect(delivery, subscription, event)
-
-    async def wait(self, timeout: float | None) -> None:
-        # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
-        # races the wake-up, and a sidecar being stopped must stop.
-        try:
-            async with asyncio.timeout(timeout):
-                await self._new.wait()
-        except TimeoutError:
-            pass
-        self._new.clear()  # a wake-up is consumed by the wait it ends
 
 
 class DirectPublisher:
@@ -111,7 +97,6 @@ class Broker:
             return
         routed = [(event, self.router.match(event.attributes)) for event in events]
         await self.log.append([(e, subs) for e, subs in routed if subs])
-        self._wake(routed)
 
     async def _publish_bridged(self, events: Sequence[Event]) -> None:
         arriving = [event for event in events if self.mesh_id not in visited(event)]
@@ -121,12 +106,6 @@ class Broker:
         self.bridged.looped += len(events) - len(arriving)
         self.bridged.received += sum(1 for key in keys if key is not None)
         self.bridged.duplicates += stored.count(False)
-        self._wake([item for item, new in zip(routed, stored, strict=True) if new])
-
-    def _wake(self, routed: Sequence[tuple[Event, Sequence[str]]]) -> None:
-        for _, subs in routed:
-            for sub in subs:
-                self._queues[sub].wake()
 
     def subscribe(self, name: str, filter: Filter, ordered: bool = False) -> SubscriptionQueue:
         """Route matching events to `name` from now on; returns its delivery queue.
@@ -142,7 +121,6 @@ class Broker:
         if queue is None:
             queue = self._queues[name] = SubscriptionQueue(self, name, ordered)
         queue.ordered = ordered
-        queue.wake()  # deliveries stored before a restart are due at once
         return queue
 
     def direct(self, name: str) -> Publisher:
@@ -151,9 +129,6 @@ class Broker:
 
     async def enqueue(self, events: Sequence[Event], subscription: str) -> None:
         await self.log.append([(event, [subscription]) for event in events])
-        queue = self._queues.get(subscription)
-        if queue is not None:
-            queue.wake()
 
     async def forget_seen(self) -> int:
         """Forget bridged events older than the dedup window (run now and then)."""
@@ -179,9 +154,6 @@ class Broker:
             return event, targets[letter.id]
 
         letters = await self.log.replay_dead_letters(ids, requeue)
-        for letter in letters:
-            for sub in targets[letter.id]:
-                self._queues[sub].wake()
         return letters, sorted(i for i, subs in targets.items() if not subs)
 
     def _home_of(self, letter: DeadLetter, event: Event) -> list[str]:
@@ -197,5 +169,4 @@ class Broker:
         if queue is None:
             return False
         await self.log.redirect(delivery.id, subscription, event)
-        queue.wake()
         return True

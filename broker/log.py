@@ -12,10 +12,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
 
-from fmesh.contracts import Claimed, DeadLetter, Delivery
+from fmesh.contracts import DeadLetter, Delivery, DeliveryId
 from fmesh.events import Event
 
-__all__ = ["Claimed", "DeadLetter", "Delivery", "EventLog", "Requeue"]
+__all__ = ["DeadLetter", "Delivery", "EventLog", "Requeue"]
 
 # Where a replayed dead letter goes: the event to deliver again and its subscriptions
 # (none: the letter stays where it is).
@@ -51,21 +51,25 @@ class EventLog(Protocol):
     async def backlog(self, subscription: str) -> tuple[int, float | None]:
         """Deliveries stored for a subscription, and when the oldest of them was stored."""
 
-    async def claim(self, subscription: str, limit: int, now: float, ordered: bool = False) -> Claimed:
-        """Up to `limit` unclaimed deliveries due by `now`, oldest due first, now claimed.
+    async def claim(self, subscription: str, limit: int, ordered: bool = False, wait: float = 0.0) -> list[Delivery]:
+        """Up to `limit` unclaimed deliveries that are due, oldest due first, now claimed;
+        when none is, wait up to `wait` seconds for one (appended, released, falling due).
 
         `ordered`: of the deliveries sharing a `partitionkey`, only the oldest stored one
         can be claimed, so each key goes one at a time in publish order.
         """
 
-    async def ack(self, delivery_ids: Sequence[int]) -> None:
+    async def ack(self, delivery_ids: Sequence[DeliveryId]) -> None:
         """The deliveries succeeded: forget them."""
 
-    async def release(self, delivery_ids: Sequence[int]) -> None:
+    async def release(self, delivery_ids: Sequence[DeliveryId]) -> None:
         """Unclaim deliveries without counting an attempt."""
 
-    async def retry(self, delivery: Delivery, due_at: float, error: str) -> None:
-        """Release a delivery for another attempt at `due_at`, counting this one."""
+    async def retry(self, delivery: Delivery, delay: float, error: str) -> None:
+        """Release a delivery for another attempt in `delay` seconds, counting this one."""
+
+    async def extend(self, delivery_ids: Sequence[DeliveryId]) -> None:
+        """Keep claimed deliveries claimed a while longer (a handler still working on them)."""
 
     async def dead_letter(self, delivery: Delivery, letter: DeadLetter) -> None:
         """Move a delivery into the dead-letter store."""

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from fmesh.broker.arrivals import Arrivals
 from fmesh.broker.log import Requeue
 
-from fmesh.contracts import Claimed, DeadLetter, Delivery
+from fmesh.contracts import DeadLetter, Delivery
 from fmesh.events import Event, ordering_key
 
 
@@ -26,8 +27,10 @@ class _Row:
 class MemoryEventLog:
     """`EventLog` in dictionaries."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self.url = "memory://"
+        self.clock = clock              # when deliveries fall due (tests move it)
+        self._arrivals = Arrivals()
         self._ids = itertools.count(1)
         self._rows: dict[int, _Row] = {}
         self._dead: dict[int, DeadLetter] = {}
@@ -41,15 +44,16 @@ class MemoryEventLog:
         pass
 
     async def append(self, routed: Sequence[tuple[Event, Sequence[str]]]) -> None:
-        now = time.time()
+        now = self.clock()
         for event, subscriptions in routed:
             for sub in subscriptions:
                 delivery = Delivery(next(self._ids), sub, event, stored_at=now)
                 self._rows[delivery.id] = _Row(delivery, now)
+            self._arrivals.wake(subscriptions)
 
     async def append_unique(self, routed: Sequence[tuple[Event, Sequence[str]]], keys: Sequence[str | None],
                             window: float) -> list[bool]:
-        now = time.time()
+        now = self.clock()
         fresh = []
         for key in keys:
             new = key is None or self._seen.get(key, float("-inf")) < now - window
@@ -69,7 +73,14 @@ class MemoryEventLog:
         times = [r.delivery.stored_at for r in self._rows.values() if r.delivery.subscription == subscription]
         return len(times), min(times) if times else None
 
-    async def claim(self, subscription: str, limit: int, now: float, ordered: bool = False) -> Claimed:
+    async def claim(self, subscription: str, limit: int, ordered: bool = False, wait: float = 0.0) -> list[Delivery]:
+        async def now() -> tuple[list[Delivery], float | None]:
+            return self._claim_now(subscription, limit, ordered, self.clock())
+
+        return await self._arrivals.claim(subscription, now, self.release, wait, self.clock)
+
+    def _claim_now(self, subscription: str, limit: int, ordered: bool,
+                   now: float) -> tuple[list[Delivery], float | None]:
         mine = [r for r in self._rows.values() if r.delivery.subscription == subscription]
         waiting = [r for r in mine if not r.claimed]
         eligible = [r for r in waiting if r.due_at <= now]
@@ -83,7 +94,7 @@ class MemoryEventLog:
         for row in due:
             row.claimed = True
         rest = [r.due_at for r in waiting if not r.claimed and r.due_at > now]
-        return Claimed([_copy(r.delivery) for r in due], min(rest) if rest else None)
+        return [_copy(r.delivery) for r in due], min(rest) if rest else None
 
     async def ack(self, delivery_ids: Sequence[int]) -> None:
         for i in delivery_ids:
@@ -93,14 +104,19 @@ class MemoryEventLog:
         for i in delivery_ids:
             if i in self._rows:
                 self._rows[i].claimed = False
+        self._arrivals.wake_all()
 
-    async def retry(self, delivery: Delivery, due_at: float, error: str) -> None:
+    async def retry(self, delivery: Delivery, delay: float, error: str) -> None:
         row = self._rows.get(delivery.id)
         if row:
             row.delivery.attempts += 1
             row.delivery.last_error = error
-            row.due_at = due_at
+            row.due_at = self.clock() + delay
             row.claimed = False
+        self._arrivals.wake_all()
+
+    async def extend(self, delivery_ids: Sequence[int]) -> None:
+        pass  # a claim here lasts until it is acked, retried or released
 
     async def dead_letter(self, delivery: Delivery, letter: DeadLetter) -> None:
         self._rows.pop(delivery.id, None)
@@ -109,8 +125,9 @@ class MemoryEventLog:
 
     async def redirect(self, delivery_id: int, subscription: str, event: Event) -> None:
         if self._rows.pop(delivery_id, None) is not None:
-            now = time.time()
+            now = self.clock()
             self._rows[delivery_id] = _Row(Delivery(delivery_id, subscription, event, stored_at=now), now)
+            self._arrivals.wake([subscription])
 
     async def dead_letters(self, subscription: str | None = None, limit: int = 1000) -> list[DeadLetter]:
         found = [d for d in self._dead.values() if subscription in (None, d.subscription)]

@@ -17,13 +17,14 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from fmesh.broker.arrivals import Arrivals
 from fmesh.broker.log import Requeue
 
-from fmesh.contracts import Claimed, DeadLetter, Delivery
+from fmesh.contracts import DeadLetter, Delivery
 from fmesh.errors import StoreError
 from fmesh.events import Event, from_record_or_stub, ordering_key, to_record
 
@@ -122,8 +123,10 @@ Operation = Callable[[sqlite3.Connection], Any]
 class SqliteEventLog:
     """`EventLog` on SQLite; see the module docstring for how writes are grouped."""
 
-    def __init__(self, path: str | Path, sync: str = "normal") -> None:
+    def __init__(self, path: str | Path, sync: str = "normal", clock: Callable[[], float] = time.time) -> None:
         self.path = Path(path)
+        self.clock = clock              # when deliveries fall due (tests move it)
+        self._arrivals = Arrivals()
         self.url = f"sqlite:///{self.path}"
         self._sync = sync
         self._conn: sqlite3.Connection | None = None
@@ -237,7 +240,7 @@ class SqliteEventLog:
     # -- the EventLog operations ----------------------------------------------------------
 
     async def append(self, routed: Sequence[tuple[Event, Sequence[str]]]) -> None:
-        now = time.time()
+        now = self.clock()
         rows = []
         for event, subscriptions in routed:
             attributes, payload = to_record(event)
@@ -245,10 +248,11 @@ class SqliteEventLog:
             rows.extend((sub, attributes, payload, now, key) for sub in subscriptions)
         if rows:
             await self._submit(Append(rows))
+            self._arrivals.wake({row[0] for row in rows})
 
     async def append_unique(self, routed: Sequence[tuple[Event, Sequence[str]]], keys: Sequence[str | None],
                             window: float) -> list[bool]:
-        now = time.time()
+        now = self.clock()
 
         def op(conn: sqlite3.Connection) -> list[bool]:
             fresh = [key is None or conn.execute(SEEN, (key, now, now - window)).rowcount == 1 for key in keys]
@@ -258,7 +262,9 @@ class SqliteEventLog:
             conn.executemany(INSERT, rows)
             return fresh
 
-        return await self._submit(op)
+        fresh = await self._submit(op)
+        self._arrivals.wake({sub for _, subscriptions in routed for sub in subscriptions})
+        return fresh
 
     async def forget_seen(self, before: float) -> int:
         # In chunks, each its own turn of the writer: a window's worth of keys at a high rate
@@ -276,8 +282,16 @@ class SqliteEventLog:
         return await self._submit(lambda c: tuple(c.execute(
             "SELECT count(*), min(stored_at) FROM deliveries WHERE subscription=?", (subscription,)).fetchone()))
 
-    async def claim(self, subscription: str, limit: int, now: float, ordered: bool = False) -> Claimed:
-        def op(conn: sqlite3.Connection) -> Claimed:
+    async def claim(self, subscription: str, limit: int, ordered: bool = False, wait: float = 0.0) -> list[Delivery]:
+        def now() -> Awaitable[tuple[list[Delivery], float | None]]:
+            return self._claim_now(subscription, limit, ordered)
+
+        return await self._arrivals.claim(subscription, now, self.release, wait, self.clock)
+
+    async def _claim_now(self, subscription: str, limit: int, ordered: bool) -> tuple[list[Delivery], float | None]:
+        now = self.clock()
+
+        def op(conn: sqlite3.Connection) -> tuple[list[Delivery], float | None]:
             rows = conn.execute(ORDERED_CLAIM if ordered else CLAIM, (subscription, now, limit)).fetchall()
             if rows:
                 conn.executemany("UPDATE deliveries SET claimed=1 WHERE id=?", [(r[0],) for r in rows])
@@ -286,8 +300,7 @@ class SqliteEventLog:
             nxt = conn.execute(
                 "SELECT min(due_at) FROM deliveries WHERE subscription=? AND claimed=0 AND due_at>?",
                 (subscription, now)).fetchone()[0]
-            deliveries = [_delivery(r, subscription) for r in rows]
-            return Claimed(deliveries, nxt)
+            return [_delivery(r, subscription) for r in rows], nxt
 
         return await self._submit(op)
 
@@ -299,11 +312,16 @@ class SqliteEventLog:
         ids = [(i,) for i in delivery_ids]
         if ids:
             await self._submit(lambda c: c.executemany("UPDATE deliveries SET claimed=0 WHERE id=?", ids))
+            self._arrivals.wake_all()
 
-    async def retry(self, delivery: Delivery, due_at: float, error: str) -> None:
+    async def retry(self, delivery: Delivery, delay: float, error: str) -> None:
         await self._submit(lambda c: c.execute(
             "UPDATE deliveries SET claimed=0, attempts=attempts+1, due_at=?, last_error=? WHERE id=?",
-            (due_at, error, delivery.id)))
+            (self.clock() + delay, error, delivery.id)))
+        self._arrivals.wake_all()  # a claim waiting on this subscription must see the new due time
+
+    async def extend(self, delivery_ids: Sequence[int]) -> None:
+        pass  # a claim here lasts until it is acked, retried or released (or the process ends)
 
     async def dead_letter(self, delivery: Delivery, letter: DeadLetter) -> None:
         attributes, payload = to_record(letter.event)
@@ -320,10 +338,12 @@ class SqliteEventLog:
 
     async def redirect(self, delivery_id: int, subscription: str, event: Event) -> None:
         attributes, payload = to_record(event)
+        now = self.clock()
         await self._submit(lambda c: c.execute(
             "UPDATE deliveries SET subscription=?, attributes=?, payload=?, attempts=0, claimed=0,"
             " due_at=?, last_error=NULL, okey=?, stored_at=due_at WHERE id=?",
-            (subscription, attributes, payload, time.time(), ordering_key(event), delivery_id)))
+            (subscription, attributes, payload, now, ordering_key(event), delivery_id)))
+        self._arrivals.wake([subscription])
 
     async def dead_letters(self, subscription: str | None = None, limit: int = 1000) -> list[DeadLetter]:
         where, args = ("WHERE subscription=?", (subscription,)) if subscription else ("", ())
@@ -334,7 +354,7 @@ class SqliteEventLog:
 
     async def replay_dead_letters(self, ids: Sequence[int], requeue: Requeue) -> list[DeadLetter]:
         def op(conn: sqlite3.Connection) -> list[DeadLetter]:
-            moved, now = [], time.time()
+            moved, now = [], self.clock()
             for i in dict.fromkeys(ids):
                 row = conn.execute(
                     "SELECT id, subscription, attributes, payload, attempts, reason, status, error, "
@@ -352,7 +372,9 @@ class SqliteEventLog:
                 moved.append(letter)
             return moved
 
-        return await self._submit(op)
+        moved = await self._submit(op)
+        self._arrivals.wake_all()
+        return moved
 
     async def purge_dead_letters(self, subscription: str | None = None, before: float | None = None) -> int:
         where, args = _dead_letter_filter(subscription, before)

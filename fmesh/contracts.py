@@ -6,18 +6,20 @@ uses both without knowing which store sits behind them.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from fmesh.events import Event
+
+DeliveryId = int | str   # opaque to the sidecar: a row id, a JetStream message's reply subject
 
 
 @dataclass(slots=True)
 class Delivery:
     """One event on its way to one subscription."""
 
-    id: int
+    id: DeliveryId
     subscription: str
     event: Event
     attempts: int = 0
@@ -40,14 +42,6 @@ class DeadLetter:
     failed_at: float = 0.0
 
 
-@dataclass(slots=True)
-class Claimed:
-    """Due deliveries, and when the next unclaimed one falls due (None: nothing waits)."""
-
-    deliveries: list[Delivery] = field(default_factory=list)
-    next_due_at: float | None = None
-
-
 @runtime_checkable
 class Publisher(Protocol):
     async def publish(self, events: Sequence[Event]) -> None:
@@ -60,14 +54,22 @@ class DeliveryQueue(Protocol):
 
     name: str
 
-    async def claim(self, limit: int) -> Claimed: ...
+    async def claim(self, limit: int, wait: float) -> list[Delivery]:
+        """Up to `limit` due deliveries, now claimed; with none, wait up to `wait` seconds for
+        some (appended by any process, or falling due). A claim cancelled while it waits
+        claims nothing."""
 
-    async def ack(self, delivery_ids: Sequence[int]) -> None: ...
+    async def ack(self, delivery_ids: Sequence[DeliveryId]) -> None: ...
 
-    async def release(self, delivery_ids: Sequence[int]) -> None:
+    async def release(self, delivery_ids: Sequence[DeliveryId]) -> None:
         """Give claimed deliveries back unattempted (a sidecar stopped before doing them)."""
 
-    async def retry(self, delivery: Delivery, due_at: float, error: str) -> None: ...
+    async def retry(self, delivery: Delivery, delay: float, error: str) -> None:
+        """Deliver it again in `delay` seconds, this attempt and its error counted (durably)."""
+
+    async def extend(self, delivery_ids: Sequence[DeliveryId]) -> None:
+        """Still working on these: keep them claimed (a store whose claims expire, as
+        JetStream's do after the ack wait, would otherwise hand them to someone else)."""
 
     async def dead_letter(self, delivery: Delivery, letter: DeadLetter) -> None: ...
 
@@ -76,8 +78,62 @@ class DeliveryQueue(Protocol):
 
         False when that subscription does not exist."""
 
-    async def wait(self, timeout: float | None) -> None:
-        """Return when new deliveries may be due, or after `timeout` seconds."""
 
-    def wake(self) -> None:
-        """Make a pending or the next `wait` return at once."""
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """A state value and the revision it was written at (revisions only grow, store-wide)."""
+
+    key: str
+    value: bytes
+    revision: int
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """A key written (`value`) or deleted (`value` None) at `revision`."""
+
+    key: str
+    value: bytes | None
+    revision: int
+
+
+@runtime_checkable
+class StateStore(Protocol):
+    """Small durable key/value state shared by every node on the store: deployed
+    resources, trigger offsets, tokens, leases. Keys are `/`-separated names made of
+    letters, digits and `-_=.`; `Conflict` says a compare-and-set lost."""
+
+    async def get(self, key: str) -> Entry | None: ...
+
+    async def put(self, key: str, value: bytes) -> int:
+        """Write unconditionally; returns the new revision."""
+
+    async def create(self, key: str, value: bytes) -> int:
+        """Write only if the key does not exist (else `Conflict`)."""
+
+    async def update(self, key: str, value: bytes, revision: int) -> int:
+        """Write only if the key is still at `revision` (else `Conflict`)."""
+
+    async def delete(self, key: str) -> None: ...
+
+    async def list(self, prefix: str) -> dict[str, Entry]:
+        """Every entry whose key starts with `prefix`, by key."""
+
+    def watch(self, prefix: str) -> AsyncIterator[Change]:
+        """The entries under `prefix` now, then every change to them as it happens, for as
+        long as the caller iterates (written by any node on the store)."""
+
+
+@runtime_checkable
+class BlobStore(Protocol):
+    """Named byte strings too big for state (function bundles), shared like state."""
+
+    async def put(self, name: str, data: bytes) -> None: ...
+
+    async def get(self, name: str) -> bytes | None: ...
+
+    async def delete(self, name: str) -> None: ...
+
+    async def names(self) -> list[str]: ...

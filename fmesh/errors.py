@@ -52,6 +52,10 @@ class StoreError(FmeshError, OSError):
     """The event log failed; nothing was acknowledged."""
 
 
+class Conflict(FmeshError):
+    """A compare-and-set on state lost: the key exists, is gone, or moved on meanwhile."""
+
+
 class BrokerUnreachable(FmeshError, ConnectionError):
     def __init__(self, url: str, reason: str) -> None:
         super().__init__(f"cannot reach {url}: {reason}")

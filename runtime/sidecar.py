@@ -22,7 +22,7 @@ from fmesh.runtime.policy import DeliveryPolicy
 from fmesh.runtime.replica import ReplyData, Result
 
 from fmesh.bindings.common import describe
-from fmesh.contracts import Claimed, DeadLetter, Delivery, DeliveryQueue, Publisher
+from fmesh.contracts import DeadLetter, Delivery, DeliveryId, DeliveryQueue, Publisher
 from fmesh.errors import FmeshError, HandlerError, InvalidEvent, StoreError
 from fmesh.events import (
     HOPS,
@@ -39,6 +39,8 @@ from fmesh.events import (
 ERROR_DATA_BYTES = 1024
 STORE_RETRY_FIRST = 0.05     # seconds before a failed store operation is tried again, doubling
 STORE_RETRY_MAX = 5.0
+CLAIM_WAIT = 5.0             # seconds a claim waits for work before it asks again
+EXTEND_EVERY = 10.0          # seconds between reminders that in-flight deliveries are being worked on
 
 
 class Target(Protocol):
@@ -70,12 +72,17 @@ class Sidecar:
         self.max_inflight = max_inflight
         self.stats = DeliveryStats()
         self._inflight: set[asyncio.Task] = set()
+        self._working: dict[DeliveryId, asyncio.Task] = {}   # claimed deliveries in flight, by id
         self._releasing: set[asyncio.Task] = set()
         self._loop_task: asyncio.Task | None = None
+        self._extender: asyncio.Task | None = None
+        self._slot_free = asyncio.Event()
         self._acks = AckBatcher(queue)
 
     def start(self) -> None:
-        self._loop_task = asyncio.get_running_loop().create_task(self._run(), name=f"sidecar {self.name}")
+        loop = asyncio.get_running_loop()
+        self._loop_task = loop.create_task(self._run(), name=f"sidecar {self.name}")
+        self._extender = loop.create_task(self._extend_claims(), name=f"sidecar {self.name} claims")
 
     async def stop(self, grace: float = 10.0) -> None:
         """Take no more deliveries; give those in flight `grace` seconds. Unfinished ones are
@@ -88,16 +95,9 @@ class Sidecar:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
-
-    async def _claim(self, capacity: int) -> Claimed:
-        """Claim deliveries; if cancelled meanwhile, hand back what the claim took."""
-        claiming = asyncio.ensure_future(self.queue.claim(capacity))
-        try:
-            return await asyncio.shield(claiming)
-        except asyncio.CancelledError:
-            claimed = await claiming
-            await self.queue.release([d.id for d in claimed.deliveries])
-            raise
+        if self._extender is not None:
+            self._extender.cancel()
+            await asyncio.gather(self._extender, return_exceptions=True)
 
     async def _run(self) -> None:
         """Claim and start deliveries for as long as the sidecar runs. Nothing ends this loop
@@ -114,32 +114,41 @@ class Sidecar:
 
     async def _turn(self) -> None:
         capacity = self.max_inflight - len(self._inflight)
-        timeout: float | None = None
-        if capacity > 0:
-            claimed = await self._claim(capacity)
-            for delivery in claimed.deliveries:
-                self._begin(delivery)
-            if len(claimed.deliveries) == capacity:
-                return  # full batch: there may be more due right now
-            if claimed.next_due_at is not None:
-                timeout = max(0.0, claimed.next_due_at - time.time())
-        await self.queue.wait(timeout)
+        if capacity <= 0:
+            self._slot_free.clear()
+            await self._slot_free.wait()  # the rest wait in the log, not in memory
+            return
+        for delivery in await self.queue.claim(capacity, CLAIM_WAIT):
+            self._begin(delivery)
+
+    async def _extend_claims(self) -> None:
+        """Tell the store now and then that the deliveries in flight are still being worked on."""
+        while True:
+            await asyncio.sleep(EXTEND_EVERY)
+            ids = list(self._working)
+            if ids:
+                try:
+                    await self.queue.extend(ids)
+                except Exception as exc:  # noqa: BLE001 - the claims may lapse: they are then delivered again
+                    self.stats.last_error = f"could not extend claims: {describe(exc)}"
 
     def _begin(self, delivery: Delivery) -> None:
         task = asyncio.get_running_loop().create_task(self._deliver(delivery))
         self._inflight.add(task)
+        self._working[delivery.id] = task
         self.stats.inflight = len(self._inflight)
         task.add_done_callback(lambda done: self._done(done, delivery))
 
     def _done(self, task: asyncio.Task, delivery: Delivery) -> None:
         self._inflight.discard(task)
+        self._working.pop(delivery.id, None)
         self.stats.inflight = len(self._inflight)
         if not task.cancelled() and task.exception() is not None:
             # A bug, not a verdict on the event: give it back, so it is delivered again.
             self.stats.last_error = f"delivery {delivery.id} failed: {describe(task.exception())}"
             print(f"fmesh: sidecar {self.name}: {self.stats.last_error}", file=sys.stderr)
             self._spawn_release(delivery)
-        self.queue.wake()  # a slot is free
+        self._slot_free.set()
 
     def _spawn_release(self, delivery: Delivery) -> None:
         task = asyncio.get_running_loop().create_task(self._release(delivery))
@@ -231,9 +240,10 @@ class Sidecar:
         self.stats.last_error = str(error)
         attempt = delivery.attempts + 1
         if error.retryable and attempt <= self.policy.retries:
-            due = time.time() + self._retry_delay(attempt, error)
+            delay = self._retry_delay(attempt, error)
+            due = time.time() + delay
             if not self.policy.expired(delivery.stored_at, due):
-                await self._until_stored(lambda: self.queue.retry(delivery, due, str(error)), "retry")
+                await self._until_stored(lambda: self.queue.retry(delivery, delay, str(error)), "retry")
                 self.stats.retried += 1
                 return
             error = Expired(self.policy, delivery, str(error), at=due)

@@ -12,9 +12,23 @@ from fmesh.contracts import DeadLetter
 from fmesh.events import new_event
 
 
+class Clock:
+    """Time that a test moves on, for when deliveries fall due."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
 @pytest.fixture(params=["memory", "sqlite"])
 async def log(request, tmp_path):
-    store = MemoryEventLog() if request.param == "memory" else SqliteEventLog(tmp_path / "mesh.db")
+    clock = Clock()
+    store = MemoryEventLog(clock) if request.param == "memory" else SqliteEventLog(tmp_path / "mesh.db", clock=clock)
     await store.open()
     yield store
     await store.close()
@@ -23,38 +37,37 @@ async def log(request, tmp_path):
 async def test_append_fans_out_one_delivery_per_subscription(log):
     event = new_event("t", "/s", {"a": 1})
     await log.append([(event, ["one", "two"])])
-    one = await log.claim("one", 10, time.time())
-    two = await log.claim("two", 10, time.time())
-    assert [d.event for d in one.deliveries] == [event]
-    assert [d.event for d in two.deliveries] == [event]
-    assert one.deliveries[0].id != two.deliveries[0].id
+    one = await log.claim("one", 10)
+    two = await log.claim("two", 10)
+    assert [d.event for d in one] == [event]
+    assert [d.event for d in two] == [event]
+    assert one[0].id != two[0].id
 
 
 async def test_claimed_deliveries_are_not_handed_out_twice(log):
     await log.append([(new_event("t", "/s"), ["sub"]) for _ in range(5)])
-    first = await log.claim("sub", 3, time.time())
-    second = await log.claim("sub", 10, time.time())
-    assert len(first.deliveries) == 3 and len(second.deliveries) == 2
-    assert not {d.id for d in first.deliveries} & {d.id for d in second.deliveries}
-    assert (await log.claim("sub", 10, time.time())).deliveries == []
+    first = await log.claim("sub", 3)
+    second = await log.claim("sub", 10)
+    assert len(first) == 3 and len(second) == 2
+    assert not {d.id for d in first} & {d.id for d in second}
+    assert (await log.claim("sub", 10)) == []
 
 
 async def test_claim_keeps_publish_order(log):
     events = [new_event("t", "/s", {"i": i}) for i in range(20)]
     await log.append([(e, ["sub"]) for e in events])
-    claimed = await log.claim("sub", 100, time.time())
-    assert [d.event.data["i"] for d in claimed.deliveries] == list(range(20))
+    claimed = await log.claim("sub", 100)
+    assert [d.event.data["i"] for d in claimed] == list(range(20))
 
 
 async def test_ack_forgets_and_retry_reschedules_with_the_attempt_counted(log):
     await log.append([(new_event("t", "/s"), ["sub"]), (new_event("t", "/s"), ["sub"])])
-    a, b = (await log.claim("sub", 10, time.time())).deliveries
+    a, b = (await log.claim("sub", 10))
     await log.ack([a.id])
-    later = time.time() + 60
-    await log.retry(b, later, "boom")
-    nothing = await log.claim("sub", 10, time.time())
-    assert nothing.deliveries == [] and nothing.next_due_at == pytest.approx(later)
-    again = (await log.claim("sub", 10, later + 1)).deliveries
+    await log.retry(b, 60, "boom")
+    assert await log.claim("sub", 10) == []
+    log.clock.advance(61)
+    again = await log.claim("sub", 10)
     assert [(d.id, d.attempts, d.last_error) for d in again] == [(b.id, 1, "boom")]
     assert await log.pending("sub") == 1
 
@@ -62,7 +75,7 @@ async def test_ack_forgets_and_retry_reschedules_with_the_attempt_counted(log):
 async def test_dead_letters_are_kept_listed_counted_and_removable(log):
     event = new_event("t", "/s", b"\x00\x01")
     await log.append([(event, ["sub"])])
-    delivery = (await log.claim("sub", 1, time.time())).deliveries[0]
+    delivery = (await log.claim("sub", 1))[0]
     await log.dead_letter(delivery, DeadLetter(0, "sub", event, 3, "gave up", 500, "boom", time.time()))
     assert await log.pending("sub") == 0
     letters = await log.dead_letters("sub")
@@ -73,14 +86,14 @@ async def test_dead_letters_are_kept_listed_counted_and_removable(log):
     moved = await log.replay_dead_letters([letters[0].id, 999999], lambda d: (d.event, ["again"]))
     assert [d.event for d in moved] == [event]
     assert await log.dead_letters() == []
-    assert [d.event for d in (await log.claim("again", 10, time.time())).deliveries] == [event]
+    assert [d.event for d in (await log.claim("again", 10))] == [event]
 
 
 async def dead_letters_of(log, count: int) -> list[DeadLetter]:
     for i in range(count):
         event = new_event("t", "/s", {"i": i})
         await log.append([(event, ["sub"])])
-        delivery = (await log.claim("sub", 1, time.time())).deliveries[0]
+        delivery = (await log.claim("sub", 1))[0]
         await log.dead_letter(delivery, DeadLetter(0, "sub", event, 1, "gave up", None, None, time.time()))
     return await log.dead_letters("sub")
 
@@ -121,10 +134,10 @@ async def test_dead_letter_ids_are_never_reused_after_purge_or_replay(log):
 
 async def test_delivery_ids_are_never_reused_after_an_ack(log):
     await log.append([(new_event("t", "/s"), ["sub"])])
-    [old] = (await log.claim("sub", 1, time.time())).deliveries
+    [old] = (await log.claim("sub", 1))
     await log.ack([old.id])
     await log.append([(new_event("t", "/s"), ["sub"])])
-    [new] = (await log.claim("sub", 1, time.time())).deliveries
+    [new] = (await log.claim("sub", 1))
     assert new.id != old.id
     await log.ack([old.id])  # a late, repeated ack of the old one must not remove the new one
     assert await log.pending("sub") == 1
@@ -132,10 +145,10 @@ async def test_delivery_ids_are_never_reused_after_an_ack(log):
 
 async def test_redirect_hands_a_delivery_to_another_subscription(log):
     await log.append([(new_event("t", "/s"), ["from"])])
-    delivery = (await log.claim("from", 1, time.time())).deliveries[0]
+    delivery = (await log.claim("from", 1))[0]
     changed = new_event("t", "/s", {"why": "failed"})
     await log.redirect(delivery.id, "to", changed)
-    moved = (await log.claim("to", 10, time.time())).deliveries
+    moved = (await log.claim("to", 10))
     assert [(d.event, d.attempts) for d in moved] == [(changed, 0)]
     assert await log.pending("from") == 0
 
@@ -162,17 +175,16 @@ async def test_sqlite_keeps_deliveries_and_retry_state_across_reopen(tmp_path):
     log = SqliteEventLog(path)
     await log.open()
     await log.append([(new_event("t", "/s", {"n": 1}), ["sub"]), (new_event("t", "/s", {"n": 2}), ["sub"])])
-    first, second = (await log.claim("sub", 10, time.time())).deliveries
-    due = time.time() + 30
-    await log.retry(second, due, "try later")
+    first, second = (await log.claim("sub", 10))
+    await log.retry(second, 30, "try later")
     await log.close()  # `first` stays claimed at close: a new process must see it again
 
     reopened = SqliteEventLog(path)
     await reopened.open()
-    claimed = await reopened.claim("sub", 10, time.time())
-    assert [d.id for d in claimed.deliveries] == [first.id]
-    assert claimed.next_due_at == pytest.approx(due)
-    later = (await reopened.claim("sub", 10, due + 1)).deliveries
+    claimed = await reopened.claim("sub", 10)
+    assert [d.id for d in claimed] == [first.id]
+    reopened.clock = lambda: time.time() + 31
+    later = await reopened.claim("sub", 10)
     assert [(d.id, d.attempts, d.last_error) for d in later] == [(second.id, 1, "try later")]
     await reopened.close()
 
@@ -202,23 +214,24 @@ async def test_ordered_claims_hand_out_one_delivery_per_key_in_publish_order(log
     events = [new_event("t", "/s", {"i": i}, partitionkey=f"k{i % 2}") for i in range(6)]
     events.append(new_event("t", "/s", {"i": "free"}))  # no key: never waits
     await log.append([(e, ["sub"]) for e in events])
-    first = (await log.claim("sub", 10, time.time(), ordered=True)).deliveries
+    first = (await log.claim("sub", 10, ordered=True))
     assert [d.event.data["i"] for d in first] == [0, 1, "free"]
-    assert (await log.claim("sub", 10, time.time(), ordered=True)).deliveries == []
+    assert (await log.claim("sub", 10, ordered=True)) == []
     await log.ack([first[0].id])  # k0's head done: its next one may go
-    second = (await log.claim("sub", 10, time.time(), ordered=True)).deliveries
+    second = (await log.claim("sub", 10, ordered=True))
     assert [d.event.data["i"] for d in second] == [2]
-    await log.retry(first[1], time.time() + 60, "later")  # a retrying head holds its key back
-    assert (await log.claim("sub", 10, time.time(), ordered=True)).deliveries == []
-    retried = (await log.claim("sub", 10, time.time() + 61, ordered=True)).deliveries
+    await log.retry(first[1], 60, "later")  # a retrying head holds its key back
+    assert (await log.claim("sub", 10, ordered=True)) == []
+    log.clock.advance(61)
+    retried = await log.claim("sub", 10, ordered=True)
     assert [d.event.data["i"] for d in retried] == [1]
 
 
 async def test_released_deliveries_can_be_claimed_again_without_an_attempt(log):
     await log.append([(new_event("t", "/s"), ["sub"])])
-    [delivery] = (await log.claim("sub", 1, time.time())).deliveries
+    [delivery] = (await log.claim("sub", 1))
     await log.release([delivery.id])
-    [again] = (await log.claim("sub", 1, time.time())).deliveries
+    [again] = (await log.claim("sub", 1))
     assert (again.id, again.attempts) == (delivery.id, 0)
 
 
@@ -259,7 +272,7 @@ async def test_sqlite_hands_out_an_undecodable_row_marked_instead_of_failing_the
     raw.execute("INSERT INTO deliveries(subscription, attributes, payload, due_at) VALUES (?,?,?,0)",
                 ("sub", b"\xff not json", b"data"))
     raw.close()
-    claimed = sorted((await log.claim("sub", 10, time.time())).deliveries, key=lambda d: d.id)
+    claimed = sorted((await log.claim("sub", 10)), key=lambda d: d.id)
     assert [d.undecodable is None for d in claimed] == [True, False, False]
     assert claimed[0].event == good
     salvaged, stub = claimed[1], claimed[2]
@@ -281,11 +294,11 @@ async def test_sqlite_migrates_tables_that_reused_ids(tmp_path):
     old.close()
     log = SqliteEventLog(path)
     await log.open()
-    [kept] = (await log.claim("sub", 10, time.time())).deliveries
+    [kept] = (await log.claim("sub", 10))
     assert kept.event.id == "kept"
     await log.ack([kept.id])
     await log.append([(new_event("t", "/s"), ["sub"])])
-    [new] = (await log.claim("sub", 10, time.time())).deliveries
+    [new] = (await log.claim("sub", 10))
     assert new.id > kept.id
     await log.close()
 
@@ -297,21 +310,23 @@ async def test_append_unique_drops_a_key_seen_within_the_window(log):
     stored = await log.append_unique([(again, ["sub"]), (other, ["sub"])], ["a", None], window=600)
     assert stored == [False, True]  # the key was seen; an event without a key always goes in
     assert await log.pending("sub") == 3
-    assert await log.append_unique([(again, ["sub"])], ["a"], window=0) == [True]  # outside the window
-    assert await log.forget_seen(time.time() + 1) == 1
+    log.clock.advance(1)
+    assert await log.append_unique([(again, ["sub"])], ["a"], window=0.5) == [True]  # outside the window
+    assert await log.forget_seen(log.clock() + 1) == 1
     assert await log.append_unique([(again, ["sub"])], ["a"], window=600) == [True]
 
 
 async def test_backlog_counts_and_dates_the_oldest_delivery(log):
     assert await log.backlog("sub") == (0, None)
-    before = time.time()
+    before = log.clock()
     await log.append([(new_event("t", "/s"), ["sub"])])
+    log.clock.advance(5)
     await log.append([(new_event("t", "/s"), ["sub"])])
     count, oldest = await log.backlog("sub")
-    assert count == 2 and before <= oldest <= time.time()
-    [first, _] = (await log.claim("sub", 10, time.time())).deliveries
+    assert count == 2 and oldest == before
+    [first, _] = (await log.claim("sub", 10))
     assert first.stored_at == oldest
-    await log.retry(first, time.time() + 60, "later")  # a retry does not make it younger
+    await log.retry(first, 60, "later")  # a retry does not make it younger
     assert (await log.backlog("sub"))[1] == oldest
 
 
@@ -371,4 +386,35 @@ async def test_sqlite_forgets_seen_keys_in_chunks(tmp_path, monkeypatch):
     await log.append_unique([(e, []) for e in events], [e.id for e in events], 600)
     assert await log.forget_seen(time.time() + 1) == 30
     assert await log.append_unique([(events[0], ["sub"])], [events[0].id], 600) == [True]
+    await log.close()
+
+
+async def test_a_claim_waits_for_an_append_and_returns_at_once(log):
+    import asyncio
+
+    started = time.monotonic()
+    waiting = asyncio.create_task(log.claim("sub", 10, wait=10))
+    await asyncio.sleep(0.05)
+    assert not waiting.done()
+    event = new_event("t", "/s")
+    await log.append([(event, ["sub"])])
+    claimed = await asyncio.wait_for(waiting, 2)
+    assert [d.event for d in claimed] == [event] and time.monotonic() - started < 2
+
+
+async def test_a_claim_with_nothing_due_waits_no_longer_than_asked(log):
+    started = time.monotonic()
+    assert await log.claim("sub", 10, wait=0.2) == []
+    assert 0.15 < time.monotonic() - started < 2
+
+
+async def test_a_waiting_claim_sees_a_retry_fall_due(tmp_path):
+    log = SqliteEventLog(tmp_path / "mesh.db")  # real time: the retry falls due while the claim waits
+    await log.open()
+    await log.append([(new_event("t", "/s"), ["sub"])])
+    [delivery] = await log.claim("sub", 1)
+    await log.retry(delivery, 0.3, "later")
+    started = time.monotonic()
+    [again] = await log.claim("sub", 1, wait=10)
+    assert again.attempts == 1 and 0.2 < time.monotonic() - started < 3
     await log.close()

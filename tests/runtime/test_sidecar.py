@@ -120,7 +120,7 @@ async def test_data_replies_are_wrapped_and_published_with_a_hop_count():
     incoming = new_event("t", "/s")
     sidecar, log, broker = await run(Scripted(reply=reply), DeliveryPolicy(), [incoming])
     assert sidecar.stats.replies == 1
-    [published] = (await log.claim("replies", 10, time.time())).deliveries
+    [published] = await log.claim("replies", 10)
     out = published.event
     assert out["type"] == "t.reply" and out["source"] == "/fmesh/functions/f" and out["fmeshhops"] == 1
     assert out.data == {"ok": True} and out.id != incoming.id
@@ -130,7 +130,7 @@ async def test_replies_say_which_function_sent_them_whatever_the_handler_claims(
     forged = new_event("t.reply", "/f", fmeshsender="peer:trusted")
     for result in (ReplyData(b"{}", "application/json"), forged):
         _, log, _ = await run(Scripted(reply=result), DeliveryPolicy(), [new_event("t", "/s", fmeshsender="admin")])
-        [published] = (await log.claim("replies", 10, time.time())).deliveries
+        [published] = await log.claim("replies", 10)
         assert published.event["fmeshsender"] == "function:f"
 
 
