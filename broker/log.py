@@ -24,7 +24,7 @@ Requeue = Callable[[DeadLetter], tuple[Event, Sequence[str]]]
 
 @runtime_checkable
 class EventLog(Protocol):
-    """Durable storage of deliveries, dead letters and the mesh's deployed state.
+    """Durable storage of deliveries and dead letters (state and blobs have their own contracts).
 
     Every method that writes is durable when it returns; a store that cannot write
     raises `StoreError` and nothing counts as accepted.
@@ -95,11 +95,3 @@ class EventLog(Protocol):
 
     async def drop_subscription(self, subscription: str) -> None:
         """Forget the pending deliveries of a deleted subscription."""
-
-    async def put_state(self, key: str, value: bytes) -> None: ...
-
-    async def get_state(self, key: str) -> bytes | None: ...
-
-    async def delete_state(self, key: str) -> None: ...
-
-    async def list_state(self, prefix: str) -> dict[str, bytes]: ...

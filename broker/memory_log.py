@@ -34,7 +34,6 @@ class MemoryEventLog:
         self._ids = itertools.count(1)
         self._rows: dict[int, _Row] = {}
         self._dead: dict[int, DeadLetter] = {}
-        self._state: dict[str, bytes] = {}
         self._seen: dict[str, float] = {}
 
     async def open(self) -> None:
@@ -160,18 +159,6 @@ class MemoryEventLog:
     async def drop_subscription(self, subscription: str) -> None:
         for i in [i for i, r in self._rows.items() if r.delivery.subscription == subscription]:
             del self._rows[i]
-
-    async def put_state(self, key: str, value: bytes) -> None:
-        self._state[key] = value
-
-    async def get_state(self, key: str) -> bytes | None:
-        return self._state.get(key)
-
-    async def delete_state(self, key: str) -> None:
-        self._state.pop(key, None)
-
-    async def list_state(self, prefix: str) -> dict[str, bytes]:
-        return {k: v for k, v in sorted(self._state.items()) if k.startswith(prefix)}
 
 
 def _copy(delivery: Delivery) -> Delivery:

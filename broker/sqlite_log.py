@@ -23,6 +23,7 @@ from typing import Any
 
 from fmesh.broker.arrivals import Arrivals
 from fmesh.broker.log import Requeue
+from fmesh.broker.sqlite_state import migrate_state
 
 from fmesh.contracts import DeadLetter, Delivery
 from fmesh.errors import StoreError
@@ -61,7 +62,6 @@ CREATE TABLE IF NOT EXISTS dead_letters(
     failed_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS dead_letters_sub ON dead_letters(subscription);
-CREATE TABLE IF NOT EXISTS state(key TEXT PRIMARY KEY, value BLOB NOT NULL);
 -- Events seen from bridges, by source and id, for dropping the duplicates of a retry.
 CREATE TABLE IF NOT EXISTS seen(key TEXT PRIMARY KEY, at REAL NOT NULL) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS seen_at ON seen(at);
@@ -171,13 +171,14 @@ class SqliteEventLog:
         conn.execute("PRAGMA wal_autocheckpoint=0")  # the Checkpointer does it, off the loop
         migrate(conn)
         conn.executescript(SCHEMA)
+        migrate_state(conn)
         # Claims belong to the process that made them; a new process starts with none.
         conn.execute("UPDATE deliveries SET claimed=0 WHERE claimed=1")
         return conn
 
     # -- group commit on the loop ----------------------------------------------------------
 
-    async def _submit(self, op: Operation) -> Any:
+    async def submit(self, op: Operation) -> Any:
         if self._conn is None:
             raise StoreError(f"event log {self.path} is not open")
         future = asyncio.get_running_loop().create_future()
@@ -247,7 +248,7 @@ class SqliteEventLog:
             key = ordering_key(event)
             rows.extend((sub, attributes, payload, now, key) for sub in subscriptions)
         if rows:
-            await self._submit(Append(rows))
+            await self.submit(Append(rows))
             self._arrivals.wake({row[0] for row in rows})
 
     async def append_unique(self, routed: Sequence[tuple[Event, Sequence[str]]], keys: Sequence[str | None],
@@ -262,7 +263,7 @@ class SqliteEventLog:
             conn.executemany(INSERT, rows)
             return fresh
 
-        fresh = await self._submit(op)
+        fresh = await self.submit(op)
         self._arrivals.wake({sub for _, subscriptions in routed for sub in subscriptions})
         return fresh
 
@@ -271,7 +272,7 @@ class SqliteEventLog:
         # is millions of rows, and deleting them at once would stall the event loop.
         forgotten = 0
         while True:
-            count = await self._submit(lambda c: c.execute(
+            count = await self.submit(lambda c: c.execute(
                 "DELETE FROM seen WHERE key IN (SELECT key FROM seen WHERE at<? LIMIT ?)",
                 (before, FORGET_CHUNK)).rowcount)
             forgotten += count
@@ -279,7 +280,7 @@ class SqliteEventLog:
                 return forgotten
 
     async def backlog(self, subscription: str) -> tuple[int, float | None]:
-        return await self._submit(lambda c: tuple(c.execute(
+        return await self.submit(lambda c: tuple(c.execute(
             "SELECT count(*), min(stored_at) FROM deliveries WHERE subscription=?", (subscription,)).fetchone()))
 
     async def claim(self, subscription: str, limit: int, ordered: bool = False, wait: float = 0.0) -> list[Delivery]:
@@ -302,20 +303,20 @@ class SqliteEventLog:
                 (subscription, now)).fetchone()[0]
             return [_delivery(r, subscription) for r in rows], nxt
 
-        return await self._submit(op)
+        return await self.submit(op)
 
     async def ack(self, delivery_ids: Sequence[int]) -> None:
         ids = [(i,) for i in delivery_ids]
-        await self._submit(lambda c: c.executemany("DELETE FROM deliveries WHERE id=?", ids))
+        await self.submit(lambda c: c.executemany("DELETE FROM deliveries WHERE id=?", ids))
 
     async def release(self, delivery_ids: Sequence[int]) -> None:
         ids = [(i,) for i in delivery_ids]
         if ids:
-            await self._submit(lambda c: c.executemany("UPDATE deliveries SET claimed=0 WHERE id=?", ids))
+            await self.submit(lambda c: c.executemany("UPDATE deliveries SET claimed=0 WHERE id=?", ids))
             self._arrivals.wake_all()
 
     async def retry(self, delivery: Delivery, delay: float, error: str) -> None:
-        await self._submit(lambda c: c.execute(
+        await self.submit(lambda c: c.execute(
             "UPDATE deliveries SET claimed=0, attempts=attempts+1, due_at=?, last_error=? WHERE id=?",
             (self.clock() + delay, error, delivery.id)))
         self._arrivals.wake_all()  # a claim waiting on this subscription must see the new due time
@@ -334,12 +335,12 @@ class SqliteEventLog:
                 (letter.subscription, attributes, payload, letter.attempts, letter.reason,
                  letter.status, letter.error, letter.failed_at))
 
-        await self._submit(op)
+        await self.submit(op)
 
     async def redirect(self, delivery_id: int, subscription: str, event: Event) -> None:
         attributes, payload = to_record(event)
         now = self.clock()
-        await self._submit(lambda c: c.execute(
+        await self.submit(lambda c: c.execute(
             "UPDATE deliveries SET subscription=?, attributes=?, payload=?, attempts=0, claimed=0,"
             " due_at=?, last_error=NULL, okey=?, stored_at=due_at WHERE id=?",
             (subscription, attributes, payload, now, ordering_key(event), delivery_id)))
@@ -347,7 +348,7 @@ class SqliteEventLog:
 
     async def dead_letters(self, subscription: str | None = None, limit: int = 1000) -> list[DeadLetter]:
         where, args = ("WHERE subscription=?", (subscription,)) if subscription else ("", ())
-        rows = await self._submit(lambda c: c.execute(
+        rows = await self.submit(lambda c: c.execute(
             "SELECT id, subscription, attributes, payload, attempts, reason, status, error, failed_at "
             f"FROM dead_letters {where} ORDER BY id LIMIT ?", (*args, limit)).fetchall())
         return [_dead_letter(r) for r in rows]
@@ -372,45 +373,26 @@ class SqliteEventLog:
                 moved.append(letter)
             return moved
 
-        moved = await self._submit(op)
+        moved = await self.submit(op)
         self._arrivals.wake_all()
         return moved
 
     async def purge_dead_letters(self, subscription: str | None = None, before: float | None = None) -> int:
         where, args = _dead_letter_filter(subscription, before)
-        return await self._submit(lambda c: c.execute(f"DELETE FROM dead_letters {where}", args).rowcount)
+        return await self.submit(lambda c: c.execute(f"DELETE FROM dead_letters {where}", args).rowcount)
 
     async def count_dead_letters(self) -> dict[str, int]:
-        rows = await self._submit(lambda c: c.execute(
+        rows = await self.submit(lambda c: c.execute(
             "SELECT subscription, count(*) FROM dead_letters GROUP BY subscription").fetchall())
         return dict(rows)
 
     async def pending(self, subscription: str) -> int:
-        return await self._submit(lambda c: c.execute(
+        return await self.submit(lambda c: c.execute(
             "SELECT count(*) FROM deliveries WHERE subscription=?", (subscription,)).fetchone()[0])
 
     async def drop_subscription(self, subscription: str) -> None:
-        await self._submit(lambda c: c.execute(
+        await self.submit(lambda c: c.execute(
             "DELETE FROM deliveries WHERE subscription=?", (subscription,)))
-
-    async def put_state(self, key: str, value: bytes) -> None:
-        await self._submit(lambda c: c.execute(
-            "INSERT INTO state(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
-            (key, value)))
-
-    async def get_state(self, key: str) -> bytes | None:
-        row = await self._submit(lambda c: c.execute(
-            "SELECT value FROM state WHERE key=?", (key,)).fetchone())
-        return row[0] if row else None
-
-    async def delete_state(self, key: str) -> None:
-        await self._submit(lambda c: c.execute("DELETE FROM state WHERE key=?", (key,)))
-
-    async def list_state(self, prefix: str) -> dict[str, bytes]:
-        rows = await self._submit(lambda c: c.execute(
-            "SELECT key, value FROM state WHERE substr(key, 1, ?) = ? ORDER BY key",
-            (len(prefix), prefix)).fetchall())
-        return dict(rows)
 
 
 def _dead_letter_filter(subscription: str | None, before: float | None) -> tuple[str, tuple]:

@@ -1,24 +1,50 @@
-"""Open an event log from its URL: `sqlite:///abs/path/mesh.db`, `sqlite://mesh.db`
-(relative to the data dir) or `memory://`."""
+"""Open a store from its URL: `sqlite:///abs/path/mesh.db`, `sqlite://mesh.db` (relative
+to the data dir) or `memory://`.
+
+A store is three contracts over one engine: the event log (deliveries and dead letters),
+state (key/value with compare-and-set and watch) and blobs (function bundles). Nothing
+outside `broker/` knows which engine is behind them.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
+from fmesh.broker.directory_blobs import DirectoryBlobs
 from fmesh.broker.log import EventLog
 from fmesh.broker.memory_log import MemoryEventLog
+from fmesh.broker.memory_state import MemoryBlobs, MemoryState
 from fmesh.broker.sqlite_log import SqliteEventLog
+from fmesh.broker.sqlite_state import SqliteState
+
+from fmesh.contracts import BlobStore, StateStore
 
 
-def open_store(url: str, data_dir: Path) -> EventLog:
-    """The event log for `url`; a ValueError names the URL and the schemes on offer."""
+@dataclass
+class Store:
+    url: str
+    log: EventLog
+    state: StateStore
+    blobs: BlobStore
+
+    async def open(self) -> None:
+        await self.log.open()
+
+    async def close(self) -> None:
+        await self.log.close()
+
+
+def open_store(url: str, data_dir: Path) -> Store:
+    """The store for `url`; a ValueError names the URL and the schemes on offer."""
     parsed = urlparse(url)
     if parsed.scheme == "memory":
-        return MemoryEventLog()
+        return Store("memory://", MemoryEventLog(), MemoryState(), MemoryBlobs())
     if parsed.scheme == "sqlite":
         path = (parsed.netloc + parsed.path) if parsed.netloc else "/" + parsed.path.lstrip("/")
         if path in ("", "/"):
             raise ValueError(f"store URL {url!r} names no file: use sqlite:///path/to/mesh.db")
-        return SqliteEventLog(data_dir / path if parsed.netloc else Path(path))
+        log = SqliteEventLog(data_dir / path if parsed.netloc else Path(path))
+        return Store(log.url, log, SqliteState(log.submit), DirectoryBlobs(data_dir / "blobs"))
     raise ValueError(f"unknown store URL {url!r}: use sqlite:///path/to/mesh.db or memory://")

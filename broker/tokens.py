@@ -13,25 +13,18 @@ import secrets
 import sys
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from fmesh.broker.filters import compile_shorthand
 from fmesh.broker.identity import SCOPES, Identity, Principal, token_digest
 from fmesh.broker.policy import Gate, Rule
 
+from fmesh.contracts import StateStore
 from fmesh.errors import DeployError
 from fmesh.names import NAME_RULE, is_name
 from fmesh.ratelimit import TokenBucket
 
 PREFIX = "tokens/"
-
-
-class StateStore(Protocol):
-    async def put_state(self, key: str, value: bytes) -> None: ...
-
-    async def delete_state(self, key: str) -> None: ...
-
-    async def list_state(self, prefix: str) -> dict[str, bytes]: ...
 
 
 @dataclass
@@ -67,9 +60,9 @@ class Tokens:
     async def load(self) -> int:
         """Know the stored tokens (at start). A record that cannot be read is said and skipped:
         one broken token must not keep the mesh down."""
-        for key, data in (await self._state.list_state(PREFIX)).items():
+        for key, entry in (await self._state.list(PREFIX)).items():
             try:
-                self._know(TokenRecord(**json.loads(data)))
+                self._know(TokenRecord(**json.loads(entry.value)))
             except (ValueError, TypeError) as exc:
                 name = key.removeprefix(PREFIX)
                 print(f"fmesh: token {name} is unreadable and does not work: {exc}", file=sys.stderr)
@@ -86,14 +79,14 @@ class Tokens:
             token = secrets.token_urlsafe(32)
             record = TokenRecord(name, scope, token_digest(token).hex(), time.time(), allow, rate,
                                  burst if burst is not None or rate is None else max(1, round(rate)))
-            await self._state.put_state(PREFIX + name, json.dumps(asdict(record)).encode())
+            await self._state.put(PREFIX + name, json.dumps(asdict(record)).encode())
             self._know(record)
             return record, token
 
     async def revoke(self, name: str) -> bool:
         if name not in self.records:
             return False
-        await self._state.delete_state(PREFIX + name)
+        await self._state.delete(PREFIX + name)
         record = self.records.pop(name)
         self._identity.forget(record.principal.name)
         self._gate.drop_rule(record.principal.name)

@@ -104,12 +104,12 @@ def create_app(node: Node, control: ControlPlane) -> FastAPI:
 
     @app.head("/v1/bundles/{digest}", dependencies=auth)
     async def has_bundle(digest: str) -> Response:
-        return Response(status_code=200 if _has(control, digest) else 404)
+        return Response(status_code=200 if await _has(control, digest) else 404)
 
     @app.put("/v1/bundles/{digest}", dependencies=auth, summary="Upload a function's code (tar.gz)")
     async def put_bundle(digest: str, request: Request) -> dict[str, Any]:
         try:
-            control.bundles.put(digest, await request.body())
+            await control.bundles.put(digest, await request.body())
         except (ValueError, OSError) as exc:
             raise HTTPException(400, f"bundle refused: {exc}") from exc
         return {"bundle": digest}
@@ -118,7 +118,7 @@ def create_app(node: Node, control: ControlPlane) -> FastAPI:
               summary="Install a bundle's requirements.txt; streams pip's output as JSON lines")
     async def prepare(digest: str) -> StreamingResponse:
         try:
-            lines = control.prepare(digest)
+            lines = await control.prepare(digest)
         except (DeployError, ValueError) as exc:
             raise HTTPException(404, str(exc)) from exc
 
@@ -277,9 +277,9 @@ def subscription_of(function: str | None) -> str | None:
     return function if ":" in function else f"function:{function}"
 
 
-def _has(control: ControlPlane, digest: str) -> bool:
+async def _has(control: ControlPlane, digest: str) -> bool:
     try:
-        return control.bundles.has(digest)
+        return await control.bundles.fetch(digest)
     except ValueError:
         return False
 

@@ -6,6 +6,7 @@ digest on any machine, and an unchanged function is not uploaded or restarted ag
 
 from __future__ import annotations
 
+import asyncio
 import compileall
 import gzip
 import hashlib
@@ -14,6 +15,8 @@ import shutil
 import tarfile
 from collections.abc import Iterable
 from pathlib import Path
+
+from fmesh.contracts import BlobStore
 
 SKIPPED = {"__pycache__", ".git", ".venv", ".mypy_cache", ".pytest_cache", ".DS_Store"}
 MAX_BUNDLE_BYTES = 200 * 1024 * 1024
@@ -65,10 +68,12 @@ def unpack(data: bytes, destination: Path) -> None:
 
 
 class BundleStore:
-    """Unpacked bundles in the data dir, one folder per digest."""
+    """Function code: the archives in the store's blobs (so every node on the store can get
+    them), unpacked into the data dir, one folder per digest, when first needed here."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, blobs: BlobStore) -> None:
         self.directory = directory
+        self.blobs = blobs
         directory.mkdir(parents=True, exist_ok=True)
 
     def path(self, digest: str) -> Path:
@@ -77,9 +82,28 @@ class BundleStore:
         return self.directory / digest
 
     def has(self, digest: str) -> bool:
+        """Unpacked on this node."""
         return self.path(digest).is_dir()
 
-    def put(self, digest: str, data: bytes) -> None:
+    async def put(self, digest: str, data: bytes) -> None:
+        """Check an uploaded archive against its digest, unpack it here, and keep it in the
+        store for the other nodes. ValueError when it is not the bundle it claims to be."""
+        if not self.has(digest):
+            await asyncio.to_thread(self._unpack, digest, data)  # off the loop: it may be large
+        await self.blobs.put(digest, data)
+
+    async def fetch(self, digest: str) -> bool:
+        """Make a bundle present here, from the store if another node uploaded it; False if
+        the store does not have it either."""
+        if self.has(digest):
+            return True
+        data = await self.blobs.get(self.path(digest).name)
+        if data is None:
+            return False
+        await asyncio.to_thread(self._unpack, digest, data)
+        return True
+
+    def _unpack(self, digest: str, data: bytes) -> None:
         if self.has(digest):
             return
         destination = self.path(digest)

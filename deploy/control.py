@@ -37,7 +37,7 @@ def state_key(kind: str, name: str) -> str:
 class ControlPlane:
     def __init__(self, node: Node) -> None:
         self.node = node
-        self.bundles = BundleStore(node.data_dir / "bundles")
+        self.bundles = BundleStore(node.data_dir / "bundles", node.store.blobs)
         self.dependencies = DependencyInstaller(node.data_dir / "deps")
         # Order matters: peers before anything takes events; bridges (that functions may hand
         # replies and dead letters to) before functions; functions before the subscriptions
@@ -60,10 +60,12 @@ class ControlPlane:
     async def restore(self) -> int:
         """Bring back what was deployed before the node restarted."""
         for kind in self.kinds:
-            for key, data in (await self.node.log.list_state(state_key(kind, ""))).items():
+            for key, entry in (await self.node.state.list(state_key(kind, ""))).items():
                 resource = None
                 try:
-                    record = json.loads(data)
+                    record = json.loads(entry.value)
+                    if kind == "function":
+                        await self._bring_code(record.get("bundle", ""))
                     resource = self.kinds[kind].validate(record["name"], record)
                     await self._run(resource)
                 except (FmeshError, ValueError, KeyError) as exc:  # one broken resource must not keep the others down
@@ -80,11 +82,16 @@ class ControlPlane:
         if route is not None:
             self.node.broker.subscribe(*route)
 
-    def prepare(self, digest: str) -> AsyncIterator[str]:
+    async def prepare(self, digest: str) -> AsyncIterator[str]:
         """Install a bundle's requirements.txt, yielding pip's output (DeployError on failure)."""
-        if not self.bundles.has(digest):
+        if not await self.bundles.fetch(digest):
             raise DeployError(f"bundle {digest[:12]} was not uploaded")
         return self.dependencies.stream(self.bundles.path(digest))
+
+    async def _bring_code(self, digest: str) -> None:
+        """A function's code and requirements here, whichever node they were uploaded to."""
+        if await self.bundles.fetch(digest) and not self.dependencies.is_ready(self.bundles.path(digest)):
+            await self.dependencies.install(self.bundles.path(digest), lambda line: None)
 
     async def apply(self, request: dict[str, dict[str, dict[str, Any]]], prune: bool = False,
                     verify: bool = True) -> list[Change]:
@@ -168,7 +175,7 @@ class ControlPlane:
         if old is not None and old.version == resource.version:
             return Change(resource.kind, resource.name, "unchanged", resource.version)
         await self._run(resource)
-        await self.node.log.put_state(state_key(resource.kind, resource.name), resource.to_json())
+        await self.node.state.put(state_key(resource.kind, resource.name), resource.to_json())
         return Change(resource.kind, resource.name, "updated" if old else "created", resource.version)
 
     async def delete(self, kind: str, name: str) -> bool:
@@ -190,13 +197,13 @@ class ControlPlane:
 
     async def _delete(self, kind: str, name: str) -> bool:
         if self.broken.pop(f"{kind}/{name}", None) is not None:  # never ran since the restart
-            await self.node.log.delete_state(state_key(kind, name))
+            await self.node.state.delete(state_key(kind, name))
             await self.node.broker.unsubscribe(f"{kind}:{name}")
             return True
         if self.deployed[kind].pop(name, None) is None:
             return False
         await self.kinds[kind].stop(name)
-        await self.node.log.delete_state(state_key(kind, name))
+        await self.node.state.delete(state_key(kind, name))
         return True
 
     async def _run(self, resource: Resource) -> None:

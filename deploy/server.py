@@ -44,7 +44,7 @@ async def deploy_local(control: ControlPlane, manifest_path: Path,
     packed = []
     for name, function in manifest.functions.items():
         digest, data, _ = pack(manifest_path.parent / function.folder, skip=[manifest_path])
-        control.bundles.put(digest, data)
+        await control.bundles.put(digest, data)
         await control.dependencies.install(control.bundles.path(digest), progress)
         packed.append(PackedFunction(name, digest, b"", 0))
     request = apply_request(manifest, packed, manifest_path.parent.resolve())

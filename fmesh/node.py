@@ -41,13 +41,14 @@ class Node:
     def __init__(self, settings: NodeSettings) -> None:
         self.settings = settings
         self.data_dir = settings.data_dir
-        self.log = open_store(settings.store_url, settings.data_dir)
+        self.store = open_store(settings.store_url, settings.data_dir)
+        self.log, self.state = self.store.log, self.store.state
         self.mesh_id = settings.mesh_id or ""
         self.broker = Broker(self.log, self.mesh_id, settings.dedup_window)
         self.identity = Identity()
         self.gate = Gate(self.identity, settings.ingress_auth or default_mode(settings.host,
                                                                               bool(settings.tls_client_ca)))
-        self.tokens = Tokens(self.log, self.identity, self.gate)
+        self.tokens = Tokens(self.state, self.identity, self.gate)
         self.ingress = Ingress(self.broker.publish, settings.max_event_bytes, self.gate)
         self.run_dir = Path(tempfile.mkdtemp(prefix="fmesh-"))  # short: Unix socket paths are limited
         self.runtime = Runtime(self.data_dir, self.run_dir, self.broker, settings.launcher, self.mesh_id)
@@ -63,7 +64,7 @@ class Node:
 
     async def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        await self.log.open()
+        await self.store.open()
         await self.tokens.load()
         await self.runtime.start()
         self._janitor = asyncio.get_running_loop().create_task(self._expire())
@@ -86,7 +87,7 @@ class Node:
         for name in list(self.triggers):
             await self.remove_trigger(name)
         await self.runtime.stop(self.settings.shutdown_grace if grace is None else grace)
-        await self.log.close()
+        await self.store.close()
         shutil.rmtree(self.run_dir, ignore_errors=True)
 
     async def _expire(self) -> None:
@@ -146,7 +147,7 @@ class Node:
 
     def build_trigger(self, name: str, entry: TriggerEntry) -> Trigger:
         """The trigger, not started; TriggerConfigError if it cannot run as configured."""
-        trigger = build_trigger(name, entry, self.broker.publish, self.log)
+        trigger = build_trigger(name, entry, self.broker.publish, self.state)
         path = getattr(trigger, "path", None)
         if path is not None and is_mesh_path(path):
             raise TriggerConfigError(f"triggers.{name}.http.path", f"{path} is taken by the mesh itself")

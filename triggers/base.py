@@ -1,4 +1,4 @@
-"""The contracts of a trigger: what it calls (`Publish`, `StateStore`) and what it offers.
+"""The contracts of a trigger: what it calls (`Publish`, and `fmesh.contracts.StateStore`) and what it offers.
 
 A trigger turns something that arrived (a Kafka record, a NATS message, a timer tick,
 an HTTP request) into CloudEvents and hands them to `Publish`, which returns once they
@@ -61,15 +61,6 @@ class Trigger(Protocol):
     async def stop(self) -> None: ...
 
     def status(self) -> TriggerStatus: ...
-
-
-@runtime_checkable
-class StateStore(Protocol):
-    """Small durable key-value state (the event log's `get_state`/`put_state`)."""
-
-    async def get_state(self, key: str) -> bytes | None: ...
-
-    async def put_state(self, key: str, value: bytes) -> None: ...
 
 
 class StatusTracker:

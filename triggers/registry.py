@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fmesh.triggers.base import Publish, StateStore, Trigger, stamped
+from fmesh.triggers.base import Publish, Trigger, stamped
 from fmesh.triggers.clock import Clock
 from fmesh.triggers.config import (
     HttpTriggerConfig,
@@ -12,6 +12,8 @@ from fmesh.triggers.config import (
     TriggerConfig,
     TriggerEntry,
 )
+
+from fmesh.contracts import StateStore
 
 # Each kind is imported when first used: a mesh without Kafka or NATS triggers never
 # loads aiokafka or nats-py (a few MB of memory each).

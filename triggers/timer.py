@@ -14,12 +14,13 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime
 
-from fmesh.triggers.base import Publish, StateStore, StatusTracker
+from fmesh.triggers.base import Publish, StatusTracker
 from fmesh.triggers.clock import Clock, SystemClock
 from fmesh.triggers.config import TimerTriggerConfig
 from fmesh.triggers.retry import BackgroundTrigger, Backoff, publish_until_stored
 from fmesh.triggers.schedule import due, schedule_for
 
+from fmesh.contracts import StateStore
 from fmesh.errors import StoreError
 from fmesh.events import Event, encode_data, format_time
 
@@ -76,11 +77,11 @@ class TimerTrigger(BackgroundTrigger):
 
     async def _starting_point(self) -> float:
         """Where the schedule resumes: after the last fired tick, or now (skipping missed ones)."""
-        stored = await self._retrying(self._state.get_state, self.state_key)
+        stored = await self._retrying(self._state.get, self.state_key)
         now = self._clock.now()
         if stored is None:
             return now
-        last = parse_tick(stored)
+        last = parse_tick(stored.value)
         self._status.detail["last_tick"] = tick_time(last)
         if self.config.catch_up:
             return last
@@ -91,7 +92,7 @@ class TimerTrigger(BackgroundTrigger):
 
     async def _fire(self, tick: float) -> None:
         await publish_until_stored(self._publish, [self.event_for(tick)], self._backoff, self._store_failed)
-        await self._retrying(self._state.put_state, self.state_key, tick_time(tick).encode())
+        await self._retrying(self._state.put, self.state_key, tick_time(tick).encode())
         self._status.connected()
         self._status.received(1, self._clock.now())
         self._status.detail["last_tick"] = tick_time(tick)

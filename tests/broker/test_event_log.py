@@ -159,17 +159,6 @@ async def test_drop_subscription_forgets_its_pending_deliveries(log):
     assert await log.pending("a") == 0 and await log.pending("b") == 1
 
 
-async def test_state_is_a_small_key_value_store(log):
-    await log.put_state("function/a", b"1")
-    await log.put_state("function/b", b"2")
-    await log.put_state("other/c", b"3")
-    await log.put_state("function/a", b"1b")
-    assert await log.get_state("function/a") == b"1b"
-    assert await log.list_state("function/") == {"function/a": b"1b", "function/b": b"2"}
-    await log.delete_state("function/a")
-    assert await log.get_state("function/a") is None
-
-
 async def test_sqlite_keeps_deliveries_and_retry_state_across_reopen(tmp_path):
     path = tmp_path / "mesh.db"
     log = SqliteEventLog(path)
@@ -248,7 +237,7 @@ async def test_sqlite_a_failing_operation_fails_alone_in_its_group(tmp_path):
 
     results = await asyncio.gather(
         *(log.append([(new_event("t", "/s"), ["sub"])]) for _ in range(20)),
-        log._submit(broken),
+        log.submit(broken),
         *(log.append([(new_event("t", "/s"), ["sub"])]) for _ in range(20)),
         return_exceptions=True)
     failures = [r for r in results if isinstance(r, BaseException)]

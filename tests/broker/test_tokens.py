@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 from fmesh.broker.identity import Identity
-from fmesh.broker.memory_log import MemoryEventLog
+from fmesh.broker.memory_state import MemoryState
 from fmesh.broker.policy import Gate
 from fmesh.broker.tokens import Tokens
 
@@ -14,11 +14,8 @@ from fmesh.events import new_event
 
 
 @pytest.fixture
-async def log():
-    log = MemoryEventLog()
-    await log.open()
-    yield log
-    await log.close()
+def log():
+    return MemoryState()
 
 
 def tokens_on(log) -> Tokens:
@@ -29,7 +26,7 @@ def tokens_on(log) -> Tokens:
 async def test_a_token_is_stored_hashed_and_known_after_a_restart(log):
     tokens = tokens_on(log)
     record, token = await tokens.create("ci", "publish")
-    stored = (await log.list_state("tokens/"))["tokens/ci"]
+    stored = (await log.list("tokens/"))["tokens/ci"].value
     assert token.encode() not in stored and record.sha256.encode() in stored
     assert "sha256" not in record.public() and record.public()["scope"] == "publish"
     again = tokens_on(log)
@@ -42,7 +39,7 @@ async def test_revoking_a_token_stops_it_at_once(log):
     _, token = await tokens.create("ci", "admin")
     assert await tokens.revoke("ci") and not await tokens.revoke("ci")
     assert tokens._identity.bearer(token) is None
-    assert await log.list_state("tokens/") == {} and await tokens_on(log).load() == 0
+    assert await log.list("tokens/") == {} and await tokens_on(log).load() == 0
 
 
 async def test_bad_names_scopes_and_duplicates_are_refused(log):
@@ -68,7 +65,7 @@ async def test_a_token_can_carry_an_allow_rule_and_a_rate(log):
 
 async def test_an_unreadable_token_record_is_skipped_not_fatal(log, capsys):
     await tokens_on(log).create("good", "read")
-    await log.put_state("tokens/broken", b"{not json")
+    await log.put("tokens/broken", b"{not json")
     assert await tokens_on(log).load() == 1
     assert "token broken is unreadable" in capsys.readouterr().err
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+from fmesh.broker.memory_state import MemoryBlobs
 from fmesh.deploy.bundle import BundleStore, pack
 
 
@@ -22,15 +23,36 @@ def test_same_code_same_digest_anywhere(tmp_path):
     assert pack(a)[0] != pack(b)[0]
 
 
-def test_store_unpacks_and_verifies(tmp_path):
+async def test_store_unpacks_and_verifies(tmp_path):
     digest, data, _ = pack(make_folder(tmp_path / "src"))
-    store = BundleStore(tmp_path / "bundles")
-    store.put(digest, data)
+    store = BundleStore(tmp_path / "bundles", MemoryBlobs())
+    await store.put(digest, data)
     assert store.has(digest)
     assert (store.path(digest) / "pkg" / "util.py").read_text() == "X = 1\n"
     shipped = list((store.path(digest) / "__pycache__").glob("*.pyc"))
     assert shipped and all(p.read_bytes() != b"junk" for p in shipped)  # compiled there, not uploaded
     with pytest.raises(ValueError, match="does not match its digest"):
-        store.put("0" * 64, data)
+        await store.put("0" * 64, data)
     with pytest.raises(ValueError, match="not a bundle digest"):
         store.has("../../etc")
+
+
+async def test_code_uploaded_on_one_node_is_fetched_from_the_store_on_another(tmp_path):
+    digest, data, _ = pack(make_folder(tmp_path / "src"))
+    shared = MemoryBlobs()
+    await BundleStore(tmp_path / "node1", shared).put(digest, data)
+    other = BundleStore(tmp_path / "node2", shared)
+    assert not other.has(digest)
+    assert await other.fetch(digest) and (other.path(digest) / "handler.py").is_file()
+    assert not await other.fetch("1" * 64)  # uploaded nowhere
+
+
+async def test_a_tampered_archive_in_the_store_is_refused(tmp_path):
+    digest, data, _ = pack(make_folder(tmp_path / "src"))
+    other = make_folder(tmp_path / "other")
+    (other / "handler.py").write_text("import os; os.system('evil')\n")
+    shared = MemoryBlobs()
+    await shared.put(digest, pack(other)[1])  # another node's store says it is `digest`: it is not
+    with pytest.raises(ValueError):
+        await BundleStore(tmp_path / "node2", shared).fetch(digest)
+    assert not BundleStore(tmp_path / "node2", shared).has(digest)

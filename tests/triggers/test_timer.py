@@ -7,11 +7,12 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import pytest
-from fmesh.broker.sqlite_log import SqliteEventLog
+from fmesh.broker.stores import open_store
 from fmesh.triggers.clock import ManualClock
 from fmesh.triggers.config import TimerTriggerConfig
 from fmesh.triggers.timer import TimerTrigger
 
+from fmesh.contracts import Entry, StateStore
 from fmesh.errors import StoreError
 
 START = 1_700_000_005.0          # 2023-11-14T22:13:25Z, not on a 30 s boundary
@@ -23,11 +24,11 @@ def iso(t: float) -> str:
 
 
 @pytest.fixture
-async def store(tmp_path) -> AsyncIterator[SqliteEventLog]:
-    log = SqliteEventLog(tmp_path / "state.db")
-    await log.open()
-    yield log
-    await log.close()
+async def store(tmp_path) -> AsyncIterator[StateStore]:
+    opened = open_store(f"sqlite:///{tmp_path / 'state.db'}", tmp_path)
+    await opened.open()
+    yield opened.state
+    await opened.close()
 
 
 @pytest.fixture
@@ -68,7 +69,7 @@ async def test_an_interval_fires_on_its_multiples_with_deterministic_ids(store, 
     assert first.attributes == {"specversion": "1.0", "id": f"beat-{iso(FIRST)}", "source": "/fmesh/triggers/beat",
                                 "type": "dev.fmesh.timer", "time": iso(FIRST)}
     assert first.payload is None and second.id == f"beat-{iso(FIRST + 30)}"
-    assert await store.get_state("trigger/beat/last") == iso(FIRST + 30).encode()
+    assert (await store.get("trigger/beat/last")).value == iso(FIRST + 30).encode()
     status = trigger.status()
     assert (status.kind, status.state, status.events_in) == ("timer", "connected", 2)
     assert status.detail["next_tick"] == iso(FIRST + 60)
@@ -113,21 +114,21 @@ async def test_a_restarted_timer_fires_each_tick_once(store, recorder, timers):
 class ForgetfulStore:
     """A state store that cannot write: the process 'dies' between publish and store."""
 
-    def __init__(self, inner: SqliteEventLog) -> None:
+    def __init__(self, inner: StateStore) -> None:
         self.inner = inner
         self.refused = 0
 
-    async def get_state(self, key: str) -> bytes | None:
-        return await self.inner.get_state(key)
+    async def get(self, key: str) -> Entry | None:
+        return await self.inner.get(key)
 
-    async def put_state(self, key: str, value: bytes) -> None:
+    async def put(self, key: str, value: bytes) -> int:
         self.refused += 1
         raise StoreError("disk gone")
 
 
 async def test_a_crash_between_publish_and_store_repeats_the_same_id(store, recorder, timers, eventually):
     clock = ManualClock(START)
-    await store.put_state("trigger/beat/last", iso(START - 5).encode())
+    await store.put("trigger/beat/last", iso(START - 5).encode())
     forgetful = ForgetfulStore(store)
     crashed = await timers(TimerTrigger("beat", every(catch_up=True), recorder, forgetful, clock))
     clock.set(await clock.next_sleeper())
@@ -164,7 +165,7 @@ async def test_catch_up_fires_each_missed_tick_once_oldest_first(store, recorder
 
 async def test_catch_up_is_bounded_to_the_latest_ticks(store, recorder, timers):
     clock = ManualClock(START)
-    await store.put_state("trigger/beat/last", iso(FIRST).encode())
+    await store.put("trigger/beat/last", iso(FIRST).encode())
     clock.set(FIRST + 10 * 30 + 1)
     await timers(TimerTrigger("beat", every(catch_up=True, max_catch_up=3), recorder, store, clock))
     await clock.next_sleeper()
@@ -191,18 +192,18 @@ async def test_the_first_start_fires_nothing_from_the_past(store, recorder, time
 class BrokenOnceStore:
     """A state store with a bug on its first read."""
 
-    def __init__(self, inner: SqliteEventLog) -> None:
+    def __init__(self, inner: StateStore) -> None:
         self.inner = inner
         self.reads = 0
 
-    async def get_state(self, key: str) -> bytes | None:
+    async def get(self, key: str) -> Entry | None:
         self.reads += 1
         if self.reads == 1:
             raise RuntimeError("unexpected bug")
-        return await self.inner.get_state(key)
+        return await self.inner.get(key)
 
-    async def put_state(self, key: str, value: bytes) -> None:
-        await self.inner.put_state(key, value)
+    async def put(self, key: str, value: bytes) -> int:
+        return await self.inner.put(key, value)
 
 
 async def test_a_bug_is_reported_and_the_trigger_starts_again(store, recorder, timers, caplog):
