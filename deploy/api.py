@@ -16,10 +16,10 @@ from fmesh.broker.policy import control_refusal
 from fmesh.deploy.control import ControlPlane
 from fmesh.deploy.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from fmesh.deploy.metrics import metrics_text
+from fmesh.deploy.operations import NodeOperations
 from pydantic import BaseModel, Field
 
 from fmesh.errors import DeployError, StoreError
-from fmesh.node import Node
 from fmesh.ratelimit import parse_rate
 
 
@@ -65,9 +65,9 @@ def require_token(identity: Identity):  # type: ignore[no-untyped-def]
     return check
 
 
-def function_status(node: Node, item: Any, pending: int, dead: int) -> dict[str, Any]:
+def function_status(node: NodeOperations, item: Any, pending: int, dead: int) -> dict[str, Any]:
     pool, delivery = item.pool, item.delivery
-    routed = node.broker.router.filter(f"function:{item.name}")
+    errors = node.filter_errors(f"function:{item.name}")
     return {
         "name": item.name, "version": item.version,
         "replicas": pool.ready + pool.starting + pool.draining,
@@ -77,12 +77,11 @@ def function_status(node: Node, item: Any, pending: int, dead: int) -> dict[str,
         "dead_lettered": dead, "replies": delivery.replies, "last_error": delivery.last_error,
         "cold_start_last_ms": pool.cold_start_last_ms, "cold_start_median_ms": pool.cold_start_median_ms,
         "out_of_memory": item.out_of_memory, "retiring_versions": item.retiring,
-        "filter_errors": routed.errors.count if routed else 0,
-        "last_filter_error": routed.errors.last if routed else None,
+        "filter_errors": errors.count, "last_filter_error": errors.last,
     }
 
 
-def create_app(node: Node, control: ControlPlane) -> FastAPI:
+def create_app(node: NodeOperations, control: ControlPlane) -> FastAPI:
     app = FastAPI(title="fmesh control API", version="1", docs_url="/docs", openapi_url="/openapi.json")
     auth = [Depends(require_token(node.identity))]
 
@@ -146,44 +145,44 @@ def create_app(node: Node, control: ControlPlane) -> FastAPI:
 
     @app.get("/v1/status", dependencies=auth, summary="Replicas and delivery counts per function")
     async def status() -> dict[str, Any]:
-        dead = await node.log.count_dead_letters()
+        dead = await node.dead_letter_counts()
         items = []
-        for item in node.runtime.status():
-            pending = await node.log.pending(f"function:{item.name}")
+        for item in node.function_status():
+            pending = await node.pending(f"function:{item.name}")
             items.append(function_status(node, item, pending, dead.get(f"function:{item.name}", 0)))
         sinks, bridges = [], []
-        for s in node.runtime.sink_status():
+        for s in node.sink_status():
             item = {"name": s.name, "url": s.url, "delivered": s.delivery.delivered, "failed": s.delivery.failed,
                     "retried": s.delivery.retried, "inflight": s.delivery.inflight,
-                    "pending": await node.log.pending(s.name), "dead_lettered": dead.get(s.name, 0),
+                    "pending": await node.pending(s.name), "dead_lettered": dead.get(s.name, 0),
                     "last_error": s.delivery.last_error}
             if s.bridge is None:
                 sinks.append(item)
             else:
                 bridges.append(await bridge_status(node, item, s.bridge))
-        triggers = [asdict(t.status()) for _, t in sorted(node.triggers.items())]
+        triggers = [asdict(t) for t in node.trigger_status()]
         return {"mesh": node.mesh_id, "broken": control.broken, "functions": items, "sinks": sinks, "bridges": bridges,
-                "bridged_in": asdict(node.broker.bridged), "triggers": triggers, "store": node.log.url}
+                "bridged_in": asdict(node.bridged_in), "triggers": triggers, "store": node.store_url}
 
     @app.get("/v1/functions/{name}/logs", dependencies=auth, summary="A function's stdout and stderr")
     async def logs(name: str, lines: int = Query(200, ge=0, le=100_000), follow: bool = False) -> Response:
         if name not in control.functions:
             raise HTTPException(404, f"no function named {name!r}")
-        past = node.runtime.logs.tail(name, lines)
+        past = node.logs.tail(name, lines)
         if not follow:
             return Response("".join(past), media_type="text/plain; charset=utf-8")
 
         async def stream():  # type: ignore[no-untyped-def]
             for line in past:
                 yield line
-            async for line in node.runtime.logs.follow(name):
+            async for line in node.logs.follow(name):
                 yield line
 
         return StreamingResponse(stream(), media_type="text/plain; charset=utf-8")
 
     @app.get("/v1/dead-letters", dependencies=auth, summary="Events that exhausted their delivery policy")
     async def dead_letters(function: str | None = None, limit: int = Query(1000, ge=1, le=100_000)) -> dict:
-        letters = await node.log.dead_letters(subscription_of(function), limit)
+        letters = await node.dead_letters(subscription_of(function), limit)
         return {"dead_letters": [dead_letter_json(d) for d in letters]}
 
     @app.post("/v1/dead-letters/replay", dependencies=auth, summary="Deliver dead letters again")
@@ -192,9 +191,9 @@ def create_app(node: Node, control: ControlPlane) -> FastAPI:
             raise HTTPException(422, "name the dead letters to replay: ids, or a function")
         ids = list(request.ids)
         if request.function:
-            ids += [d.id for d in await node.log.dead_letters(subscription_of(request.function), 100_000)]
+            ids += [d.id for d in await node.dead_letters(subscription_of(request.function), 100_000)]
         try:
-            letters, unrouted = await node.broker.replay(ids)
+            letters, unrouted = await node.replay(ids)
         except StoreError as exc:
             raise HTTPException(503, f"nothing replayed: {exc}") from exc
         missing = set(request.ids) - {d.id for d in letters} - set(unrouted)
@@ -202,15 +201,15 @@ def create_app(node: Node, control: ControlPlane) -> FastAPI:
 
     @app.delete("/v1/dead-letters", dependencies=auth, summary="Purge dead letters")
     async def purge(function: str | None = None) -> dict[str, Any]:
-        return {"purged": await node.log.purge_dead_letters(subscription_of(function))}
+        return {"purged": await node.purge_dead_letters(subscription_of(function))}
 
     add_token_routes(app, node, auth)
     return app
 
 
-async def bridge_status(node: Node, item: dict[str, Any], stats: Any) -> dict[str, Any]:
+async def bridge_status(node: NodeOperations, item: dict[str, Any], stats: Any) -> dict[str, Any]:
     """A bridge as `fmesh status` shows it: state, backlog, how long the oldest has waited."""
-    backlog, oldest = await node.log.backlog(item["name"])
+    backlog, oldest = await node.backlog(item["name"])
     if stats.state == "connected":
         item = {**item, "last_error": None}  # an old failure, since mended, is no news
     return {**item, "name": item["name"].split(":", 1)[1], "state": stats.state, "peer_mesh": stats.peer_mesh,
@@ -218,7 +217,7 @@ async def bridge_status(node: Node, item: dict[str, Any], stats: Any) -> dict[st
             "looped": stats.looped, "forwarded": item["delivered"] - stats.looped}
 
 
-def add_token_routes(app: FastAPI, node: Node, auth: list) -> None:
+def add_token_routes(app: FastAPI, node: NodeOperations, auth: list) -> None:
     """GET /v1/tokens, POST /v1/tokens (the token is in the answer, and nowhere else), DELETE /v1/tokens/{name}."""
 
     @app.get("/v1/tokens", dependencies=auth, summary="Tokens (names, scopes and rules; never the tokens)")

@@ -16,10 +16,10 @@ from typing import Any
 
 from fmesh.deploy.bundle import BundleStore
 from fmesh.deploy.dependencies import DependencyInstaller
+from fmesh.deploy.operations import NodeOperations
 from fmesh.deploy.resources import BridgeKind, FunctionKind, Kind, PeerKind, Resource, SubscriptionKind, TriggerKind
 
 from fmesh.errors import DeployError, FmeshError
-from fmesh.node import Node
 
 
 @dataclass
@@ -35,9 +35,9 @@ def state_key(kind: str, name: str) -> str:
 
 
 class ControlPlane:
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: NodeOperations) -> None:
         self.node = node
-        self.bundles = BundleStore(node.data_dir / "bundles", node.store.blobs)
+        self.bundles = BundleStore(node.data_dir / "bundles", node.blobs)
         self.dependencies = DependencyInstaller(node.data_dir / "deps")
         # Order matters: peers before anything takes events; bridges (that functions may hand
         # replies and dead letters to) before functions; functions before the subscriptions
@@ -80,7 +80,7 @@ class ControlPlane:
         events, stored until a deploy mends it: nothing meant for it is dropped meanwhile."""
         route = self.kinds[resource.kind].route(resource)
         if route is not None:
-            self.node.broker.subscribe(*route)
+            self.node.keep_routing(*route)
 
     async def prepare(self, digest: str) -> AsyncIterator[str]:
         """Install a bundle's requirements.txt, yielding pip's output (DeployError on failure)."""
@@ -129,7 +129,7 @@ class ControlPlane:
     def warnings(self) -> list[str]:
         """What is deployed but cannot work as meant on this node."""
         allows = [name for name, r in self.functions.items() if getattr(r.spec, "allow", None)]
-        if self.node.gate.mode != "off" or not (self.deployed["peer"] or allows):
+        if self.node.ingress_auth_mode != "off" or not (self.deployed["peer"] or allows):
             return []
         return ["ingress auth is off on this mesh: every publisher is anonymous, so peers are not told apart and "
                 "functions with allow: get no events from them (restart with --ingress-auth optional or required)"]
@@ -198,7 +198,7 @@ class ControlPlane:
     async def _delete(self, kind: str, name: str) -> bool:
         if self.broken.pop(f"{kind}/{name}", None) is not None:  # never ran since the restart
             await self.node.state.delete(state_key(kind, name))
-            await self.node.broker.unsubscribe(f"{kind}:{name}")
+            await self.node.forget_route(f"{kind}:{name}")
             return True
         if self.deployed[kind].pop(name, None) is None:
             return False

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from fmesh.deploy.operations import NodeOperations
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-
-from fmesh.node import Node
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -15,7 +14,7 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 class MeshCollector:
     """Functions, sinks and triggers, as the runtime sees them now."""
 
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: NodeOperations) -> None:
         self.node = node
 
     def collect(self) -> Iterator[Metric]:
@@ -34,7 +33,7 @@ class MeshCollector:
                                             ("failed", "Failed attempts"), ("retried", "Attempts retried"),
                                             ("dead_lettered", "Events that exhausted their delivery policy"),
                                             ("out_of_memory", "Replicas lost to their memory limit"))}
-        for status in self.node.runtime.status():
+        for status in self.node.function_status():
             labels = [status.name]
             pool, stats = status.pool, status.delivery
             replicas.add_metric(labels, pool.ready + pool.starting + pool.draining)
@@ -52,9 +51,8 @@ class MeshCollector:
         up = GaugeMetricFamily("fmesh_trigger_connected", "1 when the trigger's source is reachable",
                                labels=["trigger", "kind"])
         lag = GaugeMetricFamily("fmesh_trigger_lag", "Kafka consumer lag", labels=["trigger", "kind"])
-        for name, trigger in sorted(self.node.triggers.items()):
-            status = trigger.status()
-            labels = [name, status.kind]
+        for status in self.node.trigger_status():
+            labels = [status.name, status.kind]
             events.add_metric(labels, status.events_in)
             up.add_metric(labels, 1 if status.state == "connected" else 0)
             if status.lag is not None:
@@ -62,7 +60,7 @@ class MeshCollector:
         yield from (events, up, lag)
 
 
-def metrics_text(node: Node) -> bytes:
+def metrics_text(node: NodeOperations) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(MeshCollector(node))  # type: ignore[arg-type]
     return generate_latest(registry)

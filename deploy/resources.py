@@ -18,6 +18,7 @@ from fmesh.deploy.bundle import BundleStore
 from fmesh.deploy.dependencies import DependencyInstaller, top_level_names
 from fmesh.deploy.manifest import BridgeSpec, DeliverySpec, PeerSpec, SubscriptionSpec, is_function_target
 from fmesh.deploy.manifest import FunctionSpec as ManifestFunction
+from fmesh.deploy.operations import NodeOperations
 from fmesh.runtime.policy import DeliveryPolicy, ScalePolicy
 from fmesh.runtime.runtime import FunctionSpec, SinkSpec, subscription_name
 from fmesh.runtime.secrets import SecretSource
@@ -27,7 +28,6 @@ from pydantic import BaseModel, ValidationError
 
 from fmesh.errors import DeployError, HandlerError, TriggerConfigError
 from fmesh.names import NAME_RULE, is_name
-from fmesh.node import Node
 
 
 @dataclass
@@ -94,14 +94,14 @@ def delivery_policy(delivery: DeliverySpec, timeout: float, dead_letter: str | N
                           dead_letter=dead_letter, ordered=delivery.ordering == "ordered", ttl=delivery.ttl)
 
 
-def named_target(node: Node, name: str) -> str:
+def named_target(node: NodeOperations, name: str) -> str:
     """The subscription a dead-letter or reply target named `name` stands for: a bridge's
     if a bridge has that name (bridges are deployed first), else a function's."""
     bridge = f"bridge:{name}"
-    return bridge if bridge in node.runtime.sinks else subscription_name(name)
+    return bridge if node.has_sink(bridge) else subscription_name(name)
 
 
-def dead_letter_target(node: Node, owner: str, delivery: DeliverySpec) -> tuple[str | None, SinkSpec | None]:
+def dead_letter_target(node: NodeOperations, owner: str, delivery: DeliverySpec) -> tuple[str | None, SinkSpec | None]:
     """The subscription dead letters go to: a function's or bridge's, or a sink of the owner's own."""
     target = delivery.dead_letter
     if target is None:
@@ -116,7 +116,7 @@ def dead_letter_target(node: Node, owner: str, delivery: DeliverySpec) -> tuple[
 class FunctionKind:
     name = "function"
 
-    def __init__(self, node: Node, bundles: BundleStore, dependencies: DependencyInstaller) -> None:
+    def __init__(self, node: NodeOperations, bundles: BundleStore, dependencies: DependencyInstaller) -> None:
         self.node = node
         self.bundles = bundles
         self.dependencies = dependencies
@@ -161,7 +161,7 @@ class FunctionKind:
     async def verify(self, resource: Resource) -> None:
         """Load the function as a replica would; DeployError with the reason if it cannot."""
         try:
-            await self.node.runtime.verify(self.runtime_spec(resource, None))
+            await self.node.verify(self.runtime_spec(resource, None))
         except HandlerError as exc:
             raise DeployError(f"function {resource.name} did not start, so it was not deployed: {exc}") from None
 
@@ -176,7 +176,7 @@ class FunctionKind:
         site_packages = self.dependencies.target(directory)
         if site_packages is not None and not site_packages.is_dir():
             raise DeployError(f"function {resource.name}: its requirements are not installed ({site_packages})")
-        preloaded = self.node.runtime.zygote.preloaded
+        preloaded = self.node.preloaded
         return FunctionSpec(
             name=resource.name, directory=directory, handler=spec.handler_in_folder,
             command=tuple(spec.command or ()), env=dict(spec.env),
@@ -195,7 +195,7 @@ class SubscriptionKind:
 
     name = "subscription"
 
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: NodeOperations) -> None:
         self.node = node
 
     def validate(self, name: str, item: dict[str, Any]) -> Resource:
@@ -239,7 +239,7 @@ class TriggerKind:
 
     name = "trigger"
 
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: NodeOperations) -> None:
         self.node = node
 
     def validate(self, name: str, item: dict[str, Any]) -> Resource:
@@ -272,7 +272,7 @@ class BridgeKind:
 
     name = "bridge"
 
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: NodeOperations) -> None:
         self.node = node
 
     def validate(self, name: str, item: dict[str, Any]) -> Resource:
@@ -327,12 +327,12 @@ class BridgeKind:
         return [("delivery.dead_letter", target)] if is_function_target(target) else []
 
 
-def check_sinks(node: Node, kind: str, name: str, sinks: tuple[SinkSpec, SinkSpec | None]) -> None:
+def check_sinks(node: NodeOperations, kind: str, name: str, sinks: tuple[SinkSpec, SinkSpec | None]) -> None:
     """Build (not start) the sinks a resource delivers to: a missing secret or CA file fails the deploy."""
     with deploy_errors(kind, name):
         for sink in sinks:
             if sink is not None:
-                node.runtime.open_sink(sink)
+                node.open_sink(sink)
 
 
 @contextmanager
@@ -349,7 +349,7 @@ class PeerKind:
 
     name = "peer"
 
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: NodeOperations) -> None:
         self.node = node
 
     def validate(self, name: str, item: dict[str, Any]) -> Resource:
@@ -373,7 +373,7 @@ class PeerKind:
         request), and no other peer, deployed or in this deploy, has the same credential."""
         with deploy_errors("peer", resource.name):
             credential = self.credential(resource)
-            self.node.identity.check_peer(resource.name, credential)
+            self.node.check_peer(resource.name, credential)
             for other in wanted:
                 if other.name != resource.name and self.credential(other).same_as(credential):
                     raise ValueError(f"peer {other.name} has the same credential: give each peer its own")

@@ -18,11 +18,11 @@ from fmesh.deploy.claims import listen, lock_data_dir
 from fmesh.deploy.control import ControlPlane
 from fmesh.deploy.deployer import PackedFunction, apply_request, summarize
 from fmesh.deploy.manifest import check_references, load_manifest
+from fmesh.deploy.node import Node
 from fmesh.deploy.shutdown import MeshServer
 from fmesh.deploy.tls import uvicorn_tls_options
 
 from fmesh.errors import FmeshError, StartupError
-from fmesh.node import Node
 from fmesh.settings import NodeSettings, load_or_create_mesh_id, load_or_create_token, token_path
 
 
@@ -63,8 +63,8 @@ async def serve(settings: NodeSettings, manifest: Path | None, sockets: list[soc
         restored = await control.restore()
         url = f"{settings.scheme}://{settings.host}:{settings.port}"
         say(f"fmesh mesh up on {url}  (events: POST {url}/, control: {url}/v1, docs: {url}/docs)")
-        say(f"  mesh id {node.mesh_id}; store {node.log.url}; data dir {settings.data_dir}")
-        say(f"  {ingress_auth_line(settings, node.gate.mode)}")
+        say(f"  mesh id {node.mesh_id}; store {node.store_url}; data dir {settings.data_dir}")
+        say(f"  {ingress_auth_line(settings, node.ingress_auth_mode)}")
         if settings.tls_client_ca:
             say(f"  mTLS: every client needs a certificate signed by {settings.tls_client_ca}")
         if not settings.token:

@@ -18,8 +18,7 @@ from collections.abc import Iterator
 from types import FrameType
 
 import uvicorn
-
-from fmesh.node import Node
+from fmesh.deploy.node import Node
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 

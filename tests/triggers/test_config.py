@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from fmesh.broker.memory_log import MemoryEventLog
+from fmesh.broker.memory_state import MemoryState
 from fmesh.runtime.sinks import SinkOptions, open_sink
 from fmesh.triggers.base import Trigger
 from fmesh.triggers.config import HttpTriggerConfig, TriggerEntry
@@ -85,10 +85,10 @@ async def test_build_trigger_picks_the_implementation_by_kind():
         pass
 
     for kind, cls in kinds.items():
-        trigger = build_trigger(kind, TriggerEntry.model_validate(EXAMPLES[kind]), publish, MemoryEventLog())
+        trigger = build_trigger(kind, TriggerEntry.model_validate(EXAMPLES[kind]), publish, MemoryState())
         assert isinstance(trigger, cls) and isinstance(trigger, Trigger)
         assert trigger.status().state == "stopped" and trigger.status().kind == kind
-    webhook = build_trigger("gh", TriggerEntry.model_validate(EXAMPLES["http"]).config, publish, MemoryEventLog())
+    webhook = build_trigger("gh", TriggerEntry.model_validate(EXAMPLES["http"]).config, publish, MemoryState())
     assert webhook.path == "/hooks/github" and callable(webhook.app)
 
 
@@ -99,7 +99,7 @@ def test_secrets_come_from_the_environment_and_missing_ones_name_the_field(monke
     monkeypatch.setenv("KAFKA_USER", "alice")
     monkeypatch.delenv("KAFKA_PASSWORD", raising=False)
     with pytest.raises(TriggerConfigError, match=r"triggers\.clicks\.kafka\.password_env.*KAFKA_PASSWORD"):
-        build_trigger("clicks", entry, None, MemoryEventLog())  # type: ignore[arg-type]
+        build_trigger("clicks", entry, None, MemoryState())  # type: ignore[arg-type]
     monkeypatch.setenv("KAFKA_PASSWORD", "pw")
     options = client_options(entry.config, "triggers.clicks.kafka")
     assert (options["sasl_mechanism"], options["sasl_plain_username"], options["sasl_plain_password"]) == (
@@ -109,7 +109,7 @@ def test_secrets_come_from_the_environment_and_missing_ones_name_the_field(monke
 def test_missing_tls_files_name_the_field(tmp_path):
     entry = TriggerEntry.model_validate({"nats": {"subject": "s", "tls_ca": str(tmp_path / "nope.pem")}})
     with pytest.raises(TriggerConfigError, match=r"triggers\.s\.nats\.tls_ca.*nope\.pem"):
-        build_trigger("s", entry, None, MemoryEventLog())  # type: ignore[arg-type]
+        build_trigger("s", entry, None, MemoryState())  # type: ignore[arg-type]
 
 
 def test_sink_options_validate_like_trigger_options():
@@ -127,7 +127,7 @@ def test_a_creds_file_says_what_it_needs(tmp_path):
     creds.write_text("-----BEGIN NATS USER JWT-----\n...\n")
     entry = TriggerEntry.model_validate({"nats": {"subject": "s", "credentials": str(creds)}})
     with pytest.raises(TriggerConfigError, match=r"triggers\.s\.nats\.credentials.*nkeys"):
-        build_trigger("s", entry, None, MemoryEventLog())  # type: ignore[arg-type]
+        build_trigger("s", entry, None, MemoryState())  # type: ignore[arg-type]
 
 
 def test_paths_near_the_mesh_own_are_free_for_webhooks():

@@ -9,7 +9,7 @@ from pathlib import Path
 import nats
 import yaml
 from aiokafka import AIOKafkaProducer
-from fmesh.broker.memory_log import MemoryEventLog
+from fmesh.broker.memory_state import MemoryState
 from fmesh.runtime.sinks import open_sink
 from fmesh.triggers.clock import ManualClock
 from fmesh.triggers.config import TriggerEntry
@@ -47,7 +47,7 @@ async def test_kafka_to_nats_carries_a_record_to_the_subject(tansu, nats_server,
     await producer.send_and_wait("clicks", b'{"user": "ann", "url": "https://shop.example/pricing?x=1"}', key=b"ann")
     await producer.stop()
     trigger = build_trigger("clicks", TriggerEntry.model_validate({"kafka": trigger_config}), recorder,
-                            MemoryEventLog())
+                            MemoryState())
     await trigger.start()
     try:
         (event,) = await recorder.wait_for(1)
@@ -75,7 +75,7 @@ async def test_kafka_to_nats_carries_a_record_to_the_subject(tansu, nats_server,
 async def test_the_cron_example_ticks_into_its_handler(recorder, capsys):
     config = TriggerEntry.model_validate(manifest("cron")["triggers"]["heartbeat"])
     clock = ManualClock(1_700_000_001.0)
-    trigger = build_trigger("heartbeat", config, recorder, MemoryEventLog(), clock)
+    trigger = build_trigger("heartbeat", config, recorder, MemoryState(), clock)
     await trigger.start()
     try:
         clock.set(await clock.next_sleeper())

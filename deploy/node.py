@@ -1,7 +1,8 @@
 """A mesh node: the parts wired together behind one HTTP port (what `fmesh up` runs).
 
-`POST /` is the CloudEvents ingress; every other path goes to the control app that the
-CLI mounts (the control plane lives in `deploy`, which the core does not import).
+This is the composition root, so it lives in `deploy`, which depends on every part (the
+shared core depends on none). `POST /` is the CloudEvents ingress; every other path goes
+to the control app, which sees the node only through `deploy.operations.NodeOperations`.
 """
 
 from __future__ import annotations
@@ -14,20 +15,23 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from fmesh.asgi import ASGIApp, Receive, Scope, Send, is_mesh_path, respond
-from fmesh.broker.broker import Broker
-from fmesh.broker.filters import Filter
+from fmesh.broker.broker import BridgedStats, Broker
+from fmesh.broker.filters import Filter, FilterErrors
 from fmesh.broker.identity import ADMIN, Identity, PeerCredential, token_digest
 from fmesh.broker.ingress import Ingress
 from fmesh.broker.policy import Gate, Rule, default_mode
 from fmesh.broker.stores import open_store
 from fmesh.broker.tokens import Tokens
-from fmesh.errors import StoreError, TriggerConfigError
-from fmesh.runtime.runtime import FunctionSpec, Runtime, SinkSpec
-from fmesh.settings import NodeSettings
-from fmesh.triggers.base import Trigger
+from fmesh.runtime.logs import LogStore
+from fmesh.runtime.runtime import FunctionSpec, FunctionStatus, Runtime, SinkSpec, SinkStatus
+from fmesh.triggers.base import Trigger, TriggerStatus
 from fmesh.triggers.config import TriggerEntry
 from fmesh.triggers.registry import build_trigger
+
+from fmesh.asgi import ASGIApp, Receive, Scope, Send, is_mesh_path, respond
+from fmesh.contracts import BlobStore, DeadLetter
+from fmesh.errors import StoreError, TriggerConfigError
+from fmesh.settings import NodeSettings
 
 Hook = Callable[[], Awaitable[None]]
 
@@ -101,6 +105,85 @@ class Node:
             except StoreError as exc:
                 print(f"fmesh: could not expire dead letters or seen events: {exc}", file=sys.stderr)
             await asyncio.sleep(min(3600.0, max(1.0, min(retention, window) / 10)))
+
+    # -- what the control plane may ask (deploy.operations.NodeOperations) ---------------------
+
+    @property
+    def blobs(self) -> BlobStore:
+        return self.store.blobs
+
+    @property
+    def store_url(self) -> str:
+        return self.store.url
+
+    @property
+    def ingress_auth_mode(self) -> str:
+        return self.gate.mode
+
+    @property
+    def preloaded(self) -> frozenset[str]:
+        """Modules every replica starts with already imported."""
+        return frozenset(self.runtime.zygote.preloaded)
+
+    @property
+    def logs(self) -> LogStore:
+        return self.runtime.logs
+
+    @property
+    def bridged_in(self) -> BridgedStats:
+        return self.broker.bridged
+
+    def function_status(self) -> list[FunctionStatus]:
+        return self.runtime.status()
+
+    def sink_status(self) -> list[SinkStatus]:
+        return self.runtime.sink_status()
+
+    def trigger_status(self) -> list[TriggerStatus]:
+        return [trigger.status() for _, trigger in sorted(self.triggers.items())]
+
+    def has_sink(self, subscription: str) -> bool:
+        return subscription in self.runtime.sinks
+
+    def filter_errors(self, subscription: str) -> FilterErrors:
+        routed = self.broker.router.filter(subscription)
+        return routed.errors if routed else FilterErrors()
+
+    async def pending(self, subscription: str) -> int:
+        return await self.log.pending(subscription)
+
+    async def backlog(self, subscription: str) -> tuple[int, float | None]:
+        return await self.log.backlog(subscription)
+
+    async def dead_letter_counts(self) -> dict[str, int]:
+        return await self.log.count_dead_letters()
+
+    async def dead_letters(self, subscription: str | None, limit: int) -> list[DeadLetter]:
+        return await self.log.dead_letters(subscription, limit)
+
+    async def replay(self, ids: list[int]) -> tuple[list[DeadLetter], list[int]]:
+        return await self.broker.replay(ids)
+
+    async def purge_dead_letters(self, subscription: str | None) -> int:
+        return await self.log.purge_dead_letters(subscription)
+
+    def keep_routing(self, subscription: str, filter: Filter, ordered: bool = False) -> None:
+        """Store what `filter` passes for `subscription` even while nothing delivers it."""
+        self.broker.subscribe(subscription, filter, ordered)
+
+    async def forget_route(self, subscription: str) -> None:
+        await self.broker.unsubscribe(subscription)
+
+    async def verify(self, spec: FunctionSpec) -> None:
+        await self.runtime.verify(spec)
+
+    def open_sink(self, sink: SinkSpec) -> object:
+        return self.runtime.open_sink(sink)
+
+    def check_peer(self, name: str, credential: PeerCredential) -> None:
+        self.identity.check_peer(name, credential)
+
+    # -- deploying ---------------------------------------------------------------------------
 
     async def deploy_function(self, spec: FunctionSpec, filter: Filter, reply_to: SinkSpec | str | None = None,
                               dead_letter: SinkSpec | None = None) -> None:

@@ -1,0 +1,107 @@
+"""What the control plane (the API, the resource kinds, the metrics) may ask of a node.
+
+One small interface, so the control plane never reaches into the node's store, broker
+or runtime: whichever engine is behind the node, and however many nodes share it, these
+are the questions and the commands.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+from fmesh.broker.broker import BridgedStats
+from fmesh.broker.filters import Filter, FilterErrors
+from fmesh.broker.identity import Identity, PeerCredential
+from fmesh.broker.policy import Rule
+from fmesh.broker.tokens import Tokens
+from fmesh.runtime.logs import LogStore
+from fmesh.runtime.runtime import FunctionSpec, FunctionStatus, SinkSpec, SinkStatus
+from fmesh.triggers.base import TriggerStatus
+from fmesh.triggers.config import TriggerEntry
+
+from fmesh.contracts import BlobStore, DeadLetter, StateStore
+
+
+class NodeOperations(Protocol):
+    mesh_id: str
+    data_dir: Path
+    state: StateStore          # the deployed resources, shared by every node on the store
+    identity: Identity         # who the control API's callers are
+    tokens: Tokens
+
+    @property
+    def blobs(self) -> BlobStore: ...
+
+    @property
+    def store_url(self) -> str: ...
+
+    @property
+    def ingress_auth_mode(self) -> str: ...
+
+    @property
+    def preloaded(self) -> frozenset[str]: ...
+
+    @property
+    def logs(self) -> LogStore: ...
+
+    @property
+    def bridged_in(self) -> BridgedStats: ...
+
+    # -- status ------------------------------------------------------------------------------
+
+    def function_status(self) -> list[FunctionStatus]: ...
+
+    def sink_status(self) -> list[SinkStatus]: ...
+
+    def trigger_status(self) -> list[TriggerStatus]: ...
+
+    def has_sink(self, subscription: str) -> bool: ...
+
+    def filter_errors(self, subscription: str) -> FilterErrors: ...
+
+    async def pending(self, subscription: str) -> int: ...
+
+    async def backlog(self, subscription: str) -> tuple[int, float | None]: ...
+
+    # -- dead letters ------------------------------------------------------------------------
+
+    async def dead_letter_counts(self) -> dict[str, int]: ...
+
+    async def dead_letters(self, subscription: str | None, limit: int) -> list[DeadLetter]: ...
+
+    async def replay(self, ids: list[int]) -> tuple[list[DeadLetter], list[int]]: ...
+
+    async def purge_dead_letters(self, subscription: str | None) -> int: ...
+
+    # -- deploying ---------------------------------------------------------------------------
+
+    async def verify(self, spec: FunctionSpec) -> None: ...
+
+    def open_sink(self, sink: SinkSpec) -> object: ...
+
+    def check_peer(self, name: str, credential: PeerCredential) -> None: ...
+
+    def keep_routing(self, subscription: str, filter: Filter, ordered: bool = False) -> None: ...
+
+    async def forget_route(self, subscription: str) -> None: ...
+
+    async def deploy_function(self, spec: FunctionSpec, filter: Filter, reply_to: SinkSpec | str | None = None,
+                              dead_letter: SinkSpec | None = None) -> None: ...
+
+    async def remove_function(self, name: str) -> None: ...
+
+    async def deploy_subscription(self, sink: SinkSpec, filter: Filter,
+                                  dead_letter: SinkSpec | None = None) -> None: ...
+
+    async def remove_subscription(self, subscription: str) -> None: ...
+
+    async def deploy_trigger(self, name: str, entry: TriggerEntry) -> None: ...
+
+    async def remove_trigger(self, name: str) -> None: ...
+
+    def build_trigger(self, name: str, entry: TriggerEntry) -> object: ...
+
+    def deploy_peer(self, name: str, credential: PeerCredential, rule: Rule) -> None: ...
+
+    def remove_peer(self, name: str) -> None: ...
