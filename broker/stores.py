@@ -28,6 +28,7 @@ class Store:
     log: EventLog
     state: StateStore
     blobs: BlobStore
+    shared: bool = False  # other processes (nodes) may use this store at the same time
 
     async def open(self) -> None:
         await self.log.open()

@@ -14,6 +14,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fmesh.broker.identity import Identity, Principal
 from fmesh.broker.policy import control_refusal
 from fmesh.deploy.control import ControlPlane
+from fmesh.deploy.membership import totals
 from fmesh.deploy.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from fmesh.deploy.metrics import metrics_text
 from fmesh.deploy.operations import NodeOperations
@@ -161,7 +162,9 @@ def create_app(node: NodeOperations, control: ControlPlane) -> FastAPI:
             else:
                 bridges.append(await bridge_status(node, item, s.bridge))
         triggers = [asdict(t) for t in node.trigger_status()]
-        return {"mesh": node.mesh_id, "broken": control.broken, "functions": items, "sinks": sinks, "bridges": bridges,
+        nodes = await node.nodes()
+        return {"mesh": node.mesh_id, "node": node.node_id, "nodes": nodes, "totals": totals(nodes),
+                "broken": control.broken, "functions": items, "sinks": sinks, "bridges": bridges,
                 "bridged_in": asdict(node.bridged_in), "triggers": triggers, "store": node.store_url}
 
     @app.get("/v1/functions/{name}/logs", dependencies=auth, summary="A function's stdout and stderr")

@@ -1,8 +1,9 @@
 """The control plane: applies manifests to a node, remembers them, restores them on restart.
 
-Every deployed resource is stored under `deployed/<kind>/<name>` in the event log's
-state, with a version hashed from its spec (and code), so an unchanged resource is left
-alone. (Triggers keep their own state under `trigger/`.)
+Every deployed resource is stored under `deployed/<kind>/<name>` in the store's state,
+with a version hashed from its spec (and code), so an unchanged resource is left alone.
+Each node follows that state (`follow`): what one node deploys or deletes, every node
+on the same store runs or stops. (Triggers keep their own state under `trigger/`.)
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ from fmesh.deploy.bundle import BundleStore
 from fmesh.deploy.dependencies import DependencyInstaller
 from fmesh.deploy.operations import NodeOperations
 from fmesh.deploy.resources import BridgeKind, FunctionKind, Kind, PeerKind, Resource, SubscriptionKind, TriggerKind
+from fmesh.triggers.retry import Backoff
 
-from fmesh.errors import DeployError, FmeshError
+from fmesh.bindings.common import describe
+from fmesh.errors import DeployError, StoreError
 
 
 @dataclass
@@ -30,8 +33,13 @@ class Change:
     version: str = ""
 
 
+DEPLOYED = "deployed/"
+FOLLOW_RETRY = 0.5       # seconds before watching the deployed state again, doubling
+FOLLOW_RETRY_MAX = 10.0
+
+
 def state_key(kind: str, name: str) -> str:
-    return f"deployed/{kind}/{name}"
+    return f"{DEPLOYED}{kind}/{name}"
 
 
 class ControlPlane:
@@ -58,22 +66,55 @@ class ControlPlane:
         return self.deployed["function"]
 
     async def restore(self) -> int:
-        """Bring back what was deployed before the node restarted."""
+        """Bring back what was deployed before the node restarted (or, on a store shared
+        with other nodes, what they deployed before this node joined)."""
         for kind in self.kinds:
             for key, entry in (await self.node.state.list(state_key(kind, ""))).items():
-                resource = None
-                try:
-                    record = json.loads(entry.value)
-                    if kind == "function":
-                        await self._bring_code(record.get("bundle", ""))
-                    resource = self.kinds[kind].validate(record["name"], record)
-                    await self._run(resource)
-                except (FmeshError, ValueError, KeyError) as exc:  # one broken resource must not keep the others down
-                    print(f"fmesh: could not restore {key}: {exc}", file=sys.stderr)
-                    self.broken[key.removeprefix("deployed/")] = str(exc)
-                    if resource is not None:
-                        self._keep_routing(resource)
+                await self._bring_back(key, entry.value)
         return sum(len(resources) for resources in self.deployed.values())
+
+    async def follow(self) -> None:
+        """Converge on the deployed state as any node on the store changes it, for as long
+        as the node runs: a deploy to one node runs on every node within moments."""
+        backoff = Backoff(FOLLOW_RETRY, FOLLOW_RETRY_MAX)
+        while True:
+            try:
+                async for change in self.node.state.watch(DEPLOYED):
+                    backoff.reset()
+                    async with self._changing:
+                        await self._converge(change.key, change.value)
+            except StoreError as exc:  # the store went away: watch again once it is back
+                print(f"fmesh: lost sight of the deployed state, watching again: {exc}", file=sys.stderr)
+            await backoff.wait()
+
+    async def _converge(self, key: str, value: bytes | None) -> None:
+        kind, _, name = key.removeprefix(DEPLOYED).partition("/")
+        if kind not in self.kinds:
+            return
+        if value is not None:
+            await self._bring_back(key, value)
+        elif self.broken.pop(f"{kind}/{name}", None) is not None:
+            await self.node.forget_route(f"{kind}:{name}")
+        elif self.deployed[kind].pop(name, None) is not None:
+            await self.kinds[kind].stop(name)
+
+    async def _bring_back(self, key: str, value: bytes) -> None:
+        """Run a stored resource here unless this version already runs; one that cannot run
+        is kept as broken (its events still stored), never raised: the others must come up."""
+        resource = None
+        try:
+            record = json.loads(value)
+            kind = key.removeprefix(DEPLOYED).partition("/")[0]
+            if kind == "function":
+                await self._bring_code(record.get("bundle", ""))
+            resource = self.kinds[kind].validate(record["name"], record)
+            if self._changes(resource):
+                await self._run(resource)
+        except Exception as exc:  # noqa: BLE001 - one broken resource must not keep the others down
+            print(f"fmesh: could not run {key}: {describe(exc)}", file=sys.stderr)
+            self.broken[key.removeprefix(DEPLOYED)] = describe(exc)
+            if resource is not None:
+                self._keep_routing(resource)
 
     def _keep_routing(self, resource: Resource) -> None:
         """A resource that cannot run now (a secret gone from the environment) still gets its

@@ -12,16 +12,18 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 from fmesh.broker.broker import BridgedStats, Broker
 from fmesh.broker.filters import Filter, FilterErrors
 from fmesh.broker.identity import ADMIN, Identity, PeerCredential, token_digest
 from fmesh.broker.ingress import Ingress
 from fmesh.broker.policy import Gate, Rule, default_mode
-from fmesh.broker.stores import open_store
+from fmesh.broker.stores import Store, open_store
 from fmesh.broker.tokens import Tokens
+from fmesh.deploy.membership import Membership, load_or_create_node_id, members
 from fmesh.runtime.logs import LogStore
 from fmesh.runtime.runtime import FunctionSpec, FunctionStatus, Runtime, SinkSpec, SinkStatus
 from fmesh.triggers.base import Trigger, TriggerStatus
@@ -42,10 +44,10 @@ def owner_of(subscription: str) -> str:
 
 
 class Node:
-    def __init__(self, settings: NodeSettings) -> None:
+    def __init__(self, settings: NodeSettings, store: Store | None = None) -> None:
         self.settings = settings
         self.data_dir = settings.data_dir
-        self.store = open_store(settings.store_url, settings.data_dir)
+        self.store = store or open_store(settings.store_url, settings.data_dir)
         self.log, self.state = self.store.log, self.store.state
         self.mesh_id = settings.mesh_id or ""
         self.broker = Broker(self.log, self.mesh_id, settings.dedup_window)
@@ -58,6 +60,10 @@ class Node:
         self.runtime = Runtime(self.data_dir, self.run_dir, self.broker, settings.launcher, self.mesh_id)
         self.control_app: ASGIApp | None = None
         self._janitor: asyncio.Task | None = None
+        self._background: list[asyncio.Task] = []
+        self.node_id = load_or_create_node_id(settings.data_dir)
+        self.membership = Membership(self.state, self.node_id, f"{settings.scheme}://{settings.host}:{settings.port}",
+                                     self._replicas)
         self.on_start: list[Hook] = []
         self.routes: dict[str, ASGIApp] = {}   # extra POST paths (webhook triggers)
         self.triggers: dict[str, Trigger] = {}
@@ -72,6 +78,7 @@ class Node:
         await self.tokens.load()
         await self.runtime.start()
         self._janitor = asyncio.get_running_loop().create_task(self._expire())
+        self.run_in_background("heartbeat", self.membership.run())
         self._started = True
         for hook in self.on_start:
             await hook()
@@ -88,11 +95,33 @@ class Node:
         self._started = False
         if self._janitor is not None:
             self._janitor.cancel()
+        await self._stop_background()
         for name in list(self.triggers):
             await self.remove_trigger(name)
         await self.runtime.stop(self.settings.shutdown_grace if grace is None else grace)
         await self.store.close()
         shutil.rmtree(self.run_dir, ignore_errors=True)
+
+    def run_in_background(self, name: str, work: Coroutine[Any, Any, None]) -> None:
+        """Run `work` (which handles its own errors) until the node stops."""
+        self._background.append(asyncio.get_running_loop().create_task(work, name=name))
+
+    async def _stop_background(self) -> None:
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        self._background.clear()
+        try:
+            await self.membership.leave()
+        except StoreError as exc:
+            print(f"fmesh: could not say this node is leaving (it shows as gone soon): {exc}", file=sys.stderr)
+
+    def _replicas(self) -> dict[str, int]:
+        return {s.name: s.pool.ready + s.pool.starting for s in self.runtime.status()}
+
+    async def nodes(self) -> list[dict[str, Any]]:
+        """Every node on this store, from their heartbeats."""
+        return await members(self.state, time.time())
 
     async def _expire(self) -> None:
         """Dead letters older than the retention go, and bridged events older than the dedup
@@ -230,7 +259,7 @@ class Node:
 
     def build_trigger(self, name: str, entry: TriggerEntry) -> Trigger:
         """The trigger, not started; TriggerConfigError if it cannot run as configured."""
-        trigger = build_trigger(name, entry, self.broker.publish, self.state)
+        trigger = build_trigger(name, entry, self.broker.publish, self.state, shared=self.store.shared)
         path = getattr(trigger, "path", None)
         if path is not None and is_mesh_path(path):
             raise TriggerConfigError(f"triggers.{name}.http.path", f"{path} is taken by the mesh itself")

@@ -7,8 +7,9 @@ are the questions and the commands.
 
 from __future__ import annotations
 
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from fmesh.broker.broker import BridgedStats
 from fmesh.broker.filters import Filter, FilterErrors
@@ -25,6 +26,7 @@ from fmesh.contracts import BlobStore, DeadLetter, StateStore
 
 class NodeOperations(Protocol):
     mesh_id: str
+    node_id: str
     data_dir: Path
     state: StateStore          # the deployed resources, shared by every node on the store
     identity: Identity         # who the control API's callers are
@@ -63,6 +65,11 @@ class NodeOperations(Protocol):
     async def pending(self, subscription: str) -> int: ...
 
     async def backlog(self, subscription: str) -> tuple[int, float | None]: ...
+
+    async def nodes(self) -> list[dict[str, Any]]:
+        """Every node on the store (id, address, last heartbeat, replicas per function)."""
+
+    def run_in_background(self, name: str, work: Coroutine[Any, Any, None]) -> None: ...
 
     # -- dead letters ------------------------------------------------------------------------
 

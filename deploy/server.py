@@ -61,6 +61,7 @@ async def serve(settings: NodeSettings, manifest: Path | None, sockets: list[soc
 
     async def on_start() -> None:
         restored = await control.restore()
+        node.run_in_background("follow the deployed state", control.follow())
         url = f"{settings.scheme}://{settings.host}:{settings.port}"
         say(f"fmesh mesh up on {url}  (events: POST {url}/, control: {url}/v1, docs: {url}/docs)")
         say(f"  mesh id {node.mesh_id}; store {node.store_url}; data dir {settings.data_dir}")

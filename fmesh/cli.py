@@ -273,11 +273,27 @@ def status(mesh: MeshOption = DEFAULT_MESH_URL, token: TokenOption = None, ca: C
     _print_sinks(report.get("sinks", []))
     _print_bridges(report.get("bridges", []), report.get("bridged_in"))
     _print_triggers(report.get("triggers", []))
+    _print_nodes(report.get("nodes", []), report.get("node"), report.get("totals", {}))
     for key, why in sorted(report.get("broken", {}).items()):
         errors.print(f"[bold red]broken:[/] {key.replace('/', ' ', 1)} could not start after a restart "
                      f"(its events wait): {why}", highlight=False)
     if report.get("mesh"):
         console.print(f"mesh {report['mesh']}; store {report['store']}", highlight=False)
+
+
+def _print_nodes(nodes: list[dict[str, Any]], this: str | None, totals: dict[str, int]) -> None:
+    """Every node on the store, when there is more than this one, and replicas across them."""
+    if len(nodes) < 2:
+        return
+    table = Table("node", "address", "state", "last heartbeat", "replicas")
+    for n in nodes:
+        colour = "green" if n["state"] == "up" else "red"
+        replicas = ", ".join(f"{name} {count}" for name, count in sorted(n["functions"].items())) or "-"
+        table.add_row(n["id"] + (" (this one)" if n["id"] == this else ""), n["address"],
+                      f"[{colour}]{n['state']}[/]", f"{n['age']:.0f}s ago", replicas)
+    console.print(table)
+    if totals:
+        console.print("replicas on all nodes: " + ", ".join(f"{k} {v}" for k, v in totals.items()), highlight=False)
 
 
 def _print_bridges(bridges: list[dict[str, Any]], bridged_in: dict[str, int] | None) -> None:

@@ -44,9 +44,12 @@ class NatsTrigger(BackgroundTrigger):
 
     kind = "nats"
 
-    def __init__(self, name: str, config: NatsTriggerConfig, publish: Publish) -> None:
+    def __init__(self, name: str, config: NatsTriggerConfig, publish: Publish, shared: bool = False) -> None:
         self.name = name
         self.config = config
+        # Every node on a shared store runs the trigger: a queue group (one of its own unless
+        # the manifest names one) makes each message arrive at one node, not at each.
+        self.queue = config.queue or (f"fmesh-{re.sub(r'[^A-Za-z0-9_-]', '_', name)}" if shared else None)
         self._publish = publish
         field = f"triggers.{name}.nats"
         self._options = connect_options(config, field, f"fmesh-trigger-{name}")
@@ -56,7 +59,7 @@ class NatsTrigger(BackgroundTrigger):
         self._durable = (config.jetstream.durable if config.jetstream and config.jetstream.durable
                          else "fmesh-" + re.sub(r"[^A-Za-z0-9_-]", "_", name))
         self._status = StatusTracker(name, self.kind)
-        self._status.detail.update(subject=config.subject, queue=config.queue)
+        self._status.detail.update(subject=config.subject, queue=self.queue)
         if config.jetstream:
             self._status.detail.update(durable=self._durable, stream=config.jetstream.stream)
         self._backoff = Backoff(config.retry_delay, config.retry_max_delay)
@@ -133,7 +136,7 @@ class NatsTrigger(BackgroundTrigger):
 
     async def _consume_core(self, client: Client) -> None:
         inbox: asyncio.Queue[Msg] = asyncio.Queue(maxsize=self.config.batch_size * 4)
-        subscription = await client.subscribe(self.config.subject, queue=self.config.queue or "", cb=inbox.put)
+        subscription = await client.subscribe(self.config.subject, queue=self.queue or "", cb=inbox.put)
         async with unsubscribing(client, subscription):
             await self._subscribed(client)
             while True:
@@ -158,7 +161,7 @@ class NatsTrigger(BackgroundTrigger):
     async def _consume_push(self, client: Client, jetstream: JetStreamConfig) -> None:
         inbox: asyncio.Queue[Msg] = asyncio.Queue(maxsize=jetstream.batch_size * 4)
         subscription = await client.jetstream().subscribe(
-            self.config.subject, queue=self.config.queue, cb=inbox.put, durable=self._durable,
+            self.config.subject, queue=self.queue, cb=inbox.put, durable=self._durable,
             stream=jetstream.stream, config=self._consumer_config(jetstream), manual_ack=True)
         async with unsubscribing(client, subscription):
             await self._subscribed(client)
@@ -175,7 +178,7 @@ class NatsTrigger(BackgroundTrigger):
         return ConsumerConfig(durable_name=self._durable, ack_policy=AckPolicy.EXPLICIT,
                               ack_wait=jetstream.ack_wait, deliver_policy=DELIVER[jetstream.deliver],
                               filter_subject=self.config.subject,
-                              deliver_group=self.config.queue if jetstream.mode == "push" else None)
+                              deliver_group=self.queue if jetstream.mode == "push" else None)
 
     async def _publish_then_ack(self, messages: list[Msg]) -> None:
         """Ack only what is stored; on a refusal, nak with a delay so JetStream redelivers."""

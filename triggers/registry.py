@@ -20,8 +20,9 @@ from fmesh.contracts import StateStore
 
 
 def build_trigger(name: str, config: TriggerEntry | TriggerConfig, publish: Publish, state: StateStore,
-                  clock: Clock | None = None) -> Trigger:
-    """A stopped trigger named `name`; call `start()` to run it.
+                  clock: Clock | None = None, shared: bool = False) -> Trigger:
+    """A stopped trigger named `name`; call `start()` to run it. `shared`: other nodes run
+    it too, on the same store (a timer then fires on one node only).
 
     Raises TriggerConfigError (a ValueError) naming the field when a referenced secret
     environment variable or file is missing. A webhook trigger (kind "http") also has
@@ -35,10 +36,10 @@ def build_trigger(name: str, config: TriggerEntry | TriggerConfig, publish: Publ
         return KafkaTrigger(name, config, publish)
     if isinstance(config, NatsTriggerConfig):
         from fmesh.triggers.nats import NatsTrigger
-        return NatsTrigger(name, config, publish)
+        return NatsTrigger(name, config, publish, shared)
     if isinstance(config, TimerTriggerConfig):
         from fmesh.triggers.timer import TimerTrigger
-        return TimerTrigger(name, config, publish, state, clock)
+        return TimerTrigger(name, config, publish, state, clock, shared)
     if isinstance(config, HttpTriggerConfig):
         from fmesh.triggers.webhook import WebhookTrigger
         return WebhookTrigger(name, config, publish, clock)

@@ -7,16 +7,24 @@ carry the same id (`<name>-<tick time in UTC>`), so they deduplicate by (source,
 
 Ticks that passed while the mesh was down are skipped, unless `catch_up` is on: then
 each is fired once, oldest first, at most `max_catch_up` of them (the latest ones).
+
+On a store that many nodes share, every node runs the trigger but only the holder of its
+lease (`triggers.lease`) fires; the others stand by, and one of them takes over within
+the lease's ttl when the holder dies, resuming from the shared last tick by the same
+rules. Before each tick the holder renews the lease, so a holder that lost it (paused
+past its ttl) finds out before it fires.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from fmesh.triggers.base import Publish, StatusTracker
 from fmesh.triggers.clock import Clock, SystemClock
 from fmesh.triggers.config import TimerTriggerConfig
+from fmesh.triggers.lease import LEASE_TTL, Lease
 from fmesh.triggers.retry import BackgroundTrigger, Backoff, publish_until_stored
 from fmesh.triggers.schedule import due, schedule_for
 
@@ -42,7 +50,7 @@ class TimerTrigger(BackgroundTrigger):
     kind = "timer"
 
     def __init__(self, name: str, config: TimerTriggerConfig, publish: Publish, state: StateStore,
-                 clock: Clock | None = None) -> None:
+                 clock: Clock | None = None, shared: bool = False, lease_ttl: float = LEASE_TTL) -> None:
         self.name = name
         self.config = config
         self.state_key = f"trigger/{name}/last"
@@ -54,6 +62,7 @@ class TimerTrigger(BackgroundTrigger):
         self._backoff = Backoff(RETRY_DELAY, RETRY_MAX_DELAY)
         self._status = StatusTracker(name, self.kind)
         self._task: asyncio.Task | None = None
+        self._lease = Lease(state, f"lease/trigger/{name}", self._clock, lease_ttl) if shared else None
 
     def _description(self) -> str:
         return f"timer trigger {self.name}"
@@ -65,15 +74,42 @@ class TimerTrigger(BackgroundTrigger):
         self._status.connected()  # a timer has nothing to connect to
 
     async def _run(self) -> None:
+        if self._lease is None:
+            await self._fire_on_schedule(lambda tick: tick)
+            return
+        while True:
+            await self._take_lease(self._lease)
+            await self._fire_on_schedule(lambda tick: min(tick, self._clock.now() + self._lease.renew_every))
+            self._status.detail["standby"] = "lost the lease"
+
+    async def _fire_on_schedule(self, wake_at: Callable[[float], float]) -> None:
+        """Fire each tick as it comes; with a lease, wake to renew it too, and return once it is lost."""
         cursor = await self._starting_point()
         limit = self.config.max_catch_up if self.config.catch_up else 1
         while True:
             tick = self._schedule.next_after(cursor)
             self._status.detail["next_tick"] = tick_time(tick)
-            await self._clock.sleep_until(tick)
+            await self._clock.sleep_until(wake_at(tick))
+            if self._lease is not None and not await self._retrying(self._lease.acquire):
+                return
             for fired in due(self._schedule, cursor, self._clock.now(), limit):
                 await self._fire(fired)
                 cursor = fired
+
+    async def _take_lease(self, lease: Lease) -> None:
+        """Wait until this node holds the lease (another node fires meanwhile)."""
+        while not await self._retrying(lease.acquire):
+            self._status.detail["standby"] = f"another node fires it ({lease.other or 'unknown'})"
+            await self._clock.sleep_until(self._clock.now() + lease.renew_every)
+        self._status.detail.pop("standby", None)
+
+    async def stop(self) -> None:
+        await super().stop()
+        if self._lease is not None:
+            try:  # hand it over now rather than after the ttl
+                await self._lease.release()
+            except StoreError:
+                pass
 
     async def _starting_point(self) -> float:
         """Where the schedule resumes: after the last fired tick, or now (skipping missed ones)."""

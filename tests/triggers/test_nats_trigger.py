@@ -98,6 +98,17 @@ async def test_a_queue_group_shares_messages_between_members(nats_server, client
     assert recorder.events and other.events
 
 
+async def test_the_same_trigger_on_nodes_sharing_a_store_takes_each_message_once(nats_server, client, recorder,
+                                                                                running, eventually):
+    other = type(recorder)()
+    for publish in (recorder, other):  # the same trigger deployed to two nodes, no queue named
+        await running(NatsTrigger("orders", config(nats_server.url, "work"), publish, shared=True))
+    for i in range(40):
+        await client.publish("work", str(i).encode())
+    await eventually(lambda: len(recorder.events) + len(other.events) >= 40, what="40 messages")
+    assert sorted(int(e.payload) for e in recorder.events + other.events) == list(range(40))  # none twice
+
+
 async def add_stream(client: Client, name: str = "ORDERS", subjects: list[str] | None = None) -> None:
     await client.jetstream().add_stream(name=name, subjects=subjects or ["orders.>"])
 

@@ -1,0 +1,95 @@
+"""Several nodes on one store, in one process: what one node deploys, every node runs
+(with code only the first node had on disk), deletes follow, and every node is seen."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+from fmesh.broker.stores import open_store
+from fmesh.deploy.control import ControlPlane
+from fmesh.deploy.node import Node
+from fmesh.deploy.server import deploy_local
+
+from fmesh.events import new_event
+from fmesh.settings import NodeSettings
+
+MANIFEST = """\
+functions:
+  hello:
+    handler: hello/handler.py:handle
+    on:
+      - type: com.example.hello
+"""
+HANDLER = "def handle(event):\n    return {'greeting': 'hi ' + event.data['name']}\n"
+
+
+async def until(condition, what: str, timeout: float = 5.0) -> float:
+    """Seconds it took for `condition()` to hold; fails naming `what` after `timeout`."""
+    started = time.monotonic()
+    while not condition():
+        assert time.monotonic() - started < timeout, f"timed out waiting for {what}"
+        await asyncio.sleep(0.02)
+    return time.monotonic() - started
+
+
+@pytest.fixture
+async def nodes(tmp_path: Path):
+    """Three started nodes (with their control planes) on one shared store."""
+    store = open_store("memory://", tmp_path)
+    store.shared = True
+    await store.open()
+    started = []
+    for n in range(3):
+        node = Node(NodeSettings(tmp_path / f"node{n}", port=9000 + n), store=store)
+        control = ControlPlane(node)
+        await node.start()
+        await control.restore()
+        node.run_in_background("follow", control.follow())
+        started.append((node, control))
+    yield started
+    for node, _ in started:
+        node.store = _Unclosed(store)  # the store is shared: close it once, below
+        await node.stop(grace=2)
+    await store.close()
+
+
+class _Unclosed:
+    def __init__(self, store) -> None:
+        self._store = store
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_a_deploy_to_one_node_runs_on_every_node_and_a_delete_stops_it(nodes, tmp_path):
+    project = tmp_path / "project"
+    (project / "hello").mkdir(parents=True)
+    (project / "hello" / "handler.py").write_text(HANDLER)
+    (project / "fmesh.yaml").write_text(MANIFEST)
+    (first, first_control), *others = nodes
+    await deploy_local(first_control, project / "fmesh.yaml")
+
+    took = await until(lambda: all("hello" in control.functions for _, control in others), "the other nodes")
+    assert took < 5
+    for node, control in others:
+        digest = control.functions["hello"].bundle
+        assert (node.data_dir / "bundles" / digest / "handler.py").read_text() == HANDLER
+        assert [s.name for s in node.function_status()] == ["hello"]
+
+    await others[0][0].broker.publish([new_event("com.example.hello", "/t", {"name": "ann"})])
+    await until(lambda: sum(s.delivery.delivered for n, _ in nodes for s in n.function_status()) == 1,
+                "the event delivered once, by whichever node", timeout=20)
+
+    assert await first_control.delete("function", "hello")
+    await until(lambda: all(not control.functions and not node.function_status() for node, control in nodes),
+                "every node to stop hello")
+
+
+async def test_every_node_is_seen_with_its_heartbeat(nodes):
+    node = nodes[0][0]
+    listed = await node.nodes()
+    assert sorted(n["id"] for n in listed) == sorted(n.node_id for n, _ in nodes)
+    assert all(n["state"] == "up" and n["address"].startswith("http://127.0.0.1:90") for n in listed)
