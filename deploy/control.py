@@ -43,8 +43,11 @@ def state_key(kind: str, name: str) -> str:
 
 
 class ControlPlane:
-    def __init__(self, node: NodeOperations) -> None:
+    def __init__(self, node: NodeOperations, serves: str | None = None) -> None:
+        """`serves`: run that one (external) function and only route the rest, as
+        `fmesh sidecar` does; None: run everything, as a node does."""
         self.node = node
+        self.serves = serves
         self.bundles = BundleStore(node.data_dir / "bundles", node.blobs)
         self.dependencies = DependencyInstaller(node.data_dir / "deps")
         # Order matters: peers before anything takes events; bridges (that functions may hand
@@ -53,7 +56,7 @@ class ControlPlane:
         self.kinds: dict[str, Kind] = {
             "peer": PeerKind(node),
             "bridge": BridgeKind(node),
-            "function": FunctionKind(node, self.bundles, self.dependencies),
+            "function": FunctionKind(node, self.bundles, self.dependencies, needs_code=serves is None),
             "subscription": SubscriptionKind(node),
             "trigger": TriggerKind(node),
         }
@@ -105,7 +108,7 @@ class ControlPlane:
         try:
             record = json.loads(value)
             kind = key.removeprefix(DEPLOYED).partition("/")[0]
-            if kind == "function":
+            if kind == "function" and self._runs(kind, record["name"]):
                 await self._bring_code(record.get("bundle", ""))
             resource = self.kinds[kind].validate(record["name"], record)
             if self._changes(resource):
@@ -131,6 +134,8 @@ class ControlPlane:
 
     async def _bring_code(self, digest: str) -> None:
         """A function's code and requirements here, whichever node they were uploaded to."""
+        if not digest:
+            return  # an external function: no code of fmesh's
         if await self.bundles.fetch(digest) and not self.dependencies.is_ready(self.bundles.path(digest)):
             await self.dependencies.install(self.bundles.path(digest), lambda line: None)
 
@@ -247,7 +252,13 @@ class ControlPlane:
         await self.node.state.delete(state_key(kind, name))
         return True
 
+    def _runs(self, kind: str, name: str) -> bool:
+        return self.serves is None or (kind, name) == ("function", self.serves)
+
     async def _run(self, resource: Resource) -> None:
-        await self.kinds[resource.kind].run(resource)
+        if self._runs(resource.kind, resource.name):
+            await self.kinds[resource.kind].run(resource)
+        else:  # a sidecar routes (its function's replies) by every filter, and runs nothing else
+            self._keep_routing(resource)
         self.broken.pop(f"{resource.kind}/{resource.name}", None)
         self.deployed[resource.kind][resource.name] = resource

@@ -26,6 +26,8 @@ class PackedFunction:
 def pack_functions(manifest: Manifest, manifest_path: Path, progress: Progress) -> list[PackedFunction]:
     packed = []
     for name, function in manifest.functions.items():
+        if function.folder is None:
+            continue  # external: its code is not fmesh's to carry
         folder = manifest_path.parent / function.folder
         progress.step(f"packing {name} from {folder}")
         digest, data, files = pack(folder, skip=[manifest_path])
@@ -66,7 +68,7 @@ def _anchor(spec: dict[str, Any], place: tuple[str, ...], base: Path) -> None:
 
 def _request(manifest: Manifest, digests: dict[str, str]) -> dict[str, dict[str, Any]]:
     return {
-        "functions": {name: {"spec": function.model_dump(mode="json"), "bundle": digests[name]}
+        "functions": {name: {"spec": function.model_dump(mode="json"), "bundle": digests.get(name)}
                       for name, function in manifest.functions.items()},
         "subscriptions": {name: {"spec": sub.model_dump(mode="json")}
                           for name, sub in manifest.subscriptions.items()},

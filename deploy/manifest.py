@@ -157,6 +157,8 @@ class FunctionSpec(Filtered):
     handler: str | None = Field(None, description="path/to/file.py:function, relative to the manifest's folder")
     command: list[str] | None = Field(None, description="or any program serving CloudEvents over HTTP on $PORT")
     workdir: str | None = Field(None, description="the command's folder, relative to the manifest (uploaded)")
+    external: bool = Field(False, description="runs outside fmesh (any program serving CloudEvents over HTTP, "
+                           "anywhere): no node starts it; `fmesh sidecar --function NAME` beside it delivers")
     on: list[dict[str, Any]] = Field(default_factory=list, description="events that invoke the function")
     env: dict[str, EnvValue] = Field(default_factory=dict)
     secrets: list[str] | dict[str, SecretFrom] = Field(
@@ -188,6 +190,13 @@ class FunctionSpec(Filtered):
 
     @model_validator(mode="after")
     def _handler_or_command(self) -> FunctionSpec:
+        if self.external:
+            if self.handler or self.command or self.workdir:
+                raise ValueError("an external function has no handler, command or workdir: it runs elsewhere")
+            if self.reply_to is not None:
+                raise ValueError("an external function's replies are routed like any event: reply_to is not "
+                                 "supported for it yet (filter on the reply type instead)")
+            return self
         if (self.handler is None) == (self.command is None):
             raise ValueError("give either handler (a Python function) or command (any program), not both")
         if self.workdir is not None and self.command is None:
@@ -230,8 +239,11 @@ class FunctionSpec(Filtered):
         return routed if self.allow is None else all_of([routed, sender_filter(self.allow)], errors)
 
     @property
-    def folder(self) -> str:
-        """What gets uploaded: the handler file's folder, or the command's workdir."""
+    def folder(self) -> str | None:
+        """What gets uploaded: the handler file's folder, or the command's workdir (nothing
+        for an external function)."""
+        if self.external:
+            return None
         if self.handler is None:
             return self.workdir or "."
         return str(Path(self.handler.rsplit(":", 1)[0]).parent)
@@ -432,11 +444,13 @@ def load_manifest(path: Path) -> Manifest:
 
 def check_files(manifest: Manifest, path: Path, located: LocatedYaml) -> None:
     for name, function in manifest.functions.items():
+        if function.external:
+            continue
         if function.handler is not None:
             where, wanted = ("functions", name, "handler"), path.parent / function.handler.rsplit(":", 1)[0]
             exists = wanted.is_file()
         else:
-            where, wanted = ("functions", name, "workdir"), path.parent / function.folder
+            where, wanted = ("functions", name, "workdir"), path.parent / (function.folder or ".")
             exists = wanted.is_dir()
         if not exists:
             raise ManifestError(str(path), located.line_of(where), ".".join(where), f"{wanted} does not exist")

@@ -44,7 +44,7 @@ def owner_of(subscription: str) -> str:
 
 
 class Node:
-    def __init__(self, settings: NodeSettings, store: Store | None = None) -> None:
+    def __init__(self, settings: NodeSettings, store: Store | None = None, address: str | None = None) -> None:
         self.settings = settings
         self.data_dir = settings.data_dir
         self.store = store or open_store(settings.store_url, settings.data_dir)
@@ -61,9 +61,10 @@ class Node:
         self.control_app: ASGIApp | None = None
         self._janitor: asyncio.Task | None = None
         self._background: list[asyncio.Task] = []
+        self.external_targets: dict[str, str] = {}  # external function → URL it is served at, here
         self.node_id = load_or_create_node_id(settings.data_dir)
-        self.membership = Membership(self.state, self.node_id, f"{settings.scheme}://{settings.host}:{settings.port}",
-                                     self._replicas)
+        self.membership = Membership(self.state, self.node_id,
+                                     address or f"{settings.scheme}://{settings.host}:{settings.port}", self._replicas)
         self.on_start: list[Hook] = []
         self.routes: dict[str, ASGIApp] = {}   # extra POST paths (webhook triggers)
         self.triggers: dict[str, Trigger] = {}
@@ -170,6 +171,10 @@ class Node:
 
     def trigger_status(self) -> list[TriggerStatus]:
         return [trigger.status() for _, trigger in sorted(self.triggers.items())]
+
+    def external_target(self, function: str) -> str | None:
+        """Where this node (a `fmesh sidecar`) delivers an external function's events, if it does."""
+        return self.external_targets.get(function)
 
     def has_sink(self, subscription: str) -> bool:
         return subscription in self.runtime.sinks

@@ -116,15 +116,19 @@ def dead_letter_target(node: NodeOperations, owner: str, delivery: DeliverySpec)
 class FunctionKind:
     name = "function"
 
-    def __init__(self, node: NodeOperations, bundles: BundleStore, dependencies: DependencyInstaller) -> None:
+    def __init__(self, node: NodeOperations, bundles: BundleStore, dependencies: DependencyInstaller,
+                 needs_code: bool = True) -> None:
         self.node = node
         self.bundles = bundles
         self.dependencies = dependencies
+        self.needs_code = needs_code  # False on a sidecar: it routes to functions, never runs their code
 
     def validate(self, name: str, item: dict[str, Any]) -> Resource:
         check_name("function", name)
         spec = parse_spec("function", name, ManifestFunction, item.get("spec"))
         bundle = item.get("bundle", "")
+        if spec.external or not self.needs_code:
+            return Resource("function", name, spec, None if spec.external else bundle)
         try:
             present = self.bundles.has(bundle)
         except ValueError as exc:
@@ -139,6 +143,9 @@ class FunctionKind:
     async def run(self, resource: Resource) -> None:
         spec: ManifestFunction = resource.spec  # type: ignore[assignment]
         dead_letter, dead_letter_sink = dead_letter_target(self.node, resource.name, spec.delivery)
+        if spec.external:
+            await self._run_external(resource, dead_letter, dead_letter_sink)
+            return
         reply_to: SinkSpec | str | None = None
         if is_function_target(spec.reply_to):
             reply_to = named_target(self.node, spec.reply_to)  # type: ignore[arg-type]
@@ -149,17 +156,36 @@ class FunctionKind:
         await self.node.deploy_function(self.runtime_spec(resource, dead_letter), spec.compiled_filter(),
                                         reply_to, dead_letter_sink)
 
+    async def _run_external(self, resource: Resource, dead_letter: str | None,
+                            dead_letter_sink: SinkSpec | None) -> None:
+        """Where `fmesh sidecar` serves this function, deliver to its target; elsewhere only
+        route: its events wait in the store for the sidecar, wherever that runs."""
+        spec: ManifestFunction = resource.spec  # type: ignore[assignment]
+        target, subscription = self.node.external_target(resource.name), subscription_name(resource.name)
+        if target is None:
+            await self.node.remove_subscription(subscription)  # in case it was served here before
+            self.node.keep_routing(subscription, spec.compiled_filter(), spec.delivery.ordering == "ordered")
+            return
+        policy = delivery_policy(spec.delivery, spec.timeout, dead_letter)
+        sink = SinkSpec(subscription, target, {}, policy, source=f"/fmesh/functions/{resource.name}")
+        await self.node.deploy_subscription(sink, spec.compiled_filter(), dead_letter_sink)
+
     async def stop(self, name: str) -> None:
+        await self.node.remove_subscription(subscription_name(name))  # an external function's, if any
         await self.node.remove_function(name)
 
     def route(self, resource: Resource) -> tuple[str, Filter] | None:
         return subscription_name(resource.name), resource.spec.compiled_filter()  # type: ignore[attr-defined]
 
     def check(self, resource: Resource, wanted: list[Resource]) -> None:
-        self.runtime_spec(resource, None)
+        if not resource.spec.external:  # type: ignore[attr-defined]
+            self.runtime_spec(resource, None)
 
     async def verify(self, resource: Resource) -> None:
-        """Load the function as a replica would; DeployError with the reason if it cannot."""
+        """Load the function as a replica would; DeployError with the reason if it cannot.
+        (An external function runs elsewhere: its sidecar retries until it answers.)"""
+        if resource.spec.external:  # type: ignore[attr-defined]
+            return
         try:
             await self.node.verify(self.runtime_spec(resource, None))
         except HandlerError as exc:

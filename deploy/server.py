@@ -43,6 +43,8 @@ async def deploy_local(control: ControlPlane, manifest_path: Path,
     check_references(manifest, manifest_path, set(control.functions) | set(control.deployed["bridge"]))
     packed = []
     for name, function in manifest.functions.items():
+        if function.folder is None:
+            continue  # external
         digest, data, _ = pack(manifest_path.parent / function.folder, skip=[manifest_path])
         await control.bundles.put(digest, data)
         await control.dependencies.install(control.bundles.path(digest), progress)

@@ -155,6 +155,32 @@ def deploy(file: ManifestOption = Path("fmesh.yaml"), mesh: MeshOption = DEFAULT
         errors.print(f"[bold yellow]warning:[/] {warning}", highlight=False)
 
 
+@app.command()
+def sidecar(
+    function: Annotated[str, typer.Option(help="The external function (`external: true`) to deliver.")],
+    target: Annotated[str, typer.Option(help="Where it serves CloudEvents over HTTP, e.g. http://127.0.0.1:8080/.")],
+    store: Annotated[str, typer.Option(help="The store the mesh nodes share, e.g. nats://127.0.0.1:4222.")],
+    data_dir: Annotated[Path | None, typer.Option(
+        help="The sidecar's own folder (default: <~/.fmesh>/sidecars/FUNCTION).")] = None,
+) -> None:
+    """Deliver an external function's events (any language, any host), like a Dapr sidecar."""
+    import asyncio
+    from urllib.parse import urlsplit
+
+    from fmesh.deploy.sidecar import data_dir_for, run_sidecar
+    from fmesh.names import is_name
+    from fmesh.settings import NodeSettings
+
+    if not is_name(function):
+        fail(f"--function: {function!r} is not a function name (lowercase letters, digits and '-')")
+    if urlsplit(target).scheme not in ("http", "https") or not urlsplit(target).netloc:
+        fail(f"--target must be an http:// or https:// URL, not {target!r}")
+    folder = (data_dir or data_dir_for(function, default_data_dir())).expanduser().resolve()
+    settings = NodeSettings(data_dir=folder, store=store, port=0)
+    _check_store(settings)
+    raise typer.Exit(asyncio.run(run_sidecar(function, target, settings)))
+
+
 def _check_store(settings: Any) -> None:
     from fmesh.broker.stores import open_store
 

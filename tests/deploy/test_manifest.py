@@ -177,3 +177,12 @@ def test_a_function_and_a_bridge_may_not_share_a_name(tmp_path):
     with pytest.raises(ManifestError, match="a function is named 'eu' too") as caught:
         check_references(parse_manifest(path.read_text(), str(path)), path, set())
     assert caught.value.line == 2
+
+
+def test_an_external_function_has_no_code_and_no_reply_to():
+    manifest = parse_manifest("functions:\n  orders:\n    external: true\n    on: [{type: t}]\n")
+    assert manifest.functions["orders"].external and manifest.functions["orders"].folder is None
+    with pytest.raises(ManifestError, match="has no handler, command or workdir"):
+        parse_manifest("functions:\n  orders:\n    external: true\n    handler: a/h.py:handle\n")
+    with pytest.raises(ManifestError, match="reply_to is not supported"):
+        parse_manifest("functions:\n  orders:\n    external: true\n    reply_to: http://x/\n")

@@ -93,3 +93,51 @@ async def test_every_node_is_seen_with_its_heartbeat(nodes):
     listed = await node.nodes()
     assert sorted(n["id"] for n in listed) == sorted(n.node_id for n, _ in nodes)
     assert all(n["state"] == "up" and n["address"].startswith("http://127.0.0.1:90") for n in listed)
+
+
+EXTERNAL = """\
+functions:
+  orders:
+    external: true
+    on:
+      - type: com.example.order
+    timeout: 2s
+    delivery: {retries: 2, delay: 50ms}
+subscriptions:
+  audit:
+    filter: {type: com.example.order.done}
+    to: %s/audit
+"""
+
+
+async def test_a_sidecar_delivers_an_external_function_no_node_runs(nodes, tmp_path):
+    from support import Receiver
+
+    target = Receiver()
+    reply = {"ce-specversion": "1.0", "ce-id": "done-1", "ce-source": "/orders", "ce-type": "com.example.order.done"}
+    target.script("/orders", (503,), (200, reply, b""))  # fails once, then answers with a reply event
+    store = nodes[0][0].store
+    sidecar = Node(NodeSettings(tmp_path / "sidecar", port=9100), store=store, address="sidecar")
+    sidecar.external_targets["orders"] = f"{target.url}/orders"
+    sidecar_control = ControlPlane(sidecar, serves="orders")
+    await sidecar.start()
+    await sidecar_control.restore()
+    sidecar.run_in_background("follow", sidecar_control.follow())
+    try:
+        project = tmp_path / "project"
+        project.mkdir()
+        (project / "fmesh.yaml").write_text(EXTERNAL % target.url)
+        await deploy_local(nodes[0][1], project / "fmesh.yaml")
+        await until(lambda: "orders" in sidecar_control.functions, "the sidecar to see the deploy")
+        assert all(not node.function_status() for node, _ in nodes)  # no node runs it
+
+        await nodes[1][0].broker.publish([new_event("com.example.order", "/shop", {"n": 1})])
+        await until(lambda: len(target.to("/audit")) == 1, "the reply routed to the audit subscription",
+                    timeout=15)
+        assert len(target.to("/orders")) == 2  # the delivery policy retried the 503
+        assert target.to("/audit")[0]["headers"]["ce-id"] == "done-1"
+        assert not sidecar.function_status()  # delivered, not run: no replicas anywhere
+    finally:
+        sidecar.store = _Unclosed(store)
+        await sidecar.stop(grace=2)
+        target.close()
