@@ -32,10 +32,11 @@ from fmesh.triggers.registry import build_trigger
 
 from fmesh.asgi import ASGIApp, Receive, Scope, Send, is_mesh_path, respond
 from fmesh.contracts import BlobStore, DeadLetter
-from fmesh.errors import StoreError, TriggerConfigError
-from fmesh.settings import NodeSettings
+from fmesh.errors import Conflict, StartupError, StoreError, TriggerConfigError
+from fmesh.settings import NodeSettings, mesh_id_path
 
 Hook = Callable[[], Awaitable[None]]
+MESH_ID_KEY = "mesh/id"
 
 
 def owner_of(subscription: str) -> str:
@@ -76,6 +77,7 @@ class Node:
     async def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         await self.store.open()
+        await self._agree_on_mesh_id()
         await self.tokens.load()
         await self.runtime.start()
         self._janitor = asyncio.get_running_loop().create_task(self._expire())
@@ -83,6 +85,23 @@ class Node:
         self._started = True
         for hook in self.on_start:
             await hook()
+
+    async def _agree_on_mesh_id(self) -> None:
+        """Every node on one store is one mesh to its peers: the first node's id is kept in
+        the store, and a node joining later takes it (a --mesh-id that differs is an error)."""
+        try:
+            await self.state.create(MESH_ID_KEY, self.mesh_id.encode())
+            return
+        except Conflict:
+            entry = await self.state.get(MESH_ID_KEY)
+        stored = entry.value.decode(errors="replace") if entry else self.mesh_id
+        if stored == self.mesh_id:
+            return
+        if self.settings.mesh_id_given:
+            raise StartupError(f"the store {self.store_url} belongs to mesh {stored!r}, not --mesh-id "
+                               f"{self.mesh_id!r}: leave --mesh-id out, or use a store (or --cluster) of its own")
+        self.mesh_id = self.broker.mesh_id = self.runtime.mesh_id = stored
+        mesh_id_path(self.data_dir).write_text(stored + "\n")
 
     def trust_control_token(self, token: str) -> None:
         """The mesh's own token: the `admin` principal, on the control API and at the ingress."""

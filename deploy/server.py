@@ -28,6 +28,7 @@ from fmesh.settings import NodeSettings, load_or_create_mesh_id, load_or_create_
 
 def build(settings: NodeSettings) -> tuple[Node, ControlPlane, str]:
     token = load_or_create_token(settings.data_dir, settings.token)
+    settings.mesh_id_given = settings.mesh_id_given or bool(settings.mesh_id)
     settings.mesh_id = load_or_create_mesh_id(settings.data_dir, settings.mesh_id)
     node = Node(settings)
     node.trust_control_token(token)

@@ -50,7 +50,11 @@ def up(
     data_dir: Annotated[Path | None, typer.Option(
         help="Where the mesh keeps its state (default: ~/.fmesh).")] = None,
     store: Annotated[str | None, typer.Option(
-        help="Event log: sqlite:///path or memory:// (default: sqlite in the data dir).")] = None,
+        help="Where events and state live: sqlite:///path, memory://, or nats://host:4222[,host:4222] for many "
+             "nodes on NATS JetStream (default: sqlite in the data dir).")] = None,
+    cluster: Annotated[str | None, typer.Option(
+        help="With a nats:// store: the mesh's name there (streams and buckets are named after it; default fmesh). "
+             "Nodes with the same store and cluster are one mesh.")] = None,
     token: Annotated[str | None, typer.Option(
         envvar="FMESH_TOKEN", help="Control API token (default: generated into <data dir>/token).")] = None,
     max_event_bytes: Annotated[int, typer.Option(help="Largest event accepted (413 past it).")] = 1024 * 1024,
@@ -77,8 +81,8 @@ def up(
     from fmesh.settings import NodeSettings
 
     settings = NodeSettings(data_dir=(data_dir or default_data_dir()).expanduser().resolve(), host=host,
-                            port=port, store=store, token=token, max_event_bytes=max_event_bytes,
-                            launcher=launcher, dead_letter_retention=_duration(dead_letter_retention),
+                            port=port, store=_with_cluster(store, cluster), token=token,
+                            max_event_bytes=max_event_bytes, launcher=launcher, dead_letter_retention=_duration(dead_letter_retention),
                             shutdown_grace=_duration(shutdown_grace), ingress_auth=ingress_auth,
                             tls_cert=_absolute(tls_cert), tls_key=_absolute(tls_key),
                             tls_client_ca=_absolute(tls_client_ca), mesh_id=mesh_id,
@@ -160,6 +164,7 @@ def sidecar(
     function: Annotated[str, typer.Option(help="The external function (`external: true`) to deliver.")],
     target: Annotated[str, typer.Option(help="Where it serves CloudEvents over HTTP, e.g. http://127.0.0.1:8080/.")],
     store: Annotated[str, typer.Option(help="The store the mesh nodes share, e.g. nats://127.0.0.1:4222.")],
+    cluster: Annotated[str | None, typer.Option(help="The nodes' --cluster, if they were given one.")] = None,
     data_dir: Annotated[Path | None, typer.Option(
         help="The sidecar's own folder (default: <~/.fmesh>/sidecars/FUNCTION).")] = None,
 ) -> None:
@@ -176,9 +181,20 @@ def sidecar(
     if urlsplit(target).scheme not in ("http", "https") or not urlsplit(target).netloc:
         fail(f"--target must be an http:// or https:// URL, not {target!r}")
     folder = (data_dir or data_dir_for(function, default_data_dir())).expanduser().resolve()
-    settings = NodeSettings(data_dir=folder, store=store, port=0)
+    settings = NodeSettings(data_dir=folder, store=_with_cluster(store, cluster), port=0)
     _check_store(settings)
     raise typer.Exit(asyncio.run(run_sidecar(function, target, settings)))
+
+
+def _with_cluster(store: str | None, cluster: str | None) -> str | None:
+    """The store URL with `cluster=` added to its options (a nats:// store's only)."""
+    if cluster is None:
+        return store
+    if store is None or not store.startswith(("nats://", "tls://")):
+        fail("--cluster goes with a nats:// store (--store nats://host:4222): other stores hold one mesh only")
+    if "cluster=" in store.partition("?")[2]:
+        fail("--cluster is given twice: once as the option and once in the --store URL; keep one")
+    return f"{store}{'&' if '?' in store else '?'}cluster={cluster}"
 
 
 def _check_store(settings: Any) -> None:

@@ -141,3 +141,25 @@ async def test_a_sidecar_delivers_an_external_function_no_node_runs(nodes, tmp_p
         sidecar.store = _Unclosed(store)
         await sidecar.stop(grace=2)
         target.close()
+
+
+async def test_nodes_on_one_store_are_one_mesh_to_their_peers(tmp_path):
+    from fmesh.errors import StartupError
+
+    store = open_store("memory://", tmp_path)
+    store.shared = True
+    first = Node(NodeSettings(tmp_path / "a", mesh_id="mesh-a"), store=store)
+    joiner = Node(NodeSettings(tmp_path / "b", mesh_id="mesh-b"), store=store)  # read from its data dir
+    insisting = Node(NodeSettings(tmp_path / "c", mesh_id="mesh-c", mesh_id_given=True), store=store)
+    await first.start()
+    try:
+        await joiner.start()
+        assert joiner.mesh_id == joiner.broker.mesh_id == joiner.runtime.mesh_id == "mesh-a"
+        assert (tmp_path / "b" / "mesh-id").read_text().strip() == "mesh-a"  # kept for its next start
+        with pytest.raises(StartupError, match="belongs to mesh 'mesh-a'"):
+            await insisting.start()
+    finally:
+        for node in (joiner, first):
+            node.store = _Unclosed(store)
+            await node.stop(grace=1)
+        await insisting.runtime.stop(1)
