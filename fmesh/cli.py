@@ -82,7 +82,8 @@ def up(
 
     settings = NodeSettings(data_dir=(data_dir or default_data_dir()).expanduser().resolve(), host=host,
                             port=port, store=_with_cluster(store, cluster), token=token,
-                            max_event_bytes=max_event_bytes, launcher=launcher, dead_letter_retention=_duration(dead_letter_retention),
+                            max_event_bytes=max_event_bytes, launcher=launcher,
+                            dead_letter_retention=_duration(dead_letter_retention),
                             shutdown_grace=_duration(shutdown_grace), ingress_auth=ingress_auth,
                             tls_cert=_absolute(tls_cert), tls_key=_absolute(tls_key),
                             tls_client_ca=_absolute(tls_client_ca), mesh_id=mesh_id,
