@@ -20,11 +20,12 @@ from fmesh.broker.identity import SCOPES, Identity, Principal, token_digest
 from fmesh.broker.policy import Gate, Rule
 
 from fmesh.contracts import StateStore
-from fmesh.errors import DeployError
+from fmesh.errors import DeployError, StoreError
 from fmesh.names import NAME_RULE, is_name
 from fmesh.ratelimit import TokenBucket
 
 PREFIX = "tokens/"
+FOLLOW_RETRY = 1.0  # seconds before watching the tokens again after the store failed
 
 
 @dataclass
@@ -87,10 +88,39 @@ class Tokens:
         if name not in self.records:
             return False
         await self._state.delete(PREFIX + name)
-        record = self.records.pop(name)
-        self._identity.forget(record.principal.name)
-        self._gate.drop_rule(record.principal.name)
+        self._forget(name)
         return True
+
+    async def follow(self) -> None:
+        """Know the tokens other nodes on the store create, and forget those they revoke, as
+        it happens (runs for the node's life; a store that fails is watched again)."""
+        while True:
+            try:
+                async for change in self._state.watch(PREFIX):
+                    name = change.key.removeprefix(PREFIX)
+                    if change.value is None:
+                        self._forget(name)
+                    else:
+                        self._learn(change.key, change.value)
+            except StoreError as exc:
+                print(f"fmesh: lost sight of the tokens, watching again: {exc}", file=sys.stderr)
+            await asyncio.sleep(FOLLOW_RETRY)
+
+    def _learn(self, key: str, value: bytes) -> None:
+        try:
+            record = TokenRecord(**json.loads(value))
+        except (ValueError, TypeError) as exc:
+            print(f"fmesh: token {key.removeprefix(PREFIX)} is unreadable and does not work: {exc}", file=sys.stderr)
+            return
+        if self.records.get(record.name) != record:
+            self._forget(record.name)
+            self._know(record)
+
+    def _forget(self, name: str) -> None:
+        record = self.records.pop(name, None)
+        if record is not None:
+            self._identity.forget(record.principal.name)
+            self._gate.drop_rule(record.principal.name)
 
     def _know(self, record: TokenRecord) -> None:
         self.records[record.name] = record

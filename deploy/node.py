@@ -82,6 +82,7 @@ class Node:
         await self.runtime.start()
         self._janitor = asyncio.get_running_loop().create_task(self._expire())
         self.run_in_background("heartbeat", self.membership.run())
+        self.run_in_background("follow the tokens", self.tokens.follow())
         self._started = True
         for hook in self.on_start:
             await hook()

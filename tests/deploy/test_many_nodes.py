@@ -163,3 +163,12 @@ async def test_nodes_on_one_store_are_one_mesh_to_their_peers(tmp_path):
             node.store = _Unclosed(store)
             await node.stop(grace=1)
         await insisting.runtime.stop(1)
+
+
+async def test_a_token_made_on_one_node_works_on_every_node_until_revoked(nodes):
+    (first, _), (second, _), _ = nodes
+    record, token = await first.tokens.create("ci", "publish")
+    await until(lambda: second.identity.bearer(token) is not None, "node 2 to know the token")
+    assert second.identity.bearer(token).name == "token:ci"
+    assert await first.tokens.revoke("ci")
+    await until(lambda: second.identity.bearer(token) is None, "node 2 to forget the token")
