@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 from external import NatsServer, free_port
-from support import FMESH, Receiver, wait_for, write_manifest
+from support import FMESH, Receiver, append_manifest, wait_for
 
 TOKEN = "test-token"
 
@@ -41,15 +41,8 @@ def nodes(mesh_factory, tmp_path):
     return start
 
 
-def append_to(folder: Path, out: Path, event_type: str = "com.example.work", max_replicas: int = 2) -> Path:
-    return write_manifest(folder, f"""
-functions:
-  append:
-    handler: {{fixtures}}/append/handler.py:handle
-    on: [{{{{type: {event_type}}}}}]
-    env: {{{{APPEND_TO: "{out}"}}}}
-    scale: {{{{max: {max_replicas}, concurrency: 16}}}}
-""")
+def append_to(folder: Path, out: Path, event_type: str = "com.example.work") -> Path:
+    return append_manifest(folder, out, event_type, scale="{max: 2, concurrency: 16}")
 
 
 def delivered(out: Path) -> Counter:
