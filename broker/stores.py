@@ -1,5 +1,6 @@
 """Open a store from its URL: `sqlite:///abs/path/mesh.db`, `sqlite://mesh.db` (relative
-to the data dir) or `memory://`.
+to the data dir), `memory://`, or `nats://host:4222[,host:4222...][?cluster=NAME&...]`
+(JetStream, shared by every node that opens it: see `jetstream/`).
 
 A store is three contracts over one engine: the event log (deliveries and dead letters),
 state (key/value with compare-and-set and watch) and blobs (function bundles). Nothing
@@ -13,6 +14,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from fmesh.broker.directory_blobs import DirectoryBlobs
+from fmesh.broker.jetstream import open_jetstream
 from fmesh.broker.log import EventLog
 from fmesh.broker.memory_log import MemoryEventLog
 from fmesh.broker.memory_state import MemoryBlobs, MemoryState
@@ -47,4 +49,7 @@ def open_store(url: str, data_dir: Path) -> Store:
             raise ValueError(f"store URL {url!r} names no file: use sqlite:///path/to/mesh.db")
         log = SqliteEventLog(data_dir / path if parsed.netloc else Path(path))
         return Store(log.url, log, SqliteState(log.submit), DirectoryBlobs(data_dir / "blobs"))
-    raise ValueError(f"unknown store URL {url!r}: use sqlite:///path/to/mesh.db or memory://")
+    if parsed.scheme in ("nats", "tls"):
+        log, state, blobs = open_jetstream(url)
+        return Store(log.url, log, state, blobs)
+    raise ValueError(f"unknown store URL {url!r}: use sqlite:///path/to/mesh.db, nats://host:4222 or memory://")
