@@ -38,7 +38,6 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import BadRequestError, KeyNotFoundError, NotFoundError
 
 from fmesh.contracts import Delivery, DeliveryId
-from fmesh.errors import StoreError
 from fmesh.events import Event, ordering_key
 
 NOT_UNIQUE = 10100   # JetStream's error code: another consumer of a work-queue stream has this subject
@@ -78,8 +77,7 @@ class Deliveries:
     # -- claiming --------------------------------------------------------------------------
 
     async def claim(self, subscription: str, limit: int, ordered: bool, wait: float) -> list[Delivery]:
-        if not self.engine.client.is_connected:
-            raise StoreError(f"JetStream store {self.engine.url}: not connected (reconnecting)")
+        self.engine.connected()
         claims = await self._claims_of(subscription, ordered)
         msgs = await claims.claim(limit, wait)
         if not msgs and claims.missing:                      # its consumers went away: make them again

@@ -15,7 +15,6 @@ import contextlib
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-import nats
 import orjson
 from fmesh.broker.jetstream.names import Names
 from fmesh.broker.jetstream.options import JetStreamOptions, client_options
@@ -34,7 +33,7 @@ STREAM_EXISTS = 10058      # JetStream's error code: a stream of that name exist
 REQUEST_TIMEOUT = 5.0      # seconds any one request to the server may take
 DUPLICATE_WINDOW = 120.0   # seconds in which JetStream drops a message whose Nats-Msg-Id it has seen
 ATTEMPTS_TTL = 7 * 86400   # seconds an attempt count outlives its delivery's last retry (see log.py)
-PUBLISH_TIMEOUT = 10.0     # seconds a batch of publishes may wait for its acks
+PUBLISH_TIMEOUT = 5.0      # seconds a batch of publishes may wait for its acks
 FAILURES = (NatsError, OSError, asyncio.TimeoutError)
 Outgoing = tuple[str, bytes, str | None]   # subject, body, Nats-Msg-Id
 
@@ -47,6 +46,7 @@ class Engine:
         self.names = Names(options.cluster)
         self.url = options.display_url
         self._connect = client_options(options)   # read now: a missing secret fails open_store
+        self.last_error: str | None = None        # what the connection last went through
         self._client: Client | None = None
         self._js: JetStreamContext | None = None
         self._buckets: dict[str, Any] = {}
@@ -58,6 +58,14 @@ class Engine:
             raise StoreError(f"JetStream store {self.url} is not open")
         return self._client
 
+    def connected(self) -> Client:
+        """The client, if it is connected now: while nats-py reconnects, a write would only
+        wait in its buffer, and the caller is better told at once (the ingress says 503)."""
+        client = self.client
+        if not client.is_connected:
+            raise StoreError(f"JetStream store {self.url}: not connected (reconnecting)")
+        return client
+
     @property
     def js(self) -> JetStreamContext:
         if self._js is None:
@@ -67,8 +75,7 @@ class Engine:
     async def open(self) -> None:
         if self._client is not None and not self._client.is_closed:
             return
-        with self.translated("cannot connect"):
-            self._client = await nats.connect(**self._connect)
+        await self._connect_once()
         with self.translated("cannot make the delivery and dead-letter streams"):
             await self.stream(self.names.deliveries, [self.names.delivery_subjects], RetentionPolicy.WORK_QUEUE)
             await self.stream(self.names.dead_letters, [self.names.dead_letter_subjects], RetentionPolicy.LIMITS)
@@ -81,11 +88,32 @@ class Engine:
                 async with asyncio.timeout(REQUEST_TIMEOUT):
                     await client.close()
 
+    async def _connect_once(self) -> None:
+        """Connect, trying every server once (and once more after `reconnect_delay`): nats-py
+        would try for ever, and a mesh whose store is not there must be told so."""
+        client = Client()
+        patience = self.options.connect_timeout * len(self.options.url) + self.options.reconnect_delay
+        try:
+            async with asyncio.timeout(patience):
+                await client.connect(**self._connect, error_cb=self._on_error)
+        except FAILURES as exc:
+            with contextlib.suppress(*FAILURES):
+                await client.close()
+            why = self.last_error or describe(exc)
+            raise StoreError(f"JetStream store {self.url}: cannot connect: {why}") from exc
+        self._client = client
+
+    async def _on_error(self, error: Exception) -> None:
+        """nats-py reconnects by itself; keep what happened instead of logging every try."""
+        self.last_error = describe(error)
+
     @contextlib.contextmanager
     def translated(self, what: str) -> Iterator[None]:
         """nats-py's errors (and timeouts) as `StoreError`s that say what failed where."""
         try:
             yield
+        except StoreError:
+            raise                               # said already (StoreError is an OSError too)
         except FAILURES as exc:
             raise StoreError(f"JetStream store {self.url}: {what}: {describe(exc)}") from exc
 
@@ -151,6 +179,7 @@ class Engine:
         `duplicate` when the stream had that Nats-Msg-Id within its duplicate window."""
         if not messages:
             return []
+        self.connected()
         futures = []
         with self.translated(f"cannot store {len(messages)} message(s)"):
             try:
@@ -165,4 +194,4 @@ class Engine:
 
     async def confirm(self, reply_subject: str, ack: bytes) -> None:
         """Send an ack, nak or progress to JetStream and wait until it has taken it."""
-        await self.client.request(reply_subject, ack, timeout=REQUEST_TIMEOUT)
+        await self.connected().request(reply_subject, ack, timeout=REQUEST_TIMEOUT)

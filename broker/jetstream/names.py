@@ -16,7 +16,7 @@ import re
 import zlib
 from dataclasses import dataclass
 
-MESH_NAME = re.compile(r"[A-Za-z0-9_-]{1,32}")
+MESH_NAME = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 _PLAIN = re.compile(rb"[A-Za-z0-9-]")
 UNKEYED = "u"
 
