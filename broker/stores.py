@@ -1,5 +1,6 @@
 """Open a store from its URL: `sqlite:///abs/path/mesh.db`, `sqlite://mesh.db` (relative
-to the data dir) or `memory://`.
+to the data dir), `memory://`, or `nats://host:4222[,host:4222...][?cluster=NAME&...]`
+(JetStream, shared by every node that opens it: see `jetstream/`).
 
 A store is three contracts over one engine: the event log (deliveries and dead letters),
 state (key/value with compare-and-set and watch) and blobs (function bundles). Nothing
@@ -48,4 +49,9 @@ def open_store(url: str, data_dir: Path) -> Store:
             raise ValueError(f"store URL {url!r} names no file: use sqlite:///path/to/mesh.db")
         log = SqliteEventLog(data_dir / path if parsed.netloc else Path(path))
         return Store(log.url, log, SqliteState(log.submit), DirectoryBlobs(data_dir / "blobs"))
-    raise ValueError(f"unknown store URL {url!r}: use sqlite:///path/to/mesh.db or memory://")
+    if parsed.scheme in ("nats", "tls"):
+        from fmesh.broker.jetstream import open_jetstream  # nats-py only in meshes that use it
+
+        log, state, blobs = open_jetstream(url)
+        return Store(log.url, log, state, blobs, shared=True)
+    raise ValueError(f"unknown store URL {url!r}: use sqlite:///path/to/mesh.db, nats://host:4222 or memory://")

@@ -1,4 +1,4 @@
-"""One suite for every state and blob store: memory, SQLite (and JetStream, in its own module)."""
+"""One suite for every state and blob store: memory, SQLite and JetStream."""
 
 from __future__ import annotations
 
@@ -6,13 +6,21 @@ import asyncio
 
 import pytest
 from fmesh.broker.stores import open_store
+from jetstream_mesh import JetStreamMesh
 
 from fmesh.contracts import Change
 from fmesh.errors import Conflict
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "jetstream"])
 async def store(request, tmp_path):
+    if request.param == "jetstream":
+        mesh = JetStreamMesh(request.getfixturevalue("jetstream_server"), tmp_path)
+        try:
+            yield await mesh.store()
+        finally:
+            await mesh.close()
+        return
     url = "memory://" if request.param == "memory" else f"sqlite:///{tmp_path / 'mesh.db'}"
     opened = open_store(url, tmp_path)
     await opened.open()
@@ -106,8 +114,20 @@ async def test_a_change_racing_the_watch_start_is_seen_once(store):
         await changes.aclose()
 
 
-async def test_state_survives_reopening_the_store(tmp_path):
-    url = f"sqlite:///{tmp_path / 'mesh.db'}"
+@pytest.fixture(params=["sqlite", "jetstream"])
+async def durable_url(request, tmp_path):
+    if request.param == "jetstream":
+        mesh = JetStreamMesh(request.getfixturevalue("jetstream_server"), tmp_path)
+        try:
+            yield mesh.url()
+        finally:
+            await mesh.close()
+        return
+    yield f"sqlite:///{tmp_path / 'mesh.db'}"
+
+
+async def test_state_survives_reopening_the_store(durable_url, tmp_path):
+    url = durable_url
     store = open_store(url, tmp_path)
     await store.open()
     revision = await store.state.put("function/a", b"1")

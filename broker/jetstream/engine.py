@@ -1,0 +1,197 @@
+"""The NATS connection a JetStream store's log, state and blobs share, and the streams,
+key/value buckets and object store of its mesh, each made on first use.
+
+Making them is idempotent and safe when several processes race to do it: JetStream
+answers a create with the same configuration with the existing resource, and one that
+exists with another configuration (made by an older fmesh, or changed by hand) is used
+as it is. Every library error is translated here, into `StoreError` (or `Conflict`
+where a compare-and-set lost), so nothing outside this package sees a nats-py type.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import orjson
+from fmesh.broker.jetstream.names import Names
+from fmesh.broker.jetstream.options import JetStreamOptions, client_options
+from nats.aio.client import Client
+from nats.errors import Error as NatsError
+from nats.js.api import KeyValueConfig, PubAck, RetentionPolicy, StorageType, StreamConfig
+from nats.js.client import JetStreamContext
+from nats.js.errors import APIError, BadRequestError
+from nats.js.kv import KeyValue
+from nats.js.object_store import ObjectStore
+
+from fmesh.bindings.common import describe
+from fmesh.errors import StoreError
+
+STREAM_EXISTS = 10058      # JetStream's error code: a stream of that name exists with another configuration
+REQUEST_TIMEOUT = 5.0      # seconds any one request to the server may take
+DUPLICATE_WINDOW = 120.0   # seconds in which JetStream drops a message whose Nats-Msg-Id it has seen
+ATTEMPTS_TTL = 7 * 86400   # seconds an attempt count outlives its delivery's last retry (see log.py)
+PUBLISH_TIMEOUT = 5.0      # seconds a batch of publishes may wait for its acks
+FAILURES = (NatsError, OSError, asyncio.TimeoutError)
+Outgoing = tuple[str, bytes, str | None]   # subject, body, Nats-Msg-Id
+
+
+class Engine:
+    """One connection to the servers of a store URL, and the mesh's resources on them."""
+
+    def __init__(self, options: JetStreamOptions) -> None:
+        self.options = options
+        self.names = Names(options.cluster)
+        self.url = options.display_url
+        self._connect = client_options(options)   # read now: a missing secret fails open_store
+        self.last_error: str | None = None        # what the connection last went through
+        self._client: Client | None = None
+        self._js: JetStreamContext | None = None
+        self._buckets: dict[str, Any] = {}
+        self._making = asyncio.Lock()
+
+    @property
+    def client(self) -> Client:
+        if self._client is None or self._client.is_closed:
+            raise StoreError(f"JetStream store {self.url} is not open")
+        return self._client
+
+    def connected(self) -> Client:
+        """The client, if it is connected now: while nats-py reconnects, a write would only
+        wait in its buffer, and the caller is better told at once (the ingress says 503)."""
+        client = self.client
+        if not client.is_connected:
+            raise StoreError(f"JetStream store {self.url}: not connected (reconnecting)")
+        return client
+
+    @property
+    def js(self) -> JetStreamContext:
+        if self._js is None:
+            self._js = self.client.jetstream(timeout=REQUEST_TIMEOUT)
+        return self._js
+
+    async def open(self) -> None:
+        if self._client is not None and not self._client.is_closed:
+            return
+        await self._connect_once()
+        with self.translated("cannot make the delivery and dead-letter streams"):
+            await self.stream(self.names.deliveries, [self.names.delivery_subjects], RetentionPolicy.WORK_QUEUE)
+            await self.stream(self.names.dead_letters, [self.names.dead_letter_subjects], RetentionPolicy.LIMITS)
+
+    async def close(self) -> None:
+        client, self._client, self._js = self._client, None, None
+        self._buckets.clear()
+        if client is not None and not client.is_closed:
+            with contextlib.suppress(*FAILURES):
+                async with asyncio.timeout(REQUEST_TIMEOUT):
+                    await client.close()
+
+    async def _connect_once(self) -> None:
+        """Connect, trying every server once (and once more after `reconnect_delay`): nats-py
+        would try for ever, and a mesh whose store is not there must be told so."""
+        client = Client()
+        patience = self.options.connect_timeout * len(self.options.url) + self.options.reconnect_delay
+        try:
+            async with asyncio.timeout(patience):
+                await client.connect(**self._connect, error_cb=self._on_error)
+        except FAILURES as exc:
+            with contextlib.suppress(*FAILURES):
+                await client.close()
+            why = self.last_error or describe(exc)
+            raise StoreError(f"JetStream store {self.url}: cannot connect: {why}") from exc
+        self._client = client
+
+    async def _on_error(self, error: Exception) -> None:
+        """nats-py reconnects by itself; keep what happened instead of logging every try."""
+        self.last_error = describe(error)
+
+    @contextlib.contextmanager
+    def translated(self, what: str) -> Iterator[None]:
+        """nats-py's errors (and timeouts) as `StoreError`s that say what failed where."""
+        try:
+            yield
+        except StoreError:
+            raise                               # said already (StoreError is an OSError too)
+        except FAILURES as exc:
+            raise StoreError(f"JetStream store {self.url}: {what}: {describe(exc)}") from exc
+
+    # -- resources, made on first use --------------------------------------------------------
+
+    async def stream(self, name: str, subjects: list[str], retention: RetentionPolicy) -> None:
+        config = StreamConfig(name=name, subjects=subjects, retention=retention, storage=StorageType.FILE,
+                              num_replicas=self.options.replicas, duplicate_window=DUPLICATE_WINDOW)
+        try:
+            await self.js.add_stream(config)
+        except BadRequestError as exc:
+            if exc.err_code != STREAM_EXISTS:
+                raise
+
+    async def key_value(self, bucket: str, ttl: float | None = None) -> KeyValue:
+        async def make() -> KeyValue:
+            config = KeyValueConfig(bucket=bucket, history=1, ttl=ttl, storage=StorageType.FILE,
+                                    replicas=self.options.replicas)
+            try:
+                return await self.js.create_key_value(config)
+            except BadRequestError as exc:
+                if exc.err_code != STREAM_EXISTS:
+                    raise
+                return await self.js.key_value(bucket)
+
+        return await self._bucket(bucket, make)
+
+    async def object_store(self, bucket: str) -> ObjectStore:
+        async def make() -> ObjectStore:
+            try:
+                return await self.js.create_object_store(bucket, storage=StorageType.FILE,
+                                                         replicas=self.options.replicas)
+            except BadRequestError as exc:
+                if exc.err_code != STREAM_EXISTS:
+                    raise
+                return await self.js.object_store(bucket)
+
+        return await self._bucket(f"obj:{bucket}", make)
+
+    async def _bucket(self, key: str, make: Any) -> Any:
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            async with self._making:
+                bucket = self._buckets.get(key)
+                if bucket is None:
+                    with self.translated(f"cannot open bucket {key}"):
+                        bucket = self._buckets[key] = await make()
+        return bucket
+
+    # -- requests nats-py does not make for us ------------------------------------------------
+
+    async def api(self, subject: str, request: dict[str, Any]) -> dict[str, Any]:
+        """A JetStream API call (`STREAM.PURGE.<name>`...) and its answer, errors raised."""
+        reply = await self.client.request(f"$JS.API.{subject}", orjson.dumps(request), timeout=REQUEST_TIMEOUT)
+        answer = orjson.loads(reply.data)
+        if "error" in answer:
+            APIError.from_error(answer["error"])  # raises the class that fits the error
+        return answer
+
+    async def publish(self, messages: Sequence[Outgoing]) -> list[PubAck]:
+        """Store the messages durably, in this order (publishes are sent one after the
+        other on one connection, then their acks awaited together). An ack says
+        `duplicate` when the stream had that Nats-Msg-Id within its duplicate window."""
+        if not messages:
+            return []
+        self.connected()
+        futures = []
+        with self.translated(f"cannot store {len(messages)} message(s)"):
+            try:
+                for subject, body, msg_id in messages:
+                    headers = {"Nats-Msg-Id": msg_id} if msg_id else None
+                    futures.append(await self.js.publish_async(subject, body, headers=headers))
+                async with asyncio.timeout(PUBLISH_TIMEOUT):
+                    return list(await asyncio.gather(*futures))
+            finally:
+                for future in futures:
+                    future.cancel()  # those never answered (a no-op for the others)
+
+    async def confirm(self, reply_subject: str, ack: bytes) -> None:
+        """Send an ack, nak or progress to JetStream and wait until it has taken it."""
+        await self.connected().request(reply_subject, ack, timeout=REQUEST_TIMEOUT)
