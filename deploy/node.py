@@ -33,6 +33,7 @@ from fmesh.triggers.registry import build_trigger
 from fmesh.asgi import ASGIApp, Receive, Scope, Send, is_mesh_path, respond
 from fmesh.contracts import BlobStore, DeadLetter
 from fmesh.errors import Conflict, StartupError, StoreError, TriggerConfigError
+from fmesh.meshpath import check_mesh_id
 from fmesh.settings import NodeSettings, mesh_id_path
 
 Hook = Callable[[], Awaitable[None]]
@@ -98,6 +99,11 @@ class Node:
         stored = entry.value.decode(errors="replace") if entry else self.mesh_id
         if stored == self.mesh_id:
             return
+        try:
+            check_mesh_id(stored)
+        except ValueError as exc:
+            raise StartupError(f"the store {self.store_url} holds {MESH_ID_KEY!r} = {stored[:70]!r}: {exc}; "
+                               "delete that key, or use a store (or --cluster) of its own") from None
         if self.settings.mesh_id_given:
             raise StartupError(f"the store {self.store_url} belongs to mesh {stored!r}, not --mesh-id "
                                f"{self.mesh_id!r}: leave --mesh-id out, or use a store (or --cluster) of its own")

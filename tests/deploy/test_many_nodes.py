@@ -172,3 +172,14 @@ async def test_a_token_made_on_one_node_works_on_every_node_until_revoked(nodes)
     assert second.identity.bearer(token).name == "token:ci"
     assert await first.tokens.revoke("ci")
     await until(lambda: second.identity.bearer(token) is None, "node 2 to forget the token")
+
+
+async def test_a_mesh_id_in_the_store_that_is_not_one_stops_the_start_with_a_line(tmp_path):
+    from fmesh.errors import StartupError
+
+    store = open_store("memory://", tmp_path)
+    await store.state.put("mesh/id", b"../../etc \xff")
+    node = Node(NodeSettings(tmp_path / "a", mesh_id="mesh-a"), store=store)
+    with pytest.raises(StartupError, match="holds 'mesh/id'"):
+        await node.start()
+    await node.runtime.stop(1)
