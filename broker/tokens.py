@@ -25,7 +25,8 @@ from fmesh.names import NAME_RULE, is_name
 from fmesh.ratelimit import TokenBucket
 
 PREFIX = "tokens/"
-FOLLOW_RETRY = 1.0  # seconds before watching the tokens again after the store failed
+FOLLOW_RETRY = 1.0      # seconds before watching the tokens again after the store failed
+RECONCILE_EVERY = 15.0  # seconds between comparisons of the tokens known here with the store
 
 
 @dataclass
@@ -105,6 +106,23 @@ class Tokens:
             except StoreError as exc:
                 print(f"fmesh: lost sight of the tokens, watching again: {exc}", file=sys.stderr)
             await asyncio.sleep(FOLLOW_RETRY)
+
+    async def reconcile_now_and_then(self) -> None:
+        """A revoke made while the watch was not watching (before it started, or while the
+        store was away) is found here, within `RECONCILE_EVERY`."""
+        while True:
+            await asyncio.sleep(RECONCILE_EVERY)
+            try:
+                await self.reconcile()
+            except StoreError as exc:
+                print(f"fmesh: could not compare the tokens with the store: {exc}", file=sys.stderr)
+
+    async def reconcile(self) -> None:
+        entries = await self._state.list(PREFIX)
+        for name in set(self.records) - {key.removeprefix(PREFIX) for key in entries}:
+            self._forget(name)
+        for key, entry in entries.items():
+            self._learn(key, entry.value)
 
     def _learn(self, key: str, value: bytes) -> None:
         try:

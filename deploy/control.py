@@ -36,6 +36,7 @@ class Change:
 DEPLOYED = "deployed/"
 FOLLOW_RETRY = 0.5       # seconds before watching the deployed state again, doubling
 FOLLOW_RETRY_MAX = 10.0
+RECONCILE_EVERY = 15.0   # seconds between comparisons of what runs here with the deployed state
 
 
 def state_key(kind: str, name: str) -> str:
@@ -79,6 +80,7 @@ class ControlPlane:
     async def follow(self) -> None:
         """Converge on the deployed state as any node on the store changes it, for as long
         as the node runs: a deploy to one node runs on every node within moments."""
+        self.node.run_in_background("reconcile the deployed state", self._reconcile_now_and_then())
         backoff = Backoff(FOLLOW_RETRY, FOLLOW_RETRY_MAX)
         while True:
             try:
@@ -90,16 +92,49 @@ class ControlPlane:
                 print(f"fmesh: lost sight of the deployed state, watching again: {exc}", file=sys.stderr)
             await backoff.wait()
 
+    async def _reconcile_now_and_then(self) -> None:
+        """A watch shows what changes while it watches; a delete made while it was not (between
+        the restore and the watch, or while the store was away) is found here instead."""
+        while True:
+            await asyncio.sleep(RECONCILE_EVERY)
+            try:
+                await self.reconcile()
+            except StoreError as exc:
+                print(f"fmesh: could not compare with the deployed state: {exc}", file=sys.stderr)
+
+    async def reconcile(self) -> None:
+        """Bring this node to the deployed state as it is now, whatever changes were missed."""
+        entries = await self.node.state.list(DEPLOYED)
+        async with self._changing:
+            here = {state_key(k, n) for k, resources in self.deployed.items() for n in resources}
+            here |= {DEPLOYED + key for key in self.broken}
+            for key in sorted(here - set(entries)):
+                await self._converge(key, None)
+            for kind in self.kinds:
+                for key, entry in entries.items():
+                    if key.startswith(state_key(kind, "")):
+                        await self._converge(key, entry.value)
+
     async def _converge(self, key: str, value: bytes | None) -> None:
         kind, _, name = key.removeprefix(DEPLOYED).partition("/")
         if kind not in self.kinds:
             return
         if value is not None:
             await self._bring_back(key, value)
-        elif self.broken.pop(f"{kind}/{name}", None) is not None:
-            await self.node.forget_route(f"{kind}:{name}")
-        elif self.deployed[kind].pop(name, None) is not None:
+        else:
+            await self._stop_here(kind, name)
+
+    async def _stop_here(self, kind: str, name: str) -> bool:
+        """Stop a resource on this node: what runs (an older version may, beside a broken
+        newer one) and the route kept for a broken one. False when it was not here."""
+        was_broken = self.broken.pop(f"{kind}/{name}", None) is not None
+        if self.deployed[kind].pop(name, None) is not None:
             await self.kinds[kind].stop(name)
+        elif was_broken:
+            await self.node.forget_route(f"{kind}:{name}")
+        else:
+            return False
+        return True
 
     async def _bring_back(self, key: str, value: bytes) -> None:
         """Run a stored resource here unless this version already runs; one that cannot run
@@ -107,15 +142,17 @@ class ControlPlane:
         resource = None
         try:
             record = json.loads(value)
-            kind = key.removeprefix(DEPLOYED).partition("/")[0]
-            if kind == "function" and self._runs(kind, record["name"]):
+            kind, _, name = key.removeprefix(DEPLOYED).partition("/")  # the key names it, not the record
+            if kind == "function" and self._runs(kind, name):
                 await self._bring_code(record.get("bundle", ""))
-            resource = self.kinds[kind].validate(record["name"], record)
+            resource = self.kinds[kind].validate(name, record)
             if self._changes(resource):
                 await self._run(resource)
         except Exception as exc:  # noqa: BLE001 - one broken resource must not keep the others down
-            print(f"fmesh: could not run {key}: {describe(exc)}", file=sys.stderr)
-            self.broken[key.removeprefix(DEPLOYED)] = describe(exc)
+            why = describe(exc)
+            if self.broken.get(key.removeprefix(DEPLOYED)) != why:  # said once, not at every reconcile
+                print(f"fmesh: could not run {key}: {why}", file=sys.stderr)
+            self.broken[key.removeprefix(DEPLOYED)] = why
             if resource is not None:
                 self._keep_routing(resource)
 
@@ -242,13 +279,8 @@ class ControlPlane:
                                           f"change or delete that first")
 
     async def _delete(self, kind: str, name: str) -> bool:
-        if self.broken.pop(f"{kind}/{name}", None) is not None:  # never ran since the restart
-            await self.node.state.delete(state_key(kind, name))
-            await self.node.forget_route(f"{kind}:{name}")
-            return True
-        if self.deployed[kind].pop(name, None) is None:
+        if not await self._stop_here(kind, name):
             return False
-        await self.kinds[kind].stop(name)
         await self.node.state.delete(state_key(kind, name))
         return True
 

@@ -84,6 +84,7 @@ class Node:
         self._janitor = asyncio.get_running_loop().create_task(self._expire())
         self.run_in_background("heartbeat", self.membership.run())
         self.run_in_background("follow the tokens", self.tokens.follow())
+        self.run_in_background("reconcile the tokens", self.tokens.reconcile_now_and_then())
         self._started = True
         for hook in self.on_start:
             await hook()
@@ -271,6 +272,10 @@ class Node:
         queue = self.broker.subscribe(sink.subscription, filter, sink.delivery.ordered)
         await self.runtime.deploy_sink(sink, queue, target)
         await self._drop_sinks_except(owner_of(sink.subscription), {dead_letter.subscription} if dead_letter else set())
+
+    async def stop_delivering(self, subscription: str) -> None:
+        """Stop this node's sidecar of a subscription; what it had pending stays stored."""
+        await self.runtime.remove_sink(subscription)
 
     async def remove_subscription(self, subscription: str) -> None:
         """Stop a subscription (`subscription:audit`, `bridge:eu`) and forget what it had pending."""

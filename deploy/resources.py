@@ -163,7 +163,8 @@ class FunctionKind:
         spec: ManifestFunction = resource.spec  # type: ignore[assignment]
         target, subscription = self.node.external_target(resource.name), subscription_name(resource.name)
         if target is None:
-            await self.node.remove_subscription(subscription)  # in case it was served here before
+            if self.node.has_sink(subscription):  # served here before: stop, keeping what waits
+                await self.node.stop_delivering(subscription)
             self.node.keep_routing(subscription, spec.compiled_filter(), spec.delivery.ordering == "ordered")
             return
         policy = delivery_policy(spec.delivery, spec.timeout, dead_letter)

@@ -78,3 +78,13 @@ async def test_two_requests_for_one_token_name_make_one_token(log):
     made = [r for r in results if not isinstance(r, BaseException)]
     assert len(made) == 1 and all(isinstance(r, DeployError) for r in results if r not in made)
     assert list(tokens.records) == ["race"]
+
+
+async def test_a_token_revoked_elsewhere_unseen_is_forgotten_on_reconcile(log):
+    here, there = tokens_on(log), tokens_on(log)  # two nodes on one store
+    _, token = await here.create("ci", "publish")
+    await there.load()
+    assert await here.revoke("ci")  # `there` was not watching
+    assert there._identity.bearer(token) is not None
+    await there.reconcile()
+    assert there._identity.bearer(token) is None and not there.records

@@ -183,3 +183,62 @@ async def test_a_mesh_id_in_the_store_that_is_not_one_stops_the_start_with_a_lin
     with pytest.raises(StartupError, match="holds 'mesh/id'"):
         await node.start()
     await node.runtime.stop(1)
+
+
+async def test_events_waiting_for_an_external_function_survive_nodes_joining_and_redeploys(nodes, tmp_path):
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "fmesh.yaml").write_text("functions:\n  orders:\n    external: true\n    on: [{type: o}]\n")
+    (first, first_control), (second, _), _ = nodes
+    await deploy_local(first_control, project / "fmesh.yaml")
+    await until(lambda: all("orders" in c.functions for _, c in nodes), "every node to route orders")
+    await second.broker.publish([new_event("o", "/shop", {"n": n}) for n in range(5)])
+    joiner = Node(NodeSettings(tmp_path / "joiner", port=9200), store=first.store)
+    control = ControlPlane(joiner)
+    await joiner.start()
+    try:
+        await control.restore()
+        (project / "fmesh.yaml").write_text("functions:\n  orders:\n    external: true\n    on: [{type: o}]\n"
+                                            "    timeout: 9s\n")
+        await deploy_local(first_control, project / "fmesh.yaml")  # a redeploy reaches every node
+        await until(lambda: all(c.functions["orders"].spec.timeout == 9 for _, c in nodes), "the redeploy")
+        assert await first.pending("function:orders") == 5  # still waiting for their sidecar
+    finally:
+        joiner.store = _Unclosed(first.store)
+        await joiner.stop(grace=1)
+
+
+def write_hello(tmp_path: Path) -> Path:
+    project = tmp_path / "project"
+    (project / "hello").mkdir(parents=True, exist_ok=True)
+    (project / "hello" / "handler.py").write_text(HANDLER)
+    (project / "fmesh.yaml").write_text(MANIFEST)
+    return project / "fmesh.yaml"
+
+
+async def test_a_delete_made_while_a_node_was_not_watching_is_found_by_reconciling(nodes, tmp_path):
+    (first, first_control), *_ = nodes
+    await deploy_local(first_control, write_hello(tmp_path))
+    late = Node(NodeSettings(tmp_path / "late", port=9300), store=first.store)
+    control = ControlPlane(late)
+    await late.start()
+    try:
+        await control.restore()  # runs hello; this node does not watch (as between restore and watch)
+        assert "hello" in control.functions
+        assert await first_control.delete("function", "hello")
+        await control.reconcile()
+        assert not control.functions and not late.function_status()
+    finally:
+        late.store = _Unclosed(first.store)
+        await late.stop(grace=1)
+
+
+async def test_a_delete_stops_an_old_version_left_running_beside_a_broken_update(nodes, tmp_path):
+    (first, first_control), (second, second_control), _ = nodes
+    await deploy_local(first_control, write_hello(tmp_path))
+    await until(lambda: "hello" in second_control.functions, "node 2 to run hello")
+    second_control.broken["function/hello"] = "its new version could not start here"  # v2 failed on node 2 only
+    assert await first_control.delete("function", "hello")
+    await until(lambda: not second.function_status() and "hello" not in second_control.functions,
+                "node 2 to stop the old version too")
+    assert not second_control.broken
