@@ -13,13 +13,16 @@ import hashlib
 import io
 import shutil
 import tarfile
-from collections.abc import Iterable
+import zlib
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from fmesh.contracts import BlobStore
 
 SKIPPED = {"__pycache__", ".git", ".venv", ".mypy_cache", ".pytest_cache", ".DS_Store"}
-MAX_BUNDLE_BYTES = 200 * 1024 * 1024
+MAX_BUNDLE_BYTES = 200 * 1024 * 1024     # the archive
+MAX_UNPACKED_BYTES = 1024 * 1024 * 1024  # what it may unpack to
+MAX_FILES = 50_000
 
 
 def _files(folder: Path, skip: Iterable[Path] = ()) -> list[Path]:
@@ -55,16 +58,47 @@ def pack(folder: Path, skip: Iterable[Path] = ()) -> tuple[str, bytes, int]:
     return digest.hexdigest(), gzip.compress(raw.getvalue(), mtime=0), len(files)
 
 
-def unpack(data: bytes, destination: Path) -> None:
-    """Extract a bundle safely (no absolute paths, links out, or devices)."""
+def unpack(data: bytes, destination: Path, digest: str | None = None) -> None:
+    """Extract a bundle safely and, given its `digest`, check it before it appears.
+
+    Only what `pack` would have packed may be in it (regular files, none that the digest
+    skips, such as a `__pycache__` a replica would trust over the source), within
+    `MAX_UNPACKED_BYTES` and `MAX_FILES`: an archive from an upload or from another node's
+    store is hostile until checked. ValueError says what was wrong; nothing is left behind."""
     if len(data) > MAX_BUNDLE_BYTES:
         raise ValueError(f"bundle of {len(data)} bytes exceeds {MAX_BUNDLE_BYTES}")
     partial = destination.with_name(destination.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
-    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
-        tar.extractall(partial, filter="data")
-    partial.rename(destination)  # appears whole or not at all
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+            tar.extractall(partial, members=_checked_members(tar), filter="data")
+        if digest is not None:
+            actual, _, _ = pack(partial)
+            if actual != digest:
+                raise ValueError(f"bundle content does not match its digest {digest[:12]} (got {actual[:12]})")
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise ValueError(f"not a readable bundle (tar.gz): {exc}") from None
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    partial.rename(destination)  # appears whole and checked, or not at all
+
+
+def _checked_members(tar: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
+    total = files = 0
+    for member in tar:
+        parts = Path(member.name).parts
+        if member.isdir() and not any(part in SKIPPED for part in parts):
+            continue  # a folder pack would not write, harmless: made as files need it
+        if not member.isfile() or any(part in SKIPPED for part in parts) or member.name.endswith(".pyc"):
+            raise ValueError(f"bundle member {member.name!r} is not one fmesh packs (a regular file outside "
+                             f"{', '.join(sorted(SKIPPED))} and not .pyc)")
+        total, files = total + member.size, files + 1
+        if total > MAX_UNPACKED_BYTES or files > MAX_FILES:
+            raise ValueError(f"bundle unpacks to more than {MAX_UNPACKED_BYTES} bytes or {MAX_FILES} files")
+        yield member
 
 
 class BundleStore:
@@ -107,10 +141,6 @@ class BundleStore:
         if self.has(digest):
             return
         destination = self.path(digest)
-        unpack(data, destination)
-        actual, _, _ = pack(destination)
-        if actual != digest:
-            shutil.rmtree(destination)
-            raise ValueError(f"bundle content does not match its digest {digest[:12]} (got {actual[:12]})")
+        unpack(data, destination, digest)
         # Byte-compile now, so the first replica does not pay for it during a cold start.
         compileall.compile_dir(destination, quiet=2)

@@ -56,3 +56,43 @@ async def test_a_tampered_archive_in_the_store_is_refused(tmp_path):
     with pytest.raises(ValueError):
         await BundleStore(tmp_path / "node2", shared).fetch(digest)
     assert not BundleStore(tmp_path / "node2", shared).has(digest)
+
+
+def archive(members: dict[str, bytes]) -> bytes:
+    import gzip
+    import io
+    import tarfile
+
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return gzip.compress(raw.getvalue())
+
+
+async def test_a_blob_smuggling_a_compiled_handler_beside_the_real_one_is_refused(tmp_path):
+    source = make_folder(tmp_path / "src")
+    (source / "__pycache__").rename(tmp_path / "cache-out-of-the-way")
+    digest, _, _ = pack(source)
+    smuggled = archive({"handler.py": b"def handle(e): pass\n", "pkg/util.py": b"X = 1\n",
+                        "__pycache__/handler.cpython-311.pyc": b"evil bytecode"})
+    shared = MemoryBlobs()
+    await shared.put(digest, smuggled)  # same digest as the real code: pack skips __pycache__
+    with pytest.raises(ValueError, match="is not one fmesh packs"):
+        await BundleStore(tmp_path / "node2", shared).fetch(digest)
+    assert list((tmp_path / "node2").iterdir()) == []  # nothing left behind, not even .partial
+
+
+async def test_a_bundle_that_unpacks_past_the_limit_is_refused_while_unpacking(tmp_path, monkeypatch):
+    import fmesh.deploy.bundle as bundle
+
+    monkeypatch.setattr(bundle, "MAX_UNPACKED_BYTES", 1_000_000)
+    bomb = archive({f"f{i}.txt": b"\0" * 400_000 for i in range(5)})  # 2 MB from a few KB
+    store = BundleStore(tmp_path / "bundles", MemoryBlobs())
+    with pytest.raises(ValueError, match="unpacks to more than 1000000 bytes"):
+        await store.put("a" * 64, bomb)
+    with pytest.raises(ValueError, match="not a readable bundle"):
+        await store.put("b" * 64, b"not gzip at all")
+    assert list((tmp_path / "bundles").iterdir()) == []
