@@ -30,6 +30,7 @@ class SubscriptionQueue:
         self.ordered = ordered
         self._broker = broker
         self._log = broker.log
+        self.claim_ttl = broker.log.claim_ttl
 
     async def claim(self, limit: int, wait: float) -> list[Delivery]:
         return await self._log.claim(self.name, limit, self.ordered, wait)

@@ -31,6 +31,7 @@ class EventLog(Protocol):
     """
 
     url: str
+    claim_ttl: float | None  # seconds a claim lasts unless extended (None: until released or acked)
 
     async def open(self) -> None: ...
 

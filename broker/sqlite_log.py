@@ -128,6 +128,7 @@ class SqliteEventLog:
         self.clock = clock              # when deliveries fall due (tests move it)
         self._arrivals = Arrivals()
         self.url = f"sqlite:///{self.path}"
+        self.claim_ttl = None  # a claim lasts as long as this process
         self._sync = sync
         self._conn: sqlite3.Connection | None = None
         self._pending: list[tuple[Operation, asyncio.Future]] = []

@@ -92,11 +92,16 @@ class Node:
     async def _agree_on_mesh_id(self) -> None:
         """Every node on one store is one mesh to its peers: the first node's id is kept in
         the store, and a node joining later takes it (a --mesh-id that differs is an error)."""
-        try:
-            await self.state.create(MESH_ID_KEY, self.mesh_id.encode())
-            return
-        except Conflict:
+        if not self.mesh_id:  # a sidecar has none of its own: it takes the mesh's, if there is one yet
             entry = await self.state.get(MESH_ID_KEY)
+            if entry is None:
+                return
+        else:
+            try:
+                await self.state.create(MESH_ID_KEY, self.mesh_id.encode())
+                return
+            except Conflict:
+                entry = await self.state.get(MESH_ID_KEY)
         stored = entry.value.decode(errors="replace") if entry else self.mesh_id
         if stored == self.mesh_id:
             return

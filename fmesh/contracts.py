@@ -53,6 +53,7 @@ class DeliveryQueue(Protocol):
     """The deliveries of one subscription, as its sidecar sees them."""
 
     name: str
+    claim_ttl: float | None  # seconds a claim lasts unless extended; None: it lasts
 
     async def claim(self, limit: int, wait: float) -> list[Delivery]:
         """Up to `limit` due deliveries, now claimed; with none, wait up to `wait` seconds for

@@ -122,9 +122,12 @@ class Sidecar:
             self._begin(delivery)
 
     async def _extend_claims(self) -> None:
-        """Tell the store now and then that the deliveries in flight are still being worked on."""
+        """Tell the store now and then that the deliveries in flight are still being worked on,
+        well before their claims would lapse."""
+        ttl = self.queue.claim_ttl
+        every = EXTEND_EVERY if ttl is None else min(EXTEND_EVERY, ttl / 3)
         while True:
-            await asyncio.sleep(EXTEND_EVERY)
+            await asyncio.sleep(every)
             ids = list(self._working)
             if ids:
                 try:

@@ -71,7 +71,9 @@ class Lease:
         self.until, self._revision = 0.0, None
 
     def _ours(self, entry: Entry) -> bool:
-        return entry.revision == self._revision and _read(entry).get("holder") == self.holder
+        # By holder, not by the revision of our last write: a renewal that was written but
+        # whose answer was lost must not make us give up our own lease.
+        return _read(entry).get("holder") == self.holder
 
     def _lapsed(self, entry: Entry, now: float) -> bool:
         record = _read(entry)

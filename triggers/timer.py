@@ -29,7 +29,7 @@ from fmesh.triggers.retry import BackgroundTrigger, Backoff, publish_until_store
 from fmesh.triggers.schedule import due, schedule_for
 
 from fmesh.contracts import StateStore
-from fmesh.errors import StoreError
+from fmesh.errors import Conflict, StoreError
 from fmesh.events import Event, encode_data, format_time
 
 RETRY_DELAY = 0.5
@@ -84,8 +84,7 @@ class TimerTrigger(BackgroundTrigger):
 
     async def _fire_on_schedule(self, wake_at: Callable[[float], float]) -> None:
         """Fire each tick as it comes; with a lease, wake to renew it too, and return once it is lost."""
-        cursor = await self._starting_point()
-        limit = self.config.max_catch_up if self.config.catch_up else 1
+        cursor, limit = await self._starting_point()
         while True:
             tick = self._schedule.next_after(cursor)
             self._status.detail["next_tick"] = tick_time(tick)
@@ -93,8 +92,11 @@ class TimerTrigger(BackgroundTrigger):
             if self._lease is not None and not await self._retrying(self._lease.acquire):
                 return
             for fired in due(self._schedule, cursor, self._clock.now(), limit):
+                if self._lease is not None and not self._lease.held():
+                    return  # paused past the lease (a slow publish): the next holder fires it
                 await self._fire(fired)
                 cursor = fired
+            limit = self.config.max_catch_up if self.config.catch_up else 1
 
     async def _take_lease(self, lease: Lease) -> None:
         """Wait until this node holds the lease (another node fires meanwhile)."""
@@ -111,27 +113,51 @@ class TimerTrigger(BackgroundTrigger):
             except StoreError:
                 pass
 
-    async def _starting_point(self) -> float:
-        """Where the schedule resumes: after the last fired tick, or now (skipping missed ones)."""
+    async def _starting_point(self) -> tuple[float, int]:
+        """Where the schedule resumes, and how many missed ticks it may fire at once: after the
+        last fired tick, or now (skipping missed ones). A node taking over a lease goes on from
+        the last tick as long as the takeover took, so a dead holder costs no tick."""
         stored = await self._retrying(self._state.get, self.state_key)
         now = self._clock.now()
         if stored is None:
-            return now
+            return now, 1
         last = parse_tick(stored.value)
         self._status.detail["last_tick"] = tick_time(last)
         if self.config.catch_up:
-            return last
+            return last, self.config.max_catch_up
+        if self._lease is not None and now - last <= self._lease.ttl + 2 * self._lease.renew_every:
+            return last, self.config.max_catch_up  # a takeover, not a mesh that was down
         skipped = len(due(self._schedule, last, now, self.config.max_catch_up))
         if skipped:
             self._status.detail["skipped"] = skipped
-        return max(last, now)
+        return max(last, now), 1
 
     async def _fire(self, tick: float) -> None:
         await publish_until_stored(self._publish, [self.event_for(tick)], self._backoff, self._store_failed)
-        await self._retrying(self._state.put, self.state_key, tick_time(tick).encode())
+        await self._retrying(self._record, tick)
         self._status.connected()
         self._status.received(1, self._clock.now())
         self._status.detail["last_tick"] = tick_time(tick)
+
+    async def _record(self, tick: float) -> None:
+        """Store `tick` as the last fired, unless a later one is stored already: a holder that
+        lost its lease while it published must not move the shared cursor back."""
+        value = tick_time(tick).encode()
+        if self._lease is None:
+            await self._state.put(self.state_key, value)
+            return
+        while True:
+            entry = await self._state.get(self.state_key)
+            if entry is not None and parse_tick(entry.value) >= tick:
+                return
+            try:
+                if entry is None:
+                    await self._state.create(self.state_key, value)
+                else:
+                    await self._state.update(self.state_key, value, entry.revision)
+                return
+            except Conflict:
+                continue  # another holder wrote meanwhile: look again
 
     def event_for(self, tick: float) -> Event:
         """The event of one tick; the same tick always gives the same id."""

@@ -36,6 +36,7 @@ class JetStreamEventLog:
 
     def __init__(self, engine: Engine, url: str, clock: Callable[[], float] = time.time) -> None:
         self.url = url
+        self.claim_ttl = engine.options.ack_wait  # an unextended claim goes to another node after it
         self.engine = engine
         self._deliveries = Deliveries(engine, clock)
         self._dead = DeadLetters(engine)

@@ -242,3 +242,18 @@ async def test_a_delete_stops_an_old_version_left_running_beside_a_broken_update
     await until(lambda: not second.function_status() and "hello" not in second_control.functions,
                 "node 2 to stop the old version too")
     assert not second_control.broken
+
+
+async def test_a_sidecar_started_before_any_node_does_not_claim_the_mesh_id(tmp_path):
+    store = open_store("memory://", tmp_path)
+    sidecar = Node(NodeSettings(tmp_path / "sidecar"), store=store)  # no mesh id of its own
+    node = Node(NodeSettings(tmp_path / "node", mesh_id="mesh-a"), store=store)
+    await sidecar.start()
+    try:
+        assert await store.state.get("mesh/id") is None
+        await node.start()
+        assert node.mesh_id == "mesh-a"
+    finally:
+        for started in (sidecar, node):
+            started.store = _Unclosed(store)
+            await started.stop(grace=1)

@@ -235,3 +235,18 @@ async def test_an_event_past_its_ttl_is_dead_lettered_instead_of_retried_for_eve
     [letter] = await log.dead_letters()
     assert letter.reason == "ttl expired" and "ttl of 0.5s" in letter.error and "peer down" in letter.error
     assert 0.4 < time.monotonic() - started < 3 and sum(target.attempts.values()) >= 3
+
+
+async def test_a_long_handler_keeps_its_claim_alive_well_within_the_claim_ttl():
+    log = MemoryEventLog()
+    log.claim_ttl = 0.3  # as a JetStream store with a short ack wait
+    extended = []
+    real_extend = log.extend
+
+    async def counting_extend(ids):
+        extended.append(time.monotonic())
+        await real_extend(ids)
+
+    log.extend = counting_extend
+    await run(Scripted(delay=1.0), DeliveryPolicy(retries=0), [new_event("t", "/s")], log=log)
+    assert len(extended) >= 3  # every 0.1 s, not every 10 s

@@ -91,3 +91,60 @@ async def test_timers_on_three_nodes_fire_once_per_tick_and_survive_the_holder_d
     finally:
         for node in nodes:
             await node.stop()
+
+
+async def test_without_catch_up_a_takeover_still_fires_every_tick():
+    state, clock, recorder = MemoryState(), ManualClock(START), Recorder()
+    config = TimerTriggerConfig(every="5s")  # catch_up off: only ticks missed while all were down are skipped
+    nodes = [TimerTrigger("beat", config, recorder, state, clock, shared=True, lease_ttl=10) for _ in range(2)]
+    for node in nodes:
+        await node.start()
+    try:
+        await run_for(clock, 20)
+        [holder] = [n for n in nodes if "standby" not in n.status().detail]
+        holder._task.cancel()
+        await asyncio.gather(holder._task, return_exceptions=True)
+        await run_for(clock, 40)
+        first = int(START // 5 + 1) * 5
+        assert recorder.ids == [f"beat-{iso(t)}" for t in range(first, int(START + 60) + 1, 5)]
+    finally:
+        for node in nodes:
+            await node.stop()
+
+
+class LosesOneAnswer(MemoryState):
+    """Writes an update, then fails to say so once (a reply lost on the way)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lose = False
+
+    async def update(self, key, value, revision):
+        written = await super().update(key, value, revision)
+        if self.lose:
+            self.lose = False
+            from fmesh.errors import StoreError
+            raise StoreError("reply lost")
+        return written
+
+
+async def test_a_renewal_whose_answer_was_lost_keeps_the_lease():
+    from fmesh.errors import StoreError
+
+    state, clock = LosesOneAnswer(), ManualClock(START)
+    lease, other = Lease(state, "lease/x", clock, ttl=10), Lease(state, "lease/x", clock, ttl=10)
+    assert await lease.acquire()
+    state.lose = True
+    try:
+        await lease.acquire()
+    except StoreError:
+        pass
+    assert await lease.acquire() and not await other.acquire()
+
+
+async def test_a_holder_that_lost_its_lease_never_moves_the_last_tick_back():
+    state, clock = MemoryState(), ManualClock(START)
+    timer = TimerTrigger("beat", TimerTriggerConfig(every="5s"), Recorder(), state, clock, shared=True)
+    await timer._record(START + 10)
+    await timer._record(START + 5)  # a stale holder, late
+    assert (await state.get("trigger/beat/last")).value == iso(START + 10).encode()
