@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import orjson
-from fmesh.broker.jetstream.engine import FAILURES, REQUEST_TIMEOUT, Engine
+from fmesh.broker.jetstream.engine import REQUEST_TIMEOUT, Engine
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
@@ -88,18 +88,13 @@ class Pull:
         if self._timer is not None:
             self._timer.cancel()
         if self._sub is not None:
-            asyncio.get_running_loop().create_task(_unsubscribe(self._sub))
+            self._engine.spawn(self._sub.unsubscribe())
         self._ended(self)
 
     @property
     def ended_consumer(self) -> bool:
         """The server said there is no such consumer (any more)."""
         return self.status in ENDED_CONSUMER
-
-
-async def _unsubscribe(sub: Subscription) -> None:
-    with contextlib.suppress(*FAILURES):
-        await sub.unsubscribe()
 
 
 @dataclass
@@ -118,7 +113,6 @@ class Claims:
     _buffer: list[Msg] = field(default_factory=list)
     _arrived: asyncio.Event = field(default_factory=asyncio.Event)
     _lingering: dict[str, Pull] = field(default_factory=dict)
-    _naks: set[asyncio.Task] = field(default_factory=set)
 
     async def claim(self, limit: int, wait: float) -> list[Msg]:
         """Up to `limit` messages, oldest first; with none there, wait up to `wait` seconds."""
@@ -203,16 +197,5 @@ class Claims:
 
     def nak(self, msgs: list[Msg]) -> None:
         """Give messages back at once, in the background (a cancelled claim cannot wait)."""
-        if msgs:
-            task = asyncio.get_running_loop().create_task(self._nak(list(msgs)))
-            self._naks.add(task)
-            task.add_done_callback(self._naks.discard)
-
-    async def _nak(self, msgs: list[Msg]) -> None:
-        with contextlib.suppress(*FAILURES):
-            await asyncio.gather(*(self.engine.confirm(m.reply, NAK) for m in msgs))
-
-    async def settled(self) -> None:
-        """Wait until the naks sent in the background are taken (before closing)."""
-        if self._naks:
-            await asyncio.gather(*self._naks, return_exceptions=True)
+        for msg in msgs:
+            self.engine.spawn(self.engine.confirm(msg.reply, NAK))

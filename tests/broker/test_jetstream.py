@@ -261,3 +261,62 @@ def test_a_missing_secret_fails_when_the_store_is_made(tmp_path, monkeypatch):
     monkeypatch.delenv("NO_SUCH_TOKEN", raising=False)
     with pytest.raises(ValueError, match="NO_SUCH_TOKEN"):
         open_store("nats://127.0.0.1:4222?token_env=NO_SUCH_TOKEN", tmp_path)
+
+
+@pytest.fixture
+def nats_cluster(tmp_path):
+    """Three nats-servers routed into one JetStream cluster on loopback ports."""
+    from external import free_port
+
+    routes = [free_port() for _ in range(3)]
+    servers = []
+    for i, route in enumerate(routes):
+        others = ",".join(f"nats://127.0.0.1:{p}" for p in routes if p != route)
+        servers.append(NatsServer(tmp_path / f"nats{i}", args=[
+            "--server_name", f"n{i}", "--cluster_name", "fmesh-test", "--cluster", f"nats://127.0.0.1:{route}",
+            "--routes", others]))
+    for server in servers:
+        server.start()
+    yield servers
+    for server in servers:
+        server.stop()
+
+
+async def test_a_three_server_cluster_keeps_everything_when_one_server_dies(nats_cluster, tmp_path):
+    urls = ",".join(f"127.0.0.1:{s.port}" for s in nats_cluster)
+    store = open_store(f"nats://{urls}?cluster=r3&replicas=3", tmp_path)
+    await store.open()
+    try:
+        await store.log.append([(e, ["function:f"]) for e in events(20)])
+        revision = await store.state.put("deployed/function/f", b"{}")
+        await store.blobs.put("bundle", b"code")
+        [victim] = [s for s in nats_cluster if s.port != _connected_port(store)][:1]
+        victim.kill()  # not the server this client talks to: the client stays connected
+        # While the survivors elect new leaders for what the victim led, requests may time
+        # out (StoreError): the caller tries again, and nothing that was stored is gone.
+        claimed = await until_stored(lambda: store.log.claim("function:f", 100, wait=1))
+        while len(claimed) < 20:
+            claimed += await until_stored(lambda: store.log.claim("function:f", 100, wait=1))
+        assert sorted(d.event.data["i"] for d in claimed) == list(range(20))
+        await until_stored(lambda: store.log.ack([d.id for d in claimed]))
+        assert (await until_stored(lambda: store.state.get("deployed/function/f"))).revision == revision
+        assert await until_stored(lambda: store.blobs.get("bundle")) == b"code"
+        await until_stored(lambda: store.log.append([(new_event("t", "/s"), ["function:f"])]))
+    finally:
+        await store.close()
+
+
+async def until_stored(operation, timeout: float = 30.0):
+    """`operation()`, tried again while the store answers StoreError (bounded)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return await operation()
+        except StoreError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.2)
+
+
+def _connected_port(store) -> int:
+    return store.log.engine.client.connected_url.port
