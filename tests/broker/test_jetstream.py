@@ -320,3 +320,30 @@ async def until_stored(operation, timeout: float = 30.0):
 
 def _connected_port(store) -> int:
     return store.log.engine.client.connected_url.port
+
+
+async def test_a_message_that_is_no_event_is_handed_out_marked_undecodable(jetstream):
+    log = (await jetstream.store()).log
+    await log.engine.js.publish(log.engine.names.delivery_subject("function:f", "u"), b"\xff not a record")
+    [delivery] = await log.claim("function:f", 1)
+    assert delivery.undecodable and delivery.event.type == "dev.fmesh.undecodable"
+    await log.ack([delivery.id])
+
+
+@pytest.mark.parametrize("payload", [None, b"", b"line\nand\nmore\n", b"\x00\xff"])
+def test_records_keep_the_payload_byte_exact(payload):
+    from fmesh.broker.jetstream.records import decode, encode
+
+    from fmesh.events import Event
+
+    event = Event({"specversion": "1.0", "id": "1", "source": "/s", "type": "t"}, payload)
+    meta, back, undecodable = decode(encode({"id": "d1", "at": 1.5}, event), "test")
+    assert (meta, back.attributes, back.payload, undecodable) == ({"id": "d1", "at": 1.5}, event.attributes,
+                                                                  payload, None)
+
+
+def test_subscription_names_become_valid_tokens_and_back():
+    from fmesh.broker.jetstream.names import token, untoken
+
+    for name in ("function:resize", "bridge:eu-1", "subscription:a.b c/d", "é_x>*"):
+        assert all(c.isalnum() or c in "-_" for c in token(name)) and untoken(token(name)) == name
