@@ -16,8 +16,8 @@ has at most one lingering request from this process, which the next claim adopts
 Ordered subscriptions (see `names.py`) also have consumers that hold one message at a
 time (`max_ack_pending=1`: a key bucket). Such a consumer answers a request only when
 its message is free, so nothing tells a busy bucket from a slow one: those get a
-lingering request each, and a claim that has something waits `LOOK` seconds at most
-for the other buckets' heads before it returns.
+lingering request each, and a claim that has something waits for the other buckets'
+heads until none has come for `SETTLE` seconds, `LOOK` seconds at most.
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ from fmesh.broker.jetstream.engine import REQUEST_TIMEOUT, Engine
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-LOOK = 0.02          # seconds an ordered claim waits for the heads of other buckets
+LOOK = 0.02          # seconds an ordered claim waits at most for the heads of other buckets
+SETTLE = 0.005       # ... and no longer than this after the last one came
 NAK = b"-NAK"
 ENDED_CONSUMER = ("503", "409")  # no consumer to answer, or it was deleted meanwhile
 
@@ -113,6 +114,7 @@ class Claims:
     _buffer: list[Msg] = field(default_factory=list)
     _arrived: asyncio.Event = field(default_factory=asyncio.Event)
     _lingering: dict[str, Pull] = field(default_factory=dict)
+    _last_arrival: float = 0.0
 
     async def claim(self, limit: int, wait: float) -> list[Msg]:
         """Up to `limit` messages, oldest first; with none there, wait up to `wait` seconds."""
@@ -126,7 +128,7 @@ class Claims:
             topped_up = False
             while True:
                 self._arrived.clear()                    # from here on, an arrival or an ended request wakes us
-                if self._enough(limit, loop.time() - start) or loop.time() >= deadline:
+                if self._enough(limit, start) or loop.time() >= deadline:
                     return self._take(limit)
                 await self._linger(self.held, deadline)  # again for those whose request ended
                 if not self._buffer:
@@ -141,15 +143,17 @@ class Claims:
                 self.nak(self._buffer)                   # more than asked for, or a cancelled claim's
                 self._buffer = []
 
-    def _enough(self, limit: int, elapsed: float) -> bool:
+    def _enough(self, limit: int, start: float) -> bool:
         if len(self._buffer) >= limit:
             return True
-        return bool(self._buffer) and (not self.held or elapsed >= LOOK)
+        return bool(self._buffer) and (not self.held or self._patience(start, float("inf")) == 0)
 
     def _patience(self, start: float, deadline: float) -> float:
+        """How long to wait now: for anything until the deadline, or, with something in
+        hand, for more heads until they stop coming."""
         now = asyncio.get_running_loop().time()
         if self._buffer:
-            return max(0.0, min(deadline, start + LOOK) - now)
+            return max(0.0, min(deadline, start + LOOK, self._last_arrival + SETTLE) - now)
         return max(0.0, deadline - now)
 
     async def _now(self, limit: int) -> None:
@@ -181,6 +185,7 @@ class Claims:
     def _deliver(self, msg: Msg) -> None:
         if self._waiters > 0:
             self._buffer.append(msg)
+            self._last_arrival = asyncio.get_running_loop().time()
             self._arrived.set()
         else:
             self.nak([msg])                              # nobody claims now: whoever asks next has it
