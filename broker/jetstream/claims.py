@@ -7,6 +7,9 @@ on its own inbox, and the server ends each one: with the batch full, with a stat
 (404 no messages, 408 expired, 409 ...), or at its expiry. First a `no_wait` request
 takes what is there now; with nothing there, a lingering request for one message
 waits on the server (no polling) until something arrives, falls due or the wait runs out.
+(The `no_wait` request also has a short expiry, `NOW`: a consumer learns of a message
+just stored a moment after the publish is acknowledged, and without one a claim made
+right after an append would now and then find nothing.)
 
 A lingering request can deliver after the claim that sent it has returned (it was
 cancelled, or another consumer of the subscription answered first). What arrives
@@ -34,6 +37,7 @@ from nats.aio.subscription import Subscription
 
 LOOK = 0.02          # seconds an ordered claim waits at most for the heads of other buckets
 SETTLE = 0.005       # ... and no longer than this after the last one came
+NOW = 0.01           # seconds a request for what is there now may wait for a consumer to see it
 NAK = b"-NAK"
 ENDED_CONSUMER = ("503", "409")  # no consumer to answer, or it was deleted meanwhile
 
@@ -41,11 +45,12 @@ ENDED_CONSUMER = ("503", "409")  # no consumer to answer, or it was deleted mean
 class Pull:
     """One pull request, from when it is sent until the server (or our patience) ends it."""
 
-    def __init__(self, engine: Engine, consumer: str, batch: int, expires: float | None,
-                 deliver: Callable[[Msg], None], ended: Callable[[Pull], None]) -> None:
+    def __init__(self, engine: Engine, consumer: str, batch: int, expires: float,
+                 deliver: Callable[[Msg], None], ended: Callable[[Pull], None], no_wait: bool = False) -> None:
         self.consumer = consumer
         self.batch = batch
-        self.expires = expires            # None: no_wait
+        self.expires = expires
+        self.no_wait = no_wait            # end once what is there now is delivered
         self.done = asyncio.Event()
         self.status: str | None = None    # how the server ended it, if it said
         self._engine = engine
@@ -59,14 +64,10 @@ class Pull:
         client = self._engine.client
         inbox = client.new_inbox()
         self._sub = await client.subscribe(inbox, cb=self._arrived)
-        request: dict = {"batch": self.batch}
-        if self.expires is None:
-            request["no_wait"] = True
-        else:
-            request["expires"] = int(self.expires * 1e9)
+        request = {"batch": self.batch, "expires": int(self.expires * 1e9), "no_wait": self.no_wait}
         await client.publish(f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{self.consumer}", orjson.dumps(request),
                              reply=inbox)
-        patience = (self.expires or 0) + REQUEST_TIMEOUT  # the server always answers well before this
+        patience = self.expires + REQUEST_TIMEOUT  # the server always answers well before this
         self._timer = asyncio.get_running_loop().call_later(patience, self._end, None)
 
     async def _arrived(self, msg: Msg) -> None:
@@ -157,11 +158,12 @@ class Claims:
         return max(0.0, deadline - now)
 
     async def _now(self, limit: int) -> None:
-        """What the free consumers have right now (no_wait: the server answers at once)."""
+        """What the free consumers have right now."""
         want = limit - len(self._buffer)
         if want <= 0:
             return
-        pulls = [Pull(self.engine, consumer, want, None, self._deliver, self._ended) for consumer in self.free]
+        pulls = [Pull(self.engine, consumer, want, NOW, self._deliver, self._ended, no_wait=True)
+                 for consumer in self.free]
         for pull in pulls:
             await pull.start(self.stream)
         await asyncio.gather(*(pull.done.wait() for pull in pulls))

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 from collections.abc import Sequence
 
-from fmesh.broker.jetstream.claims import Pull
+from fmesh.broker.jetstream.claims import NOW, Pull
 from fmesh.broker.jetstream.engine import FAILURES, Engine
 from fmesh.broker.jetstream.records import decode_dead_letter, encode_dead_letter
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -53,7 +53,7 @@ class DeadLetters:
 
     async def _page(self, reader: str, batch: int) -> list[DeadLetter]:
         msgs = []
-        pull = Pull(self.engine, reader, batch, None, msgs.append, lambda _: None)
+        pull = Pull(self.engine, reader, batch, NOW, msgs.append, lambda _: None, no_wait=True)
         await pull.start(self.names.dead_letters)
         await pull.done.wait()
         return [decode_dead_letter(m.data, m.metadata.sequence.stream,

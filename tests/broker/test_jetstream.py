@@ -10,6 +10,7 @@ import pytest
 from external import NatsServer
 from fmesh.broker.jetstream.options import parse_store_url
 from fmesh.broker.stores import open_store
+from nats.js.errors import NotFoundError
 
 from fmesh.contracts import DeadLetter
 from fmesh.errors import StoreError
@@ -20,6 +21,21 @@ WAIT = 10.0  # the longest a claim here waits for what should come
 
 def events(count: int, **attributes) -> list:
     return [new_event("t", "/s", {"i": i}, **attributes) for i in range(count)]
+
+
+async def until_waiting(log, subscription: str, count: int) -> None:
+    """Until `count` claims wait on the server for the subscription's consumer (bounded)."""
+    names = log.engine.names
+    deadline = time.monotonic() + WAIT
+    while True:
+        try:
+            info = await log.engine.js.consumer_info(names.deliveries, names.consumer(subscription))
+            if info.num_waiting >= count:
+                return
+        except NotFoundError:
+            pass  # not made yet: the first claim makes it
+        assert time.monotonic() < deadline, f"{count} claims never waited on {subscription}"
+        await asyncio.sleep(0.02)
 
 
 async def test_two_processes_share_a_subscription_and_never_hold_the_same_delivery(jetstream):
@@ -37,7 +53,7 @@ async def test_two_processes_share_a_subscription_and_never_hold_the_same_delive
 async def test_claims_waiting_in_two_processes_are_both_woken_by_appends_from_a_third(jetstream):
     a, b, c = [(await jetstream.store()).log for _ in range(3)]
     waiting = [asyncio.create_task(log.claim("function:f", 10, wait=WAIT)) for log in (a, b)]
-    await asyncio.sleep(0.1)  # both are waiting on the server now
+    await until_waiting(c, "function:f", 2)
     started = time.monotonic()
     for event in events(2):
         await c.append([(event, ["function:f"])])
@@ -107,7 +123,7 @@ async def test_ordered_keys_go_one_at_a_time_across_processes(jetstream):
 async def test_a_cancelled_claim_claims_nothing(jetstream):
     log = (await jetstream.store()).log
     waiting = asyncio.create_task(log.claim("function:f", 10, wait=WAIT))
-    await asyncio.sleep(0.1)
+    await until_waiting(log, "function:f", 1)
     waiting.cancel()
     with pytest.raises(asyncio.CancelledError):
         await waiting
@@ -168,7 +184,6 @@ async def test_state_written_by_one_process_is_watched_by_another(jetstream):
     changes = a.state.watch("deployed/")
     try:
         first = asyncio.ensure_future(anext(changes))
-        await asyncio.sleep(0.1)
         revision = await b.state.put("deployed/function/f", b"{}")
         change = await asyncio.wait_for(first, WAIT)
         assert (change.key, change.value, change.revision) == ("deployed/function/f", b"{}", revision)
