@@ -7,6 +7,9 @@ on its own inbox, and the server ends each one: with the batch full, with a stat
 (404 no messages, 408 expired, 409 ...), or at its expiry. First a `no_wait` request
 takes what is there now; with nothing there, a lingering request for one message
 waits on the server (no polling) until something arrives, falls due or the wait runs out.
+(The `no_wait` request also has a short expiry, `NOW`: a consumer learns of a message
+just stored a moment after the publish is acknowledged, and without one a claim made
+right after an append would now and then find nothing.)
 
 A lingering request can deliver after the claim that sent it has returned (it was
 cancelled, or another consumer of the subscription answered first). What arrives
@@ -16,8 +19,8 @@ has at most one lingering request from this process, which the next claim adopts
 Ordered subscriptions (see `names.py`) also have consumers that hold one message at a
 time (`max_ack_pending=1`: a key bucket). Such a consumer answers a request only when
 its message is free, so nothing tells a busy bucket from a slow one: those get a
-lingering request each, and a claim that has something waits `LOOK` seconds at most
-for the other buckets' heads before it returns.
+lingering request each, and a claim that has something waits for the other buckets'
+heads until none has come for `SETTLE` seconds, `LOOK` seconds at most.
 """
 
 from __future__ import annotations
@@ -28,11 +31,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import orjson
-from fmesh.broker.jetstream.engine import FAILURES, REQUEST_TIMEOUT, Engine
+from fmesh.broker.jetstream.engine import REQUEST_TIMEOUT, Engine
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-LOOK = 0.02          # seconds an ordered claim waits for the heads of other buckets
+LOOK = 0.02          # seconds an ordered claim waits at most for the heads of other buckets
+SETTLE = 0.005       # ... and no longer than this after the last one came
+NOW = 0.01           # seconds a request for what is there now may wait for a consumer to see it
 NAK = b"-NAK"
 ENDED_CONSUMER = ("503", "409")  # no consumer to answer, or it was deleted meanwhile
 
@@ -40,11 +45,12 @@ ENDED_CONSUMER = ("503", "409")  # no consumer to answer, or it was deleted mean
 class Pull:
     """One pull request, from when it is sent until the server (or our patience) ends it."""
 
-    def __init__(self, engine: Engine, consumer: str, batch: int, expires: float | None,
-                 deliver: Callable[[Msg], None], ended: Callable[[Pull], None]) -> None:
+    def __init__(self, engine: Engine, consumer: str, batch: int, expires: float,
+                 deliver: Callable[[Msg], None], ended: Callable[[Pull], None], no_wait: bool = False) -> None:
         self.consumer = consumer
         self.batch = batch
-        self.expires = expires            # None: no_wait
+        self.expires = expires
+        self.no_wait = no_wait            # end once what is there now is delivered
         self.done = asyncio.Event()
         self.status: str | None = None    # how the server ended it, if it said
         self._engine = engine
@@ -58,14 +64,10 @@ class Pull:
         client = self._engine.client
         inbox = client.new_inbox()
         self._sub = await client.subscribe(inbox, cb=self._arrived)
-        request: dict = {"batch": self.batch}
-        if self.expires is None:
-            request["no_wait"] = True
-        else:
-            request["expires"] = int(self.expires * 1e9)
+        request = {"batch": self.batch, "expires": int(self.expires * 1e9), "no_wait": self.no_wait}
         await client.publish(f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{self.consumer}", orjson.dumps(request),
                              reply=inbox)
-        patience = (self.expires or 0) + REQUEST_TIMEOUT  # the server always answers well before this
+        patience = self.expires + REQUEST_TIMEOUT  # the server always answers well before this
         self._timer = asyncio.get_running_loop().call_later(patience, self._end, None)
 
     async def _arrived(self, msg: Msg) -> None:
@@ -88,18 +90,13 @@ class Pull:
         if self._timer is not None:
             self._timer.cancel()
         if self._sub is not None:
-            asyncio.get_running_loop().create_task(_unsubscribe(self._sub))
+            self._engine.spawn(self._sub.unsubscribe())
         self._ended(self)
 
     @property
     def ended_consumer(self) -> bool:
         """The server said there is no such consumer (any more)."""
         return self.status in ENDED_CONSUMER
-
-
-async def _unsubscribe(sub: Subscription) -> None:
-    with contextlib.suppress(*FAILURES):
-        await sub.unsubscribe()
 
 
 @dataclass
@@ -118,7 +115,7 @@ class Claims:
     _buffer: list[Msg] = field(default_factory=list)
     _arrived: asyncio.Event = field(default_factory=asyncio.Event)
     _lingering: dict[str, Pull] = field(default_factory=dict)
-    _naks: set[asyncio.Task] = field(default_factory=set)
+    _last_arrival: float = 0.0
 
     async def claim(self, limit: int, wait: float) -> list[Msg]:
         """Up to `limit` messages, oldest first; with none there, wait up to `wait` seconds."""
@@ -132,7 +129,7 @@ class Claims:
             topped_up = False
             while True:
                 self._arrived.clear()                    # from here on, an arrival or an ended request wakes us
-                if self._enough(limit, loop.time() - start) or loop.time() >= deadline:
+                if self._enough(limit, start) or loop.time() >= deadline:
                     return self._take(limit)
                 await self._linger(self.held, deadline)  # again for those whose request ended
                 if not self._buffer:
@@ -147,23 +144,26 @@ class Claims:
                 self.nak(self._buffer)                   # more than asked for, or a cancelled claim's
                 self._buffer = []
 
-    def _enough(self, limit: int, elapsed: float) -> bool:
+    def _enough(self, limit: int, start: float) -> bool:
         if len(self._buffer) >= limit:
             return True
-        return bool(self._buffer) and (not self.held or elapsed >= LOOK)
+        return bool(self._buffer) and (not self.held or self._patience(start, float("inf")) == 0)
 
     def _patience(self, start: float, deadline: float) -> float:
+        """How long to wait now: for anything until the deadline, or, with something in
+        hand, for more heads until they stop coming."""
         now = asyncio.get_running_loop().time()
         if self._buffer:
-            return max(0.0, min(deadline, start + LOOK) - now)
+            return max(0.0, min(deadline, start + LOOK, self._last_arrival + SETTLE) - now)
         return max(0.0, deadline - now)
 
     async def _now(self, limit: int) -> None:
-        """What the free consumers have right now (no_wait: the server answers at once)."""
+        """What the free consumers have right now."""
         want = limit - len(self._buffer)
         if want <= 0:
             return
-        pulls = [Pull(self.engine, consumer, want, None, self._deliver, self._ended) for consumer in self.free]
+        pulls = [Pull(self.engine, consumer, want, NOW, self._deliver, self._ended, no_wait=True)
+                 for consumer in self.free]
         for pull in pulls:
             await pull.start(self.stream)
         await asyncio.gather(*(pull.done.wait() for pull in pulls))
@@ -187,6 +187,7 @@ class Claims:
     def _deliver(self, msg: Msg) -> None:
         if self._waiters > 0:
             self._buffer.append(msg)
+            self._last_arrival = asyncio.get_running_loop().time()
             self._arrived.set()
         else:
             self.nak([msg])                              # nobody claims now: whoever asks next has it
@@ -203,16 +204,5 @@ class Claims:
 
     def nak(self, msgs: list[Msg]) -> None:
         """Give messages back at once, in the background (a cancelled claim cannot wait)."""
-        if msgs:
-            task = asyncio.get_running_loop().create_task(self._nak(list(msgs)))
-            self._naks.add(task)
-            task.add_done_callback(self._naks.discard)
-
-    async def _nak(self, msgs: list[Msg]) -> None:
-        with contextlib.suppress(*FAILURES):
-            await asyncio.gather(*(self.engine.confirm(m.reply, NAK) for m in msgs))
-
-    async def settled(self) -> None:
-        """Wait until the naks sent in the background are taken (before closing)."""
-        if self._naks:
-            await asyncio.gather(*self._naks, return_exceptions=True)
+        for msg in msgs:
+            self.engine.spawn(self.engine.confirm(msg.reply, NAK))

@@ -7,10 +7,11 @@ that acks nothing (one request per 256 letters, not one per letter).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Sequence
 
-from fmesh.broker.jetstream.claims import Pull
+from fmesh.broker.jetstream.claims import NOW, Pull
 from fmesh.broker.jetstream.engine import FAILURES, Engine
 from fmesh.broker.jetstream.records import decode_dead_letter, encode_dead_letter
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -52,7 +53,7 @@ class DeadLetters:
 
     async def _page(self, reader: str, batch: int) -> list[DeadLetter]:
         msgs = []
-        pull = Pull(self.engine, reader, batch, None, msgs.append, lambda _: None)
+        pull = Pull(self.engine, reader, batch, NOW, msgs.append, lambda _: None, no_wait=True)
         await pull.start(self.names.dead_letters)
         await pull.done.wait()
         return [decode_dead_letter(m.data, m.metadata.sequence.stream,
@@ -60,22 +61,26 @@ class DeadLetters:
 
     async def get(self, ids: Sequence[int]) -> list[DeadLetter]:
         """The letters with these ids that exist, in the order asked."""
-        letters = []
         with self.engine.translated("cannot read dead letters"):
-            for i in dict.fromkeys(ids):
-                try:
-                    raw = await self.engine.js.get_msg(self.names.dead_letters, seq=int(i))
-                except NotFoundError:
-                    continue
-                letters.append(decode_dead_letter(raw.data or b"", raw.seq,
-                                                  self.names.subscription_of_dead_letter(raw.subject)))
-        return letters
+            found = await asyncio.gather(*(self._get(int(i)) for i in dict.fromkeys(ids)))
+        return [letter for letter in found if letter is not None]
+
+    async def _get(self, sequence: int) -> DeadLetter | None:
+        if sequence < 1:
+            return None                      # no letter has it (and 0 would mean "the last")
+        try:
+            raw = await self.engine.js.get_msg(self.names.dead_letters, seq=sequence)
+        except NotFoundError:
+            return None
+        return decode_dead_letter(raw.data or b"", raw.seq, self.names.subscription_of_dead_letter(raw.subject))
 
     async def delete(self, ids: Sequence[int]) -> None:
         with self.engine.translated("cannot delete dead letters"):
-            for i in ids:
-                with contextlib.suppress(NotFoundError):
-                    await self.engine.js.delete_msg(self.names.dead_letters, int(i))
+            await asyncio.gather(*(self._delete(int(i)) for i in ids))
+
+    async def _delete(self, sequence: int) -> None:
+        with contextlib.suppress(NotFoundError):
+            await self.engine.js.delete_msg(self.names.dead_letters, sequence)
 
     async def purge(self, subscription: str | None, before: float | None) -> int:
         subject = self.names.dead_letter_subject(subscription)

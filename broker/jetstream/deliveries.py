@@ -50,7 +50,6 @@ class Held:
 
     msg: Msg
     attempts: int
-    claims: Claims
 
 
 class Deliveries:
@@ -84,7 +83,7 @@ class Deliveries:
             claims = await self._claims_of(subscription, ordered)
             msgs = await claims.claim(limit, 0)
         try:
-            return await self._hold(subscription, msgs, claims)
+            return await self._hold(subscription, msgs)
         except BaseException:
             claims.nak(msgs)                                 # cancelled or failed: nothing is claimed
             raise
@@ -134,7 +133,7 @@ class Deliveries:
                 except NotFoundError:
                     pass
 
-    async def _hold(self, subscription: str, msgs: list[Msg], claims: Claims) -> list[Delivery]:
+    async def _hold(self, subscription: str, msgs: list[Msg]) -> list[Delivery]:
         deliveries = []
         for msg in msgs:
             meta, event, undecodable = decode(msg.data, f"delivery {msg.metadata.sequence.stream}")
@@ -145,7 +144,7 @@ class Deliveries:
                                         if m.metadata.num_delivered > 1])
         for delivery, msg in zip(deliveries, msgs, strict=True):
             delivery.attempts, delivery.last_error = counted.get(delivery.id, (0, None))
-            self._held[delivery.id] = Held(msg, delivery.attempts, claims)
+            self._held[delivery.id] = Held(msg, delivery.attempts)
         return deliveries
 
     # -- attempts --------------------------------------------------------------------------
@@ -234,8 +233,4 @@ class Deliveries:
             await self.delete_consumers(subscription)
             await self.engine.api(f"STREAM.PURGE.{self.names.deliveries}",
                                   {"filter": self.names.delivery_subject(subscription)})
-
-    async def settled(self) -> None:
-        for claims in list(self._claims.values()):
-            await claims.settled()
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from typing import Any
 
 import orjson
@@ -20,9 +20,10 @@ from fmesh.broker.jetstream.names import Names
 from fmesh.broker.jetstream.options import JetStreamOptions, client_options
 from nats.aio.client import Client
 from nats.errors import Error as NatsError
+from nats.errors import NoRespondersError
 from nats.js.api import KeyValueConfig, PubAck, RetentionPolicy, StorageType, StreamConfig
 from nats.js.client import JetStreamContext
-from nats.js.errors import APIError, BadRequestError
+from nats.js.errors import APIError, BadRequestError, ServiceUnavailableError
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
@@ -34,6 +35,7 @@ REQUEST_TIMEOUT = 5.0      # seconds any one request to the server may take
 DUPLICATE_WINDOW = 120.0   # seconds in which JetStream drops a message whose Nats-Msg-Id it has seen
 ATTEMPTS_TTL = 7 * 86400   # seconds an attempt count outlives its delivery's last retry (see log.py)
 PUBLISH_TIMEOUT = 5.0      # seconds a batch of publishes may wait for its acks
+READY_PATIENCE = 15.0      # seconds to wait for a JetStream (cluster) that is not ready yet
 FAILURES = (NatsError, OSError, asyncio.TimeoutError)
 Outgoing = tuple[str, bytes, str | None]   # subject, body, Nats-Msg-Id
 
@@ -51,6 +53,7 @@ class Engine:
         self._js: JetStreamContext | None = None
         self._buckets: dict[str, Any] = {}
         self._making = asyncio.Lock()
+        self._background: set[asyncio.Task] = set()
 
     @property
     def client(self) -> Client:
@@ -76,11 +79,30 @@ class Engine:
         if self._client is not None and not self._client.is_closed:
             return
         await self._connect_once()
-        with self.translated("cannot make the delivery and dead-letter streams"):
-            await self.stream(self.names.deliveries, [self.names.delivery_subjects], RetentionPolicy.WORK_QUEUE)
-            await self.stream(self.names.dead_letters, [self.names.dead_letter_subjects], RetentionPolicy.LIMITS)
+        with self.translated("cannot make the delivery and dead-letter streams (is JetStream on: -js?)"):
+            await self._until_ready(self._make_streams)
+
+    async def _make_streams(self) -> None:
+        await self.stream(self.names.deliveries, [self.names.delivery_subjects], RetentionPolicy.WORK_QUEUE)
+        await self.stream(self.names.dead_letters, [self.names.dead_letter_subjects], RetentionPolicy.LIMITS)
+
+    @staticmethod
+    async def _until_ready(work: Callable[[], Awaitable[None]]) -> None:
+        """Do `work`, again while JetStream is not ready yet (a cluster that has just
+        started is still electing its leaders), for `READY_PATIENCE` seconds at most."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + READY_PATIENCE
+        while True:
+            try:
+                return await work()
+            except (TimeoutError, NoRespondersError, ServiceUnavailableError):
+                if loop.time() > deadline:
+                    raise
+                await asyncio.sleep(0.2)
 
     async def close(self) -> None:
+        if self._background:   # naks and unsubscribes sent on the way: let them reach the server
+            await asyncio.gather(*self._background, return_exceptions=True)
         client, self._client, self._js = self._client, None, None
         self._buckets.clear()
         if client is not None and not client.is_closed:
@@ -102,6 +124,17 @@ class Engine:
             why = self.last_error or describe(exc)
             raise StoreError(f"JetStream store {self.url}: cannot connect: {why}") from exc
         self._client = client
+
+    def spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run `work` in the background (a nak a cancelled claim cannot wait for); its
+        failures are the connection's, which the next request reports."""
+        async def quietly() -> None:
+            with contextlib.suppress(*FAILURES):
+                await work
+
+        task = asyncio.get_running_loop().create_task(quietly())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _on_error(self, error: Exception) -> None:
         """nats-py reconnects by itself; keep what happened instead of logging every try."""

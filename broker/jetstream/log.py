@@ -55,7 +55,6 @@ class JetStreamEventLog:
         await self.engine.open()
 
     async def close(self) -> None:
-        await self._deliveries.settled()
         await self.engine.close()
 
     # -- deliveries ------------------------------------------------------------------------

@@ -6,7 +6,9 @@ The connection options are the NATS trigger's (`NatsConnection`: `token_env`,
 reach NATS. The store adds its own: `cluster` (the mesh name every stream, consumer and
 bucket name is derived from), `replicas` (1 for one server, 3 for a cluster),
 `ack_wait` (how long a claim lasts without `extend`) and `buckets` (how many partition
-key buckets an ordered subscription is consumed in).
+key buckets an ordered subscription is consumed in). Every node of a mesh must give the
+same `cluster` and `buckets`: a key hashed into another number of buckets would lose
+its place in line.
 """
 
 from __future__ import annotations

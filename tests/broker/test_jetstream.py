@@ -10,6 +10,7 @@ import pytest
 from external import NatsServer
 from fmesh.broker.jetstream.options import parse_store_url
 from fmesh.broker.stores import open_store
+from nats.js.errors import NotFoundError
 
 from fmesh.contracts import DeadLetter
 from fmesh.errors import StoreError
@@ -20,6 +21,21 @@ WAIT = 10.0  # the longest a claim here waits for what should come
 
 def events(count: int, **attributes) -> list:
     return [new_event("t", "/s", {"i": i}, **attributes) for i in range(count)]
+
+
+async def until_waiting(log, subscription: str, count: int) -> None:
+    """Until `count` claims wait on the server for the subscription's consumer (bounded)."""
+    names = log.engine.names
+    deadline = time.monotonic() + WAIT
+    while True:
+        try:
+            info = await log.engine.js.consumer_info(names.deliveries, names.consumer(subscription))
+            if info.num_waiting >= count:
+                return
+        except NotFoundError:
+            pass  # not made yet: the first claim makes it
+        assert time.monotonic() < deadline, f"{count} claims never waited on {subscription}"
+        await asyncio.sleep(0.02)
 
 
 async def test_two_processes_share_a_subscription_and_never_hold_the_same_delivery(jetstream):
@@ -37,7 +53,7 @@ async def test_two_processes_share_a_subscription_and_never_hold_the_same_delive
 async def test_claims_waiting_in_two_processes_are_both_woken_by_appends_from_a_third(jetstream):
     a, b, c = [(await jetstream.store()).log for _ in range(3)]
     waiting = [asyncio.create_task(log.claim("function:f", 10, wait=WAIT)) for log in (a, b)]
-    await asyncio.sleep(0.1)  # both are waiting on the server now
+    await until_waiting(c, "function:f", 2)
     started = time.monotonic()
     for event in events(2):
         await c.append([(event, ["function:f"])])
@@ -107,7 +123,7 @@ async def test_ordered_keys_go_one_at_a_time_across_processes(jetstream):
 async def test_a_cancelled_claim_claims_nothing(jetstream):
     log = (await jetstream.store()).log
     waiting = asyncio.create_task(log.claim("function:f", 10, wait=WAIT))
-    await asyncio.sleep(0.1)
+    await until_waiting(log, "function:f", 1)
     waiting.cancel()
     with pytest.raises(asyncio.CancelledError):
         await waiting
@@ -168,7 +184,6 @@ async def test_state_written_by_one_process_is_watched_by_another(jetstream):
     changes = a.state.watch("deployed/")
     try:
         first = asyncio.ensure_future(anext(changes))
-        await asyncio.sleep(0.1)
         revision = await b.state.put("deployed/function/f", b"{}")
         change = await asyncio.wait_for(first, WAIT)
         assert (change.key, change.value, change.revision) == ("deployed/function/f", b"{}", revision)
@@ -261,3 +276,89 @@ def test_a_missing_secret_fails_when_the_store_is_made(tmp_path, monkeypatch):
     monkeypatch.delenv("NO_SUCH_TOKEN", raising=False)
     with pytest.raises(ValueError, match="NO_SUCH_TOKEN"):
         open_store("nats://127.0.0.1:4222?token_env=NO_SUCH_TOKEN", tmp_path)
+
+
+@pytest.fixture
+def nats_cluster(tmp_path):
+    """Three nats-servers routed into one JetStream cluster on loopback ports."""
+    from external import free_port
+
+    routes = [free_port() for _ in range(3)]
+    servers = []
+    for i, route in enumerate(routes):
+        others = ",".join(f"nats://127.0.0.1:{p}" for p in routes if p != route)
+        servers.append(NatsServer(tmp_path / f"nats{i}", args=[
+            "--server_name", f"n{i}", "--cluster_name", "fmesh-test", "--cluster", f"nats://127.0.0.1:{route}",
+            "--routes", others]))
+    for server in servers:
+        server.start()
+    yield servers
+    for server in servers:
+        server.stop()
+
+
+async def test_a_three_server_cluster_keeps_everything_when_one_server_dies(nats_cluster, tmp_path):
+    urls = ",".join(f"127.0.0.1:{s.port}" for s in nats_cluster)
+    store = open_store(f"nats://{urls}?cluster=r3&replicas=3", tmp_path)
+    await store.open()
+    try:
+        await store.log.append([(e, ["function:f"]) for e in events(20)])
+        revision = await store.state.put("deployed/function/f", b"{}")
+        await store.blobs.put("bundle", b"code")
+        [victim] = [s for s in nats_cluster if s.port != _connected_port(store)][:1]
+        victim.kill()  # not the server this client talks to: the client stays connected
+        # While the survivors elect new leaders for what the victim led, requests may time
+        # out (StoreError): the caller tries again, and nothing that was stored is gone.
+        claimed = await until_stored(lambda: store.log.claim("function:f", 100, wait=1))
+        while len(claimed) < 20:
+            claimed += await until_stored(lambda: store.log.claim("function:f", 100, wait=1))
+        assert sorted(d.event.data["i"] for d in claimed) == list(range(20))
+        await until_stored(lambda: store.log.ack([d.id for d in claimed]))
+        assert (await until_stored(lambda: store.state.get("deployed/function/f"))).revision == revision
+        assert await until_stored(lambda: store.blobs.get("bundle")) == b"code"
+        await until_stored(lambda: store.log.append([(new_event("t", "/s"), ["function:f"])]))
+    finally:
+        await store.close()
+
+
+async def until_stored(operation, timeout: float = 30.0):
+    """`operation()`, tried again while the store answers StoreError (bounded)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return await operation()
+        except StoreError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.2)
+
+
+def _connected_port(store) -> int:
+    return store.log.engine.client.connected_url.port
+
+
+async def test_a_message_that_is_no_event_is_handed_out_marked_undecodable(jetstream):
+    log = (await jetstream.store()).log
+    await log.engine.js.publish(log.engine.names.delivery_subject("function:f", "u"), b"\xff not a record")
+    [delivery] = await log.claim("function:f", 1)
+    assert delivery.undecodable and delivery.event.type == "dev.fmesh.undecodable"
+    await log.ack([delivery.id])
+
+
+@pytest.mark.parametrize("payload", [None, b"", b"line\nand\nmore\n", b"\x00\xff"])
+def test_records_keep_the_payload_byte_exact(payload):
+    from fmesh.broker.jetstream.records import decode, encode
+
+    from fmesh.events import Event
+
+    event = Event({"specversion": "1.0", "id": "1", "source": "/s", "type": "t"}, payload)
+    meta, back, undecodable = decode(encode({"id": "d1", "at": 1.5}, event), "test")
+    assert (meta, back.attributes, back.payload, undecodable) == ({"id": "d1", "at": 1.5}, event.attributes,
+                                                                  payload, None)
+
+
+def test_subscription_names_become_valid_tokens_and_back():
+    from fmesh.broker.jetstream.names import token, untoken
+
+    for name in ("function:resize", "bridge:eu-1", "subscription:a.b c/d", "é_x>*"):
+        assert all(c.isalnum() or c in "-_" for c in token(name)) and untoken(token(name)) == name
