@@ -19,13 +19,13 @@ from fmesh.broker.filters import compile_shorthand
 from fmesh.broker.identity import SCOPES, Identity, Principal, token_digest
 from fmesh.broker.policy import Gate, Rule
 
-from fmesh.contracts import StateStore
-from fmesh.errors import DeployError, StoreError
+from fmesh.contracts import Change, StateStore
+from fmesh.errors import DeployError
+from fmesh.following import follow, now_and_then
 from fmesh.names import NAME_RULE, is_name
 from fmesh.ratelimit import TokenBucket
 
 PREFIX = "tokens/"
-FOLLOW_RETRY = 1.0      # seconds before watching the tokens again after the store failed
 RECONCILE_EVERY = 15.0  # seconds between comparisons of the tokens known here with the store
 
 
@@ -94,28 +94,15 @@ class Tokens:
 
     async def follow(self) -> None:
         """Know the tokens other nodes on the store create, and forget those they revoke, as
-        it happens (runs for the node's life; a store that fails is watched again)."""
-        while True:
-            try:
-                async for change in self._state.watch(PREFIX):
-                    name = change.key.removeprefix(PREFIX)
-                    if change.value is None:
-                        self._forget(name)
-                    else:
-                        self._learn(change.key, change.value)
-            except StoreError as exc:
-                print(f"fmesh: lost sight of the tokens, watching again: {exc}", file=sys.stderr)
-            await asyncio.sleep(FOLLOW_RETRY)
+        it happens; and compare with the store now and then (runs for the node's life)."""
+        await asyncio.gather(follow(self._state, PREFIX, self._apply, "the tokens"),
+                             now_and_then(RECONCILE_EVERY, self.reconcile, "the tokens"))
 
-    async def reconcile_now_and_then(self) -> None:
-        """A revoke made while the watch was not watching (before it started, or while the
-        store was away) is found here, within `RECONCILE_EVERY`."""
-        while True:
-            await asyncio.sleep(RECONCILE_EVERY)
-            try:
-                await self.reconcile()
-            except StoreError as exc:
-                print(f"fmesh: could not compare the tokens with the store: {exc}", file=sys.stderr)
+    async def _apply(self, change: Change) -> None:
+        if change.value is None:
+            self._forget(change.key.removeprefix(PREFIX))
+        else:
+            self._learn(change.key, change.value)
 
     async def reconcile(self) -> None:
         entries = await self._state.list(PREFIX)

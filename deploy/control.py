@@ -19,10 +19,11 @@ from fmesh.deploy.bundle import BundleStore
 from fmesh.deploy.dependencies import DependencyInstaller
 from fmesh.deploy.operations import NodeOperations
 from fmesh.deploy.resources import BridgeKind, FunctionKind, Kind, PeerKind, Resource, SubscriptionKind, TriggerKind
-from fmesh.triggers.retry import Backoff
 
 from fmesh.bindings.common import describe
-from fmesh.errors import DeployError, StoreError
+from fmesh.contracts import Change as StateChange
+from fmesh.errors import DeployError
+from fmesh.following import follow, now_and_then
 
 
 @dataclass
@@ -34,8 +35,6 @@ class Change:
 
 
 DEPLOYED = "deployed/"
-FOLLOW_RETRY = 0.5       # seconds before watching the deployed state again, doubling
-FOLLOW_RETRY_MAX = 10.0
 RECONCILE_EVERY = 15.0   # seconds between comparisons of what runs here with the deployed state
 
 
@@ -80,27 +79,12 @@ class ControlPlane:
     async def follow(self) -> None:
         """Converge on the deployed state as any node on the store changes it, for as long
         as the node runs: a deploy to one node runs on every node within moments."""
-        self.node.run_in_background("reconcile the deployed state", self._reconcile_now_and_then())
-        backoff = Backoff(FOLLOW_RETRY, FOLLOW_RETRY_MAX)
-        while True:
-            try:
-                async for change in self.node.state.watch(DEPLOYED):
-                    backoff.reset()
-                    async with self._changing:
-                        await self._converge(change.key, change.value)
-            except StoreError as exc:  # the store went away: watch again once it is back
-                print(f"fmesh: lost sight of the deployed state, watching again: {exc}", file=sys.stderr)
-            await backoff.wait()
+        async def apply(change: StateChange) -> None:
+            async with self._changing:
+                await self._converge(change.key, change.value)
 
-    async def _reconcile_now_and_then(self) -> None:
-        """A watch shows what changes while it watches; a delete made while it was not (between
-        the restore and the watch, or while the store was away) is found here instead."""
-        while True:
-            await asyncio.sleep(RECONCILE_EVERY)
-            try:
-                await self.reconcile()
-            except StoreError as exc:
-                print(f"fmesh: could not compare with the deployed state: {exc}", file=sys.stderr)
+        await asyncio.gather(follow(self.node.state, DEPLOYED, apply, "the deployed state"),
+                             now_and_then(RECONCILE_EVERY, self.reconcile, "the deployed state"))
 
     async def reconcile(self) -> None:
         """Bring this node to the deployed state as it is now, whatever changes were missed."""

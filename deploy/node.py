@@ -84,7 +84,6 @@ class Node:
         self._janitor = asyncio.get_running_loop().create_task(self._expire())
         self.run_in_background("heartbeat", self.membership.run())
         self.run_in_background("follow the tokens", self.tokens.follow())
-        self.run_in_background("reconcile the tokens", self.tokens.reconcile_now_and_then())
         self._started = True
         for hook in self.on_start:
             await hook()
