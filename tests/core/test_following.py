@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
-import fmesh.following as following
 from fmesh.broker.memory_state import MemoryState
+
+import fmesh.following as following
 from fmesh.following import follow
 
 
