@@ -33,6 +33,10 @@ class EventLog(Protocol):
     url: str
     claim_ttl: float | None  # seconds a claim lasts unless extended (None: until released or acked)
 
+    @property
+    def max_record_bytes(self) -> int | None:
+        """The largest stored delivery the engine takes, once open (None: no limit of its own)."""
+
     async def open(self) -> None: ...
 
     async def close(self) -> None: ...

@@ -30,6 +30,7 @@ class MemoryEventLog:
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self.url = "memory://"
         self.claim_ttl = None
+        self.max_record_bytes = None
         self.clock = clock              # when deliveries fall due (tests move it)
         self._arrivals = Arrivals()
         self._ids = itertools.count(1)

@@ -129,6 +129,7 @@ class SqliteEventLog:
         self._arrivals = Arrivals()
         self.url = f"sqlite:///{self.path}"
         self.claim_ttl = None  # a claim lasts as long as this process
+        self.max_record_bytes = None
         self._sync = sync
         self._conn: sqlite3.Connection | None = None
         self._pending: list[tuple[Operation, asyncio.Future]] = []

@@ -38,6 +38,7 @@ from fmesh.settings import NodeSettings, mesh_id_path
 
 Hook = Callable[[], Awaitable[None]]
 MESH_ID_KEY = "mesh/id"
+RECORD_MARGIN = 64 * 1024  # bytes of a stored delivery besides the event's body: attributes, bookkeeping
 
 
 def owner_of(subscription: str) -> str:
@@ -78,6 +79,7 @@ class Node:
     async def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         await self.store.open()
+        self._fit_event_limit()
         await self._agree_on_mesh_id()
         await self.tokens.load()
         await self.runtime.start()
@@ -87,6 +89,15 @@ class Node:
         self._started = True
         for hook in self.on_start:
             await hook()
+
+    def _fit_event_limit(self) -> None:
+        """An event the store cannot hold is refused at the ingress (413), not after it (503)."""
+        limit = self.log.max_record_bytes
+        if limit is not None and self.ingress.max_event_bytes > limit - RECORD_MARGIN:
+            self.ingress.max_event_bytes = max(1, limit - RECORD_MARGIN)
+            print(f"fmesh: events over {self.ingress.max_event_bytes} bytes are refused (413): the store takes "
+                  f"messages of {limit} bytes at most (raise the NATS server's max_payload to take more)",
+                  file=sys.stderr)
 
     async def _agree_on_mesh_id(self) -> None:
         """Every node on one store is one mesh to its peers: the first node's id is kept in

@@ -51,6 +51,11 @@ class JetStreamEventLog:
     def clock(self, clock: Callable[[], float]) -> None:
         self._deliveries.clock = clock
 
+    @property
+    def max_record_bytes(self) -> int | None:
+        """The server's max_payload: a message over it is refused (default 1 MB)."""
+        return self.engine.client.max_payload
+
     async def open(self) -> None:
         await self.engine.open()
 

@@ -214,3 +214,15 @@ def test_a_killed_nats_server_of_three_loses_no_accepted_event(mesh_factory, tmp
     finally:
         for server in servers:
             server.stop()
+
+
+def test_an_event_the_nats_server_could_not_hold_is_a_413_at_the_ingress(nats_server, nodes, tmp_path):
+    [mesh] = nodes(store_url(nats_server), 1)  # max_payload 1 MiB: with its attributes, a 1 MiB body is more
+    mesh.cli("deploy", "-f", str(append_to(tmp_path, tmp_path / "got.txt", "com.example.big")))  # so it is stored
+    headers = {"ce-specversion": "1.0", "ce-source": "/t", "ce-type": "com.example.big",
+               "content-type": "application/octet-stream"}
+    big = httpx.post(mesh.url + "/", content=b"x" * 1_048_500, headers={**headers, "ce-id": "big"}, timeout=10)
+    assert big.status_code == 413, big.text
+    fits = httpx.post(mesh.url + "/", content=b"x" * 900_000, headers={**headers, "ce-id": "fits"}, timeout=10)
+    assert fits.status_code == 202, fits.text
+    assert "the store takes messages of 1048576 bytes at most" in mesh.log()
