@@ -62,12 +62,7 @@ class Tokens:
     async def load(self) -> int:
         """Know the stored tokens (at start). A record that cannot be read is said and skipped:
         one broken token must not keep the mesh down."""
-        for key, entry in (await self._state.list(PREFIX)).items():
-            try:
-                self._know(TokenRecord(**json.loads(entry.value)))
-            except (ValueError, TypeError) as exc:
-                name = key.removeprefix(PREFIX)
-                print(f"fmesh: token {name} is unreadable and does not work: {exc}", file=sys.stderr)
+        await self.reconcile()
         return len(self.records)
 
     async def create(self, name: str, scope: str, allow: dict[str, Any] | None = None,
@@ -105,6 +100,7 @@ class Tokens:
             self._learn(change.key, change.value)
 
     async def reconcile(self) -> None:
+        """Know exactly the tokens the store holds now."""
         entries = await self._state.list(PREFIX)
         for name in set(self.records) - {key.removeprefix(PREFIX) for key in entries}:
             self._forget(name)
@@ -114,12 +110,11 @@ class Tokens:
     def _learn(self, key: str, value: bytes) -> None:
         try:
             record = TokenRecord(**json.loads(value))
-        except (ValueError, TypeError) as exc:
+            if self.records.get(record.name) != record:
+                self._forget(record.name)
+                self._know(record)
+        except (ValueError, TypeError) as exc:  # a bad allow rule too: said, and the others still work
             print(f"fmesh: token {key.removeprefix(PREFIX)} is unreadable and does not work: {exc}", file=sys.stderr)
-            return
-        if self.records.get(record.name) != record:
-            self._forget(record.name)
-            self._know(record)
 
     def _forget(self, name: str) -> None:
         record = self.records.pop(name, None)

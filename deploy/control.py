@@ -71,9 +71,7 @@ class ControlPlane:
     async def restore(self) -> int:
         """Bring back what was deployed before the node restarted (or, on a store shared
         with other nodes, what they deployed before this node joined)."""
-        for kind in self.kinds:
-            for key, entry in (await self.node.state.list(state_key(kind, ""))).items():
-                await self._bring_back(key, entry.value)
+        await self.reconcile()
         return sum(len(resources) for resources in self.deployed.values())
 
     async def follow(self) -> None:

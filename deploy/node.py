@@ -62,7 +62,6 @@ class Node:
         self.run_dir = Path(tempfile.mkdtemp(prefix="fmesh-"))  # short: Unix socket paths are limited
         self.runtime = Runtime(self.data_dir, self.run_dir, self.broker, settings.launcher, self.mesh_id)
         self.control_app: ASGIApp | None = None
-        self._janitor: asyncio.Task | None = None
         self._background: list[asyncio.Task] = []
         self.external_targets: dict[str, str] = {}  # external function → URL it is served at, here
         self.node_id = load_or_create_node_id(settings.data_dir)
@@ -83,7 +82,7 @@ class Node:
         await self._agree_on_mesh_id()
         await self.tokens.load()
         await self.runtime.start()
-        self._janitor = asyncio.get_running_loop().create_task(self._expire())
+        self.run_in_background("expire dead letters and seen events", self._expire())
         self.run_in_background("heartbeat", self.membership.run())
         self.run_in_background("follow the tokens", self.tokens.follow())
         self._started = True
@@ -136,8 +135,6 @@ class Node:
         if not self._started:
             return
         self._started = False
-        if self._janitor is not None:
-            self._janitor.cancel()
         await self._stop_background()
         for name in list(self.triggers):
             await self.remove_trigger(name)

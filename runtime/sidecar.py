@@ -72,7 +72,7 @@ class Sidecar:
         self.max_inflight = max_inflight
         self.stats = DeliveryStats()
         self._inflight: set[asyncio.Task] = set()
-        self._working: dict[DeliveryId, asyncio.Task] = {}   # claimed deliveries in flight, by id
+        self._working: set[DeliveryId] = set()   # ids of the claimed deliveries in flight
         self._releasing: set[asyncio.Task] = set()
         self._loop_task: asyncio.Task | None = None
         self._extender: asyncio.Task | None = None
@@ -138,13 +138,13 @@ class Sidecar:
     def _begin(self, delivery: Delivery) -> None:
         task = asyncio.get_running_loop().create_task(self._deliver(delivery))
         self._inflight.add(task)
-        self._working[delivery.id] = task
+        self._working.add(delivery.id)
         self.stats.inflight = len(self._inflight)
         task.add_done_callback(lambda done: self._done(done, delivery))
 
     def _done(self, task: asyncio.Task, delivery: Delivery) -> None:
         self._inflight.discard(task)
-        self._working.pop(delivery.id, None)
+        self._working.discard(delivery.id)
         self.stats.inflight = len(self._inflight)
         if not task.cancelled() and task.exception() is not None:
             # A bug, not a verdict on the event: give it back, so it is delivered again.
