@@ -2,10 +2,12 @@
 
 A raw ASGI app rather than a FastAPI route, because this is the hot path. The checks
 run in the order Knative's ingress uses, each with its own status: method (405), size
-(413), who is calling (401, from the headers before the body is read; a signature once it
-is), rate limit (429 with Retry-After), parse and validate (400 naming the attribute, 415
-for an unreadable content type), allow rule (403, the whole request), store (503),
-accepted (202). Every stored event carries its sender in `fmeshsender` (see `Gate`).
+(413: the body and the `ce-*` headers together, and the count of extensions), who is
+calling (401, from the headers before the body is read; a signature once it is), rate
+limit (429 with Retry-After), parse and validate (400 naming the attribute, 415 for an
+unreadable content type), allow rule (403, the whole request), store (503), accepted
+(202). Every stored event carries its sender in `fmeshsender` (see `Gate`). The header
+section itself is bounded before this app runs (431, see the node).
 """
 
 from __future__ import annotations
@@ -15,7 +17,17 @@ from collections.abc import Awaitable, Callable
 from fmesh.broker.identity import Identity
 from fmesh.broker.policy import Gate
 
-from fmesh.asgi import Receive, Scope, Send, accepted, check_declared_size, header_dict, read_stream, respond
+from fmesh.asgi import (
+    Receive,
+    Scope,
+    Send,
+    accepted,
+    ce_header_bytes,
+    check_declared_size,
+    header_dict,
+    read_stream,
+    respond,
+)
 from fmesh.bindings.http import read_events
 from fmesh.errors import (
     AuthError,
@@ -26,7 +38,7 @@ from fmesh.errors import (
     StoreError,
     UnsupportedContentType,
 )
-from fmesh.events import Event
+from fmesh.events import DEFAULT_MAX_EXTENSIONS, Event, TooManyExtensions
 from fmesh.ratelimit import retry_after_header
 
 Publish = Callable[[list[Event]], Awaitable[None]]
@@ -39,9 +51,10 @@ class Ingress:
     """The ASGI app behind `POST /`."""
 
     def __init__(self, publish: Publish, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
-                 gate: Gate | None = None) -> None:
+                 gate: Gate | None = None, max_extensions: int = DEFAULT_MAX_EXTENSIONS) -> None:
         self.publish = publish
         self.max_event_bytes = max_event_bytes
+        self.max_extensions = max_extensions
         self.gate = gate or Gate(Identity(), "off")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -51,6 +64,8 @@ class Ingress:
         try:
             events = await self.read(scope, receive)
         except EventTooLarge as exc:
+            await respond(send, 413, {"error": str(exc), "limit": exc.limit})
+        except TooManyExtensions as exc:
             await respond(send, 413, {"error": str(exc), "limit": exc.limit})
         except AuthError as exc:
             await respond(send, 401, {"error": str(exc)}, CHALLENGE)
@@ -67,12 +82,17 @@ class Ingress:
 
     async def read(self, scope: Scope, receive: Receive) -> list[Event]:
         """The request's events, stamped with their sender, once every check before the store passed."""
-        check_declared_size(scope, self.max_event_bytes)
-        headers = header_dict(scope)
-        caller = self.gate.identify(headers, scope)
-        body = await read_stream(receive, self.max_event_bytes)
+        attributes = ce_header_bytes(scope)  # in binary mode they are part of the event
+        body_limit = self.max_event_bytes - attributes
+        try:
+            check_declared_size(scope, body_limit)  # before anyone is asked who they are
+            headers = header_dict(scope)
+            caller = self.gate.identify(headers, scope)
+            body = await read_stream(receive, body_limit)
+        except EventTooLarge as exc:
+            raise EventTooLarge(exc.size + attributes, self.max_event_bytes) from None
         principal = self.gate.admit(caller, headers, body)
-        events = read_events(headers, body)
+        events = read_events(headers, body, self.max_extensions)
         self.gate.permit(principal, events)
         return events
 

@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fmesh.broker.identity import Identity, Principal
 from fmesh.broker.policy import control_refusal
+from fmesh.deploy.bundle import MAX_BUNDLE_BYTES
 from fmesh.deploy.control import ControlPlane
 from fmesh.deploy.membership import totals
 from fmesh.deploy.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -20,7 +21,7 @@ from fmesh.deploy.metrics import metrics_text
 from fmesh.deploy.operations import NodeOperations
 from pydantic import BaseModel, Field
 
-from fmesh.errors import DeployError, StoreError
+from fmesh.errors import DeployError, EventTooLarge, StoreError
 from fmesh.ratelimit import parse_rate
 
 
@@ -109,7 +110,9 @@ def create_app(node: NodeOperations, control: ControlPlane) -> FastAPI:
     @app.put("/v1/bundles/{digest}", dependencies=auth, summary="Upload a function's code (tar.gz)")
     async def put_bundle(digest: str, request: Request) -> dict[str, Any]:
         try:
-            await control.bundles.put(digest, await request.body())
+            await control.bundles.put(digest, await read_upload(request, MAX_BUNDLE_BYTES))
+        except EventTooLarge as exc:
+            raise HTTPException(413, f"bundle of {exc.size} bytes or more exceeds {exc.limit}") from exc
         except (ValueError, OSError) as exc:
             raise HTTPException(400, f"bundle refused: {exc}") from exc
         return {"bundle": digest}
@@ -277,6 +280,20 @@ def subscription_of(function: str | None) -> str | None:
     if function is None:
         return None
     return function if ":" in function else f"function:{function}"
+
+
+async def read_upload(request: Request, limit: int) -> bytes:
+    """The request body, refusing (EventTooLarge) as soon as it passes `limit`: Content-Length first."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise EventTooLarge(int(declared), limit)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise EventTooLarge(size, limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 async def _has(control: ControlPlane, digest: str) -> bool:

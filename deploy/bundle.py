@@ -15,14 +15,22 @@ import shutil
 import tarfile
 import zlib
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from fmesh.contracts import BlobStore
 
 SKIPPED = {"__pycache__", ".git", ".venv", ".mypy_cache", ".pytest_cache", ".DS_Store"}
 MAX_BUNDLE_BYTES = 200 * 1024 * 1024     # the archive
-MAX_UNPACKED_BYTES = 1024 * 1024 * 1024  # what it may unpack to
-MAX_FILES = 50_000
+CHUNK = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class BundleLimits:
+    """What an archive from an upload or another node may unpack to (`fmesh up --max-bundle-*`)."""
+
+    max_unpacked_bytes: int = 256 * 1024 * 1024
+    max_files: int = 20_000
 
 
 def _files(folder: Path, skip: Iterable[Path] = ()) -> list[Path]:
@@ -47,10 +55,8 @@ def pack(folder: Path, skip: Iterable[Path] = ()) -> tuple[str, bytes, int]:
     files = _files(folder, skip)
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for path in files:
-            name = path.relative_to(folder).as_posix()
-            data = path.read_bytes()
-            mode = 0o755 if path.stat().st_mode & 0o111 else 0o644
-            digest.update(f"{name}\0{mode:o}\0{len(data)}\0".encode())
+            name, mode, data = path.relative_to(folder).as_posix(), _mode(path), path.read_bytes()
+            digest.update(_entry(name, mode, len(data)))
             digest.update(data)
             info = tarfile.TarInfo(name)
             info.size, info.mode, info.mtime = len(data), mode, 0
@@ -58,13 +64,34 @@ def pack(folder: Path, skip: Iterable[Path] = ()) -> tuple[str, bytes, int]:
     return digest.hexdigest(), gzip.compress(raw.getvalue(), mtime=0), len(files)
 
 
-def unpack(data: bytes, destination: Path, digest: str | None = None) -> None:
+def digest_of(folder: Path) -> str:
+    """The digest `pack` gives `folder`, reading each file in chunks: an unpacked bundle
+    is checked without holding it (or an archive of it) in memory."""
+    digest = hashlib.sha256()
+    for path in _files(folder):
+        digest.update(_entry(path.relative_to(folder).as_posix(), _mode(path), path.stat().st_size))
+        with path.open("rb") as file:
+            while chunk := file.read(CHUNK):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _mode(path: Path) -> int:
+    return 0o755 if path.stat().st_mode & 0o111 else 0o644
+
+
+def _entry(name: str, mode: int, size: int) -> bytes:
+    return f"{name}\0{mode:o}\0{size}\0".encode()
+
+
+def unpack(data: bytes, destination: Path, digest: str | None = None, limits: BundleLimits = BundleLimits()) -> None:
     """Extract a bundle safely and, given its `digest`, check it before it appears.
 
     Only what `pack` would have packed may be in it (regular files, none that the digest
-    skips, such as a `__pycache__` a replica would trust over the source), within
-    `MAX_UNPACKED_BYTES` and `MAX_FILES`: an archive from an upload or from another node's
-    store is hostile until checked. ValueError says what was wrong; nothing is left behind."""
+    skips, such as a `__pycache__` a replica would trust over the source), within `limits`,
+    checked member by member as it unpacks: an archive from an upload or from another
+    node's store is hostile until checked. ValueError says what was wrong; nothing is left
+    behind. Blocking: run it off the event loop."""
     if len(data) > MAX_BUNDLE_BYTES:
         raise ValueError(f"bundle of {len(data)} bytes exceeds {MAX_BUNDLE_BYTES}")
     partial = destination.with_name(destination.name + ".partial")
@@ -72,11 +99,9 @@ def unpack(data: bytes, destination: Path, digest: str | None = None) -> None:
     partial.mkdir(parents=True)
     try:
         with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
-            tar.extractall(partial, members=_checked_members(tar), filter="data")
-        if digest is not None:
-            actual, _, _ = pack(partial)
-            if actual != digest:
-                raise ValueError(f"bundle content does not match its digest {digest[:12]} (got {actual[:12]})")
+            tar.extractall(partial, members=_checked_members(tar, limits), filter="data")
+        if digest is not None and (actual := digest_of(partial)) != digest:
+            raise ValueError(f"bundle content does not match its digest {digest[:12]} (got {actual[:12]})")
     except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
         shutil.rmtree(partial, ignore_errors=True)
         raise ValueError(f"not a readable bundle (tar.gz): {exc}") from None
@@ -86,7 +111,7 @@ def unpack(data: bytes, destination: Path, digest: str | None = None) -> None:
     partial.rename(destination)  # appears whole and checked, or not at all
 
 
-def _checked_members(tar: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
+def _checked_members(tar: tarfile.TarFile, limits: BundleLimits) -> Iterator[tarfile.TarInfo]:
     total = files = 0
     for member in tar:
         parts = Path(member.name).parts
@@ -96,8 +121,11 @@ def _checked_members(tar: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
             raise ValueError(f"bundle member {member.name!r} is not one fmesh packs (a regular file outside "
                              f"{', '.join(sorted(SKIPPED))} and not .pyc)")
         total, files = total + member.size, files + 1
-        if total > MAX_UNPACKED_BYTES or files > MAX_FILES:
-            raise ValueError(f"bundle unpacks to more than {MAX_UNPACKED_BYTES} bytes or {MAX_FILES} files")
+        if total > limits.max_unpacked_bytes:
+            raise ValueError(f"bundle unpacks to more than {limits.max_unpacked_bytes} bytes "
+                             "(fmesh up --max-bundle-bytes)")
+        if files > limits.max_files:
+            raise ValueError(f"bundle holds more than {limits.max_files} files (fmesh up --max-bundle-files)")
         yield member
 
 
@@ -105,9 +133,10 @@ class BundleStore:
     """Function code: the archives in the store's blobs (so every node on the store can get
     them), unpacked into the data dir, one folder per digest, when first needed here."""
 
-    def __init__(self, directory: Path, blobs: BlobStore) -> None:
+    def __init__(self, directory: Path, blobs: BlobStore, limits: BundleLimits = BundleLimits()) -> None:
         self.directory = directory
         self.blobs = blobs
+        self.limits = limits
         directory.mkdir(parents=True, exist_ok=True)
 
     def path(self, digest: str) -> Path:
@@ -141,6 +170,6 @@ class BundleStore:
         if self.has(digest):
             return
         destination = self.path(digest)
-        unpack(data, destination, digest)
+        unpack(data, destination, digest, self.limits)
         # Byte-compile now, so the first replica does not pay for it during a cold start.
         compileall.compile_dir(destination, quiet=2)

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from fmesh.deploy.bundle import BundleStore
+from fmesh.deploy.bundle import BundleLimits, BundleStore
 from fmesh.deploy.dependencies import DependencyInstaller
 from fmesh.deploy.operations import NodeOperations
 from fmesh.deploy.resources import BridgeKind, FunctionKind, Kind, PeerKind, Resource, SubscriptionKind, TriggerKind
@@ -43,12 +43,13 @@ def state_key(kind: str, name: str) -> str:
 
 
 class ControlPlane:
-    def __init__(self, node: NodeOperations, serves: str | None = None) -> None:
+    def __init__(self, node: NodeOperations, serves: str | None = None,
+                 bundle_limits: BundleLimits = BundleLimits()) -> None:
         """`serves`: run that one (external) function and only route the rest, as
         `fmesh sidecar` does; None: run everything, as a node does."""
         self.node = node
         self.serves = serves
-        self.bundles = BundleStore(node.data_dir / "bundles", node.blobs)
+        self.bundles = BundleStore(node.data_dir / "bundles", node.blobs, bundle_limits)
         self.dependencies = DependencyInstaller(node.data_dir / "deps")
         # Order matters: peers before anything takes events; bridges (that functions may hand
         # replies and dead letters to) before functions; functions before the subscriptions

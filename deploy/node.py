@@ -26,13 +26,14 @@ from fmesh.broker.tokens import Tokens
 from fmesh.deploy.membership import Membership, load_or_create_node_id, members
 from fmesh.runtime.logs import LogStore
 from fmesh.runtime.runtime import FunctionSpec, FunctionStatus, Runtime, SinkSpec, SinkStatus
+from fmesh.runtime.wire import MAX_FRAME
 from fmesh.triggers.base import Trigger, TriggerStatus
 from fmesh.triggers.config import TriggerEntry
 from fmesh.triggers.registry import build_trigger
 
-from fmesh.asgi import ASGIApp, Receive, Scope, Send, is_mesh_path, respond
+from fmesh.asgi import ASGIApp, Receive, Scope, Send, check_headers, is_mesh_path, respond
 from fmesh.contracts import BlobStore, DeadLetter
-from fmesh.errors import Conflict, StartupError, StoreError, TriggerConfigError
+from fmesh.errors import Conflict, HeadersTooLarge, StartupError, StoreError, TriggerConfigError
 from fmesh.meshpath import check_mesh_id
 from fmesh.settings import NodeSettings, mesh_id_path
 
@@ -58,7 +59,7 @@ class Node:
         self.gate = Gate(self.identity, settings.ingress_auth or default_mode(settings.host,
                                                                               bool(settings.tls_client_ca)))
         self.tokens = Tokens(self.state, self.identity, self.gate)
-        self.ingress = Ingress(self.broker.publish, settings.max_event_bytes, self.gate)
+        self.ingress = Ingress(self.broker.publish, settings.max_event_bytes, self.gate, settings.max_extensions)
         self.run_dir = Path(tempfile.mkdtemp(prefix="fmesh-"))  # short: Unix socket paths are limited
         self.runtime = Runtime(self.data_dir, self.run_dir, self.broker, settings.launcher, self.mesh_id)
         self.control_app: ASGIApp | None = None
@@ -90,13 +91,17 @@ class Node:
             await hook()
 
     def _fit_event_limit(self) -> None:
-        """An event the store cannot hold is refused at the ingress (413), not after it (503)."""
-        limit = self.log.max_record_bytes
-        if limit is not None and self.ingress.max_event_bytes > limit - RECORD_MARGIN:
-            self.ingress.max_event_bytes = max(1, limit - RECORD_MARGIN)
-            print(f"fmesh: events over {self.ingress.max_event_bytes} bytes are refused (413): the store takes "
-                  f"messages of {limit} bytes at most (raise the NATS server's max_payload to take more)",
-                  file=sys.stderr)
+        """An event the store or a replica cannot take is refused at the ingress (413), not
+        after it (503 from the store, or a replica failing on every attempt)."""
+        limits = [(MAX_FRAME, "a replica takes frames of {} bytes at most")]
+        if self.log.max_record_bytes is not None:
+            limits.append((self.log.max_record_bytes, "the store takes messages of {} bytes at most (raise the "
+                                                      "NATS server's max_payload to take more)"))
+        for limit, why in sorted(limits):
+            if self.ingress.max_event_bytes > limit - RECORD_MARGIN:
+                self.ingress.max_event_bytes = max(1, limit - RECORD_MARGIN)
+                print(f"fmesh: events over {self.ingress.max_event_bytes} bytes are refused (413): "
+                      + why.format(limit), file=sys.stderr)
 
     async def _agree_on_mesh_id(self) -> None:
         """Every node on one store is one mesh to its peers: the first node's id is kept in
@@ -348,6 +353,11 @@ class Node:
             await self._lifespan(receive, send)
             return
         if scope["type"] != "http":
+            return
+        try:
+            check_headers(scope, self.settings.max_header_bytes, self.settings.max_headers)
+        except HeadersTooLarge as exc:
+            await respond(send, 431, {"error": str(exc)})
             return
         path = scope["path"]
         if path == "/" or path in self.routes:

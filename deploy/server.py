@@ -13,7 +13,7 @@ from typing import Any
 
 import uvicorn
 from fmesh.deploy.api import create_app
-from fmesh.deploy.bundle import pack
+from fmesh.deploy.bundle import BundleLimits, pack
 from fmesh.deploy.claims import listen, lock_data_dir
 from fmesh.deploy.control import ControlPlane
 from fmesh.deploy.deployer import PackedFunction, apply_request, summarize
@@ -32,7 +32,7 @@ def build(settings: NodeSettings) -> tuple[Node, ControlPlane, str]:
     settings.mesh_id = load_or_create_mesh_id(settings.data_dir, settings.mesh_id)
     node = Node(settings)
     node.trust_control_token(token)
-    control = ControlPlane(node)
+    control = ControlPlane(node, bundle_limits=BundleLimits(settings.max_bundle_bytes, settings.max_bundle_files))
     node.control_app = create_app(node, control)
     return node, control, token
 

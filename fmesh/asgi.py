@@ -10,7 +10,7 @@ from urllib.parse import unquote
 
 import orjson
 
-from fmesh.errors import EventTooLarge
+from fmesh.errors import EventTooLarge, HeadersTooLarge
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -49,6 +49,21 @@ async def accepted(send: Send, event_id: str) -> None:
 
 def header_dict(scope: Scope) -> dict[str, str]:
     return {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in scope["headers"]}
+
+
+def check_headers(scope: Scope, max_bytes: int, max_count: int) -> None:
+    """Refuse (HeadersTooLarge) a request with more than `max_count` headers or `max_bytes` of them."""
+    headers = scope["headers"]
+    if len(headers) > max_count:
+        raise HeadersTooLarge(f"request has {len(headers)} headers, more than the limit of {max_count}")
+    size = sum(len(name) + len(value) for name, value in headers)
+    if size > max_bytes:
+        raise HeadersTooLarge(f"request headers are {size} bytes, more than the limit of {max_bytes}")
+
+
+def ce_header_bytes(scope: Scope) -> int:
+    """The bytes of the `ce-*` headers: in binary mode they are the event's attributes."""
+    return sum(len(name) + len(value) for name, value in scope["headers"] if name[:3].lower() == b"ce-")
 
 
 def check_declared_size(scope: Scope, limit: int) -> None:

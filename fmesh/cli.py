@@ -57,7 +57,17 @@ def up(
              "Nodes with the same store and cluster are one mesh.")] = None,
     token: Annotated[str | None, typer.Option(
         envvar="FMESH_TOKEN", help="Control API token (default: generated into <data dir>/token).")] = None,
-    max_event_bytes: Annotated[int, typer.Option(help="Largest event accepted (413 past it).")] = 1024 * 1024,
+    max_event_bytes: Annotated[int, typer.Option(
+        min=1, help="Largest event accepted, body and ce-* headers together (413 past it).")] = 1024 * 1024,
+    max_header_bytes: Annotated[int, typer.Option(
+        min=1024, help="Largest header section of a request (431 past it).")] = 64 * 1024,
+    max_headers: Annotated[int, typer.Option(min=8, help="Most headers in a request (431 past it).")] = 100,
+    max_extensions: Annotated[int, typer.Option(
+        min=0, help="Most extension attributes on an event (413 past it).")] = 64,
+    max_bundle_bytes: Annotated[int, typer.Option(
+        min=1, help="Most bytes a function's uploaded code may unpack to (400 past it).")] = 256 * 1024 * 1024,
+    max_bundle_files: Annotated[int, typer.Option(
+        min=1, help="Most files in a function's uploaded code (400 past it).")] = 20_000,
     launcher: Annotated[str, typer.Option(help="How replicas start: zygote (fast) or subprocess.")] = "zygote",
     dead_letter_retention: Annotated[str, typer.Option(help="How long dead letters are kept.")] = "7d",
     mesh_id: Annotated[str | None, typer.Option(
@@ -82,7 +92,9 @@ def up(
 
     settings = NodeSettings(data_dir=(data_dir or default_data_dir()).expanduser().resolve(), host=host,
                             port=port, store=_with_cluster(store, cluster), token=token,
-                            max_event_bytes=max_event_bytes, launcher=launcher,
+                            max_event_bytes=max_event_bytes, max_header_bytes=max_header_bytes,
+                            max_headers=max_headers, max_extensions=max_extensions,
+                            max_bundle_bytes=max_bundle_bytes, max_bundle_files=max_bundle_files, launcher=launcher,
                             dead_letter_retention=_duration(dead_letter_retention),
                             shutdown_grace=_duration(shutdown_grace), ingress_auth=ingress_auth,
                             tls_cert=_absolute(tls_cert), tls_key=_absolute(tls_key),

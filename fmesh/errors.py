@@ -39,6 +39,10 @@ class EventTooLarge(FmeshError, ValueError):
         self.limit = limit
 
 
+class HeadersTooLarge(FmeshError, ValueError):
+    """431: the request's header section is past a limit (bytes or count)."""
+
+
 class UnsupportedContentType(FmeshError, ValueError):
     def __init__(self, content_type: str) -> None:
         super().__init__(

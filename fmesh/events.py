@@ -8,6 +8,7 @@ to leave binary-mode bodies untouched instead of parsing them.
 
 from __future__ import annotations
 
+import calendar
 import json
 import re
 import uuid
@@ -162,10 +163,39 @@ def check_extensions(attributes: Mapping[str, Any]) -> None:
     for name, value in attributes.items():
         if isinstance(value, str):
             check_text(value, name)
-        elif not isinstance(value, bool | int):
+        elif isinstance(value, bool):
+            continue
+        elif not isinstance(value, int):
             raise InvalidEvent(
                 f"attribute {name!r} has a value of type {type(value).__name__}; "
                 "CloudEvents allows string, integer, boolean, binary, URI and timestamp", name)
+        elif not INTEGER_MIN <= value <= INTEGER_MAX:
+            raise InvalidEvent(f"attribute {name!r} is {str(value)[:40]}, outside the CloudEvents Integer range "
+                               f"({INTEGER_MIN} to {INTEGER_MAX}); send it as a string", name)
+
+
+# A CloudEvents Integer is 32-bit signed: a bigger one would turn into a float (or fail)
+# in JSON readers downstream, so it is refused where it enters.
+INTEGER_MIN, INTEGER_MAX = -(2**31), 2**31 - 1
+DEFAULT_MAX_EXTENSIONS = 64
+
+
+class TooManyExtensions(InvalidEvent):
+    """An event with more extensions than allowed: 413 at the HTTP ingress, invalid elsewhere."""
+
+    def __init__(self, count: int, limit: int) -> None:
+        super().__init__(f"event has {count} extension attributes, more than the limit of {limit}")
+        self.count, self.limit = count, limit
+
+
+def check_extension_count(attributes: Mapping[str, Any], limit: int) -> None:
+    count = sum(1 for name in attributes if name not in CONTEXT_ATTRIBUTES)
+    if count > limit:
+        raise TooManyExtensions(count, limit)
+
+
+CONTEXT_ATTRIBUTES = frozenset(
+    {"specversion", "id", "source", "type", "datacontenttype", "dataschema", "subject", "time"})
 
 
 def check_text(value: str, attribute: str) -> None:
@@ -259,13 +289,14 @@ def first_attribute(exc: CloudEventValidationError) -> str | None:
     return next(iter(exc.errors), None)
 
 
-def from_sdk(event: BaseCloudEvent) -> Event:
+def from_sdk(event: BaseCloudEvent, max_extensions: int = DEFAULT_MAX_EXTENSIONS) -> Event:
     """An event read at the edge of the mesh, checked: what it carries can be stored and sent on."""
     attributes: dict[str, Any] = {}
     for name, value in event.get_attributes().items():
         if value is None:
             continue
         attributes[name] = format_time(value) if isinstance(value, datetime) else value
+    check_extension_count(attributes, max_extensions)
     check_extensions(attributes)
     checked_internal(attributes)
     try:
@@ -276,12 +307,9 @@ def from_sdk(event: BaseCloudEvent) -> Event:
 
 
 def to_sdk(event: Event) -> ParsedEvent:
-    """An event the SDK's writers take, carrying the payload bytes (use RAW_FORMAT)."""
-    attributes = dict(event.attributes)
-    time = attributes.get("time")
-    if isinstance(time, str):
-        attributes["time"] = parse_time(time)
-    return ParsedEvent(attributes, event.payload)
+    """An event the SDK's writers take, carrying the payload bytes (use RAW_FORMAT). `time`
+    stays the string it arrived as: the writers put a string on the wire unchanged."""
+    return ParsedEvent(dict(event.attributes), event.payload)
 
 
 def to_sdk_decoded(event: Event) -> ParsedEvent:
@@ -290,11 +318,28 @@ def to_sdk_decoded(event: Event) -> ParsedEvent:
     return ParsedEvent(sdk.get_attributes(), event.data if event.payload is not None else None)
 
 
-def parse_time(text: str) -> datetime:
-    try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError as exc:
-        raise InvalidEvent(f"attribute 'time' is not an RFC 3339 timestamp: {text!r}", "time") from exc
+RFC3339 = re.compile(r"(\d{4})-(\d\d)-(\d\d)[Tt](\d\d):(\d\d):(\d\d)(\.\d{1,18})?(?:[Zz]|[+-](\d\d):(\d\d))")
+
+
+def checked_time(value: Any) -> str:
+    """`time` exactly as the producer wrote it, once it is an RFC 3339 timestamp: any
+    precision, any offset, and the leap second 23:59:60 that datetime cannot hold."""
+    match = RFC3339.fullmatch(value) if isinstance(value, str) else None
+    if match is None or not _in_range(match):
+        raise InvalidEvent(f"attribute 'time' is not an RFC 3339 timestamp: {value!r:.60}", "time")
+    return value
+
+
+def _in_range(match: re.Match[str]) -> bool:
+    year, month, day, hour, minute, second = (int(match[i]) for i in range(1, 7))
+    offset_ok = match[8] is None or (int(match[8]) <= 23 and int(match[9]) <= 59)
+    if not 1 <= month <= 12:
+        return False
+    days = 29 if month == 2 and calendar.isleap(year) else DAYS_IN_MONTH[month - 1]
+    return 1 <= day <= days and hour <= 23 and minute <= 59 and second <= 60 and offset_ok
+
+
+DAYS_IN_MONTH = (31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
 
 
 def with_extension(event: Event, **extensions: Any) -> Event:

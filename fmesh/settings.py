@@ -73,6 +73,11 @@ class NodeSettings:
     store: str | None = None              # default: sqlite in the data dir
     token: str | None = None
     max_event_bytes: int = 1024 * 1024
+    max_header_bytes: int = 64 * 1024     # a request's whole header section (431 past it)
+    max_headers: int = 100                # headers in one request (431 past it)
+    max_extensions: int = 64              # extension attributes of one event (413 past it)
+    max_bundle_bytes: int = 256 * 1024 * 1024  # what a function's code may unpack to (400 past it)
+    max_bundle_files: int = 20_000        # files in a function's code (400 past it)
     launcher: str = "zygote"              # or "subprocess": a fresh interpreter per replica
     dead_letter_retention: float = 7 * 86400.0
     shutdown_grace: float = 10.0          # seconds from SIGTERM/Ctrl-C until the process is gone

@@ -67,7 +67,7 @@ class Mesh:
         with self.output.open("ab") as out:
             self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=self.env())
         if wait:
-            wait_for(self.healthy, 20, message=f"mesh on {self.url} to start:\n{self.log()}")
+            wait_for(self.healthy, 60, message=f"mesh on {self.url} to start:\n{self.log()}")
         return self
 
     def healthy(self) -> bool:

@@ -1,7 +1,7 @@
 """The HTTP webhook trigger: an ASGI app the node mounts at the trigger's path.
 
 Checks run in order, each with its own status: method (405), bearer token (401),
-body size (413), signature (401), rate limit (429 with Retry-After), CloudEvent validity
+body size (413, also past the extension count), signature (401), rate limit (429 with Retry-After), CloudEvent validity
 (400), storage (503), then 202 with the event id. Nothing is published unless every
 check passed.
 
@@ -29,7 +29,7 @@ from fmesh.asgi import Receive, Scope, Send, header_dict, read_body, respond
 from fmesh.bindings.common import wrapped_event
 from fmesh.bindings.http import read_events
 from fmesh.errors import AuthError, EventTooLarge, InvalidEvent, RateLimited, StoreError
-from fmesh.events import Event
+from fmesh.events import Event, TooManyExtensions
 from fmesh.ratelimit import retry_after_header
 
 CLOUDEVENTS_MEDIA = "application/cloudevents"
@@ -76,7 +76,7 @@ class WebhookTrigger:
             events = await self._read(scope, receive, headers)
         except AuthError as exc:
             await self._refuse(send, 401, "unauthorized", str(exc), self._challenge())
-        except EventTooLarge as exc:
+        except (EventTooLarge, TooManyExtensions) as exc:
             await self._refuse(send, 413, "too_large", str(exc))
         except RateLimited as exc:
             await self._refuse(send, 429, "rate_limited", str(exc),
@@ -131,9 +131,9 @@ class WebhookTrigger:
 
 
 def is_cloudevent(headers: Mapping[str, str]) -> bool:
-    if any(name.startswith("ce-") for name in headers):
+    if headers.get("content-type", "").strip().lower().startswith(CLOUDEVENTS_MEDIA):
         return True
-    return headers.get("content-type", "").strip().lower().startswith(CLOUDEVENTS_MEDIA)
+    return any(name.startswith("ce-") for name in headers)
 
 
 def bearer_tokens(auth: WebhookAuth | None, field: str) -> list[bytes]:

@@ -14,15 +14,12 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from cloudevents.core.formats.json import JSONFormat
-
+from fmesh.bindings.json_format import TOO_DEEP
 from fmesh.errors import InvalidEvent
 from fmesh.events import Event, format_time
 
-JSON_FORMAT = JSONFormat()
 INVALID_EXTENSION = "fmeshinvalid"
 INVALID_REASON_CHARS = 200
-TOO_DEEP = "JSON nested too deeply to read"
 
 
 def wrapped_event(*, id: str, source: str, type: str, payload: bytes | None,

@@ -7,20 +7,29 @@ and batch mode (`application/cloudevents-batch+json`, all or nothing), all throu
 
 from __future__ import annotations
 
-import json
-from collections.abc import Mapping
-from urllib.parse import unquote_to_bytes
+from collections.abc import Callable, Mapping
+from urllib.parse import unquote, unquote_to_bytes
 
 from cloudevents.core.bindings import http as sdk_http
-from cloudevents.core.formats.json import JSONFormat
+from cloudevents.core.exceptions import BaseCloudEventException
 
-from fmesh.bindings.common import TOO_DEEP
+from fmesh.bindings.json_format import JSON_FORMAT, parse_json
 from fmesh.errors import InvalidEvent, UnsupportedContentType
-from fmesh.events import RAW_FORMAT, Event, from_sdk, strict_factory, to_sdk, to_sdk_decoded
+from fmesh.events import (
+    DEFAULT_MAX_EXTENSIONS,
+    RAW_FORMAT,
+    Event,
+    TooManyExtensions,
+    checked_time,
+    from_sdk,
+    strict_factory,
+    to_sdk,
+    to_sdk_decoded,
+)
 
 STRUCTURED = "application/cloudevents+json"
 BATCH = "application/cloudevents-batch+json"
-JSON_FORMAT = JSONFormat()
+TIME_HEADER = "ce-time"
 
 
 def media_type(headers: Mapping[str, str]) -> str:
@@ -31,20 +40,33 @@ def is_binary_mode(headers: Mapping[str, str]) -> bool:
     return any(name.startswith("ce-") for name in headers)
 
 
-def read_events(headers: Mapping[str, str], body: bytes) -> list[Event]:
+def read_events(headers: Mapping[str, str], body: bytes,
+                max_extensions: int = DEFAULT_MAX_EXTENSIONS) -> list[Event]:
     """The events in one HTTP request; `headers` has lowercase names.
 
-    Raises InvalidEvent (400) naming the bad attribute, UnsupportedContentType (415).
+    The content type decides the mode, as the HTTP binding says: a structured request
+    with a stray `ce-*` header is still structured. Raises InvalidEvent (400) naming the
+    bad attribute (TooManyExtensions past `max_extensions`), UnsupportedContentType (415).
     """
-    if is_binary_mode(headers):
-        check_percent_encoding(headers)
-        return [_read(sdk_http.from_binary, headers, body, RAW_FORMAT)]
     kind = media_type(headers)
     if kind == STRUCTURED:
-        return [_read(sdk_http.from_structured, headers, body, JSON_FORMAT)]
+        return [_read(lambda: JSON_FORMAT.read(strict_factory, body), max_extensions)]
     if kind == BATCH:
-        return read_batch(body)
+        return read_batch(body, max_extensions)
+    if is_binary_mode(headers):
+        return [read_binary(headers, body, max_extensions)]
     raise UnsupportedContentType(headers.get("content-type", "(none)"))
+
+
+def read_binary(headers: Mapping[str, str], body: bytes, max_extensions: int) -> Event:
+    """A binary-mode event; `time` is taken from its header as sent, not through a datetime."""
+    check_percent_encoding(headers)
+    others = {name: value for name, value in headers.items() if name != TIME_HEADER}
+    message = sdk_http.HTTPMessage(others, body)
+    event = _read(lambda: sdk_http.from_binary(message, RAW_FORMAT, strict_factory), max_extensions)
+    if TIME_HEADER in headers:
+        event.attributes["time"] = checked_time(unquote(headers[TIME_HEADER]))
+    return event
 
 
 def check_percent_encoding(headers: Mapping[str, str]) -> None:
@@ -60,29 +82,21 @@ def check_percent_encoding(headers: Mapping[str, str]) -> None:
                                    f"UTF-8 ({exc.reason} at byte {exc.start})", attribute) from None
 
 
-def _read(reader, headers: Mapping[str, str], body: bytes, fmt) -> Event:  # type: ignore[no-untyped-def]
+def _read(read: Callable[[], object], max_extensions: int) -> Event:
+    """What the SDK read, checked, with its errors as InvalidEvent."""
     try:
-        return from_sdk(reader(sdk_http.HTTPMessage(dict(headers), body), fmt, strict_factory))
+        return from_sdk(read(), max_extensions)  # type: ignore[arg-type]
     except InvalidEvent:
         raise
-    except json.JSONDecodeError as exc:
-        raise InvalidEvent(f"body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from exc
     except UnicodeDecodeError as exc:
         raise InvalidEvent(f"body is not UTF-8 text: {exc.reason} at byte {exc.start}") from exc
-    except RecursionError as exc:
-        raise InvalidEvent(f"body is {TOO_DEEP}") from exc
-    except (ValueError, TypeError, AttributeError) as exc:
-        raise InvalidEvent(f"not a valid CloudEvent: {_describe(exc)}", _attribute_of(exc)) from exc
+    except (ValueError, TypeError, AttributeError, BaseCloudEventException) as exc:
+        raise InvalidEvent(f"not a valid CloudEvent: {exc or type(exc).__name__}") from exc
 
 
-def read_batch(body: bytes) -> list[Event]:
+def read_batch(body: bytes, max_extensions: int = DEFAULT_MAX_EXTENSIONS) -> list[Event]:
     """A JSON array of structured events; one bad event refuses the whole batch."""
-    try:
-        items = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidEvent(f"batch body is not valid JSON: {exc}") from exc
-    except RecursionError as exc:
-        raise InvalidEvent(f"batch body is {TOO_DEEP}") from exc
+    items = parse_json(body, "batch body", envelope=2)
     if not isinstance(items, list):
         raise InvalidEvent(f"a batch must be a JSON array of events, got {type(items).__name__}")
     events = []
@@ -90,26 +104,12 @@ def read_batch(body: bytes) -> list[Event]:
         if not isinstance(item, dict):
             raise InvalidEvent(f"batch item {index} is not a JSON object")
         try:
-            events.append(_read(sdk_http.from_structured, {}, json.dumps(item).encode(), JSON_FORMAT))
+            events.append(_read(lambda item=item: JSON_FORMAT.read_object(strict_factory, item), max_extensions))
+        except TooManyExtensions:
+            raise  # a 413, whichever item it is
         except InvalidEvent as exc:
             raise InvalidEvent(f"batch item {index}: {exc}", exc.attribute) from exc
     return events
-
-
-def _describe(exc: Exception) -> str:
-    if _attribute_of(exc) == "time":
-        return f"attribute 'time' is not an RFC 3339 timestamp ({exc})"
-    return str(exc) or type(exc).__name__
-
-
-def _attribute_of(exc: Exception) -> str | None:
-    """The SDK parses only `time` with dateutil, so a dateutil error is about `time`."""
-    tb = exc.__traceback__
-    while tb is not None:
-        if "dateutil" in tb.tb_frame.f_code.co_filename:
-            return "time"
-        tb = tb.tb_next
-    return None
 
 
 def write_binary(event: Event) -> tuple[dict[str, str], bytes]:

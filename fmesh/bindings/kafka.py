@@ -11,14 +11,17 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
+from urllib.parse import unquote
 
 from cloudevents.core.bindings import kafka as sdk_kafka
 
-from fmesh.bindings.common import JSON_FORMAT, canonical, from_millis, reading, text_or_base64, wrapped_event
-from fmesh.events import RAW_FORMAT, Event, from_sdk, strict_factory, to_sdk, to_sdk_decoded
+from fmesh.bindings.common import canonical, from_millis, reading, text_or_base64, wrapped_event
+from fmesh.bindings.json_format import JSON_FORMAT
+from fmesh.events import RAW_FORMAT, Event, checked_time, from_sdk, strict_factory, to_sdk, to_sdk_decoded
 
 KafkaMessage = sdk_kafka.KafkaMessage
 STRUCTURED_PREFIX = "application/cloudevents"
+TIME_HEADER = "ce_time"
 
 
 class Record(Protocol):
@@ -63,9 +66,20 @@ def read_record(record: Record) -> Event:
     message = KafkaMessage(headers=headers, key=record.key, value=record.value or b"")
     where = f"record {record_id(record)}"
     with reading(where):
-        if any(name.lower().startswith(sdk_kafka.CE_PREFIX) for name in headers):
-            return from_sdk(sdk_kafka.from_binary(message, RAW_FORMAT, strict_factory))
-        return from_sdk(sdk_kafka.from_structured(message, JSON_FORMAT, strict_factory))
+        if (content_type(headers) or "").lower().startswith(STRUCTURED_PREFIX):
+            return from_sdk(sdk_kafka.from_structured(message, JSON_FORMAT, strict_factory))
+        return read_binary(message)
+
+
+def read_binary(message: KafkaMessage) -> Event:
+    """A binary-mode record; `time` is taken from its header as sent, not through a datetime."""
+    time = next((value for name, value in message.headers.items() if name.lower() == TIME_HEADER), None)
+    others = {name: value for name, value in message.headers.items() if name.lower() != TIME_HEADER}
+    event = from_sdk(sdk_kafka.from_binary(KafkaMessage(others, message.key, message.value), RAW_FORMAT,
+                                           strict_factory))
+    if time is not None:
+        event.attributes["time"] = checked_time(unquote(time.decode("utf-8")))
+    return event
 
 
 def wrap_record(record: Record, wrapping: Wrapping) -> Event:

@@ -21,8 +21,9 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote, unquote_to_bytes
 
-from fmesh.bindings.common import JSON_FORMAT, canonical, reading
-from fmesh.events import Event, from_sdk, parse_time, strict_factory, to_sdk_decoded
+from fmesh.bindings.common import canonical, reading
+from fmesh.bindings.json_format import JSON_FORMAT
+from fmesh.events import Event, checked_time, from_sdk, strict_factory, to_sdk_decoded
 
 PREFIX = "ce-"
 STRUCTURED = "application/cloudevents+json"
@@ -76,9 +77,11 @@ def read_binary(headers: Mapping[str, str], body: bytes) -> Event:
             attributes[name.lower()[len(PREFIX):]] = decode_value(value)
     if "datacontenttype" not in attributes and content_type(headers):
         attributes["datacontenttype"] = content_type(headers)  # lenient: some senders use it
-    if isinstance(attributes.get("time"), str):
-        attributes["time"] = parse_time(attributes["time"])
-    return from_sdk(strict_factory(attributes, body or None))
+    time = attributes.pop("time", None)
+    event = from_sdk(strict_factory(attributes, body or None))
+    if time is not None:
+        event.attributes["time"] = checked_time(time)
+    return event
 
 
 def write_binary(event: Event) -> tuple[dict[str, str], bytes]:

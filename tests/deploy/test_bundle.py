@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 from fmesh.broker.memory_state import MemoryBlobs
-from fmesh.deploy.bundle import BundleStore, pack
+from fmesh.deploy.bundle import BundleLimits, BundleStore, digest_of, pack
 
 
 def make_folder(root):
@@ -85,14 +85,35 @@ async def test_a_blob_smuggling_a_compiled_handler_beside_the_real_one_is_refuse
     assert list((tmp_path / "node2").iterdir()) == []  # nothing left behind, not even .partial
 
 
-async def test_a_bundle_that_unpacks_past_the_limit_is_refused_while_unpacking(tmp_path, monkeypatch):
-    import fmesh.deploy.bundle as bundle
-
-    monkeypatch.setattr(bundle, "MAX_UNPACKED_BYTES", 1_000_000)
+async def test_a_bundle_that_unpacks_past_the_limit_is_refused_while_unpacking(tmp_path):
     bomb = archive({f"f{i}.txt": b"\0" * 400_000 for i in range(5)})  # 2 MB from a few KB
-    store = BundleStore(tmp_path / "bundles", MemoryBlobs())
+    store = BundleStore(tmp_path / "bundles", MemoryBlobs(), BundleLimits(max_unpacked_bytes=1_000_000))
     with pytest.raises(ValueError, match="unpacks to more than 1000000 bytes"):
         await store.put("a" * 64, bomb)
     with pytest.raises(ValueError, match="not a readable bundle"):
         await store.put("b" * 64, b"not gzip at all")
     assert list((tmp_path / "bundles").iterdir()) == []
+
+
+async def test_a_bundle_with_too_many_files_is_refused_and_leaves_nothing(tmp_path):
+    many = archive({f"f{i}.txt": b"x" for i in range(30)})
+    store = BundleStore(tmp_path / "bundles", MemoryBlobs(), BundleLimits(max_files=20))
+    with pytest.raises(ValueError, match="more than 20 files"):
+        await store.put("a" * 64, many)
+    assert list((tmp_path / "bundles").iterdir()) == []
+
+
+async def test_a_truncated_archive_is_refused_and_leaves_nothing(tmp_path):
+    digest, data, _ = pack(make_folder(tmp_path / "src"))
+    store = BundleStore(tmp_path / "bundles", MemoryBlobs())
+    with pytest.raises(ValueError, match="not a readable bundle"):
+        await store.put(digest, data[: len(data) // 2])
+    assert list((tmp_path / "bundles").iterdir()) == []
+
+
+def test_the_digest_of_an_unpacked_folder_is_the_digest_pack_gives(tmp_path):
+    folder = make_folder(tmp_path / "src")
+    (folder / "run.sh").write_text("#!/bin/sh\n")
+    (folder / "run.sh").chmod(0o755)
+    (folder / "big.bin").write_bytes(bytes(range(256)) * 20_000)  # several read chunks
+    assert digest_of(folder) == pack(folder)[0]

@@ -132,6 +132,25 @@ async def test_a_timestamped_signature_covers_timestamp_dot_body_and_refuses_rep
     assert len(recorder.events) == 1
 
 
+@pytest.mark.parametrize("timestamp", ["\u00b2".encode(), b"9" * 5000, b"1e9", b"+1700000000", b"-5", b""])
+async def test_a_webhook_timestamp_that_is_not_a_few_ascii_digits_is_401_not_500(hook, recorder, timestamp):
+    _, client = await hook(auth={"hmac_secret_env": "HOOK_SECRET", "hmac_header": "X-Signature",
+                                 "timestamp_header": "X-Timestamp"})
+    response = await client.post("/hooks/test", content=b"payload",
+                                 headers={"X-Timestamp": timestamp, "X-Signature": "sha256=00"})
+    assert response.status_code == 401 and "timestamp" in response.json()["error"]
+    assert recorder.events == []
+
+
+async def test_a_cloudevent_webhook_with_too_many_extensions_is_a_413(hook, recorder):
+    _, client = await hook()
+    headers = {"ce-specversion": "1.0", "ce-id": "1", "ce-source": "/s", "ce-type": "t",
+               **{f"ce-x{i}": "v" for i in range(65)}}
+    response = await client.post("/hooks/test", headers=headers)
+    assert response.status_code == 413 and "65 extension attributes" in response.json()["error"]
+    assert recorder.events == []
+
+
 async def test_base64_signatures_and_other_algorithms(hook, recorder):
     import base64
     _, client = await hook(auth={"hmac_secret_env": "HOOK_SECRET", "hmac_algorithm": "sha512",
