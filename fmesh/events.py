@@ -303,7 +303,7 @@ def from_sdk(event: BaseCloudEvent, max_extensions: int = DEFAULT_MAX_EXTENSIONS
         payload = encode_data(event.get_data(), attributes.get("datacontenttype"))
     except UnicodeEncodeError as exc:
         raise InvalidEvent(f"attribute 'data' is not valid Unicode: {exc.reason}", "data") from None
-    return Event(attributes, payload)
+    return Event(attributes, payload or None)  # empty data is no data: binary mode cannot tell them apart
 
 
 def to_sdk(event: Event) -> ParsedEvent:

@@ -61,6 +61,15 @@ def canonical(value: Any) -> str:
     return str(value)
 
 
+def canonical_booleans(sdk_event: Any) -> Any:
+    """Booleans as CloudEvents spells them in headers; the SDK would write Python's `True`."""
+    attributes = sdk_event.get_attributes()
+    for name, value in attributes.items():
+        if isinstance(value, bool):
+            attributes[name] = canonical(value)
+    return sdk_event
+
+
 @contextmanager
 def reading(what: str) -> Iterator[None]:
     """Translate the errors of reading `what` as a CloudEvent into `InvalidEvent`."""

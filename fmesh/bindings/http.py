@@ -13,6 +13,7 @@ from urllib.parse import unquote, unquote_to_bytes
 from cloudevents.core.bindings import http as sdk_http
 from cloudevents.core.exceptions import BaseCloudEventException
 
+from fmesh.bindings.common import canonical_booleans
 from fmesh.bindings.json_format import JSON_FORMAT, parse_json
 from fmesh.errors import InvalidEvent, UnsupportedContentType
 from fmesh.events import (
@@ -29,6 +30,7 @@ from fmesh.events import (
 
 STRUCTURED = "application/cloudevents+json"
 BATCH = "application/cloudevents-batch+json"
+CLOUDEVENTS_MEDIA = "application/cloudevents"
 TIME_HEADER = "ce-time"
 
 
@@ -113,9 +115,19 @@ def read_batch(body: bytes, max_extensions: int = DEFAULT_MAX_EXTENSIONS) -> lis
 
 
 def write_binary(event: Event) -> tuple[dict[str, str], bytes]:
-    """Headers and body of `event` in binary mode; the payload bytes go out untouched."""
-    message = sdk_http.to_binary(to_sdk(event), RAW_FORMAT)
+    """Headers and body of `event` in binary mode; the payload bytes go out untouched.
+
+    An event whose `datacontenttype` is itself a CloudEvents media type goes structured
+    (its payload as `data_base64`, still byte-exact): in binary mode that type would be the
+    Content-Type, and the receiver would take the payload for the event."""
+    if is_cloudevents_media(event.attributes.get("datacontenttype")):
+        return {"content-type": STRUCTURED}, JSON_FORMAT.write(to_sdk(event))
+    message = sdk_http.to_binary(canonical_booleans(to_sdk(event)), RAW_FORMAT)
     return message.headers, message.body
+
+
+def is_cloudevents_media(content_type: str | None) -> bool:
+    return bool(content_type) and content_type.strip().lower().startswith(CLOUDEVENTS_MEDIA)
 
 
 def write_batch(events: list[Event]) -> tuple[dict[str, str], bytes]:

@@ -15,7 +15,7 @@ from urllib.parse import unquote
 
 from cloudevents.core.bindings import kafka as sdk_kafka
 
-from fmesh.bindings.common import canonical, from_millis, reading, text_or_base64, wrapped_event
+from fmesh.bindings.common import canonical, canonical_booleans, from_millis, reading, text_or_base64, wrapped_event
 from fmesh.bindings.json_format import JSON_FORMAT
 from fmesh.events import RAW_FORMAT, Event, checked_time, from_sdk, strict_factory, to_sdk, to_sdk_decoded
 
@@ -98,7 +98,7 @@ def record_id(record: Record) -> str:
 
 def write_binary(event: Event) -> KafkaMessage:
     """`event` in binary mode: `ce_` headers, the payload bytes as the value, key = partitionkey."""
-    return sdk_kafka.to_binary(_canonical(to_sdk(event)), RAW_FORMAT, partition_key)
+    return sdk_kafka.to_binary(canonical_booleans(to_sdk(event)), RAW_FORMAT, partition_key)
 
 
 def write_structured(event: Event) -> KafkaMessage:
@@ -110,11 +110,3 @@ def partition_key(sdk_event: Any) -> str | None:
     value = sdk_event.get_attributes().get(sdk_kafka.PARTITIONKEY_ATTR)
     return None if value is None else canonical(value)
 
-
-def _canonical(sdk_event: Any) -> Any:
-    """Booleans as CloudEvents spells them; the SDK would write Python's `True`."""
-    attributes = sdk_event.get_attributes()
-    for name, value in attributes.items():
-        if isinstance(value, bool):
-            attributes[name] = canonical(value)
-    return sdk_event
