@@ -1,0 +1,106 @@
+"""Hostile uploads to a real mesh's `PUT /v1/bundles/{digest}`: 400 with the reason for
+what is not a bundle, nothing left behind, memory bounded, and the ingress serving on."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import socket
+import tarfile
+import threading
+import time
+
+import httpx
+
+DIGEST = "ab" * 32
+
+
+def archive(files: dict[str, bytes]) -> bytes:
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return gzip.compress(raw.getvalue(), compresslevel=9)
+
+
+def rss_kib(pid: int) -> int:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def mesh_pid(mesh) -> int:
+    """The server process: `fmesh up` execs into it, so it keeps the pid."""
+    return mesh.process.pid
+
+
+def upload(mesh, data: bytes, digest: str = DIGEST) -> httpx.Response:
+    return mesh.api("PUT", f"/v1/bundles/{digest}", content=data, headers={"content-type": "application/gzip"})
+
+
+def leftovers(mesh) -> list[str]:
+    folder = mesh.data_dir / "bundles"
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+def test_what_is_not_a_bundle_is_a_400_with_the_reason_and_leaves_nothing(mesh):
+    good = archive({"handler.py": b"def handle(e): pass\n"})
+    cases = {
+        b"not gzip at all": "not a readable bundle",
+        good[: len(good) // 2]: "not a readable bundle",
+        archive({"__pycache__/x.pyc": b"evil"}): "is not one fmesh packs",
+        archive({"../escape.py": b"x"}): "not a readable bundle",
+        good: "does not match its digest",
+    }
+    for data, reason in cases.items():
+        answer = upload(mesh, data)
+        assert answer.status_code == 400, answer.text
+        assert reason in answer.json()["error"], answer.text
+    assert leftovers(mesh) == []
+
+
+def test_a_small_upload_that_unpacks_past_the_cap_is_refused_without_memory_or_a_stalled_ingress(mesh_factory):
+    mesh = mesh_factory(extra=["--max-bundle-bytes", str(48 * 1024 * 1024)]).start()
+    bomb = archive({f"f{i:03}.bin": bytes(1024 * 1024) for i in range(64)})  # 64 MiB from ~64 KB
+    assert len(bomb) < 256 * 1024
+    before = rss_kib(mesh_pid(mesh))
+    done: list[tuple[float, int]] = []
+    stop = threading.Event()
+
+    def publish() -> None:
+        with httpx.Client(base_url=mesh.url, timeout=30) as client:
+            n = 0
+            while not stop.is_set():
+                n += 1
+                headers = {"ce-specversion": "1.0", "ce-id": f"e{n}", "ce-source": "/t", "ce-type": "t"}
+                done.append((time.monotonic(), client.post("/", headers=headers).status_code))
+
+    publisher = threading.Thread(target=publish)
+    publisher.start()
+    try:
+        started = time.monotonic()
+        answer = upload(mesh, bomb)
+        ended = time.monotonic()
+        peak = rss_kib(mesh_pid(mesh))
+    finally:
+        stop.set()
+        publisher.join(30)
+    assert answer.status_code == 400 and "unpacks to more than" in answer.json()["error"], answer.text
+    assert leftovers(mesh) == []
+    during = [status for at, status in done if started < at < ended]
+    print(f"upload refused in {ended - started:.2f}s; {len(during)} events accepted meanwhile; "
+          f"RSS {before // 1024} -> {peak // 1024} MiB")
+    assert len(during) >= 3 and set(during) == {202}, "the ingress stalled while the upload was checked"
+    assert peak - before < 64 * 1024, f"RSS grew by {(peak - before) // 1024} MiB for a refused upload"
+
+
+def test_an_archive_past_the_upload_limit_is_a_413_before_it_is_read(mesh):
+    with socket.create_connection(("127.0.0.1", mesh.port), timeout=30) as conn:
+        conn.sendall(f"PUT /v1/bundles/{DIGEST} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {mesh.token}\r\n"
+                     f"Content-Length: {300 * 1024 * 1024}\r\n\r\n".encode())
+        reply = conn.recv(4096)  # no body sent: the answer comes from the declared length alone
+    assert reply.startswith(b"HTTP/1.1 413"), reply[:200]
+    assert b"exceeds" in reply
