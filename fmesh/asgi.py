@@ -30,7 +30,9 @@ def is_mesh_path(path: str) -> bool:
 
 
 async def respond(send: Send, status: int, body: dict[str, Any], headers: list | None = None) -> None:
-    payload = json.dumps(body).encode()
+    # An error may quote what the client sent, lone surrogates included: those become '?',
+    # since their JSON escapes are refused by strict parsers.
+    payload = json.dumps(body, ensure_ascii=False).encode("utf-8", "replace")
     await send({"type": "http.response.start", "status": status,
                 "headers": [*JSON_HEADERS, *(headers or []), (b"content-length", str(len(payload)).encode())]})
     await send({"type": "http.response.body", "body": payload})

@@ -26,6 +26,11 @@ BATCH = "application/cloudevents-batch+json"
 REFUSALS = {400, 413, 415, 431}
 
 
+def fuzz_timeout() -> float:
+    """pytest-timeout for a fuzz test: none when FMESH_FUZZ_EXAMPLES asks for a long run."""
+    return 0 if os.environ.get("FMESH_FUZZ_EXAMPLES") else 300
+
+
 def fuzz_settings(ci_examples: int) -> settings:
     """`ci_examples` in CI (derandomized, so a failure repeats); FMESH_FUZZ_EXAMPLES=N runs N random ones."""
     wanted = os.environ.get("FMESH_FUZZ_EXAMPLES")

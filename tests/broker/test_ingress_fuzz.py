@@ -25,11 +25,13 @@ from ingress_fuzz import (
     binary_requests,
     check_answer,
     fuzz_settings,
+    fuzz_timeout,
     mutated_requests,
     structured_requests,
 )
 
 HERE = Path(__file__).parent
+pytestmark = pytest.mark.timeout(fuzz_timeout())
 
 
 async def send(request: Request) -> tuple[int, dict, list]:

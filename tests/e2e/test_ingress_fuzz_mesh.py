@@ -9,7 +9,7 @@ from collections import Counter
 import httpx
 import pytest
 from hypothesis import assume, given
-from ingress_fuzz import Request, any_request, fuzz_settings
+from ingress_fuzz import Request, any_request, fuzz_settings, fuzz_timeout
 from support import wait_for, write_manifest
 
 from fmesh.bindings.http import read_events
@@ -31,7 +31,7 @@ def fingerprint(event) -> tuple:
     return attributes, event.payload
 
 
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(fuzz_timeout() and 600)
 def test_fuzzed_requests_to_a_real_mesh_are_answered_and_delivered_exactly(mesh, tmp_path, receiver):
     write_manifest(tmp_path, f"""
 subscriptions:
