@@ -62,25 +62,25 @@ def run(request: Request) -> None:
     check_answer(request, status, answer, stored)
 
 
-@fuzz_settings(300)
+@fuzz_settings(200)
 @given(binary_requests())
 def test_fuzz_binary_mode(request):
     run(request)
 
 
-@fuzz_settings(300)
+@fuzz_settings(200)
 @given(structured_requests())
 def test_fuzz_structured_mode(request):
     run(request)
 
 
-@fuzz_settings(200)
+@fuzz_settings(150)
 @given(batch_requests())
 def test_fuzz_batch_mode(request):
     run(request)
 
 
-@fuzz_settings(300)
+@fuzz_settings(200)
 @given(mutated_requests())
 def test_fuzz_by_mutating_valid_requests(request):
     run(request)
