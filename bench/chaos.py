@@ -25,6 +25,7 @@ import json
 import os
 import random
 import signal
+import statistics
 import sys
 import tempfile
 import threading
@@ -37,7 +38,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # the tests' Mesh, Receiver and
 
 import httpx  # noqa: E402
 from proxy import TcpProxy  # noqa: E402
-from support import FIXTURES, Mesh, Receiver, wait_for  # noqa: E402
+from support import FIXTURES, Mesh, Receiver, free_port, wait_for  # noqa: E402
 
 APPEND = FIXTURES / "functions" / "append" / "handler.py"
 EVENT_TYPE = "chaos.event"
@@ -81,6 +82,20 @@ functions:
 def start(mesh: Mesh, *args: str) -> None:
     mesh.start(*args, wait=False)
     wait_for(mesh.healthy, START_TIMEOUT, 0.1, message=f"mesh on {mesh.url} to start:\n{mesh.log()[-3000:]}")
+
+
+def first_start(mesh: Mesh, *args: str, tries: int = 3) -> None:
+    """Start a new mesh; on a busy machine its free port may be taken before it binds: pick another."""
+    for _ in range(tries - 1):
+        try:
+            return start(mesh, *args)
+        except AssertionError:
+            if "already in use" not in mesh.log():
+                raise
+            mesh.port = free_port()
+            mesh.url = f"http://127.0.0.1:{mesh.port}"
+            mesh.output = mesh.data_dir.parent / f"mesh-{mesh.port}.out"
+    start(mesh, *args)
 
 
 def log(message: str) -> None:
@@ -159,6 +174,7 @@ class Chaos:
         self.rng, self.mesh, self.proxies, self.every = rng, mesh, {"sink": sink, "bridge": bridge}, every
         self.survived: Counter = Counter()
         self.skipped: Counter = Counter()  # an action that found nothing to do (no replica running)
+        self.restarts: list[float] = []  # seconds from each restart of the mesh to its /healthz answering
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._loop, name="chaos", daemon=True)
         self.error: BaseException | None = None
@@ -212,8 +228,9 @@ class Chaos:
         time.sleep(down)
         started = time.monotonic()
         start(self.mesh)
+        self.restarts.append(time.monotonic() - started)
         self.survived["mesh_kill"] += 1
-        log(f"mesh restarted in {time.monotonic() - started:.1f}s")
+        log(f"mesh restarted in {self.restarts[-1]:.1f}s")
 
     def _cut(self, name: str) -> None:
         seconds = self.rng.uniform(0.5, 3.0)
@@ -249,17 +266,25 @@ def dead_letters(mesh: Mesh) -> list[dict]:
     return mesh.api("GET", "/v1/dead-letters", params={"limit": 100_000}).json()["dead_letters"]
 
 
+def explained(letter: dict) -> bool:
+    """A dead letter with a reason, and the extensions saying where and how it failed."""
+    attributes = letter["event"]["attributes"]
+    return bool(letter["reason"]) and attributes.get("fmesherrordest") == letter["subscription"] and bool(
+        attributes.get("fmesherrordata"))
+
+
 def account(accepted: set[str], seen: dict[str, Counter], letters: list[dict]) -> dict:
     """Per destination: delivered (distinct ids), dead-lettered with a reason, duplicates, lost."""
     report = {}
     for name, subscription in DESTINATIONS.items():
         mine = [d for d in letters if d["subscription"] == subscription]
-        lettered = {d["event"]["attributes"]["id"] for d in mine if d["reason"]}
+        lettered = {d["event"]["attributes"]["id"] for d in mine if explained(d)}
         delivered = set(seen[name]) & accepted
         lost = sorted(accepted - delivered - lettered)
         report[name] = {"delivered": len(delivered), "dead_lettered": len(lettered & accepted),
                         "dead_letter_reasons": dict(Counter(d["reason"] for d in mine)),
-                        "dead_letters_without_reason": sum(1 for d in mine if not d["reason"]),
+                        "dead_letters_without_reason": sum(1 for d in mine if not explained(d)),
+                        "dead_letter_errors": {d["reason"]: d["error"] for d in mine},  # one of each
                         "duplicates": sum(n - 1 for n in seen[name].values()), "lost": len(lost),
                         "lost_ids": lost[:10]}
     return report
@@ -295,8 +320,9 @@ def run(events: int, seed: int, duration: float, every: float, settle_timeout: f
         (folder / "b.yaml").write_text(B_MANIFEST.replace("{out}", str(out_b)))
         (folder / "a.yaml").write_text(A_MANIFEST.replace("{out}", str(out_a)).replace(
             "{sink}", sink_proxy.url).replace("{bridge}", bridge_proxy.url))
-        start(b, "-f", str(folder / "b.yaml"))
-        start(a, "-f", str(folder / "a.yaml"))
+        first_start(b, "-f", str(folder / "b.yaml"))
+        bridge_proxy.target = ("127.0.0.1", b.port)  # its port may have changed
+        first_start(a, "-f", str(folder / "a.yaml"))
         log(f"seed {seed}: {events} events over {duration:.0f}s into {a.url}; sink via :{sink_proxy.port}, "
             f"bridge via :{bridge_proxy.port} to {b.url}; logs in {folder}")
         driver = Driver(a.url, events, duration)
@@ -318,6 +344,8 @@ def run(events: int, seed: int, duration: float, every: float, settle_timeout: f
                 "duplicates": sum(r["duplicates"] for r in report.values()),
                 "dead_lettered": sum(r["dead_lettered"] for r in report.values()),
                 "kills_survived": {kind: chaos.survived[kind] for kind in KINDS},
+                "mesh_restart_s": {"median": round(statistics.median(chaos.restarts), 1),
+                                   "max": round(max(chaos.restarts), 1)} if chaos.restarts else None,
                 "skipped": dict(chaos.skipped), "chaos_error": repr(chaos.error) if chaos.error else None,
                 "destinations": report, "proxy": {name: {"connections": p.accepted, "refused": p.refused}
                                                   for name, p in (("sink", sink_proxy), ("bridge", bridge_proxy))},

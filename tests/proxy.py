@@ -22,10 +22,15 @@ import time
 CHUNK = 65536
 
 
-def _reset(sock: socket.socket) -> None:
-    """Close with an RST (SO_LINGER 0), as a crashed peer or a cut cable looks to the other side."""
+def _reset(sock: socket.socket, in_use: bool = False) -> None:
+    """Close with an RST (SO_LINGER 0), as a crashed peer looks to the other side. A socket
+    `in_use` by a thread blocked reading it is shut down first (its peer then sees a FIN,
+    then the RST): a bare close would leave the connection open until that read returned,
+    which it never would."""
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        if in_use:
+            sock.shutdown(socket.SHUT_RDWR)
     except OSError:
         pass
     sock.close()
@@ -56,8 +61,8 @@ class TcpProxy:
             pairs, self._pairs = self._pairs, set()
             self.cuts += 1
         for client, upstream in pairs:
-            _reset(client)
-            _reset(upstream)
+            _reset(client, in_use=True)
+            _reset(upstream, in_use=True)
         return len(pairs)
 
     def heal(self) -> None:
