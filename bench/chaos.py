@@ -222,10 +222,19 @@ class Chaos:
         log(f"SIGKILL replica {victim}")
 
     def mesh_kill(self) -> None:
+        """SIGKILL the mesh and start it again; one time in three, SIGKILL it again while it
+        is starting (restoring what was deployed, forking replicas, delivering the backlog)."""
         down = self.rng.uniform(0.0, 1.5)
         self.mesh.kill()
         log(f"SIGKILL mesh; back in {down:.1f}s")
         time.sleep(down)
+        if self.rng.random() < 1 / 3:
+            self.mesh.start(wait=False)
+            early = self.rng.uniform(0.2, 3.0)
+            time.sleep(early)
+            self.mesh.kill()
+            self.survived["mesh_kill_starting"] += 1
+            log(f"SIGKILL mesh again {early:.1f}s into its start")
         started = time.monotonic()
         start(self.mesh)
         self.restarts.append(time.monotonic() - started)
@@ -343,7 +352,7 @@ def run(events: int, seed: int, duration: float, every: float, settle_timeout: f
                 "lost": sum(r["lost"] for r in report.values()),
                 "duplicates": sum(r["duplicates"] for r in report.values()),
                 "dead_lettered": sum(r["dead_lettered"] for r in report.values()),
-                "kills_survived": {kind: chaos.survived[kind] for kind in KINDS},
+                "kills_survived": {kind: chaos.survived[kind] for kind in (*KINDS, "mesh_kill_starting")},
                 "mesh_restart_s": {"median": round(statistics.median(chaos.restarts), 1),
                                    "max": round(max(chaos.restarts), 1)} if chaos.restarts else None,
                 "skipped": dict(chaos.skipped), "chaos_error": repr(chaos.error) if chaos.error else None,

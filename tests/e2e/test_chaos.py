@@ -21,8 +21,8 @@ KINDS = ("replica_kill", "mesh_kill", "sink_cut", "sink_delay", "bridge_cut", "b
 @pytest.mark.slow
 @pytest.mark.timeout(400)  # mesh restarts take seconds each on a loaded machine
 def test_no_accepted_event_is_lost_through_kills_cuts_and_delays(tmp_path):
-    command = [sys.executable, str(ROOT / "bench" / "chaos.py"), "--events", "300", "--duration", "20",
-               "--every", "1.2", "--settle", "90", "--keep", str(tmp_path)]
+    command = [sys.executable, str(ROOT / "bench" / "chaos.py"), "--events", "300", "--duration", "15",
+               "--every", "1.5", "--settle", "90", "--keep", str(tmp_path)]
     if os.environ.get("FMESH_CHAOS_SEED"):
         command += ["--seed", os.environ["FMESH_CHAOS_SEED"]]
     run = subprocess.run(command, capture_output=True, text=True, timeout=380, cwd=ROOT)
