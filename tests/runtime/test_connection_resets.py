@@ -1,7 +1,8 @@
 """A connection the far side resets just as it opens (found by bench/chaos.py cutting a
 sink's connections): anyio then fails with AttributeError instead of an httpx error.
-The HTTP sink must call that a connection error, retried, not a dead letter; and a
-bridge must settle every event of a batch whatever its sink raised, never leave it hanging."""
+The HTTP sink, and the mesh's client of a command function, must call that a connection
+error, retried, not a dead letter; and a bridge must settle every event of a batch
+whatever its sink raised, never leave it hanging."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import asyncio
 
 import httpx
 import pytest
+from fmesh.runtime.command_replica import CommandReplica
 from fmesh.runtime.sinks.base import SinkOptions
 from fmesh.runtime.sinks.bridge import BridgeAuth, BridgeSink
 from fmesh.runtime.sinks.http import HttpSink
@@ -57,3 +59,13 @@ async def test_a_bridge_settles_a_batch_whose_sink_broke_unexpectedly():
         *(bridge.invoke(new_event("t", "/s"), timeout=30) for _ in range(3)), return_exceptions=True), 5)
     await bridge.stop()
     assert [str(r) for r in results] == ["a bug below the bridge"] * 3
+
+
+async def test_a_command_function_reset_as_the_connection_opens_is_retried():
+    # a program SIGKILLed just as the mesh connects to it: the event goes to another replica
+    replica = CommandReplica("r1", "echo", 1, port=9, transport=httpx.MockTransport(reset_as_it_opens))
+    with pytest.raises(HandlerError) as caught:
+        await replica.invoke(new_event("t", "/s"))
+    await replica._client.aclose()
+    assert caught.value.retryable and caught.value.status == 503
+    assert "replica echo/1 on port 9" in str(caught.value)
