@@ -385,6 +385,9 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="fmesh-chaos-") as tmp:
             result = run(args.events, seed, args.duration, args.every, args.settle, Path(tmp))
     print(json.dumps(result, indent=2))
+    log(f"seed {seed}: {result['accepted']} of {result['events']} events accepted, {result['lost']} lost, "
+        f"{result['duplicates']} duplicates, {result['dead_lettered']} dead-lettered with a reason; survived "
+        + ", ".join(f"{n} {kind}" for kind, n in result["kills_survived"].items()))
     sys.exit(1 if result["lost"] or result["chaos_error"] else 0)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -25,7 +26,7 @@ def test_no_accepted_event_is_lost_through_kills_cuts_and_delays(tmp_path):
                "--every", "1.5", "--settle", "90", "--keep", str(tmp_path)]
     if os.environ.get("FMESH_CHAOS_SEED"):
         command += ["--seed", os.environ["FMESH_CHAOS_SEED"]]
-    run = subprocess.run(command, capture_output=True, text=True, timeout=380, cwd=ROOT)
+    run = run_bench(command, timeout=380)
     assert run.stdout.strip(), f"the chaos run ended without a result ({run.returncode}):\n{run.stderr[-5000:]}"
     result = json.loads(run.stdout)
     print(f"\nchaos, seed {result['seed']}: {result['accepted']} of {result['events']} accepted, "
@@ -39,3 +40,16 @@ def test_no_accepted_event_is_lost_through_kills_cuts_and_delays(tmp_path):
     assert all(result["kills_survived"][kind] >= 1 for kind in KINDS), result["kills_survived"]
     assert all(d["dead_letters_without_reason"] == 0 for d in result["destinations"].values()), where
     assert run.returncode == 0, run.stderr[-3000:]
+
+
+def run_bench(command: list[str], timeout: float) -> subprocess.CompletedProcess:
+    """Run the bench in its own process group: if it overruns, its meshes go down with it."""
+    bench = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                             start_new_session=True)
+    try:
+        out, err = bench.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(bench.pid, signal.SIGKILL)
+        out, err = bench.communicate()
+        raise AssertionError(f"the chaos run took more than {timeout:g}s:\n{err[-5000:]}") from None
+    return subprocess.CompletedProcess(command, bench.returncode, out, err)
