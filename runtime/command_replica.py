@@ -11,6 +11,7 @@ import asyncio
 import os
 import signal
 from pathlib import Path
+from typing import Any
 
 from fmesh.runtime.launcher import describe_exit
 from fmesh.runtime.logs import LogStore
@@ -25,7 +26,9 @@ READY_POLL = 0.02
 
 
 class CommandReplica(Replica):
-    def __init__(self, replica_id: str, function: str, index: int, port: int, structured: bool = False) -> None:
+    def __init__(self, replica_id: str, function: str, index: int, port: int, structured: bool = False,
+                 transport: Any = None) -> None:
+        """`transport`: an `httpx.AsyncBaseTransport` to reach the program by (a test's mock)."""
         super().__init__(replica_id, function, index)
         self.port = port
         self.url = f"http://127.0.0.1:{port}/"
@@ -33,8 +36,10 @@ class CommandReplica(Replica):
         self._process: asyncio.subprocess.Process | None = None
         import httpx  # imported here: only meshes with command functions pay for it
 
-        self._client = httpx.AsyncClient(trust_env=False, timeout=None)
-        self._transport_error = httpx.TransportError
+        self._client = httpx.AsyncClient(trust_env=False, timeout=None, transport=transport)
+        # AttributeError: anyio's, for a connection reset as it opens (a program killed just
+        # then); see fmesh.runtime.sinks.http. A connection error like the others.
+        self._transport_error = (httpx.TransportError, AttributeError)
         self._tasks: set[asyncio.Task] = set()
 
     async def launch(self, command: list[str], workdir: Path, env: dict[str, str], logs: LogStore) -> None:

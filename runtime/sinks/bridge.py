@@ -122,6 +122,16 @@ class BridgeSink:
             task.add_done_callback(self._sending.discard)
 
     async def _send(self, items: list[tuple[Event, asyncio.Future[None]]], timeout: float) -> None:
+        """Send `items` and settle each one's future, whatever happens: a future left unsettled
+        would hold its event until the sidecar's timeout, and the error would be lost."""
+        try:
+            await self._send_all(items, timeout)
+        except Exception as exc:  # noqa: BLE001 - handed to the sidecars waiting, which dead-letter it
+            for _, sent in items:
+                if not sent.done():
+                    sent.set_exception(exc)
+
+    async def _send_all(self, items: list[tuple[Event, asyncio.Future[None]]], timeout: float) -> None:
         if len(items) > 1 and not await self._refused_as_batch(items, timeout):
             return
         for event, sent in items:  # one at a time: each event its own answer

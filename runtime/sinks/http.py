@@ -47,7 +47,8 @@ def verification(options: SinkOptions, field: str) -> ssl.SSLContext | bool:
 class HttpSink:
     """`Sink` that POSTs events; 2xx CloudEvent answers come back as reply events."""
 
-    def __init__(self, url: str, options: SinkOptions) -> None:
+    def __init__(self, url: str, options: SinkOptions, transport: httpx.AsyncBaseTransport | None = None) -> None:
+        """`transport`: httpx's own by default (a test gives an `httpx.MockTransport`)."""
         self.url, structured = split_structured(url)
         self.structured = structured or options.structured
         self._headers = dict(options.headers)
@@ -55,12 +56,13 @@ class HttpSink:
             token = read_secret(options.bearer_env, f"sink {self.url}: bearer_env")
             self._headers["authorization"] = f"Bearer {token}"
         self._verify = verification(options, f"sink {self.url}")
+        self._transport = transport
         self._client: httpx.AsyncClient | None = None
 
     async def start(self) -> None:
         if self._client is None:
             self._client = httpx.AsyncClient(
-                verify=self._verify, follow_redirects=False, trust_env=False,
+                verify=self._verify, follow_redirects=False, trust_env=False, transport=self._transport,
                 limits=httpx.Limits(max_connections=MAX_CONNECTIONS, max_keepalive_connections=MAX_CONNECTIONS))
 
     async def stop(self) -> None:
@@ -84,7 +86,7 @@ class HttpSink:
         try:
             response = await self._client.get(url, headers=self._headers, timeout=timeout)
             return response.json() if response.status_code == 200 else None
-        except (httpx.HTTPError, ssl.SSLError, ValueError):
+        except (httpx.HTTPError, ssl.SSLError, ValueError, AttributeError):  # AttributeError: see `post`
             return None
 
     async def post(self, headers: dict[str, str], body: bytes, timeout: float, replies: bool = True) -> Event | None:
@@ -102,6 +104,12 @@ class HttpSink:
             # A TLS 1.3 server refuses a client certificate after the handshake: httpx then lets
             # the ssl module's error through as it is. Either way the far side may be fixed.
             raise HandlerError(str(BrokerUnreachable(self.url, describe(exc))), retryable=True) from exc
+        except AttributeError as exc:
+            # anyio (4.16, on uvloop) asks a socket the far side reset just as it was opened for
+            # its peer's address, and fails on the socket being gone already. Nothing in an
+            # event gets this far, so it is a connection error: retried, not a dead letter.
+            raise HandlerError(str(BrokerUnreachable(self.url, f"connection reset as it opened ({exc})")),
+                               retryable=True) from exc
         if not replies and 200 <= response.status_code < 300:
             return None
         return outcome(self.url, response.status_code, response.headers, response.content)
