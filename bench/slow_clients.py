@@ -14,7 +14,7 @@ and the normal client do not share a GIL. Printed per scenario: the normal clien
 and p99 (ms), the ratio of its p99 to the no-attack p99, its errors, the mesh's RSS (max
 of samples during the attack) and open fds, and how the attacker's connections ended.
 
-    python bench/slow_clients.py [--requests 300] [--settle 3]
+    python bench/slow_clients.py [--seconds 12] [--settle 3] [--idle 20000]
 """
 
 from __future__ import annotations
@@ -138,15 +138,15 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def normal_client(url: str, requests: int, new_connections: bool) -> tuple[list[float], int]:
-    """Latencies (s) of `requests` events posted one after another, and how many failed
-    (it gives up after 10 failures: a mesh that does not answer would take forever)."""
+def normal_client(url: str, seconds: float, new_connections: bool) -> tuple[list[float], int]:
+    """Latencies (s) of the events posted one after another for `seconds`, and how many
+    failed (it gives up after 10 failures: a mesh that does not answer would take forever)."""
     latencies, errors = [], 0
     fresh = httpx.Limits(max_keepalive_connections=0)  # a new connection per request, no new client
     client = httpx.Client(timeout=5, limits=fresh if new_connections else httpx.Limits())
-    for n in range(requests):
-        if errors >= 10:
-            break
+    until, n = time.monotonic() + seconds, 0
+    while time.monotonic() < until and errors < 10:
+        n += 1
         headers = {**EVENT, "ce-id": f"normal-{time.monotonic_ns()}-{n}"}
         started = time.perf_counter()
         try:
@@ -190,15 +190,15 @@ class Sampler:
         return {"mesh_rss_mb_max": round(max(self.rss), 1), "mesh_open_fds_max": max(self.fds)}
 
 
-def scenario(url: str, pid: int, requests: int, settle: float, attack: list[str] | None) -> dict:
+def scenario(url: str, pid: int, seconds: float, settle: float, attack: list[str] | None) -> dict:
     attacker = None
     if attack:
         attacker = subprocess.Popen([PYTHON, __file__, "attack", *attack], stdout=subprocess.PIPE, text=True)
         assert attacker.stdout is not None and attacker.stdout.readline().strip() == "ready"
         time.sleep(settle)  # a bench, not a test: let the attack reach its steady state
     sampler = Sampler(pid)
-    kept, kept_errors = normal_client(url, requests, new_connections=False)
-    fresh, fresh_errors = normal_client(url, max(50, requests // 3), new_connections=True)
+    kept, kept_errors = normal_client(url, seconds, new_connections=False)
+    fresh, fresh_errors = normal_client(url, seconds / 2, new_connections=True)
     result = {**sampler.done(), "keepalive": summary(kept, kept_errors), "new_connection": summary(fresh, fresh_errors)}
     if attacker is not None:
         attacker.send_signal(signal.SIGTERM)
@@ -214,7 +214,9 @@ def summary(latencies: list[float], errors: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--requests", type=int, default=300)
+    parser.add_argument("--seconds", type=float, default=12.0,
+                        help="how long the normal client posts on one connection (then half as long on new ones); "
+                             "past the default header and body timeouts of 10s, so that the mesh's closes count")
     parser.add_argument("--settle", type=float, default=3.0, help="seconds an attack runs before measuring")
     parser.add_argument("--idle", type=int, default=20_000, help="idle connections (capped by the fd limit)")
     args = parser.parse_args()
@@ -227,7 +229,7 @@ def main() -> None:
         attacks = {"none": None, "slowloris_200": ["slowloris", str(port), "200"],
                    "stalled_1mb_bodies_200": ["stalled", str(port), "200"],
                    f"idle_connections_{idle}": ["idle", str(port), str(idle)]}
-        results = {name: scenario(url, node.pid, args.requests, args.settle, attack)
+        results = {name: scenario(url, node.pid, args.seconds, args.settle, attack)
                    for name, attack in attacks.items()}
     base = {mode: results["none"][mode]["p99_ms"] for mode in ("keepalive", "new_connection")}
     for result in results.values():
