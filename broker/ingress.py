@@ -19,6 +19,7 @@ from fmesh.asgi import Receive, Scope, Send, accepted, check_declared_size, head
 from fmesh.bindings.http import read_events
 from fmesh.errors import (
     AuthError,
+    ClientGone,
     EventTooLarge,
     Forbidden,
     InvalidEvent,
@@ -50,6 +51,8 @@ class Ingress:
             return
         try:
             events = await self.read(scope, receive)
+        except ClientGone:
+            return  # nobody to answer, and nothing whole to store
         except EventTooLarge as exc:
             await respond(send, 413, {"error": str(exc), "limit": exc.limit})
         except AuthError as exc:
