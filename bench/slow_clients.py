@@ -6,7 +6,8 @@ a new connection each, first with no attack, then during each attack:
 
 - slowloris: 200 connections that send one header byte a second and never finish;
 - stalled bodies: 200 requests declaring 1 MiB that send 1 MB of it and stall;
-- idle flood: up to 20,000 connections that send nothing (as many as the fd limit allows).
+- idle flood: 20,000 connections that send nothing (from as many attacker processes as their
+  fd limit needs).
 
 An attacker keeps its count up: a connection the mesh closes is opened again at once.
 The attacker is its own process (`python bench/slow_clients.py attack ...`) so that it
@@ -190,21 +191,36 @@ class Sampler:
         return {"mesh_rss_mb_max": round(max(self.rss), 1), "mesh_open_fds_max": max(self.fds)}
 
 
-def scenario(url: str, pid: int, seconds: float, settle: float, attack: list[str] | None) -> dict:
-    attacker = None
-    if attack:
-        attacker = subprocess.Popen([PYTHON, __file__, "attack", *attack], stdout=subprocess.PIPE, text=True)
+def scenario(url: str, pid: int, seconds: float, settle: float, attacks: list[list[str]]) -> dict:
+    """The normal client's latencies while `attacks` (attacker processes' arguments) run."""
+    attackers = [subprocess.Popen([PYTHON, __file__, "attack", *attack], stdout=subprocess.PIPE, text=True)
+                 for attack in attacks]
+    for attacker in attackers:
         assert attacker.stdout is not None and attacker.stdout.readline().strip() == "ready"
+    if attackers:
         time.sleep(settle)  # a bench, not a test: let the attack reach its steady state
     sampler = Sampler(pid)
     kept, kept_errors = normal_client(url, seconds, new_connections=False)
     fresh, fresh_errors = normal_client(url, seconds / 2, new_connections=True)
     result = {**sampler.done(), "keepalive": summary(kept, kept_errors), "new_connection": summary(fresh, fresh_errors)}
-    if attacker is not None:
+    for attacker in attackers:
         attacker.send_signal(signal.SIGTERM)
-        out, _ = attacker.communicate(timeout=60)
-        result["attacker"] = json.loads(out.strip().splitlines()[-1])
+    if attackers:
+        result["attacker"] = merged([json.loads(a.communicate(timeout=60)[0].strip().splitlines()[-1])
+                                     for a in attackers])
     return result
+
+
+def merged(stats: list[dict]) -> dict:
+    total: dict = {"processes": len(stats), "answers": {}}
+    for one in stats:
+        for key, value in one.items():
+            if key == "answers":
+                for code, count in value.items():
+                    total["answers"][code] = total["answers"].get(code, 0) + count
+            else:
+                total[key] = total.get(key, 0) + value
+    return total
 
 
 def summary(latencies: list[float], errors: int) -> dict:
@@ -221,14 +237,15 @@ def main() -> None:
     parser.add_argument("--idle", type=int, default=20_000, help="idle connections (capped by the fd limit)")
     args = parser.parse_args()
     fd_limit = raise_fd_limit()
-    idle = min(args.idle, fd_limit - 100)
+    per_process = fd_limit - 100  # an attacker process can hold about its fd limit: more take more of them
+    idle = [[str(min(per_process, args.idle - n))] for n in range(0, args.idle, per_process)]
     port = free_port()
     with tempfile.TemporaryDirectory() as data, mesh(port, Path(data), log=Path(data) / "mesh.log") as node:
         url = f"http://127.0.0.1:{port}"
         wait_http(url + "/healthz")
-        attacks = {"none": None, "slowloris_200": ["slowloris", str(port), "200"],
-                   "stalled_1mb_bodies_200": ["stalled", str(port), "200"],
-                   f"idle_connections_{idle}": ["idle", str(port), str(idle)]}
+        attacks = {"none": [], "slowloris_200": [["slowloris", str(port), "200"]],
+                   "stalled_1mb_bodies_200": [["stalled", str(port), "200"]],
+                   f"idle_connections_{args.idle}": [["idle", str(port), *count] for count in idle]}
         results = {name: scenario(url, node.pid, args.seconds, args.settle, attack)
                    for name, attack in attacks.items()}
     base = {mode: results["none"][mode]["p99_ms"] for mode in ("keepalive", "new_connection")}
