@@ -18,19 +18,31 @@ EVENT = {"ce-specversion": "1.0", "ce-source": "/normal", "ce-type": "com.exampl
          "content-type": "application/json"}
 
 
+def started(mesh: Mesh) -> Mesh:
+    """`mesh` started, given more time than Mesh.start's 20s: a loaded CI machine takes that long."""
+    mesh.start(wait=False)
+    try:
+        wait_for(mesh.healthy, 60, message=f"mesh on {mesh.url} to start")
+    except AssertionError:
+        mesh.stop()
+        raise AssertionError(f"mesh on {mesh.url} did not start:\n{mesh.log()}") from None
+    return mesh
+
+
 @pytest.fixture(scope="module")
 def short(tmp_path_factory) -> Mesh:
     """A mesh with every client timeout short."""
-    mesh = Mesh(tmp_path_factory.mktemp("short") / "data", extra=SHORT).start()
+    mesh = started(Mesh(tmp_path_factory.mktemp("short") / "data", extra=SHORT))
     yield mesh
     mesh.stop()
+    assert "Traceback" not in mesh.log(), mesh.log()  # a client cut off is not an error of the mesh's
 
 
 @pytest.fixture(scope="module")
 def capped(tmp_path_factory) -> Mesh:
     """A mesh with a cap of 50 connections and timeouts long enough that only the cap acts."""
-    mesh = Mesh(tmp_path_factory.mktemp("capped") / "data",
-                extra=["--max-connections", "50", "--header-timeout", "60s", "--body-timeout", "60s"]).start()
+    mesh = started(Mesh(tmp_path_factory.mktemp("capped") / "data",
+                        extra=["--max-connections", "50", "--header-timeout", "60s", "--body-timeout", "60s"]))
     yield mesh
     mesh.stop()
 
