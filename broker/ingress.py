@@ -31,6 +31,7 @@ from fmesh.asgi import (
 from fmesh.bindings.http import read_events
 from fmesh.errors import (
     AuthError,
+    ClientGone,
     EventTooLarge,
     Forbidden,
     InvalidEvent,
@@ -63,6 +64,8 @@ class Ingress:
             return
         try:
             events = await self.read(scope, receive)
+        except ClientGone:
+            return  # nobody to answer, and nothing whole to store
         except EventTooLarge as exc:
             await respond(send, 413, {"error": str(exc), "limit": exc.limit})
         except TooManyExtensions as exc:

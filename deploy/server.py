@@ -15,6 +15,7 @@ import uvicorn
 from fmesh.deploy.api import create_app
 from fmesh.deploy.bundle import BundleLimits, pack
 from fmesh.deploy.claims import listen, lock_data_dir
+from fmesh.deploy.connections import ClientLimits, default_max_connections
 from fmesh.deploy.control import ControlPlane
 from fmesh.deploy.deployer import PackedFunction, apply_request, summarize
 from fmesh.deploy.manifest import check_references, load_manifest
@@ -80,9 +81,10 @@ async def serve(settings: NodeSettings, manifest: Path | None, sockets: list[soc
             say(f"  deployed {manifest}: {summary}")
 
     node.on_start.append(on_start)
-    options: dict[str, Any] = {"http": "auto", **(tls or {})}
+    options: dict[str, Any] = {"http": client_limits(settings).protocol("auto"), **(tls or {})}
     config = uvicorn.Config(node, host=settings.host, port=settings.port, lifespan="on",
-                            log_level="warning", access_log=False, loop="auto", **options)
+                            log_level="warning", access_log=False, loop="auto",
+                            timeout_keep_alive=settings.keepalive_timeout, **options)
     server = MeshServer(config, node, settings.shutdown_grace)
     try:
         await server.serve(sockets=sockets)
@@ -92,6 +94,13 @@ async def serve(settings: NodeSettings, manifest: Path | None, sockets: list[soc
         raise
     say(server.stopped_line())
     return 0 if server.clean else 1
+
+
+def client_limits(settings: NodeSettings) -> ClientLimits:
+    """What a slow or idle client may hold (header, body and keep-alive time, a connection)."""
+    return ClientLimits(header_timeout=settings.header_timeout, body_timeout=settings.body_timeout,
+                        min_body_rate=settings.min_body_rate,
+                        max_connections=settings.max_connections or default_max_connections())
 
 
 def ingress_auth_line(settings: NodeSettings, mode: str) -> str:

@@ -10,7 +10,7 @@ from urllib.parse import unquote
 
 import orjson
 
-from fmesh.errors import EventTooLarge, HeadersTooLarge
+from fmesh.errors import ClientGone, EventTooLarge, HeadersTooLarge
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -82,11 +82,14 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
 
 
 async def read_stream(receive: Receive, limit: int) -> bytes:
-    """The body as it arrives, refusing (EventTooLarge) as soon as it passes `limit`."""
+    """The body as it arrives, refusing (EventTooLarge) as soon as it passes `limit`; a client
+    gone before its body ended (http.disconnect) is ClientGone, not a shorter body."""
     chunks: list[bytes] = []
     size = 0
     while True:
         message = await receive()
+        if message.get("type") == "http.disconnect":
+            raise ClientGone(size)
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:

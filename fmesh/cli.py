@@ -84,6 +84,21 @@ def up(
     tls_key: Annotated[Path | None, typer.Option(help="The private key (PEM) of --tls-cert.")] = None,
     tls_client_ca: Annotated[Path | None, typer.Option(
         help="Require client certificates signed by this CA (mTLS); peers can be known by their subject.")] = None,
+    header_timeout: Annotated[str, typer.Option(
+        help="A client must send a request's headers within this long of connecting (or of the request's "
+             "first byte): 408 and closed past it.")] = "10s",
+    body_timeout: Annotated[str, typer.Option(
+        help="A request body may pause at most this long, and past it must average --min-body-rate: 408 "
+             "and closed otherwise.")] = "10s",
+    min_body_rate: Annotated[int, typer.Option(
+        help="Bytes/s a request body must average once --body-timeout has passed (0: only the pause counts).")
+    ] = 4096,
+    keepalive_timeout: Annotated[str, typer.Option(
+        help="An idle connection between two requests is closed after this long.")] = "5s",
+    max_connections: Annotated[int | None, typer.Option(
+        help="Open client connections at most; past it a new one takes the place of the one idle the longest, "
+             "or gets 503 (default: the soft fd limit less a reserve for the mesh's own files, at most 10000).")
+    ] = None,
 ) -> None:
     """Run a mesh node in the foreground (no external services needed)."""
     from fmesh.deploy.manifest import load_manifest
@@ -99,13 +114,16 @@ def up(
                             shutdown_grace=_duration(shutdown_grace), ingress_auth=ingress_auth,
                             tls_cert=_absolute(tls_cert), tls_key=_absolute(tls_key),
                             tls_client_ca=_absolute(tls_client_ca), mesh_id=mesh_id,
-                            dedup_window=_duration(dedup_window))
+                            dedup_window=_duration(dedup_window), header_timeout=_duration(header_timeout),
+                            body_timeout=_duration(body_timeout), min_body_rate=min_body_rate,
+                            keepalive_timeout=_duration(keepalive_timeout), max_connections=max_connections)
     if launcher not in ("zygote", "subprocess"):
         fail(f"--launcher must be zygote or subprocess, not {launcher!r}")
     if ingress_auth not in (None, "required", "optional", "off"):
         fail(f"--ingress-auth must be required, optional or off, not {ingress_auth!r}")
     if settings.shutdown_grace <= 0:
         fail("--shutdown-grace must be more than 0s, e.g. 10s")
+    _check_client_limits(settings)
     _check_store(settings)
     if mesh_id is not None:
         from fmesh.meshpath import check_mesh_id
@@ -208,6 +226,16 @@ def _with_cluster(store: str | None, cluster: str | None) -> str | None:
     if "cluster=" in store.partition("?")[2]:
         fail("--cluster is given twice: once as the option and once in the --store URL; keep one")
     return f"{store}{'&' if '?' in store else '?'}cluster={cluster}"
+
+
+def _check_client_limits(settings: Any) -> None:
+    for flag in ("header_timeout", "body_timeout", "keepalive_timeout"):
+        if getattr(settings, flag) <= 0:
+            fail(f"--{flag.replace('_', '-')} must be more than 0s, e.g. 10s")
+    if settings.min_body_rate < 0:
+        fail(f"--min-body-rate must be 0 or more bytes/s, not {settings.min_body_rate}")
+    if settings.max_connections is not None and settings.max_connections < 1:
+        fail(f"--max-connections must be 1 or more, not {settings.max_connections}")
 
 
 def _check_store(settings: Any) -> None:

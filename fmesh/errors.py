@@ -6,6 +6,7 @@ FmeshError                       root of every error fmesh raises on purpose
 ├── UnsupportedContentType       a body fmesh cannot read as a CloudEvent (HTTP 415)
 ├── StoreError(OSError)          the event log could not store or read (HTTP 503)
 ├── BrokerUnreachable(ConnectionError)  a mesh, broker or sink URL did not answer
+├── ClientGone(ConnectionError)  the client left (or was timed out) before its request body ended
 ├── ManifestError(ValueError)    a manifest that does not validate (file, line, field)
 ├── TriggerConfigError(ValueError)  a trigger or sink that cannot be built (a missing secret)
 ├── DeployError                  the mesh refused or failed a deploy
@@ -58,6 +59,15 @@ class StoreError(FmeshError, OSError):
 
 class Conflict(FmeshError):
     """A compare-and-set on state lost: the key exists, is gone, or moved on meanwhile."""
+
+
+class ClientGone(FmeshError, ConnectionError):
+    """The client disconnected, or was cut off as too slow, in the middle of its request body:
+    what came of the body is not the request, and there is nobody left to answer."""
+
+    def __init__(self, received: int) -> None:
+        super().__init__(f"the client left after {received} bytes of its request body")
+        self.received = received
 
 
 class BrokerUnreachable(FmeshError, ConnectionError):

@@ -88,6 +88,11 @@ class NodeSettings:
     tls_cert: str | None = None           # PEM files: serve HTTPS with this certificate and key
     tls_key: str | None = None
     tls_client_ca: str | None = None      # require client certificates signed by this CA (mTLS)
+    header_timeout: float = 10.0          # from connecting (or a request's first byte) to its last header
+    body_timeout: float = 10.0            # a body's longest pause, and its grace before min_body_rate applies
+    min_body_rate: int = 4096             # bytes/s a request body must average once past body_timeout
+    keepalive_timeout: float = 5.0        # an idle connection between two requests is closed after it
+    max_connections: int | None = None    # default: from the soft fd limit (deploy/connections.py)
 
     @property
     def scheme(self) -> str:

@@ -28,7 +28,7 @@ from fmesh.triggers.signatures import HmacCheck, check_bearer, check_signature
 from fmesh.asgi import Receive, Scope, Send, header_dict, read_body, respond
 from fmesh.bindings.common import wrapped_event
 from fmesh.bindings.http import read_events
-from fmesh.errors import AuthError, EventTooLarge, InvalidEvent, RateLimited, StoreError
+from fmesh.errors import AuthError, ClientGone, EventTooLarge, InvalidEvent, RateLimited, StoreError
 from fmesh.events import Event, TooManyExtensions
 from fmesh.ratelimit import retry_after_header
 
@@ -74,6 +74,8 @@ class WebhookTrigger:
         headers = header_dict(scope)
         try:
             events = await self._read(scope, receive, headers)
+        except ClientGone:
+            return  # nobody to answer, and nothing whole to publish
         except AuthError as exc:
             await self._refuse(send, 401, "unauthorized", str(exc), self._challenge())
         except (EventTooLarge, TooManyExtensions) as exc:
