@@ -72,7 +72,7 @@ def unpack(data: bytes, destination: Path, digest: str | None = None) -> None:
     partial.mkdir(parents=True)
     try:
         with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
-            tar.extractall(partial, members=_checked_members(tar), filter="data")
+            tar.extractall(partial, members=_checked_members(tar), filter=_private)
         if digest is not None:
             actual, _, _ = pack(partial)
             if actual != digest:
@@ -84,6 +84,13 @@ def unpack(data: bytes, destination: Path, digest: str | None = None) -> None:
         shutil.rmtree(partial, ignore_errors=True)
         raise
     partial.rename(destination)  # appears whole and checked, or not at all
+
+
+def _private(member: tarfile.TarInfo, destination: str) -> tarfile.TarInfo:
+    """tarfile's "data" filter, and files for this user only (0600, or 0700 if executable):
+    tarfile sets the archive's modes (0644) whatever the umask."""
+    member = tarfile.data_filter(member, destination)
+    return member.replace(mode=member.mode & 0o700, deep=False) if member.mode is not None else member
 
 
 def _checked_members(tar: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:

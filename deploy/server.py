@@ -23,6 +23,7 @@ from fmesh.deploy.shutdown import MeshServer
 from fmesh.deploy.tls import uvicorn_tls_options
 
 from fmesh.errors import FmeshError, StartupError
+from fmesh.permissions import keep_files_private
 from fmesh.settings import NodeSettings, load_or_create_mesh_id, load_or_create_token, token_path
 
 
@@ -138,11 +139,16 @@ def read_settings(argv: list[str]) -> tuple[NodeSettings, Path | None]:
 
 
 def main(argv: list[str]) -> int:
-    """Own the data dir, then the port, and only then read or write anything in the data dir."""
+    """Own the data dir, then the port, and only then read or write anything in the data dir.
+
+    Everything the mesh writes is private to its user (umask 0o077, see fmesh.permissions)."""
+    keep_files_private()
     try:
         settings, manifest = read_settings(argv)
         tls = uvicorn_tls_options(settings)  # a missing or wrong file: said before anything is claimed
-        with lock_data_dir(settings.data_dir, settings.port):
+        with lock_data_dir(settings.data_dir, settings.port) as lock:
+            if lock.note:
+                say(f"fmesh: {lock.note}")
             sockets = listen(settings.host, settings.port)
             if manifest is not None:
                 load_manifest(manifest)  # refuse a bad manifest before anything starts

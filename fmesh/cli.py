@@ -184,6 +184,9 @@ def sidecar(
     folder = (data_dir or data_dir_for(function, default_data_dir())).expanduser().resolve()
     settings = NodeSettings(data_dir=folder, store=_with_cluster(store, cluster), port=0)
     _check_store(settings)
+    from fmesh.permissions import keep_files_private
+
+    keep_files_private()  # the sidecar's files are its user's only, as the mesh's (see fmesh up)
     raise typer.Exit(asyncio.run(run_sidecar(function, target, settings)))
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from fmesh.errors import StartupError
 from fmesh.names import is_name
+from fmesh.permissions import private_dir
 
 DEFAULT_PORT = 8080
 DEFAULT_MESH_URL = f"http://127.0.0.1:{DEFAULT_PORT}"
@@ -30,7 +31,7 @@ def load_or_create_token(data_dir: Path, given: str | None) -> str:
     if path.exists():
         return path.read_text().strip()
     token = secrets.token_urlsafe(32)
-    data_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(data_dir)
     path.touch(mode=0o600)
     path.write_text(token + "\n")
     return token
@@ -52,7 +53,7 @@ def load_or_create_mesh_id(data_dir: Path, given: str | None) -> str:
                                "and '-'): fix or delete the file, or pass --mesh-id")
         return stored
     mesh_id = f"mesh-{secrets.token_hex(4)}"
-    data_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(data_dir)
     path.write_text(mesh_id + "\n")
     return mesh_id
 
