@@ -403,15 +403,21 @@ def _cold_start(f: dict[str, Any]) -> str:
 def logs(function: Annotated[str, typer.Argument(help="The function.")],
          follow: Annotated[bool, typer.Option("-f", "--follow", help="Keep printing new lines.")] = False,
          lines: Annotated[int, typer.Option("-n", "--lines", help="How many past lines.")] = 200,
+         raw: Annotated[bool, typer.Option(
+             "--raw", help="Print the output as the functions wrote it, terminal escape sequences included "
+             "(by default they are shown as text, e.g. \\x1b).")] = False,
          mesh: MeshOption = DEFAULT_MESH_URL, token: TokenOption = None, ca: CaOption = None) -> None:
     """A function's stdout and stderr, each line tagged with its replica."""
+    from fmesh.terminal import escape_controls
+
+    shown = (lambda text: text) if raw else escape_controls  # function output must not drive our terminal
     try:
         with client(mesh, token, ca) as mesh_client:
             if not follow:
-                sys.stdout.write(mesh_client.logs(function, lines))
+                sys.stdout.write(shown(mesh_client.logs(function, lines)))
                 return
             for line in mesh_client.follow_logs(function, lines):
-                print(line, flush=True)
+                print(shown(line), flush=True)
     except FmeshError as exc:
         fail(str(exc))
     except KeyboardInterrupt:
