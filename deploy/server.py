@@ -34,7 +34,7 @@ def build(settings: NodeSettings) -> tuple[Node, ControlPlane, str]:
     node = Node(settings)
     node.trust_control_token(token)
     control = ControlPlane(node)
-    node.control_app = create_app(node, control)
+    node.control_app = create_app(node, control, settings.metrics_public)
     return node, control, token
 
 
@@ -70,6 +70,7 @@ async def serve(settings: NodeSettings, manifest: Path | None, sockets: list[soc
         say(f"fmesh mesh up on {url}  (events: POST {url}/, control: {url}/v1, docs: {url}/docs)")
         say(f"  mesh id {node.mesh_id}; store {node.store_url}; data dir {settings.data_dir}")
         say(f"  {ingress_auth_line(settings, node.ingress_auth_mode)}")
+        say(f"  {metrics_line(settings)}")
         if settings.tls_client_ca:
             say(f"  mTLS: every client needs a certificate signed by {settings.tls_client_ca}")
         if not settings.token:
@@ -103,6 +104,16 @@ def ingress_auth_line(settings: NodeSettings, mode: str) -> str:
                "optional": "callers with credentials are checked, callers without publish as anonymous",
                "required": "publishing without a token, signature or peer certificate gets 401"}[mode]
     return f"ingress auth {mode}{why}: {meaning}"
+
+
+def metrics_line(settings: NodeSettings) -> str:
+    """The startup line saying who may read /metrics and the API docs, and why by default."""
+    why = "" if settings.public_metrics is not None else f", the default on {settings.host}"
+    if settings.metrics_public:
+        return (f"/metrics, /openapi.json and /docs public{why} (--no-public-metrics to change): anyone who "
+                "reaches this address may read them; /v1 needs a token")
+    return (f"/metrics, /openapi.json and /docs need a read or admin token{why} (--public-metrics to change); "
+            "/healthz is public")
 
 
 def say(line: str) -> None:

@@ -74,6 +74,10 @@ def up(
     tls_key: Annotated[Path | None, typer.Option(help="The private key (PEM) of --tls-cert.")] = None,
     tls_client_ca: Annotated[Path | None, typer.Option(
         help="Require client certificates signed by this CA (mTLS); peers can be known by their subject.")] = None,
+    public_metrics: Annotated[bool | None, typer.Option(
+        "--public-metrics/--no-public-metrics",
+        help="Serve /metrics, /openapi.json and /docs without a token (default: on a loopback --host only; "
+             "elsewhere they need a read or admin token).")] = None,
 ) -> None:
     """Run a mesh node in the foreground (no external services needed)."""
     from fmesh.deploy.manifest import load_manifest
@@ -87,7 +91,7 @@ def up(
                             shutdown_grace=_duration(shutdown_grace), ingress_auth=ingress_auth,
                             tls_cert=_absolute(tls_cert), tls_key=_absolute(tls_key),
                             tls_client_ca=_absolute(tls_client_ca), mesh_id=mesh_id,
-                            dedup_window=_duration(dedup_window))
+                            dedup_window=_duration(dedup_window), public_metrics=public_metrics)
     if launcher not in ("zygote", "subprocess"):
         fail(f"--launcher must be zygote or subprocess, not {launcher!r}")
     if ingress_auth not in (None, "required", "optional", "off"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import secrets
 from dataclasses import dataclass
@@ -66,6 +67,16 @@ def read_token(data_dir: Path | None = None) -> str | None:
     return path.read_text().strip() if path.exists() else None
 
 
+def is_loopback(host: str) -> bool:
+    """`localhost` or a loopback address; a host name is not (it may resolve to anything)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 @dataclass
 class NodeSettings:
     data_dir: Path
@@ -84,10 +95,17 @@ class NodeSettings:
     tls_cert: str | None = None           # PEM files: serve HTTPS with this certificate and key
     tls_key: str | None = None
     tls_client_ca: str | None = None      # require client certificates signed by this CA (mTLS)
+    public_metrics: bool | None = None    # /metrics, /openapi.json, /docs without a token; default: on loopback
 
     @property
     def scheme(self) -> str:
         return "https" if self.tls_cert else "http"
+
+    @property
+    def metrics_public(self) -> bool:
+        """Whether /metrics and the API's docs answer without a token: as --public-metrics
+        says, else only on a loopback address (where only this machine can ask)."""
+        return is_loopback(self.host) if self.public_metrics is None else self.public_metrics
 
     @property
     def store_url(self) -> str:
