@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from support import wait_for, write_manifest
+from support import FMESH, wait_for, write_manifest
 
 HANDLER = """import os
 def handle(event):
@@ -82,3 +83,28 @@ functions:
     # The functions' own files are made with the umask the mesh was started with.
     assert oct(stat.S_IMODE((own / f"python-{event_id}").stat().st_mode)) == oct(0o664)
     assert oct(stat.S_IMODE((own / "command").stat().st_mode)) == oct(0o664)
+
+
+def test_a_sidecars_data_dir_is_for_its_user_only(tmp_path):
+    from external import NatsServer
+
+    nats = NatsServer(tmp_path / "nats").start()
+    folder = tmp_path / "sidecar"
+    folder.mkdir()
+    folder.chmod(0o755)
+    output = tmp_path / "sidecar.out"
+    with output.open("wb") as out:
+        sidecar = subprocess.Popen([*FMESH, "sidecar", "--function", "orders", "--target", "http://127.0.0.1:9/",
+                                    "--store", f"nats://127.0.0.1:{nats.port}", "--data-dir", str(folder)],
+                                   stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: "waiting: no function orders" in output.read_text(), 30,
+                 message=f"the sidecar to start:\n{output.read_text()}")
+        found = modes(folder)
+    finally:
+        sidecar.terminate()
+        sidecar.wait(15)
+        nats.stop()
+    assert f"data dir {folder} could be read by other users (0755): made it 0700" in output.read_text()
+    assert "node-id" in found and "logs" in found, sorted(found)
+    assert {name: oct(mode) for name, mode in found.items() if mode & 0o077} == {}
