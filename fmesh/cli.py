@@ -355,7 +355,7 @@ def _print_bridges(bridges: list[dict[str, Any]], bridged_in: dict[str, int] | N
             oldest = "-" if b["oldest_waiting_s"] is None else f"{b['oldest_waiting_s']:.0f}s"
             table.add_row(b["name"], f"{b['url']} ({b['peer_mesh'] or '?'})", f"[{colour}]{b['state']}[/]",
                           str(b["backlog"]), oldest, str(b["forwarded"]), str(b["looped"]),
-                          str(b["dead_lettered"]), b["last_error"] or "")
+                          str(b["dead_lettered"]), _plain(b["last_error"]))
         console.print(table)
     if bridged_in and bridged_in.get("received"):
         console.print(f"from other meshes: {bridged_in['received']} received, {bridged_in['duplicates']} "
@@ -368,7 +368,7 @@ def _print_sinks(sinks: list[dict[str, Any]]) -> None:
     table = Table("subscription", "to", "in flight", "pending", "delivered", "failed", "dead", "last error")
     for s in sinks:
         table.add_row(s["name"], s["url"], *(str(s[k]) for k in ("inflight", "pending", "delivered", "failed",
-                                                                  "dead_lettered")), s["last_error"] or "")
+                                                                  "dead_lettered")), _plain(s["last_error"]))
     console.print(table)
 
 
@@ -380,8 +380,18 @@ def _print_triggers(triggers: list[dict[str, Any]]) -> None:
         last = "-" if t["last_event_at"] is None else _ago(t["last_event_at"])
         colour = {"connected": "green", "retrying": "yellow"}.get(t["state"], "red")
         table.add_row(t["name"], t["kind"], f"[{colour}]{t['state']}[/]", str(t["events_in"]), last,
-                      "-" if t["lag"] is None else str(t["lag"]), t["last_error"] or "")
+                      "-" if t["lag"] is None else str(t["lag"]), _plain(t["last_error"]))
     console.print(table)
+
+
+def _plain(text: str | None) -> Any:
+    """A table cell of text from outside (an event, a handler's error, a server's answer):
+    not rich markup (a "[/x]" in it would stop the command), no terminal control characters."""
+    from rich.text import Text
+
+    from fmesh.terminal import escape_controls
+
+    return Text(escape_controls(text or ""))
 
 
 def _ago(timestamp: float) -> str:
@@ -463,8 +473,8 @@ def dead_letters(
     table = Table("id", "subscription", "event", "attempts", "status", "reason", "last error")
     for d in letters:
         attributes = d["event"]["attributes"]
-        table.add_row(str(d["id"]), d["subscription"], f"{attributes['type']} {attributes['id']}",
-                      str(d["attempts"]), str(d["status"] or "-"), d["reason"], (d["error"] or "")[:80])
+        table.add_row(str(d["id"]), d["subscription"], _plain(f"{attributes['type']} {attributes['id']}"),
+                      str(d["attempts"]), str(d["status"] or "-"), _plain(d["reason"]), _plain((d["error"] or "")[:80]))
     console.print(table if letters else "No dead letters.")
 
 

@@ -1,4 +1,5 @@
-"""`fmesh logs` never lets a function's output drive the terminal of whoever reads it."""
+"""`fmesh logs` (and the tables of dead letters) never let a function's output drive the
+terminal of whoever reads it."""
 
 from __future__ import annotations
 
@@ -76,3 +77,23 @@ def test_logs_raw_prints_the_output_as_written(mesh, tmp_path):
         follower.kill()
         follower.wait()
     assert line.endswith(PAYLOAD + "\tend\n"), repr(line)  # a "\r" does not end the line when following
+
+
+def test_dead_letters_show_errors_and_events_as_text(mesh, tmp_path):
+    (tmp_path / "doom").mkdir()
+    (tmp_path / "doom" / "handler.py").write_text(
+        "def handle(event):\n    raise RuntimeError('\\x1b[2J\\x1b]0;pwned\\x07 [/oops]')\n")
+    mesh.cli("deploy", "-f", str(write_manifest(tmp_path, """
+functions:
+  doom:
+    handler: doom/handler.py:handle
+    on: [{{type: doom}}]
+    delivery: {{retries: 0}}
+""")))
+    mesh.cli("send", "--type", "doom", "--source", "/t")
+    wait_for(lambda: mesh.status("doom").get("dead_lettered") == 1, 15, message="the dead letter")
+    result = subprocess.run([*FMESH, "dead-letters"], capture_output=True, env=mesh.env(), cwd=ROOT, timeout=60)
+    shown = result.stdout.decode()
+    assert result.returncode == 0, result.stderr.decode()  # a "[/oops]" is not rich markup to choke on
+    assert r"\x1b[2J\x1b]0;pwned\x07 [/oops]" in shown, shown
+    assert not any(c in shown for c in "\x1b\x07"), repr(shown)
