@@ -83,9 +83,11 @@ def function_status(node: NodeOperations, item: Any, pending: int, dead: int) ->
     }
 
 
-def create_app(node: NodeOperations, control: ControlPlane) -> FastAPI:
-    app = FastAPI(title="fmesh control API", version="1", docs_url="/docs", openapi_url="/openapi.json")
+def create_app(node: NodeOperations, control: ControlPlane, public_metrics: bool = True) -> FastAPI:
+    """The control app; `public_metrics` False puts /metrics and the API docs behind a read token."""
+    app = FastAPI(title="fmesh control API", version="1", docs_url=None, redoc_url=None, openapi_url=None)
     auth = [Depends(require_token(node.identity))]
+    add_doc_routes(app, [] if public_metrics else auth)
 
     @app.exception_handler(HTTPException)
     async def _error(request: Request, exc: HTTPException) -> JSONResponse:
@@ -95,9 +97,10 @@ def create_app(node: NodeOperations, control: ControlPlane) -> FastAPI:
     async def healthz() -> dict[str, str]:
         return {"status": "ok", "mesh": node.mesh_id}  # a bridge asks, to keep loops from starting
 
-    @app.get("/metrics", include_in_schema=False)
+    @app.get("/metrics", include_in_schema=False, dependencies=[] if public_metrics else auth)
     async def metrics() -> Response:
-        """Prometheus text format; public like /healthz (it carries no payloads or secrets)."""
+        """Prometheus text format. No payloads or secrets, but the names of functions and
+        triggers and how busy they are: public only where --public-metrics says so."""
         return Response(metrics_text(node), media_type=METRICS_CONTENT_TYPE)
 
     for kind in control.kinds:
@@ -211,6 +214,25 @@ def create_app(node: NodeOperations, control: ControlPlane) -> FastAPI:
 
     add_token_routes(app, node, auth)
     return app
+
+
+def add_doc_routes(app: FastAPI, auth: list) -> None:
+    """/openapi.json, /docs (Swagger UI) and /redoc, as FastAPI serves them, behind `auth`
+    (none: public). Private docs still load in a browser for whoever sends a token; the
+    Swagger page itself then fetches /openapi.json without one, so read that with a token."""
+    from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+
+    @app.get("/openapi.json", include_in_schema=False, dependencies=auth)
+    async def openapi() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False, dependencies=auth)
+    async def docs() -> Response:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title=f"{app.title} - Swagger UI")
+
+    @app.get("/redoc", include_in_schema=False, dependencies=auth)
+    async def redoc() -> Response:
+        return get_redoc_html(openapi_url="/openapi.json", title=f"{app.title} - ReDoc")
 
 
 async def bridge_status(node: NodeOperations, item: dict[str, Any], stats: Any) -> dict[str, Any]:

@@ -99,7 +99,7 @@ def unpack(data: bytes, destination: Path, digest: str | None = None, limits: Bu
     partial.mkdir(parents=True)
     try:
         with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
-            tar.extractall(partial, members=_checked_members(tar, limits), filter="data")
+            tar.extractall(partial, members=_checked_members(tar, limits), filter=_private)
         if digest is not None and (actual := digest_of(partial)) != digest:
             raise ValueError(f"bundle content does not match its digest {digest[:12]} (got {actual[:12]})")
     except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
@@ -109,6 +109,13 @@ def unpack(data: bytes, destination: Path, digest: str | None = None, limits: Bu
         shutil.rmtree(partial, ignore_errors=True)
         raise
     partial.rename(destination)  # appears whole and checked, or not at all
+
+
+def _private(member: tarfile.TarInfo, destination: str) -> tarfile.TarInfo:
+    """tarfile's "data" filter, and files for this user only (0600, or 0700 if executable):
+    tarfile sets the archive's modes (0644) whatever the umask."""
+    member = tarfile.data_filter(member, destination)
+    return member.replace(mode=member.mode & 0o700, deep=False) if member.mode is not None else member
 
 
 def _checked_members(tar: tarfile.TarFile, limits: BundleLimits) -> Iterator[tarfile.TarInfo]:

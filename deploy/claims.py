@@ -16,6 +16,7 @@ import socket
 from pathlib import Path
 
 from fmesh.errors import StartupError
+from fmesh.permissions import private_dir
 
 LOCK_FILE = "lock"
 
@@ -23,8 +24,9 @@ LOCK_FILE = "lock"
 class DataDirLock:
     """An exclusive lock on a data dir; a context manager that releases it on exit."""
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, note: str | None = None) -> None:
         self.fd = fd
+        self.note = note  # what making the data dir private changed, to be said at startup
 
     def release(self) -> None:
         os.close(self.fd)  # closing the only descriptor drops the flock
@@ -37,9 +39,10 @@ class DataDirLock:
 
 
 def lock_data_dir(data_dir: Path, port: int) -> DataDirLock:
-    """Own `data_dir`, or raise StartupError naming the pid and port of its owner."""
+    """Own `data_dir` (made 0700, see `private_dir`), or raise StartupError naming the pid
+    and port of its owner."""
     try:
-        data_dir.mkdir(parents=True, exist_ok=True)
+        note = private_dir(data_dir)
         fd = os.open(data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     except OSError as exc:
         raise StartupError(f"cannot use data dir {data_dir}: {exc.strerror}") from exc
@@ -54,7 +57,7 @@ def lock_data_dir(data_dir: Path, port: int) -> DataDirLock:
         raise StartupError(f"cannot lock data dir {data_dir}: {exc.strerror}") from exc
     os.ftruncate(fd, 0)
     os.pwrite(fd, json.dumps({"pid": os.getpid(), "port": port}).encode(), 0)
-    return DataDirLock(fd)
+    return DataDirLock(fd, note)
 
 
 def owner(fd: int) -> str:

@@ -98,7 +98,7 @@ class MeshClient:
             with self._http.stream("GET", f"/v1/functions/{name}/logs",
                                    params={"lines": lines, "follow": True}, timeout=None) as response:
                 check(response, self.url)
-                yield from response.iter_lines()
+                yield from _lines(response.iter_text())
         except httpx.ConnectError as exc:
             raise BrokerUnreachable(self.url, str(exc)) from exc
         except httpx.TransportError as exc:  # dropped mid-stream: the mesh was killed, or the network went
@@ -144,3 +144,15 @@ def check(response: httpx.Response, url: str) -> None:
     if response.status_code == 401:
         raise AuthError(f"{url} refused the token: {message}")
     raise DeployError(f"{url} answered {response.status_code}: {message}")
+
+
+def _lines(chunks: Iterator[str]) -> Iterator[str]:
+    r"""Lines split at "\n" only: httpx's iter_lines also splits at "\r", "\x0b", "\x1c"...,
+    which would drop those characters from a function's output (or hide them from --raw)."""
+    pending = ""
+    for chunk in chunks:
+        *complete, pending = (pending + chunk).split("\n")
+        yield from complete
+    if pending:
+        yield pending
+

@@ -35,6 +35,7 @@ from fmesh.asgi import ASGIApp, Receive, Scope, Send, check_headers, is_mesh_pat
 from fmesh.contracts import BlobStore, DeadLetter
 from fmesh.errors import Conflict, HeadersTooLarge, StartupError, StoreError, TriggerConfigError
 from fmesh.meshpath import check_mesh_id
+from fmesh.permissions import private_dir
 from fmesh.settings import NodeSettings, mesh_id_path
 
 Hook = Callable[[], Awaitable[None]]
@@ -77,7 +78,7 @@ class Node:
         self.stop_overran = False                # the last stop ran out of time and left work undone
 
     async def start(self) -> None:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.data_dir)
         await self.store.open()
         self._fit_event_limit()
         await self._agree_on_mesh_id()

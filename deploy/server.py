@@ -24,6 +24,7 @@ from fmesh.deploy.shutdown import MeshServer
 from fmesh.deploy.tls import uvicorn_tls_options
 
 from fmesh.errors import FmeshError, StartupError
+from fmesh.permissions import keep_files_private
 from fmesh.settings import NodeSettings, load_or_create_mesh_id, load_or_create_token, token_path
 
 
@@ -34,7 +35,7 @@ def build(settings: NodeSettings) -> tuple[Node, ControlPlane, str]:
     node = Node(settings)
     node.trust_control_token(token)
     control = ControlPlane(node, bundle_limits=BundleLimits(settings.max_bundle_bytes, settings.max_bundle_files))
-    node.control_app = create_app(node, control)
+    node.control_app = create_app(node, control, settings.metrics_public)
     return node, control, token
 
 
@@ -70,6 +71,7 @@ async def serve(settings: NodeSettings, manifest: Path | None, sockets: list[soc
         say(f"fmesh mesh up on {url}  (events: POST {url}/, control: {url}/v1, docs: {url}/docs)")
         say(f"  mesh id {node.mesh_id}; store {node.store_url}; data dir {settings.data_dir}")
         say(f"  {ingress_auth_line(settings, node.ingress_auth_mode)}")
+        say(f"  {metrics_line(settings)}")
         if settings.tls_client_ca:
             say(f"  mTLS: every client needs a certificate signed by {settings.tls_client_ca}")
         if not settings.token:
@@ -113,6 +115,16 @@ def ingress_auth_line(settings: NodeSettings, mode: str) -> str:
     return f"ingress auth {mode}{why}: {meaning}"
 
 
+def metrics_line(settings: NodeSettings) -> str:
+    """The startup line saying who may read /metrics and the API docs, and why by default."""
+    why = "" if settings.public_metrics is not None else f", the default on {settings.host}"
+    if settings.metrics_public:
+        return (f"/metrics, /openapi.json and /docs public{why} (--no-public-metrics to change): anyone who "
+                "reaches this address may read them; /v1 needs a token")
+    return (f"/metrics, /openapi.json and /docs need a read or admin token{why} (--public-metrics to change); "
+            "/healthz is public")
+
+
 def say(line: str) -> None:
     print(line, flush=True)
 
@@ -147,11 +159,16 @@ def read_settings(argv: list[str]) -> tuple[NodeSettings, Path | None]:
 
 
 def main(argv: list[str]) -> int:
-    """Own the data dir, then the port, and only then read or write anything in the data dir."""
+    """Own the data dir, then the port, and only then read or write anything in the data dir.
+
+    Everything the mesh writes is private to its user (umask 0o077, see fmesh.permissions)."""
+    keep_files_private()
     try:
         settings, manifest = read_settings(argv)
         tls = uvicorn_tls_options(settings)  # a missing or wrong file: said before anything is claimed
-        with lock_data_dir(settings.data_dir, settings.port):
+        with lock_data_dir(settings.data_dir, settings.port) as lock:
+            if lock.note:
+                say(f"fmesh: {lock.note}")
             sockets = listen(settings.host, settings.port)
             if manifest is not None:
                 load_manifest(manifest)  # refuse a bad manifest before anything starts

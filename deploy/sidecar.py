@@ -19,6 +19,7 @@ from fmesh.deploy.control import ControlPlane
 from fmesh.deploy.node import Node
 
 from fmesh.errors import FmeshError
+from fmesh.permissions import private_dir
 from fmesh.settings import NodeSettings
 
 WAITING_NOTE_EVERY = 30.0  # seconds between reminders that the function is not deployed yet
@@ -29,6 +30,13 @@ def say(line: str) -> None:
 
 
 async def run_sidecar(function: str, target: str, settings: NodeSettings) -> int:
+    try:
+        note = private_dir(settings.data_dir)  # its logs hold the function's output
+    except OSError as exc:
+        say(f"error: cannot use data dir {settings.data_dir}: {exc.strerror}")
+        return 1
+    if note:
+        say(f"fmesh: {note}")
     node = Node(settings, address=f"sidecar of {function} → {target}")
     if not node.store.shared:
         say(f"error: fmesh sidecar needs the store the nodes share (nats://...), not {node.store_url}: "

@@ -99,6 +99,10 @@ def up(
         help="Open client connections at most; past it a new one takes the place of the one idle the longest, "
              "or gets 503 (default: the soft fd limit less a reserve for the mesh's own files, at most 10000).")
     ] = None,
+    public_metrics: Annotated[bool | None, typer.Option(
+        "--public-metrics/--no-public-metrics",
+        help="Serve /metrics, /openapi.json and /docs without a token (default: on a loopback --host only; "
+             "elsewhere they need a read or admin token).")] = None,
 ) -> None:
     """Run a mesh node in the foreground (no external services needed)."""
     from fmesh.deploy.manifest import load_manifest
@@ -116,7 +120,8 @@ def up(
                             tls_client_ca=_absolute(tls_client_ca), mesh_id=mesh_id,
                             dedup_window=_duration(dedup_window), header_timeout=_duration(header_timeout),
                             body_timeout=_duration(body_timeout), min_body_rate=min_body_rate,
-                            keepalive_timeout=_duration(keepalive_timeout), max_connections=max_connections)
+                            keepalive_timeout=_duration(keepalive_timeout), max_connections=max_connections,
+                            public_metrics=public_metrics)
     if launcher not in ("zygote", "subprocess"):
         fail(f"--launcher must be zygote or subprocess, not {launcher!r}")
     if ingress_auth not in (None, "required", "optional", "off"):
@@ -214,6 +219,9 @@ def sidecar(
     folder = (data_dir or data_dir_for(function, default_data_dir())).expanduser().resolve()
     settings = NodeSettings(data_dir=folder, store=_with_cluster(store, cluster), port=0)
     _check_store(settings)
+    from fmesh.permissions import keep_files_private
+
+    keep_files_private()  # the sidecar's files are its user's only, as the mesh's (see fmesh up)
     raise typer.Exit(asyncio.run(run_sidecar(function, target, settings)))
 
 
@@ -388,7 +396,7 @@ def _print_bridges(bridges: list[dict[str, Any]], bridged_in: dict[str, int] | N
             oldest = "-" if b["oldest_waiting_s"] is None else f"{b['oldest_waiting_s']:.0f}s"
             table.add_row(b["name"], f"{b['url']} ({b['peer_mesh'] or '?'})", f"[{colour}]{b['state']}[/]",
                           str(b["backlog"]), oldest, str(b["forwarded"]), str(b["looped"]),
-                          str(b["dead_lettered"]), b["last_error"] or "")
+                          str(b["dead_lettered"]), _plain(b["last_error"]))
         console.print(table)
     if bridged_in and bridged_in.get("received"):
         console.print(f"from other meshes: {bridged_in['received']} received, {bridged_in['duplicates']} "
@@ -401,7 +409,7 @@ def _print_sinks(sinks: list[dict[str, Any]]) -> None:
     table = Table("subscription", "to", "in flight", "pending", "delivered", "failed", "dead", "last error")
     for s in sinks:
         table.add_row(s["name"], s["url"], *(str(s[k]) for k in ("inflight", "pending", "delivered", "failed",
-                                                                  "dead_lettered")), s["last_error"] or "")
+                                                                  "dead_lettered")), _plain(s["last_error"]))
     console.print(table)
 
 
@@ -413,8 +421,18 @@ def _print_triggers(triggers: list[dict[str, Any]]) -> None:
         last = "-" if t["last_event_at"] is None else _ago(t["last_event_at"])
         colour = {"connected": "green", "retrying": "yellow"}.get(t["state"], "red")
         table.add_row(t["name"], t["kind"], f"[{colour}]{t['state']}[/]", str(t["events_in"]), last,
-                      "-" if t["lag"] is None else str(t["lag"]), t["last_error"] or "")
+                      "-" if t["lag"] is None else str(t["lag"]), _plain(t["last_error"]))
     console.print(table)
+
+
+def _plain(text: str | None) -> Any:
+    """A table cell of text from outside (an event, a handler's error, a server's answer):
+    not rich markup (a "[/x]" in it would stop the command), no terminal control characters."""
+    from rich.text import Text
+
+    from fmesh.terminal import escape_controls
+
+    return Text(escape_controls(text or ""))
 
 
 def _ago(timestamp: float) -> str:
@@ -440,15 +458,21 @@ def _cold_start(f: dict[str, Any]) -> str:
 def logs(function: Annotated[str, typer.Argument(help="The function.")],
          follow: Annotated[bool, typer.Option("-f", "--follow", help="Keep printing new lines.")] = False,
          lines: Annotated[int, typer.Option("-n", "--lines", help="How many past lines.")] = 200,
+         raw: Annotated[bool, typer.Option(
+             "--raw", help="Print the output as the functions wrote it, terminal escape sequences included "
+             "(by default they are shown as text, e.g. \\x1b).")] = False,
          mesh: MeshOption = DEFAULT_MESH_URL, token: TokenOption = None, ca: CaOption = None) -> None:
     """A function's stdout and stderr, each line tagged with its replica."""
+    from fmesh.terminal import escape_controls
+
+    shown = (lambda text: text) if raw else escape_controls  # function output must not drive our terminal
     try:
         with client(mesh, token, ca) as mesh_client:
             if not follow:
-                sys.stdout.write(mesh_client.logs(function, lines))
+                sys.stdout.write(shown(mesh_client.logs(function, lines)))
                 return
             for line in mesh_client.follow_logs(function, lines):
-                print(line, flush=True)
+                print(shown(line), flush=True)
     except FmeshError as exc:
         fail(str(exc))
     except KeyboardInterrupt:
@@ -490,8 +514,8 @@ def dead_letters(
     table = Table("id", "subscription", "event", "attempts", "status", "reason", "last error")
     for d in letters:
         attributes = d["event"]["attributes"]
-        table.add_row(str(d["id"]), d["subscription"], f"{attributes['type']} {attributes['id']}",
-                      str(d["attempts"]), str(d["status"] or "-"), d["reason"], (d["error"] or "")[:80])
+        table.add_row(str(d["id"]), d["subscription"], _plain(f"{attributes['type']} {attributes['id']}"),
+                      str(d["attempts"]), str(d["status"] or "-"), _plain(d["reason"]), _plain((d["error"] or "")[:80]))
     console.print(table if letters else "No dead letters.")
 
 

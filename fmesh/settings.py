@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import secrets
 from dataclasses import dataclass
@@ -9,6 +10,7 @@ from pathlib import Path
 
 from fmesh.errors import StartupError
 from fmesh.names import is_name
+from fmesh.permissions import private_dir
 
 DEFAULT_PORT = 8080
 DEFAULT_MESH_URL = f"http://127.0.0.1:{DEFAULT_PORT}"
@@ -30,7 +32,7 @@ def load_or_create_token(data_dir: Path, given: str | None) -> str:
     if path.exists():
         return path.read_text().strip()
     token = secrets.token_urlsafe(32)
-    data_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(data_dir)
     path.touch(mode=0o600)
     path.write_text(token + "\n")
     return token
@@ -52,7 +54,7 @@ def load_or_create_mesh_id(data_dir: Path, given: str | None) -> str:
                                "and '-'): fix or delete the file, or pass --mesh-id")
         return stored
     mesh_id = f"mesh-{secrets.token_hex(4)}"
-    data_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(data_dir)
     path.write_text(mesh_id + "\n")
     return mesh_id
 
@@ -63,6 +65,16 @@ def read_token(data_dir: Path | None = None) -> str | None:
         return os.environ["FMESH_TOKEN"]
     path = token_path(data_dir or default_data_dir())
     return path.read_text().strip() if path.exists() else None
+
+
+def is_loopback(host: str) -> bool:
+    """`localhost` or a loopback address; a host name is not (it may resolve to anything)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 @dataclass
@@ -93,10 +105,17 @@ class NodeSettings:
     min_body_rate: int = 4096             # bytes/s a request body must average once past body_timeout
     keepalive_timeout: float = 5.0        # an idle connection between two requests is closed after it
     max_connections: int | None = None    # default: from the soft fd limit (deploy/connections.py)
+    public_metrics: bool | None = None    # /metrics, /openapi.json, /docs without a token; default: on loopback
 
     @property
     def scheme(self) -> str:
         return "https" if self.tls_cert else "http"
+
+    @property
+    def metrics_public(self) -> bool:
+        """Whether /metrics and the API's docs answer without a token: as --public-metrics
+        says, else only on a loopback address (where only this machine can ask)."""
+        return is_loopback(self.host) if self.public_metrics is None else self.public_metrics
 
     @property
     def store_url(self) -> str:

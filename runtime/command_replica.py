@@ -21,6 +21,7 @@ from fmesh.runtime.sinks.responses import outcome
 from fmesh.bindings.http import write_binary, write_structured
 from fmesh.errors import HandlerError
 from fmesh.events import Event
+from fmesh.permissions import with_user_umask
 
 READY_POLL = 0.02
 
@@ -46,7 +47,8 @@ class CommandReplica(Replica):
         try:
             self._process = await asyncio.create_subprocess_exec(
                 *command, cwd=workdir, env={**env, "PORT": str(self.port)}, stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, start_new_session=True)
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, start_new_session=True,
+                **with_user_umask())
         except OSError as exc:
             raise HandlerError(f"cannot run {command[0]!r} in {workdir}: {exc.strerror}", status=500) from exc
         self.pid = self._process.pid

@@ -15,6 +15,7 @@ from typing import Protocol
 from fmesh.runtime.worker import WorkerSpec
 
 from fmesh.errors import HandlerError
+from fmesh.permissions import with_user_umask
 
 SPAWN_TIMEOUT = 10.0                     # seconds the zygote may take to fork one replica
 OnExit = Callable[[str, str], None]      # (replica id, how it ended)
@@ -57,7 +58,8 @@ class SubprocessLauncher:
         # The spec carries the function's env and secrets: on stdin, never on the command
         # line, which every local user can read (`ps`, /proc/*/cmdline).
         process = await asyncio.create_subprocess_exec(
-            self.python, "-m", "fmesh.runtime.worker", stdin=asyncio.subprocess.PIPE, start_new_session=True)
+            self.python, "-m", "fmesh.runtime.worker", stdin=asyncio.subprocess.PIPE, start_new_session=True,
+            **with_user_umask())
         process.stdin.write(spec.to_json().encode())  # type: ignore[union-attr]
         process.stdin.close()  # type: ignore[union-attr]
         task = asyncio.get_running_loop().create_task(self._wait(spec.replica, process))
@@ -98,7 +100,8 @@ class ZygoteLauncher:
         process = await asyncio.create_subprocess_exec(
             self.python, "-m", "fmesh.runtime.zygote",
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE, start_new_session=True)
+            stderr=asyncio.subprocess.PIPE, start_new_session=True,
+            **with_user_umask())  # the forks' umask: the user's, not the mesh's private one
         ready = await process.stdout.readline()  # type: ignore[union-attr]
         if not ready:
             error = (await process.stderr.read()).decode(errors="replace")  # type: ignore[union-attr]

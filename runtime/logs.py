@@ -70,8 +70,7 @@ class LogStore:
         found: list[str] = []
         for path in (self.path(function), self.path(function).with_suffix(".log.1")):  # newest first
             if len(found) < lines and path.exists():
-                older = path.read_text(encoding="utf-8", errors="replace").splitlines(keepends=True)
-                found = older[-(lines - len(found)):] + found
+                found = _lines(path)[-(lines - len(found)):] + found
         return found
 
     async def follow(self, function: str) -> AsyncIterator[str]:
@@ -98,3 +97,12 @@ class LogStore:
         self._close(function)
         for path in (self.path(function), self.path(function).with_suffix(".log.1")):
             path.unlink(missing_ok=True)
+
+
+
+
+def _lines(path: Path) -> list[str]:
+    r"""The file's lines, each ended by "\n" only: a "\r" a function printed is part of its
+    line (text mode would make it a newline; splitlines would end the line at "\x0b" too)."""
+    with path.open(encoding="utf-8", errors="replace", newline="\n") as f:
+        return list(f)

@@ -33,3 +33,14 @@ def test_send_hands_the_data_dirs_token_only_to_a_mesh_on_this_machine(tmp_path,
     assert _publish_token("https://mesh-eu.example.com", "given") == "given"
     monkeypatch.setenv("FMESH_TOKEN", "from-env")
     assert _publish_token("https://mesh-eu.example.com", None) == "from-env"
+
+
+@pytest.mark.parametrize(("host", "public"), [("127.0.0.1", True), ("::1", True), ("[::1]", True),
+                                              ("localhost", True), ("127.0.0.2", True), ("0.0.0.0", False),
+                                              ("::", False), ("10.0.0.5", False), ("mesh.example.com", False)])
+def test_metrics_and_docs_are_public_by_default_only_on_loopback(tmp_path, host, public):
+    from fmesh.settings import NodeSettings
+
+    assert NodeSettings(data_dir=tmp_path, host=host).metrics_public is public
+    assert NodeSettings(data_dir=tmp_path, host=host, public_metrics=True).metrics_public is True
+    assert NodeSettings(data_dir=tmp_path, host=host, public_metrics=False).metrics_public is False
