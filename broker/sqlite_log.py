@@ -15,6 +15,7 @@ import asyncio
 import fcntl
 import os
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -32,6 +33,7 @@ from fmesh.events import Event, from_record_or_stub, ordering_key, to_record
 CHECKPOINT_EVERY = 1.0  # seconds between background WAL checkpoints
 BUSY_TIMEOUT = 0.5      # seconds to wait for a database another process has locked
 FORGET_CHUNK = 5000     # seen keys deleted per writer turn
+SQLITE_IOERR, SQLITE_FULL = 10, 13  # primary result codes (sqlite3.Error.sqlite_errorcode & 0xff)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS deliveries(
@@ -154,7 +156,10 @@ class SqliteEventLog:
             await asyncio.to_thread(self._checkpointer.stop)
             self._checkpointer = None
         if self._conn is not None:
-            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            try:
+                self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error as exc:  # a full disk: the WAL stays, and the next open replays it
+                print(f"fmesh: event log closed without a checkpoint: {self._store_error(exc)}", file=sys.stderr)
             self._conn.close()
             self._conn = None
         self._disown()
@@ -194,16 +199,23 @@ class SqliteEventLog:
         try:
             self._write(group)
         except BaseException as exc:  # noqa: BLE001 - whoever waits must hear; nobody may wait for ever
+            error = exc if isinstance(exc, StoreError) else self._store_error(exc)
             for _, future in group:
-                _settle(future, None, StoreError(f"event log {self.path}: {exc}"))
+                _settle(future, None, error)
+
+    def _store_error(self, exc: BaseException) -> StoreError:
+        """What the publisher hears (the ingress's 503): a full disk is named as one."""
+        if isinstance(exc, sqlite3.Error) and disk_full(exc, self.path):
+            return StoreError(f"event log {self.path}: disk full, no space left on device ({exc})")
+        return StoreError(f"event log {self.path}: {exc}")
 
     def _write(self, group: list) -> None:
         if self._conn is None:
-            raise StoreError("it is closed")
+            raise StoreError(f"event log {self.path} is closed")
         try:
             self._conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:  # busy (another process holds the database) or broken: all fail
-            raise StoreError(str(exc)) from exc
+            raise self._store_error(exc) from exc
         try:
             results = self._transaction(self._conn, group, begun=True)
         except _OperationFailed:
@@ -237,7 +249,7 @@ class SqliteEventLog:
             return self._transaction(conn, [item])
         except _OperationFailed as failed:
             exc = failed.__cause__
-            error = StoreError(f"event log {self.path}: {exc}") if isinstance(exc, sqlite3.Error) else exc
+            error = self._store_error(exc) if isinstance(exc, sqlite3.Error) else exc
             return [(future, None, error)]
 
     # -- the EventLog operations ----------------------------------------------------------
@@ -416,6 +428,21 @@ def _delivery(row: tuple, subscription: str) -> Delivery:
 def _dead_letter(row: tuple) -> DeadLetter:
     event, _ = from_record_or_stub(row[2], row[3], f"dead letter {row[0]}")
     return DeadLetter(row[0], row[1], event, row[4], row[5], row[6], row[7], row[8])
+
+
+def disk_full(exc: sqlite3.Error, path: Path) -> bool:
+    """SQLITE_FULL; or an I/O error (SQLite says so when growing its -shm file fails) on a
+    filesystem with no room left."""
+    code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+    if code == SQLITE_FULL:
+        return True
+    if code != SQLITE_IOERR:
+        return False
+    try:
+        stat = os.statvfs(path.parent)
+    except OSError:
+        return False
+    return stat.f_bavail * stat.f_frsize < 64 * 1024
 
 
 def own(path: Path) -> int:
