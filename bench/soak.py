@@ -13,7 +13,7 @@ and the same summed over its children (zygote and replicas). At the end, after t
 backlog drained: RSS and fd growth from the end of the first interval (the warm-up) to
 the end of the last, and whether they pass (RSS < 10 %, fds not grown). Prints JSON.
 
-    python bench/soak.py [--duration 300] [--rate 200] [--interval 60]
+    python bench/soak.py [--duration 300] [--rate 50] [--interval 60]
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ from bench.latency import Generator  # noqa: E402
 HANDLERS = ROOT / "bench" / "functions" / "soak" / "handler.py"
 TOKEN = "bench"
 GROWTH_LIMIT_PCT = 10.0
+LOAD_MARGIN = 3.0  # seconds the load runs past the last sample
 
 MANIFEST = """
 functions:
@@ -198,7 +199,8 @@ class Soak:
         with Receiver() as receiver, mesh(self.port, self.folder / "data", log=self.folder / "mesh.log") as process:
             wait_http(self.base + "/healthz")
             self.deploy(receiver)
-            load = Load(self.base + "/", self.rate, self.duration)
+            # The load outlasts the last sample a little, so that every sample is taken under it.
+            load = Load(self.base + "/", self.rate, self.duration + LOAD_MARGIN)
             load.thread.start()
             self.watch(process.pid, load)
             load.thread.join()
@@ -208,16 +210,16 @@ class Soak:
         return self.summary(load, drained, final, status, receiver.count)
 
     def watch(self, pid: int, load: Load) -> None:
-        """One sample per interval until the load ends; each printed as it is taken."""
+        """One sample at the end of each interval of the duration; each printed as it is taken."""
         started = last_time = time.monotonic()
         last_ok, last_delivered = 0, delivered(self.status())
-        while load.thread.is_alive():
-            load.thread.join(max(0.0, started + (len(self.samples) + 1) * self.interval - time.monotonic()))
-            now, (ok, failed), count = time.monotonic(), load.answered, delivered(self.status())
-            seconds = now - last_time
+        for n in range(1, max(1, round(self.duration / self.interval)) + 1):
+            time.sleep(max(0.0, started + n * self.interval - time.monotonic()))
+            now, (ok, failed), status = time.monotonic(), load.answered, self.status()
+            count, seconds = delivered(status), now - last_time
             sample = {"t_s": round(now - started), "accepted_per_s": round((ok - last_ok) / seconds, 1),
                       "rejected": failed, "delivered_per_s": round((count - last_delivered) / seconds, 1),
-                      **footprint(pid), "load_connections": load.generator.connections}
+                      "backlog": pending(status), **footprint(pid), "load_connections": load.generator.connections}
             # The generator opens connections when it has to (and they are the mesh's fds
             # too): what the mesh holds of its own is the rest.
             sample["mesh_fds_own"] = sample["mesh_fds"] - sample["load_connections"]
@@ -234,16 +236,16 @@ class Soak:
         return True
 
     def summary(self, load: Load, drained: bool, final: dict, status: dict, received: int) -> dict:
-        # The first sample ends the warm-up; the last whole one is the end of the steady load.
-        whole = [s for s in self.samples if s["t_s"] >= self.interval * 0.9] or self.samples
-        first, last = whole[0], whole[-1]
+        # The first sample ends the warm-up; the last one is taken while the load still runs.
+        first, last = self.samples[0], self.samples[-1]
         rss_growth = 100 * (last["mesh_rss_mib"] - first["mesh_rss_mib"]) / first["mesh_rss_mib"]
         children_growth = 100 * (last["children_rss_mib"] - first["children_rss_mib"]) / max(
             first["children_rss_mib"], 1e-9)
         fd_growth = last["mesh_fds_own"] - first["mesh_fds_own"]
-        functions = {f["name"]: {k: f[k] for k in ("delivered", "retried", "failed", "dead_lettered", "replies")}
+        functions = {f["name"]: {k: f[k] for k in ("delivered", "retried", "failed", "dead_lettered", "replies",
+                                                   "last_error")}
                      for f in status["functions"]}
-        steady = whole[1:] or whole
+        steady = self.samples[1:] or self.samples
         return {
             "bench": "soak", "rate_per_s": self.rate, "duration_s": self.duration, "interval_s": self.interval,
             "accepted": load.report.get("ok"), "rejected": load.report.get("failed"), "drained": drained,
@@ -266,7 +268,8 @@ class Soak:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--duration", type=float, default=300, help="seconds of load (default 5 minutes)")
-    parser.add_argument("--rate", type=float, default=200, help="events/s, well below capacity (default 200)")
+    parser.add_argument("--rate", type=float, default=50,
+                        help="events/s, well below capacity (default 50: each is 4 deliveries, a reply and a retry)")
     parser.add_argument("--interval", type=float, default=60, help="seconds between samples (default 60)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
