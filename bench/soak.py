@@ -7,13 +7,14 @@ event's first attempt and succeeds on the retry; the subscription `receiver` POS
 every event to an HTTP server in this process. The load is the open-loop fixed-rate
 generator of bench/latency.py, in a thread. Every `--interval` seconds (a minute) it
 prints one JSON line (to stderr): accepted/s and delivered/s (every function's and
-sink's deliveries) in that interval, the mesh process's RSS (VmRSS) and open fds (by
-kind, and without the generator's own connections, which it opens as it needs them),
-and the same summed over its children (zygote and replicas). At the end, after the
-backlog drained: RSS and fd growth from the end of the first interval (the warm-up) to
-the end of the last, and whether they pass (RSS < 10 %, fds not grown). Prints JSON.
+sink's deliveries) in that interval, the backlog, the mesh process's RSS (VmRSS) and open
+fds (all; its clients' connections; its pooled connections to the sink; its own: files,
+pipes, listeners, replica sockets), and RSS and fds summed over its children (zygote and
+replicas). At the end, after the backlog drained: RSS growth from the end of the first
+interval (the warm-up) to the end of the last, growth of the mesh's own fds from the
+warm-up to after the drain, and whether they pass (RSS < 10 %, fds not grown). Prints JSON.
 
-    python bench/soak.py [--duration 300] [--rate 50] [--interval 60]
+    python bench/soak.py [--duration 300] [--rate 30] [--interval 60]
 """
 
 from __future__ import annotations
@@ -138,20 +139,36 @@ def open_fds(pid: int) -> int:
     return len(list(Path(f"/proc/{pid}/fd").iterdir()))
 
 
-def fd_kinds(pid: int) -> dict[str, int]:
-    """Open fds by what they are: sockets come and go with connections, files and pipes should not."""
-    kinds = {"socket": 0, "pipe": 0, "file": 0, "other": 0}
+def tcp_ports(pid: int) -> dict[str, tuple[int, int]]:
+    """Every TCP socket of the process's network namespace: 'socket:[inode]' -> (local, remote) port."""
+    ports = {}
+    for table in ("tcp", "tcp6"):
+        for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            local, remote = (int(address.rsplit(":", 1)[1], 16) for address in fields[1:3])
+            ports[f"socket:[{fields[9]}]"] = (local, remote)
+    return ports
+
+
+def mesh_fds(pid: int, ingress_port: int, sink_port: int) -> dict[str, int]:
+    """The mesh's open fds: connections of ingress clients (the generator opens them as it
+    needs them), connections to the sink (up to the subscription's concurrency, pooled),
+    and the rest, its own: files, pipes, listeners, replica sockets. Those must not grow."""
+    ports = tcp_ports(pid)
+    counts = {"total": 0, "ingress_clients": 0, "sink": 0, "own": 0}
     for fd in Path(f"/proc/{pid}/fd").iterdir():
         try:
             target = os.readlink(fd)
         except FileNotFoundError:
             continue  # closed meanwhile
-        kind = target.split(":", 1)[0] if ":" in target else ("file" if target.startswith("/") else "other")
-        kinds[kind if kind in kinds else "other"] += 1
-    return kinds
+        local, remote = ports.get(target, (0, 0))
+        kind = "ingress_clients" if local == ingress_port and remote else "sink" if remote == sink_port else "own"
+        counts["total"] += 1
+        counts[kind] += 1
+    return counts
 
 
-def footprint(pid: int) -> dict:
+def footprint(pid: int, ingress_port: int, sink_port: int) -> dict:
     """RSS (MiB) and open fds of the mesh process, and of its children summed."""
     children = []
     for child in descendants(pid):
@@ -159,8 +176,7 @@ def footprint(pid: int) -> dict:
             children.append((vm_rss_kib(child), open_fds(child)))
         except (FileNotFoundError, ProcessLookupError):
             pass  # a replica that ended between listing and reading
-    return {"mesh_rss_mib": round(vm_rss_kib(pid) / 1024, 1), "mesh_fds": open_fds(pid),
-            "mesh_fd_kinds": fd_kinds(pid),
+    return {"mesh_rss_mib": round(vm_rss_kib(pid) / 1024, 1), "mesh_fds": mesh_fds(pid, ingress_port, sink_port),
             "children": len(children), "children_rss_mib": round(sum(r for r, _ in children) / 1024, 1),
             "children_fds": sum(f for _, f in children)}
 
@@ -180,6 +196,10 @@ class Soak:
         self.base = f"http://127.0.0.1:{self.port}"
         self.client = httpx.Client(headers={"authorization": f"Bearer {TOKEN}"}, timeout=30)
         self.samples: list[dict] = []
+        self.sink_port = 0
+
+    def footprint(self, pid: int) -> dict:
+        return footprint(pid, self.port, self.sink_port)
 
     def status(self) -> dict:
         return self.client.get(self.base + "/v1/status").json()
@@ -198,6 +218,7 @@ class Soak:
     def run(self) -> dict:
         with Receiver() as receiver, mesh(self.port, self.folder / "data", log=self.folder / "mesh.log") as process:
             wait_http(self.base + "/healthz")
+            self.sink_port = receiver.server.server_address[1]
             self.deploy(receiver)
             # The load outlasts the last sample a little, so that every sample is taken under it.
             load = Load(self.base + "/", self.rate, self.duration + LOAD_MARGIN)
@@ -205,7 +226,7 @@ class Soak:
             self.watch(process.pid, load)
             load.thread.join()
             drained = self.drain()
-            final = footprint(process.pid)
+            final = self.footprint(process.pid)
             status = self.status()
         return self.summary(load, drained, final, status, receiver.count)
 
@@ -219,10 +240,7 @@ class Soak:
             count, seconds = delivered(status), now - last_time
             sample = {"t_s": round(now - started), "accepted_per_s": round((ok - last_ok) / seconds, 1),
                       "rejected": failed, "delivered_per_s": round((count - last_delivered) / seconds, 1),
-                      "backlog": pending(status), **footprint(pid), "load_connections": load.generator.connections}
-            # The generator opens connections when it has to (and they are the mesh's fds
-            # too): what the mesh holds of its own is the rest.
-            sample["mesh_fds_own"] = sample["mesh_fds"] - sample["load_connections"]
+                      "backlog": pending(status), **self.footprint(pid)}
             self.samples.append(sample)
             print(json.dumps(sample), file=sys.stderr, flush=True)
             last_time, last_ok, last_delivered = now, ok, count
@@ -241,7 +259,9 @@ class Soak:
         rss_growth = 100 * (last["mesh_rss_mib"] - first["mesh_rss_mib"]) / first["mesh_rss_mib"]
         children_growth = 100 * (last["children_rss_mib"] - first["children_rss_mib"]) / max(
             first["children_rss_mib"], 1e-9)
-        fd_growth = last["mesh_fds_own"] - first["mesh_fds_own"]
+        # Fds the mesh holds of its own, after the drain (quiet: no connection or delivery
+        # comes or goes) against the end of the warm-up: a leak would be there, jitter is not.
+        fd_growth = final["mesh_fds"]["own"] - first["mesh_fds"]["own"]
         functions = {f["name"]: {k: f[k] for k in ("delivered", "retried", "failed", "dead_lettered", "replies",
                                                    "last_error")}
                      for f in status["functions"]}
@@ -254,8 +274,9 @@ class Soak:
             "received_by_sink": received, "functions": functions,
             "mesh_rss_mib": [s["mesh_rss_mib"] for s in self.samples],
             "children_rss_mib": [s["children_rss_mib"] for s in self.samples],
-            "mesh_fds": [s["mesh_fds"] for s in self.samples],
-            "mesh_fds_own": [s["mesh_fds_own"] for s in self.samples],
+            "mesh_fds": [s["mesh_fds"]["total"] for s in self.samples],
+            "mesh_fds_own": [s["mesh_fds"]["own"] for s in self.samples],
+            "mesh_fds_sink": [s["mesh_fds"]["sink"] for s in self.samples],
             "children_fds": [s["children_fds"] for s in self.samples],
             "after_drain": final,
             "mesh_rss_growth_pct": round(rss_growth, 2), "children_rss_growth_pct": round(children_growth, 2),
@@ -268,8 +289,8 @@ class Soak:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--duration", type=float, default=300, help="seconds of load (default 5 minutes)")
-    parser.add_argument("--rate", type=float, default=50,
-                        help="events/s, well below capacity (default 50: each is 4 deliveries, a reply and a retry)")
+    parser.add_argument("--rate", type=float, default=30,
+                        help="events/s, well below capacity (default 30: each is 4 deliveries, a reply and a retry)")
     parser.add_argument("--interval", type=float, default=60, help="seconds between samples (default 60)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
