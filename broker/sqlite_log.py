@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import os
+import resource
 import sqlite3
 import sys
 import threading
@@ -207,6 +208,9 @@ class SqliteEventLog:
         """What the publisher hears (the ingress's 503): a full disk is named as one."""
         if isinstance(exc, sqlite3.Error) and disk_full(exc, self.path):
             return StoreError(f"event log {self.path}: disk full, no space left on device ({exc})")
+        if isinstance(exc, sqlite3.Error) and (limit := file_size_limit_reached(exc, self.path)):
+            return StoreError(f"event log {self.path}: file size limit of {limit} bytes reached "
+                              f"(RLIMIT_FSIZE, `ulimit -f`) ({exc})")
         return StoreError(f"event log {self.path}: {exc}")
 
     def _write(self, group: list) -> None:
@@ -443,6 +447,23 @@ def disk_full(exc: sqlite3.Error, path: Path) -> bool:
     except OSError:
         return False
     return stat.f_bavail * stat.f_frsize < 64 * 1024
+
+
+def file_size_limit_reached(exc: sqlite3.Error, path: Path) -> int | None:
+    """The process's file size limit, when an I/O error came from a file of the log at it
+    (the write failed with EFBIG; Python ignores the SIGXFSZ that would otherwise kill it)."""
+    if getattr(exc, "sqlite_errorcode", 0) & 0xFF != SQLITE_IOERR:
+        return None
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    if limit == resource.RLIM_INFINITY:
+        return None
+    for file in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        try:
+            if file.stat().st_size + 65536 > limit:
+                return limit
+        except OSError:
+            continue
+    return None
 
 
 def own(path: Path) -> int:

@@ -4,10 +4,12 @@ dead letters, heartbeats, function logs) outlives the failed writes, and it take
 again once there is space.
 
 The data dir is a 4 MiB tmpfs mounted for the test (tests/small_disk.py); where mounting
-is not allowed the test is skipped with the reason."""
+is not allowed that test is skipped with the reason, and the file-size-limit test, which
+needs no mount, still runs."""
 
 from __future__ import annotations
 
+import resource
 import time
 import uuid
 from pathlib import Path
@@ -21,6 +23,7 @@ PAYLOAD = b"x" * 4096
 
 HANDLERS = '''
 import os
+import resource
 import time
 
 def keep(event):
@@ -146,3 +149,40 @@ def test_a_full_disk_is_a_503_that_loses_nothing_and_the_mesh_takes_events_again
     wait_for(lambda: heartbeat_age(mesh) < 5, 15, message="the heartbeat to beat again")
     assert mesh.process.poll() is None
     assert "Traceback" not in mesh.log() and "never retrieved" not in mesh.log(), mesh.log()
+
+
+@pytest.fixture
+def limited_mesh(mesh_factory):
+    mesh = mesh_factory().start(wait=False)
+    wait_for(mesh.healthy, 60, message=f"mesh on {mesh.url} to start")
+    return mesh
+
+
+def test_a_file_size_limit_is_a_503_naming_it_not_a_dead_mesh(limited_mesh, tmp_path):
+    """The other way writes fail for want of room, and one that needs no mount: RLIMIT_FSIZE
+    (`ulimit -f`, systemd's LimitFSIZE). Its SIGXFSZ would kill a process that did not ignore
+    it (Python does); the writes fail with EFBIG, the ingress answers 503 naming the limit,
+    and takes events again once the limit is raised. Nothing accepted is lost."""
+    mesh, out = limited_mesh, tmp_path / "delivered.txt"
+    deploy(mesh, tmp_path, out)
+    db = mesh.data_dir / "mesh.db"
+    limit = max(db.stat().st_size, Path(f"{db}-wal").stat().st_size) + 65536
+    resource.prlimit(mesh.process.pid, resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+    kept, refusals = [], []
+    for _ in range(400):  # they pile up (each handler sleeps), so the files must grow
+        status, event_id, body = publish(mesh, sleep=5)
+        assert status in (202, 503) and mesh.process.poll() is None, (status, body, mesh.log())
+        if status == 202:
+            kept.append(event_id)
+        else:
+            refusals.append(body["error"])
+            if len(refusals) >= 3:
+                break
+    assert len(refusals) >= 3, "the file size limit was never reached"
+    assert all("file size limit" in error for error in refusals), refusals
+    resource.prlimit(mesh.process.pid, resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+    status, event_id, _ = publish(mesh)
+    assert status == 202
+    kept.append(event_id)
+    wait_for(lambda: set(kept) <= delivered(out), 120, message="every accepted event delivered")
+    assert mesh.process.poll() is None
