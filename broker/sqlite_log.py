@@ -34,6 +34,7 @@ from fmesh.events import Event, from_record_or_stub, ordering_key, to_record
 CHECKPOINT_EVERY = 1.0  # seconds between background WAL checkpoints
 BUSY_TIMEOUT = 0.5      # seconds to wait for a database another process has locked
 FORGET_CHUNK = 5000     # seen keys deleted per writer turn
+WAL_LIMIT = 16 * 1024 * 1024  # bytes of WAL past which the checkpointer truncates it (see Checkpointer)
 SQLITE_IOERR, SQLITE_FULL = 10, 13  # primary result codes (sqlite3.Error.sqlite_errorcode & 0xff)
 
 SCHEMA = """
@@ -480,21 +481,31 @@ def own(path: Path) -> int:
 
 class Checkpointer(threading.Thread):
     """Copies the WAL back into the database file now and then, on its own connection, so
-    the event loop never waits for the fsync a checkpoint does."""
+    the event loop never waits for the fsync a checkpoint does.
+
+    That checkpoint (PASSIVE) never blocks the writer, and so under steady writes it has
+    never copied all of the WAL when a transaction begins: SQLite then never starts the
+    WAL over, and it grows until the disk is full. Past WAL_LIMIT it is truncated (a
+    TRUNCATE checkpoint, which holds off the writer for as long as it takes to copy what
+    the PASSIVE one just left, mostly nothing, and to truncate the file)."""
 
     def __init__(self, path: Path) -> None:
         super().__init__(name="fmesh-checkpoint", daemon=True)
         self.path = path
+        self.wal = Path(f"{path}-wal")
         self._stopping = threading.Event()
 
     def run(self) -> None:
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        # Waits for the writer as long as the writer waits for it (BUSY_TIMEOUT): neither may stall long.
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT)
         try:
             while not self._stopping.wait(CHECKPOINT_EVERY):
                 try:
-                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
-                except sqlite3.Error:
-                    pass  # busy or locked: the next round will do it
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                    if self.wal.stat().st_size > WAL_LIMIT:
+                        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+                except (sqlite3.Error, OSError):
+                    pass  # busy, locked, no WAL yet, or a full disk: the next round will do it
         finally:
             conn.close()
 
