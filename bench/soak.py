@@ -9,10 +9,11 @@ generator of bench/latency.py, in a thread. Every `--interval` seconds (a minute
 prints one JSON line (to stderr): accepted/s and delivered/s (every function's and
 sink's deliveries) in that interval, the backlog, the mesh process's RSS (VmRSS) and open
 fds (all; its clients' connections; its pooled connections to the sink; its own: files,
-pipes, listeners, replica sockets), and RSS and fds summed over its children (zygote and
-replicas). At the end, after the backlog drained: RSS growth from the end of the first
-interval (the warm-up) to the end of the last, growth of the mesh's own fds from the
-warm-up to after the drain, and whether they pass (RSS < 10 %, fds not grown). Prints JSON.
+pipes, listeners, replica sockets), RSS and fds summed over its children (zygote and
+replicas), and the sizes of the event log's database and WAL. At the end, after the
+backlog drained: RSS growth from the end of the first interval (the warm-up) to the end
+of the last, growth of the mesh's own fds from the warm-up to after the drain, and
+whether they pass (RSS < 10 %, fds not grown). Prints JSON.
 
     python bench/soak.py [--duration 300] [--rate 30] [--interval 60]
 """
@@ -201,6 +202,13 @@ class Soak:
     def footprint(self, pid: int) -> dict:
         return footprint(pid, self.port, self.sink_port)
 
+    def disk(self) -> dict:
+        """The event log's files, MiB: the WAL must not grow for ever (it did, until bounded)."""
+        db = self.folder / "data" / "mesh.db"
+        sizes = {name: (Path(f"{db}{suffix}").stat().st_size if Path(f"{db}{suffix}").exists() else 0)
+                 for name, suffix in (("db_mib", ""), ("wal_mib", "-wal"))}
+        return {name: round(size / 2**20, 1) for name, size in sizes.items()}
+
     def status(self) -> dict:
         return self.client.get(self.base + "/v1/status").json()
 
@@ -240,7 +248,7 @@ class Soak:
             count, seconds = delivered(status), now - last_time
             sample = {"t_s": round(now - started), "accepted_per_s": round((ok - last_ok) / seconds, 1),
                       "rejected": failed, "delivered_per_s": round((count - last_delivered) / seconds, 1),
-                      "backlog": pending(status), **self.footprint(pid)}
+                      "backlog": pending(status), **self.footprint(pid), **self.disk()}
             self.samples.append(sample)
             print(json.dumps(sample), file=sys.stderr, flush=True)
             last_time, last_ok, last_delivered = now, ok, count
@@ -278,6 +286,7 @@ class Soak:
             "mesh_fds_own": [s["mesh_fds"]["own"] for s in self.samples],
             "mesh_fds_sink": [s["mesh_fds"]["sink"] for s in self.samples],
             "children_fds": [s["children_fds"] for s in self.samples],
+            "wal_mib": [s["wal_mib"] for s in self.samples], "db_mib": [s["db_mib"] for s in self.samples],
             "after_drain": final,
             "mesh_rss_growth_pct": round(rss_growth, 2), "children_rss_growth_pct": round(children_growth, 2),
             "mesh_fd_growth": fd_growth,
