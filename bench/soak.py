@@ -151,17 +151,27 @@ def tcp_ports(pid: int) -> dict[str, tuple[int, int]]:
     return ports
 
 
+def unix_sockets(pid: int) -> set[str]:
+    return {f"socket:[{line.split()[6]}]" for line in Path(f"/proc/{pid}/net/unix").read_text().splitlines()[1:]}
+
+
 def mesh_fds(pid: int, ingress_port: int, sink_port: int) -> dict[str, int]:
     """The mesh's open fds: connections of ingress clients (the generator opens them as it
     needs them), connections to the sink (up to the subscription's concurrency, pooled),
     and the rest, its own: files, pipes, listeners, replica sockets. Those must not grow."""
-    ports = tcp_ports(pid)
-    counts = {"total": 0, "ingress_clients": 0, "sink": 0, "own": 0}
+    targets = []
     for fd in Path(f"/proc/{pid}/fd").iterdir():
         try:
-            target = os.readlink(fd)
+            targets.append(os.readlink(fd))
         except FileNotFoundError:
             continue  # closed meanwhile
+    ports, unix = tcp_ports(pid), unix_sockets(pid)
+    for _ in range(3):  # /proc/net/tcp is read a page at a time: under churn a read misses some
+        if all(t in ports or t in unix for t in targets if t.startswith("socket:")):
+            break
+        ports.update(tcp_ports(pid))
+    counts = {"total": 0, "ingress_clients": 0, "sink": 0, "own": 0}
+    for target in targets:
         local, remote = ports.get(target, (0, 0))
         kind = "ingress_clients" if local == ingress_port and remote else "sink" if remote == sink_port else "own"
         counts["total"] += 1
