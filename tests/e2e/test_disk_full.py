@@ -153,9 +153,12 @@ def test_a_full_disk_is_a_503_that_loses_nothing_and_the_mesh_takes_events_again
 
 @pytest.fixture
 def limited_mesh(mesh_factory):
+    """A mesh whose file size limit the test may lower; raised again before it is stopped."""
     mesh = mesh_factory().start(wait=False)
     wait_for(mesh.healthy, 60, message=f"mesh on {mesh.url} to start")
-    return mesh
+    yield mesh
+    if mesh.process.poll() is None:
+        resource.prlimit(mesh.process.pid, resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
 
 
 def test_a_file_size_limit_is_a_503_naming_it_not_a_dead_mesh(limited_mesh, tmp_path):
