@@ -14,7 +14,9 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import os
+import resource
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -32,6 +34,8 @@ from fmesh.events import Event, from_record_or_stub, ordering_key, to_record
 CHECKPOINT_EVERY = 1.0  # seconds between background WAL checkpoints
 BUSY_TIMEOUT = 0.5      # seconds to wait for a database another process has locked
 FORGET_CHUNK = 5000     # seen keys deleted per writer turn
+WAL_LIMIT = 16 * 1024 * 1024  # bytes of WAL past which the checkpointer truncates it (see Checkpointer)
+SQLITE_IOERR, SQLITE_FULL = 10, 13  # primary result codes (sqlite3.Error.sqlite_errorcode & 0xff)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS deliveries(
@@ -154,7 +158,10 @@ class SqliteEventLog:
             await asyncio.to_thread(self._checkpointer.stop)
             self._checkpointer = None
         if self._conn is not None:
-            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            try:
+                self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error as exc:  # a full disk: the WAL stays, and the next open replays it
+                print(f"fmesh: event log closed without a checkpoint: {self._store_error(exc)}", file=sys.stderr)
             self._conn.close()
             self._conn = None
         self._disown()
@@ -194,16 +201,26 @@ class SqliteEventLog:
         try:
             self._write(group)
         except BaseException as exc:  # noqa: BLE001 - whoever waits must hear; nobody may wait for ever
+            error = exc if isinstance(exc, StoreError) else self._store_error(exc)
             for _, future in group:
-                _settle(future, None, StoreError(f"event log {self.path}: {exc}"))
+                _settle(future, None, error)
+
+    def _store_error(self, exc: BaseException) -> StoreError:
+        """What the publisher hears (the ingress's 503): a full disk is named as one."""
+        if isinstance(exc, sqlite3.Error) and disk_full(exc, self.path):
+            return StoreError(f"event log {self.path}: disk full, no space left on device ({exc})")
+        if isinstance(exc, sqlite3.Error) and (limit := file_size_limit_reached(exc, self.path)):
+            return StoreError(f"event log {self.path}: file size limit of {limit} bytes reached "
+                              f"(RLIMIT_FSIZE, `ulimit -f`) ({exc})")
+        return StoreError(f"event log {self.path}: {exc}")
 
     def _write(self, group: list) -> None:
         if self._conn is None:
-            raise StoreError("it is closed")
+            raise StoreError(f"event log {self.path} is closed")
         try:
             self._conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:  # busy (another process holds the database) or broken: all fail
-            raise StoreError(str(exc)) from exc
+            raise self._store_error(exc) from exc
         try:
             results = self._transaction(self._conn, group, begun=True)
         except _OperationFailed:
@@ -237,7 +254,7 @@ class SqliteEventLog:
             return self._transaction(conn, [item])
         except _OperationFailed as failed:
             exc = failed.__cause__
-            error = StoreError(f"event log {self.path}: {exc}") if isinstance(exc, sqlite3.Error) else exc
+            error = self._store_error(exc) if isinstance(exc, sqlite3.Error) else exc
             return [(future, None, error)]
 
     # -- the EventLog operations ----------------------------------------------------------
@@ -418,6 +435,38 @@ def _dead_letter(row: tuple) -> DeadLetter:
     return DeadLetter(row[0], row[1], event, row[4], row[5], row[6], row[7], row[8])
 
 
+def disk_full(exc: sqlite3.Error, path: Path) -> bool:
+    """SQLITE_FULL; or an I/O error (SQLite says so when growing its -shm file fails) on a
+    filesystem with no room left."""
+    code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+    if code == SQLITE_FULL:
+        return True
+    if code != SQLITE_IOERR:
+        return False
+    try:
+        stat = os.statvfs(path.parent)
+    except OSError:
+        return False
+    return stat.f_bavail * stat.f_frsize < 64 * 1024
+
+
+def file_size_limit_reached(exc: sqlite3.Error, path: Path) -> int | None:
+    """The process's file size limit, when an I/O error came from a file of the log at it
+    (the write failed with EFBIG; Python ignores the SIGXFSZ that would otherwise kill it)."""
+    if getattr(exc, "sqlite_errorcode", 0) & 0xFF != SQLITE_IOERR:
+        return None
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    if limit == resource.RLIM_INFINITY:
+        return None
+    for file in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        try:
+            if file.stat().st_size + 65536 > limit:
+                return limit
+        except OSError:
+            continue
+    return None
+
+
 def own(path: Path) -> int:
     """Lock `<path>.lock` for this process: two meshes on one event log would hand out each
     other's deliveries (each resets claims when it opens)."""
@@ -432,21 +481,31 @@ def own(path: Path) -> int:
 
 class Checkpointer(threading.Thread):
     """Copies the WAL back into the database file now and then, on its own connection, so
-    the event loop never waits for the fsync a checkpoint does."""
+    the event loop never waits for the fsync a checkpoint does.
+
+    That checkpoint (PASSIVE) never blocks the writer, and so under steady writes it has
+    never copied all of the WAL when a transaction begins: SQLite then never starts the
+    WAL over, and it grows until the disk is full. Past WAL_LIMIT it is truncated (a
+    TRUNCATE checkpoint, which holds off the writer for as long as it takes to copy what
+    the PASSIVE one just left, mostly nothing, and to truncate the file)."""
 
     def __init__(self, path: Path) -> None:
         super().__init__(name="fmesh-checkpoint", daemon=True)
         self.path = path
+        self.wal = Path(f"{path}-wal")
         self._stopping = threading.Event()
 
     def run(self) -> None:
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        # Waits for the writer as long as the writer waits for it (BUSY_TIMEOUT): neither may stall long.
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT)
         try:
             while not self._stopping.wait(CHECKPOINT_EVERY):
                 try:
-                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
-                except sqlite3.Error:
-                    pass  # busy or locked: the next round will do it
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                    if self.wal.stat().st_size > WAL_LIMIT:
+                        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+                except (sqlite3.Error, OSError):
+                    pass  # busy, locked, no WAL yet, or a full disk: the next round will do it
         finally:
             conn.close()
 

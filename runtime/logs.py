@@ -8,6 +8,7 @@ and live followers for `fmesh logs -f`. fmesh's own notes about a function's rep
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -28,23 +29,50 @@ class LogStore:
         self._followers: dict[str, set[asyncio.Queue[str | None]]] = {}
         self._ended = False  # the mesh is stopping: no follower waits for lines any more
         self._files: dict[str, TextIO] = {}
+        self._dropping: dict[str, int] = {}     # lines not written since the last that was, per function
+        self._why_dropped: dict[str, str] = {}
+        self.dropped = 0                        # lines never written to a file (the disk was full)
         directory.mkdir(parents=True, exist_ok=True)
 
     def path(self, function: str) -> Path:
         return self.directory / f"{function}.log"
 
     def write(self, function: str, tag: str, stream: str, text: str) -> None:
-        """Record one line (without its newline) from `tag` on `stream`."""
+        """Record one line (without its newline) from `tag` on `stream`. Never raises: a
+        line the disk will not take (it is full) is dropped, and counted in the file once
+        writing works again; followers get it all the same."""
         line = f"{timestamp()} {tag} {stream}: {text}\n"
-        f = self._file(function)
-        f.write(line)
-        f.flush()
-        if f.tell() > self.max_bytes:
-            self._close(function)
-            self.path(function).replace(self.path(function).with_suffix(".log.1"))
+        try:
+            self._append(function, line)
+        except OSError as exc:
+            self._dropped_line(function, exc)
         for queue in self._followers.get(function, ()):
             if not queue.full():  # a follower too slow to keep up misses lines, never blocks us
                 queue.put_nowait(line)
+
+    def _append(self, function: str, line: str) -> None:
+        f = self._file(function)
+        if self._dropping.get(function):
+            f.write(f"{timestamp()} fmesh info: {self._dropping[function]} log lines were not written "
+                    f"({self._why_dropped[function]})\n")
+        f.write(line)
+        f.flush()
+        self._dropping.pop(function, None)
+        if f.tell() > self.max_bytes:
+            self._close(function)
+            self.path(function).replace(self.path(function).with_suffix(".log.1"))
+
+    def _dropped_line(self, function: str, exc: OSError) -> None:
+        try:
+            self._close(function)  # what is buffered is lost with the line; the file opens again next time
+        except OSError:
+            pass  # its fd is closed even so
+        if not self._dropping.get(function):
+            print(f"fmesh: cannot write the log of {function} ({exc}): dropping its lines until it can",
+                  file=sys.stderr)
+        self._dropping[function] = self._dropping.get(function, 0) + 1
+        self._why_dropped[function] = exc.strerror or str(exc)
+        self.dropped += 1
 
     def _file(self, function: str) -> TextIO:
         f = self._files.get(function)

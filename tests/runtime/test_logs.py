@@ -35,3 +35,22 @@ async def test_a_full_follower_still_hears_the_end(tmp_path):
     lines = [line async for line in following]
     assert 9_000 < len(lines) < 10_000
     store.close()
+
+
+def test_a_log_write_that_fails_drops_the_line_and_the_store_keeps_going(tmp_path, capfd):
+    """A full disk (here /dev/full, which refuses every write with ENOSPC) must not raise
+    into the reader of a replica's output: that reader would die, and the replica's next
+    print with it. The lines are dropped, said once, and counted when writing works again."""
+    store = LogStore(tmp_path)
+    store.path("a").symlink_to("/dev/full")
+    for n in range(3):
+        store.write("a", "r1", "stdout", f"lost {n}")
+    store.note("a", "replica r1 started")
+    assert store.dropped == 4
+    store.path("a").unlink()  # space again
+    store.write("a", "r1", "stdout", "kept")
+    lines = store.tail("a")
+    assert "4 log lines were not written" in lines[0] and "No space left on device" in lines[0]
+    assert lines[1].endswith("r1 stdout: kept\n") and len(lines) == 2
+    assert capfd.readouterr().err.count("cannot write the log of a") == 1
+    store.close()
