@@ -206,13 +206,14 @@ class SqliteEventLog:
                 _settle(future, None, error)
 
     def _store_error(self, exc: BaseException) -> StoreError:
-        """What the publisher hears (the ingress's 503): a full disk is named as one."""
+        """What the publisher hears (the ingress's 503): a full disk is named as one. Not the
+        path: a publisher has no business knowing the server's files."""
         if isinstance(exc, sqlite3.Error) and disk_full(exc, self.path):
-            return StoreError(f"event log {self.path}: disk full, no space left on device ({exc})")
+            return StoreError(f"disk full, no space left on device for the event log ({exc})")
         if isinstance(exc, sqlite3.Error) and (limit := file_size_limit_reached(exc, self.path)):
-            return StoreError(f"event log {self.path}: file size limit of {limit} bytes reached "
+            return StoreError(f"the event log reached the file size limit of {limit} bytes "
                               f"(RLIMIT_FSIZE, `ulimit -f`) ({exc})")
-        return StoreError(f"event log {self.path}: {exc}")
+        return StoreError(f"the event log failed: {exc}")
 
     def _write(self, group: list) -> None:
         if self._conn is None:

@@ -54,6 +54,7 @@ async def test_a_full_disk_fails_each_publisher_of_the_batch_with_a_store_error_
     assert all(isinstance(result, StoreError) for result in batch), batch
     for error in (first, *batch):
         assert "disk full" in str(error) and "no space left on device" in str(error), error
+        assert str(log.path) not in str(error), "a publisher is not told the server's paths"
     assert not log._conn.in_transaction, "a failed transaction is rolled back"
     assert await log.pending("sub") == stored >= 10, "what was stored before stays"
 
