@@ -11,6 +11,8 @@ protocol class here (uvicorn's own, httptools or h11, with a few hooks) adds:
   plain close when the client has sent nothing at all;
 - a body timeout: a request body may pause at most that long, and once that long
   has passed it must have arrived at `min_body_rate` bytes/s on average: 408 and close;
+- a header size cap: headers still arriving past `max_header_bytes` get 431 and a close,
+  before a 64 MiB header is buffered whole (the node checks complete ones the same way);
 - a connection cap: past it, a new connection takes the place of the connection idle
   the longest (one waiting for request headers, or between two requests), as nginx
   reuses its idle connections; when none is idle, the new one gets 503 and is closed.
@@ -21,6 +23,7 @@ protocol class here (uvicorn's own, httptools or h11, with a few hooks) adds:
 from __future__ import annotations
 
 import asyncio
+import json
 import resource
 import time
 from collections import OrderedDict
@@ -33,7 +36,16 @@ HEADERS_TIMED_OUT = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain;
                      b"content-length: 29\r\nconnection: close\r\n\r\nthe request headers were late")
 BODY_TIMED_OUT = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
                   b"content-length: 29\r\nconnection: close\r\n\r\nthe request body came too slow")
+REQUEST_LINE_ALLOWANCE = 8192  # the request line (method, URL) on top of the header section
+DRAIN_SECONDS = 2.0  # how long a refused client's remaining bytes are read and dropped
 MAX_CONNECTIONS = 10_000  # a default past which one process only spends memory on idle sockets
+
+
+def headers_too_large(limit: int) -> bytes:
+    """431 in the JSON the node answers for complete headers past the limit."""
+    body = json.dumps({"error": f"request headers are over the limit of {limit} bytes"}).encode()
+    return (b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
+            b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body))
 
 
 def default_max_connections(soft_fd_limit: int | None = None) -> int:
@@ -54,6 +66,7 @@ class ClientLimits:
     body_timeout: float = 10.0
     min_body_rate: int = 4096
     max_connections: int = MAX_CONNECTIONS
+    max_header_bytes: int = 64 * 1024
     idle: OrderedDict[Any, None] = field(default_factory=OrderedDict)
 
     def protocol(self, http: str = "auto") -> type[asyncio.Protocol]:
@@ -98,6 +111,8 @@ class LimitedConnection:
         super().connection_lost(exc)  # type: ignore[misc]
 
     def data_received(self, data: bytes) -> None:
+        if self.phase == "draining":
+            return  # refused: what the client still sends is read and dropped until it hears
         if self.phase == "idle":
             self.enter("headers")
         before = self.cycle
@@ -108,10 +123,16 @@ class LimitedConnection:
         super().data_received(data)  # type: ignore[misc]
         if self.transport.get_protocol() is not self:  # upgraded to a WebSocket: no longer ours
             self.leave()
+        elif self.phase == "headers" and self.cycle is before and self.headers_too_large():
+            self.refuse_while_sending(headers_too_large(self.limits.max_header_bytes))
         elif self.cycle is not before and self.cycle is not None:
             self.enter("body" if self.cycle.more_body else "app")
         elif self.phase == "body" and not self.cycle.more_body:
             self.enter("app")
+
+    def headers_too_large(self) -> bool:
+        """Headers not done yet, and already past the limit: refused before they are all buffered."""
+        return self.phase_bytes > self.limits.max_header_bytes + REQUEST_LINE_ALLOWANCE
 
     def on_response_complete(self) -> None:
         super().on_response_complete()  # type: ignore[misc]
@@ -172,6 +193,16 @@ class LimitedConnection:
             self.cycle.disconnected = True  # the app's receive() gets http.disconnect, its send() is dropped
             self.cycle.message_event.set()
             self.close_with(None if started else BODY_TIMED_OUT)
+
+    def refuse_while_sending(self, answer: bytes) -> None:
+        """Answer a client that is still sending, and close a little later: closing with its
+        bytes unread would reset the connection, and the client would never see the answer."""
+        self.leave()
+        self.phase = "draining"
+        self.transport.write(answer)
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self.timer = asyncio.get_running_loop().call_later(DRAIN_SECONDS, self.transport.close)
 
     def close_with(self, answer: bytes | None) -> None:
         self.leave()

@@ -101,7 +101,7 @@ async def serve(settings: NodeSettings, manifest: Path | None, sockets: list[soc
 def client_limits(settings: NodeSettings) -> ClientLimits:
     """What a slow or idle client may hold (header, body and keep-alive time, a connection)."""
     return ClientLimits(header_timeout=settings.header_timeout, body_timeout=settings.body_timeout,
-                        min_body_rate=settings.min_body_rate,
+                        min_body_rate=settings.min_body_rate, max_header_bytes=settings.max_header_bytes,
                         max_connections=settings.max_connections or default_max_connections())
 
 
