@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 from fmesh.broker.memory_state import MemoryBlobs
 from fmesh.deploy.bundle import BundleLimits, BundleStore, digest_of, pack
+from support import tar_gz
 
 
 def make_folder(root):
@@ -58,25 +59,11 @@ async def test_a_tampered_archive_in_the_store_is_refused(tmp_path):
     assert not BundleStore(tmp_path / "node2", shared).has(digest)
 
 
-def archive(members: dict[str, bytes]) -> bytes:
-    import gzip
-    import io
-    import tarfile
-
-    raw = io.BytesIO()
-    with tarfile.open(fileobj=raw, mode="w") as tar:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return gzip.compress(raw.getvalue())
-
-
 async def test_a_blob_smuggling_a_compiled_handler_beside_the_real_one_is_refused(tmp_path):
     source = make_folder(tmp_path / "src")
     (source / "__pycache__").rename(tmp_path / "cache-out-of-the-way")
     digest, _, _ = pack(source)
-    smuggled = archive({"handler.py": b"def handle(e): pass\n", "pkg/util.py": b"X = 1\n",
+    smuggled = tar_gz({"handler.py": b"def handle(e): pass\n", "pkg/util.py": b"X = 1\n",
                         "__pycache__/handler.cpython-311.pyc": b"evil bytecode"})
     shared = MemoryBlobs()
     await shared.put(digest, smuggled)  # same digest as the real code: pack skips __pycache__
@@ -86,7 +73,7 @@ async def test_a_blob_smuggling_a_compiled_handler_beside_the_real_one_is_refuse
 
 
 async def test_a_bundle_that_unpacks_past_the_limit_is_refused_while_unpacking(tmp_path):
-    bomb = archive({f"f{i}.txt": b"\0" * 400_000 for i in range(5)})  # 2 MB from a few KB
+    bomb = tar_gz({f"f{i}.txt": b"\0" * 400_000 for i in range(5)})  # 2 MB from a few KB
     store = BundleStore(tmp_path / "bundles", MemoryBlobs(), BundleLimits(max_unpacked_bytes=1_000_000))
     with pytest.raises(ValueError, match="unpacks to more than 1000000 bytes"):
         await store.put("a" * 64, bomb)
@@ -96,7 +83,7 @@ async def test_a_bundle_that_unpacks_past_the_limit_is_refused_while_unpacking(t
 
 
 async def test_a_bundle_with_too_many_files_is_refused_and_leaves_nothing(tmp_path):
-    many = archive({f"f{i}.txt": b"x" for i in range(30)})
+    many = tar_gz({f"f{i}.txt": b"x" for i in range(30)})
     store = BundleStore(tmp_path / "bundles", MemoryBlobs(), BundleLimits(max_files=20))
     with pytest.raises(ValueError, match="more than 20 files"):
         await store.put("a" * 64, many)

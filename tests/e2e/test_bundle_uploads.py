@@ -3,26 +3,14 @@ what is not a bundle, nothing left behind, memory bounded, and the ingress servi
 
 from __future__ import annotations
 
-import gzip
-import io
 import socket
-import tarfile
 import threading
 import time
 
 import httpx
+from support import tar_gz
 
 DIGEST = "ab" * 32
-
-
-def archive(files: dict[str, bytes]) -> bytes:
-    raw = io.BytesIO()
-    with tarfile.open(fileobj=raw, mode="w") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return gzip.compress(raw.getvalue(), compresslevel=9)
 
 
 def rss_kib(pid: int) -> int:
@@ -47,12 +35,12 @@ def leftovers(mesh) -> list[str]:
 
 
 def test_what_is_not_a_bundle_is_a_400_with_the_reason_and_leaves_nothing(mesh):
-    good = archive({"handler.py": b"def handle(e): pass\n"})
+    good = tar_gz({"handler.py": b"def handle(e): pass\n"})
     cases = {
         b"not gzip at all": "not a readable bundle",
         good[: len(good) // 2]: "not a readable bundle",
-        archive({"__pycache__/x.pyc": b"evil"}): "is not one fmesh packs",
-        archive({"../escape.py": b"x"}): "not a readable bundle",
+        tar_gz({"__pycache__/x.pyc": b"evil"}): "is not one fmesh packs",
+        tar_gz({"../escape.py": b"x"}): "not a readable bundle",
         good: "does not match its digest",
     }
     for data, reason in cases.items():
@@ -64,7 +52,7 @@ def test_what_is_not_a_bundle_is_a_400_with_the_reason_and_leaves_nothing(mesh):
 
 def test_a_small_upload_that_unpacks_past_the_cap_is_refused_without_memory_or_a_stalled_ingress(mesh_factory):
     mesh = mesh_factory(extra=["--max-bundle-bytes", str(48 * 1024 * 1024)]).start()
-    bomb = archive({f"f{i:03}.bin": bytes(1024 * 1024) for i in range(64)})  # 64 MiB from ~64 KB
+    bomb = tar_gz({f"f{i:03}.bin": bytes(1024 * 1024) for i in range(64)})  # 64 MiB from ~64 KB
     assert len(bomb) < 256 * 1024
     before = rss_kib(mesh_pid(mesh))
     done: list[tuple[float, int]] = []
