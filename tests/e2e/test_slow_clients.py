@@ -150,7 +150,7 @@ def test_idle_connections_that_send_nothing_are_closed_within_the_header_timeout
 def test_a_body_that_stalls_after_ten_bytes_gets_408(short):
     mesh = short
     started = time.monotonic()
-    attack = Attack(mesh.port, 1, first=stalled_body_request(1024 * 1024, b'{"n": 1234'))
+    attack = Attack(mesh.port, 1, first=stalled_body_request(1_000_000, b'{"n": 1234'))
     try:
         serve_normal_client(mesh.url, 5)
         wait_for(attack.all_closed, 6, message="the mesh to close the stalled body's connection")
@@ -163,7 +163,7 @@ def test_a_body_that_stalls_after_ten_bytes_gets_408(short):
 
 def test_many_stalled_large_bodies_get_408_while_normal_clients_are_served(short):
     mesh = short
-    attack = Attack(mesh.port, 100, first=stalled_body_request(1024 * 1024, b"x" * (256 * 1024)))
+    attack = Attack(mesh.port, 100, first=stalled_body_request(1_000_000, b"x" * (256 * 1024)))
     try:
         latencies = serve_normal_client(mesh.url)
         wait_for(attack.all_closed, 8, message=f"the mesh to close 100 stalled bodies ({attack.read()} so far)")
