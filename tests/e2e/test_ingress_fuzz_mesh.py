@@ -42,6 +42,7 @@ subscriptions:
 """)
     mesh.cli("deploy", "-f", str(tmp_path / "fmesh.yaml"))
     accepted: Counter = Counter()
+    statuses: Counter = Counter()
     client = httpx.Client(base_url=mesh.url, timeout=30)
 
     @fuzz_settings(150)
@@ -52,6 +53,7 @@ subscriptions:
             answer = client.post("/", headers=headers, content=request.body)
         except (httpx.LocalProtocolError, UnicodeError):
             assume(False)  # the client refuses to send such a header; nothing to learn
+        statuses[answer.status_code] += 1
         assert answer.status_code < 500, (answer.status_code, answer.text, request)
         if answer.status_code == 202:
             for event in expected_events(request):
@@ -72,6 +74,8 @@ subscriptions:
     wait_for(lambda: sum(delivered().values()) >= total, 60, message=f"{total} accepted events at the sink")
     missing = accepted - delivered()
     assert not missing, f"accepted but not delivered as sent: {list(missing)[:3]}"
+    print(f"{sum(statuses.values())} requests, answers {dict(sorted(statuses.items()))}; "
+          f"{total} events accepted, all delivered as sent")
     assert total > 10, "the fuzzer should get some events through"
 
 
