@@ -18,7 +18,7 @@ AUTH = {"authorization": f"Bearer {TOKEN}"}
 
 @pytest.fixture
 async def api(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
-    node, _, _ = build(NodeSettings(data_dir=tmp_path / "data", store="memory://", token=TOKEN))
+    node, _, _ = build(NodeSettings(data_dir=tmp_path / "data", store="memory://", token=TOKEN, launcher="subprocess"))
     await node.start()
     try:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(node), base_url="http://mesh") as client:
@@ -30,7 +30,9 @@ async def api(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
 @pytest.fixture(scope="module")
 def ops(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
     """Each operation of the OpenAPI, by its label (`GET /v1/status`)."""
-    node, _, _ = build(NodeSettings(data_dir=tmp_path_factory.mktemp("data"), store="memory://", token=TOKEN))
+    settings = NodeSettings(data_dir=tmp_path_factory.mktemp("data"), store="memory://", token=TOKEN,
+                            launcher="subprocess")
+    node, _, _ = build(settings)
     shutil.rmtree(node.run_dir)  # the schema is all this node is for: it never starts
     spec = node.control_app.openapi()
     return {f"{method.upper()} {path}": op for path, ops in spec["paths"].items() for method, op in ops.items()}
