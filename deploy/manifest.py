@@ -17,7 +17,7 @@ from fmesh.broker.filters import (
 )
 from fmesh.broker.identity import PeerCredential
 from fmesh.broker.policy import sender_filter
-from fmesh.deploy.yaml_lines import LocatedYaml
+from fmesh.deploy.yaml_lines import LocatedYaml, dotted
 from fmesh.runtime.sinks.base import SinkOptions, TlsFiles
 from fmesh.triggers.config import EnvName, RateLimit, TriggerEntry, read_secret, read_secret_file
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -508,7 +508,7 @@ def _located_error(exc: ValidationError, located: LocatedYaml) -> ManifestError:
     problems = []
     for error in exc.errors():
         loc = _filter_location([part for part in error["loc"] if part != "[key]"], error)
-        field = ".".join(str(p) for p in loc)
+        field = dotted(loc)
         if error["type"] == "extra_forbidden":
             line = located.key_line(loc)
         elif error["type"] == "missing" or "[key]" in error["loc"]:

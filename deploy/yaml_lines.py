@@ -114,7 +114,7 @@ def _check_graph(root: Any, file: str) -> None:
             sizes[id(node)] = 1 + sum(sizes[id(child)] for _, child in _children(node))
             finished.append((node, path))
         elif id(node) in open_nodes:
-            raise ManifestError(file, node.start_mark.line + 1, _dotted(path), "an alias inside its own anchor "
+            raise ManifestError(file, node.start_mark.line + 1, dotted(path), "an alias inside its own anchor "
                                 "makes an endless value")
         elif id(node) not in sizes:
             if isinstance(node, yaml.MappingNode):
@@ -125,7 +125,7 @@ def _check_graph(root: Any, file: str) -> None:
     limit = max(MAX_EXPANDED, 2 * len(finished))
     for node, path in finished:  # the innermost first: where the aliases pass the limit
         if sizes[id(node)] > limit:
-            raise ManifestError(file, node.start_mark.line + 1, _dotted(path), f"aliases expand this to more than "
+            raise ManifestError(file, node.start_mark.line + 1, dotted(path), f"aliases expand this to more than "
                                 f"{limit} values: write it out, or alias less")
 
 
@@ -146,7 +146,7 @@ def _check_unique_keys(node: Any, path: tuple, file: str) -> None:
             continue
         line = key.start_mark.line + 1
         if (key.tag, key.value) in first_lines:
-            raise ManifestError(file, line, _dotted((*path, key.value)), f"{key.value!r} is given twice (first on "
+            raise ManifestError(file, line, dotted((*path, key.value)), f"{key.value!r} is given twice (first on "
                                 f"line {first_lines[key.tag, key.value]}): YAML would keep only the last")
         first_lines[key.tag, key.value] = line
 
@@ -155,8 +155,9 @@ def _key_text(key: Any) -> str:
     return key.value if isinstance(key, _yaml().ScalarNode) else "<key>"
 
 
-def _dotted(path: tuple) -> str:
-    return ".".join(str(part) for part in path)
+def dotted(path: Sequence[Any]) -> str:
+    """A field's path as errors name it: `functions.hello.scale`; an empty key as ''."""
+    return ".".join(str(part) if part != "" else "''" for part in path)
 
 
 def _yaml() -> Any:

@@ -337,3 +337,8 @@ def test_fmesh_deploy_of_a_bad_manifest_says_one_line_without_a_traceback(tmp_pa
     assert result.returncode == 2 and "Traceback" not in result.stderr + result.stdout
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith(f"error: {path}:"), result.stderr
+
+
+def test_an_empty_key_is_named_as_one(manifest_path):
+    assert located(manifest_path, "'': 1\n").field == "''"
+    assert located(manifest_path, "functions:\n  '': {handler: h.py:f}\n").field == "functions.''"
