@@ -38,18 +38,19 @@ SEEDS = [
     (ROOT / "examples/two-clouds/cloud-b.yaml").read_text(),
     """\
 functions:
-  resize:
-    handler: functions/resize/handler.py:handle
-    on:
-      - type: com.shop.order.created
-      - type: {prefix: com.shop.}
-        source: /web
-    env: {SIZE: 128, DEBUG: true}
-    scale: {min: 0, max: 4, concurrency: 8, idle_timeout: 30s}
-    timeout: 10s
-    delivery: {retries: 5, backoff: exponential, delay: 200ms, dead_letter: failed-orders}
+  node:
+    command: [node, server.js]
+    workdir: functions/node-hello
+    on: [{type: {suffix: .created}, source: /web}]
+    secrets: {DB: {file: /run/db}, API_KEY: {env: API_KEY}}
+    memory: 256Mi
+    scale: {max: 4, concurrency: 8, stable_window: 1m}
+    delivery: {content_mode: structured, ordering: ordered, ttl: PT1H, dead_letter: kafka://k:9092/dead}
     filters: [{any: [{cesql: "source = '/web'"}, {exact: {type: x}}]}]
     allow: [peer:eu, anonymous]
+  orders:
+    external: true
+    on: [{type: com.shop.order}]
 triggers:
   orders:  {http: {path: /hooks/orders, auth: {hmac_secret_env: ORDERS_SECRET}}}
   nightly: {timer: {cron: "0 3 * * *", type: dev.fmesh.nightly}}
@@ -342,3 +343,8 @@ def test_fmesh_deploy_of_a_bad_manifest_says_one_line_without_a_traceback(tmp_pa
 def test_an_empty_key_is_named_as_one(manifest_path):
     assert located(manifest_path, "'': 1\n").field == "''"
     assert located(manifest_path, "functions:\n  '': {handler: h.py:f}\n").field == "functions.''"
+
+
+def test_the_seeds_of_the_near_misses_are_valid_manifests():
+    for text in SEEDS:
+        parse_manifest(text)
