@@ -185,3 +185,28 @@ def test_a_deployed_subscription_is_listed_shown_and_deleted_as_documented(schem
                                              headers={"authorization": f"Bearer {TOKEN}"})
         response = case.call_and_validate(excluded_checks=[ignored_auth])  # it takes this token for a made-up one
         assert response.status_code == status, (label, response.text)
+
+
+def test_a_real_mesh_process_answers_within_its_schema(mesh):
+    """The same checks over HTTP against `fmesh up` (uvicorn in front), two cases each."""
+    config = SchemathesisConfig.from_dict({"auth": {"openapi": {"HTTPBearer": {"bearer": mesh.token}}},
+                                           "operations": SEMANTIC})
+    schema = schemathesis.openapi.from_url(mesh.url + "/openapi.json", config=config)
+    failures = [failure for label in LABELS for mode in GenerationMode
+                if (failure := fuzz_over_http(schema, label, mode)) is not None]
+    assert not failures, "\n\n".join(failures)
+
+
+def fuzz_over_http(schema: Any, label: str, mode: GenerationMode) -> str | None:
+    """A few cases of one operation; what schemathesis found, or None."""
+    @settings(FUZZ, max_examples=min(EXAMPLES, 2))
+    @given(case=operation(schema, label).as_strategy(mode))
+    def fuzz(case) -> None:  # type: ignore[no-untyped-def]
+        TALLY[f"{label} {mode.value} over HTTP"] += 1
+        case.call_and_validate(timeout=10)
+
+    try:
+        fuzz()
+    except Exception as exc:  # noqa: BLE001 - each operation's failure is listed, then the test fails
+        return f"{label} ({mode.value}): {exc}"
+    return None
