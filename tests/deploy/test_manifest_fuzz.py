@@ -21,7 +21,7 @@ from fmesh.deploy.deployer import apply_request
 from fmesh.deploy.manifest import check_references, load_manifest, parse_manifest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from support import ROOT, run_cli
+from support import ROOT, free_port, run_cli
 
 from fmesh.errors import ManifestError
 
@@ -348,3 +348,14 @@ def test_an_empty_key_is_named_as_one(manifest_path):
 def test_the_seeds_of_the_near_misses_are_valid_manifests():
     for text in SEEDS:
         parse_manifest(text)
+
+
+def test_fmesh_up_refuses_an_alias_bomb_in_one_line_before_it_starts(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(bomb(9, 9, "sink_options"))
+    result = run_cli(["up", "-f", str(path), "--port", str(free_port()), "--data-dir", str(tmp_path / "data")],
+                     dict(os.environ), check=False, timeout=30)
+    TRIED["fmesh up -f (subprocess)"] = TRIED.get("fmesh up -f (subprocess)", 0) + 1
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode != 0 and "Traceback" not in result.stderr + result.stdout
+    assert len(lines) == 1 and "aliases expand this to more than 100000 values" in lines[0], result.stderr
