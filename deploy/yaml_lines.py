@@ -9,10 +9,11 @@ from typing import Any
 
 from fmesh.errors import ManifestError
 
-MAX_DEPTH = 100          # mappings and lists inside each other; a manifest needs about ten
-MAX_EXPANDED = 100_000   # values the aliases may multiply a document to (a billion laughs has 10**9)
 # PyYAML is imported where it is used: the mesh process only needs it to read a
 # manifest from disk (`fmesh up -f`), and it costs memory for as long as the mesh runs.
+
+MAX_DEPTH = 100          # mappings and lists inside each other; a manifest needs about ten
+MAX_EXPANDED = 100_000   # values the aliases may multiply a document to (a billion laughs has 10**9)
 
 
 @cache
