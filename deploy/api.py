@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import asdict
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
+from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request, Response
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fmesh.broker.identity import Identity, Principal
@@ -19,13 +21,54 @@ from fmesh.deploy.membership import totals
 from fmesh.deploy.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from fmesh.deploy.metrics import metrics_text
 from fmesh.deploy.operations import NodeOperations
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fmesh.errors import DeployError, EventTooLarge, StoreError
 from fmesh.ratelimit import parse_rate
 
 
-class ApplyRequest(BaseModel):
+class ErrorBody(BaseModel):
+    """What every refusal answers: one line saying what is wrong (and, for a request that
+    does not validate, FastAPI's list of problems)."""
+
+    error: str = Field(description="what is wrong, in one line")
+    detail: list[dict[str, Any]] | None = Field(None, description="a request that did not validate: each problem")
+
+
+ERRORS = {
+    400: "the request body cannot be read (not JSON, not UTF-8, not a bundle)",
+    401: "missing or wrong bearer token",
+    403: "the token's scope does not allow this call",
+    404: "no such resource",
+    409: "it conflicts with what is deployed",
+    413: "the upload is larger than the mesh takes",
+    422: "the request, or a spec in it, does not validate",
+    503: "the store failed: nothing changed",
+}
+
+
+def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for these error statuses, each answering an ErrorBody."""
+    return {status: {"model": ErrorBody, "description": ERRORS[status]} for status in statuses}
+
+
+def answers(media_type: str) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for a route whose 200 is text of `media_type`; its errors stay JSON
+    (with `response_class=Response`, which has no media type of its own to impose on them)."""
+    return {200: {"content": {media_type: {"schema": {"type": "string"}}}}}
+
+
+Digest = Annotated[str, Path(pattern="^[0-9a-f]{64}$", description="sha256 of the bundle, as `fmesh deploy` packs it")]
+
+
+class StrictBody(BaseModel):
+    """A request body taken as its schema says: no `true` for 1, no "yes" for true."""
+
+    model_config = ConfigDict(strict=True)
+
+
+class ApplyRequest(StrictBody):
     functions: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="name → {spec: manifest function, bundle: sha256 of its code}")
     subscriptions: dict[str, dict[str, Any]] = Field(default_factory=dict, description="name → {spec}")
@@ -37,12 +80,12 @@ class ApplyRequest(BaseModel):
                          "if one does not start, nothing is deployed")
 
 
-class ReplayRequest(BaseModel):
+class ReplayRequest(StrictBody):
     ids: list[int] = Field(default_factory=list)
     function: str | None = Field(None, description="replay every dead letter of this function")
 
 
-class TokenRequest(BaseModel):
+class TokenRequest(StrictBody):
     name: str = Field(description="lowercase letters, digits and '-'; events it publishes say token:<name>")
     scope: str = Field("publish", description="publish (POST / only), read (GET routes) or admin (everything)")
     allow: dict[str, Any] | None = Field(None, description="filter on what it may publish, as a subscription's")
@@ -85,13 +128,22 @@ def function_status(node: NodeOperations, item: Any, pending: int, dead: int) ->
 
 def create_app(node: NodeOperations, control: ControlPlane, public_metrics: bool = True) -> FastAPI:
     """The control app; `public_metrics` False puts /metrics and the API docs behind a read token."""
-    app = FastAPI(title="fmesh control API", version="1", docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(title="fmesh control API", version="1", docs_url=None, redoc_url=None, openapi_url=None,
+                  responses=errors(401, 403))  # every route in the schema takes a token
     auth = [Depends(require_token(node.identity))]
     add_doc_routes(app, [] if public_metrics else auth)
 
-    @app.exception_handler(HTTPException)
-    async def _error(request: Request, exc: HTTPException) -> JSONResponse:
+    @app.exception_handler(StarletteHTTPException)  # FastAPI's own, and the router's 404 and 405
+    async def _error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return JSONResponse({"error": exc.detail}, exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = jsonable_encoder(exc.errors())
+        first = problems[0] if problems else {"loc": [], "msg": "does not validate"}
+        where = ".".join(str(part) for part in first["loc"])
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        return JSONResponse({"error": f"{where}: {first['msg']}{more}", "detail": problems}, 422)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:
@@ -106,12 +158,16 @@ def create_app(node: NodeOperations, control: ControlPlane, public_metrics: bool
     for kind in control.kinds:
         add_resource_routes(app, control, kind, auth)
 
-    @app.head("/v1/bundles/{digest}", dependencies=auth)
-    async def has_bundle(digest: str) -> Response:
+    @app.head("/v1/bundles/{digest}", dependencies=auth, response_class=Response, summary="Is this bundle here?",
+              responses={200: {"description": "it is"}, 404: {"description": "it is not, nor in the store"},
+                         **errors(422)})
+    async def has_bundle(digest: Digest) -> Response:
         return Response(status_code=200 if await _has(control, digest) else 404)
 
-    @app.put("/v1/bundles/{digest}", dependencies=auth, summary="Upload a function's code (tar.gz)")
-    async def put_bundle(digest: str, request: Request) -> dict[str, Any]:
+    @app.put("/v1/bundles/{digest}", dependencies=auth, summary="Upload a function's code (tar.gz)",
+             responses=errors(400, 413, 422), openapi_extra={"requestBody": {"required": True, "content": {
+                 "application/gzip": {"schema": {"type": "string", "format": "binary"}}}}})
+    async def put_bundle(digest: Digest, request: Request) -> dict[str, Any]:
         try:
             await control.bundles.put(digest, await read_upload(request, MAX_BUNDLE_BYTES))
         except EventTooLarge as exc:
@@ -120,9 +176,10 @@ def create_app(node: NodeOperations, control: ControlPlane, public_metrics: bool
             raise HTTPException(400, f"bundle refused: {exc}") from exc
         return {"bundle": digest}
 
-    @app.post("/v1/bundles/{digest}/prepare", dependencies=auth,
-              summary="Install a bundle's requirements.txt; streams pip's output as JSON lines")
-    async def prepare(digest: str) -> StreamingResponse:
+    @app.post("/v1/bundles/{digest}/prepare", dependencies=auth, response_class=Response,
+              summary="Install a bundle's requirements.txt; streams pip's output as JSON lines",
+              responses={**answers("application/x-ndjson"), **errors(404, 422)})
+    async def prepare(digest: Digest) -> StreamingResponse:
         try:
             lines = await control.prepare(digest)
         except (DeployError, ValueError) as exc:
@@ -139,7 +196,7 @@ def create_app(node: NodeOperations, control: ControlPlane, public_metrics: bool
 
         return StreamingResponse(stream(), media_type="application/x-ndjson")
 
-    @app.post("/v1/apply", dependencies=auth, summary="Deploy functions")
+    @app.post("/v1/apply", dependencies=auth, summary="Deploy functions", responses=errors(400, 422))
     async def apply(request: ApplyRequest) -> dict[str, Any]:
         try:
             changes = await control.apply({"function": request.functions, "subscription": request.subscriptions,
@@ -173,7 +230,8 @@ def create_app(node: NodeOperations, control: ControlPlane, public_metrics: bool
                 "broken": control.broken, "functions": items, "sinks": sinks, "bridges": bridges,
                 "bridged_in": asdict(node.bridged_in), "triggers": triggers, "store": node.store_url}
 
-    @app.get("/v1/functions/{name}/logs", dependencies=auth, summary="A function's stdout and stderr")
+    @app.get("/v1/functions/{name}/logs", dependencies=auth, summary="A function's stdout and stderr",
+             response_class=Response, responses={**answers("text/plain"), **errors(404, 422)})
     async def logs(name: str, lines: int = Query(200, ge=0, le=100_000), follow: bool = False) -> Response:
         if name not in control.functions:
             raise HTTPException(404, f"no function named {name!r}")
@@ -189,12 +247,14 @@ def create_app(node: NodeOperations, control: ControlPlane, public_metrics: bool
 
         return StreamingResponse(stream(), media_type="text/plain; charset=utf-8")
 
-    @app.get("/v1/dead-letters", dependencies=auth, summary="Events that exhausted their delivery policy")
+    @app.get("/v1/dead-letters", dependencies=auth, summary="Events that exhausted their delivery policy",
+             responses=errors(422))
     async def dead_letters(function: str | None = None, limit: int = Query(1000, ge=1, le=100_000)) -> dict:
         letters = await node.dead_letters(subscription_of(function), limit)
         return {"dead_letters": [dead_letter_json(d) for d in letters]}
 
-    @app.post("/v1/dead-letters/replay", dependencies=auth, summary="Deliver dead letters again")
+    @app.post("/v1/dead-letters/replay", dependencies=auth, summary="Deliver dead letters again",
+              responses=errors(400, 422, 503))
     async def replay(request: ReplayRequest) -> dict[str, Any]:
         if not request.ids and not request.function:
             raise HTTPException(422, "name the dead letters to replay: ids, or a function")
@@ -208,7 +268,7 @@ def create_app(node: NodeOperations, control: ControlPlane, public_metrics: bool
         missing = set(request.ids) - {d.id for d in letters} - set(unrouted)
         return {"replayed": len(letters), "not_found": sorted(missing), "not_routed": unrouted}
 
-    @app.delete("/v1/dead-letters", dependencies=auth, summary="Purge dead letters")
+    @app.delete("/v1/dead-letters", dependencies=auth, summary="Purge dead letters", responses=errors(422))
     async def purge(function: str | None = None) -> dict[str, Any]:
         return {"purged": await node.purge_dead_letters(subscription_of(function))}
 
@@ -252,7 +312,8 @@ def add_token_routes(app: FastAPI, node: NodeOperations, auth: list) -> None:
     async def list_tokens() -> dict[str, Any]:
         return {"tokens": [r.public() for _, r in sorted(node.tokens.records.items())]}
 
-    @app.post("/v1/tokens", dependencies=auth, status_code=201, summary="Make a token; it is shown only here")
+    @app.post("/v1/tokens", dependencies=auth, status_code=201, summary="Make a token; it is shown only here",
+              responses=errors(400, 409, 422))
     async def create_token(request: TokenRequest) -> dict[str, Any]:
         if request.name in node.tokens.records:
             raise HTTPException(409, f"there is already a token named {request.name!r}: "
@@ -264,7 +325,8 @@ def add_token_routes(app: FastAPI, node: NodeOperations, auth: list) -> None:
             raise HTTPException(422, str(exc)) from exc
         return {**record.public(), "token": token}
 
-    @app.delete("/v1/tokens/{name}", dependencies=auth, summary="Revoke a token: it stops working at once")
+    @app.delete("/v1/tokens/{name}", dependencies=auth, summary="Revoke a token: it stops working at once",
+                responses=errors(404, 422))
     async def revoke_token(name: str) -> dict[str, Any]:
         if not await node.tokens.revoke(name):
             raise HTTPException(404, f"no token named {name!r}")
@@ -293,8 +355,9 @@ def add_resource_routes(app: FastAPI, control: ControlPlane, kind: str, auth: li
         return {"deleted": name}
 
     app.get(f"/v1/{kind}s", dependencies=auth, summary=f"Deployed {kind}s")(list_all)
-    app.get(f"/v1/{kind}s/{{name}}", dependencies=auth, summary=f"One {kind}")(get_one)
-    app.delete(f"/v1/{kind}s/{{name}}", dependencies=auth, summary=f"Delete a {kind}")(delete_one)
+    app.get(f"/v1/{kind}s/{{name}}", dependencies=auth, summary=f"One {kind}", responses=errors(404, 422))(get_one)
+    app.delete(f"/v1/{kind}s/{{name}}", dependencies=auth, summary=f"Delete a {kind}",
+               responses=errors(404, 409, 422))(delete_one)
 
 
 def subscription_of(function: str | None) -> str | None:

@@ -17,7 +17,7 @@ from fmesh.broker.filters import (
 )
 from fmesh.broker.identity import PeerCredential
 from fmesh.broker.policy import sender_filter
-from fmesh.deploy.yaml_lines import LocatedYaml
+from fmesh.deploy.yaml_lines import LocatedYaml, dotted
 from fmesh.runtime.sinks.base import SinkOptions, TlsFiles
 from fmesh.triggers.config import EnvName, RateLimit, TriggerEntry, read_secret, read_secret_file
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -420,9 +420,8 @@ def parse_manifest(text: str, file: str = "fmesh.yaml") -> Manifest:
     try:
         located = LocatedYaml(text, file)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        raise ManifestError(file, mark.line + 1 if mark else None, "",
-                            f"not valid YAML: {getattr(exc, 'problem', exc)}") from exc
+        raise ManifestError(file, _yaml_error_line(exc, text), "",
+                            f"not valid YAML: {getattr(exc, 'problem', None) or exc}") from exc
     data = located.data if located.data is not None else {}
     if not isinstance(data, dict):
         raise ManifestError(file, 1, "", f"expected a mapping with 'functions:', got {type(data).__name__}")
@@ -432,11 +431,25 @@ def parse_manifest(text: str, file: str = "fmesh.yaml") -> Manifest:
         raise _located_error(exc, located) from None
 
 
+def _yaml_error_line(exc: Exception, text: str) -> int:
+    """The line of a YAML error: its mark, or (an unprintable character) its position."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    if mark is not None:
+        return mark.line + 1
+    position = getattr(exc, "position", None)
+    return text.count("\n", 0, position) + 1 if isinstance(position, int) else 1
+
+
 def load_manifest(path: Path) -> Manifest:
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except OSError as exc:
         raise ManifestError(str(path), None, "", f"cannot read the manifest: {exc.strerror}") from exc
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ManifestError(str(path), raw.count(b"\n", 0, exc.start) + 1, "",
+                            f"not UTF-8 text: byte {raw[exc.start]:#04x} at offset {exc.start}") from None
     manifest = parse_manifest(text, str(path))
     check_files(manifest, path, LocatedYaml(text, str(path)))
     return manifest
@@ -495,7 +508,7 @@ def _located_error(exc: ValidationError, located: LocatedYaml) -> ManifestError:
     problems = []
     for error in exc.errors():
         loc = _filter_location([part for part in error["loc"] if part != "[key]"], error)
-        field = ".".join(str(p) for p in loc)
+        field = dotted(loc)
         if error["type"] == "extra_forbidden":
             line = located.key_line(loc)
         elif error["type"] == "missing" or "[key]" in error["loc"]:
@@ -519,10 +532,13 @@ def _filter_location(loc: list[Any], error: dict[str, Any]) -> list[Any]:
         return loc
     inner: list[Any] = []
     for part in cause.path.split("."):
-        name, _, rest = part.partition("[")
+        name, indexes = _INDEXED.fullmatch(part).groups()  # type: ignore[union-attr]  # always matches
         inner.append(name)
-        inner.extend(int(index) for index in rest.rstrip("]").split("][") if index)
+        inner.extend(int(index) for index in re.findall(r"\d+", indexes))
     return loc[:-1] + inner
+
+
+_INDEXED = re.compile(r"(.*?)((?:\[\d+\])*)", re.S)  # `on[0][1]`; a key like `type[x` stays whole
 
 
 def _explain(error: dict[str, Any], loc: list[Any]) -> str:
@@ -536,8 +552,13 @@ def _explain(error: dict[str, Any], loc: list[Any]) -> str:
     if isinstance(cause, FilterError):
         return cause.problem
     message = error["msg"].removeprefix("Value error, ")
-    return f"{message} (got {error['input']!r})" if error["type"] != "value_error" and "input" in error \
+    return f"{message} (got {_short(error['input'])})" if error["type"] != "value_error" and "input" in error \
         and not isinstance(error["input"], dict | list) else message
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 def _fields_at(loc: list[Any]) -> list[str]:

@@ -14,7 +14,7 @@ _ISO = re.compile(
 
 def parse_duration(value: str | int | float) -> float:
     """Seconds in `value`; a bare number means seconds. Raises ValueError saying what is accepted."""
-    if isinstance(value, bool):
+    if isinstance(value, bool) or not isinstance(value, int | float | str):  # YAML also reads dates, lists...
         raise ValueError(f"expected a duration such as 200ms, 5s or PT1S, got {value!r}")
     if isinstance(value, int | float):
         if value < 0:

@@ -1,0 +1,114 @@
+"""The control API in-process: what its OpenAPI promises, and the error bodies it answers."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+from fmesh.deploy.server import build
+
+from fmesh.settings import NodeSettings
+
+TOKEN = "api-test-token"
+AUTH = {"authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture
+async def api(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
+    node, _, _ = build(NodeSettings(data_dir=tmp_path / "data", store="memory://", token=TOKEN, launcher="subprocess"))
+    await node.start()
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(node), base_url="http://mesh") as client:
+            yield client
+    finally:
+        await node.stop()
+
+
+@pytest.fixture(scope="module")
+def ops(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
+    """Each operation of the OpenAPI, by its label (`GET /v1/status`)."""
+    settings = NodeSettings(data_dir=tmp_path_factory.mktemp("data"), store="memory://", token=TOKEN,
+                            launcher="subprocess")
+    node, _, _ = build(settings)
+    shutil.rmtree(node.run_dir)  # the schema is all this node is for: it never starts
+    spec = node.control_app.openapi()
+    return {f"{method.upper()} {path}": op for path, ops in spec["paths"].items() for method, op in ops.items()}
+
+
+def test_every_route_documents_401_and_403_with_the_error_body(ops):
+    for label, op in ops.items():
+        for status in ("401", "403"):
+            schema = op["responses"][status]["content"]["application/json"]["schema"]
+            assert schema == {"$ref": "#/components/schemas/ErrorBody"}, label
+
+
+@pytest.mark.parametrize(("label", "statuses"), [
+    ("GET /v1/functions/{name}", {"200", "401", "403", "404", "422"}),
+    ("DELETE /v1/subscriptions/{name}", {"200", "401", "403", "404", "409", "422"}),
+    ("HEAD /v1/bundles/{digest}", {"200", "401", "403", "404", "422"}),
+    ("PUT /v1/bundles/{digest}", {"200", "400", "401", "403", "413", "422"}),
+    ("POST /v1/bundles/{digest}/prepare", {"200", "401", "403", "404", "422"}),
+    ("POST /v1/apply", {"200", "400", "401", "403", "422"}),
+    ("GET /v1/functions/{name}/logs", {"200", "401", "403", "404", "422"}),
+    ("POST /v1/dead-letters/replay", {"200", "400", "401", "403", "422", "503"}),
+    ("POST /v1/tokens", {"201", "400", "401", "403", "409", "422"}),
+    ("DELETE /v1/tokens/{name}", {"200", "401", "403", "404", "422"}),
+    ("GET /v1/status", {"200", "401", "403"}),
+])
+def test_each_route_documents_the_statuses_it_answers(ops, label, statuses):
+    assert set(ops[label]["responses"]) == statuses
+
+
+def test_422_is_documented_as_the_one_error_body(ops):
+    op = ops["POST /v1/apply"]
+    assert op["responses"]["422"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/ErrorBody"}
+
+
+def test_media_types_are_documented_as_answered(ops):
+    assert set(ops["GET /v1/functions/{name}/logs"]["responses"]["200"]["content"]) == {"text/plain"}
+    assert set(ops["POST /v1/bundles/{digest}/prepare"]["responses"]["200"]["content"]) == {"application/x-ndjson"}
+    assert "content" not in ops["HEAD /v1/bundles/{digest}"]["responses"]["200"]
+    body = ops["PUT /v1/bundles/{digest}"]["requestBody"]
+    assert body["required"] and set(body["content"]) == {"application/gzip"}
+
+
+async def test_a_request_that_does_not_validate_says_which_field_in_error(api):
+    response = await api.post("/v1/tokens", json={"scope": "read"}, headers=AUTH)
+    assert response.status_code == 422
+    body = response.json()
+    assert body["error"] == "body.name: Field required" and body["detail"][0]["loc"] == ["body", "name"]
+
+
+async def test_a_body_that_is_not_json_is_a_documented_400(api):
+    response = await api.post("/v1/apply", content=b"1\xff\xfe", headers={**AUTH, "content-type": "application/json"})
+    assert response.status_code == 400 and "error" in response.json()
+
+
+async def test_an_unknown_path_or_method_answers_the_error_body(api):
+    response = await api.get("/v1/functions/a/b", headers=AUTH)
+    assert response.status_code == 404 and response.json() == {"error": "Not Found"}
+    response = await api.post("/v1/status", headers=AUTH)
+    assert response.status_code == 405 and response.json() == {"error": "Method Not Allowed"}
+
+
+async def test_a_replay_takes_ids_not_booleans(api):
+    """Found by schemathesis: `"ids": [false]` used to replay dead letter 0."""
+    response = await api.post("/v1/dead-letters/replay", json={"ids": [False]}, headers=AUTH)
+    assert response.status_code == 422 and response.json()["error"].startswith("body.ids.0:")
+
+
+async def test_apply_takes_booleans_as_booleans(api):
+    response = await api.post("/v1/apply", json={"prune": "yes"}, headers=AUTH)
+    assert response.status_code == 422 and response.json()["error"].startswith("body.prune:")
+
+
+async def test_a_digest_that_is_not_a_sha256_is_refused_as_documented(api, ops):
+    assert ops["PUT /v1/bundles/{digest}"]["parameters"][0]["schema"]["pattern"] == "^[0-9a-f]{64}$"
+    response = await api.put("/v1/bundles/body", content=b"x", headers=AUTH)
+    assert response.status_code == 422 and response.json()["error"].startswith("path.digest:")
+    response = await api.put("/v1/bundles/" + "0" * 64, content=b"x", headers=AUTH)
+    assert response.status_code == 400 and "bundle refused" in response.json()["error"]
