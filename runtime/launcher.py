@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 from collections.abc import Callable
 from typing import Protocol
@@ -16,6 +17,16 @@ from fmesh.runtime.worker import WorkerSpec
 
 from fmesh.errors import HandlerError
 from fmesh.permissions import with_user_umask
+
+# What a replica inherits from the mesh's environment; everything else must be declared.
+INHERITED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR")
+
+
+def inherited_env() -> dict[str, str]:
+    """The environment a replica process (or the zygote it forks from) starts with. Only
+    these few: /proc/<pid>/environ keeps what a process started with, whatever its
+    os.environ becomes, and the mesh's own environment holds every function's secrets."""
+    return {name: os.environ[name] for name in INHERITED_ENV if name in os.environ}
 
 SPAWN_TIMEOUT = 10.0                     # seconds the zygote may take to fork one replica
 OnExit = Callable[[str, str], None]      # (replica id, how it ended)
@@ -59,7 +70,7 @@ class SubprocessLauncher:
         # line, which every local user can read (`ps`, /proc/*/cmdline).
         process = await asyncio.create_subprocess_exec(
             self.python, "-m", "fmesh.runtime.worker", stdin=asyncio.subprocess.PIPE, start_new_session=True,
-            **with_user_umask())
+            env=inherited_env(), **with_user_umask())
         process.stdin.write(spec.to_json().encode())  # type: ignore[union-attr]
         process.stdin.close()  # type: ignore[union-attr]
         task = asyncio.get_running_loop().create_task(self._wait(spec.replica, process))
@@ -100,7 +111,7 @@ class ZygoteLauncher:
         process = await asyncio.create_subprocess_exec(
             self.python, "-m", "fmesh.runtime.zygote",
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE, start_new_session=True,
+            stderr=asyncio.subprocess.PIPE, start_new_session=True, env=inherited_env(),
             **with_user_umask())  # the forks' umask: the user's, not the mesh's private one
         ready = await process.stdout.readline()  # type: ignore[union-attr]
         if not ready:

@@ -9,14 +9,13 @@ stops.
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from fmesh.runtime.hub import ReplicaHub
-from fmesh.runtime.launcher import Launcher, SubprocessLauncher, ZygoteLauncher
+from fmesh.runtime.launcher import Launcher, SubprocessLauncher, ZygoteLauncher, inherited_env
 from fmesh.runtime.logs import LogStore
 from fmesh.runtime.policy import DeliveryPolicy, ScalePolicy
 from fmesh.runtime.pool import PoolStatus, RunnerPool
@@ -31,9 +30,6 @@ from fmesh.runtime.worker import WorkerSpec
 
 from fmesh.contracts import DeliveryQueue, Publisher
 from fmesh.errors import HandlerError
-
-# What a replica inherits from the mesh's environment; everything else must be declared.
-INHERITED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR")
 
 
 @dataclass(frozen=True)
@@ -235,7 +231,7 @@ class Runtime:
 
     def _environment(self, spec: FunctionSpec) -> dict[str, str]:
         """Declared env and secrets, read now (so a rotated secret reaches new replicas)."""
-        env = {k: os.environ[k] for k in INHERITED_ENV if k in os.environ}
+        env = inherited_env()
         env.update(spec.env)
         env.update(resolve_secrets(spec.secrets))
         env.update(FMESH_FUNCTION=spec.name, FMESH_VERSION=spec.version, PYTHONUNBUFFERED="1")

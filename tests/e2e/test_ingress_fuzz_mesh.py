@@ -71,7 +71,12 @@ subscriptions:
                 got[fingerprint(event)] += 1
         return got
 
-    wait_for(lambda: sum(delivered().values()) >= total, 60, message=f"{total} accepted events at the sink")
+    try:
+        wait_for(lambda: sum(delivered().values()) >= total, 60, message=f"{total} accepted events at the sink")
+    except AssertionError as exc:
+        letters = mesh.cli("dead-letters", "--json").stdout
+        missing = list(accepted - delivered())[:3]
+        raise AssertionError(f"{exc}; missing {missing}; dead letters {letters[:3000]}") from None
     missing = accepted - delivered()
     assert not missing, f"accepted but not delivered as sent: {list(missing)[:3]}"
     print(f"{sum(statuses.values())} requests, answers {dict(sorted(statuses.items()))}; "

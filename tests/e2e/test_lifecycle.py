@@ -173,3 +173,11 @@ functions:
         assert any("fmesh.runtime.zygote" in processes[p] for p in started)
     leaks = {pid: line for pid, line in processes.items() if token in line or api_key in line}
     assert leaks == {}
+    # Nor in what a replica or the zygote started with (/proc/<pid>/environ, which a
+    # handler can read whatever os.environ says): only what the function declared, in os.environ.
+    for pid in started - {mesh.process.pid}:
+        try:
+            environ = open(f"/proc/{pid}/environ", "rb").read()
+        except OSError:
+            continue  # gone meanwhile
+        assert token.encode() not in environ and api_key.encode() not in environ, processes.get(pid)
