@@ -134,6 +134,10 @@ class LimitedConnection:
         """Headers not done yet, and already past the limit: refused before they are all buffered."""
         return self.phase_bytes > self.limits.max_header_bytes + REQUEST_LINE_ALLOWANCE
 
+    def _unsupported_upgrade_warning(self) -> None:
+        """uvicorn logs two lines for each upgrade request when WebSockets are off (the mesh
+        serves none): anyone could fill the log with them. The request is served as HTTP."""
+
     def on_response_complete(self) -> None:
         super().on_response_complete()  # type: ignore[misc]
         if not self.transport.is_closing() and self.phase == "app":

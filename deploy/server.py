@@ -84,7 +84,9 @@ async def serve(settings: NodeSettings, manifest: Path | None, sockets: list[soc
 
     node.on_start.append(on_start)
     options: dict[str, Any] = {"http": client_limits(settings).protocol("auto"), **(tls or {})}
-    config = uvicorn.Config(node, host=settings.host, port=settings.port, lifespan="on",
+    # ws="none": the mesh serves no WebSocket, and an upgrade request is then plain HTTP
+    # that meets the header limits and timeouts like any other (an upgrade skipped them).
+    config = uvicorn.Config(node, host=settings.host, port=settings.port, lifespan="on", ws="none",
                             log_level="warning", access_log=False, loop="auto",
                             timeout_keep_alive=settings.keepalive_timeout, **options)
     server = MeshServer(config, node, settings.shutdown_grace)

@@ -66,3 +66,24 @@ def test_a_raw_request_with_a_64_mib_header_gets_an_answer_not_a_hang(mesh):
             reply = b"closed"  # refused while sending: as good as an answer
     assert reply.startswith(b"HTTP/1.1 431") or reply in (b"", b"closed"), reply[:200]
     assert post(mesh, BINARY).status_code == 202
+
+
+UPGRADE = (b"Host: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+           b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n")
+
+
+def raw_answer(port: int, request: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=15) as conn:
+        conn.sendall(request)
+        return conn.recv(65536)
+
+
+def test_a_websocket_upgrade_is_plain_http_that_meets_the_same_limits(mesh):
+    """The mesh serves no WebSocket: an upgrade skipped the header limits and hung before."""
+    many = b"".join(b"x-h%d: v\r\n" % i for i in range(150))
+    assert raw_answer(mesh.port, b"GET /v1/functions HTTP/1.1\r\n" + UPGRADE + many + b"\r\n").startswith(
+        b"HTTP/1.1 431")
+    for path in (b"/", b"/v1/functions", b"/healthz"):
+        reply = raw_answer(mesh.port, b"GET " + path + b" HTTP/1.1\r\n" + UPGRADE + b"\r\n")
+        assert not reply.startswith((b"HTTP/1.1 101", b"HTTP/1.1 5")), reply[:100]
+    assert "ERROR" not in mesh.log() and "Unsupported upgrade" not in mesh.log(), mesh.log()[-2000:]
