@@ -13,6 +13,7 @@ import hashlib
 import io
 import shutil
 import tarfile
+import tempfile
 import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from fmesh.contracts import BlobStore
 SKIPPED = {"__pycache__", ".git", ".venv", ".mypy_cache", ".pytest_cache", ".DS_Store"}
 MAX_BUNDLE_BYTES = 200 * 1024 * 1024     # the archive
 CHUNK = 1024 * 1024
+PARTIAL = ".partial-"  # an unpack in progress: <digest>.partial-<random>
 
 
 @dataclass(frozen=True)
@@ -94,9 +96,10 @@ def unpack(data: bytes, destination: Path, digest: str | None = None, limits: Bu
     behind. Blocking: run it off the event loop."""
     if len(data) > MAX_BUNDLE_BYTES:
         raise ValueError(f"bundle of {len(data)} bytes exceeds {MAX_BUNDLE_BYTES}")
-    partial = destination.with_name(destination.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    # A folder of this upload's own: two uploads of the same code at once (two deploys)
+    # must not extract into, or delete, each other's.
+    partial = Path(tempfile.mkdtemp(prefix=destination.name + PARTIAL, dir=destination.parent))
     try:
         with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
             tar.extractall(partial, members=_checked_members(tar, limits), filter=_private)
@@ -108,7 +111,12 @@ def unpack(data: bytes, destination: Path, digest: str | None = None, limits: Bu
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
-    partial.rename(destination)  # appears whole and checked, or not at all
+    try:
+        partial.rename(destination)  # appears whole and checked, or not at all
+    except OSError:
+        shutil.rmtree(partial, ignore_errors=True)
+        if not destination.is_dir():  # not another upload of the same code that got there first
+            raise
 
 
 def _private(member: tarfile.TarInfo, destination: str) -> tarfile.TarInfo:
@@ -145,6 +153,8 @@ class BundleStore:
         self.blobs = blobs
         self.limits = limits
         directory.mkdir(parents=True, exist_ok=True)
+        for left in directory.glob(f"*{PARTIAL}*"):  # an unpack a crash cut short
+            shutil.rmtree(left, ignore_errors=True)
 
     def path(self, digest: str) -> Path:
         if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from fmesh.broker.memory_state import MemoryBlobs
 from fmesh.deploy.bundle import BundleLimits, BundleStore, digest_of, pack
@@ -104,3 +106,21 @@ def test_the_digest_of_an_unpacked_folder_is_the_digest_pack_gives(tmp_path):
     (folder / "run.sh").chmod(0o755)
     (folder / "big.bin").write_bytes(bytes(range(256)) * 20_000)  # several read chunks
     assert digest_of(folder) == pack(folder)[0]
+
+
+async def test_uploads_of_the_same_code_at_once_all_succeed(tmp_path):
+    folder = make_folder(tmp_path / "src")
+    (folder / "big.bin").write_bytes(bytes(range(256)) * 40_000)  # long enough for the unpacks to overlap
+    digest, data, _ = pack(folder)
+    store = BundleStore(tmp_path / "bundles", MemoryBlobs())
+    results = await asyncio.gather(*(store.put(digest, data) for _ in range(6)), return_exceptions=True)
+    assert results == [None] * 6, results
+    assert digest_of(store.path(digest)) == digest
+    assert [p.name for p in (tmp_path / "bundles").iterdir()] == [digest]
+
+
+def test_an_unpack_a_crash_cut_short_is_cleared_at_start(tmp_path):
+    left = tmp_path / "bundles" / f"{'a' * 64}.partial-x1y2"
+    left.mkdir(parents=True)
+    BundleStore(tmp_path / "bundles", MemoryBlobs())
+    assert not left.exists()
