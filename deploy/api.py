@@ -23,6 +23,7 @@ from fmesh.deploy.metrics import metrics_text
 from fmesh.deploy.operations import NodeOperations
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from fmesh.errors import DeployError, EventTooLarge, StoreError
 from fmesh.ratelimit import parse_rate
@@ -373,11 +374,14 @@ async def read_upload(request: Request, limit: int) -> bytes:
     if declared.isdigit() and int(declared) > limit:
         raise EventTooLarge(int(declared), limit)
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise EventTooLarge(size, limit)
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise EventTooLarge(size, limit)
+            chunks.append(chunk)
+    except ClientDisconnect:  # a deploy cut short: nothing to store, nobody to tell
+        raise HTTPException(400, f"the upload ended after {size} bytes") from None
     return b"".join(chunks)
 
 

@@ -198,6 +198,14 @@ CONTEXT_ATTRIBUTES = frozenset(
     {"specversion", "id", "source", "type", "datacontenttype", "dataschema", "subject", "time"})
 
 
+def check_media_type(value: Any) -> None:
+    """A datacontenttype goes out as a Content-Type header, so it must be one (RFC 9110:
+    printable ASCII), or no sink could send the event on."""
+    if isinstance(value, str) and not (value.isascii() and value.isprintable()):
+        raise InvalidEvent(f"attribute 'datacontenttype' must be a media type in printable ASCII, got {value!r:.60}",
+                           "datacontenttype")
+
+
 def check_text(value: str, attribute: str) -> None:
     try:
         value.encode("utf-8")
@@ -298,6 +306,7 @@ def from_sdk(event: BaseCloudEvent, max_extensions: int = DEFAULT_MAX_EXTENSIONS
         attributes[name] = format_time(value) if isinstance(value, datetime) else value
     check_extension_count(attributes, max_extensions)
     check_extensions(attributes)
+    check_media_type(attributes.get("datacontenttype"))
     checked_internal(attributes)
     try:
         payload = encode_data(event.get_data(), attributes.get("datacontenttype"))
@@ -318,7 +327,8 @@ def to_sdk_decoded(event: Event) -> ParsedEvent:
     return ParsedEvent(sdk.get_attributes(), event.data if event.payload is not None else None)
 
 
-RFC3339 = re.compile(r"(\d{4})-(\d\d)-(\d\d)[Tt](\d\d):(\d\d):(\d\d)(\.\d{1,18})?(?:[Zz]|[+-](\d\d):(\d\d))")
+RFC3339 = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt]([0-9]{2}):([0-9]{2}):([0-9]{2})(\.[0-9]+)?"
+                     r"(?:[Zz]|[+-]([0-9]{2}):([0-9]{2}))")  # ASCII digits only: \d takes any script's
 
 
 def checked_time(value: Any) -> str:

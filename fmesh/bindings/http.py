@@ -14,7 +14,7 @@ from cloudevents.core.bindings import http as sdk_http
 from cloudevents.core.exceptions import BaseCloudEventException
 
 from fmesh.bindings.common import canonical_booleans
-from fmesh.bindings.json_format import JSON_FORMAT, parse_json
+from fmesh.bindings.json_format import JSON_FORMAT, check_json_payload, parse_json
 from fmesh.errors import InvalidEvent, UnsupportedContentType
 from fmesh.events import (
     DEFAULT_MAX_EXTENSIONS,
@@ -23,6 +23,7 @@ from fmesh.events import (
     TooManyExtensions,
     checked_time,
     from_sdk,
+    is_json_content_type,
     strict_factory,
     to_sdk,
     to_sdk_decoded,
@@ -68,6 +69,8 @@ def read_binary(headers: Mapping[str, str], body: bytes, max_extensions: int) ->
     event = _read(lambda: sdk_http.from_binary(message, RAW_FORMAT, strict_factory), max_extensions)
     if TIME_HEADER in headers:
         event.attributes["time"] = checked_time(unquote(headers[TIME_HEADER]))
+    if is_json_content_type(event.attributes.get("datacontenttype")):
+        check_json_payload(event.payload)
     return event
 
 

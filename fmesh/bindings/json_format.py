@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 from typing import Any
 
 from cloudevents.core.base import BaseCloudEvent, EventFactory
@@ -31,17 +32,52 @@ def parse_json(body: bytes | str, what: str, envelope: int) -> Any:
     levels around it (1 for an event, 2 for a batch); InvalidEvent saying what is wrong."""
     too_deep = InvalidEvent(f"{what} is {TOO_DEEP}")
     try:
-        value = json.loads(body)
+        value = json.loads(body, parse_constant=_not_json, parse_float=_finite)
+    except NotJson as exc:
+        raise InvalidEvent(f"{what} is not valid JSON: {exc}") from None
     except json.JSONDecodeError as exc:
         raise InvalidEvent(f"{what} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
     except UnicodeDecodeError as exc:
         raise InvalidEvent(f"{what} is not UTF-8 text: {exc.reason} at byte {exc.start}") from None
     except RecursionError:
         raise too_deep from None
+    except ValueError as exc:  # an integer of more digits than Python converts
+        raise InvalidEvent(f"{what} holds a number too long to read ({str(exc)[:60]})") from None
     limit = MAX_DATA_DEPTH + envelope
     if _brackets(body) > limit and nesting_depth(value) > limit:
         raise too_deep
     return value
+
+
+class NotJson(ValueError):
+    """What Python's parser takes but JSON (RFC 8259) has not: NaN, Infinity, 1e999."""
+
+
+def _not_json(constant: str) -> float:
+    raise NotJson(f"{constant} is not a JSON number")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise NotJson(f"{text[:40]} is past what a JSON number can hold here")
+    return value
+
+
+def check_json_payload(payload: bytes | None) -> None:
+    """A binary-mode JSON payload stays bytes, but one nested past MAX_DATA_DEPTH would fail
+    in every replica that decodes it: refused at the edge. Only bodies with that many
+    brackets are parsed; one that is not JSON at all is the producer's to send."""
+    if payload is None or _brackets(payload) <= MAX_DATA_DEPTH:
+        return
+    try:
+        value = json.loads(payload)
+    except RecursionError:
+        raise InvalidEvent(f"data is {TOO_DEEP}", "data") from None
+    except ValueError:
+        return
+    if nesting_depth(value) > MAX_DATA_DEPTH:
+        raise InvalidEvent(f"data is {TOO_DEEP}", "data")
 
 
 def _brackets(body: bytes | str) -> int:

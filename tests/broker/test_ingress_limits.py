@@ -139,7 +139,8 @@ async def test_the_content_type_decides_structured_mode_over_stray_ce_headers(se
 
 
 TIMES = ["2026-01-01T00:00:00.734Z", "2026-01-01T00:00:00.123456789Z", "2016-12-31T23:59:60Z",
-         "2026-06-01t12:00:00+05:30", "2026-02-28T23:00:00-00:00", "0001-01-01T00:00:00Z"]
+         "2026-06-01t12:00:00+05:30", "2026-02-28T23:00:00-00:00", "0001-01-01T00:00:00Z",
+         "2026-01-01T00:00:00." + "1" * 30 + "Z"]
 
 
 @pytest.mark.parametrize("time", TIMES)
@@ -162,7 +163,7 @@ async def test_time_is_kept_exactly_as_sent_and_written_on_unchanged(setup, mode
 @pytest.mark.parametrize("time", ["2026-13-01T00:00:00Z", "2026-02-30T00:00:00Z", "2025-02-29T00:00:00Z",
                                   "2026-01-01T24:00:00Z", "2026-01-01T00:00:61Z", "2026-01-01 00:00:00Z",
                                   "2026-01-01T00:00:00", "2026-01-01T00:00:00+25:00", "²026-01-01T00:00:00Z",
-                                  "yesterday", "2026-01-01T00:00:00." + "1" * 30 + "Z"])
+                                  "yesterday", "\uff12\uff10\uff12\uff16-01-01T00:00:00Z"])
 async def test_a_time_that_is_not_rfc3339_is_a_400_naming_time(setup, time):
     client, log = setup
     for answer in [await client.post("/", headers={**BINARY, "ce-time": time.encode("utf-8")}),
@@ -174,3 +175,42 @@ async def test_a_time_that_is_not_a_string_is_a_400(setup):
     client, log = setup
     answer = await client.post("/", headers=STRUCTURED, content=json.dumps({**BASE, "time": 1700000000}))
     assert answer.status_code == 400 and answer.json()["attribute"] == "time"
+
+
+@pytest.mark.parametrize("data", ["NaN", "[Infinity, -Infinity]", "1e999999", "-1e400"])
+async def test_what_python_reads_but_json_has_not_is_a_400(setup, data):
+    client, log = setup
+    body = '{"specversion":"1.0","id":"1","source":"/s","type":"t","data":' + data + "}"
+    for headers, content in [(STRUCTURED, body), (BATCH, f"[{body}]")]:
+        answer = await client.post("/", headers=headers, content=content)
+        assert answer.status_code == 400 and "is not valid JSON" in answer.json()["error"], answer.text
+
+
+async def test_an_integer_too_long_to_read_is_a_400_in_plain_words(setup):
+    client, log = setup
+    body = '{"specversion":"1.0","id":"1","source":"/s","type":"t","data":' + "9" * 5000 + "}"
+    answer = await client.post("/", headers=STRUCTURED, content=body)
+    assert answer.status_code == 400 and "a number too long to read" in answer.json()["error"]
+
+
+@pytest.mark.parametrize("depth", [257, 5000])
+async def test_binary_json_data_nested_too_deep_is_a_400(setup, depth):
+    client, log = setup
+    body = ("[" * depth + "]" * depth).encode()
+    answer = await client.post("/", headers={**BINARY, "content-type": "application/json"}, content=body)
+    assert answer.status_code == 400 and answer.json()["attribute"] == "data"
+    assert await stored(log) == []
+
+
+async def test_binary_data_that_is_not_json_or_within_the_depth_is_kept_as_sent(setup):
+    client, log = setup
+    for body in [b"[" * 300, b"[" * 256 + b"]" * 256, b"{not json"]:
+        answer = await client.post("/", headers={**BINARY, "content-type": "application/json"}, content=body)
+        assert answer.status_code == 202
+        assert (await stored(log))[-1].payload == body
+
+
+async def test_a_datacontenttype_that_cannot_be_a_header_is_a_400(setup):
+    client, log = setup
+    answer = await client.post("/", headers=STRUCTURED, content=json.dumps({**BASE, "datacontenttype": "text/\u00e9"}))
+    assert answer.status_code == 400 and answer.json()["attribute"] == "datacontenttype"

@@ -105,3 +105,12 @@ def read_answer(conn: socket.socket) -> bytes:
     while len(body) < length:
         body += conn.recv(4096) or b" " * length
     return head + b"\r\n\r\n" + body
+
+
+def test_an_upload_cut_off_midway_leaves_no_traceback_and_nothing_behind(mesh):
+    with socket.create_connection(("127.0.0.1", mesh.port), timeout=30) as conn:
+        conn.sendall(f"PUT /v1/bundles/{DIGEST} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {mesh.token}\r\n"
+                     "Content-Length: 1000\r\n\r\n0123456789".encode())
+    assert mesh.api("GET", "/healthz").status_code == 200
+    assert "Traceback" not in mesh.log() and "ERROR" not in mesh.log(), mesh.log()[-2000:]
+    assert leftovers(mesh) == []
