@@ -30,4 +30,6 @@ async def test_the_wal_stays_bounded_under_steady_writes(tmp_path, monkeypatch):
         assert await log.pending("sub") == 3000
     finally:
         await log.close()
-    assert largest < 8 * LIMIT, f"the WAL grew to {largest} bytes"  # unbounded, it is 30-60 MiB here
+    # A TRUNCATE that finds the writer busy waits for the next round: on a loaded machine a few
+    # rounds may pass. Unbounded, the WAL reaches 30-60 MiB here.
+    assert largest < 16 * LIMIT, f"the WAL grew to {largest} bytes"
