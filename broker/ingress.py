@@ -66,9 +66,7 @@ class Ingress:
             events = await self.read(scope, receive)
         except ClientGone:
             return  # nobody to answer, and nothing whole to store
-        except EventTooLarge as exc:
-            await respond(send, 413, {"error": str(exc), "limit": exc.limit})
-        except TooManyExtensions as exc:
+        except (EventTooLarge, TooManyExtensions) as exc:
             await respond(send, 413, {"error": str(exc), "limit": exc.limit})
         except AuthError as exc:
             await respond(send, 401, {"error": str(exc)}, CHALLENGE)

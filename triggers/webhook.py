@@ -27,12 +27,10 @@ from fmesh.triggers.signatures import HmacCheck, check_bearer, check_signature
 
 from fmesh.asgi import Receive, Scope, Send, header_dict, read_body, respond
 from fmesh.bindings.common import wrapped_event
-from fmesh.bindings.http import read_events
+from fmesh.bindings.http import is_binary_mode, is_cloudevents_media, read_events
 from fmesh.errors import AuthError, ClientGone, EventTooLarge, InvalidEvent, RateLimited, StoreError
 from fmesh.events import Event, TooManyExtensions
 from fmesh.ratelimit import retry_after_header
-
-CLOUDEVENTS_MEDIA = "application/cloudevents"
 
 
 class WebhookTrigger:
@@ -133,9 +131,7 @@ class WebhookTrigger:
 
 
 def is_cloudevent(headers: Mapping[str, str]) -> bool:
-    if headers.get("content-type", "").strip().lower().startswith(CLOUDEVENTS_MEDIA):
-        return True
-    return any(name.startswith("ce-") for name in headers)
+    return is_cloudevents_media(headers.get("content-type")) or is_binary_mode(headers)
 
 
 def bearer_tokens(auth: WebhookAuth | None, field: str) -> list[bytes]:
