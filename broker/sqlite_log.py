@@ -215,9 +215,23 @@ class SqliteEventLog:
                               f"(RLIMIT_FSIZE, `ulimit -f`) ({exc})")
         return StoreError(f"the event log failed: {exc}")
 
+    def _truncate_wal(self) -> None:
+        """Truncate the WAL between two groups, when the checkpointer could not: under writes
+        that never pause, its TRUNCATE finds the writer busy round after round. Here, on the
+        writer's own connection, nobody is writing."""
+        assert self._conn is not None and self._checkpointer is not None
+        try:
+            busy, _, _ = self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        except sqlite3.Error:
+            return  # a full disk or a reader in the way: the checkpointer asks again
+        if not busy:
+            self._checkpointer.wal_over_limit = False
+
     def _write(self, group: list) -> None:
         if self._conn is None:
             raise StoreError(f"event log {self.path} is closed")
+        if self._checkpointer is not None and self._checkpointer.wal_over_limit:
+            self._truncate_wal()
         try:
             self._conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:  # busy (another process holds the database) or broken: all fail
@@ -494,6 +508,7 @@ class Checkpointer(threading.Thread):
         super().__init__(name="fmesh-checkpoint", daemon=True)
         self.path = path
         self.wal = Path(f"{path}-wal")
+        self.wal_over_limit = False  # set when a TRUNCATE found the writer busy: see SqliteEventLog._truncate_wal
         self._stopping = threading.Event()
 
     def run(self) -> None:
@@ -505,6 +520,7 @@ class Checkpointer(threading.Thread):
                     conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
                     if self.wal.stat().st_size > WAL_LIMIT:
                         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+                        self.wal_over_limit = self.wal.stat().st_size > WAL_LIMIT  # the writer does it then
                 except (sqlite3.Error, OSError):
                     pass  # busy, locked, no WAL yet, or a full disk: the next round will do it
         finally:
