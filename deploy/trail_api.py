@@ -23,7 +23,7 @@ NO_TRAIL = "this mesh keeps no event trail (it runs with --trail-retention 0)"
 
 
 def add_trail_routes(app: FastAPI, node: NodeOperations, auth: list) -> None:
-    @app.get("/v1/trail/{event_id}", dependencies=auth, summary="Where an event went (fmesh trace)",
+    @app.get("/v1/trail/{event_id:path}", dependencies=auth, summary="Where an event went (fmesh trace)",
              responses=errors(404, 422))
     async def trail(event_id: str) -> dict[str, Any]:
         entries = await _trail(node).trace(event_id)
