@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from dataclasses import asdict
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Query
@@ -115,7 +114,7 @@ async def _sse(watch: Watch, listener: Listener, feed: LiveFeed) -> AsyncIterato
 
 
 def sse_message(record: Record, listener: Listener) -> bytes:
-    body = asdict(record.what)  # type: ignore[call-overload]
+    body = record.what._asdict()
     body["type"] = record.event.type
     if "routed" in body:
         body["routed"] = list(body["routed"])
