@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from typing import Protocol, TypeVar
 
 from fmesh.runtime.policy import DeliveryPolicy
-from fmesh.runtime.replica import ReplyData, Result
+from fmesh.runtime.replica import NotSent, ReplyData, Result
 
 from fmesh.bindings.common import describe
 from fmesh.contracts import DeadLetter, Delivery, DeliveryId, DeliveryQueue, Observer, Publisher, Steps
@@ -178,7 +178,10 @@ class Sidecar:
             started = time.monotonic()
             error = await self._attempt(delivery)
             took = time.monotonic() - started
-            if error is None:
+            if isinstance(error, NotSent):
+                await self._until_stored(lambda: self._acks.ack(delivery.id), "ack")
+                self._tell(delivery.event, Steps.NOT_SENT, delivery.attempts + 1, duration=took, detail=error.reason)
+            elif error is None:
                 await self._until_stored(lambda: self._acks.ack(delivery.id), "ack")
                 self.stats.delivered += 1
                 self._tell(delivery.event, Steps.DELIVERED, delivery.attempts + 1, duration=took)
@@ -188,10 +191,13 @@ class Sidecar:
             await asyncio.shield(self._release(delivery))  # not done: someone else may
             raise
 
-    async def _attempt(self, delivery: Delivery) -> HandlerError | None:
-        """One attempt at the event; None when it succeeded (and its reply is stored)."""
+    async def _attempt(self, delivery: Delivery) -> HandlerError | NotSent | None:
+        """One attempt at the event; None when it succeeded (and its reply is stored), NotSent
+        when the target was done with it without delivering it."""
         try:
             result = await self.target.invoke(delivery.event, self.policy.timeout)
+            if isinstance(result, NotSent):
+                return result
             await self._publish_reply(delivery, result)
         except HandlerError as exc:
             return exc

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from urllib.parse import urljoin
 
-from fmesh.runtime.replica import Result
+from fmesh.runtime.replica import NotSent, Result
 from fmesh.runtime.sinks.http import HttpSink
 
 from fmesh.bindings.http import write_batch
@@ -106,7 +106,7 @@ class BridgeSink:
         path = visited(event)
         if self.mesh_id in path or (self.stats.peer_mesh is not None and self.stats.peer_mesh in path):
             self.stats.looped += 1  # it has been there already: sending it would start a loop
-            return None
+            return NotSent(f"not sent: mesh {self.stats.peer_mesh or 'it'} is on its path already (a loop)")
         sent: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if not self._waiting:
             asyncio.get_running_loop().call_soon(self._flush, timeout)
