@@ -374,9 +374,10 @@ function edge(from, to, perSecond, key, label) {
   const group = svgEl("g", {class: `edge${busy ? " busy" : ""}${label ? " output" : ""}`, "data-edge": key});
   group.append(svgEl("path", {d: `M${x1},${y1} C${middle},${y1} ${middle},${y2} ${x2},${y2}`}));
   const text = label || (perSecond === undefined ? "" : rate(perSecond));
-  if (text) {
-    const tx = label ? x1 + 6 : x2 - 52;
-    group.append(svgEl("text", {x: tx, y: (label ? y1 : y2) - 4, class: "rate"}, text));
+  if (text) {  // by the end that is not the hub, where no other edge's label is
+    const atSource = to.kind === "hub";
+    group.append(svgEl("text", {x: atSource ? x1 + 6 : x2 - 6, y: (atSource ? y1 : y2) - 5,
+                                class: `rate${atSource ? "" : " end"}`}, text));
   }
   return group;
 }
@@ -486,7 +487,7 @@ let shownLetters = [];
 const shownLetterIds = () => shownLetters.map((letter) => letter.id);
 
 async function refreshDeadLetters() {
-  const result = await call("GET", "/v1/dead-letters?limit=200");
+  const result = await call("GET", "/v1/dead-letters?limit=1000");
   if (!result.ok) return;
   shownLetters = result.body.dead_letters.slice().sort((a, b) => b.failed_at - a.failed_at);
   const body = $("dead-letters").tBodies[0];
