@@ -55,7 +55,9 @@ class SecurityHeaders:
 
         async def send_with_headers(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":
-                message = {**message, "headers": [*message.get("headers", []), *extra]}
+                headers = list(message.get("headers", []))
+                present = {name.lower() for name, _ in headers}
+                message = {**message, "headers": headers + [h for h in extra if h[0] not in present]}
             await send(message)
 
         await self.app(scope, receive, send_with_headers)

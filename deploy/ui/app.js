@@ -401,54 +401,85 @@ async function trace(id) {
   $("event-id").value = id;
   const result = await call("GET", `/v1/trail/${encodeURIComponent(id)}`);
   if (!result.ok) {
-    out.append(el("p", {class: "error"}, result.status === 404 && result.body && /trail|event/i.test(result.body.error)
-      ? `No event with id ${id} in the trail.` : `Could not look it up (${errorText(result)}).`));
+    out.append(el("p", {class: "error"}, result.status === 404 && result.body && result.body.error
+      ? result.body.error : `Could not look it up (${errorText(result)}).`));
     return;
   }
   for (const entry of result.body.trail) out.append(trailEntry(entry));
 }
 
+// The same tree as `fmesh trace` (fmesh/cli_trail.py): the event, then per subscription
+// its outcome and steps, then its replies, then steps of subscriptions it was not routed to.
 function trailEntry(entry) {
-  const head = el("div", {class: "trail-head"},
-    el("strong", {class: "event-id"}, entry.id), " ", el("span", {class: "type"}, entry.type),
-    " from ", el("span", {class: "source"}, entry.source), " · sent by ", el("span", {class: "sender"}, entry.sender),
-    " · ", el("time", {}, when(entry.at)));
-  const details = el("div", {class: "trail-details"});
-  if (entry.traceparent) details.append(el("div", {}, "traceparent ", el("code", {}, entry.traceparent)));
-  if (entry.parent) details.append(el("div", {}, "reply to ", lookup(entry.parent.id), ` (${entry.parent.source})`));
-  const tree = el("ul", {class: "tree"});
-  const routed = entry.routed || [];
-  if (routed.length === 0) tree.append(el("li", {class: "unrouted"}, "matched nothing"));
-  const subscriptions = [...routed];
-  for (const step of entry.steps || []) {
-    if (step.subscription && !subscriptions.includes(step.subscription)) subscriptions.push(step.subscription);
-  }
-  for (const subscription of subscriptions) {
-    const outcome = (entry.outcome || {})[subscription] || "pending";
-    const steps = (entry.steps || []).filter((s) => s.subscription === subscription);
-    tree.append(el("li", {class: "route", "data-subscription": subscription},
-      el("span", {class: "subscription"}, subscription), " ",
-      el("span", {class: `outcome ${outcome}`}, outcome),
-      steps.length ? el("ul", {}, steps.map(stepItem)) : null));
-  }
-  const node = el("div", {class: "trail-entry", "data-event": entry.id}, head, details, tree);
-  if (entry.replies && entry.replies.length) {
-    node.append(el("div", {class: "replies"}, el("div", {class: "hint"}, "replies"),
-                   entry.replies.map(trailEntry)));
-  }
+  const node = el("div", {class: "trail-entry", "data-event": entry.id}, headline(entry));
+  node.append(el("ul", {class: "tree"}, branches(entry)));
   return node;
 }
 
-function stepItem(step) {
-  const parts = [el("time", {}, when(step.at)), " ", el("span", {class: `kind ${step.kind}`}, step.kind)];
-  if (step.attempt) parts.push(` · attempt ${step.attempt}`);
-  if (step.status !== null && step.status !== undefined) parts.push(` · ${step.status}`);
-  if (step.duration_ms !== null && step.duration_ms !== undefined) parts.push(` · ${ms(step.duration_ms)}`);
-  if (step.due) parts.push(` · next at ${when(step.due)}`);
-  if (step.kind === "reply" && step.detail) parts.push(" → ", lookup(step.detail));
-  else if (step.detail) parts.push(` → ${step.detail}`);
-  if (step.error) parts.push(" ", el("span", {class: "error"}, step.error));
-  return el("li", {class: "step"}, parts);
+function headline(entry) {
+  if (entry.at === null) {
+    return el("div", {class: "trail-head"}, el("strong", {class: "event-id"}, entry.id), " from ",
+              el("span", {class: "source"}, entry.source), " (its arrival is no longer in the trail)");
+  }
+  const head = el("div", {class: "trail-head"},
+    el("strong", {class: "event-id"}, entry.id), "  ", el("span", {class: "type"}, entry.type),
+    "  from ", el("span", {class: "source"}, entry.source), "  sent by ", el("span", {class: "sender"}, entry.sender),
+    "  at ", el("time", {}, clock(entry.at)));
+  if (entry.parent) head.append("  (reply to ", lookup(entry.parent.id), ")");
+  if (entry.traceparent) {
+    const parts = String(entry.traceparent).split("-");
+    head.append("  trace ", el("code", {class: "trace-id", title: entry.traceparent}, parts.length > 1 ? parts[1] : ""));
+  }
+  return head;
+}
+
+function branches(entry) {
+  const outcome = entry.outcome || {};
+  const steps = entry.steps || [];
+  if (Object.keys(outcome).length === 0 && entry.at !== null) {
+    return [el("li", {class: "unrouted"}, "matched nothing: no subscription's filter passed it, so it was not stored")];
+  }
+  const items = [];
+  for (const [subscription, result] of Object.entries(outcome)) {
+    const own = steps.filter((s) => s.subscription === subscription && s.kind !== "reply");
+    items.push(el("li", {class: "route", "data-subscription": subscription},
+      el("span", {class: "subscription"}, subscription), ": ",
+      el("span", {class: `outcome ${result}`}, outcomeText(result, own)),
+      own.length ? el("ul", {}, own.map((s) => el("li", {class: "step"}, stepLine(s)))) : null));
+  }
+  for (const reply of entry.replies || []) {
+    items.push(el("li", {class: "reply", "data-event": reply.id}, "reply ", lookup(reply.id), "  ",
+                  el("span", {class: "type"}, reply.type), el("ul", {}, branches(reply))));
+  }
+  for (const step of steps.filter((s) => !(s.subscription in outcome) && s.kind !== "reply")) {
+    items.push(el("li", {class: "step"}, stepLine(step)));
+  }
+  return items;
+}
+
+function outcomeText(outcome, steps) {
+  const last = steps.length ? steps[steps.length - 1] : null;
+  if (outcome === "retrying" && last && last.due) {
+    const left = last.due - Date.now() / 1000;
+    return `retrying, attempt ${last.attempt + 1} due at ${clock(last.due)} (${left > 0 ? `in ${left.toFixed(1)}s` : "due now"})`;
+  }
+  if (outcome === "pending") return steps.length ? "pending" : "pending (not attempted yet)";
+  return outcome;
+}
+
+function stepLine(step) {
+  const parts = [`${clock(step.at)}  `, el("span", {class: `kind ${step.kind}`}, step.kind)];
+  if (step.attempt) parts.push(`, attempt ${step.attempt}`);
+  if (step.duration_ms !== null && step.duration_ms !== undefined) parts.push(`, ${step.duration_ms.toFixed(1)} ms`);
+  if (step.status !== null && step.status !== undefined) parts.push(`, status ${step.status}`);
+  if (step.detail) parts.push(` → ${step.detail}`);
+  if (step.error) parts.push(": ", el("span", {class: "error"}, step.error));
+  return parts;
+}
+
+function clock(seconds) {
+  const at = new Date(seconds * 1000);
+  return `${at.toTimeString().slice(0, 8)}.${String(at.getMilliseconds()).padStart(3, "0")}`;
 }
 
 function lookup(id) {
