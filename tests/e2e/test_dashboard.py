@@ -112,6 +112,19 @@ def cell(function: str, column: str) -> str:
     return f'#functions tr[data-function="{function}"] td.{column}'
 
 
+DELIVERED = {"function:greeter": "delivered", "subscription:audit": "delivered"}
+
+
+def search(ui: Page, event_id: str) -> None:
+    ui.page.fill("#event-id", event_id)
+    ui.page.click("#search-form button[type=submit]")
+
+
+def outcomes(mesh, event_id: str) -> dict:
+    answer = mesh.api("GET", f"/v1/trail/{quote(event_id, safe='')}")
+    return answer.json()["trail"][0]["outcome"] if answer.status_code == 200 else {}
+
+
 def letters_of(mesh, event_id: str) -> list[dict]:
     letters = mesh.api("GET", "/v1/dead-letters").json()["dead_letters"]
     return [d for d in letters if d["event"]["attributes"]["id"] == event_id]
@@ -140,13 +153,22 @@ def test_the_dashboard_end_to_end(browser, dashboard_mesh, tmp_path):
         ui.page.wait_for_selector('#topology g.edge[data-edge="function:greeter"] text.rate')
         ui.shot("3-counter-moved")
 
+        wait_for(lambda: outcomes(mesh, "greet-1") == DELIVERED, 20, message="greet-1 at the function and the sink")
+        search(ui, "greet-1")
+        ui.page.wait_for_selector('#trail .trail-entry[data-event="greet-1"]')
+        for part in DELIVERED:
+            ui.page.wait_for_selector(f'#trail li.route[data-subscription="{part}"] .outcome.delivered')
+            ui.page.wait_for_selector(f'#trail li.route[data-subscription="{part}"] li.step .kind.delivered')
+        assert "/dashboard-test" in ui.page.inner_text("#trail")
+        ui.shot("4-trace")
+
         send(mesh, "com.example.picky", HOSTILE_ID)  # fails: its gate is closed, and no retries
         row = ui.page.locator("#dead-letters tbody tr").filter(has_text=HOSTILE_ID)
         row.wait_for()
         assert HOSTILE_ID in ui.page.inner_text(cell("picky", "last-error"))  # as text
         ui.page.wait_for_selector('#failures li:has-text("picky")')
         [letter] = letters_of(mesh, HOSTILE_ID)
-        ui.shot("4-dead-letter")
+        ui.shot("5-dead-letter")
 
         delivered = mesh.status("picky")["delivered"]
         gate.unlink()  # the function works now: the replayed letter gets delivered
@@ -161,7 +183,7 @@ def test_the_dashboard_end_to_end(browser, dashboard_mesh, tmp_path):
         assert letters_of(mesh, HOSTILE_ID) == [] and letter["id"] not in [
             d["id"] for d in mesh.api("GET", "/v1/dead-letters").json()["dead_letters"]]
         assert mesh.status("picky")["delivered"] == delivered + 1
-        ui.shot("5-replayed")
+        ui.shot("6-replayed")
 
         assert ui.page.locator("img").count() == 0, "an event id was rendered as HTML"
         assert ui.dialogs == []
@@ -170,46 +192,28 @@ def test_the_dashboard_end_to_end(browser, dashboard_mesh, tmp_path):
         ui.close()
 
 
-def has_trail(mesh) -> bool:
-    """Whether this mesh has the event trail (GET /v1/trail/{id}, issue 14 item 1)."""
-    answer = mesh.api("GET", "/v1/trail/none")
-    return answer.status_code == 200 or (answer.status_code == 404 and answer.json()["error"] != "Not Found")
-
-
-def outcomes(mesh, event_id: str) -> dict:
-    answer = mesh.api("GET", f"/v1/trail/{quote(event_id, safe='')}")
-    return answer.json()["trail"][0]["outcome"] if answer.status_code == 200 else {}
-
-
-def test_the_dashboard_traces_an_event_by_id(browser, dashboard_mesh, tmp_path):
+def test_the_search_shows_dead_letters_and_events_that_matched_nothing(browser, dashboard_mesh, tmp_path):
     mesh, _ = dashboard_mesh
-    if not has_trail(mesh):
-        pytest.skip("TRAIL API NOT MERGED: this mesh has no GET /v1/trail/{id} yet, so the search has nothing to show")
     hostile = '<img src=y onerror="alert(2)">'
-    send(mesh, "com.example.greet", "traced-1")
     send(mesh, "com.example.picky", hostile)  # dead-lettered: its gate is closed
-    wait_for(lambda: outcomes(mesh, "traced-1") == {"function:greeter": "delivered",
-                                                    "subscription:audit": "delivered"},
-             20, message="the traced event delivered to the function and the sink")
+    send(mesh, "com.example.nobody", "lost-1")
     wait_for(lambda: outcomes(mesh, hostile) == {"function:picky": "dead-lettered"}, 20,
              message="the hostile event dead-lettered")
     ui = Page(browser, mesh, tmp_path / "screenshots-trace")
     try:
         ui.login(mesh.token)
-        ui.page.fill("#event-id", "traced-1")
-        ui.page.click("#search-form button[type=submit]")
-        ui.page.wait_for_selector('#trail .trail-entry[data-event="traced-1"]')
-        for part in ("function:greeter", "subscription:audit"):
-            ui.page.wait_for_selector(f'#trail li.route[data-subscription="{part}"] .outcome.delivered')
-            ui.page.wait_for_selector(f'#trail li.route[data-subscription="{part}"] li.step')
-        assert "/dashboard-test" in ui.page.inner_text("#trail")
-        ui.shot("trace")
-
-        ui.page.fill("#event-id", hostile)
-        ui.page.click("#search-form button[type=submit]")
+        row = ui.page.locator("#dead-letters tbody tr").filter(has_text=hostile)
+        row.locator("td.event-id button").click()  # the dead letter's id looks the event up
         ui.page.wait_for_selector('#trail li.route[data-subscription="function:picky"] .outcome.dead-lettered')
-        assert hostile in ui.page.inner_text("#trail")
-        ui.shot("trace-hostile")
+        assert hostile in ui.page.inner_text("#trail") and "RuntimeError: gate closed" in ui.page.inner_text("#trail")
+        ui.shot("trace-dead-lettered")
+
+        wait_for(lambda: mesh.api("GET", "/v1/trail/lost-1").status_code == 200, 20, message="lost-1 in the trail")
+        search(ui, "lost-1")
+        ui.page.wait_for_selector("#trail li.unrouted:has-text('matched nothing')")
+        search(ui, "never-sent")
+        ui.page.wait_for_selector("#trail p.error:has-text('no event with id')")
+        ui.shot("trace-unknown")
         assert ui.page.locator("img").count() == 0 and ui.dialogs == [] and ui.csp_errors == []
     finally:
         ui.close()
