@@ -185,6 +185,19 @@ def test_the_dashboard_end_to_end(browser, dashboard_mesh, tmp_path):
         assert mesh.status("picky")["delivered"] == delivered + 1
         ui.shot("6-replayed")
 
+        send(mesh, "com.example.picky", "to-purge")
+        ui.page.locator("#dead-letters tbody tr").filter(has_text="to-purge").wait_for()
+        ui.page.click("#purge")  # once arms it, twice purges: no confirm() dialog
+        ui.page.click("#purge:has-text('Click again')")
+        ui.page.wait_for_selector("#dead-message:has-text('Purged')")
+        ui.page.wait_for_selector("#dead-empty:visible")
+        assert letters_of(mesh, "to-purge") == []
+
+        ui.page.click("#logout")
+        ui.page.wait_for_selector("#login-form:visible")
+        assert ui.page.evaluate("async () => (await fetch('/v1/status')).status") == 401
+        ui.shot("7-logged-out")
+
         assert ui.page.locator("img").count() == 0, "an event id was rendered as HTML"
         assert ui.dialogs == []
         assert ui.csp_errors == []
