@@ -18,7 +18,8 @@ from fmesh.broker.policy import control_refusal
 from fmesh.deploy.api_errors import answers, errors
 from fmesh.deploy.bundle import MAX_BUNDLE_BYTES
 from fmesh.deploy.control import ControlPlane
-from fmesh.deploy.dashboard import LiveStreams, SecurityHeaders, add_dashboard_routes
+from fmesh.deploy.dashboard import SecurityHeaders, add_dashboard_routes
+from fmesh.deploy.live import LiveStreams
 from fmesh.deploy.membership import totals
 from fmesh.deploy.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from fmesh.deploy.metrics import metrics_text

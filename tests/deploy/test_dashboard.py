@@ -12,7 +12,7 @@ import httpx
 import pytest
 from fastapi import HTTPException
 from fmesh.broker.identity import ADMIN, Identity, token_digest
-from fmesh.deploy.dashboard import LiveStreams
+from fmesh.deploy.live import LiveStreams
 from fmesh.deploy.server import build
 from fmesh.deploy.sessions import COOKIE, Sessions
 

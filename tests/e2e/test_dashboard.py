@@ -257,7 +257,7 @@ def test_a_read_session_sees_no_replay_buttons(browser, dashboard_mesh, tmp_path
 
 
 def test_live_streams_are_bounded_and_give_their_place_back_when_the_client_goes(dashboard_mesh):
-    from fmesh.deploy.dashboard import MAX_LIVE
+    from fmesh.deploy.live import MAX_LIVE
 
     mesh, _ = dashboard_mesh
     headers = {"authorization": f"Bearer {mesh.token}"}
