@@ -18,10 +18,13 @@ from fmesh.broker.policy import control_refusal
 from fmesh.deploy.api_errors import answers, errors
 from fmesh.deploy.bundle import MAX_BUNDLE_BYTES
 from fmesh.deploy.control import ControlPlane
+from fmesh.deploy.dashboard import SecurityHeaders, add_dashboard_routes
+from fmesh.deploy.live import LiveStreams
 from fmesh.deploy.membership import totals
 from fmesh.deploy.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from fmesh.deploy.metrics import metrics_text
 from fmesh.deploy.operations import NodeOperations
+from fmesh.deploy.sessions import Sessions
 from fmesh.deploy.trail_api import add_trail_routes
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -64,12 +67,16 @@ class TokenRequest(StrictBody):
     burst: int | None = Field(None, ge=1, description="events at once within the rate limit")
 
 
-def require_token(identity: Identity):  # type: ignore[no-untyped-def]
-    """A dependency: the caller's principal, refused with 401 (unknown) or 403 (out of scope)."""
+def require_token(identity: Identity, sessions: Sessions | None = None):  # type: ignore[no-untyped-def]
+    """A dependency: the caller's principal, refused with 401 (unknown) or 403 (out of scope).
+    Without a bearer token, a dashboard session cookie will do (see fmesh.deploy.sessions)."""
     bearer = HTTPBearer(auto_error=False)
 
     def check(request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> Principal:
-        principal = identity.bearer(credentials.credentials) if credentials is not None else None
+        if credentials is not None:
+            principal = identity.bearer(credentials.credentials)
+        else:
+            principal = sessions.principal(request) if sessions is not None else None
         if principal is None:
             raise HTTPException(401, "missing or wrong bearer token: pass --token or set FMESH_TOKEN",
                                 headers={"WWW-Authenticate": "Bearer"})
@@ -101,8 +108,10 @@ def create_app(node: NodeOperations, control: ControlPlane, public_metrics: bool
     """The control app; `public_metrics` False puts /metrics and the API docs behind a read token."""
     app = FastAPI(title="fmesh control API", version="1", docs_url=None, redoc_url=None, openapi_url=None,
                   responses=errors(401, 403))  # every route in the schema takes a token
-    auth = [Depends(require_token(node.identity))]
+    sessions = Sessions(node.identity)
+    auth = [Depends(require_token(node.identity, sessions))]
     add_doc_routes(app, [] if public_metrics else auth)
+    app.add_middleware(SecurityHeaders)
 
     @app.exception_handler(StarletteHTTPException)  # FastAPI's own, and the router's 404 and 405
     async def _error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -245,6 +254,8 @@ def create_app(node: NodeOperations, control: ControlPlane, public_metrics: bool
 
     add_token_routes(app, node, auth)
     add_trail_routes(app, node, auth)
+    app.state.live = LiveStreams(status)  # the dashboard's live view: what /v1/status says, every second
+    add_dashboard_routes(app, sessions, node.identity, auth, app.state.live)
     return app
 
 

@@ -73,6 +73,7 @@ class Node:
         self.membership = Membership(self.state, self.node_id,
                                      address or f"{settings.scheme}://{settings.host}:{settings.port}", self._replicas)
         self.on_start: list[Hook] = []
+        self.on_end_streams: list[Callable[[], None]] = []  # more long-lived responses to end (the dashboard's)
         self.routes: dict[str, ASGIApp] = {}   # extra POST paths (webhook triggers)
         self.triggers: dict[str, Trigger] = {}
         self._started = False
@@ -409,6 +410,8 @@ class Node:
         self.runtime.logs.end_followers()
         if self.trail is not None:
             self.trail.live.end_listeners()
+        for end in self.on_end_streams:
+            end()
 
     async def _stop_in_time(self) -> None:
         """Stop, leaving the rest undone (`stop_overran`) when the deadline or grace runs out."""

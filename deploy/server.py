@@ -35,7 +35,8 @@ def build(settings: NodeSettings) -> tuple[Node, ControlPlane, str]:
     node = Node(settings)
     node.trust_control_token(token)
     control = ControlPlane(node, bundle_limits=BundleLimits(settings.max_bundle_bytes, settings.max_bundle_files))
-    node.control_app = create_app(node, control, settings.metrics_public)
+    node.control_app = app = create_app(node, control, settings.metrics_public)
+    node.on_end_streams.append(app.state.live.end)
     return node, control, token
 
 
