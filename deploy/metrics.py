@@ -40,7 +40,7 @@ class Depths:
     dead_letters: dict[str, int] | None = None
 
 
-async def gather_depths(node: NodeOperations, timeout: float = DEPTH_TIMEOUT) -> Depths:
+async def gather_depths(node: NodeOperations, timeout: float | None = None) -> Depths:
     """Ask the store, all at once and for at most `timeout` seconds; what did not answer in
     time (or failed) is left out of this scrape."""
     asks: dict[tuple[str, str], Awaitable[Any]] = {("dead", ""): node.dead_letter_counts()}
@@ -50,7 +50,7 @@ async def gather_depths(node: NodeOperations, timeout: float = DEPTH_TIMEOUT) ->
         asks["backlog" if sink.bridge else "pending", sink.name] = (
             node.backlog(sink.name) if sink.bridge else node.pending(sink.name))
     tasks = {key: asyncio.ensure_future(ask) for key, ask in asks.items()}
-    await asyncio.wait(tasks.values(), timeout=timeout)
+    await asyncio.wait(tasks.values(), timeout=DEPTH_TIMEOUT if timeout is None else timeout)
     depths = Depths()
     for (kind, name), task in tasks.items():
         if not task.done():
