@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import ssl
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import quote
 
@@ -133,9 +133,11 @@ class MeshClient:
     def unrouted(self, limit: int) -> list[dict[str, Any]]:
         return self.request("GET", "/v1/events", params={"unrouted": True, "limit": limit}).json()["events"]
 
-    def watch_events(self, filters: list[str], cesql: str | None, function: str | None) -> Iterator[tuple[str, dict]]:
-        """(kind, record) as the mesh sends them, until the caller stops; the mesh ends the
-        stream only when it stops, so an end is BrokerUnreachable."""
+    def watch_events(self, filters: list[str], cesql: str | None, function: str | None,
+                     connected: Callable[[], None] = lambda: None) -> Iterator[tuple[str, dict]]:
+        """(kind, record) as the mesh sends them, until the caller stops (`connected` is called
+        once the mesh watches); the mesh ends the stream only when it stops, so an end is
+        BrokerUnreachable."""
         params: dict[str, Any] = {"filter": filters}
         if cesql is not None:
             params["cesql"] = cesql
@@ -144,6 +146,7 @@ class MeshClient:
         try:
             with self._http.stream("GET", "/v1/events/stream", params=params, timeout=None) as response:
                 check(response, self.url)
+                connected()
                 yield from server_sent_events(_lines(response.iter_text()))
         except httpx.ConnectError as exc:
             raise BrokerUnreachable(self.url, str(exc)) from exc

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from fmesh.cli_shared import CaOption, MeshOption, TokenOption, client, console, fail
+from fmesh.cli_shared import CaOption, MeshOption, TokenOption, client, console, errors, fail
 from fmesh.errors import FmeshError
 from fmesh.settings import DEFAULT_MESH_URL
 from fmesh.terminal import escape_controls
@@ -39,12 +39,14 @@ def tail(filter: Annotated[list[str] | None, typer.Option(
              "--filter", help="attribute=value the event must have (repeatable), e.g. type=com.shop.order")] = None,
          cesql: Annotated[str | None, typer.Option(help="A CESQL expression the event must match.")] = None,
          function: Annotated[str | None, typer.Option(help="Only what concerns this function.")] = None,
-         as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+         as_json: Annotated[bool, typer.Option(
+             "--json", help="One JSON object per line; its kind is accepted, or what an attempt came to.")] = False,
          mesh: MeshOption = DEFAULT_MESH_URL, token: TokenOption = None, ca: CaOption = None) -> None:
     """Events as they are accepted, and what each attempt at them comes to, until Ctrl-C."""
     try:
         with client(mesh, token, ca) as mesh_client:
-            for kind, record in mesh_client.watch_events(filter or [], cesql, function):
+            said = lambda: errors.print(f"watching events at {mesh}; Ctrl-C to stop", highlight=False)  # noqa: E731
+            for kind, record in mesh_client.watch_events(filter or [], cesql, function, said):
                 if as_json:
                     print(json.dumps({"kind": kind, **record}), flush=True)
                 else:
