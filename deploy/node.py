@@ -22,10 +22,12 @@ from fmesh.broker.identity import ADMIN, Identity, PeerCredential, token_digest
 from fmesh.broker.ingress import Ingress
 from fmesh.broker.policy import Gate, Rule, default_mode
 from fmesh.broker.stores import Store, open_store
+from fmesh.broker.tallies import Tallies
 from fmesh.broker.tokens import Tokens
 from fmesh.broker.trail.memory import MemoryTrail
 from fmesh.broker.trail.recorder import TrailRecorder
 from fmesh.broker.trail.sqlite import SqliteTrail
+from fmesh.deploy.counters import CounterKeeper
 from fmesh.deploy.membership import Membership, load_or_create_node_id, members
 from fmesh.runtime.logs import LogStore
 from fmesh.runtime.runtime import FunctionSpec, FunctionStatus, Runtime, SinkSpec, SinkStatus
@@ -81,6 +83,11 @@ class Node:
         self.stop_deadline: float | None = None  # time.monotonic() by which a stop must be done
         self.stop_overran = False                # the last stop ran out of time and left work undone
         self.trail: TrailRecorder | None = None  # where events went (None: --trail-retention 0)
+        self.tallies = Tallies()                 # counts of what happened to events, kept across restarts
+        self.counters = CounterKeeper(self.tallies, self.state, self.node_id)
+        self.broker.observers.append(self.tallies)
+        self.runtime.observers.append(self.tallies)
+        self.runtime.cold_start_listeners.append(self.tallies.cold_start)
 
     async def start(self) -> None:
         private_dir(self.data_dir)
@@ -88,10 +95,12 @@ class Node:
         self._fit_event_limit()
         await self._agree_on_mesh_id()
         await self.tokens.load()
+        await self.counters.load()
         await self.runtime.start()
         self._open_trail()
         self.run_in_background("expire dead letters and seen events", self._expire())
         self.run_in_background("heartbeat", self.membership.run())
+        self.run_in_background("store the counts", self.counters.run())
         self.run_in_background("follow the tokens", self.tokens.follow())
         self._started = True
         for hook in self.on_start:
@@ -162,6 +171,7 @@ class Node:
         for name in list(self.triggers):
             await self.remove_trigger(name)
         await self.runtime.stop(self.settings.shutdown_grace if grace is None else grace)
+        await self.counters.save()
         if self.trail is not None:
             await self.trail.close()
         await self.store.close()
@@ -299,6 +309,7 @@ class Node:
     async def remove_function(self, name: str) -> None:
         await self.runtime.remove(name)
         await self.broker.unsubscribe(f"function:{name}")
+        self.tallies.forget(f"function:{name}")
         await self._drop_sinks_except(name, set())
 
     async def deploy_subscription(self, sink: SinkSpec, filter: Filter, dead_letter: SinkSpec | None = None) -> None:
@@ -318,6 +329,7 @@ class Node:
         """Stop a subscription (`subscription:audit`, `bridge:eu`) and forget what it had pending."""
         await self.runtime.remove_sink(subscription)
         await self.broker.unsubscribe(subscription)
+        self.tallies.forget(subscription)
         await self._drop_sinks_except(owner_of(subscription), set())
 
     async def deploy_trigger(self, name: str, entry: TriggerEntry) -> None:
@@ -366,6 +378,7 @@ class Node:
             if name not in keep and name in self.runtime.sinks:
                 await self.runtime.remove_sink(name)
                 await self.broker.unsubscribe(name)
+                self.tallies.forget(name)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The node's ASGI app."""

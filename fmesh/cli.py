@@ -349,6 +349,9 @@ def status(mesh: MeshOption = DEFAULT_MESH_URL, token: TokenOption = None, ca: C
     _print_sinks(report.get("sinks", []))
     _print_bridges(report.get("bridges", []), report.get("bridged_in"))
     _print_triggers(report.get("triggers", []))
+    if report.get("unrouted"):
+        console.print(f"{report['unrouted']} event(s) matched no subscription: `fmesh events list --unrouted` "
+                      "shows the latest", highlight=False)
     _print_nodes(report.get("nodes", []), report.get("node"), report.get("totals", {}))
     for key, why in sorted(report.get("broken", {}).items()):
         errors.print(f"[bold red]broken:[/] {key.replace('/', ' ', 1)} could not start after a restart "

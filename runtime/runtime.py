@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -111,6 +112,7 @@ class Runtime:
         self.default_launcher: Launcher = self.zygote if launcher == "zygote" else self.fresh
         self.functions: dict[str, _Running] = {}
         self.observers: list[Observer] = []   # every sidecar tells them what its attempts came to
+        self.cold_start_listeners: list[Callable[[str, float], None]] = []   # (function, seconds)
         self.sinks: dict[str, tuple[SinkSpec, Sink, Sidecar]] = {}
         self._retiring: dict[str, set[asyncio.Task]] = {}
         self._verifying: dict[str, Replica] = {}   # replicas started once by a deploy, by id
@@ -144,7 +146,8 @@ class Runtime:
         Replies go to `replies` (a sink's queue) when given, else back into the mesh."""
         old = self.functions.get(spec.name)
         starter = self._starter(spec)
-        pool = RunnerPool(spec.name, starter, spec.scale, lambda text: self.logs.note(spec.name, text))
+        pool = RunnerPool(spec.name, starter, spec.scale, lambda text: self.logs.note(spec.name, text),
+                          self._cold_started)
         sidecar = Sidecar(spec.subscription, f"/fmesh/functions/{spec.name}", queue, pool,
                           replies or self.publisher, spec.delivery, spec.scale.max_inflight, self.observers)
         self.functions[spec.name] = _Running(spec, pool, sidecar)
@@ -156,6 +159,10 @@ class Runtime:
             task = asyncio.get_running_loop().create_task(self._retire(old))
             self._retiring.setdefault(spec.name, set()).add(task)
             task.add_done_callback(self._retiring[spec.name].discard)
+
+    def _cold_started(self, function: str, seconds: float) -> None:
+        for listener in self.cold_start_listeners:
+            listener(function, seconds)
 
     async def verify(self, spec: FunctionSpec) -> None:
         """Start one replica of `spec` as it would run, then stop it: a handler that cannot
