@@ -104,6 +104,9 @@ def up(
         "--public-metrics/--no-public-metrics",
         help="Serve /metrics, /openapi.json and /docs without a token (default: on a loopback --host only; "
              "elsewhere they need a read or admin token).")] = None,
+    otlp_endpoint: Annotated[str | None, typer.Option(
+        help="Export a span per hop (ingress, delivery attempt, reply) over OTLP/HTTP to this OpenTelemetry "
+             "collector, Jaeger or Tempo, e.g. http://127.0.0.1:4318 (/v1/traces is added). Default: off.")] = None,
 ) -> None:
     """Run a mesh node in the foreground (no external services needed)."""
     from fmesh.deploy.manifest import load_manifest
@@ -122,7 +125,7 @@ def up(
                             dedup_window=_duration(dedup_window), header_timeout=_duration(header_timeout),
                             body_timeout=_duration(body_timeout), min_body_rate=min_body_rate,
                             keepalive_timeout=_duration(keepalive_timeout), max_connections=max_connections,
-                            public_metrics=public_metrics)
+                            public_metrics=public_metrics, otlp_endpoint=otlp_endpoint)
     if launcher not in ("zygote", "subprocess"):
         fail(f"--launcher must be zygote or subprocess, not {launcher!r}")
     if ingress_auth not in (None, "required", "optional", "off"):
@@ -131,6 +134,8 @@ def up(
         fail("--shutdown-grace must be more than 0s, e.g. 10s")
     _check_client_limits(settings)
     _check_store(settings)
+    if otlp_endpoint is not None:
+        _check_otlp_endpoint(otlp_endpoint)
     if mesh_id is not None:
         from fmesh.meshpath import check_mesh_id
 
@@ -254,6 +259,15 @@ def _check_store(settings: Any) -> None:
         open_store(settings.store_url, settings.data_dir)  # only parses the URL: nothing is opened
     except ValueError as exc:
         fail(f"--store: {exc}")
+
+
+def _check_otlp_endpoint(endpoint: str) -> None:
+    from fmesh.deploy.otel import traces_url
+
+    try:
+        traces_url(endpoint)
+    except ValueError as exc:
+        fail(f"--otlp-endpoint: {exc}")
 
 
 def _absolute(path: Path | None) -> str | None:

@@ -30,6 +30,7 @@ from fmesh.runtime.worker import WorkerSpec
 
 from fmesh.contracts import DeliveryQueue, Publisher
 from fmesh.errors import HandlerError
+from fmesh.tracing import CLIENT, NOOP, Tracer
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,7 @@ class Runtime:
     def __init__(self, data_dir: Path, run_dir: Path, publisher: Publisher, launcher: str = "zygote",
                  mesh_id: str = "") -> None:
         self.mesh_id = mesh_id
+        self.tracer: Tracer = NOOP       # the spans of deliveries (the node installs an exporting one)
         self.logs = LogStore(data_dir / "logs")
         self.publisher = publisher
         self.hub = ReplicaHub(run_dir / "replicas.sock", self._on_log)
@@ -145,7 +147,7 @@ class Runtime:
         starter = self._starter(spec)
         pool = RunnerPool(spec.name, starter, spec.scale, lambda text: self.logs.note(spec.name, text))
         sidecar = Sidecar(spec.subscription, f"/fmesh/functions/{spec.name}", queue, pool,
-                          replies or self.publisher, spec.delivery, spec.scale.max_inflight)
+                          replies or self.publisher, spec.delivery, spec.scale.max_inflight, self.tracer)
         self.functions[spec.name] = _Running(spec, pool, sidecar)
         pool.start()
         sidecar.start()
@@ -201,7 +203,7 @@ class Runtime:
         sink = sink or self.open_sink(spec)
         await sink.start()
         sidecar = Sidecar(spec.subscription, spec.source or f"/fmesh/{spec.subscription}", queue, sink,
-                          self.publisher, spec.delivery, spec.max_inflight)
+                          self.publisher, spec.delivery, spec.max_inflight, self.tracer, CLIENT)
         await self.remove_sink(spec.subscription)
         self.sinks[spec.subscription] = (spec, sink, sidecar)
         sidecar.start()
