@@ -181,6 +181,17 @@ def test_a_negative_hop_count_is_refused_by_the_kafka_and_nats_bindings():
         nats_binding.read_message(headers, b"", "message on x")
 
 
+def test_a_malformed_trace_context_is_refused_by_the_kafka_and_nats_bindings():
+    binary = [("ce_specversion", b"1.0"), ("ce_id", b"1"), ("ce_source", b"/s"), ("ce_type", b"t"),
+              ("ce_traceparent", b"00-0-0-01")]
+    with pytest.raises(InvalidEvent, match="traceparent.*expected 00-"):
+        read_record(Record(value=b"", headers=binary))
+    headers = {"ce-specversion": "1.0", "ce-id": "1", "ce-source": "/s", "ce-type": "t", "ce-tracestate": "=x"}
+    with pytest.raises(InvalidEvent, match="tracestate.*key=value") as caught:
+        nats_binding.read_message(headers, b"", "message on x")
+    assert caught.value.attribute == "tracestate"
+
+
 def test_json_nested_too_deeply_is_invalid_not_a_crash_in_kafka_and_nats():
     deep = b'{"specversion":"1.0","x":' + b"[" * 100_000 + b"]" * 100_000 + b"}"
     with pytest.raises(InvalidEvent, match="nested too deeply"):
