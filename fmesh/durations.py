@@ -29,3 +29,15 @@ def parse_duration(value: str | int | float) -> float:
     if pieces and "".join(a + b for a, b in pieces) == text:
         return sum(float(amount) * _UNITS[unit] for amount, unit in pieces)
     raise ValueError(f"expected a duration such as 200ms, 5s, 1m30s or PT1S, got {value!r}")
+
+
+def format_duration(seconds: float) -> str:
+    """`seconds` the way people write it: 90 → 1m30s, 86400 → 1d, 0.2 → 200ms."""
+    if seconds < 1:
+        return f"{seconds * 1000:g}ms"
+    parts, left = [], round(seconds)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if left >= size:
+            parts.append(f"{left // size}{unit}")
+            left %= size
+    return "".join(parts)

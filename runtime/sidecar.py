@@ -13,16 +13,16 @@ import asyncio
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from fmesh.runtime.policy import DeliveryPolicy
 from fmesh.runtime.replica import ReplyData, Result
 
 from fmesh.bindings.common import describe
-from fmesh.contracts import DeadLetter, Delivery, DeliveryId, DeliveryQueue, Publisher
+from fmesh.contracts import DeadLetter, Delivery, DeliveryId, DeliveryQueue, Observer, Publisher, Steps
 from fmesh.errors import FmeshError, HandlerError, InvalidEvent, StoreError
 from fmesh.events import (
     HOPS,
@@ -43,6 +43,7 @@ STORE_RETRY_FIRST = 0.05     # seconds before a failed store operation is tried 
 STORE_RETRY_MAX = 5.0
 CLAIM_WAIT = 5.0             # seconds a claim waits for work before it asks again
 EXTEND_EVERY = 10.0          # seconds between reminders that in-flight deliveries are being worked on
+T = TypeVar("T")
 
 
 class Target(Protocol):
@@ -65,7 +66,7 @@ class DeliveryStats:
 class Sidecar:
     def __init__(self, name: str, source: str, queue: DeliveryQueue, target: Target,
                  publisher: Publisher, policy: DeliveryPolicy, max_inflight: int,
-                 tracer: Tracer = NOOP, span_kind: str = CONSUMER) -> None:
+                 observers: Sequence[Observer] = (), tracer: Tracer = NOOP, span_kind: str = CONSUMER) -> None:
         self.name = name              # the subscription, e.g. "function:hello"
         self.tracer = tracer
         self.span_kind = span_kind    # of its attempts' spans: CONSUMER for a function, CLIENT for a sink
@@ -75,6 +76,7 @@ class Sidecar:
         self.publisher = publisher
         self.policy = policy
         self.max_inflight = max_inflight
+        self.observers = observers    # told what each attempt came to (the trail, metrics)
         self.stats = DeliveryStats()
         self._inflight: set[asyncio.Task] = set()
         self._working: set[DeliveryId] = set()   # ids of the claimed deliveries in flight
@@ -177,12 +179,15 @@ class Sidecar:
             if self.policy.expired(delivery.stored_at, time.time()):
                 await self._settle_failure(delivery, Expired(self.policy, delivery, delivery.last_error))
                 return
+            started = time.monotonic()
             error = await self._attempt(delivery)
+            took = time.monotonic() - started
             if error is None:
                 await self._until_stored(lambda: self._acks.ack(delivery.id), "ack")
                 self.stats.delivered += 1
+                self._tell(delivery.event, Steps.DELIVERED, delivery.attempts + 1, duration=took)
             else:
-                await self._settle_failure(delivery, error)
+                await self._settle_failure(delivery, error, took)
         except asyncio.CancelledError:
             await asyncio.shield(self._release(delivery))  # not done: someone else may
             raise
@@ -215,14 +220,13 @@ class Sidecar:
             return HandlerError(f"the mesh cannot deliver this event: {describe(exc)}", retryable=False)
         return None
 
-    async def _until_stored(self, operation: Callable[[], Awaitable[None]], what: str) -> None:
+    async def _until_stored(self, operation: Callable[[], Awaitable[T]], what: str) -> T:
         """Run a store operation until it succeeds: an ack or retry that is lost would leave
         the delivery claimed for good. Until then the delivery keeps its slot."""
         delay = STORE_RETRY_FIRST
         while True:
             try:
-                await operation()
-                return
+                return await operation()
             except StoreError as exc:
                 self.stats.last_error = f"{what} not stored yet, retrying in {delay:g}s: {exc}"
                 await asyncio.sleep(delay)
@@ -237,22 +241,24 @@ class Sidecar:
             raise HandlerError(f"the handler returned an invalid event: {exc}", retryable=False) from exc
         span = start_reply(self.tracer, self.name, attempt, delivery.event)
         try:
-            await self._store_reply(traced_reply(reply, span, delivery.event))
+            await self._store_reply(delivery, traced_reply(reply, span, delivery.event))
         except BaseException as exc:
             span.end(describe(exc))
             raise
         span.end()
 
-    async def _store_reply(self, reply: Event) -> None:
+    async def _store_reply(self, delivery: Delivery, reply: Event) -> None:
         if reply[HOPS] > self.policy.max_hops:
             letter = DeadLetter(0, self.name, reply, 0, f"reply hop limit {self.policy.max_hops} reached: "
                                 f"a loop of replies?", None, None, time.time())
             # The reply was never stored, so there is no delivery to remove: id -1 names none.
             await self.queue.dead_letter(Delivery(-1, self.name, reply), letter)
             self.stats.dead_lettered += 1
+            self._tell(reply, Steps.DEAD_LETTERED, 0, error=letter.reason)
             return
         await self.publisher.publish([reply])
         self.stats.replies += 1
+        self._tell(delivery.event, Steps.REPLY, delivery.attempts + 1, detail=reply.id)
 
     def _reply_event(self, incoming: Event, result: Event | ReplyData) -> Event:
         hops = _hops(incoming) + 1
@@ -267,7 +273,7 @@ class Sidecar:
                       "datacontenttype": result.content_type, HOPS: hops, SENDER: self.name}
         return Event(attributes, result.payload)
 
-    async def _settle_failure(self, delivery: Delivery, error: HandlerError) -> None:
+    async def _settle_failure(self, delivery: Delivery, error: HandlerError, took: float | None = None) -> None:
         """Schedule the next attempt, or dead-letter the event after the last."""
         self.stats.failed += 1
         self.stats.last_error = str(error)
@@ -278,10 +284,19 @@ class Sidecar:
             if not self.policy.expired(delivery.stored_at, due):
                 await self._until_stored(lambda: self.queue.retry(delivery, delay, str(error)), "retry")
                 self.stats.retried += 1
+                self._tell(delivery.event, Steps.RETRYING, attempt, error.status, took, str(error), due)
                 return
             error = Expired(self.policy, delivery, str(error), at=due)
-        await self._until_stored(lambda: self._dead_letter(delivery, error, attempt), "dead letter")
+        redirected = await self._until_stored(lambda: self._dead_letter(delivery, error, attempt), "dead letter")
         self.stats.dead_lettered += 1
+        kind = Steps.REDIRECTED if redirected else Steps.DEAD_LETTERED
+        self._tell(delivery.event, kind, attempt, error.status, took, str(error),
+                   detail=self.policy.dead_letter if redirected else None)
+
+    def _tell(self, event: Event, kind: str, attempt: int, status: int | None = None, duration: float | None = None,
+              error: str | None = None, due: float | None = None, detail: str | None = None) -> None:
+        for observer in self.observers:
+            observer.step(event, self.name, kind, attempt, status, duration, error, due, detail)
 
     def _retry_delay(self, attempt: int, error: HandlerError) -> float:
         delay = self.policy.backoff_for(attempt)
@@ -289,11 +304,12 @@ class Sidecar:
             delay = max(delay, min(error.retry_after, self.policy.retry_after_cap))
         return delay
 
-    async def _dead_letter(self, delivery: Delivery, error: HandlerError, attempts: int) -> None:
+    async def _dead_letter(self, delivery: Delivery, error: HandlerError, attempts: int) -> bool:
+        """True when it went to the policy's dead-letter subscription, False to the dead letters."""
         event = with_error_context(delivery.event, self.name, error, attempts)
         target = self.policy.dead_letter
         if target and await self.queue.redirect(delivery, target, event):
-            return
+            return True
         reason = "not retryable" if not error.retryable else f"gave up after {attempts} attempts"
         if delivery.undecodable is not None:
             reason = "undecodable"
@@ -301,6 +317,7 @@ class Sidecar:
             reason = "ttl expired"
         await self.queue.dead_letter(delivery, DeadLetter(
             0, self.name, event, attempts, reason, error.status, str(error)[:ERROR_DATA_BYTES], time.time()))
+        return False
 
 
 class Expired(HandlerError):

@@ -58,8 +58,10 @@ class Pipeline:
         function = broker.subscribe("function:f", compile_shorthand({"type": "order.created"}))
         audit = broker.subscribe("subscription:audit", compile_shorthand({"type": {"suffix": ".reply"}}))
         sink = HttpSink("http://audit.example/", SinkOptions(), httpx.MockTransport(self._answer))
-        self.sidecars = [Sidecar("function:f", "/fmesh/functions/f", function, FailsOnce(), broker, policy, 4, tracer),
-                         Sidecar("subscription:audit", "/fmesh/audit", audit, sink, broker, policy, 4, tracer, CLIENT)]
+        self.sidecars = [
+            Sidecar("function:f", "/fmesh/functions/f", function, FailsOnce(), broker, policy, 4, tracer=tracer),
+            Sidecar("subscription:audit", "/fmesh/audit", audit, sink, broker, policy, 4, tracer=tracer,
+                    span_kind=CLIENT)]
 
     def _answer(self, request: httpx.Request) -> httpx.Response:
         self.sent.append(request)
