@@ -21,6 +21,10 @@ app = typer.Typer(help="fmesh: event-driven functions that scale to zero, no clu
 app.command()(trace)
 app.add_typer(events_app, name="events")
 
+OtlpOption = Annotated[str | None, typer.Option(
+    help="Export a span per hop (ingress, delivery attempt, reply) over OTLP/HTTP to this OpenTelemetry "
+         "collector, Jaeger or Tempo, e.g. http://127.0.0.1:4318 (/v1/traces is added). Default: off.")]
+
 @app.command()
 def up(
     file: Annotated[Path | None, typer.Option("-f", "--file", help="Deploy this manifest at start.")] = None,
@@ -87,9 +91,7 @@ def up(
         "--public-metrics/--no-public-metrics",
         help="Serve /metrics, /openapi.json and /docs without a token (default: on a loopback --host only; "
              "elsewhere they need a read or admin token).")] = None,
-    otlp_endpoint: Annotated[str | None, typer.Option(
-        help="Export a span per hop (ingress, delivery attempt, reply) over OTLP/HTTP to this OpenTelemetry "
-             "collector, Jaeger or Tempo, e.g. http://127.0.0.1:4318 (/v1/traces is added). Default: off.")] = None,
+    otlp_endpoint: OtlpOption = None,
 ) -> None:
     """Run a mesh node in the foreground (no external services needed)."""
     from fmesh.deploy.manifest import load_manifest
@@ -193,6 +195,7 @@ def sidecar(
     cluster: Annotated[str | None, typer.Option(help="The nodes' --cluster, if they were given one.")] = None,
     data_dir: Annotated[Path | None, typer.Option(
         help="The sidecar's own folder (default: <~/.fmesh>/sidecars/FUNCTION).")] = None,
+    otlp_endpoint: OtlpOption = None,
 ) -> None:
     """Deliver an external function's events (any language, any host), like a Dapr sidecar."""
     import asyncio
@@ -207,8 +210,10 @@ def sidecar(
     if urlsplit(target).scheme not in ("http", "https") or not urlsplit(target).netloc:
         fail(f"--target must be an http:// or https:// URL, not {target!r}")
     folder = (data_dir or data_dir_for(function, default_data_dir())).expanduser().resolve()
-    settings = NodeSettings(data_dir=folder, store=_with_cluster(store, cluster), port=0)
+    settings = NodeSettings(data_dir=folder, store=_with_cluster(store, cluster), port=0, otlp_endpoint=otlp_endpoint)
     _check_store(settings)
+    if otlp_endpoint is not None:
+        _check_otlp_endpoint(otlp_endpoint)
     from fmesh.permissions import keep_files_private
 
     keep_files_private()  # the sidecar's files are its user's only, as the mesh's (see fmesh up)
