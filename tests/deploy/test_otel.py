@@ -170,6 +170,9 @@ async def test_a_malformed_context_is_refused_naming_it():
                                   content=b'[{"specversion":"1.0","id":"1","source":"/s","type":"t",'
                                           b'"tracestate":"Bad Key=1"}]')
         assert structured.status_code == 400 and structured.json()["attribute"] == "tracestate"
+        transport = await c.post("/", headers={"ce-specversion": "1.0", "ce-id": "e2", "ce-source": "/shop",
+                                           "ce-type": "order.created", "traceparent": "garbage"})
+        assert transport.status_code == 202, "a malformed request header is not the event's: it is ignored"
 
 
 def test_an_export_that_fails_is_said_once_and_again_when_it_works(capsys):
