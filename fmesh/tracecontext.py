@@ -24,6 +24,7 @@ MAX_TRACESTATE_MEMBERS = 32
 MAX_TRACESTATE_CHARS = 512
 
 _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+_VERSION_00 = re.compile(r"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
 _ZERO_TRACE, _ZERO_PARENT = "0" * 32, "0" * 16
 # A list member: a simple key or tenant@system, then a value of printable ASCII without `,` and `=`
 # that does not end in a space (W3C Trace Context, section 3.3.1).
@@ -69,6 +70,14 @@ def new_context() -> TraceContext:
     if trace_id == _ZERO_TRACE or span_id == _ZERO_PARENT:  # one chance in 2**64: draw again
         return new_context()
     return TraceContext(trace_id, span_id)
+
+
+def new_traceparent() -> str:
+    """`new_context().traceparent`, made the short way: the ingress does it for every event."""
+    ids = os.urandom(24).hex()
+    if ids[:32] == _ZERO_TRACE or ids[32:] == _ZERO_PARENT:
+        return new_traceparent()
+    return f"00-{ids[:32]}-{ids[32:]}-01"
 
 
 def parse_traceparent(value: Any) -> TraceContext:
@@ -119,10 +128,18 @@ def _invalid_tracestate(value: Any, where: str) -> InvalidEvent:
                         f"{TRACESTATE_FORM}", TRACESTATE)
 
 
+def check_traceparent(value: Any) -> None:
+    """`parse_traceparent`, without building the context for the usual case (version 00)."""
+    if (isinstance(value, str) and len(value) == 55 and _VERSION_00.fullmatch(value)
+            and value[3:35] != _ZERO_TRACE and value[36:52] != _ZERO_PARENT):
+        return
+    parse_traceparent(value)  # a later version, or the error saying what is wrong
+
+
 def check_trace_attributes(attributes: Mapping[str, Any]) -> None:
     """Refuse a malformed `traceparent` or `tracestate` (InvalidEvent naming it)."""
     if TRACEPARENT in attributes:
-        parse_traceparent(attributes[TRACEPARENT])
+        check_traceparent(attributes[TRACEPARENT])
     if TRACESTATE in attributes:
         check_tracestate(attributes[TRACESTATE])
 

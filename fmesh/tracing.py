@@ -30,6 +30,7 @@ from fmesh.tracecontext import (
     check_tracestate,
     context_of,
     new_context,
+    new_traceparent,
     parse_traceparent,
 )
 
@@ -151,8 +152,12 @@ def begin_publish(tracer: Tracer, events: Sequence[Event],
     own, if any; else a new trace); with tracing on, a span per event, still open."""
     if not tracer.enabled:
         for event in events:
-            if TRACEPARENT not in event.attributes:
-                _adopt(event, transport[0].child() if transport else new_context(), transport)
+            if TRACEPARENT in event.attributes:
+                continue
+            if transport is None:
+                event.attributes[TRACEPARENT] = new_traceparent()
+            else:
+                _adopt(event, transport[0].child(), transport)
         return []
     spans = []
     for event in events:

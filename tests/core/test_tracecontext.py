@@ -12,8 +12,10 @@ from fmesh.tracecontext import (
     MAX_TRACESTATE_MEMBERS,
     TraceContext,
     check_trace_attributes,
+    check_traceparent,
     check_tracestate,
     new_context,
+    new_traceparent,
     parse_traceparent,
 )
 
@@ -116,3 +118,23 @@ def test_the_attributes_of_an_event_are_checked_only_when_present():
     check_trace_attributes({"traceparent": VALID, "tracestate": "a=1"})
     with pytest.raises(InvalidEvent, match="tracestate"):
         check_trace_attributes({"traceparent": VALID, "tracestate": "A=1"})
+
+
+@given(st.one_of(st.text(max_size=60), st.builds(lambda t, s, f: f"00-{t}-{s}-{f}", hex_string(32), hex_string(16),
+                                                 hex_string(2))))
+def test_the_quick_check_agrees_with_the_parser(value):
+    try:
+        parse_traceparent(value)
+        refused = False
+    except InvalidEvent:
+        refused = True
+    try:
+        check_traceparent(value)
+        assert not refused
+    except InvalidEvent:
+        assert refused
+
+
+def test_a_new_traceparent_is_a_new_sampled_trace():
+    values = {new_traceparent() for _ in range(100)}
+    assert len(values) == 100 and all(parse_traceparent(v).sampled for v in values)
