@@ -75,7 +75,7 @@ class FmeshPipeline:
         self.folder.mkdir(parents=True, exist_ok=True)
         self._process.__enter__()
         try:
-            wait_http(self.base + "/healthz")
+            wait_http(self.base + "/healthz", timeout=120)  # a loaded machine starts slowly
             self._deploy()
             self._wait_warm()
         except BaseException:

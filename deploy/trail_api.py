@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from dataclasses import asdict
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Query
@@ -23,7 +22,7 @@ NO_TRAIL = "this mesh keeps no event trail (it runs with --trail-retention 0)"
 
 
 def add_trail_routes(app: FastAPI, node: NodeOperations, auth: list) -> None:
-    @app.get("/v1/trail/{event_id}", dependencies=auth, summary="Where an event went (fmesh trace)",
+    @app.get("/v1/trail/{event_id:path}", dependencies=auth, summary="Where an event went (fmesh trace)",
              responses=errors(404, 422))
     async def trail(event_id: str) -> dict[str, Any]:
         entries = await _trail(node).trace(event_id)
@@ -115,7 +114,7 @@ async def _sse(watch: Watch, listener: Listener, feed: LiveFeed) -> AsyncIterato
 
 
 def sse_message(record: Record, listener: Listener) -> bytes:
-    body = asdict(record.what)  # type: ignore[call-overload]
+    body = record.what._asdict()
     body["type"] = record.event.type
     if "routed" in body:
         body["routed"] = list(body["routed"])

@@ -21,6 +21,8 @@ def parse_duration(value: str | int | float) -> float:
             raise ValueError(f"a duration cannot be negative, got {value!r}")
         return float(value)
     text = value.strip()
+    if text == "0":  # zero needs no unit (`--trail-retention 0`)
+        return 0.0
     iso = _ISO.match(text.upper())
     if iso and text.upper() not in ("P", "PT"):
         parts = {k: float(v) for k, v in iso.groupdict().items() if v}

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from fmesh.broker.trail.store import Arrival, Step
+from fmesh.broker.trail.store import Accepted, Arrival, Noted, Step, arrivals_of, step_of
 
-STEPS_PER_ARRIVAL = 8
+STEPS_PER_ARRIVAL = 8   # steps kept per event kept: a few retries, a reply, a replay
 
 
 class MemoryTrail:
@@ -14,9 +14,9 @@ class MemoryTrail:
         self._arrivals: list[Arrival] = []
         self._steps: list[Step] = []
 
-    def write(self, arrivals: Sequence[Arrival], steps: Sequence[Step]) -> None:
-        self._arrivals.extend(arrivals)
-        self._steps.extend(steps)
+    def write(self, accepted: Sequence[Accepted], steps: Sequence[Noted]) -> None:
+        self._arrivals.extend(arrivals_of(accepted))
+        self._steps.extend(step_of(noted) for noted in steps)
 
     def arrivals(self, event_id: str) -> list[Arrival]:
         return [a for a in self._arrivals if a.id == event_id]

@@ -10,11 +10,11 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from fmesh.broker.trail.live import LiveFeed
-from fmesh.broker.trail.store import ERROR_CHARS, Arrival, Step, TrailStore
+from fmesh.broker.trail.store import Accepted, Noted, TrailStore, arrival_of, step_of
 from fmesh.broker.trail.view import Trace, unrouted_view
 
 from fmesh.bindings.common import describe
-from fmesh.events import SENDER, Event
+from fmesh.events import Event
 
 FLUSH_EVERY = 0.2         # seconds between batched writes
 PRUNE_EVERY = 30.0        # seconds between applications of the retention
@@ -31,32 +31,27 @@ class TrailRecorder:
         self.max_events = max_events
         self.live = LiveFeed()
         self.dropped = 0          # records lost to a store that could not keep up
-        self._arrivals: list[Arrival] = []
-        self._steps: list[Step] = []
+        self._accepted: list[Accepted] = []
+        self._steps: list[Noted] = []
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="fmesh-trail")
         self._complained = 0.0
 
-    # -- Observer ------------------------------------------------------------------------
+    # -- Observer: a note each, the records are made when they are written --------------
 
     def accepted(self, routed: Sequence[tuple[Event, Sequence[str]]]) -> None:
         now = time.time()
-        for event, subscriptions in routed:
-            attributes = event.attributes
-            arrival = Arrival(now, event.id, event.source, event.type, attributes.get(SENDER, ""),
-                              attributes.get("traceparent"), tuple(subscriptions))
-            self._arrivals.append(arrival)
-            if self.live.listening:
-                self.live.publish("accepted", arrival, event)
+        self._accepted.append((now, routed))
+        if self.live.listening:
+            for event, subscriptions in routed:
+                self.live.publish("accepted", arrival_of(now, event, subscriptions), event)
 
     def step(self, event: Event, subscription: str, kind: str, attempt: int = 0, status: int | None = None,
              duration: float | None = None, error: str | None = None, due: float | None = None,
              detail: str | None = None) -> None:
-        step = Step(time.time(), event.id, event.source, subscription, kind, attempt, status,
-                    None if duration is None else round(duration * 1000, 3),
-                    None if error is None else error[:ERROR_CHARS], due, detail)
-        self._steps.append(step)
+        noted = (time.time(), event, subscription, kind, attempt, status, duration, error, due, detail)
+        self._steps.append(noted)
         if self.live.listening:
-            self.live.publish("step", step, event)
+            self.live.publish("step", step_of(noted), event)
 
     # -- reading -------------------------------------------------------------------------
 
@@ -83,12 +78,12 @@ class TrailRecorder:
 
     async def flush(self) -> None:
         self._bound()
-        if not (self._arrivals or self._steps):
+        if not (self._accepted or self._steps):
             return
-        arrivals, steps = self._arrivals, self._steps
-        self._arrivals, self._steps = [], []
-        if not await self._guarded(self.store.write, arrivals, steps):
-            self.dropped += len(arrivals) + len(steps)
+        accepted, steps = self._accepted, self._steps
+        self._accepted, self._steps = [], []
+        if not await self._guarded(self.store.write, accepted, steps):
+            self.dropped += sum(len(routed) for _, routed in accepted) + len(steps)
 
     async def close(self) -> None:
         await self.flush()
@@ -96,10 +91,13 @@ class TrailRecorder:
         self._thread.shutdown(wait=True)
 
     def _bound(self) -> None:
-        for pending in (self._arrivals, self._steps):
-            if len(pending) > MAX_PENDING:
-                self.dropped += len(pending) - MAX_PENDING
-                del pending[:len(pending) - MAX_PENDING]
+        """Notes wait for at most one write; past `MAX_PENDING` (a store that cannot keep up),
+        the oldest go."""
+        while sum(len(routed) for _, routed in self._accepted) > MAX_PENDING:
+            self.dropped += len(self._accepted.pop(0)[1])
+        if len(self._steps) > MAX_PENDING:
+            self.dropped += len(self._steps) - MAX_PENDING
+            del self._steps[:len(self._steps) - MAX_PENDING]
 
     async def _guarded(self, operation: Any, *args: Any) -> bool:
         """Run a store operation; a failure is reported (now and then), never raised: the

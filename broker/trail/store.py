@@ -1,16 +1,25 @@
-"""What the trail stores, and the contract of a store for it."""
+"""What the trail stores, and the contract of a store for it.
+
+The hot path only notes (`Accepted`, `Noted`: tuples holding the event itself); a store
+turns notes into records when it writes them, in the trail's own thread.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
+
+from fmesh.events import SENDER, Event
 
 ERROR_CHARS = 500  # of an attempt's error, in a step
 
+# When the broker stored some events, and each with the subscriptions it was routed to.
+Accepted = tuple[float, Sequence[tuple[Event, Sequence[str]]]]
+# A step as a sidecar told it: (at, event, subscription, kind, attempt, status, seconds, error, due, detail).
+Noted = tuple[float, Event, str, str, int, int | None, float | None, str | None, float | None, str | None]
 
-@dataclass(frozen=True, slots=True)
-class Arrival:
+
+class Arrival(NamedTuple):
     """An accepted event and where it was routed (none: it matched nothing)."""
 
     at: float
@@ -22,8 +31,7 @@ class Arrival:
     routed: tuple[str, ...]
 
 
-@dataclass(frozen=True, slots=True)
-class Step:
+class Step(NamedTuple):
     """Something that happened to an event in one subscription (a `Steps` kind)."""
 
     at: float
@@ -39,10 +47,27 @@ class Step:
     detail: str | None = None
 
 
+def arrivals_of(accepted: Sequence[Accepted]) -> list[Arrival]:
+    return [arrival_of(at, event, subscriptions) for at, routed in accepted for event, subscriptions in routed]
+
+
+def arrival_of(at: float, event: Event, subscriptions: Sequence[str]) -> Arrival:
+    attributes = event.attributes
+    return Arrival(at, event.id, event.source, event.type, attributes.get(SENDER, ""),
+                   attributes.get("traceparent"), tuple(subscriptions))
+
+
+def step_of(noted: Noted) -> Step:
+    at, event, subscription, kind, attempt, status, seconds, error, due, detail = noted
+    return Step(at, event.id, event.source, subscription, kind, attempt, status,
+                None if seconds is None else round(seconds * 1000, 3),
+                None if error is None else error[:ERROR_CHARS], due, detail)
+
+
 class TrailStore(Protocol):
     """Where the trail is kept. Called from one worker thread at a time, never from the loop."""
 
-    def write(self, arrivals: Sequence[Arrival], steps: Sequence[Step]) -> None: ...
+    def write(self, accepted: Sequence[Accepted], steps: Sequence[Noted]) -> None: ...
 
     def arrivals(self, event_id: str) -> list[Arrival]:
         """The events stored with this id (different sources may share one), oldest first."""
@@ -57,7 +82,6 @@ class TrailStore(Protocol):
         """The most recent events that matched nothing, newest first."""
 
     def prune(self, before: float, keep: int) -> None:
-        """Forget what is older than `before`, and all but the newest `keep` arrivals (and
-        as many steps per arrival as a few retries make)."""
+        """Forget what is older than `before`, and all but about the newest `keep` events."""
 
     def close(self) -> None: ...

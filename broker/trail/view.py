@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from typing import Any
 
 from fmesh.broker.trail.store import Arrival, Step, TrailStore
@@ -69,13 +68,13 @@ def outcomes(routed: list[str], steps: list[Step]) -> dict[str, str]:
 
 
 def arrival_json(arrival: Arrival) -> dict[str, Any]:
-    entry = asdict(arrival)
+    entry = arrival._asdict()
     entry["routed"] = list(arrival.routed)
     return entry
 
 
 def step_json(step: Step) -> dict[str, Any]:
-    entry = asdict(step)
+    entry = step._asdict()
     del entry["id"], entry["source"]
     return entry
 

@@ -26,46 +26,56 @@ def store(request, tmp_path):
     trail.close()
 
 
-def arrival(event_id: str, at: float = 100.0, routed: tuple[str, ...] = ("function:a",), source: str = "/s",
-            sender: str = "admin") -> Arrival:
-    return Arrival(at, event_id, source, "t", sender, None, routed)
-
-
-def step(event_id: str, kind: str, at: float = 101.0, subscription: str = "function:a", **more) -> Step:
-    return Step(at, event_id, "/s", subscription, kind, **more)
-
-
 def event(event_id: str, event_type: str = "t", **extensions) -> Event:
-    return Event({"specversion": "1.0", "id": event_id, "source": "/s", "type": event_type, **extensions}, b"")
+    return Event({"specversion": "1.0", "id": event_id, "source": "/s", "type": event_type, SENDER: "admin",
+                  **extensions}, b"")
+
+
+def arrival(event_id: str, at: float = 100.0, routed: tuple[str, ...] = ("function:a",)) -> Arrival:
+    return Arrival(at, event_id, "/s", "t", "admin", None, routed)
+
+
+def accepted(event_id: str, at: float = 100.0, routed: tuple[str, ...] = ("function:a",)) -> tuple:
+    return at, [(event(event_id), routed)]
+
+
+def noted(event_id: str, kind: str, at: float = 101.0, attempt: int = 0, status: int | None = None,
+          seconds: float | None = None, error: str | None = None, due: float | None = None,
+          detail: str | None = None, subscription: str = "function:a") -> tuple:
+    return at, event(event_id), subscription, kind, attempt, status, seconds, error, due, detail
 
 
 def test_a_store_gives_back_what_it_was_given(store):
-    store.write([arrival("e1"), arrival("e2", routed=()), arrival("e3", routed=("a", "b"))],
-                [step("e1", Steps.RETRYING, attempt=1, status=500, duration_ms=2.5, error="boom", due=200.0),
-                 step("e1", Steps.REPLY, detail="r1"), step("e1", Steps.DELIVERED, attempt=2)])
+    store.write([accepted("e1"), accepted("e2", routed=()), accepted("e3", routed=("a", "b"))],
+                [noted("e1", Steps.RETRYING, attempt=1, status=500, seconds=0.0025, error="boom" * 200, due=200.0),
+                 noted("e1", Steps.REPLY, detail="r1"), noted("e1", Steps.DELIVERED, attempt=2)])
+    store.write([], [noted("e3", Steps.DELIVERED, at=102.0, subscription="a")])  # a later write: a row of its own
     assert store.arrivals("e1") == [arrival("e1")]
     assert store.arrivals("e3")[0].routed == ("a", "b")
     assert [s.kind for s in store.steps("e1")] == ["retrying", "reply", "delivered"]
-    assert store.steps("e1")[0] == step("e1", Steps.RETRYING, attempt=1, status=500, duration_ms=2.5, error="boom",
-                                        due=200.0)
-    assert [s.id for s in store.parents("r1")] == ["e1"]
+    assert store.steps("e1")[0] == Step(101.0, "e1", "/s", "function:a", Steps.RETRYING, 1, 500, 2.5,
+                                        ("boom" * 200)[:500], 200.0)
+    assert [(s.subscription, s.kind) for s in store.steps("e3")] == [("a", "delivered")]
+    assert [(s.id, s.source, s.subscription) for s in store.parents("r1")] == [("e1", "/s", "function:a")]
     assert [a.id for a in store.unrouted(10)] == ["e2"]
-    assert store.arrivals("nope") == [] and store.steps("nope") == []
+    assert store.arrivals("nope") == [] and store.steps("nope") == [] and store.parents("e1") == []
 
 
 def test_retention_by_age_and_by_count(store):
-    store.write([arrival(f"e{i}", at=float(i)) for i in range(10)],
-                [step(f"e{i}", Steps.DELIVERED, at=float(i)) for i in range(10)])
+    store.write([accepted(f"e{i}", at=float(i)) for i in range(10)],
+                [noted(f"e{i}", Steps.DELIVERED, at=float(i)) for i in range(10)])
     store.prune(before=3.0, keep=100)
     assert [i for i in range(10) if store.arrivals(f"e{i}")] == list(range(3, 10))
     store.prune(before=0.0, keep=2)
     assert [i for i in range(10) if store.arrivals(f"e{i}")] == [8, 9]
     assert store.steps("e9") and not store.steps("e0")
+    store.prune(before=0.0, keep=0)
+    assert not store.arrivals("e9")
 
 
 def test_the_sqlite_trail_survives_reopening(tmp_path):
     first = SqliteTrail(tmp_path / "trail.db")
-    first.write([arrival("e1")], [step("e1", Steps.DELIVERED)])
+    first.write([accepted("e1")], [noted("e1", Steps.DELIVERED)])
     first.close()
     again = SqliteTrail(tmp_path / "trail.db")
     assert again.arrivals("e1") == [arrival("e1")] and len(again.steps("e1")) == 1
@@ -122,7 +132,8 @@ async def test_a_failing_store_costs_the_trail_not_the_events(capsys):
 async def test_what_waits_to_be_written_is_bounded(monkeypatch):
     monkeypatch.setattr(recorder_module, "MAX_PENDING", 5)
     recorder = TrailRecorder(MemoryTrail(), retention=3600, max_events=100)
-    recorder.accepted([(event(f"e{i}"), ["function:a"]) for i in range(8)])
+    for i in range(8):
+        recorder.accepted([(event(f"e{i}"), ["function:a"])])
     await recorder.flush()
     assert recorder.dropped == 3 and not await recorder.trace("e0") and await recorder.trace("e7")
     await recorder.close()

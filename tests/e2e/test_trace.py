@@ -7,7 +7,9 @@ import json
 import queue
 import subprocess
 import threading
+from urllib.parse import quote
 
+import httpx
 import pytest
 from support import FMESH, Mesh, wait_for, write_manifest
 
@@ -177,3 +179,24 @@ def test_the_trail_survives_a_restart(traced):
     traced.start()
     entry = trail_of(traced, event_id)[0]
     assert entry["outcome"] == {"function:hello": "delivered"} and entry["replies"]
+
+
+def test_an_id_with_slashes_and_terminal_escapes_is_traced_and_shown_as_text(traced):
+    event_id = "order/42\x1b[2J\u202e"
+    answer = httpx.post(traced.url + "/", json={"specversion": "1.0", "id": event_id, "source": "/x\x1b]0;t\x07",
+                                                "type": "greet"},
+                        headers={"content-type": "application/cloudevents+json"})
+    assert answer.status_code == 202
+    wait_for(lambda: settled(traced, quote(event_id, safe=""), "function:hello", "delivered"), 20,
+             message="the event with a hostile id")
+    text = traced.cli("trace", event_id).stdout
+    assert "order/42\\x1b[2J\\u202e  greet  from /x\\x1b]0;t\\x07" in text
+    assert "\x1b" not in text and "\u202e" not in text
+
+
+def test_a_mesh_without_a_trail_says_so(mesh_factory):
+    mesh = mesh_factory(extra=["--trail-retention", "0"]).start()
+    result = mesh.cli("trace", "any-id", check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "this mesh keeps no event trail (it runs with --trail-retention 0)" in result.stderr
+    assert not (mesh.data_dir / "trail.db").exists()
