@@ -194,3 +194,15 @@ def test_the_endpoint_is_a_collector_base_url_or_its_traces_url():
     assert traces_url("http://c:4318/v1/traces") == "http://c:4318/v1/traces"
     with pytest.raises(ValueError, match="http"):
         traces_url("127.0.0.1:4318")
+
+
+def test_a_mesh_without_an_endpoint_never_loads_the_sdk():
+    """(FastAPI imports OpenTelemetry's API for itself when it is installed; the SDK and the
+    exporter are fmesh's, and come only with --otlp-endpoint.)"""
+    import subprocess
+    import sys
+
+    code = ("import sys, fmesh.deploy.server, fmesh.deploy.node, fmesh.runtime.runtime, fmesh.broker.ingress; "
+            "print(sorted(m for m in sys.modules if m.startswith(('opentelemetry.sdk', 'opentelemetry.exporter'))))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "[]"
