@@ -21,12 +21,14 @@ from fmesh.runtime.policy import DeliveryPolicy
 from fmesh.runtime.replica import ReplyData
 from fmesh.runtime.sidecar import Sidecar
 from fmesh.runtime.sinks.base import SinkOptions
+from fmesh.runtime.sinks.bridge import BridgeAuth, BridgeSink
 from fmesh.runtime.sinks.http import HttpSink
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
 from fmesh.errors import HandlerError
+from fmesh.events import new_event
 from fmesh.tracecontext import parse_traceparent
 from fmesh.tracing import CLIENT, NOOP
 
@@ -206,3 +208,35 @@ def test_a_mesh_without_an_endpoint_never_loads_the_sdk():
             "print(sorted(m for m in sys.modules if m.startswith(('opentelemetry.sdk', 'opentelemetry.exporter'))))")
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert loaded.strip() == "[]"
+
+
+async def test_a_bridge_carries_the_context_and_its_request_is_the_client_spans(exported):
+    exporter, tracer = exported
+    sent: list[httpx.Request] = []
+
+    def other_mesh(request: httpx.Request) -> httpx.Response:
+        if request.method == "GET":
+            return httpx.Response(200, json={"mesh": "mesh-b"})
+        sent.append(request)
+        return httpx.Response(202)
+
+    broker = Broker(MemoryEventLog())
+    queue = broker.subscribe("bridge:b", compile_shorthand({"type": "t"}))
+    bridge = BridgeSink(HttpSink("http://mesh-b/", SinkOptions(), httpx.MockTransport(other_mesh)), "mesh-a",
+                        BridgeAuth(peer="a"))
+    sidecar = Sidecar("bridge:b", "/fmesh/b", queue, bridge, broker, DeliveryPolicy(), 4, tracer=tracer,
+                      span_kind=CLIENT)
+    sidecar.start()
+    try:
+        await broker.publish([new_event("t", "/s", traceparent=GIVEN)])
+        deadline = time.monotonic() + 10
+        while sidecar.stats.delivered < 1:
+            assert time.monotonic() < deadline, f"not bridged: {sidecar.stats}"
+            await asyncio.sleep(0.01)
+    finally:
+        await sidecar.stop()
+    [request] = sent
+    [span] = by_name(exporter.get_finished_spans())["deliver bridge:b"]
+    assert span.kind is SpanKind.CLIENT and format(span.parent.span_id, "016x") == "00f067aa0ba902b7"
+    assert request.headers["ce-traceparent"] == GIVEN  # the event's own, for the other mesh to keep
+    assert parse_traceparent(request.headers["traceparent"]).span_id == format(span.context.span_id, "016x")
