@@ -155,3 +155,23 @@ def context_of(attributes: Mapping[str, Any]) -> TraceContext | None:
     except InvalidEvent:
         return None
 
+
+
+def message_context(headers: Mapping[str, str | bytes]) -> dict[str, str]:
+    """The W3C `traceparent` and `tracestate` headers of a message that is not a CloudEvent
+    (an instrumented Kafka or NATS producer's), as the attributes of the event wrapping it:
+    the producer's context is where the message began. A malformed one is ignored."""
+    found = {}
+    for name in (TRACEPARENT, TRACESTATE):
+        value = next((v for k, v in headers.items() if k.lower() == name), None)
+        if value is not None:
+            found[name] = value.decode("latin-1") if isinstance(value, bytes) else value
+    try:
+        check_traceparent(found.get(TRACEPARENT))
+    except InvalidEvent:
+        return {}
+    try:
+        check_tracestate(found.get(TRACESTATE, ""))
+    except InvalidEvent:
+        del found[TRACESTATE]
+    return found

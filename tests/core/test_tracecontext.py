@@ -14,6 +14,7 @@ from fmesh.tracecontext import (
     check_trace_attributes,
     check_traceparent,
     check_tracestate,
+    message_context,
     new_context,
     new_traceparent,
     parse_traceparent,
@@ -138,3 +139,10 @@ def test_the_quick_check_agrees_with_the_parser(value):
 def test_a_new_traceparent_is_a_new_sampled_trace():
     values = {new_traceparent() for _ in range(100)}
     assert len(values) == 100 and all(parse_traceparent(v).sampled for v in values)
+
+
+def test_a_plain_messages_w3c_headers_become_its_context_when_valid():
+    assert message_context({"Traceparent": VALID, "tracestate": "a=1"}) == {"traceparent": VALID, "tracestate": "a=1"}
+    assert message_context({"traceparent": VALID.encode()}) == {"traceparent": VALID}
+    assert message_context({"traceparent": "junk", "tracestate": "a=1"}) == {}
+    assert message_context({"tracestate": "a=1"}) == {}
