@@ -42,6 +42,7 @@ from fmesh.errors import Conflict, HeadersTooLarge, StartupError, StoreError, Tr
 from fmesh.meshpath import check_mesh_id
 from fmesh.permissions import private_dir
 from fmesh.settings import NodeSettings, mesh_id_path
+from fmesh.tracing import NOOP, Tracer
 
 Hook = Callable[[], Awaitable[None]]
 MESH_ID_KEY = "mesh/id"
@@ -69,6 +70,7 @@ class Node:
         self.run_dir = Path(tempfile.mkdtemp(prefix="fmesh-"))  # short: Unix socket paths are limited
         self.runtime = Runtime(self.data_dir, self.run_dir, self.broker, settings.launcher, self.mesh_id)
         self.control_app: ASGIApp | None = None
+        self.tracer: Tracer = NOOP              # an exporting one from start, with --otlp-endpoint
         self._background: list[asyncio.Task] = []
         self.external_targets: dict[str, str] = {}  # external function → URL it is served at, here
         self.node_id = load_or_create_node_id(settings.data_dir)
@@ -94,6 +96,7 @@ class Node:
         await self.store.open()
         self._fit_event_limit()
         await self._agree_on_mesh_id()
+        self._install_tracer()
         await self.tokens.load()
         await self.counters.load()
         await self.runtime.start()
@@ -129,6 +132,14 @@ class Node:
                 self.ingress.max_event_bytes = max(1, limit - RECORD_MARGIN)
                 print(f"fmesh: events over {self.ingress.max_event_bytes} bytes are refused (413): "
                       + why.format(limit), file=sys.stderr)
+
+    def _install_tracer(self) -> None:
+        """With --otlp-endpoint, the spans of every hop go to that collector."""
+        if self.settings.otlp_endpoint and not self.tracer.enabled:
+            from fmesh.deploy.otel import otlp_tracer  # the SDK is loaded only then
+
+            self.tracer = otlp_tracer(self.settings.otlp_endpoint, self.mesh_id, self.node_id)
+        self.ingress.tracer = self.runtime.tracer = self.tracer
 
     async def _agree_on_mesh_id(self) -> None:
         """Every node on one store is one mesh to its peers: the first node's id is kept in
@@ -174,6 +185,7 @@ class Node:
         await self.counters.save()
         if self.trail is not None:
             await self.trail.close()
+        await self.tracer.close()
         await self.store.close()
         shutil.rmtree(self.run_dir, ignore_errors=True)
 
@@ -344,7 +356,8 @@ class Node:
 
     def build_trigger(self, name: str, entry: TriggerEntry) -> Trigger:
         """The trigger, not started; TriggerConfigError if it cannot run as configured."""
-        trigger = build_trigger(name, entry, self.broker.publish, self.state, shared=self.store.shared)
+        trigger = build_trigger(name, entry, self.broker.publish, self.state, shared=self.store.shared,
+                                tracer=self.tracer)
         path = getattr(trigger, "path", None)
         if path is not None and is_mesh_path(path):
             raise TriggerConfigError(f"triggers.{name}.http.path", f"{path} is taken by the mesh itself")

@@ -75,6 +75,8 @@ async def serve(settings: NodeSettings, manifest: Path | None, sockets: list[soc
         say(f"  {metrics_line(settings)}")
         if settings.tls_client_ca:
             say(f"  mTLS: every client needs a certificate signed by {settings.tls_client_ca}")
+        if settings.otlp_endpoint:
+            say(f"  tracing: a span per hop, exported over OTLP/HTTP to {settings.otlp_endpoint}")
         if not settings.token:
             say(f"  control API token in {token_path(settings.data_dir)}")
         if restored:

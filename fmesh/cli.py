@@ -21,6 +21,10 @@ app = typer.Typer(help="fmesh: event-driven functions that scale to zero, no clu
 app.command()(trace)
 app.add_typer(events_app, name="events")
 
+OtlpOption = Annotated[str | None, typer.Option(
+    help="Export a span per hop (ingress, delivery attempt, reply) over OTLP/HTTP to this OpenTelemetry "
+         "collector, Jaeger or Tempo, e.g. http://127.0.0.1:4318 (/v1/traces is added). Default: off.")]
+
 @app.command()
 def up(
     file: Annotated[Path | None, typer.Option("-f", "--file", help="Deploy this manifest at start.")] = None,
@@ -87,6 +91,7 @@ def up(
         "--public-metrics/--no-public-metrics",
         help="Serve /metrics, /openapi.json and /docs without a token (default: on a loopback --host only; "
              "elsewhere they need a read or admin token).")] = None,
+    otlp_endpoint: OtlpOption = None,
 ) -> None:
     """Run a mesh node in the foreground (no external services needed)."""
     from fmesh.deploy.manifest import load_manifest
@@ -106,7 +111,7 @@ def up(
                             dedup_window=_duration(dedup_window), header_timeout=_duration(header_timeout),
                             body_timeout=_duration(body_timeout), min_body_rate=min_body_rate,
                             keepalive_timeout=_duration(keepalive_timeout), max_connections=max_connections,
-                            public_metrics=public_metrics)
+                            public_metrics=public_metrics, otlp_endpoint=otlp_endpoint)
     if launcher not in ("zygote", "subprocess"):
         fail(f"--launcher must be zygote or subprocess, not {launcher!r}")
     if ingress_auth not in (None, "required", "optional", "off"):
@@ -115,6 +120,8 @@ def up(
         fail("--shutdown-grace must be more than 0s, e.g. 10s")
     _check_client_limits(settings)
     _check_store(settings)
+    if otlp_endpoint is not None:
+        _check_otlp_endpoint(otlp_endpoint)
     if mesh_id is not None:
         from fmesh.meshpath import check_mesh_id
 
@@ -188,6 +195,7 @@ def sidecar(
     cluster: Annotated[str | None, typer.Option(help="The nodes' --cluster, if they were given one.")] = None,
     data_dir: Annotated[Path | None, typer.Option(
         help="The sidecar's own folder (default: <~/.fmesh>/sidecars/FUNCTION).")] = None,
+    otlp_endpoint: OtlpOption = None,
 ) -> None:
     """Deliver an external function's events (any language, any host), like a Dapr sidecar."""
     import asyncio
@@ -202,8 +210,10 @@ def sidecar(
     if urlsplit(target).scheme not in ("http", "https") or not urlsplit(target).netloc:
         fail(f"--target must be an http:// or https:// URL, not {target!r}")
     folder = (data_dir or data_dir_for(function, default_data_dir())).expanduser().resolve()
-    settings = NodeSettings(data_dir=folder, store=_with_cluster(store, cluster), port=0)
+    settings = NodeSettings(data_dir=folder, store=_with_cluster(store, cluster), port=0, otlp_endpoint=otlp_endpoint)
     _check_store(settings)
+    if otlp_endpoint is not None:
+        _check_otlp_endpoint(otlp_endpoint)
     from fmesh.permissions import keep_files_private
 
     keep_files_private()  # the sidecar's files are its user's only, as the mesh's (see fmesh up)
@@ -238,6 +248,15 @@ def _check_store(settings: Any) -> None:
         open_store(settings.store_url, settings.data_dir)  # only parses the URL: nothing is opened
     except ValueError as exc:
         fail(f"--store: {exc}")
+
+
+def _check_otlp_endpoint(endpoint: str) -> None:
+    from fmesh.deploy.otel import traces_url
+
+    try:
+        traces_url(endpoint)
+    except ValueError as exc:
+        fail(f"--otlp-endpoint: {exc}")
 
 
 def _absolute(path: Path | None) -> str | None:

@@ -31,6 +31,7 @@ from fmesh.runtime.worker import WorkerSpec
 
 from fmesh.contracts import DeliveryQueue, Observer, Publisher
 from fmesh.errors import HandlerError
+from fmesh.tracing import CLIENT, NOOP, Tracer
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,7 @@ class Runtime:
     def __init__(self, data_dir: Path, run_dir: Path, publisher: Publisher, launcher: str = "zygote",
                  mesh_id: str = "") -> None:
         self.mesh_id = mesh_id
+        self.tracer: Tracer = NOOP       # the spans of deliveries (the node installs an exporting one)
         self.logs = LogStore(data_dir / "logs")
         self.publisher = publisher
         self.hub = ReplicaHub(run_dir / "replicas.sock", self._on_log)
@@ -149,7 +151,8 @@ class Runtime:
         pool = RunnerPool(spec.name, starter, spec.scale, lambda text: self.logs.note(spec.name, text),
                           self._cold_started)
         sidecar = Sidecar(spec.subscription, f"/fmesh/functions/{spec.name}", queue, pool,
-                          replies or self.publisher, spec.delivery, spec.scale.max_inflight, self.observers)
+                          replies or self.publisher, spec.delivery, spec.scale.max_inflight, self.observers,
+                          tracer=self.tracer)
         self.functions[spec.name] = _Running(spec, pool, sidecar)
         pool.start()
         sidecar.start()
@@ -209,7 +212,8 @@ class Runtime:
         sink = sink or self.open_sink(spec)
         await sink.start()
         sidecar = Sidecar(spec.subscription, spec.source or f"/fmesh/{spec.subscription}", queue, sink,
-                          self.publisher, spec.delivery, spec.max_inflight, self.observers)
+                          self.publisher, spec.delivery, spec.max_inflight, self.observers,
+                          tracer=self.tracer, span_kind=CLIENT)
         await self.remove_sink(spec.subscription)
         self.sinks[spec.subscription] = (spec, sink, sidecar)
         sidecar.start()

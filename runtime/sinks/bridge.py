@@ -23,6 +23,7 @@ from fmesh.errors import HandlerError
 from fmesh.events import SENDER, Event
 from fmesh.meshpath import visited, with_visit
 from fmesh.signing import PEER_HEADER, sign_request
+from fmesh.tracing import hop_headers
 
 MAX_BATCH = 64              # events per request to the other mesh
 MAX_BATCH_BYTES = 512 * 1024
@@ -160,6 +161,9 @@ class BridgeSink:
         return write_batch([event]) if self.auth.hmac_secret is not None else self.http.encode(event)
 
     async def _post(self, headers: dict[str, str], body: bytes, timeout: float) -> None:
+        # The transport context is the hop of the first event sent in this request (each
+        # event carries its own context as its traceparent attribute).
+        headers.update(hop_headers())
         headers.update(signed_headers(self.auth, body, time.time()))
         try:
             await self.http.post(headers, body, timeout, replies=False)  # the other mesh answers 202, never events
