@@ -182,7 +182,10 @@ function counts(status) {
   for (const s of status.sinks) found[s.name] = s.delivered + s.failed;
   for (const b of status.bridges) found[`bridge:${b.name}`] = b.delivered + b.failed;
   for (const t of status.triggers) found[`trigger:${t.name}`] = t.events_in;
-  if (status.ingress && typeof status.ingress.events_in === "number") found.ingress = status.ingress.events_in;
+  // What came in over POST /: every sender but the triggers and the mesh's own replies.
+  found.ingress = Object.entries(status.events_in || {})
+    .filter(([sender]) => !/^(trigger|function|subscription|reply|deadletter|bridge):/.test(sender))
+    .reduce((sum, [, count]) => sum + count, 0);
   return found;
 }
 
