@@ -29,6 +29,10 @@ ManifestOption = Annotated[Path, typer.Option("-f", "--file", help="The manifest
 CaOption = Annotated[Path | None, typer.Option(
     "--ca", envvar="FMESH_CA", help="CA (PEM) of an HTTPS mesh with its own CA; for mTLS meshes the client "
     "certificate and key come from FMESH_CERT and FMESH_KEY.")]
+LogFormatOption = Annotated[str, typer.Option(
+    envvar="FMESH_LOG_FORMAT", help="The mesh's own log lines: text (readable on a terminal) or json (one object "
+    "a line, with the event id and function as keys).")]
+LogLevelOption = Annotated[str, typer.Option(envvar="FMESH_LOG_LEVEL", help="debug, info, warning or error.")]
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
@@ -104,6 +108,8 @@ def up(
         "--public-metrics/--no-public-metrics",
         help="Serve /metrics, /openapi.json and /docs without a token (default: on a loopback --host only; "
              "elsewhere they need a read or admin token).")] = None,
+    log_format: LogFormatOption = "text",
+    log_level: LogLevelOption = "info",
 ) -> None:
     """Run a mesh node in the foreground (no external services needed)."""
     from fmesh.deploy.manifest import load_manifest
@@ -122,7 +128,8 @@ def up(
                             dedup_window=_duration(dedup_window), header_timeout=_duration(header_timeout),
                             body_timeout=_duration(body_timeout), min_body_rate=min_body_rate,
                             keepalive_timeout=_duration(keepalive_timeout), max_connections=max_connections,
-                            public_metrics=public_metrics)
+                            public_metrics=public_metrics, log_format=log_format, log_level=log_level)
+    _check_logging(settings)
     if launcher not in ("zygote", "subprocess"):
         fail(f"--launcher must be zygote or subprocess, not {launcher!r}")
     if ingress_auth not in (None, "required", "optional", "off"):
@@ -204,6 +211,8 @@ def sidecar(
     cluster: Annotated[str | None, typer.Option(help="The nodes' --cluster, if they were given one.")] = None,
     data_dir: Annotated[Path | None, typer.Option(
         help="The sidecar's own folder (default: <~/.fmesh>/sidecars/FUNCTION).")] = None,
+    log_format: LogFormatOption = "text",
+    log_level: LogLevelOption = "info",
 ) -> None:
     """Deliver an external function's events (any language, any host), like a Dapr sidecar."""
     import asyncio
@@ -218,8 +227,13 @@ def sidecar(
     if urlsplit(target).scheme not in ("http", "https") or not urlsplit(target).netloc:
         fail(f"--target must be an http:// or https:// URL, not {target!r}")
     folder = (data_dir or data_dir_for(function, default_data_dir())).expanduser().resolve()
-    settings = NodeSettings(data_dir=folder, store=_with_cluster(store, cluster), port=0)
+    settings = NodeSettings(data_dir=folder, store=_with_cluster(store, cluster), port=0,
+                            log_format=log_format, log_level=log_level)
+    _check_logging(settings)
     _check_store(settings)
+    from fmesh import meshlog
+
+    meshlog.configure(settings.log_format, settings.log_level)
     from fmesh.permissions import keep_files_private
 
     keep_files_private()  # the sidecar's files are its user's only, as the mesh's (see fmesh up)
@@ -245,6 +259,15 @@ def _check_client_limits(settings: Any) -> None:
         fail(f"--min-body-rate must be 0 or more bytes/s, not {settings.min_body_rate}")
     if settings.max_connections is not None and settings.max_connections < 1:
         fail(f"--max-connections must be 1 or more, not {settings.max_connections}")
+
+
+def _check_logging(settings: Any) -> None:
+    from fmesh.meshlog import FORMATS, LEVELS
+
+    if settings.log_format not in FORMATS:
+        fail(f"--log-format must be text or json, not {settings.log_format!r}")
+    if settings.log_level not in LEVELS:
+        fail(f"--log-level must be debug, info, warning or error, not {settings.log_level!r}")
 
 
 def _check_store(settings: Any) -> None:

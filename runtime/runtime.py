@@ -9,7 +9,6 @@ stops.
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,8 +27,11 @@ from fmesh.runtime.sinks.bridge import BridgeAuth, BridgeSink, BridgeStats
 from fmesh.runtime.starters import CommandStarter, PythonStarter, ReplicaStarter
 from fmesh.runtime.worker import WorkerSpec
 
+from fmesh import meshlog
 from fmesh.contracts import DeliveryQueue, Publisher
 from fmesh.errors import HandlerError
+
+log = meshlog.get("fmesh.runtime")
 
 
 @dataclass(frozen=True)
@@ -257,7 +259,7 @@ class Runtime:
             running.pool.on_exit(replica_id, how)
 
     def _on_zygote_output(self, line: str) -> None:
-        print(f"zygote: {line}", file=sys.stderr)
+        log.warning(f"zygote: {line}")
 
 
 async def _discard(replica: Replica) -> None:
