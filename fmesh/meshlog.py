@@ -149,7 +149,7 @@ def text_value(value: Any) -> str:
     text = value if isinstance(value, str) else str(value)
     if text and all(c.isprintable() and not c.isspace() and c not in '"=\\' for c in text):
         return text
-    return one_line(json.dumps(text, ensure_ascii=False))
+    return '"' + one_line(text.replace("\\", "\\\\").replace('"', '\\"')) + '"'  # backslashes first: unambiguous
 
 
 def _jsonable(value: Any) -> Any:
