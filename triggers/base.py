@@ -90,9 +90,14 @@ class StatusTracker:
         self._status.state = RETRYING
 
     def connected(self) -> None:
+        if self._status.state == RETRYING and self._status.last_error is not None:
+            log.info(f"trigger {self.name} is connected again", trigger=self.name)
         self._status.state = CONNECTED
 
     def retrying(self, error: str) -> None:
+        """Said in the log once per outage, not at every retry."""
+        if self._status.state != RETRYING or self._status.last_error is None:
+            log.warning(f"trigger {self.name} is retrying", trigger=self.name, error=error)
         self._status.state = RETRYING
         self._status.last_error = error
 
