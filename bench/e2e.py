@@ -61,21 +61,21 @@ functions:
 class FmeshPipeline:
     """`fmesh up` with the no-op function deployed and warm, for the length of a `with` block."""
 
-    def __init__(self, folder: Path, concurrency: int = 64) -> None:
+    def __init__(self, folder: Path, concurrency: int = 64, extra: tuple[str, ...] = ()) -> None:
         self.folder = folder
         self.latency_file = folder / "latency.f64"  # the handler's samples (bench/latency.py)
         self.concurrency = concurrency
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.url = self.base + "/"
-        self._process = mesh(self.port, folder / "data", log=folder / "mesh.log")
+        self._process = mesh(self.port, folder / "data", *extra, log=folder / "mesh.log")
         self._client = httpx.Client(headers={"authorization": f"Bearer {TOKEN}"}, timeout=60)
 
     def __enter__(self) -> FmeshPipeline:
         self.folder.mkdir(parents=True, exist_ok=True)
         self._process.__enter__()
         try:
-            wait_http(self.base + "/healthz")
+            wait_http(self.base + "/healthz", timeout=120)  # a loaded machine starts slowly
             self._deploy()
             self._wait_warm()
         except BaseException:

@@ -5,7 +5,7 @@ bench/results.json (each figure: fmesh value, baseline value, ratio, goal, met).
 and bench/.peer-venv are already there. Each benchmark that starts servers runs in its
 own child process or `with` block, so Ctrl-C (or SIGTERM) stops them all.
 
-    python bench/report.py [--quick] [--only ingress pipelines coldstart routing footprint]
+    python bench/report.py [--quick] [--only ingress pipelines coldstart routing footprint trail]
 """
 
 from __future__ import annotations
@@ -142,8 +142,17 @@ def footprint(quick: bool) -> tuple[list[Figure], dict]:
                    "-", None, "informational")], result
 
 
+def trail(quick: bool) -> tuple[list[Figure], dict]:
+    result = run_json("trail.py", "--seconds", "3" if quick else "5", "--runs", "3" if quick else "5", timeout=900)
+    note = "with the event trail vs --trail-retention 0" + ("" if result["all_drained"] else "; NOT ALL DRAINED")
+    return [figure("trail: ingress", result["ingress_per_s_trail_median"], result["ingress_per_s_no_trail_median"],
+                   "events/s", ">= 0.9", note=note),
+            figure("trail: end to end", result["e2e_per_s_trail_median"], result["e2e_per_s_no_trail_median"],
+                   "events/s", ">= 0.9", note=note, extra_condition=result["all_drained"])], result
+
+
 BENCHMARKS = {"ingress": ingress, "pipelines": pipelines, "coldstart": coldstart, "routing": routing,
-              "footprint": footprint}
+              "footprint": footprint, "trail": trail}
 
 
 # -- the table ----------------------------------------------------------------------------------

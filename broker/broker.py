@@ -10,7 +10,7 @@ from fmesh.broker.filters import Filter
 from fmesh.broker.log import EventLog
 from fmesh.broker.router import Router
 
-from fmesh.contracts import DeadLetter, Delivery, DeliveryId, Publisher
+from fmesh.contracts import DeadLetter, Delivery, DeliveryId, Observer, Publisher, Steps
 from fmesh.events import SENDER, UNDECODABLE_TYPE, Event, without_error_context
 from fmesh.meshpath import PATH, visited
 
@@ -90,6 +90,7 @@ class Broker:
         self.dedup_window = dedup_window
         self.router = Router()
         self.bridged = BridgedStats()
+        self.observers: list[Observer] = []   # told what was accepted and where it went (the trail, metrics)
         self._queues: dict[str, SubscriptionQueue] = {}
 
     async def publish(self, events: Sequence[Event]) -> None:
@@ -98,6 +99,7 @@ class Broker:
             return
         routed = [(event, self.router.match(event.attributes)) for event in events]
         await self.log.append([(e, subs) for e, subs in routed if subs])
+        self._tell(routed)
 
     async def _publish_bridged(self, events: Sequence[Event]) -> None:
         arriving = [event for event in events if self.mesh_id not in visited(event)]
@@ -107,6 +109,21 @@ class Broker:
         self.bridged.looped += len(events) - len(arriving)
         self.bridged.received += sum(1 for key in keys if key is not None)
         self.bridged.duplicates += stored.count(False)
+        self._tell([r for r, kept in zip(routed, stored, strict=True) if kept])
+        for event, kept in zip(arriving, stored, strict=True):
+            if not kept:
+                self._tell_step(event, Steps.DUPLICATE, f"a duplicate within {self.dedup_window:g}s: dropped")
+        for event in events:
+            if self.mesh_id in visited(event):
+                self._tell_step(event, Steps.LOOPED, "this mesh is on its path already: dropped")
+
+    def _tell(self, routed: Sequence[tuple[Event, Sequence[str]]]) -> None:
+        for observer in self.observers:
+            observer.accepted(routed)
+
+    def _tell_step(self, event: Event, kind: str, detail: str, subscription: str = "") -> None:
+        for observer in self.observers:
+            observer.step(event, subscription, kind, detail=detail)
 
     def subscribe(self, name: str, filter: Filter, ordered: bool = False) -> SubscriptionQueue:
         """Route matching events to `name` from now on; returns its delivery queue.
@@ -129,7 +146,9 @@ class Broker:
         return DirectPublisher(self, name)
 
     async def enqueue(self, events: Sequence[Event], subscription: str) -> None:
-        await self.log.append([(event, [subscription]) for event in events])
+        routed = [(event, [subscription]) for event in events]
+        await self.log.append(routed)
+        self._tell(routed)
 
     async def forget_seen(self) -> int:
         """Forget bridged events older than the dedup window (run now and then)."""
@@ -155,6 +174,9 @@ class Broker:
             return event, targets[letter.id]
 
         letters = await self.log.replay_dead_letters(ids, requeue)
+        for letter in letters:
+            for subscription in targets.get(letter.id, ()):
+                self._tell_step(letter.event, Steps.REPLAYED, f"dead letter {letter.id} replayed", subscription)
         return letters, sorted(i for i, subs in targets.items() if not subs)
 
     def _home_of(self, letter: DeadLetter, event: Event) -> list[str]:

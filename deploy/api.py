@@ -15,50 +15,20 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fmesh.broker.identity import Identity, Principal
 from fmesh.broker.policy import control_refusal
+from fmesh.deploy.api_errors import answers, errors
 from fmesh.deploy.bundle import MAX_BUNDLE_BYTES
 from fmesh.deploy.control import ControlPlane
 from fmesh.deploy.membership import totals
 from fmesh.deploy.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from fmesh.deploy.metrics import metrics_text
 from fmesh.deploy.operations import NodeOperations
+from fmesh.deploy.trail_api import add_trail_routes
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from fmesh.errors import DeployError, EventTooLarge, StoreError
 from fmesh.ratelimit import parse_rate
-
-
-class ErrorBody(BaseModel):
-    """What every refusal answers: one line saying what is wrong (and, for a request that
-    does not validate, FastAPI's list of problems)."""
-
-    error: str = Field(description="what is wrong, in one line")
-    detail: list[dict[str, Any]] | None = Field(None, description="a request that did not validate: each problem")
-
-
-ERRORS = {
-    400: "the request body cannot be read (not JSON, not UTF-8, not a bundle)",
-    401: "missing or wrong bearer token",
-    403: "the token's scope does not allow this call",
-    404: "no such resource",
-    409: "it conflicts with what is deployed",
-    413: "the upload is larger than the mesh takes",
-    422: "the request, or a spec in it, does not validate",
-    503: "the store failed: nothing changed",
-}
-
-
-def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI `responses` for these error statuses, each answering an ErrorBody."""
-    return {status: {"model": ErrorBody, "description": ERRORS[status]} for status in statuses}
-
-
-def answers(media_type: str) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI `responses` for a route whose 200 is text of `media_type`; its errors stay JSON
-    (with `response_class=Response`, which has no media type of its own to impose on them)."""
-    return {200: {"content": {media_type: {"schema": {"type": "string"}}}}}
-
 
 Digest = Annotated[str, Path(pattern="^[0-9a-f]{64}$", description="sha256 of the bundle, as `fmesh deploy` packs it")]
 
@@ -274,6 +244,7 @@ def create_app(node: NodeOperations, control: ControlPlane, public_metrics: bool
         return {"purged": await node.purge_dead_letters(subscription_of(function))}
 
     add_token_routes(app, node, auth)
+    add_trail_routes(app, node, auth)
     return app
 
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import ssl
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -125,6 +126,34 @@ class MeshClient:
     def revoke_token(self, name: str) -> None:
         self.request("DELETE", f"/v1/tokens/{name}")
 
+    def trace(self, event_id: str) -> list[dict[str, Any]]:
+        """The trail of every event with this id (DeployError with a 404 when there is none)."""
+        return self.request("GET", f"/v1/trail/{quote(event_id, safe='')}").json()["trail"]
+
+    def unrouted(self, limit: int) -> list[dict[str, Any]]:
+        return self.request("GET", "/v1/events", params={"unrouted": True, "limit": limit}).json()["events"]
+
+    def watch_events(self, filters: list[str], cesql: str | None, function: str | None,
+                     connected: Callable[[], None] = lambda: None) -> Iterator[tuple[str, dict]]:
+        """(kind, record) as the mesh sends them, until the caller stops (`connected` is called
+        once the mesh watches); the mesh ends the stream only when it stops, so an end is
+        BrokerUnreachable."""
+        params: dict[str, Any] = {"filter": filters}
+        if cesql is not None:
+            params["cesql"] = cesql
+        if function is not None:
+            params["function"] = function
+        try:
+            with self._http.stream("GET", "/v1/events/stream", params=params, timeout=None) as response:
+                check(response, self.url)
+                connected()
+                yield from server_sent_events(_lines(response.iter_text()))
+        except httpx.ConnectError as exc:
+            raise BrokerUnreachable(self.url, str(exc)) from exc
+        except httpx.TransportError as exc:
+            raise BrokerUnreachable(self.url, f"the connection broke while watching ({type(exc).__name__})") from exc
+        raise BrokerUnreachable(self.url, "the mesh ended the event stream: it stopped or is stopping")
+
     def dead_letters(self, function: str | None, limit: int = 1000) -> list[dict[str, Any]]:
         params: dict[str, Any] = {"limit": limit}
         if function:
@@ -144,6 +173,20 @@ def check(response: httpx.Response, url: str) -> None:
     if response.status_code == 401:
         raise AuthError(f"{url} refused the token: {message}")
     raise DeployError(f"{url} answered {response.status_code}: {message}")
+
+
+def server_sent_events(lines: Iterator[str]) -> Iterator[tuple[str, dict]]:
+    """(event name, JSON data) of each server-sent event; comments (keep-alives) are skipped."""
+    name, data = "message", []
+    for line in lines:
+        if not line:
+            if data:
+                yield name, json.loads("\n".join(data))
+            name, data = "message", []
+        elif line.startswith("event:"):
+            name = line[6:].strip()
+        elif line.startswith("data:"):
+            data.append(line[5:].strip())
 
 
 def _lines(chunks: Iterator[str]) -> Iterator[str]:

@@ -22,6 +22,9 @@ from fmesh.broker.ingress import Ingress
 from fmesh.broker.policy import Gate, Rule, default_mode
 from fmesh.broker.stores import Store, open_store
 from fmesh.broker.tokens import Tokens
+from fmesh.broker.trail.memory import MemoryTrail
+from fmesh.broker.trail.recorder import TrailRecorder
+from fmesh.broker.trail.sqlite import SqliteTrail
 from fmesh.deploy.membership import Membership, load_or_create_node_id, members
 from fmesh.runtime.logs import LogStore
 from fmesh.runtime.runtime import FunctionSpec, FunctionStatus, Runtime, SinkSpec, SinkStatus
@@ -78,6 +81,7 @@ class Node:
         self.start_failed = False
         self.stop_deadline: float | None = None  # time.monotonic() by which a stop must be done
         self.stop_overran = False                # the last stop ran out of time and left work undone
+        self.trail: TrailRecorder | None = None  # where events went (None: --trail-retention 0)
 
     async def start(self) -> None:
         private_dir(self.data_dir)
@@ -86,12 +90,24 @@ class Node:
         await self._agree_on_mesh_id()
         await self.tokens.load()
         await self.runtime.start()
+        self._open_trail()
         self.run_in_background("expire dead letters and seen events", self._expire())
         self.run_in_background("heartbeat", self.membership.run())
         self.run_in_background("follow the tokens", self.tokens.follow())
         self._started = True
         for hook in self.on_start:
             await hook()
+
+    def _open_trail(self) -> None:
+        """Start noting where events go: in the data dir (each node keeps what it saw), or in
+        memory for a memory store."""
+        if self.settings.trail_retention <= 0 or self.settings.trail_max_events <= 0:
+            return
+        store = MemoryTrail() if self.store_url == "memory://" else SqliteTrail(self.data_dir / "trail.db")
+        self.trail = TrailRecorder(store, self.settings.trail_retention, self.settings.trail_max_events)
+        self.broker.observers.append(self.trail)
+        self.runtime.observers.append(self.trail)
+        self.run_in_background("write the event trail", self.trail.run())
 
     def _fit_event_limit(self) -> None:
         """An event the store or a replica cannot take is refused at the ingress (413), not
@@ -146,6 +162,8 @@ class Node:
         for name in list(self.triggers):
             await self.remove_trigger(name)
         await self.runtime.stop(self.settings.shutdown_grace if grace is None else grace)
+        if self.trail is not None:
+            await self.trail.close()
         await self.store.close()
         shutil.rmtree(self.run_dir, ignore_errors=True)
 
@@ -390,6 +408,8 @@ class Node:
     def end_streams(self) -> None:
         """End long-lived responses (`fmesh logs -f`) so that the HTTP server can stop."""
         self.runtime.logs.end_followers()
+        if self.trail is not None:
+            self.trail.live.end_listeners()
 
     async def _stop_in_time(self) -> None:
         """Stop, leaving the rest undone (`stop_overran`) when the deadline or grace runs out."""

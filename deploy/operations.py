@@ -16,6 +16,7 @@ from fmesh.broker.filters import Filter, FilterErrors
 from fmesh.broker.identity import Identity, PeerCredential
 from fmesh.broker.policy import Rule
 from fmesh.broker.tokens import Tokens
+from fmesh.broker.trail.recorder import TrailRecorder
 from fmesh.runtime.logs import LogStore
 from fmesh.runtime.runtime import FunctionSpec, FunctionStatus, SinkSpec, SinkStatus
 from fmesh.triggers.base import TriggerStatus
@@ -31,6 +32,7 @@ class NodeOperations(Protocol):
     state: StateStore          # the deployed resources, shared by every node on the store
     identity: Identity         # who the control API's callers are
     tokens: Tokens
+    trail: TrailRecorder | None   # where events went; None when the mesh keeps no trail
 
     @property
     def blobs(self) -> BlobStore: ...

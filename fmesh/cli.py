@@ -6,45 +6,24 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
+from fmesh.cli_shared import CaOption, ManifestOption, MeshOption, TokenOption, client, console, errors, fail
+from fmesh.cli_trail import events_app, trace
 from fmesh.errors import FmeshError
 from fmesh.settings import DEFAULT_MESH_URL, DEFAULT_PORT, default_data_dir, read_token
 
 app = typer.Typer(help="fmesh: event-driven functions that scale to zero, no cluster required.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
-# Piped output is for scripts and logs: do not squeeze tables into 80 columns there.
-console = Console(width=None if sys.stdout.isatty() else 200)
-errors = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
-
-MeshOption = Annotated[str, typer.Option("--mesh", envvar="FMESH_URL", help="URL of the mesh node.")]
-TokenOption = Annotated[str | None, typer.Option(
-    "--token", help="Control API token (default: FMESH_TOKEN, else <data dir>/token).")]
-ManifestOption = Annotated[Path, typer.Option("-f", "--file", help="The manifest.")]
-CaOption = Annotated[Path | None, typer.Option(
-    "--ca", envvar="FMESH_CA", help="CA (PEM) of an HTTPS mesh with its own CA; for mTLS meshes the client "
-    "certificate and key come from FMESH_CERT and FMESH_KEY.")]
+app.command()(trace)
+app.add_typer(events_app, name="events")
 LogFormatOption = Annotated[str, typer.Option(
     envvar="FMESH_LOG_FORMAT", help="The mesh's own log lines: text (readable on a terminal) or json (one object "
     "a line, with the event id and function as keys).")]
 LogLevelOption = Annotated[str, typer.Option(envvar="FMESH_LOG_LEVEL", help="debug, info, warning or error.")]
-
-
-def fail(message: str, code: int = 1) -> NoReturn:
-    errors.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)  # one line, as written
-    raise typer.Exit(code)
-
-
-def client(mesh: str, token: str | None, ca: Path | None = None):  # type: ignore[no-untyped-def]
-    from fmesh.deploy.client import MeshClient
-    from fmesh.tls import cli_context
-
-    return MeshClient(mesh, token or read_token(), verify=cli_context(ca))
 
 
 @app.command()
@@ -75,6 +54,11 @@ def up(
         min=1, help="Most files in a function's uploaded code (400 past it).")] = 20_000,
     launcher: Annotated[str, typer.Option(help="How replicas start: zygote (fast) or subprocess.")] = "zygote",
     dead_letter_retention: Annotated[str, typer.Option(help="How long dead letters are kept.")] = "7d",
+    trail_retention: Annotated[str, typer.Option(
+        help="How long the event trail (fmesh trace, fmesh events) keeps where each event went; 0 turns "
+             "the trail off.")] = "24h",
+    trail_max_events: Annotated[int, typer.Option(
+        min=0, help="Events the trail keeps at most, the oldest going first; 0 turns the trail off.")] = 100_000,
     mesh_id: Annotated[str | None, typer.Option(
         help="This mesh's id, which bridges put on the path of the events it forwards "
              "(default: one generated once and kept in the data dir).")] = None,
@@ -122,6 +106,7 @@ def up(
                             max_headers=max_headers, max_extensions=max_extensions,
                             max_bundle_bytes=max_bundle_bytes, max_bundle_files=max_bundle_files, launcher=launcher,
                             dead_letter_retention=_duration(dead_letter_retention),
+                            trail_retention=_duration(trail_retention), trail_max_events=trail_max_events,
                             shutdown_grace=_duration(shutdown_grace), ingress_auth=ingress_auth,
                             tls_cert=_absolute(tls_cert), tls_key=_absolute(tls_key),
                             tls_client_ca=_absolute(tls_client_ca), mesh_id=mesh_id,

@@ -82,6 +82,36 @@ class DeliveryQueue(Protocol):
 
 
 
+@runtime_checkable
+class Observer(Protocol):
+    """Told what happens to events, on the hot path: the broker says what it accepted and
+    where it routed it, a sidecar what each attempt came to. Implementations only take
+    note (no I/O, no waiting, never raise); the event trail and the metrics are observers."""
+
+    def accepted(self, routed: Sequence[tuple[Event, Sequence[str]]]) -> None:
+        """Events stored (or, with no subscriptions, that matched nothing), each with where it goes."""
+
+    def step(self, event: Event, subscription: str, kind: str, attempt: int = 0, status: int | None = None,
+             duration: float | None = None, error: str | None = None, due: float | None = None,
+             detail: str | None = None) -> None:
+        """Something happened to `event` in `subscription`: a `Steps` kind, with the attempt
+        number, status and duration (seconds) of the attempt, the error, when it is due again
+        (`retrying`), and a detail (`reply`: the reply's id; `redirected`: the target)."""
+
+
+class Steps:
+    """The kinds of `Observer.step`."""
+
+    DELIVERED = "delivered"
+    RETRYING = "retrying"
+    DEAD_LETTERED = "dead-lettered"
+    REDIRECTED = "redirected"
+    REPLY = "reply"
+    REPLAYED = "replayed"
+    DUPLICATE = "duplicate"
+    LOOPED = "looped"
+
+
 @dataclass(frozen=True, slots=True)
 class Entry:
     """A state value and the revision it was written at (revisions only grow, store-wide)."""

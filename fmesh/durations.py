@@ -21,6 +21,8 @@ def parse_duration(value: str | int | float) -> float:
             raise ValueError(f"a duration cannot be negative, got {value!r}")
         return float(value)
     text = value.strip()
+    if text == "0":  # zero needs no unit (`--trail-retention 0`)
+        return 0.0
     iso = _ISO.match(text.upper())
     if iso and text.upper() not in ("P", "PT"):
         parts = {k: float(v) for k, v in iso.groupdict().items() if v}
@@ -29,3 +31,15 @@ def parse_duration(value: str | int | float) -> float:
     if pieces and "".join(a + b for a, b in pieces) == text:
         return sum(float(amount) * _UNITS[unit] for amount, unit in pieces)
     raise ValueError(f"expected a duration such as 200ms, 5s, 1m30s or PT1S, got {value!r}")
+
+
+def format_duration(seconds: float) -> str:
+    """`seconds` the way people write it: 90 → 1m30s, 86400 → 1d, 0.2 → 200ms."""
+    if seconds < 1:
+        return f"{seconds * 1000:g}ms"
+    parts, left = [], round(seconds)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if left >= size:
+            parts.append(f"{left // size}{unit}")
+            left %= size
+    return "".join(parts)

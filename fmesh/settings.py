@@ -92,6 +92,8 @@ class NodeSettings:
     max_bundle_files: int = 20_000        # files in a function's code (400 past it)
     launcher: str = "zygote"              # or "subprocess": a fresh interpreter per replica
     dead_letter_retention: float = 7 * 86400.0
+    trail_retention: float = 86400.0      # how long the event trail keeps an event's path (0: no trail)
+    trail_max_events: int = 100_000       # events whose path the trail keeps at most (the oldest go first)
     shutdown_grace: float = 10.0          # seconds from SIGTERM/Ctrl-C until the process is gone
     mesh_id: str | None = None            # default: a stable id kept in the data dir
     mesh_id_given: bool = False           # --mesh-id was on the command line (not read from the data dir)

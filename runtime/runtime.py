@@ -28,7 +28,7 @@ from fmesh.runtime.starters import CommandStarter, PythonStarter, ReplicaStarter
 from fmesh.runtime.worker import WorkerSpec
 
 from fmesh import meshlog
-from fmesh.contracts import DeliveryQueue, Publisher
+from fmesh.contracts import DeliveryQueue, Observer, Publisher
 from fmesh.errors import HandlerError
 
 log = meshlog.get("fmesh.runtime")
@@ -112,6 +112,7 @@ class Runtime:
         self.fresh = SubprocessLauncher(self._on_exit)
         self.default_launcher: Launcher = self.zygote if launcher == "zygote" else self.fresh
         self.functions: dict[str, _Running] = {}
+        self.observers: list[Observer] = []   # every sidecar tells them what its attempts came to
         self.sinks: dict[str, tuple[SinkSpec, Sink, Sidecar]] = {}
         self._retiring: dict[str, set[asyncio.Task]] = {}
         self._verifying: dict[str, Replica] = {}   # replicas started once by a deploy, by id
@@ -147,7 +148,7 @@ class Runtime:
         starter = self._starter(spec)
         pool = RunnerPool(spec.name, starter, spec.scale, lambda text: self.logs.note(spec.name, text))
         sidecar = Sidecar(spec.subscription, f"/fmesh/functions/{spec.name}", queue, pool,
-                          replies or self.publisher, spec.delivery, spec.scale.max_inflight)
+                          replies or self.publisher, spec.delivery, spec.scale.max_inflight, self.observers)
         self.functions[spec.name] = _Running(spec, pool, sidecar)
         pool.start()
         sidecar.start()
@@ -203,7 +204,7 @@ class Runtime:
         sink = sink or self.open_sink(spec)
         await sink.start()
         sidecar = Sidecar(spec.subscription, spec.source or f"/fmesh/{spec.subscription}", queue, sink,
-                          self.publisher, spec.delivery, spec.max_inflight)
+                          self.publisher, spec.delivery, spec.max_inflight, self.observers)
         await self.remove_sink(spec.subscription)
         self.sinks[spec.subscription] = (spec, sink, sidecar)
         sidecar.start()

@@ -12,17 +12,17 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from fmesh.runtime.policy import DeliveryPolicy
 from fmesh.runtime.replica import ReplyData, Result
 
 from fmesh import meshlog
 from fmesh.bindings.common import describe
-from fmesh.contracts import DeadLetter, Delivery, DeliveryId, DeliveryQueue, Publisher
+from fmesh.contracts import DeadLetter, Delivery, DeliveryId, DeliveryQueue, Observer, Publisher, Steps
 from fmesh.errors import FmeshError, HandlerError, InvalidEvent, StoreError
 from fmesh.events import (
     HOPS,
@@ -43,6 +43,7 @@ CLAIM_WAIT = 5.0             # seconds a claim waits for work before it asks aga
 EXTEND_EVERY = 10.0          # seconds between reminders that in-flight deliveries are being worked on
 TROUBLE_LOG_EVERY = 5.0      # seconds between two log lines about the same recurring trouble
 LOG_ERROR_CHARS = 300        # of an error, in a log line
+T = TypeVar("T")
 
 log = meshlog.get("fmesh.runtime")
 
@@ -66,7 +67,8 @@ class DeliveryStats:
 
 class Sidecar:
     def __init__(self, name: str, source: str, queue: DeliveryQueue, target: Target,
-                 publisher: Publisher, policy: DeliveryPolicy, max_inflight: int) -> None:
+                 publisher: Publisher, policy: DeliveryPolicy, max_inflight: int,
+                 observers: Sequence[Observer] = ()) -> None:
         self.name = name              # the subscription, e.g. "function:hello"
         self.source = source          # the `source` of reply events
         self.queue = queue
@@ -74,6 +76,7 @@ class Sidecar:
         self.publisher = publisher
         self.policy = policy
         self.max_inflight = max_inflight
+        self.observers = observers    # told what each attempt came to (the trail, metrics)
         self.stats = DeliveryStats()
         self._inflight: set[asyncio.Task] = set()
         self._working: set[DeliveryId] = set()   # ids of the claimed deliveries in flight
@@ -188,12 +191,15 @@ class Sidecar:
             if self.policy.expired(delivery.stored_at, time.time()):
                 await self._settle_failure(delivery, Expired(self.policy, delivery, delivery.last_error))
                 return
+            started = time.monotonic()
             error = await self._attempt(delivery)
+            took = time.monotonic() - started
             if error is None:
                 await self._until_stored(lambda: self._acks.ack(delivery.id), "ack", delivery)
                 self.stats.delivered += 1
+                self._tell(delivery.event, Steps.DELIVERED, delivery.attempts + 1, duration=took)
             else:
-                await self._settle_failure(delivery, error)
+                await self._settle_failure(delivery, error, took)
         except asyncio.CancelledError:
             await asyncio.shield(self._release(delivery))  # not done: someone else may
             raise
@@ -213,14 +219,13 @@ class Sidecar:
             return HandlerError(f"the mesh cannot deliver this event: {describe(exc)}", retryable=False)
         return None
 
-    async def _until_stored(self, operation: Callable[[], Awaitable[None]], what: str, delivery: Delivery) -> None:
+    async def _until_stored(self, operation: Callable[[], Awaitable[T]], what: str, delivery: Delivery) -> T:
         """Run a store operation until it succeeds: an ack or retry that is lost would leave
         the delivery claimed for good. Until then the delivery keeps its slot."""
         delay = STORE_RETRY_FIRST
         while True:
             try:
-                await operation()
-                return
+                return await operation()
             except StoreError as exc:
                 self.stats.last_error = f"{what} not stored yet, retrying in {delay:g}s: {exc}"
                 if self._store_trouble.due():
@@ -242,11 +247,13 @@ class Sidecar:
             # The reply was never stored, so there is no delivery to remove: id -1 names none.
             await self.queue.dead_letter(Delivery(-1, self.name, reply), letter)
             self.stats.dead_lettered += 1
+            self._tell(reply, Steps.DEAD_LETTERED, 0, error=letter.reason)
             log.warning("event dead-lettered", **self._about(reply), in_reply_to=delivery.event.id,
                         attempts=0, reason=letter.reason)
             return
         await self.publisher.publish([reply])
         self.stats.replies += 1
+        self._tell(delivery.event, Steps.REPLY, delivery.attempts + 1, detail=reply.id)
 
     def _reply_event(self, incoming: Event, result: Event | ReplyData) -> Event:
         hops = _hops(incoming) + 1
@@ -260,7 +267,7 @@ class Sidecar:
                       "datacontenttype": result.content_type, HOPS: hops, SENDER: self.name}
         return Event(attributes, result.payload)
 
-    async def _settle_failure(self, delivery: Delivery, error: HandlerError) -> None:
+    async def _settle_failure(self, delivery: Delivery, error: HandlerError, took: float | None = None) -> None:
         """Schedule the next attempt, or dead-letter the event after the last."""
         self.stats.failed += 1
         self.stats.last_error = str(error)
@@ -271,14 +278,24 @@ class Sidecar:
             if not self.policy.expired(delivery.stored_at, due):
                 await self._until_stored(lambda: self.queue.retry(delivery, delay, str(error)), "retry", delivery)
                 self.stats.retried += 1
+                self._tell(delivery.event, Steps.RETRYING, attempt, error.status, took, str(error), due)
                 if self._attempts_trouble.due():
                     log.warning("delivery attempt failed; retrying", **self._about(delivery.event), attempt=attempt,
                                 retry_in=round(delay, 3), error=_short(error),
                                 skipped=self._attempts_trouble.take_skipped())
                 return
             error = Expired(self.policy, delivery, str(error), at=due)
-        await self._until_stored(lambda: self._dead_letter(delivery, error, attempt), "dead letter", delivery)
+        redirected = await self._until_stored(lambda: self._dead_letter(delivery, error, attempt), "dead letter",
+                                              delivery)
         self.stats.dead_lettered += 1
+        kind = Steps.REDIRECTED if redirected else Steps.DEAD_LETTERED
+        self._tell(delivery.event, kind, attempt, error.status, took, str(error),
+                   detail=self.policy.dead_letter if redirected else None)
+
+    def _tell(self, event: Event, kind: str, attempt: int, status: int | None = None, duration: float | None = None,
+              error: str | None = None, due: float | None = None, detail: str | None = None) -> None:
+        for observer in self.observers:
+            observer.step(event, self.name, kind, attempt, status, duration, error, due, detail)
 
     def _retry_delay(self, attempt: int, error: HandlerError) -> float:
         delay = self.policy.backoff_for(attempt)
@@ -286,7 +303,8 @@ class Sidecar:
             delay = max(delay, min(error.retry_after, self.policy.retry_after_cap))
         return delay
 
-    async def _dead_letter(self, delivery: Delivery, error: HandlerError, attempts: int) -> None:
+    async def _dead_letter(self, delivery: Delivery, error: HandlerError, attempts: int) -> bool:
+        """True when it went to the policy's dead-letter subscription, False to the dead letters."""
         event = with_error_context(delivery.event, self.name, error, attempts)
         target = self.policy.dead_letter
         reason = "not retryable" if not error.retryable else f"gave up after {attempts} attempts"
@@ -296,10 +314,11 @@ class Sidecar:
             reason = "ttl expired"
         if target and await self.queue.redirect(delivery, target, event):
             self._dead_lettered(delivery.event, attempts, reason, error, to=target)
-            return
+            return True
         await self.queue.dead_letter(delivery, DeadLetter(
             0, self.name, event, attempts, reason, error.status, str(error)[:ERROR_DATA_BYTES], time.time()))
         self._dead_lettered(delivery.event, attempts, reason, error)
+        return False
 
     def _dead_lettered(self, event: Event, attempts: int, reason: str, error: HandlerError,
                        to: str | None = None) -> None:

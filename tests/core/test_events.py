@@ -9,7 +9,7 @@ from fmesh.events import Event, decode_data, encode_data, new_event
 
 @pytest.mark.parametrize(("text", "seconds"), [
     ("200ms", 0.2), ("5s", 5), ("1m30s", 90), ("2h", 7200), ("PT1S", 1), ("PT1M30S", 90), ("P1D", 86400),
-    (3, 3), (0.5, 0.5)])
+    (3, 3), (0.5, 0.5), ("0", 0)])
 def test_durations(text, seconds):
     assert parse_duration(text) == pytest.approx(seconds)
 
@@ -57,3 +57,10 @@ def test_binary_and_structured_round_trips_keep_bytes(payload, content_type):
     headers, body = write_structured(event)
     back = read_events({k.lower(): v for k, v in headers.items()}, body)[0]
     assert back.payload == payload and back["count"] == 3 and back["flag"] is True
+
+
+def test_format_duration_writes_what_people_write():
+    from fmesh.durations import format_duration
+
+    assert [format_duration(s) for s in (0.2, 1, 90, 3600, 86400, 90061)] == ["200ms", "1s", "1m30s", "1h", "1d",
+                                                                               "1d1h1m1s"]

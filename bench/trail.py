@@ -1,0 +1,56 @@
+"""What the event trail costs: the ingress rate and the end-to-end rate of a mesh with the
+trail (the default) against the same mesh with `--trail-retention 0`, in one run.
+
+Both meshes run the bench's warm no-op function (bench/e2e.py's FmeshPipeline); runs
+alternate between them so drift hits both alike. The end-to-end rate is bench/e2e.py's:
+events handled and acked per second, from the start of the load until drained. Prints
+JSON with the medians and the ratios trail/no trail (the goal: >= 0.9 for both).
+
+    python bench/trail.py [--seconds 5] [--runs 3] [--connections 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.common import emit, median  # noqa: E402
+from bench.e2e import FmeshPipeline, drained_rate  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=int, default=5)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--connections", type=int, default=64)
+    args = parser.parse_args()
+    runs: dict[str, list[dict]] = {"trail": [], "no_trail": []}
+    with tempfile.TemporaryDirectory() as tmp, FmeshPipeline(Path(tmp) / "trail") as on, \
+            FmeshPipeline(Path(tmp) / "off", extra=("--trail-retention", "0")) as off:
+        for pipeline in (on, off):
+            drained_rate(pipeline, 1, args.connections)  # warm-up, not counted
+        for _ in range(args.runs):
+            for name, pipeline in (("trail", on), ("no_trail", off)):
+                runs[name].append(drained_rate(pipeline, args.seconds, args.connections))
+    emit(summarize(runs))
+
+
+def summarize(runs: dict[str, list[dict]]) -> dict:
+    result: dict = {"bench": "trail", "event_bytes": 1024, "runs": runs}
+    for figure, key in (("ingress", "ingress_rps"), ("e2e", "rate")):
+        with_trail = median([r[key] for r in runs["trail"]])
+        without = median([r[key] for r in runs["no_trail"]])
+        result[f"{figure}_per_s_trail_median"] = round(with_trail)
+        result[f"{figure}_per_s_no_trail_median"] = round(without)
+        result[f"{figure}_ratio"] = round(with_trail / without, 3)
+    result["all_drained"] = all(r["drained"] for side in runs.values() for r in side)
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+"""The trail in an SQLite file of its own (`trail.db` in the data dir), so that writing it
+never waits on the event log's writer, and a full trail never slows deliveries.
+
+One table of flat rows, an arrival or a step each, indexed by event id (and, for the few
+rows that need it, replies by the reply's id and events that matched nothing): rows are
+made of plain tuples because the trail's thread makes them while the event loop waits for
+the GIL, and SQLite inserts them without it.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from pathlib import Path
+
+from fmesh.broker.trail.store import ERROR_CHARS, Accepted, Arrival, Noted, Step
+
+from fmesh.contracts import Steps
+from fmesh.events import SENDER
+
+SCHEMA_VERSION = 3
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS records (
+    seq INTEGER PRIMARY KEY, id TEXT NOT NULL, at REAL NOT NULL, source TEXT NOT NULL,
+    arrival INTEGER,            -- 1: an event that was routed, 0: one that matched nothing, NULL: a step
+    type TEXT, sender TEXT, traceparent TEXT, routed TEXT,                            -- arrivals
+    subscription TEXT, kind TEXT, attempt INTEGER, status INTEGER, duration_ms REAL,  -- steps
+    error TEXT, due REAL, detail TEXT);
+CREATE INDEX IF NOT EXISTS records_by_id ON records(id);
+CREATE INDEX IF NOT EXISTS records_unrouted ON records(seq) WHERE arrival = 0;
+CREATE INDEX IF NOT EXISTS records_by_reply ON records(detail) WHERE kind = 'reply';
+"""
+INSERT = ("INSERT INTO records (id, at, source, arrival, type, sender, traceparent, routed, subscription, kind,"
+          " attempt, status, duration_ms, error, due, detail) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
+ARRIVAL = "SELECT at, id, source, type, sender, traceparent, routed FROM records"
+STEP = "SELECT at, id, source, subscription, kind, attempt, status, duration_ms, error, due, detail FROM records"
+SEPARATOR = "\n"  # between routed subscriptions: names hold no newline (fmesh.names)
+
+
+class SqliteTrail:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=OFF")  # a trail may lose its last moments to a crash, not its file
+        if self._conn.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:  # a trail is not migrated
+            self._conn.executescript(f"DROP TABLE IF EXISTS records; PRAGMA user_version = {SCHEMA_VERSION};")
+        self._conn.executescript(SCHEMA)
+
+    def write(self, accepted: Sequence[Accepted], steps: Sequence[Noted]) -> None:
+        rows = [(e.id, at, e.source, 1 if subs else 0, e.type, e.attributes.get(SENDER, ""),
+                 e.attributes.get("traceparent"), SEPARATOR.join(subs), None, None, None, None, None, None, None, None)
+                for at, routed in accepted for e, subs in routed]
+        rows += [(e.id, at, e.source, None, None, None, None, None, subscription, kind, attempt, status,
+                  None if seconds is None else round(seconds * 1000, 3),
+                  None if error is None else error[:ERROR_CHARS], due, detail)
+                 for at, e, subscription, kind, attempt, status, seconds, error, due, detail in steps]
+        with self._conn:
+            self._conn.execute("BEGIN")
+            self._conn.executemany(INSERT, rows)
+
+    def arrivals(self, event_id: str) -> list[Arrival]:
+        rows = self._conn.execute(f"{ARRIVAL} WHERE id = ? AND arrival IS NOT NULL ORDER BY seq", (event_id,))
+        return [_arrival(row) for row in rows]
+
+    def steps(self, event_id: str) -> list[Step]:
+        return [Step(*row) for row in self._conn.execute(f"{STEP} WHERE id = ? AND arrival IS NULL ORDER BY seq",
+                                                         (event_id,))]
+
+    def parents(self, reply_id: str) -> list[Step]:
+        return [Step(*row) for row in self._conn.execute(f"{STEP} WHERE detail = ? AND kind = '{Steps.REPLY}'"
+                                                         " ORDER BY seq", (reply_id,))]
+
+    def unrouted(self, limit: int) -> list[Arrival]:
+        rows = self._conn.execute(f"{ARRIVAL} WHERE arrival = 0 ORDER BY seq DESC LIMIT ?", (limit,))
+        return [_arrival(row) for row in rows]
+
+    def prune(self, before: float, keep: int) -> None:
+        with self._conn:
+            self._conn.execute("BEGIN")
+            if keep <= 0:
+                self._conn.execute("DELETE FROM records")
+                return
+            oldest_kept = self._conn.execute("SELECT seq FROM records WHERE arrival IS NOT NULL ORDER BY seq DESC"
+                                             " LIMIT 1 OFFSET ?", (keep - 1,)).fetchone()
+            if oldest_kept is not None:
+                self._conn.execute("DELETE FROM records WHERE seq < ?", oldest_kept)
+            # a scan, in SQLite (without the GIL), every PRUNE_EVERY: cheaper than an index on `at` per insert
+            self._conn.execute("DELETE FROM records WHERE at < ?", (before,))
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+def _arrival(row: tuple) -> Arrival:
+    at, event_id, source, event_type, sender, traceparent, routed = row
+    return Arrival(at, event_id, source, event_type, sender, traceparent,
+                   tuple(routed.split(SEPARATOR)) if routed else ())
