@@ -4,9 +4,10 @@ on the line about a dead-lettered event."""
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
-from support import wait_for, write_manifest
+from support import run_cli, wait_for, write_manifest
 
 EVENT_ID = 'order "7"\x1b[2J'  # whatever a producer sent: quotes and a terminal escape
 
@@ -63,3 +64,14 @@ def text_shows_the_dead_letter_line_with_the_event_id_escaped(text: str) -> None
     assert line.startswith('warning: event dead-lettered event_id="order \\"7\\"\\x1b[2J" event_source=/shop '), line
     assert " function=fail " in line and " attempts=1 " in line and "\x1b" not in text
     assert "fmesh: stopped on SIGINT" in text
+
+
+def test_an_unknown_log_format_or_level_is_refused_in_one_line(tmp_path):
+    env = {**os.environ, "FMESH_DATA_DIR": str(tmp_path)}
+    bad_format = run_cli(["up", "--log-format", "yaml"], env, check=False)
+    assert bad_format.returncode == 1 and bad_format.stderr.splitlines() == [
+        "error: --log-format must be text or json, not 'yaml'"], bad_format.stderr
+    sidecar = ["sidecar", "--function", "f", "--target", "http://127.0.0.1:1/", "--store", "nats://127.0.0.1:1"]
+    bad_level = run_cli(sidecar, {**env, "FMESH_LOG_LEVEL": "loud"}, check=False)
+    assert bad_level.returncode == 1 and bad_level.stderr.splitlines() == [
+        "error: --log-level must be debug, info, warning or error, not 'loud'"], bad_level.stderr
