@@ -36,6 +36,7 @@ _PLAIN = "fmesh_plain"     # set: the line is shown as written in text (the star
 _PREFIX = {logging.DEBUG: "fmesh: debug: ", logging.INFO: "fmesh: ", logging.WARNING: "warning: ",
            logging.ERROR: "error: ", logging.CRITICAL: "error: "}
 _context: dict[str, Any] = {}  # keys on every JSON line of this process (the node's id)
+_handler: logging.Handler | None = None  # what `configure` set up last
 
 
 class MeshLogger:
@@ -78,20 +79,23 @@ def set_context(**fields: Any) -> None:
 
 
 def configure(format: str = "text", level: str = "info", stream: IO[str] | None = None) -> logging.Handler:
-    """Send the `fmesh` loggers' lines to `stream` (stderr) in `format`, from `level` up.
-    Calling it again replaces what an earlier call set up."""
+    """Write the process's log lines to `stream` (stderr) in `format`: the `fmesh` loggers'
+    from `level` up, libraries' (asyncio, nats, aiokafka) from warnings up, so that in JSON
+    every line is JSON. Calling it again replaces what an earlier call set up."""
+    global _handler
     if format not in FORMATS:
         raise ValueError(f"log format must be one of {', '.join(FORMATS)}, not {format!r}")
     if level not in LEVELS:
         raise ValueError(f"log level must be one of {', '.join(LEVELS)}, not {level!r}")
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter() if format == "json" else TextFormatter())
-    root = logging.getLogger(ROOT)
-    for old in list(root.handlers):
-        root.removeHandler(old)
+    root = logging.getLogger()
+    if _handler is not None:
+        root.removeHandler(_handler)
     root.addHandler(handler)
-    root.setLevel(level.upper())
-    root.propagate = False
+    root.setLevel(logging.WARNING)
+    logging.getLogger(ROOT).setLevel(level.upper())
+    _handler = handler
     return handler
 
 

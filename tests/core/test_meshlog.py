@@ -18,8 +18,8 @@ HOSTILE = 'ev "1"\n{"level": "error"}\r\x1b[2J\u202e\u2028x'
 @pytest.fixture
 def lines():
     """Configure the fmesh loggers for one test; yields a function that gives what they wrote."""
-    root = logging.getLogger(meshlog.ROOT)
-    before = (list(root.handlers), root.level, root.propagate)
+    root, fmesh = logging.getLogger(), logging.getLogger(meshlog.ROOT)
+    before = (list(root.handlers), root.level, fmesh.level)
     out = io.StringIO()
 
     def written(format: str = "json", level: str = "info") -> Callable[[], list[str]]:
@@ -27,7 +27,9 @@ def lines():
         return lambda: out.getvalue().splitlines()
 
     yield written
-    root.handlers[:], root.level, root.propagate = before
+    root.handlers[:], root.level = before[:2]
+    fmesh.setLevel(before[2])
+    meshlog._handler = None
 
 
 def test_a_json_line_has_time_level_logger_message_and_the_fields(lines):
@@ -65,15 +67,13 @@ def test_an_exception_is_one_field_not_lines_of_traceback(lines):
     assert record["subscription"] == "function:a"
 
 
-def test_library_lines_go_through_the_same_formatter(lines):
-    read = lines("json")
-    logger = logging.getLogger("uvicorn.test")
-    logger.addHandler(logging.getLogger(meshlog.ROOT).handlers[0])
-    try:
-        logger.warning("Invalid HTTP request received: %s", "x")
-    finally:
-        logger.handlers.clear()
-    assert json.loads(read()[0])["message"] == "Invalid HTTP request received: x"
+def test_library_warnings_go_through_the_same_formatter_and_their_chatter_does_not(lines):
+    read = lines("json", "debug")
+    library = logging.getLogger("nats.test")
+    library.info("connected")
+    library.warning("Invalid HTTP request received: %s", "x")
+    meshlog.get("fmesh.runtime").debug("shown")
+    assert [json.loads(line)["message"] for line in read()] == ["Invalid HTTP request received: x", "shown"]
 
 
 def test_text_keeps_the_wording_and_appends_fields_as_key_value(lines):
