@@ -5,7 +5,10 @@ The mesh has one function subscribed to the bench events, so every accepted even
 really stored (an event no subscription wants is not kept); the function drains them
 at the same time, as it would in production. Prints JSON with both rates and the ratio.
 
-    python bench/ingress.py [--seconds 5] [--runs 3] [--connections 64]
+    python bench/ingress.py [--seconds 5] [--runs 3] [--connections 64] [--otlp]
+
+`--otlp` runs the mesh with `--otlp-endpoint` set to the bare app, which takes the span
+exports as it takes any POST (a collector that answers at once).
 """
 
 from __future__ import annotations
@@ -50,12 +53,14 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--otlp", action="store_true", help="export spans (to the bare app)")
     args = parser.parse_args()
     bare, fmesh = [], []
     accepted = 0
     with tempfile.TemporaryDirectory() as tmp:
         bare_port, mesh_port = free_port(), free_port()
-        with bare_app(bare_port), mesh(mesh_port, Path(tmp) / "data"):
+        tracing = ["--otlp-endpoint", f"http://127.0.0.1:{bare_port}"] if args.otlp else []
+        with bare_app(bare_port), mesh(mesh_port, Path(tmp) / "data", *tracing):
             wait_http(f"http://127.0.0.1:{bare_port}/")
             mesh_url = f"http://127.0.0.1:{mesh_port}"
             wait_http(mesh_url + "/healthz")
@@ -66,7 +71,8 @@ def main() -> None:
                 fmesh.append(run["rps"])
                 accepted += round(run["rps"] * args.seconds)
             stored = stored_count(mesh_url)
-    emit({"bench": "ingress", "event_bytes": 1024, "connections": args.connections, "runs": args.runs,
+    emit({"bench": "ingress", "otlp": args.otlp, "event_bytes": 1024, "connections": args.connections,
+          "runs": args.runs,
           "bare_asgi_rps_median": round(median(bare)), "fmesh_rps_median": round(median(fmesh)),
           "ratio": round(median(fmesh) / median(bare), 3),
           "bare_runs": [round(r) for r in bare], "fmesh_runs": [round(r) for r in fmesh],

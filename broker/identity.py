@@ -143,6 +143,10 @@ class Identity:
         """Whose token this is, if anyone's."""
         return self._bearer.get(token_digest(token))
 
+    def bearer_digest(self, digest: bytes) -> Principal | None:
+        """Whose token has this SHA-256 (see `token_digest`), if anyone's still."""
+        return self._bearer.get(digest)
+
     def identify(self, headers: Mapping[str, str],
                  tls: Mapping[str, Any] | None) -> Principal | PendingSignature | None:
         """Who the request's headers (or its client certificate) say it is; None: no credentials.

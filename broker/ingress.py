@@ -41,6 +41,7 @@ from fmesh.errors import (
 )
 from fmesh.events import DEFAULT_MAX_EXTENSIONS, Event, TooManyExtensions
 from fmesh.ratelimit import retry_after_header
+from fmesh.tracing import NOOP, Tracer, Transport, publish_traced, transport_of
 
 Publish = Callable[[list[Event]], Awaitable[None]]
 
@@ -57,6 +58,7 @@ class Ingress:
         self.max_event_bytes = max_event_bytes
         self.max_extensions = max_extensions
         self.gate = gate or Gate(Identity(), "off")
+        self.tracer: Tracer = NOOP
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["method"] != "POST":
@@ -79,7 +81,7 @@ class Ingress:
         except Forbidden as exc:
             await respond(send, 403, {"error": str(exc)})
         else:
-            await self.accept(events, send)
+            await self.accept(events, send, transport_of(scope["headers"]))
 
     async def read(self, scope: Scope, receive: Receive) -> list[Event]:
         """The request's events, stamped with their sender, once every check before the store passed."""
@@ -97,9 +99,11 @@ class Ingress:
         self.gate.permit(principal, events)
         return events
 
-    async def accept(self, events: list[Event], send: Send) -> None:
+    async def accept(self, events: list[Event], send: Send, transport: Transport | None = None) -> None:
+        """Store the events, each with a trace context (the request's W3C `traceparent`
+        header is the parent of those that come without), and answer 202."""
         try:
-            await self.publish(events)
+            await publish_traced(self.publish, events, self.tracer, transport)
         except StoreError as exc:
             await respond(send, 503, {"error": f"event not stored: {exc}"})
             return

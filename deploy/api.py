@@ -18,10 +18,13 @@ from fmesh.broker.policy import control_refusal
 from fmesh.deploy.api_errors import answers, errors
 from fmesh.deploy.bundle import MAX_BUNDLE_BYTES
 from fmesh.deploy.control import ControlPlane
+from fmesh.deploy.dashboard import SecurityHeaders, add_dashboard_routes
+from fmesh.deploy.live import LiveStreams
 from fmesh.deploy.membership import totals
 from fmesh.deploy.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from fmesh.deploy.metrics import metrics_text
+from fmesh.deploy.metrics import gather_depths, metrics_text
 from fmesh.deploy.operations import NodeOperations
+from fmesh.deploy.sessions import Sessions
 from fmesh.deploy.trail_api import add_trail_routes
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -64,12 +67,16 @@ class TokenRequest(StrictBody):
     burst: int | None = Field(None, ge=1, description="events at once within the rate limit")
 
 
-def require_token(identity: Identity):  # type: ignore[no-untyped-def]
-    """A dependency: the caller's principal, refused with 401 (unknown) or 403 (out of scope)."""
+def require_token(identity: Identity, sessions: Sessions | None = None):  # type: ignore[no-untyped-def]
+    """A dependency: the caller's principal, refused with 401 (unknown) or 403 (out of scope).
+    Without a bearer token, a dashboard session cookie will do (see fmesh.deploy.sessions)."""
     bearer = HTTPBearer(auto_error=False)
 
     def check(request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> Principal:
-        principal = identity.bearer(credentials.credentials) if credentials is not None else None
+        if credentials is not None:
+            principal = identity.bearer(credentials.credentials)
+        else:
+            principal = sessions.principal(request) if sessions is not None else None
         if principal is None:
             raise HTTPException(401, "missing or wrong bearer token: pass --token or set FMESH_TOKEN",
                                 headers={"WWW-Authenticate": "Bearer"})
@@ -81,6 +88,13 @@ def require_token(identity: Identity):  # type: ignore[no-untyped-def]
     return check
 
 
+def counted(node: NodeOperations, subscription: str) -> dict[str, Any]:
+    """What a subscription's attempts came to, counted across redeploys and restarts."""
+    counts = node.tallies.of(subscription)
+    return {"delivered": counts.delivered, "failed": counts.failed, "retried": counts.retried,
+            "redirected": counts.redirected, "replies": counts.replies, "latency_ms": counts.latency_ms()}
+
+
 def function_status(node: NodeOperations, item: Any, pending: int, dead: int) -> dict[str, Any]:
     pool, delivery = item.pool, item.delivery
     errors = node.filter_errors(f"function:{item.name}")
@@ -89,8 +103,8 @@ def function_status(node: NodeOperations, item: Any, pending: int, dead: int) ->
         "replicas": pool.ready + pool.starting + pool.draining,
         "ready": pool.ready, "starting": pool.starting, "desired": pool.desired,
         "inflight": delivery.inflight, "waiting": pool.waiting, "pending": pending,
-        "delivered": delivery.delivered, "failed": delivery.failed, "retried": delivery.retried,
-        "dead_lettered": dead, "replies": delivery.replies, "last_error": delivery.last_error,
+        **counted(node, f"function:{item.name}"),
+        "dead_lettered": dead, "last_error": delivery.last_error,
         "cold_start_last_ms": pool.cold_start_last_ms, "cold_start_median_ms": pool.cold_start_median_ms,
         "out_of_memory": item.out_of_memory, "retiring_versions": item.retiring,
         "filter_errors": errors.count, "last_filter_error": errors.last,
@@ -101,8 +115,10 @@ def create_app(node: NodeOperations, control: ControlPlane, public_metrics: bool
     """The control app; `public_metrics` False puts /metrics and the API docs behind a read token."""
     app = FastAPI(title="fmesh control API", version="1", docs_url=None, redoc_url=None, openapi_url=None,
                   responses=errors(401, 403))  # every route in the schema takes a token
-    auth = [Depends(require_token(node.identity))]
+    sessions = Sessions(node.identity)
+    auth = [Depends(require_token(node.identity, sessions))]
     add_doc_routes(app, [] if public_metrics else auth)
+    app.add_middleware(SecurityHeaders)
 
     @app.exception_handler(StarletteHTTPException)  # FastAPI's own, and the router's 404 and 405
     async def _error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -124,7 +140,7 @@ def create_app(node: NodeOperations, control: ControlPlane, public_metrics: bool
     async def metrics() -> Response:
         """Prometheus text format. No payloads or secrets, but the names of functions and
         triggers and how busy they are: public only where --public-metrics says so."""
-        return Response(metrics_text(node), media_type=METRICS_CONTENT_TYPE)
+        return Response(metrics_text(node, await gather_depths(node)), media_type=METRICS_CONTENT_TYPE)
 
     for kind in control.kinds:
         add_resource_routes(app, control, kind, auth)
@@ -187,19 +203,19 @@ def create_app(node: NodeOperations, control: ControlPlane, public_metrics: bool
             items.append(function_status(node, item, pending, dead.get(f"function:{item.name}", 0)))
         sinks, bridges = [], []
         for s in node.sink_status():
-            item = {"name": s.name, "url": s.url, "delivered": s.delivery.delivered, "failed": s.delivery.failed,
-                    "retried": s.delivery.retried, "inflight": s.delivery.inflight,
+            item = {"name": s.name, "url": s.url, **counted(node, s.name), "inflight": s.delivery.inflight,
                     "pending": await node.pending(s.name), "dead_lettered": dead.get(s.name, 0),
                     "last_error": s.delivery.last_error}
             if s.bridge is None:
                 sinks.append(item)
             else:
-                bridges.append(await bridge_status(node, item, s.bridge))
+                bridges.append(await bridge_status(node, item, s.bridge, s.delivery.delivered))
         triggers = [asdict(t) for t in node.trigger_status()]
         nodes = await node.nodes()
         return {"mesh": node.mesh_id, "node": node.node_id, "nodes": nodes, "totals": totals(nodes),
                 "broken": control.broken, "functions": items, "sinks": sinks, "bridges": bridges,
-                "bridged_in": asdict(node.bridged_in), "triggers": triggers, "store": node.store_url}
+                "bridged_in": dict(node.tallies.bridged), "triggers": triggers, "store": node.store_url,
+                "unrouted": node.tallies.unrouted, "events_in": dict(sorted(node.tallies.events_in.items()))}
 
     @app.get("/v1/functions/{name}/logs", dependencies=auth, summary="A function's stdout and stderr",
              response_class=Response, responses={**answers("text/plain"), **errors(404, 422)})
@@ -245,6 +261,8 @@ def create_app(node: NodeOperations, control: ControlPlane, public_metrics: bool
 
     add_token_routes(app, node, auth)
     add_trail_routes(app, node, auth)
+    app.state.live = LiveStreams(status)  # the dashboard's live view: what /v1/status says, every second
+    add_dashboard_routes(app, sessions, node.identity, auth, app.state.live)
     return app
 
 
@@ -267,14 +285,15 @@ def add_doc_routes(app: FastAPI, auth: list) -> None:
         return get_redoc_html(openapi_url="/openapi.json", title=f"{app.title} - ReDoc")
 
 
-async def bridge_status(node: NodeOperations, item: dict[str, Any], stats: Any) -> dict[str, Any]:
-    """A bridge as `fmesh status` shows it: state, backlog, how long the oldest has waited."""
+async def bridge_status(node: NodeOperations, item: dict[str, Any], stats: Any, delivered: int) -> dict[str, Any]:
+    """A bridge as `fmesh status` shows it: state, backlog, how long the oldest has waited;
+    forwarded and looped since it started (`delivered`: by its sidecar, since then)."""
     backlog, oldest = await node.backlog(item["name"])
     if stats.state == "connected":
         item = {**item, "last_error": None}  # an old failure, since mended, is no news
     return {**item, "name": item["name"].split(":", 1)[1], "state": stats.state, "peer_mesh": stats.peer_mesh,
             "backlog": backlog, "oldest_waiting_s": None if oldest is None else round(time.time() - oldest, 1),
-            "looped": stats.looped, "forwarded": item["delivered"] - stats.looped}
+            "looped": stats.looped, "forwarded": delivered}  # a loop is not-sent, not delivered
 
 
 def add_token_routes(app: FastAPI, node: NodeOperations, auth: list) -> None:

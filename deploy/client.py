@@ -130,8 +130,8 @@ class MeshClient:
         """The trail of every event with this id (DeployError with a 404 when there is none)."""
         return self.request("GET", f"/v1/trail/{quote(event_id, safe='')}").json()["trail"]
 
-    def unrouted(self, limit: int) -> list[dict[str, Any]]:
-        return self.request("GET", "/v1/events", params={"unrouted": True, "limit": limit}).json()["events"]
+    def recent_events(self, limit: int, unrouted: bool) -> list[dict[str, Any]]:
+        return self.request("GET", "/v1/events", params={"unrouted": unrouted, "limit": limit}).json()["events"]
 
     def watch_events(self, filters: list[str], cesql: str | None, function: str | None,
                      connected: Callable[[], None] = lambda: None) -> Iterator[tuple[str, dict]]:

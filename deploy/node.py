@@ -21,10 +21,12 @@ from fmesh.broker.identity import ADMIN, Identity, PeerCredential, token_digest
 from fmesh.broker.ingress import Ingress
 from fmesh.broker.policy import Gate, Rule, default_mode
 from fmesh.broker.stores import Store, open_store
+from fmesh.broker.tallies import Tallies
 from fmesh.broker.tokens import Tokens
 from fmesh.broker.trail.memory import MemoryTrail
 from fmesh.broker.trail.recorder import TrailRecorder
 from fmesh.broker.trail.sqlite import SqliteTrail
+from fmesh.deploy.counters import CounterKeeper
 from fmesh.deploy.membership import Membership, load_or_create_node_id, members
 from fmesh.runtime.logs import LogStore
 from fmesh.runtime.runtime import FunctionSpec, FunctionStatus, Runtime, SinkSpec, SinkStatus
@@ -40,6 +42,7 @@ from fmesh.errors import Conflict, HeadersTooLarge, StartupError, StoreError, Tr
 from fmesh.meshpath import check_mesh_id
 from fmesh.permissions import private_dir
 from fmesh.settings import NodeSettings, mesh_id_path
+from fmesh.tracing import NOOP, Tracer
 
 Hook = Callable[[], Awaitable[None]]
 MESH_ID_KEY = "mesh/id"
@@ -68,6 +71,7 @@ class Node:
         self.run_dir = Path(tempfile.mkdtemp(prefix="fmesh-"))  # short: Unix socket paths are limited
         self.runtime = Runtime(self.data_dir, self.run_dir, self.broker, settings.launcher, self.mesh_id)
         self.control_app: ASGIApp | None = None
+        self.tracer: Tracer = NOOP              # an exporting one from start, with --otlp-endpoint
         self._background: list[asyncio.Task] = []
         self.external_targets: dict[str, str] = {}  # external function → URL it is served at, here
         self.node_id = load_or_create_node_id(settings.data_dir)
@@ -75,6 +79,7 @@ class Node:
         self.membership = Membership(self.state, self.node_id,
                                      address or f"{settings.scheme}://{settings.host}:{settings.port}", self._replicas)
         self.on_start: list[Hook] = []
+        self.on_end_streams: list[Callable[[], None]] = []  # more long-lived responses to end (the dashboard's)
         self.routes: dict[str, ASGIApp] = {}   # extra POST paths (webhook triggers)
         self.triggers: dict[str, Trigger] = {}
         self._started = False
@@ -82,17 +87,25 @@ class Node:
         self.stop_deadline: float | None = None  # time.monotonic() by which a stop must be done
         self.stop_overran = False                # the last stop ran out of time and left work undone
         self.trail: TrailRecorder | None = None  # where events went (None: --trail-retention 0)
+        self.tallies = Tallies()                 # counts of what happened to events, kept across restarts
+        self.counters = CounterKeeper(self.tallies, self.state, self.node_id)
+        self.broker.observers.append(self.tallies)
+        self.runtime.observers.append(self.tallies)
+        self.runtime.cold_start_listeners.append(self.tallies.cold_start)
 
     async def start(self) -> None:
         private_dir(self.data_dir)
         await self.store.open()
         self._fit_event_limit()
         await self._agree_on_mesh_id()
+        self._install_tracer()
         await self.tokens.load()
+        await self.counters.load()
         await self.runtime.start()
         self._open_trail()
         self.run_in_background("expire dead letters and seen events", self._expire())
         self.run_in_background("heartbeat", self.membership.run())
+        self.run_in_background("store the counts", self.counters.run())
         self.run_in_background("follow the tokens", self.tokens.follow())
         self._started = True
         for hook in self.on_start:
@@ -120,6 +133,14 @@ class Node:
             if self.ingress.max_event_bytes > limit - RECORD_MARGIN:
                 self.ingress.max_event_bytes = max(1, limit - RECORD_MARGIN)
                 log.info(f"events over {self.ingress.max_event_bytes} bytes are refused (413): " + why.format(limit))
+
+    def _install_tracer(self) -> None:
+        """With --otlp-endpoint, the spans of every hop go to that collector."""
+        if self.settings.otlp_endpoint and not self.tracer.enabled:
+            from fmesh.deploy.otel import otlp_tracer  # the SDK is loaded only then
+
+            self.tracer = otlp_tracer(self.settings.otlp_endpoint, self.mesh_id, self.node_id)
+        self.ingress.tracer = self.runtime.tracer = self.tracer
 
     async def _agree_on_mesh_id(self) -> None:
         """Every node on one store is one mesh to its peers: the first node's id is kept in
@@ -162,8 +183,10 @@ class Node:
         for name in list(self.triggers):
             await self.remove_trigger(name)
         await self.runtime.stop(self.settings.shutdown_grace if grace is None else grace)
+        await self.counters.save()
         if self.trail is not None:
             await self.trail.close()
+        await self.tracer.close()
         await self.store.close()
         shutil.rmtree(self.run_dir, ignore_errors=True)
 
@@ -299,6 +322,7 @@ class Node:
     async def remove_function(self, name: str) -> None:
         await self.runtime.remove(name)
         await self.broker.unsubscribe(f"function:{name}")
+        self.tallies.forget(f"function:{name}")
         await self._drop_sinks_except(name, set())
 
     async def deploy_subscription(self, sink: SinkSpec, filter: Filter, dead_letter: SinkSpec | None = None) -> None:
@@ -318,6 +342,7 @@ class Node:
         """Stop a subscription (`subscription:audit`, `bridge:eu`) and forget what it had pending."""
         await self.runtime.remove_sink(subscription)
         await self.broker.unsubscribe(subscription)
+        self.tallies.forget(subscription)
         await self._drop_sinks_except(owner_of(subscription), set())
 
     async def deploy_trigger(self, name: str, entry: TriggerEntry) -> None:
@@ -332,7 +357,8 @@ class Node:
 
     def build_trigger(self, name: str, entry: TriggerEntry) -> Trigger:
         """The trigger, not started; TriggerConfigError if it cannot run as configured."""
-        trigger = build_trigger(name, entry, self.broker.publish, self.state, shared=self.store.shared)
+        trigger = build_trigger(name, entry, self.broker.publish, self.state, shared=self.store.shared,
+                                tracer=self.tracer)
         path = getattr(trigger, "path", None)
         if path is not None and is_mesh_path(path):
             raise TriggerConfigError(f"triggers.{name}.http.path", f"{path} is taken by the mesh itself")
@@ -366,6 +392,7 @@ class Node:
             if name not in keep and name in self.runtime.sinks:
                 await self.runtime.remove_sink(name)
                 await self.broker.unsubscribe(name)
+                self.tallies.forget(name)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The node's ASGI app."""
@@ -410,6 +437,8 @@ class Node:
         self.runtime.logs.end_followers()
         if self.trail is not None:
             self.trail.live.end_listeners()
+        for end in self.on_end_streams:
+            end()
 
     async def _stop_in_time(self) -> None:
         """Stop, leaving the rest undone (`stop_overran`) when the deadline or grace runs out."""

@@ -15,6 +15,7 @@ from fmesh.broker.broker import BridgedStats
 from fmesh.broker.filters import Filter, FilterErrors
 from fmesh.broker.identity import Identity, PeerCredential
 from fmesh.broker.policy import Rule
+from fmesh.broker.tallies import Tallies
 from fmesh.broker.tokens import Tokens
 from fmesh.broker.trail.recorder import TrailRecorder
 from fmesh.runtime.logs import LogStore
@@ -33,6 +34,7 @@ class NodeOperations(Protocol):
     identity: Identity         # who the control API's callers are
     tokens: Tokens
     trail: TrailRecorder | None   # where events went; None when the mesh keeps no trail
+    tallies: Tallies              # counts of what happened to events (kept across restarts)
 
     @property
     def blobs(self) -> BlobStore: ...

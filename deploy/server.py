@@ -37,7 +37,8 @@ def build(settings: NodeSettings) -> tuple[Node, ControlPlane, str]:
     node = Node(settings)
     node.trust_control_token(token)
     control = ControlPlane(node, bundle_limits=BundleLimits(settings.max_bundle_bytes, settings.max_bundle_files))
-    node.control_app = create_app(node, control, settings.metrics_public)
+    node.control_app = app = create_app(node, control, settings.metrics_public)
+    node.on_end_streams.append(app.state.live.end)
     return node, control, token
 
 
@@ -76,6 +77,8 @@ async def serve(settings: NodeSettings, manifest: Path | None, sockets: list[soc
         say(f"  {metrics_line(settings)}")
         if settings.tls_client_ca:
             say(f"  mTLS: every client needs a certificate signed by {settings.tls_client_ca}")
+        if settings.otlp_endpoint:
+            say(f"  tracing: a span per hop, exported over OTLP/HTTP to {settings.otlp_endpoint}")
         if not settings.token:
             say(f"  control API token in {token_path(settings.data_dir)}")
         if restored:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import FastAPI, HTTPException, Query
 from fastapi.responses import StreamingResponse
@@ -14,9 +14,11 @@ from fmesh.broker.trail.live import Ended, Listener, LiveFeed, Record, TooManyWa
 from fmesh.broker.trail.recorder import TrailRecorder
 from fmesh.deploy.api_errors import errors
 from fmesh.deploy.operations import NodeOperations
+from pydantic import StringConstraints
 
 from fmesh.durations import format_duration
 
+Pair = Annotated[str, StringConstraints(pattern=r"^[a-z0-9]{1,20}=")]  # attribute=value
 PING_EVERY = 15.0  # seconds between keep-alive comments on a quiet stream
 NO_TRAIL = "this mesh keeps no event trail (it runs with --trail-retention 0)"
 
@@ -32,18 +34,16 @@ def add_trail_routes(app: FastAPI, node: NodeOperations, auth: list) -> None:
                                      f"{recorder.max_events} events, for {format_duration(recorder.retention)})")
         return {"trail": entries}
 
-    @app.get("/v1/events", dependencies=auth, summary="Recent events that matched no subscription",
+    @app.get("/v1/events", dependencies=auth, summary="Recent events, newest first (fmesh events list)",
              responses=errors(404, 422))
-    async def events(unrouted: bool = Query(True, description="only those that matched nothing (the default)"),
+    async def events(unrouted: bool = Query(False, description="only those that matched no subscription"),
                      limit: int = Query(100, ge=1, le=10_000)) -> dict[str, Any]:
-        if not unrouted:
-            raise HTTPException(422, "only unrouted=true is listed; use /v1/events/stream for every event")
-        return {"events": await _trail(node).unrouted(limit)}
+        return {"events": await _trail(node).recent(limit, unrouted)}
 
     @app.get("/v1/events/stream", dependencies=auth, summary="Events and their outcomes as they happen (SSE)",
              response_class=StreamingResponse, responses={**errors(404, 422, 503),
                                                           200: {"content": {"text/event-stream": {}}}})
-    async def stream(filter: list[str] = Query([], description="attribute=value, each must match"),
+    async def stream(filter: list[Pair] = Query([], description="attribute=value, each must match"),
                      cesql: str | None = Query(None, description="a CESQL expression the event must match"),
                      function: str | None = Query(None, description="only what concerns this function"),
                      ) -> StreamingResponse:

@@ -26,6 +26,10 @@ LogFormatOption = Annotated[str, typer.Option(
 LogLevelOption = Annotated[str, typer.Option(envvar="FMESH_LOG_LEVEL", help="debug, info, warning or error.")]
 
 
+OtlpOption = Annotated[str | None, typer.Option(
+    help="Export a span per hop (ingress, delivery attempt, reply) over OTLP/HTTP to this OpenTelemetry "
+         "collector, Jaeger or Tempo, e.g. http://127.0.0.1:4318 (/v1/traces is added). Default: off.")]
+
 @app.command()
 def up(
     file: Annotated[Path | None, typer.Option("-f", "--file", help="Deploy this manifest at start.")] = None,
@@ -92,6 +96,7 @@ def up(
         "--public-metrics/--no-public-metrics",
         help="Serve /metrics, /openapi.json and /docs without a token (default: on a loopback --host only; "
              "elsewhere they need a read or admin token).")] = None,
+    otlp_endpoint: OtlpOption = None,
     log_format: LogFormatOption = "text",
     log_level: LogLevelOption = "info",
 ) -> None:
@@ -113,7 +118,8 @@ def up(
                             dedup_window=_duration(dedup_window), header_timeout=_duration(header_timeout),
                             body_timeout=_duration(body_timeout), min_body_rate=min_body_rate,
                             keepalive_timeout=_duration(keepalive_timeout), max_connections=max_connections,
-                            public_metrics=public_metrics, log_format=log_format, log_level=log_level)
+                            public_metrics=public_metrics, otlp_endpoint=otlp_endpoint,
+                            log_format=log_format, log_level=log_level)
     _check_logging(settings)
     if launcher not in ("zygote", "subprocess"):
         fail(f"--launcher must be zygote or subprocess, not {launcher!r}")
@@ -123,6 +129,8 @@ def up(
         fail("--shutdown-grace must be more than 0s, e.g. 10s")
     _check_client_limits(settings)
     _check_store(settings)
+    if otlp_endpoint is not None:
+        _check_otlp_endpoint(otlp_endpoint)
     if mesh_id is not None:
         from fmesh.meshpath import check_mesh_id
 
@@ -196,6 +204,7 @@ def sidecar(
     cluster: Annotated[str | None, typer.Option(help="The nodes' --cluster, if they were given one.")] = None,
     data_dir: Annotated[Path | None, typer.Option(
         help="The sidecar's own folder (default: <~/.fmesh>/sidecars/FUNCTION).")] = None,
+    otlp_endpoint: OtlpOption = None,
     log_format: LogFormatOption = "text",
     log_level: LogLevelOption = "info",
 ) -> None:
@@ -212,10 +221,12 @@ def sidecar(
     if urlsplit(target).scheme not in ("http", "https") or not urlsplit(target).netloc:
         fail(f"--target must be an http:// or https:// URL, not {target!r}")
     folder = (data_dir or data_dir_for(function, default_data_dir())).expanduser().resolve()
-    settings = NodeSettings(data_dir=folder, store=_with_cluster(store, cluster), port=0,
+    settings = NodeSettings(data_dir=folder, store=_with_cluster(store, cluster), port=0, otlp_endpoint=otlp_endpoint,
                             log_format=log_format, log_level=log_level)
     _check_logging(settings)
     _check_store(settings)
+    if otlp_endpoint is not None:
+        _check_otlp_endpoint(otlp_endpoint)
     from fmesh import meshlog
 
     meshlog.configure(settings.log_format, settings.log_level)
@@ -262,6 +273,15 @@ def _check_store(settings: Any) -> None:
         open_store(settings.store_url, settings.data_dir)  # only parses the URL: nothing is opened
     except ValueError as exc:
         fail(f"--store: {exc}")
+
+
+def _check_otlp_endpoint(endpoint: str) -> None:
+    from fmesh.deploy.otel import traces_url
+
+    try:
+        traces_url(endpoint)
+    except ValueError as exc:
+        fail(f"--otlp-endpoint: {exc}")
 
 
 def _absolute(path: Path | None) -> str | None:
@@ -373,6 +393,9 @@ def status(mesh: MeshOption = DEFAULT_MESH_URL, token: TokenOption = None, ca: C
     _print_sinks(report.get("sinks", []))
     _print_bridges(report.get("bridges", []), report.get("bridged_in"))
     _print_triggers(report.get("triggers", []))
+    if report.get("unrouted"):
+        console.print(f"{report['unrouted']} event(s) matched no subscription: `fmesh events list --unrouted` "
+                      "shows the latest", highlight=False)
     _print_nodes(report.get("nodes", []), report.get("node"), report.get("totals", {}))
     for key, why in sorted(report.get("broken", {}).items()):
         errors.print(f"[bold red]broken:[/] {key.replace('/', ' ', 1)} could not start after a restart "

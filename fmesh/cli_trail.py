@@ -59,26 +59,27 @@ def tail(filter: Annotated[list[str] | None, typer.Option(
 
 @events_app.command("list")
 def list_events(unrouted: Annotated[bool, typer.Option(
-                    "--unrouted", help="Events that matched no subscription (the only list kept).")] = False,
+                    "--unrouted", help="Only events that matched no subscription.")] = False,
                 limit: Annotated[int, typer.Option("-n", "--limit", min=1, max=10_000)] = 50,
                 as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
                 mesh: MeshOption = DEFAULT_MESH_URL, token: TokenOption = None, ca: CaOption = None) -> None:
-    """Recent events that matched nothing (`--unrouted`), newest first."""
-    if not unrouted:
-        fail("say which events: --unrouted (for every event as it comes, use `fmesh events tail`)")
+    """The latest events accepted, newest first, with where each was routed (`--unrouted`: only
+    those that matched nothing)."""
     try:
         with client(mesh, token, ca) as mesh_client:
-            events = mesh_client.unrouted(limit)
+            events = mesh_client.recent_events(limit, unrouted)
     except FmeshError as exc:
         fail(str(exc))
     if as_json:
         print(json.dumps({"events": events}, indent=2))
         return
     if not events:
-        console.out("No unrouted events in the trail: every recent event matched a subscription.")
+        console.out("No unrouted events in the trail: every recent event matched a subscription." if unrouted
+                    else "No events in the trail yet.")
     for event in events:
+        routed = ", ".join(_text(s) for s in event["routed"]) or "matched nothing"
         console.out(f"{_clock(event['at'])}  {_text(event['id'])}  {_text(event['type'])}  from "
-                    f"{_text(event['source'])}  sent by {_text(event['sender'])}", highlight=False)
+                    f"{_text(event['source'])}  sent by {_text(event['sender'])} → {routed}", highlight=False)
 
 
 # -- text ------------------------------------------------------------------------------------
@@ -103,6 +104,8 @@ def _headline(entry: dict[str, Any]) -> str:
         return f"{_text(entry['id'])} from {_text(entry['source'])} (its arrival is no longer in the trail)"
     line = (f"{_text(entry['id'])}  {_text(entry['type'])}  from {_text(entry['source'])}  sent by "
             f"{_text(entry['sender'])}  at {_clock(entry['at'])}")
+    if entry.get("path"):
+        line += f"  bridged from {_text(entry['path'].replace(',', ' → '))}"
     if entry.get("parent"):
         line += f"  (reply to {_text(entry['parent']['id'])})"
     if entry.get("traceparent"):

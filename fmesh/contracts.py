@@ -109,6 +109,7 @@ class Steps:
     REPLY = "reply"
     REPLAYED = "replayed"
     DUPLICATE = "duplicate"
+    NOT_SENT = "not-sent"        # a target was done with it without sending it (a bridge's loop)
     LOOPED = "looped"
 
 

@@ -24,6 +24,7 @@ from cloudevents.core.v1.event import CloudEvent as SdkEvent
 
 from fmesh.errors import InvalidEvent
 from fmesh.names import is_name
+from fmesh.tracecontext import check_trace_attributes
 
 REQUIRED = ("id", "source", "type", "specversion")
 JSON_CONTENT_TYPE = re.compile(r"^(application|text)/([a-zA-Z0-9\-.]+\+)?json(;.*)?$", re.I)
@@ -308,6 +309,7 @@ def from_sdk(event: BaseCloudEvent, max_extensions: int = DEFAULT_MAX_EXTENSIONS
     check_extensions(attributes)
     check_media_type(attributes.get("datacontenttype"))
     checked_internal(attributes)
+    check_trace_attributes(attributes)
     try:
         payload = encode_data(event.get_data(), attributes.get("datacontenttype"))
     except UnicodeEncodeError as exc:

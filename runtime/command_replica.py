@@ -22,6 +22,7 @@ from fmesh.bindings.http import write_binary, write_structured
 from fmesh.errors import HandlerError
 from fmesh.events import Event
 from fmesh.permissions import with_user_umask
+from fmesh.tracing import hop_headers
 
 READY_POLL = 0.02
 
@@ -101,7 +102,7 @@ class CommandReplica(Replica):
     async def invoke(self, event: Event) -> Result:
         headers, body = write_structured(event) if self.structured else write_binary(event)
         try:
-            response = await self._client.post(self.url, headers=headers, content=body)
+            response = await self._client.post(self.url, headers={**hop_headers(event), **headers}, content=body)
         except self._transport_error as exc:
             raise HandlerError(f"replica {self.name} on port {self.port}: {exc or type(exc).__name__}",
                                status=503) from exc

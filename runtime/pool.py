@@ -42,8 +42,10 @@ class PoolStatus:
 class RunnerPool:
     """`invoke(event, timeout)` on some replica of one function; owns replicas and scaling."""
 
-    def __init__(self, function: str, starter: ReplicaStarter, scale: ScalePolicy, note: Note) -> None:
+    def __init__(self, function: str, starter: ReplicaStarter, scale: ScalePolicy, note: Note,
+                 on_cold_start: Callable[[str, float], None] | None = None) -> None:
         self.function = function
+        self._on_cold_start = on_cold_start     # told each cold start's seconds (the metrics)
         self.scale = scale
         self._starter = starter
         self._note = note
@@ -129,6 +131,8 @@ class RunnerPool:
             waiter.set_result(replica)
             if replica.ready_at is not None and replica.ready_at >= since:
                 self._cold_starts.append(replica.ready_at - since)
+                if self._on_cold_start is not None:
+                    self._on_cold_start(self.function, replica.ready_at - since)
 
     def _fail_waiters(self, error: HandlerError) -> None:
         while self._waiters:

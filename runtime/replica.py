@@ -38,7 +38,15 @@ class ReplyData:
         return decode_data(self.payload, self.content_type)
 
 
-Result = Event | ReplyData | None
+@dataclass(frozen=True)
+class NotSent:
+    """A target chose not to deliver the event, and it is done with it (a bridge would have
+    sent it back to a mesh it came from): acked, and said so in the trail."""
+
+    reason: str
+
+
+Result = Event | ReplyData | NotSent | None
 
 
 class Replica:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from fmesh.runtime.worker import WorkerSpec
 from fmesh import meshlog
 from fmesh.contracts import DeliveryQueue, Observer, Publisher
 from fmesh.errors import HandlerError
+from fmesh.tracing import CLIENT, NOOP, Tracer
 
 log = meshlog.get("fmesh.runtime")
 
@@ -105,6 +107,7 @@ class Runtime:
     def __init__(self, data_dir: Path, run_dir: Path, publisher: Publisher, launcher: str = "zygote",
                  mesh_id: str = "") -> None:
         self.mesh_id = mesh_id
+        self.tracer: Tracer = NOOP       # the spans of deliveries (the node installs an exporting one)
         self.logs = LogStore(data_dir / "logs")
         self.publisher = publisher
         self.hub = ReplicaHub(run_dir / "replicas.sock", self._on_log)
@@ -113,6 +116,7 @@ class Runtime:
         self.default_launcher: Launcher = self.zygote if launcher == "zygote" else self.fresh
         self.functions: dict[str, _Running] = {}
         self.observers: list[Observer] = []   # every sidecar tells them what its attempts came to
+        self.cold_start_listeners: list[Callable[[str, float], None]] = []   # (function, seconds)
         self.sinks: dict[str, tuple[SinkSpec, Sink, Sidecar]] = {}
         self._retiring: dict[str, set[asyncio.Task]] = {}
         self._verifying: dict[str, Replica] = {}   # replicas started once by a deploy, by id
@@ -146,9 +150,11 @@ class Runtime:
         Replies go to `replies` (a sink's queue) when given, else back into the mesh."""
         old = self.functions.get(spec.name)
         starter = self._starter(spec)
-        pool = RunnerPool(spec.name, starter, spec.scale, lambda text: self.logs.note(spec.name, text))
+        pool = RunnerPool(spec.name, starter, spec.scale, lambda text: self.logs.note(spec.name, text),
+                          self._cold_started)
         sidecar = Sidecar(spec.subscription, f"/fmesh/functions/{spec.name}", queue, pool,
-                          replies or self.publisher, spec.delivery, spec.scale.max_inflight, self.observers)
+                          replies or self.publisher, spec.delivery, spec.scale.max_inflight, self.observers,
+                          tracer=self.tracer)
         self.functions[spec.name] = _Running(spec, pool, sidecar)
         pool.start()
         sidecar.start()
@@ -158,6 +164,10 @@ class Runtime:
             task = asyncio.get_running_loop().create_task(self._retire(old))
             self._retiring.setdefault(spec.name, set()).add(task)
             task.add_done_callback(self._retiring[spec.name].discard)
+
+    def _cold_started(self, function: str, seconds: float) -> None:
+        for listener in self.cold_start_listeners:
+            listener(function, seconds)
 
     async def verify(self, spec: FunctionSpec) -> None:
         """Start one replica of `spec` as it would run, then stop it: a handler that cannot
@@ -204,7 +214,8 @@ class Runtime:
         sink = sink or self.open_sink(spec)
         await sink.start()
         sidecar = Sidecar(spec.subscription, spec.source or f"/fmesh/{spec.subscription}", queue, sink,
-                          self.publisher, spec.delivery, spec.max_inflight, self.observers)
+                          self.publisher, spec.delivery, spec.max_inflight, self.observers,
+                          tracer=self.tracer, span_kind=CLIENT)
         await self.remove_sink(spec.subscription)
         self.sinks[spec.subscription] = (spec, sink, sidecar)
         sidecar.start()

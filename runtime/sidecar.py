@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from typing import Protocol, TypeVar
 
 from fmesh.runtime.policy import DeliveryPolicy
-from fmesh.runtime.replica import ReplyData, Result
+from fmesh.runtime.replica import NotSent, ReplyData, Result
 
 from fmesh import meshlog
 from fmesh.bindings.common import describe
@@ -35,6 +35,8 @@ from fmesh.events import (
     valid_text,
     with_extension,
 )
+from fmesh.tracecontext import check_trace_attributes
+from fmesh.tracing import CONSUMER, HOP, NOOP, Span, Tracer, start_delivery, start_reply, traced_reply
 
 ERROR_DATA_BYTES = 1024
 STORE_RETRY_FIRST = 0.05     # seconds before a failed store operation is tried again, doubling
@@ -68,8 +70,10 @@ class DeliveryStats:
 class Sidecar:
     def __init__(self, name: str, source: str, queue: DeliveryQueue, target: Target,
                  publisher: Publisher, policy: DeliveryPolicy, max_inflight: int,
-                 observers: Sequence[Observer] = ()) -> None:
+                 observers: Sequence[Observer] = (), tracer: Tracer = NOOP, span_kind: str = CONSUMER) -> None:
         self.name = name              # the subscription, e.g. "function:hello"
+        self.tracer = tracer
+        self.span_kind = span_kind    # of its attempts' spans: CONSUMER for a function, CLIENT for a sink
         self.source = source          # the `source` of reply events
         self.queue = queue
         self.target = target
@@ -194,7 +198,10 @@ class Sidecar:
             started = time.monotonic()
             error = await self._attempt(delivery)
             took = time.monotonic() - started
-            if error is None:
+            if isinstance(error, NotSent):
+                await self._until_stored(lambda: self._acks.ack(delivery.id), "ack", delivery)
+                self._tell(delivery.event, Steps.NOT_SENT, delivery.attempts + 1, duration=took, detail=error.reason)
+            elif error is None:
                 await self._until_stored(lambda: self._acks.ack(delivery.id), "ack", delivery)
                 self.stats.delivered += 1
                 self._tell(delivery.event, Steps.DELIVERED, delivery.attempts + 1, duration=took)
@@ -204,11 +211,30 @@ class Sidecar:
             await asyncio.shield(self._release(delivery))  # not done: someone else may
             raise
 
-    async def _attempt(self, delivery: Delivery) -> HandlerError | None:
-        """One attempt at the event; None when it succeeded (and its reply is stored)."""
+    async def _attempt(self, delivery: Delivery) -> HandlerError | NotSent | None:
+        """One attempt at the event, in a span of its own (the current hop, for the target's
+        requests); None when it succeeded (and its reply is stored), NotSent when the target
+        was done with it without delivering it."""
+        span = start_delivery(self.tracer, self.span_kind, self.name, delivery.event, delivery.attempts + 1)
+        hop = HOP.set(span)
+        try:
+            error = await self._try(delivery, span)
+        except BaseException:
+            span.end("cancelled")
+            raise
+        finally:
+            HOP.reset(hop)
+        failed = isinstance(error, HandlerError)
+        span.end(str(error) if failed else None,
+                 {"fmesh.status": error.status} if failed and error.status is not None else None)
+        return error
+
+    async def _try(self, delivery: Delivery, span: Span) -> HandlerError | NotSent | None:
         try:
             result = await self.target.invoke(delivery.event, self.policy.timeout)
-            await self._publish_reply(delivery, result)
+            if isinstance(result, NotSent):
+                return result
+            await self._publish_reply(delivery, result, span)
         except HandlerError as exc:
             return exc
         except StoreError as exc:  # the reply could not be stored: try the event again
@@ -234,13 +260,22 @@ class Sidecar:
                 await asyncio.sleep(delay)
                 delay = min(STORE_RETRY_MAX, delay * 2)
 
-    async def _publish_reply(self, delivery: Delivery, result: Result) -> None:
+    async def _publish_reply(self, delivery: Delivery, result: Result, attempt: Span) -> None:
         if result is None:
             return
         try:
             reply = self._reply_event(delivery.event, result)
         except InvalidEvent as exc:
             raise HandlerError(f"the handler returned an invalid event: {exc}", retryable=False) from exc
+        span = start_reply(self.tracer, self.name, attempt, delivery.event)
+        try:
+            await self._store_reply(delivery, traced_reply(reply, span, delivery.event))
+        except BaseException as exc:
+            span.end(describe(exc))
+            raise
+        span.end()
+
+    async def _store_reply(self, delivery: Delivery, reply: Event) -> None:
         if reply[HOPS] > self.policy.max_hops:
             letter = DeadLetter(0, self.name, reply, 0, f"reply hop limit {self.policy.max_hops} reached: "
                                 f"a loop of replies?", None, None, time.time())
@@ -261,6 +296,7 @@ class Sidecar:
             check_required(result.attributes)
             check_extensions(result.attributes)
             checked_internal(result.attributes)
+            check_trace_attributes(result.attributes)
             return with_extension(result, **{HOPS: hops, SENDER: self.name})
         attributes = {"specversion": "1.0", "id": str(uuid.uuid4()), "source": self.source,
                       "type": f"{incoming.type}.reply", "time": format_time_now(),

@@ -18,17 +18,19 @@ from fmesh import meshlog
 from fmesh.bindings.common import marked_invalid
 from fmesh.errors import InvalidEvent
 from fmesh.events import SENDER, Event, with_extension
+from fmesh.tracing import NOOP, Tracer, publish_traced
 
 Publish = Callable[[list[Event]], Awaitable[None]]
 """Store the events; durable on return, `fmesh.errors.StoreError` otherwise."""
 
 
-def stamped(publish: Publish, sender: str) -> Publish:
+def stamped(publish: Publish, sender: str, tracer: Tracer = NOOP) -> Publish:
     """`publish` that marks every event as published by `sender` (`trigger:<name>`) in
-    `fmeshsender`, replacing whatever the source sent: only the mesh says who sent what."""
+    `fmeshsender`, replacing whatever the source sent: only the mesh says who sent what.
+    An event without a trace context gets a new one (see `fmesh.tracing.publish_traced`)."""
 
     async def publish_stamped(events: list[Event]) -> None:
-        await publish([with_extension(event, **{SENDER: sender}) for event in events])
+        await publish_traced(publish, [with_extension(event, **{SENDER: sender}) for event in events], tracer)
 
     return publish_stamped
 

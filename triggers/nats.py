@@ -33,6 +33,7 @@ from fmesh.bindings.common import as_invalid, describe, wrapped_event
 from fmesh.bindings.nats import content_type, read_message
 from fmesh.errors import BrokerUnreachable, StoreError, TriggerConfigError
 from fmesh.events import Event
+from fmesh.tracecontext import message_context
 
 FETCH_WAIT = 1.0
 CLOSE_TIMEOUT = 5.0
@@ -225,7 +226,7 @@ class NatsTrigger(BackgroundTrigger):
             time = metadata.timestamp
         return wrapped_event(id=id, source=f"{self._source}/{message.subject}", type=self.config.type,
                              payload=message.data, content_type=content_type(message.headers or {}),
-                             time=time)
+                             time=time, **message_context(message.headers or {}))
 
 
 @asynccontextmanager

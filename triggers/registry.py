@@ -14,13 +14,14 @@ from fmesh.triggers.config import (
 )
 
 from fmesh.contracts import StateStore
+from fmesh.tracing import NOOP, Tracer
 
 # Each kind is imported when first used: a mesh without Kafka or NATS triggers never
 # loads aiokafka or nats-py (a few MB of memory each).
 
 
 def build_trigger(name: str, config: TriggerEntry | TriggerConfig, publish: Publish, state: StateStore,
-                  clock: Clock | None = None, shared: bool = False) -> Trigger:
+                  clock: Clock | None = None, shared: bool = False, tracer: Tracer = NOOP) -> Trigger:
     """A stopped trigger named `name`; call `start()` to run it. `shared`: other nodes run
     it too, on the same store (a timer then fires on one node only).
 
@@ -30,7 +31,7 @@ def build_trigger(name: str, config: TriggerEntry | TriggerConfig, publish: Publ
     """
     if isinstance(config, TriggerEntry):
         config = config.config
-    publish = stamped(publish, f"trigger:{name}")
+    publish = stamped(publish, f"trigger:{name}", tracer)
     if isinstance(config, KafkaTriggerConfig):
         from fmesh.triggers.kafka import KafkaTrigger
         return KafkaTrigger(name, config, publish)

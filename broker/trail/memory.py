@@ -27,8 +27,8 @@ class MemoryTrail:
     def parents(self, reply_id: str) -> list[Step]:
         return [s for s in self._steps if s.kind == "reply" and s.detail == reply_id]
 
-    def unrouted(self, limit: int) -> list[Arrival]:
-        return [a for a in reversed(self._arrivals) if not a.routed][:limit]
+    def recent(self, limit: int, unrouted: bool) -> list[Arrival]:
+        return [a for a in reversed(self._arrivals) if not (unrouted and a.routed)][:limit]
 
     def prune(self, before: float, keep: int) -> None:
         self._arrivals = [a for a in self._arrivals if a.at >= before][-keep:] if keep else []

@@ -10,7 +10,7 @@ from typing import Any
 
 from fmesh.broker.trail.live import LiveFeed
 from fmesh.broker.trail.store import Accepted, Noted, TrailStore, arrival_of, step_of
-from fmesh.broker.trail.view import Trace, unrouted_view
+from fmesh.broker.trail.view import Trace, recent_view
 
 from fmesh import meshlog
 from fmesh.bindings.common import describe
@@ -61,9 +61,10 @@ class TrailRecorder:
         await self.flush()
         return await self._in_thread(Trace(self.store).of, event_id)
 
-    async def unrouted(self, limit: int) -> list[dict[str, Any]]:
+    async def recent(self, limit: int, unrouted: bool = False) -> list[dict[str, Any]]:
+        """The latest events accepted (that matched nothing, if `unrouted`), newest first."""
         await self.flush()
-        return await self._in_thread(unrouted_view, self.store, limit)
+        return await self._in_thread(recent_view, self.store, limit, unrouted)
 
     # -- writing -------------------------------------------------------------------------
 

@@ -17,22 +17,23 @@ from fmesh.broker.trail.store import ERROR_CHARS, Accepted, Arrival, Noted, Step
 
 from fmesh.contracts import Steps
 from fmesh.events import SENDER
+from fmesh.meshpath import PATH
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
     seq INTEGER PRIMARY KEY, id TEXT NOT NULL, at REAL NOT NULL, source TEXT NOT NULL,
     arrival INTEGER,            -- 1: an event that was routed, 0: one that matched nothing, NULL: a step
-    type TEXT, sender TEXT, traceparent TEXT, routed TEXT,                            -- arrivals
+    type TEXT, sender TEXT, traceparent TEXT, routed TEXT, path TEXT,                 -- arrivals
     subscription TEXT, kind TEXT, attempt INTEGER, status INTEGER, duration_ms REAL,  -- steps
     error TEXT, due REAL, detail TEXT);
 CREATE INDEX IF NOT EXISTS records_by_id ON records(id);
 CREATE INDEX IF NOT EXISTS records_unrouted ON records(seq) WHERE arrival = 0;
 CREATE INDEX IF NOT EXISTS records_by_reply ON records(detail) WHERE kind = 'reply';
 """
-INSERT = ("INSERT INTO records (id, at, source, arrival, type, sender, traceparent, routed, subscription, kind,"
-          " attempt, status, duration_ms, error, due, detail) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
-ARRIVAL = "SELECT at, id, source, type, sender, traceparent, routed FROM records"
+INSERT = ("INSERT INTO records (id, at, source, arrival, type, sender, traceparent, routed, path, subscription,"
+          " kind, attempt, status, duration_ms, error, due, detail) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
+ARRIVAL = "SELECT at, id, source, type, sender, traceparent, routed, path FROM records"
 STEP = "SELECT at, id, source, subscription, kind, attempt, status, duration_ms, error, due, detail FROM records"
 SEPARATOR = "\n"  # between routed subscriptions: names hold no newline (fmesh.names)
 
@@ -49,9 +50,10 @@ class SqliteTrail:
 
     def write(self, accepted: Sequence[Accepted], steps: Sequence[Noted]) -> None:
         rows = [(e.id, at, e.source, 1 if subs else 0, e.type, e.attributes.get(SENDER, ""),
-                 e.attributes.get("traceparent"), SEPARATOR.join(subs), None, None, None, None, None, None, None, None)
+                 e.attributes.get("traceparent"), SEPARATOR.join(subs), e.attributes.get(PATH),
+                 None, None, None, None, None, None, None, None)
                 for at, routed in accepted for e, subs in routed]
-        rows += [(e.id, at, e.source, None, None, None, None, None, subscription, kind, attempt, status,
+        rows += [(e.id, at, e.source, None, None, None, None, None, None, subscription, kind, attempt, status,
                   None if seconds is None else round(seconds * 1000, 3),
                   None if error is None else error[:ERROR_CHARS], due, detail)
                  for at, e, subscription, kind, attempt, status, seconds, error, due, detail in steps]
@@ -71,8 +73,9 @@ class SqliteTrail:
         return [Step(*row) for row in self._conn.execute(f"{STEP} WHERE detail = ? AND kind = '{Steps.REPLY}'"
                                                          " ORDER BY seq", (reply_id,))]
 
-    def unrouted(self, limit: int) -> list[Arrival]:
-        rows = self._conn.execute(f"{ARRIVAL} WHERE arrival = 0 ORDER BY seq DESC LIMIT ?", (limit,))
+    def recent(self, limit: int, unrouted: bool) -> list[Arrival]:
+        which = "arrival = 0" if unrouted else "arrival IS NOT NULL"
+        rows = self._conn.execute(f"{ARRIVAL} WHERE {which} ORDER BY seq DESC LIMIT ?", (limit,))
         return [_arrival(row) for row in rows]
 
     def prune(self, before: float, keep: int) -> None:
@@ -93,6 +96,6 @@ class SqliteTrail:
 
 
 def _arrival(row: tuple) -> Arrival:
-    at, event_id, source, event_type, sender, traceparent, routed = row
+    at, event_id, source, event_type, sender, traceparent, routed, path = row
     return Arrival(at, event_id, source, event_type, sender, traceparent,
-                   tuple(routed.split(SEPARATOR)) if routed else ())
+                   tuple(routed.split(SEPARATOR)) if routed else (), path)

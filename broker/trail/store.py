@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import NamedTuple, Protocol
 
 from fmesh.events import SENDER, Event
+from fmesh.meshpath import PATH
 
 ERROR_CHARS = 500  # of an attempt's error, in a step
 
@@ -29,6 +30,7 @@ class Arrival(NamedTuple):
     sender: str
     traceparent: str | None
     routed: tuple[str, ...]
+    path: str | None = None      # the meshes it was bridged from (`fmeshpath`), oldest first
 
 
 class Step(NamedTuple):
@@ -54,7 +56,7 @@ def arrivals_of(accepted: Sequence[Accepted]) -> list[Arrival]:
 def arrival_of(at: float, event: Event, subscriptions: Sequence[str]) -> Arrival:
     attributes = event.attributes
     return Arrival(at, event.id, event.source, event.type, attributes.get(SENDER, ""),
-                   attributes.get("traceparent"), tuple(subscriptions))
+                   attributes.get("traceparent"), tuple(subscriptions), attributes.get(PATH))
 
 
 def step_of(noted: Noted) -> Step:
@@ -78,8 +80,8 @@ class TrailStore(Protocol):
     def parents(self, reply_id: str) -> list[Step]:
         """The `reply` steps that produced an event with this id."""
 
-    def unrouted(self, limit: int) -> list[Arrival]:
-        """The most recent events that matched nothing, newest first."""
+    def recent(self, limit: int, unrouted: bool) -> list[Arrival]:
+        """The most recent events (only those that matched nothing, if `unrouted`), newest first."""
 
     def prune(self, before: float, keep: int) -> None:
         """Forget what is older than `before`, and all but about the newest `keep` events."""

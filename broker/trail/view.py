@@ -11,7 +11,7 @@ from fmesh.contracts import Steps
 MAX_DEPTH = 16   # replies of replies shown; a loop of replies ends in the dead letters long before
 
 OUTCOMES = {Steps.DELIVERED: "delivered", Steps.RETRYING: "retrying", Steps.DEAD_LETTERED: "dead-lettered",
-            Steps.REDIRECTED: "redirected", Steps.REPLAYED: "pending"}
+            Steps.REDIRECTED: "redirected", Steps.REPLAYED: "pending", Steps.NOT_SENT: "not sent"}
 
 
 class Trace:
@@ -31,7 +31,7 @@ class Trace:
     def _entry(self, arrival: Arrival | None, event_id: str, steps: list[Step], depth: int) -> dict[str, Any]:
         entry = arrival_json(arrival) if arrival else {"id": event_id, "source": steps[0].source, "type": None,
                                                        "at": None, "sender": None, "traceparent": None,
-                                                       "routed": []}
+                                                       "routed": [], "path": None}
         entry["parent"] = self._parent(arrival)
         entry["steps"] = [step_json(s) for s in steps]
         entry["outcome"] = outcomes(entry["routed"], steps)
@@ -79,5 +79,5 @@ def step_json(step: Step) -> dict[str, Any]:
     return entry
 
 
-def unrouted_view(store: TrailStore, limit: int) -> list[dict[str, Any]]:
-    return [arrival_json(a) for a in store.unrouted(limit)]
+def recent_view(store: TrailStore, limit: int, unrouted: bool) -> list[dict[str, Any]]:
+    return [arrival_json(a) for a in store.recent(limit, unrouted)]

@@ -18,6 +18,7 @@ from cloudevents.core.bindings import kafka as sdk_kafka
 from fmesh.bindings.common import canonical, canonical_booleans, from_millis, reading, text_or_base64, wrapped_event
 from fmesh.bindings.json_format import JSON_FORMAT
 from fmesh.events import RAW_FORMAT, Event, checked_time, from_sdk, strict_factory, to_sdk, to_sdk_decoded
+from fmesh.tracecontext import message_context
 
 KafkaMessage = sdk_kafka.KafkaMessage
 STRUCTURED_PREFIX = "application/cloudevents"
@@ -89,7 +90,7 @@ def wrap_record(record: Record, wrapping: Wrapping) -> Event:
         id=record_id(record), source=f"{wrapping.cluster}/{record.topic}", type=wrapping.type,
         payload=record.value, content_type=content_type(headers) or wrapping.content_type,
         time=from_millis(record.timestamp),
-        partitionkey=text_or_base64(record.key) if record.key is not None else None)
+        partitionkey=text_or_base64(record.key) if record.key is not None else None, **message_context(headers))
 
 
 def record_id(record: Record) -> str:

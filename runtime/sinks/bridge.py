@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from urllib.parse import urljoin
 
-from fmesh.runtime.replica import Result
+from fmesh.runtime.replica import NotSent, Result
 from fmesh.runtime.sinks.http import HttpSink
 
 from fmesh.bindings.http import write_batch
@@ -23,6 +23,7 @@ from fmesh.errors import HandlerError
 from fmesh.events import SENDER, Event
 from fmesh.meshpath import visited, with_visit
 from fmesh.signing import PEER_HEADER, sign_request
+from fmesh.tracing import hop_headers
 
 MAX_BATCH = 64              # events per request to the other mesh
 MAX_BATCH_BYTES = 512 * 1024
@@ -106,7 +107,7 @@ class BridgeSink:
         path = visited(event)
         if self.mesh_id in path or (self.stats.peer_mesh is not None and self.stats.peer_mesh in path):
             self.stats.looped += 1  # it has been there already: sending it would start a loop
-            return None
+            return NotSent(f"not sent: mesh {self.stats.peer_mesh or 'it'} is on its path already (a loop)")
         sent: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if not self._waiting:
             asyncio.get_running_loop().call_soon(self._flush, timeout)
@@ -160,6 +161,9 @@ class BridgeSink:
         return write_batch([event]) if self.auth.hmac_secret is not None else self.http.encode(event)
 
     async def _post(self, headers: dict[str, str], body: bytes, timeout: float) -> None:
+        # The transport context is the hop of the first event sent in this request (each
+        # event carries its own context as its traceparent attribute).
+        headers.update(hop_headers())
         headers.update(signed_headers(self.auth, body, time.time()))
         try:
             await self.http.post(headers, body, timeout, replies=False)  # the other mesh answers 202, never events

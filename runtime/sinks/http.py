@@ -19,6 +19,7 @@ from fmesh.bindings.http import write_binary, write_structured
 from fmesh.errors import BrokerUnreachable, HandlerError
 from fmesh.events import Event
 from fmesh.tls import client_context
+from fmesh.tracing import hop_headers
 
 TRUE = {"", "1", "true", "yes"}
 MAX_CONNECTIONS = 100
@@ -72,7 +73,7 @@ class HttpSink:
 
     async def invoke(self, event: Event, timeout: float) -> Event | None:
         headers, body = self.encode(event)
-        return await self.post(headers, body, timeout)
+        return await self.post({**hop_headers(event), **headers}, body, timeout)
 
     def encode(self, event: Event) -> tuple[dict[str, str], bytes]:
         """Headers and body of `event` as this sink sends it (binary or structured mode)."""

@@ -22,6 +22,7 @@ from fmesh.bindings.common import describe
 from fmesh.bindings.kafka import write_binary, write_structured
 from fmesh.errors import BrokerUnreachable, HandlerError
 from fmesh.events import Event
+from fmesh.tracing import hop_headers
 
 UNREACHABLE = (KafkaConnectionError, KafkaTimeoutError, OSError, TimeoutError)
 STOP_TIMEOUT = 10.0
@@ -65,8 +66,8 @@ class KafkaSink:
         key = message.key.encode() if isinstance(message.key, str) else message.key
         try:
             async with asyncio.timeout_at(deadline):
-                await producer.send_and_wait(self.topic, message.value, key=key,
-                                             headers=list(message.headers.items()))
+                await producer.send_and_wait(self.topic, message.value, key=key, headers=[
+                    *message.headers.items(), *((name, value.encode()) for name, value in hop_headers(event).items())])
         except (KafkaError, *UNREACHABLE) as exc:
             raise self._error(exc) from exc
 

@@ -24,6 +24,7 @@ from fmesh.bindings.common import describe
 from fmesh.bindings.nats import write_binary, write_structured
 from fmesh.errors import BrokerUnreachable, HandlerError
 from fmesh.events import Event
+from fmesh.tracing import hop_headers
 
 TRUE = {"", "1", "true", "yes"}
 CLOSE_TIMEOUT = 5.0
@@ -73,6 +74,7 @@ class NatsSink:
         deadline = loop.time() + timeout
         client = await self._ready(timeout)
         headers, body = self._write(event)
+        headers.update(hop_headers(event))  # the hop's W3C context, for an instrumented subscriber
         remaining = max(0.001, deadline - loop.time())
         try:
             if self.jetstream:

@@ -57,7 +57,8 @@ def test_a_store_gives_back_what_it_was_given(store):
                                         ("boom" * 200)[:500], 200.0)
     assert [(s.subscription, s.kind) for s in store.steps("e3")] == [("a", "delivered")]
     assert [(s.id, s.source, s.subscription) for s in store.parents("r1")] == [("e1", "/s", "function:a")]
-    assert [a.id for a in store.unrouted(10)] == ["e2"]
+    assert [a.id for a in store.recent(10, unrouted=True)] == ["e2"]
+    assert [a.id for a in store.recent(2, unrouted=False)] == ["e3", "e2"]
     assert store.arrivals("nope") == [] and store.steps("nope") == [] and store.parents("e1") == []
 
 
@@ -150,9 +151,9 @@ async def test_the_broker_tells_the_trail_what_it_routed_and_what_it_dropped():
     await broker.publish([bridged])  # the sender's retry: a duplicate
     await broker.publish([event("b2", fmeshpath="there,here")])  # a loop
     assert (await recorder.trace("e1"))[0]["routed"] == ["function:a"]
-    assert (await recorder.unrouted(10))[0]["id"] == "e2"
+    assert (await recorder.recent(10, unrouted=True))[0]["id"] == "e2"
     [b1] = await recorder.trace("b1")
-    assert [s["kind"] for s in b1["steps"]] == ["duplicate"]
+    assert b1["path"] == "there" and [s["kind"] for s in b1["steps"]] == ["duplicate"]
     [b2] = await recorder.trace("b2")
     assert b2["at"] is None and [s["kind"] for s in b2["steps"]] == ["looped"]
     await recorder.close()

@@ -8,7 +8,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 PARTS = ("fmesh.broker", "fmesh.runtime", "fmesh.triggers", "fmesh.deploy", "fmesh.functions")
-ENTRY_POINTS = {"cli.py"}  # the CLI starts the parts, importing them only when a command runs
+# The CLI starts the parts, importing them only when a command runs.
+ENTRY_POINTS = {"cli.py", "cli_shared.py", "cli_trail.py"}
 
 
 def imports(path: Path, top_level_only: bool) -> set[str]:

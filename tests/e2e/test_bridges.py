@@ -85,6 +85,14 @@ def test_two_meshes_bridged_both_ways_deliver_once_and_wait_out_a_stopped_peer(m
     back = bridge(b, "to-a")  # its counts start again at B's restart
     assert back["forwarded"] == 0 and back["looped"] > 0 and back["dead_lettered"] == 0
 
+    # the trail at each end: A forwarded it; B says where it came from, and that it did not send it back
+    [at_a] = a.api("GET", f"/v1/trail/{ids[0]}").json()["trail"]
+    assert at_a["outcome"] == {"function:append": "delivered", "bridge:to-b": "delivered"}
+    [at_b] = b.api("GET", f"/v1/trail/{ids[0]}").json()["trail"]
+    assert at_b["path"] == "cloud-a"
+    assert at_b["outcome"] == {"function:append": "delivered", "bridge:to-a": "not sent"}
+    assert "bridged from cloud-a" in b.cli("trace", ids[0]).stdout
+
 
 def test_three_meshes_in_a_ring_do_not_loop(mesh_factory, tmp_path):
     meshes = {name: mesh_factory(extra=["--mesh-id", name]) for name in ("ring-a", "ring-b", "ring-c")}

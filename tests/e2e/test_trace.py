@@ -135,6 +135,8 @@ def test_an_event_that_matched_nothing(traced):
     listed = json.loads(traced.cli("events", "list", "--unrouted", "--json").stdout)["events"]
     assert event_id in [e["id"] for e in listed]
     assert event_id in traced.cli("events", "list", "--unrouted").stdout
+    assert f"{event_id}  nobody.listens  from /trace-test  sent by anonymous → matched nothing" in traced.cli(
+        "events", "list", "-n", "5").stdout
 
 
 def test_an_unknown_id_is_a_one_line_error(traced):

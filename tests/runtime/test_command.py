@@ -48,6 +48,18 @@ async def test_a_plain_http_program_is_a_function(logs):
         await pool.shutdown(grace=2)
 
 
+async def test_a_program_gets_the_trace_context_in_the_binding_and_as_the_hop_header(logs):
+    pool = command_pool("echo", [sys.executable, "server.py"], FIXTURES / "functions/http_echo", logs)
+    traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    try:
+        reply = await pool.invoke(new_event("t", "/s", {"n": 1}, traceparent=traceparent), timeout=10)
+        assert reply.data["ce_traceparent"] == traceparent
+        hop = reply.data["traceparent"]  # a child: the same trace, a parent id of its own
+        assert hop.startswith("00-4bf92f3577b34da6a3ce929d0e0e4736-") and hop != traceparent
+    finally:
+        await pool.shutdown(grace=2)
+
+
 async def test_structured_mode_on_request(logs):
     pool = command_pool("echo", [sys.executable, "server.py"], FIXTURES / "functions/http_echo", logs,
                         structured=True)

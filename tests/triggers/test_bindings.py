@@ -81,6 +81,19 @@ def test_a_plain_record_is_wrapped_with_its_bytes_key_and_position():
     assert event.payload == b"\x00raw"
 
 
+def test_a_plain_record_from_an_instrumented_producer_keeps_its_trace_context():
+    wrapping = Wrapping("kafka://h:1", "t")
+    given = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    traced = wrap_record(Record(value=b"v", headers=[("traceparent", given.encode()), ("tracestate", b"k=v")]),
+                         wrapping)
+    assert (traced["traceparent"], traced["tracestate"]) == (given, "k=v")
+    broken = wrap_record(Record(value=b"v", headers=[("traceparent", b"junk"), ("tracestate", b"k=v")]), wrapping)
+    assert "traceparent" not in broken and "tracestate" not in broken  # a transport header: ignored, not refused
+    bad_state = wrap_record(Record(value=b"v", headers=[("traceparent", given.encode()), ("tracestate", b"K")]),
+                            wrapping)
+    assert bad_state["traceparent"] == given and "tracestate" not in bad_state
+
+
 def test_a_wrapped_record_takes_its_content_type_header_or_the_configured_one():
     wrapping = Wrapping("kafka://h:1", "t", content_type="text/csv")
     assert wrap_record(Record(value=b"a,b"), wrapping)["datacontenttype"] == "text/csv"
@@ -179,6 +192,17 @@ def test_a_negative_hop_count_is_refused_by_the_kafka_and_nats_bindings():
     headers = {"ce-specversion": "1.0", "ce-id": "1", "ce-source": "/s", "ce-type": "t", "ce-fmeshhops": "-40"}
     with pytest.raises(InvalidEvent, match="fmeshhops"):
         nats_binding.read_message(headers, b"", "message on x")
+
+
+def test_a_malformed_trace_context_is_refused_by_the_kafka_and_nats_bindings():
+    binary = [("ce_specversion", b"1.0"), ("ce_id", b"1"), ("ce_source", b"/s"), ("ce_type", b"t"),
+              ("ce_traceparent", b"00-0-0-01")]
+    with pytest.raises(InvalidEvent, match="traceparent.*expected 00-"):
+        read_record(Record(value=b"", headers=binary))
+    headers = {"ce-specversion": "1.0", "ce-id": "1", "ce-source": "/s", "ce-type": "t", "ce-tracestate": "=x"}
+    with pytest.raises(InvalidEvent, match="tracestate.*key=value") as caught:
+        nats_binding.read_message(headers, b"", "message on x")
+    assert caught.value.attribute == "tracestate"
 
 
 def test_json_nested_too_deeply_is_invalid_not_a_crash_in_kafka_and_nats():

@@ -20,6 +20,9 @@ EVENT = Event({"specversion": "1.0", "id": "e-1", "source": "/shop", "type": "co
                "time": "2024-05-01T12:00:00Z", "datacontenttype": "application/octet-stream",
                "subject": "order 1 €", "partitionkey": "customer-7"}, b"\x00\x01binary\xff")
 
+TRACED = Event({**EVENT.attributes, "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"},
+               EVENT.payload)
+
 
 def as_message(record) -> sdk_kafka.KafkaMessage:
     return sdk_kafka.KafkaMessage(headers=dict(record.headers), key=record.key, value=record.value)
@@ -46,6 +49,16 @@ async def test_kafka_sink_structured_mode(tansu, sinks, read_topic):
     assert dict(record.headers) == {"content-type": b"application/cloudevents+json"}
     parsed = sdk_kafka.from_structured(as_message(record), JSONFormat())
     assert parsed.get_data() == EVENT.payload and parsed.get_id() == "e-1"
+
+
+async def test_kafka_sink_sends_the_hops_trace_context_as_a_header(tansu, sinks, read_topic):
+    sink = await sinks(f"kafka://{tansu.bootstrap}/traced")
+    await sink.invoke(TRACED, 10)
+    (record,) = await read_topic(tansu.bootstrap, "traced", 1)
+    headers = dict(record.headers)
+    assert headers["ce_traceparent"] == TRACED["traceparent"].encode()
+    assert headers["traceparent"].startswith(TRACED["traceparent"][:36].encode())  # the same trace
+    assert headers["traceparent"] != headers["ce_traceparent"]
 
 
 async def test_kafka_sink_unreachable_is_retryable_and_recovers(tmp_path, sinks, read_topic):
@@ -84,13 +97,16 @@ async def test_nats_sink_publishes_binary_mode_per_the_nats_binding(nats_server,
     subscription = await reader.subscribe("orders.created")
     await reader.flush()
     sink = await sinks(f"{nats_server.url}/orders.created")
-    await sink.invoke(EVENT, 5)
+    await sink.invoke(TRACED, 5)
     message = await subscription.next_msg(timeout=5)
     assert message.headers["ce-id"] == "e-1"
     assert message.headers["ce-datacontenttype"] == "application/octet-stream"
     assert message.headers["ce-subject"] == "order%201%20%E2%82%AC"
     assert message.data == EVENT.payload
-    assert read_message(message.headers, message.data, "m") == EVENT
+    assert read_message(message.headers, message.data, "m") == TRACED
+    # the event's own trace context, and the hop's as a W3C header (the same trace, a new parent id)
+    assert message.headers["ce-traceparent"] == TRACED["traceparent"]
+    assert message.headers["traceparent"][:36] == TRACED["traceparent"][:36] != message.headers["traceparent"]
 
 
 async def test_nats_sink_structured_mode(nats_server, reader, sinks):

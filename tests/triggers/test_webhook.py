@@ -229,3 +229,24 @@ async def test_events_from_a_trigger_say_which_trigger_whatever_the_source_sent(
         assert (await client.post("/hooks/orders", content=body, headers=headers)).status_code == 202
         assert (await client.post("/hooks/orders", content=b"plain")).status_code == 202
     assert [e["fmeshsender"] for e in recorder.events] == ["trigger:orders", "trigger:orders"]
+
+
+async def test_events_from_a_trigger_get_a_trace_context_unless_they_carry_one(recorder):
+    from fmesh.triggers.registry import build_trigger
+
+    from fmesh.tracecontext import parse_traceparent
+
+    trigger = build_trigger("orders", HttpTriggerConfig(path="/hooks/orders"), recorder, state=None)
+    await trigger.start()
+    given = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    event = Event({"specversion": "1.0", "id": "c-1", "source": "/crm", "type": "t", "traceparent": given}, None)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=trigger.app), base_url="http://mesh") as client:
+        assert (await client.post("/hooks/orders", content=b"plain")).status_code == 202
+        headers, body = write_binary(event)
+        assert (await client.post("/hooks/orders", content=body, headers=headers)).status_code == 202
+        headers["ce-traceparent"] = given.upper()
+        refused = await client.post("/hooks/orders", content=body, headers=headers)
+    made, kept = recorder.events
+    assert parse_traceparent(made["traceparent"]).sampled and kept["traceparent"] == given
+    assert refused.status_code == 400 and "'traceparent'" in refused.json()["error"]
+    assert "00-<32 lowercase hex trace id" in refused.json()["error"]
