@@ -16,7 +16,6 @@ import fcntl
 import os
 import resource
 import sqlite3
-import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -27,9 +26,12 @@ from fmesh.broker.arrivals import Arrivals
 from fmesh.broker.log import Requeue
 from fmesh.broker.sqlite_state import migrate_state
 
+from fmesh import meshlog
 from fmesh.contracts import DeadLetter, Delivery
 from fmesh.errors import StoreError
 from fmesh.events import Event, from_record_or_stub, ordering_key, to_record
+
+log = meshlog.get("fmesh.broker")
 
 CHECKPOINT_EVERY = 1.0  # seconds between background WAL checkpoints
 BUSY_TIMEOUT = 0.5      # seconds to wait for a database another process has locked
@@ -161,7 +163,7 @@ class SqliteEventLog:
             try:
                 self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             except sqlite3.Error as exc:  # a full disk: the WAL stays, and the next open replays it
-                print(f"fmesh: event log closed without a checkpoint: {self._store_error(exc)}", file=sys.stderr)
+                log.warning("event log closed without a checkpoint", error=str(self._store_error(exc)))
             self._conn.close()
             self._conn = None
         self._disown()

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
-import sys
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -19,11 +18,14 @@ from fmesh.broker.filters import compile_shorthand
 from fmesh.broker.identity import SCOPES, Identity, Principal, token_digest
 from fmesh.broker.policy import Gate, Rule
 
+from fmesh import meshlog
 from fmesh.contracts import Change, StateStore
 from fmesh.errors import DeployError
 from fmesh.following import follow, now_and_then
 from fmesh.names import NAME_RULE, is_name
 from fmesh.ratelimit import TokenBucket
+
+log = meshlog.get("fmesh.broker")
 
 PREFIX = "tokens/"
 RECONCILE_EVERY = 15.0  # seconds between comparisons of the tokens known here with the store
@@ -114,7 +116,7 @@ class Tokens:
                 self._forget(record.name)
                 self._know(record)
         except (ValueError, TypeError) as exc:  # a bad allow rule too: said, and the others still work
-            print(f"fmesh: token {key.removeprefix(PREFIX)} is unreadable and does not work: {exc}", file=sys.stderr)
+            log.warning(f"token {key.removeprefix(PREFIX)} is unreadable and does not work", error=str(exc))
 
     def _forget(self, name: str) -> None:
         record = self.records.pop(name, None)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -20,10 +19,13 @@ from fmesh.deploy.dependencies import DependencyInstaller
 from fmesh.deploy.operations import NodeOperations
 from fmesh.deploy.resources import BridgeKind, FunctionKind, Kind, PeerKind, Resource, SubscriptionKind, TriggerKind
 
+from fmesh import meshlog
 from fmesh.bindings.common import describe
 from fmesh.contracts import Change as StateChange
 from fmesh.errors import DeployError
 from fmesh.following import follow, now_and_then
+
+log = meshlog.get("fmesh.deploy")
 
 
 @dataclass
@@ -134,7 +136,8 @@ class ControlPlane:
         except Exception as exc:  # noqa: BLE001 - one broken resource must not keep the others down
             why = describe(exc)
             if self.broken.get(key.removeprefix(DEPLOYED)) != why:  # said once, not at every reconcile
-                print(f"fmesh: could not run {key}: {why}", file=sys.stderr)
+                kind, _, name = key.removeprefix(DEPLOYED).partition("/")
+                log.error(f"could not run {key}: {why}", **{kind: name})
             self.broken[key.removeprefix(DEPLOYED)] = why
             if resource is not None:
                 self._keep_routing(resource)

@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 import time
 
 from fmesh.broker.tallies import Tallies
 
+from fmesh import meshlog
 from fmesh.contracts import StateStore
 from fmesh.errors import StoreError
 
 SAVE_EVERY = 5.0          # seconds between writes while counts change
 COMPLAINT_EVERY = 60.0    # seconds between two complaints about a failing store
+log = meshlog.get("fmesh.deploy")
 
 
 def counters_key(node_id: str) -> str:
@@ -39,15 +40,14 @@ class CounterKeeper:
         try:
             entry = await self.state.get(self.key)
         except StoreError as exc:
-            print(f"fmesh: could not read the counts of the last run (counting from zero): {exc}", file=sys.stderr)
+            log.warning("could not read the counts of the last run (counting from zero)", error=str(exc))
             return
         if entry is None:
             return
         try:
             self.tallies.restore(json.loads(entry.value))
         except (ValueError, RecursionError) as exc:  # json's errors are ValueErrors too
-            print(f"fmesh: {self.key} in the store is not a snapshot of counts ({exc}): counting from zero",
-                  file=sys.stderr)
+            log.warning(f"{self.key} in the store is not a snapshot of counts: counting from zero", error=str(exc))
         self._saved = self.tallies.changes
 
     async def run(self) -> None:
@@ -65,6 +65,6 @@ class CounterKeeper:
         except StoreError as exc:
             if time.monotonic() - self._complained >= COMPLAINT_EVERY:
                 self._complained = time.monotonic()
-                print(f"fmesh: could not store the counts (tried again in {SAVE_EVERY:g}s): {exc}", file=sys.stderr)
+                log.warning(f"could not store the counts (tried again in {SAVE_EVERY:g}s)", error=str(exc))
             return
         self._saved = changes

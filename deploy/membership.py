@@ -12,14 +12,16 @@ import asyncio
 import json
 import secrets
 import socket
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from fmesh import meshlog
 from fmesh.bindings.common import describe
 from fmesh.contracts import StateStore
+
+log = meshlog.get("fmesh.deploy")
 
 NODES = "nodes/"
 HEARTBEAT_EVERY = 2.0   # seconds between heartbeats
@@ -63,7 +65,7 @@ class Membership:
                 await self._state.put(self.key, self.heartbeat())
                 await self._forget_the_long_gone()
             except Exception as exc:  # noqa: BLE001 - a heartbeat that fails must not end the beating
-                print(f"fmesh: could not write this node's heartbeat: {describe(exc)}", file=sys.stderr)
+                log.warning("could not write this node's heartbeat", error=describe(exc))
             await asyncio.sleep(HEARTBEAT_EVERY)
 
     async def _forget_the_long_gone(self) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Coroutine
@@ -36,6 +35,7 @@ from fmesh.triggers.base import Trigger, TriggerStatus
 from fmesh.triggers.config import TriggerEntry
 from fmesh.triggers.registry import build_trigger
 
+from fmesh import meshlog
 from fmesh.asgi import ASGIApp, Receive, Scope, Send, check_headers, is_mesh_path, respond
 from fmesh.contracts import BlobStore, DeadLetter
 from fmesh.errors import Conflict, HeadersTooLarge, StartupError, StoreError, TriggerConfigError
@@ -47,6 +47,7 @@ from fmesh.tracing import NOOP, Tracer
 Hook = Callable[[], Awaitable[None]]
 MESH_ID_KEY = "mesh/id"
 RECORD_MARGIN = 64 * 1024  # bytes of a stored delivery besides the event's body: attributes, bookkeeping
+log = meshlog.get("fmesh.deploy")
 
 
 def owner_of(subscription: str) -> str:
@@ -74,6 +75,7 @@ class Node:
         self._background: list[asyncio.Task] = []
         self.external_targets: dict[str, str] = {}  # external function → URL it is served at, here
         self.node_id = load_or_create_node_id(settings.data_dir)
+        meshlog.set_context(node=self.node_id)
         self.membership = Membership(self.state, self.node_id,
                                      address or f"{settings.scheme}://{settings.host}:{settings.port}", self._replicas)
         self.on_start: list[Hook] = []
@@ -130,8 +132,7 @@ class Node:
         for limit, why in sorted(limits):
             if self.ingress.max_event_bytes > limit - RECORD_MARGIN:
                 self.ingress.max_event_bytes = max(1, limit - RECORD_MARGIN)
-                print(f"fmesh: events over {self.ingress.max_event_bytes} bytes are refused (413): "
-                      + why.format(limit), file=sys.stderr)
+                log.info(f"events over {self.ingress.max_event_bytes} bytes are refused (413): " + why.format(limit))
 
     def _install_tracer(self) -> None:
         """With --otlp-endpoint, the spans of every hop go to that collector."""
@@ -201,7 +202,7 @@ class Node:
         try:
             await self.membership.leave()
         except StoreError as exc:
-            print(f"fmesh: could not say this node is leaving (it shows as gone soon): {exc}", file=sys.stderr)
+            log.warning("could not say this node is leaving (it shows as gone soon)", error=str(exc))
 
     def _replicas(self) -> dict[str, int]:
         return {s.name: s.pool.ready + s.pool.starting for s in self.runtime.status()}
@@ -219,7 +220,7 @@ class Node:
                 await self.log.purge_dead_letters(before=time.time() - retention)
                 await self.broker.forget_seen()
             except StoreError as exc:
-                print(f"fmesh: could not expire dead letters or seen events: {exc}", file=sys.stderr)
+                log.warning("could not expire dead letters or seen events", error=str(exc))
             await asyncio.sleep(min(3600.0, max(1.0, min(retention, window) / 10)))
 
     # -- what the control plane may ask (deploy.operations.NodeOperations) ---------------------
@@ -420,7 +421,7 @@ class Node:
                 try:
                     await self.start()
                 except Exception as exc:  # noqa: BLE001 - said in one line; uvicorn then exits
-                    print(f"error: {exc}", file=sys.stderr, flush=True)
+                    log.error(str(exc))
                     self.start_failed = True
                     await self._stop_in_time()
                     await send({"type": "lifespan.startup.failed", "message": ""})

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
@@ -24,6 +23,7 @@ from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
 
+from fmesh import meshlog
 from fmesh.tracecontext import TraceContext
 from fmesh.tracing import CLIENT, CONSUMER, PRODUCER, SERVER, Parent, Span, as_context
 
@@ -31,6 +31,7 @@ KINDS = {SERVER: SpanKind.SERVER, CLIENT: SpanKind.CLIENT, PRODUCER: SpanKind.PR
 TRACES_PATH = "/v1/traces"
 EXPORT_TIMEOUT = 5.0        # seconds one export request may take (in the SDK's thread)
 CLOSE_TIMEOUT = 3.0         # seconds a stopping node waits for the last spans to go
+log = meshlog.get("fmesh.deploy")
 QUIET_LOGGERS = ("opentelemetry.exporter.otlp.proto.http", "opentelemetry.exporter.otlp.common",
                  "opentelemetry.sdk._shared_internal", "opentelemetry.sdk.trace.export")
 
@@ -70,7 +71,10 @@ class ReportingExporter(SpanExporter):
     def _say(self, line: str, failing: bool) -> None:
         if failing != self.failing:
             self.failing = failing
-            print(f"fmesh: {line}", file=sys.stderr, flush=True)
+            if failing:
+                log.warning(line)
+            else:
+                log.info(line)
 
     def shutdown(self) -> None:
         self.inner.shutdown()

@@ -23,10 +23,12 @@ from fmesh.deploy.node import Node
 from fmesh.deploy.shutdown import MeshServer
 from fmesh.deploy.tls import uvicorn_tls_options
 
+from fmesh import meshlog
 from fmesh.errors import FmeshError, StartupError
 from fmesh.permissions import keep_files_private
 from fmesh.settings import NodeSettings, load_or_create_mesh_id, load_or_create_token, token_path
 
+log = meshlog.get("fmesh.deploy")
 
 def build(settings: NodeSettings) -> tuple[Node, ControlPlane, str]:
     token = load_or_create_token(settings.data_dir, settings.token)
@@ -90,7 +92,8 @@ async def serve(settings: NodeSettings, manifest: Path | None, sockets: list[soc
     # ws="none": the mesh serves no WebSocket, and an upgrade request is then plain HTTP
     # that meets the header limits and timeouts like any other (an upgrade skipped them).
     config = uvicorn.Config(node, host=settings.host, port=settings.port, lifespan="on", ws="none",
-                            log_level="warning", access_log=False, loop="auto",
+                            log_level=uvicorn_level(settings.log_level), access_log=False, loop="auto",
+                            log_config=uvicorn_log_config(settings.log_format),
                             timeout_keep_alive=settings.keepalive_timeout, **options)
     server = MeshServer(config, node, settings.shutdown_grace)
     try:
@@ -99,8 +102,25 @@ async def serve(settings: NodeSettings, manifest: Path | None, sockets: list[soc
         if node.start_failed:
             return 1
         raise
-    say(server.stopped_line())
+    log.info(server.stopped_line())
     return 0 if server.clean else 1
+
+
+def uvicorn_log_config(log_format: str) -> dict[str, Any] | None:
+    """uvicorn's loggers as uvicorn sets them up (text), or through the mesh's formatter (json)."""
+    if log_format != "json":
+        return uvicorn.config.LOGGING_CONFIG
+    handler = {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}
+    return {"version": 1, "disable_existing_loggers": False,
+            "formatters": {"json": {"()": "fmesh.meshlog.JsonFormatter"}},
+            "handlers": {"json": handler},
+            "loggers": {name: {"handlers": ["json"], "propagate": False}
+                        for name in ("uvicorn", "uvicorn.error", "uvicorn.access")}}
+
+
+def uvicorn_level(level: str) -> str:
+    """uvicorn says little worth reading below a warning (each start, each request)."""
+    return level if level == "error" else "warning"
 
 
 def client_limits(settings: NodeSettings) -> ClientLimits:
@@ -131,7 +151,7 @@ def metrics_line(settings: NodeSettings) -> str:
 
 
 def say(line: str) -> None:
-    print(line, flush=True)
+    log.say(line)
 
 
 def exec_server(settings: NodeSettings, manifest: Path | None) -> None:
@@ -168,18 +188,20 @@ def main(argv: list[str]) -> int:
 
     Everything the mesh writes is private to its user (umask 0o077, see fmesh.permissions)."""
     keep_files_private()
+    meshlog.configure()  # text until the settings say otherwise
     try:
         settings, manifest = read_settings(argv)
+        meshlog.configure(settings.log_format, settings.log_level)
         tls = uvicorn_tls_options(settings)  # a missing or wrong file: said before anything is claimed
         with lock_data_dir(settings.data_dir, settings.port) as lock:
             if lock.note:
-                say(f"fmesh: {lock.note}")
+                log.info(lock.note)
             sockets = listen(settings.host, settings.port)
             if manifest is not None:
                 load_manifest(manifest)  # refuse a bad manifest before anything starts
             return run_fast(serve(settings, manifest, sockets, tls))
     except FmeshError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        log.error(str(exc))
         return 1
     except KeyboardInterrupt:  # Ctrl-C before the server took over the signals
         return 0

@@ -87,4 +87,4 @@ class MeshServer(uvicorn.Server):
             how = ", hurried by a second signal: what was still stopping was cut short"
         elif self.node.stop_overran:
             how = f", past its shutdown grace of {self.grace:g}s: the rest of the shutdown was left undone"
-        return f"fmesh: stopped {self.reason} after {took:.1f}s{how} (unfinished deliveries stay stored)"
+        return f"stopped {self.reason} after {took:.1f}s{how} (unfinished deliveries stay stored)"

@@ -12,35 +12,32 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import sys
 from pathlib import Path
 
 from fmesh.deploy.control import ControlPlane
 from fmesh.deploy.node import Node
 
+from fmesh import meshlog
 from fmesh.errors import FmeshError
 from fmesh.permissions import private_dir
 from fmesh.settings import NodeSettings
 
 WAITING_NOTE_EVERY = 30.0  # seconds between reminders that the function is not deployed yet
-
-
-def say(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
+log = meshlog.get("fmesh.deploy")
 
 
 async def run_sidecar(function: str, target: str, settings: NodeSettings) -> int:
     try:
         note = private_dir(settings.data_dir)  # its logs hold the function's output
     except OSError as exc:
-        say(f"error: cannot use data dir {settings.data_dir}: {exc.strerror}")
+        log.error(f"cannot use data dir {settings.data_dir}: {exc.strerror}")
         return 1
     if note:
-        say(f"fmesh: {note}")
+        log.info(note)
     node = Node(settings, address=f"sidecar of {function} → {target}")
     if not node.store.shared:
-        say(f"error: fmesh sidecar needs the store the nodes share (nats://...), not {node.store_url}: "
-            "a SQLite or memory store belongs to one mesh process")
+        log.error(f"fmesh sidecar needs the store the nodes share (nats://...), not {node.store_url}: "
+                  "a SQLite or memory store belongs to one mesh process")
         return 2
     node.external_targets[function] = target
     control = ControlPlane(node, serves=function)
@@ -48,11 +45,11 @@ async def run_sidecar(function: str, target: str, settings: NodeSettings) -> int
         await node.start()
         await control.restore()
     except FmeshError as exc:
-        say(f"error: {exc}")
+        log.error(str(exc))
         await node.stop(grace=1)
         return 1
     node.run_in_background("follow the deployed state", control.follow())
-    say(f"fmesh sidecar of {function} delivering to {target}; store {node.store_url}")
+    log.say(f"fmesh sidecar of {function} delivering to {target}; store {node.store_url}")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -65,17 +62,18 @@ async def run_sidecar(function: str, target: str, settings: NodeSettings) -> int
         except TimeoutError:
             pass
     await node.stop()
-    say("fmesh sidecar stopped; what it had not delivered stays in the store")
+    log.say("fmesh sidecar stopped; what it had not delivered stays in the store")
     return 0
 
 
 def _say_what_is_missing(control: ControlPlane, function: str) -> None:
     deployed = control.functions.get(function)
     if deployed is None:
-        say(f"  waiting: no function {function} is deployed yet (deploy it with `external: true`)")
+        log.info(f"waiting: no function {function} is deployed yet (deploy it with `external: true`)",
+                 function=function)
     elif not getattr(deployed.spec, "external", False):
-        say(f"  function {function} is not external: the nodes run it, so this sidecar delivers nothing "
-            "(set `external: true` to serve it here)")
+        log.warning(f"function {function} is not external: the nodes run it, so this sidecar delivers nothing "
+                    "(set `external: true` to serve it here)", function=function)
 
 
 def data_dir_for(function: str, base: Path) -> Path:

@@ -20,6 +20,11 @@ app = typer.Typer(help="fmesh: event-driven functions that scale to zero, no clu
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 app.command()(trace)
 app.add_typer(events_app, name="events")
+LogFormatOption = Annotated[str, typer.Option(
+    envvar="FMESH_LOG_FORMAT", help="The mesh's own log lines: text (readable on a terminal) or json (one object "
+    "a line, with the event id and function as keys).")]
+LogLevelOption = Annotated[str, typer.Option(envvar="FMESH_LOG_LEVEL", help="debug, info, warning or error.")]
+
 
 OtlpOption = Annotated[str | None, typer.Option(
     help="Export a span per hop (ingress, delivery attempt, reply) over OTLP/HTTP to this OpenTelemetry "
@@ -92,6 +97,8 @@ def up(
         help="Serve /metrics, /openapi.json and /docs without a token (default: on a loopback --host only; "
              "elsewhere they need a read or admin token).")] = None,
     otlp_endpoint: OtlpOption = None,
+    log_format: LogFormatOption = "text",
+    log_level: LogLevelOption = "info",
 ) -> None:
     """Run a mesh node in the foreground (no external services needed)."""
     from fmesh.deploy.manifest import load_manifest
@@ -111,7 +118,9 @@ def up(
                             dedup_window=_duration(dedup_window), header_timeout=_duration(header_timeout),
                             body_timeout=_duration(body_timeout), min_body_rate=min_body_rate,
                             keepalive_timeout=_duration(keepalive_timeout), max_connections=max_connections,
-                            public_metrics=public_metrics, otlp_endpoint=otlp_endpoint)
+                            public_metrics=public_metrics, otlp_endpoint=otlp_endpoint,
+                            log_format=log_format, log_level=log_level)
+    _check_logging(settings)
     if launcher not in ("zygote", "subprocess"):
         fail(f"--launcher must be zygote or subprocess, not {launcher!r}")
     if ingress_auth not in (None, "required", "optional", "off"):
@@ -196,6 +205,8 @@ def sidecar(
     data_dir: Annotated[Path | None, typer.Option(
         help="The sidecar's own folder (default: <~/.fmesh>/sidecars/FUNCTION).")] = None,
     otlp_endpoint: OtlpOption = None,
+    log_format: LogFormatOption = "text",
+    log_level: LogLevelOption = "info",
 ) -> None:
     """Deliver an external function's events (any language, any host), like a Dapr sidecar."""
     import asyncio
@@ -210,10 +221,15 @@ def sidecar(
     if urlsplit(target).scheme not in ("http", "https") or not urlsplit(target).netloc:
         fail(f"--target must be an http:// or https:// URL, not {target!r}")
     folder = (data_dir or data_dir_for(function, default_data_dir())).expanduser().resolve()
-    settings = NodeSettings(data_dir=folder, store=_with_cluster(store, cluster), port=0, otlp_endpoint=otlp_endpoint)
+    settings = NodeSettings(data_dir=folder, store=_with_cluster(store, cluster), port=0, otlp_endpoint=otlp_endpoint,
+                            log_format=log_format, log_level=log_level)
+    _check_logging(settings)
     _check_store(settings)
     if otlp_endpoint is not None:
         _check_otlp_endpoint(otlp_endpoint)
+    from fmesh import meshlog
+
+    meshlog.configure(settings.log_format, settings.log_level)
     from fmesh.permissions import keep_files_private
 
     keep_files_private()  # the sidecar's files are its user's only, as the mesh's (see fmesh up)
@@ -239,6 +255,15 @@ def _check_client_limits(settings: Any) -> None:
         fail(f"--min-body-rate must be 0 or more bytes/s, not {settings.min_body_rate}")
     if settings.max_connections is not None and settings.max_connections < 1:
         fail(f"--max-connections must be 1 or more, not {settings.max_connections}")
+
+
+def _check_logging(settings: Any) -> None:
+    from fmesh.meshlog import FORMATS, LEVELS
+
+    if settings.log_format not in FORMATS:
+        fail(f"--log-format must be text or json, not {settings.log_format!r}")
+    if settings.log_level not in LEVELS:
+        fail(f"--log-level must be debug, info, warning or error, not {settings.log_level!r}")
 
 
 def _check_store(settings: Any) -> None:

@@ -5,11 +5,13 @@ while it was not watching: before it started, or while the store was away)."""
 from __future__ import annotations
 
 import asyncio
-import sys
 from collections.abc import Awaitable, Callable
 
+from fmesh import meshlog
 from fmesh.bindings.common import describe
 from fmesh.contracts import Change, StateStore
+
+log = meshlog.get("fmesh")
 
 RETRY_FIRST = 0.5   # seconds before watching again after the store failed, doubling
 RETRY_MAX = 10.0
@@ -26,7 +28,7 @@ async def follow(state: StateStore, prefix: str, apply: Callable[[Change], Await
                 delay = RETRY_FIRST
                 await apply(change)
         except Exception as exc:  # noqa: BLE001 - a store gone, or one change that failed: watch again
-            print(f"fmesh: lost sight of {what}, watching again: {describe(exc)}", file=sys.stderr)
+            log.warning(f"lost sight of {what}, watching again", error=describe(exc))
         await asyncio.sleep(delay)
         delay = min(delay * 2, RETRY_MAX)
 
@@ -38,4 +40,4 @@ async def now_and_then(every: float, compare: Callable[[], Awaitable[None]], wha
         try:
             await compare()
         except Exception as exc:  # noqa: BLE001 - tried again next time; the following must not end
-            print(f"fmesh: could not compare {what} with the store: {describe(exc)}", file=sys.stderr)
+            log.warning(f"could not compare {what} with the store", error=describe(exc))

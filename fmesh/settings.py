@@ -109,6 +109,8 @@ class NodeSettings:
     max_connections: int | None = None    # default: from the soft fd limit (deploy/connections.py)
     public_metrics: bool | None = None    # /metrics, /openapi.json, /docs without a token; default: on loopback
     otlp_endpoint: str | None = None      # export spans over OTLP/HTTP to this collector (off: no SDK loaded)
+    log_format: str = "text"              # the mesh's own lines: text (a terminal) or json (one object a line)
+    log_level: str = "info"               # debug | info | warning | error
 
     @property
     def scheme(self) -> str:

@@ -8,11 +8,14 @@ and live followers for `fmesh logs -f`. fmesh's own notes about a function's rep
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TextIO
+
+from fmesh import meshlog
+
+log = meshlog.get("fmesh.runtime")
 
 DEFAULT_MAX_BYTES = 4 * 1024 * 1024
 
@@ -68,8 +71,8 @@ class LogStore:
         except OSError:
             pass  # its fd is closed even so
         if not self._dropping.get(function):
-            print(f"fmesh: cannot write the log of {function} ({exc}): dropping its lines until it can",
-                  file=sys.stderr)
+            log.warning(f"cannot write the log of {function}: dropping its lines until it can",
+                        function=function, error=str(exc))
         self._dropping[function] = self._dropping.get(function, 0) + 1
         self._why_dropped[function] = exc.strerror or str(exc)
         self.dropped += 1

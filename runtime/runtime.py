@@ -9,7 +9,6 @@ stops.
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,9 +28,12 @@ from fmesh.runtime.sinks.bridge import BridgeAuth, BridgeSink, BridgeStats
 from fmesh.runtime.starters import CommandStarter, PythonStarter, ReplicaStarter
 from fmesh.runtime.worker import WorkerSpec
 
+from fmesh import meshlog
 from fmesh.contracts import DeliveryQueue, Observer, Publisher
 from fmesh.errors import HandlerError
 from fmesh.tracing import CLIENT, NOOP, Tracer
+
+log = meshlog.get("fmesh.runtime")
 
 
 @dataclass(frozen=True)
@@ -269,7 +271,7 @@ class Runtime:
             running.pool.on_exit(replica_id, how)
 
     def _on_zygote_output(self, line: str) -> None:
-        print(f"zygote: {line}", file=sys.stderr)
+        log.warning(f"zygote: {line}")
 
 
 async def _discard(replica: Replica) -> None:

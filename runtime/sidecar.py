@@ -10,7 +10,6 @@ to the broker with a hop count, so a loop of replies ends in the dead letters.
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -21,6 +20,7 @@ from typing import Protocol, TypeVar
 from fmesh.runtime.policy import DeliveryPolicy
 from fmesh.runtime.replica import NotSent, ReplyData, Result
 
+from fmesh import meshlog
 from fmesh.bindings.common import describe
 from fmesh.contracts import DeadLetter, Delivery, DeliveryId, DeliveryQueue, Observer, Publisher, Steps
 from fmesh.errors import FmeshError, HandlerError, InvalidEvent, StoreError
@@ -43,7 +43,11 @@ STORE_RETRY_FIRST = 0.05     # seconds before a failed store operation is tried 
 STORE_RETRY_MAX = 5.0
 CLAIM_WAIT = 5.0             # seconds a claim waits for work before it asks again
 EXTEND_EVERY = 10.0          # seconds between reminders that in-flight deliveries are being worked on
+TROUBLE_LOG_EVERY = 5.0      # seconds between two log lines about the same recurring trouble
+LOG_ERROR_CHARS = 300        # of an error, in a log line
 T = TypeVar("T")
+
+log = meshlog.get("fmesh.runtime")
 
 
 class Target(Protocol):
@@ -85,6 +89,10 @@ class Sidecar:
         self._extender: asyncio.Task | None = None
         self._slot_free = asyncio.Event()
         self._acks = AckBatcher(queue)
+        self._where = subscription_fields(name)
+        self._claims_trouble = meshlog.Throttle(TROUBLE_LOG_EVERY)
+        self._attempts_trouble = meshlog.Throttle(TROUBLE_LOG_EVERY)
+        self._store_trouble = meshlog.Throttle(TROUBLE_LOG_EVERY)
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -117,6 +125,9 @@ class Sidecar:
             except Exception as exc:  # noqa: BLE001 - a sidecar never dies (see the module docstring)
                 failures += 1
                 self.stats.last_error = f"claiming deliveries failed: {describe(exc)}"
+                if self._claims_trouble.due():
+                    log.warning("claiming deliveries failed; trying again", **self._where, error=describe(exc),
+                                skipped=self._claims_trouble.take_skipped())
                 await asyncio.sleep(min(STORE_RETRY_MAX, STORE_RETRY_FIRST * 2 ** failures))
 
     async def _turn(self) -> None:
@@ -141,6 +152,8 @@ class Sidecar:
                     await self.queue.extend(ids)
                 except Exception as exc:  # noqa: BLE001 - the claims may lapse: they are then delivered again
                     self.stats.last_error = f"could not extend claims: {describe(exc)}"
+                    log.warning("could not extend claims: they may lapse, and their events be delivered again",
+                                **self._where, deliveries=len(ids), error=describe(exc))
 
     def _begin(self, delivery: Delivery) -> None:
         task = asyncio.get_running_loop().create_task(self._deliver(delivery))
@@ -156,7 +169,8 @@ class Sidecar:
         if not task.cancelled() and task.exception() is not None:
             # A bug, not a verdict on the event: give it back, so it is delivered again.
             self.stats.last_error = f"delivery {delivery.id} failed: {describe(task.exception())}"
-            print(f"fmesh: sidecar {self.name}: {self.stats.last_error}", file=sys.stderr)
+            log.error("a delivery failed because of a bug in the mesh; it is delivered again",
+                      exc_info=task.exception(), **self._about(delivery.event), error=describe(task.exception()))
             self._spawn_release(delivery)
         self._slot_free.set()
 
@@ -170,6 +184,8 @@ class Sidecar:
             await self.queue.release([delivery.id])
         except StoreError as exc:  # the claim then lasts until the store restarts
             self.stats.last_error = f"could not release delivery {delivery.id}: {exc}"
+            log.warning("could not release a delivery: it waits until its claim lapses",
+                        **self._about(delivery.event), error=str(exc))
 
     async def _deliver(self, delivery: Delivery) -> None:
         try:
@@ -183,10 +199,10 @@ class Sidecar:
             error = await self._attempt(delivery)
             took = time.monotonic() - started
             if isinstance(error, NotSent):
-                await self._until_stored(lambda: self._acks.ack(delivery.id), "ack")
+                await self._until_stored(lambda: self._acks.ack(delivery.id), "ack", delivery)
                 self._tell(delivery.event, Steps.NOT_SENT, delivery.attempts + 1, duration=took, detail=error.reason)
             elif error is None:
-                await self._until_stored(lambda: self._acks.ack(delivery.id), "ack")
+                await self._until_stored(lambda: self._acks.ack(delivery.id), "ack", delivery)
                 self.stats.delivered += 1
                 self._tell(delivery.event, Steps.DELIVERED, delivery.attempts + 1, duration=took)
             else:
@@ -224,10 +240,12 @@ class Sidecar:
         except StoreError as exc:  # the reply could not be stored: try the event again
             return HandlerError(f"reply not stored: {exc}")
         except Exception as exc:  # noqa: BLE001 - the event itself breaks the mesh's own code
+            log.error("the mesh cannot deliver this event (a bug): it goes to the dead letters", exc_info=exc,
+                      **self._about(delivery.event), error=describe(exc))
             return HandlerError(f"the mesh cannot deliver this event: {describe(exc)}", retryable=False)
         return None
 
-    async def _until_stored(self, operation: Callable[[], Awaitable[T]], what: str) -> T:
+    async def _until_stored(self, operation: Callable[[], Awaitable[T]], what: str, delivery: Delivery) -> T:
         """Run a store operation until it succeeds: an ack or retry that is lost would leave
         the delivery claimed for good. Until then the delivery keeps its slot."""
         delay = STORE_RETRY_FIRST
@@ -236,6 +254,9 @@ class Sidecar:
                 return await operation()
             except StoreError as exc:
                 self.stats.last_error = f"{what} not stored yet, retrying in {delay:g}s: {exc}"
+                if self._store_trouble.due():
+                    log.warning(f"{what} not stored yet; trying again", **self._about(delivery.event),
+                                error=str(exc), skipped=self._store_trouble.take_skipped())
                 await asyncio.sleep(delay)
                 delay = min(STORE_RETRY_MAX, delay * 2)
 
@@ -262,6 +283,8 @@ class Sidecar:
             await self.queue.dead_letter(Delivery(-1, self.name, reply), letter)
             self.stats.dead_lettered += 1
             self._tell(reply, Steps.DEAD_LETTERED, 0, error=letter.reason)
+            log.warning("event dead-lettered", **self._about(reply), in_reply_to=delivery.event.id,
+                        attempts=0, reason=letter.reason)
             return
         await self.publisher.publish([reply])
         self.stats.replies += 1
@@ -289,12 +312,17 @@ class Sidecar:
             delay = self._retry_delay(attempt, error)
             due = time.time() + delay
             if not self.policy.expired(delivery.stored_at, due):
-                await self._until_stored(lambda: self.queue.retry(delivery, delay, str(error)), "retry")
+                await self._until_stored(lambda: self.queue.retry(delivery, delay, str(error)), "retry", delivery)
                 self.stats.retried += 1
                 self._tell(delivery.event, Steps.RETRYING, attempt, error.status, took, str(error), due)
+                if self._attempts_trouble.due():
+                    log.warning("delivery attempt failed; retrying", **self._about(delivery.event), attempt=attempt,
+                                retry_in=round(delay, 3), error=_short(error),
+                                skipped=self._attempts_trouble.take_skipped())
                 return
             error = Expired(self.policy, delivery, str(error), at=due)
-        redirected = await self._until_stored(lambda: self._dead_letter(delivery, error, attempt), "dead letter")
+        redirected = await self._until_stored(lambda: self._dead_letter(delivery, error, attempt), "dead letter",
+                                              delivery)
         self.stats.dead_lettered += 1
         kind = Steps.REDIRECTED if redirected else Steps.DEAD_LETTERED
         self._tell(delivery.event, kind, attempt, error.status, took, str(error),
@@ -315,16 +343,28 @@ class Sidecar:
         """True when it went to the policy's dead-letter subscription, False to the dead letters."""
         event = with_error_context(delivery.event, self.name, error, attempts)
         target = self.policy.dead_letter
-        if target and await self.queue.redirect(delivery, target, event):
-            return True
         reason = "not retryable" if not error.retryable else f"gave up after {attempts} attempts"
         if delivery.undecodable is not None:
             reason = "undecodable"
         elif isinstance(error, Expired):
             reason = "ttl expired"
+        if target and await self.queue.redirect(delivery, target, event):
+            self._dead_lettered(delivery.event, attempts, reason, error, to=target)
+            return True
         await self.queue.dead_letter(delivery, DeadLetter(
             0, self.name, event, attempts, reason, error.status, str(error)[:ERROR_DATA_BYTES], time.time()))
+        self._dead_lettered(delivery.event, attempts, reason, error)
         return False
+
+    def _dead_lettered(self, event: Event, attempts: int, reason: str, error: HandlerError,
+                       to: str | None = None) -> None:
+        """The line users grep for: which event, where, after how many attempts, and why."""
+        log.warning("event dead-lettered", **self._about(event), attempts=attempts, reason=reason,
+                    status=error.status, error=_short(error), dead_letter=to)
+
+    def _about(self, event: Event) -> dict[str, object]:
+        """The fields of a log line about one of this sidecar's events."""
+        return {"event_id": event.id, "event_source": event.source, "event_type": event.type, **self._where}
 
 
 class Expired(HandlerError):
@@ -381,6 +421,20 @@ def with_error_context(event: Event, where: str, error: FmeshError, attempts: in
     if status is not None:
         extensions["fmesherrorcode"] = status
     return with_extension(event, **extensions)
+
+
+def subscription_fields(subscription: str) -> dict[str, str]:
+    """`function:resize` → subscription and function; `bridge:eu` → subscription and bridge."""
+    kind, _, name = subscription.partition(":")
+    fields = {"subscription": subscription}
+    if kind in ("function", "bridge"):
+        fields[kind] = name
+    return fields
+
+
+def _short(error: BaseException) -> str:
+    text = str(error)
+    return text if len(text) <= LOG_ERROR_CHARS else text[:LOG_ERROR_CHARS] + "..."
 
 
 def _hops(event: Event) -> int:

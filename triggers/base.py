@@ -14,6 +14,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from fmesh import meshlog
+from fmesh.bindings.common import marked_invalid
+from fmesh.errors import InvalidEvent
 from fmesh.events import SENDER, Event, with_extension
 from fmesh.tracing import NOOP, Tracer, publish_traced
 
@@ -32,6 +35,7 @@ def stamped(publish: Publish, sender: str, tracer: Tracer = NOOP) -> Publish:
     return publish_stamped
 
 STOP_TIMEOUT = 15.0
+log = meshlog.get("fmesh.triggers")
 
 CONNECTED = "connected"
 RETRYING = "retrying"
@@ -72,6 +76,10 @@ class StatusTracker:
         self._status = TriggerStatus(name, kind, STOPPED, None, 0, None)
 
     @property
+    def name(self) -> str:
+        return self._status.name
+
+    @property
     def state(self) -> str:
         return self._status.state
 
@@ -84,9 +92,14 @@ class StatusTracker:
         self._status.state = RETRYING
 
     def connected(self) -> None:
+        if self._status.state == RETRYING and self._status.last_error is not None:
+            log.info(f"trigger {self.name} is connected again", trigger=self.name)
         self._status.state = CONNECTED
 
     def retrying(self, error: str) -> None:
+        """Said in the log once per outage, not at every retry."""
+        if self._status.state != RETRYING or self._status.last_error is None:
+            log.warning(f"trigger {self.name} is retrying", trigger=self.name, error=error)
         self._status.state = RETRYING
         self._status.last_error = error
 
@@ -102,6 +115,15 @@ class StatusTracker:
 
     def count(self, key: str, amount: int = 1) -> None:
         self._status.detail[key] = self._status.detail.get(key, 0) + amount
+
+    def invalid(self, wrapped: Event, error: InvalidEvent) -> Event:
+        """A message that claimed to be a CloudEvent and is not: counted, logged, and passed on
+        as `wrapped` (its bytes as data) marked with why."""
+        self.count("invalid")
+        self._status.detail["last_invalid"] = str(error)
+        log.warning("a message could not be read as a CloudEvent: it goes on as data, marked invalid",
+                    trigger=self.name, event_id=wrapped.id, event_source=wrapped.source, error=str(error))
+        return marked_invalid(wrapped, error)
 
     def snapshot(self) -> TriggerStatus:
         status = self._status

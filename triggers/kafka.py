@@ -20,7 +20,7 @@ from fmesh.triggers.config import KafkaTriggerConfig
 from fmesh.triggers.kafka_client import client_options
 from fmesh.triggers.retry import BackgroundTrigger, Backoff, publish_until_stored
 
-from fmesh.bindings.common import as_invalid, describe, marked_invalid
+from fmesh.bindings.common import as_invalid, describe
 from fmesh.bindings.kafka import Wrapping, is_cloudevent, read_record, wrap_record
 from fmesh.errors import BrokerUnreachable, StoreError
 from fmesh.events import Event
@@ -144,9 +144,7 @@ class KafkaTrigger(BackgroundTrigger):
             return read_record(record)
         except Exception as exc:  # noqa: BLE001 - one bad record must not stop the trigger
             error = as_invalid(exc, f"record {record.topic}-{record.partition}-{record.offset}")
-            self._status.count("invalid")
-            self._status.detail["last_invalid"] = str(error)
-            return marked_invalid(wrap_record(record, self._wrapping), error)
+            return self._status.invalid(wrap_record(record, self._wrapping), error)
 
     async def _commit(self, consumer: AIOKafkaConsumer, batch: Batch) -> None:
         offsets = {tp: records[-1].offset + 1 for tp, records in batch.items() if records}

@@ -29,7 +29,7 @@ from nats.errors import SlowConsumerError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from fmesh.bindings.common import as_invalid, describe, marked_invalid, wrapped_event
+from fmesh.bindings.common import as_invalid, describe, wrapped_event
 from fmesh.bindings.nats import content_type, read_message
 from fmesh.errors import BrokerUnreachable, StoreError, TriggerConfigError
 from fmesh.events import Event
@@ -214,10 +214,7 @@ class NatsTrigger(BackgroundTrigger):
         try:
             event = read_message(message.headers, message.data, f"message on {message.subject}")
         except Exception as exc:  # noqa: BLE001 - one bad message must not stop the trigger
-            error = as_invalid(exc, f"message on {message.subject}")
-            self._status.count("invalid")
-            self._status.detail["last_invalid"] = str(error)
-            return marked_invalid(self._wrap(message), error)
+            return self._status.invalid(self._wrap(message), as_invalid(exc, f"message on {message.subject}"))
         return event if event is not None else self._wrap(message)
 
     def _wrap(self, message: Msg) -> Event:

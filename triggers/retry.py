@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import random
 from collections.abc import Awaitable, Callable
 
 from fmesh.triggers.base import Publish, StatusTracker, TriggerStatus, stop_task
 
+from fmesh import meshlog
+from fmesh.bindings.common import describe
 from fmesh.errors import StoreError
 from fmesh.events import Event
 
-logger = logging.getLogger("fmesh.triggers")
+log = meshlog.get("fmesh.triggers")
 
 
 class Backoff:
@@ -57,7 +58,7 @@ async def keep_running(what: str, body: Callable[[], Awaitable[None]], status: S
             await body()
             return
         except Exception as exc:
-            logger.exception("%s failed; starting it again", what)
+            log.error(f"{what} failed; starting it again", exc_info=exc, trigger=status.name, error=describe(exc))
             status.retrying(f"{what}: unexpected {type(exc).__name__}: {exc}")
             await backoff.wait()
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -13,6 +12,7 @@ from fmesh.broker.trail.live import LiveFeed
 from fmesh.broker.trail.store import Accepted, Noted, TrailStore, arrival_of, step_of
 from fmesh.broker.trail.view import Trace, recent_view
 
+from fmesh import meshlog
 from fmesh.bindings.common import describe
 from fmesh.events import Event
 
@@ -20,6 +20,7 @@ FLUSH_EVERY = 0.2         # seconds between batched writes
 PRUNE_EVERY = 30.0        # seconds between applications of the retention
 MAX_PENDING = 200_000     # records held while the store cannot keep up (or is failing); older ones go
 COMPLAINT_EVERY = 60.0    # seconds between two complaints about a failing store
+log = meshlog.get("fmesh.broker")
 
 
 class TrailRecorder:
@@ -109,8 +110,7 @@ class TrailRecorder:
         except Exception as exc:  # noqa: BLE001 - disk full, a locked file: the mesh goes on without a trail
             if time.monotonic() - self._complained >= COMPLAINT_EVERY:
                 self._complained = time.monotonic()
-                print(f"fmesh: the event trail could not be written (it resumes when it can): {describe(exc)}",
-                      file=sys.stderr)
+                log.warning("the event trail could not be written (it resumes when it can)", error=describe(exc))
             return False
 
     async def _in_thread(self, operation: Any, *args: Any) -> Any:

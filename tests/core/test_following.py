@@ -10,7 +10,7 @@ import fmesh.following as following
 from fmesh.following import follow
 
 
-async def test_a_change_that_fails_to_apply_does_not_end_the_following(monkeypatch, capsys):
+async def test_a_change_that_fails_to_apply_does_not_end_the_following(monkeypatch, caplog):
     monkeypatch.setattr(following, "RETRY_FIRST", 0.01)
     state, seen, failed = MemoryState(), [], []
 
@@ -28,7 +28,7 @@ async def test_a_change_that_fails_to_apply_does_not_end_the_following(monkeypat
             while "k/good" not in seen:
                 await asyncio.sleep(0.01)
         assert "k/bad" in seen  # the watch started again, and its snapshot brought it back
-        assert "lost sight of the test keys" in capsys.readouterr().err
+        assert "lost sight of the test keys" in caplog.text
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)

@@ -177,17 +177,18 @@ async def test_a_malformed_context_is_refused_naming_it():
         assert transport.status_code == 202, "a malformed request header is not the event's: it is ignored"
 
 
-def test_an_export_that_fails_is_said_once_and_again_when_it_works(capsys):
+def test_an_export_that_fails_is_said_once_and_again_when_it_works(caplog):
     class Flaky(InMemorySpanExporter):
         results = [SpanExportResult.FAILURE] * 3 + [SpanExportResult.SUCCESS] * 2
 
         def export(self, spans):
             return self.results.pop(0)
 
+    caplog.set_level("INFO", logger="fmesh")
     exporter = ReportingExporter(Flaky(), "http://127.0.0.1:9/v1/traces")
     for _ in range(5):
         exporter.export([])
-    lines = capsys.readouterr().err.splitlines()
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("fmesh")]
     assert len(lines) == 2 and "cannot export spans" in lines[0] and "again" in lines[1]
 
 

@@ -250,3 +250,37 @@ async def test_a_long_handler_keeps_its_claim_alive_well_within_the_claim_ttl():
     log.extend = counting_extend
     await run(Scripted(delay=1.0), DeliveryPolicy(retries=0), [new_event("t", "/s")], log=log)
     assert len(extended) >= 3  # every 0.1 s, not every 10 s
+
+
+# -- what the sidecar says in the mesh's log ------------------------------------------------
+
+def said(caplog, message: str) -> list[dict]:
+    """The fields of each line the sidecar logged with `message`."""
+    return [r.fmesh_fields for r in caplog.records if r.getMessage() == message]
+
+
+async def test_a_dead_letter_is_logged_with_the_event_the_function_and_why(caplog):
+    event = new_event("t", "/s")
+    await run(Scripted(failures=99), DeliveryPolicy(retries=1, delay=0.01), [event])
+    [retrying] = said(caplog, "delivery attempt failed; retrying")
+    assert retrying["event_id"] == event.id and retrying["function"] == "f" and retrying["attempt"] == 1
+    [dead] = said(caplog, "event dead-lettered")
+    assert dead == {"event_id": event.id, "event_source": "/s", "event_type": "t", "subscription": "function:f",
+                    "function": "f", "attempts": 2, "reason": "gave up after 2 attempts", "status": 500,
+                    "error": "boom", "dead_letter": None}
+
+
+async def test_a_reply_over_the_hop_limit_is_logged_as_dead_lettered_with_what_it_replied_to(caplog):
+    incoming = new_event("t", "/s")
+    await run(Scripted(reply=ReplyData(b"{}", "application/json")), DeliveryPolicy(max_hops=0), [incoming])
+    [dead] = said(caplog, "event dead-lettered")
+    assert dead["in_reply_to"] == incoming.id and dead["event_type"] == "t.reply" and "hop limit" in dead["reason"]
+
+
+async def test_a_store_that_keeps_refusing_acks_is_said_once_not_per_attempt(caplog):
+    log = FaultyEventLog(MemoryEventLog())
+    log.fail("ack", times=3)
+    await run(Scripted(), DeliveryPolicy(), [new_event("t", "/s") for _ in range(5)], log=log,
+              until=lambda s: s.delivered == 5)
+    [line] = said(caplog, "ack not stored yet; trying again")
+    assert line["function"] == "f" and line["event_id"]

@@ -92,13 +92,15 @@ async def test_cloudevents_in_binary_and_structured_mode_are_taken_as_they_are(
     assert (sdk.type, sdk.source, sdk.data) == ("com.sdk", "/sdk", {"a": 1})
 
 
-async def test_a_broken_cloudevent_is_wrapped_and_marked(tansu, producer, recorder, running):
+async def test_a_broken_cloudevent_is_wrapped_and_marked(tansu, producer, recorder, running, caplog):
     await producer.send_and_wait("bad", b"x", headers=[("ce_type", b"t"), ("ce_specversion", b"1.0")])
     trigger = await running(KafkaTrigger("bad", config(tansu.bootstrap, "bad"), recorder))
     (event,) = await recorder.wait_for(1)
     assert event.type == "dev.fmesh.kafka.message" and event.payload == b"x"
     assert "'id'" in event["fmeshinvalid"]
     assert trigger.status().detail["invalid"] == 1
+    [said] = [r for r in caplog.records if "could not be read as a CloudEvent" in r.getMessage()]
+    assert said.fmesh_fields["trigger"] == "bad" and said.fmesh_fields["event_id"] == event.id
 
 
 async def test_several_topics_in_one_group(tansu, producer, recorder, running):
