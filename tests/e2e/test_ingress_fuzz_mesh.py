@@ -15,7 +15,9 @@ from support import wait_for, write_manifest
 from fmesh.bindings.http import read_events
 from fmesh.errors import FmeshError
 
-ADDED = {"fmeshsender", "fmeshhops"}  # what the mesh itself puts on an event
+# What the mesh itself puts on an event: its sender, hop count, and a trace context where the
+# event came without one (that one kept is tests/e2e/test_tracing.py's).
+ADDED = {"fmeshsender", "fmeshhops", "traceparent"}
 
 
 def expected_events(request: Request):
