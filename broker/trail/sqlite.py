@@ -1,10 +1,11 @@
 """The trail in an SQLite file of its own (`trail.db` in the data dir), so that writing it
 never waits on the event log's writer, and a full trail never slows deliveries.
 
-One table of flat rows, an arrival or a step each, indexed by event id (and, for the few
-rows that need it, replies by the reply's id and events that matched nothing): rows are
-made of plain tuples because the trail's thread makes them while the event loop waits for
-the GIL, and SQLite inserts them without it.
+One table of flat rows indexed by event id (and, for the few rows that need it, replies by
+the reply's id and events that matched nothing). A row is an arrival, a step, or both: an
+event's first step, written together with its arrival, shares its row (for most events,
+delivered at the first attempt, that is their whole trail in one row). Rows are plain
+tuples because the trail's thread makes them while the event loop waits for the GIL.
 """
 
 from __future__ import annotations
@@ -19,22 +20,25 @@ from fmesh.contracts import Steps
 from fmesh.events import SENDER
 from fmesh.meshpath import PATH
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
     seq INTEGER PRIMARY KEY, id TEXT NOT NULL, at REAL NOT NULL, source TEXT NOT NULL,
-    arrival INTEGER,            -- 1: an event that was routed, 0: one that matched nothing, NULL: a step
+    arrival INTEGER,            -- 1: an event that was routed, 0: one that matched nothing, NULL: a step only
     type TEXT, sender TEXT, traceparent TEXT, routed TEXT, path TEXT,                 -- arrivals
     subscription TEXT, kind TEXT, attempt INTEGER, status INTEGER, duration_ms REAL,  -- steps
-    error TEXT, due REAL, detail TEXT);
+    error TEXT, due REAL, detail TEXT, step_at REAL);                                 -- a step in an arrival's row
 CREATE INDEX IF NOT EXISTS records_by_id ON records(id);
 CREATE INDEX IF NOT EXISTS records_unrouted ON records(seq) WHERE arrival = 0;
 CREATE INDEX IF NOT EXISTS records_by_reply ON records(detail) WHERE kind = 'reply';
 """
 INSERT = ("INSERT INTO records (id, at, source, arrival, type, sender, traceparent, routed, path, subscription,"
-          " kind, attempt, status, duration_ms, error, due, detail) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
+          " kind, attempt, status, duration_ms, error, due, detail, step_at)"
+          " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
 ARRIVAL = "SELECT at, id, source, type, sender, traceparent, routed, path FROM records"
-STEP = "SELECT at, id, source, subscription, kind, attempt, status, duration_ms, error, due, detail FROM records"
+STEP = ("SELECT coalesce(step_at, at), id, source, subscription, kind, attempt, status, duration_ms, error, due,"
+        " detail FROM records")
+NO_STEP = (None,) * 9
 SEPARATOR = "\n"  # between routed subscriptions: names hold no newline (fmesh.names)
 
 
@@ -49,14 +53,21 @@ class SqliteTrail:
         self._conn.executescript(SCHEMA)
 
     def write(self, accepted: Sequence[Accepted], steps: Sequence[Noted]) -> None:
-        rows = [(e.id, at, e.source, 1 if subs else 0, e.type, e.attributes.get(SENDER, ""),
-                 e.attributes.get("traceparent"), SEPARATOR.join(subs), e.attributes.get(PATH),
-                 None, None, None, None, None, None, None, None)
-                for at, routed in accepted for e, subs in routed]
-        rows += [(e.id, at, e.source, None, None, None, None, None, None, subscription, kind, attempt, status,
-                  None if seconds is None else round(seconds * 1000, 3),
-                  None if error is None else error[:ERROR_CHARS], due, detail)
-                 for at, e, subscription, kind, attempt, status, seconds, error, due, detail in steps]
+        arrivals = [(e.id, at, e.source, 1 if subs else 0, e.type, e.attributes.get(SENDER, ""),
+                     e.attributes.get("traceparent"), SEPARATOR.join(subs), e.attributes.get(PATH))
+                    for at, routed in accepted for e, subs in routed]
+        latest = {(row[0], row[2]): i for i, row in enumerate(arrivals)}  # the latest arrival of each event
+        first: list[tuple | None] = [None] * len(arrivals)
+        alone = []
+        for at, e, subscription, kind, attempt, status, seconds, error, due, detail in steps:
+            step = (subscription, kind, attempt, status, None if seconds is None else round(seconds * 1000, 3),
+                    None if error is None else error[:ERROR_CHARS], due, detail, at)
+            i = latest.get((e.id, e.source))
+            if i is not None and first[i] is None and arrivals[i][1] <= at:
+                first[i] = step
+            else:
+                alone.append((e.id, at, e.source, None, None, None, None, None, None, *step[:-1], None))
+        rows = [row + (step or NO_STEP) for row, step in zip(arrivals, first, strict=True)] + alone
         with self._conn:
             self._conn.execute("BEGIN")
             self._conn.executemany(INSERT, rows)
@@ -66,8 +77,8 @@ class SqliteTrail:
         return [_arrival(row) for row in rows]
 
     def steps(self, event_id: str) -> list[Step]:
-        return [Step(*row) for row in self._conn.execute(f"{STEP} WHERE id = ? AND arrival IS NULL ORDER BY seq",
-                                                         (event_id,))]
+        rows = self._conn.execute(f"{STEP} WHERE id = ? AND kind IS NOT NULL ORDER BY seq", (event_id,))
+        return sorted((Step(*row) for row in rows), key=lambda step: step.at)
 
     def parents(self, reply_id: str) -> list[Step]:
         return [Step(*row) for row in self._conn.execute(f"{STEP} WHERE detail = ? AND kind = '{Steps.REPLY}'"
