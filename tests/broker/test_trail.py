@@ -62,6 +62,11 @@ def test_a_store_gives_back_what_it_was_given(store):
     assert store.arrivals("nope") == [] and store.steps("nope") == [] and store.parents("e1") == []
 
 
+def test_an_id_that_is_not_valid_unicode_is_kept_too(store):
+    store.write([accepted("bad\udc80id"), accepted("fine")], [noted("bad\udc80id", Steps.DELIVERED)])
+    assert store.arrivals("bad\udc80id") and store.steps("bad\udc80id") and store.arrivals("fine")
+
+
 def test_retention_by_age_and_by_count(store):
     store.write([accepted(f"e{i}", at=float(i)) for i in range(10)],
                 [noted(f"e{i}", Steps.DELIVERED, at=float(i)) for i in range(10)])
