@@ -16,9 +16,9 @@ from fmesh import meshlog
 from fmesh.bindings.common import describe
 from fmesh.events import Event
 
-FLUSH_EVERY = 0.2         # seconds between batched writes
+FLUSH_EVERY = 0.1         # seconds between batched writes (what waits for one is held in memory)
 PRUNE_EVERY = 30.0        # seconds between applications of the retention
-MAX_PENDING = 200_000     # records held while the store cannot keep up (or is failing); older ones go
+MAX_PENDING = 50_000      # notes held while the store cannot keep up (or is failing); older ones go
 COMPLAINT_EVERY = 60.0    # seconds between two complaints about a failing store
 log = meshlog.get("fmesh.broker")
 
@@ -41,15 +41,15 @@ class TrailRecorder:
 
     def accepted(self, routed: Sequence[tuple[Event, Sequence[str]]]) -> None:
         now = time.time()
-        self._accepted.append((now, routed))
+        self._accepted.append((now, [(event.attributes, subscriptions) for event, subscriptions in routed]))
         if self.live.listening:
             for event, subscriptions in routed:
-                self.live.publish("accepted", arrival_of(now, event, subscriptions), event)
+                self.live.publish("accepted", arrival_of(now, event.attributes, subscriptions), event)
 
     def step(self, event: Event, subscription: str, kind: str, attempt: int = 0, status: int | None = None,
              duration: float | None = None, error: str | None = None, due: float | None = None,
              detail: str | None = None) -> None:
-        noted = (time.time(), event, subscription, kind, attempt, status, duration, error, due, detail)
+        noted = (time.time(), event.attributes, subscription, kind, attempt, status, duration, error, due, detail)
         self._steps.append(noted)
         if self.live.listening:
             self.live.publish("step", step_of(noted), event)

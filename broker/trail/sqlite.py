@@ -44,6 +44,7 @@ ARRIVAL = "SELECT at, id, source, type, sender, traceparent, routed, path FROM r
 STEP = ("SELECT coalesce(step_at, at), id, source, subscription, kind, attempt, status, duration_ms, error, due,"
         " detail FROM records")
 NO_STEP = (None,) * 9
+CHUNK = 500       # rows per statement: SQLite parses each JSON array whole, so a burst's write goes in pieces
 SEPARATOR = "\n"  # between routed subscriptions: names hold no newline (fmesh.names)
 
 
@@ -58,27 +59,28 @@ class SqliteTrail:
         self._conn.executescript(SCHEMA)
 
     def write(self, accepted: Sequence[Accepted], steps: Sequence[Noted]) -> None:
-        arrivals = [(e.id, at, e.source, 1 if subs else 0, e.type, e.attributes.get(SENDER, ""),
-                     e.attributes.get("traceparent"), SEPARATOR.join(subs), e.attributes.get(PATH))
-                    for at, routed in accepted for e, subs in routed]
+        arrivals = [(a["id"], at, a["source"], 1 if subs else 0, a["type"], a.get(SENDER, ""), a.get("traceparent"),
+                     SEPARATOR.join(subs), a.get(PATH)) for at, routed in accepted for a, subs in routed]
         latest = {(row[0], row[2]): i for i, row in enumerate(arrivals)}  # the latest arrival of each event
         first: list[tuple | None] = [None] * len(arrivals)
         alone = []
-        for at, e, subscription, kind, attempt, status, seconds, error, due, detail in steps:
+        for at, a, subscription, kind, attempt, status, seconds, error, due, detail in steps:
             step = (subscription, kind, attempt, status, None if seconds is None else round(seconds * 1000, 3),
                     None if error is None else error[:ERROR_CHARS], due, detail, at)
-            i = latest.get((e.id, e.source))
+            i = latest.get((a["id"], a["source"]))
             if i is not None and first[i] is None and arrivals[i][1] <= at:
                 first[i] = step
             else:
-                alone.append((e.id, at, e.source, None, None, None, None, None, None, *step[:-1], None))
+                alone.append((a["id"], at, a["source"], None, None, None, None, None, None, *step[:-1], None))
         rows = [row + (step or NO_STEP) for row, step in zip(arrivals, first, strict=True)] + alone
         with self._conn:
             self._conn.execute("BEGIN")
-            try:
-                self._conn.execute(INSERT, (orjson.dumps(rows),))
-            except TypeError:  # a lone surrogate in some id or source: that write the slow way
-                self._conn.executemany(INSERT_ROW, [tuple(map(_storable, row)) for row in rows])
+            for start in range(0, len(rows), CHUNK):
+                chunk = rows[start:start + CHUNK]
+                try:
+                    self._conn.execute(INSERT, (orjson.dumps(chunk),))
+                except TypeError:  # a lone surrogate in some id or source: those rows the slow way
+                    self._conn.executemany(INSERT_ROW, [tuple(map(_storable, row)) for row in chunk])
 
     def arrivals(self, event_id: str) -> list[Arrival]:
         rows = self._conn.execute(f"{ARRIVAL} WHERE id = ? AND arrival IS NOT NULL ORDER BY seq",

@@ -1,23 +1,25 @@
 """What the trail stores, and the contract of a store for it.
 
-The hot path only notes (`Accepted`, `Noted`: tuples holding the event itself); a store
-turns notes into records when it writes them, in the trail's own thread.
+The hot path only notes (`Accepted`, `Noted`: tuples holding the event's attributes, never
+its data, so that what waits to be written stays small); a store turns notes into records
+when it writes them, in the trail's own thread.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import NamedTuple, Protocol
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple, Protocol
 
-from fmesh.events import SENDER, Event
+from fmesh.events import SENDER
 from fmesh.meshpath import PATH
 
 ERROR_CHARS = 500  # of an attempt's error, in a step
 
-# When the broker stored some events, and each with the subscriptions it was routed to.
-Accepted = tuple[float, Sequence[tuple[Event, Sequence[str]]]]
-# A step as a sidecar told it: (at, event, subscription, kind, attempt, status, seconds, error, due, detail).
-Noted = tuple[float, Event, str, str, int, int | None, float | None, str | None, float | None, str | None]
+Attributes = Mapping[str, Any]   # an event's (fmesh.events.Event.attributes)
+# When the broker stored some events, and each event's attributes with the subscriptions it was routed to.
+Accepted = tuple[float, Sequence[tuple[Attributes, Sequence[str]]]]
+# A step as a sidecar told it: (at, attributes, subscription, kind, attempt, status, seconds, error, due, detail).
+Noted = tuple[float, Attributes, str, str, int, int | None, float | None, str | None, float | None, str | None]
 
 
 class Arrival(NamedTuple):
@@ -50,18 +52,18 @@ class Step(NamedTuple):
 
 
 def arrivals_of(accepted: Sequence[Accepted]) -> list[Arrival]:
-    return [arrival_of(at, event, subscriptions) for at, routed in accepted for event, subscriptions in routed]
+    return [arrival_of(at, attributes, subscriptions)
+            for at, routed in accepted for attributes, subscriptions in routed]
 
 
-def arrival_of(at: float, event: Event, subscriptions: Sequence[str]) -> Arrival:
-    attributes = event.attributes
-    return Arrival(at, event.id, event.source, event.type, attributes.get(SENDER, ""),
+def arrival_of(at: float, attributes: Attributes, subscriptions: Sequence[str]) -> Arrival:
+    return Arrival(at, attributes["id"], attributes["source"], attributes["type"], attributes.get(SENDER, ""),
                    attributes.get("traceparent"), tuple(subscriptions), attributes.get(PATH))
 
 
 def step_of(noted: Noted) -> Step:
-    at, event, subscription, kind, attempt, status, seconds, error, due, detail = noted
-    return Step(at, event.id, event.source, subscription, kind, attempt, status,
+    at, attributes, subscription, kind, attempt, status, seconds, error, due, detail = noted
+    return Step(at, attributes["id"], attributes["source"], subscription, kind, attempt, status,
                 None if seconds is None else round(seconds * 1000, 3),
                 None if error is None else error[:ERROR_CHARS], due, detail)
 

@@ -36,13 +36,13 @@ def arrival(event_id: str, at: float = 100.0, routed: tuple[str, ...] = ("functi
 
 
 def accepted(event_id: str, at: float = 100.0, routed: tuple[str, ...] = ("function:a",)) -> tuple:
-    return at, [(event(event_id), routed)]
+    return at, [(event(event_id).attributes, routed)]
 
 
 def noted(event_id: str, kind: str, at: float = 101.0, attempt: int = 0, status: int | None = None,
           seconds: float | None = None, error: str | None = None, due: float | None = None,
           detail: str | None = None, subscription: str = "function:a") -> tuple:
-    return at, event(event_id), subscription, kind, attempt, status, seconds, error, due, detail
+    return at, event(event_id).attributes, subscription, kind, attempt, status, seconds, error, due, detail
 
 
 def test_a_store_gives_back_what_it_was_given(store):
