@@ -6,6 +6,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from fmesh.broker.backlog import Backlog
 from fmesh.broker.filters import Filter
 from fmesh.broker.log import EventLog
 from fmesh.broker.router import Router
@@ -37,6 +38,7 @@ class SubscriptionQueue:
 
     async def ack(self, delivery_ids: Sequence[DeliveryId]) -> None:
         await self._log.ack(delivery_ids)
+        self._broker.backlog.finished(self.name, len(delivery_ids))
 
     async def release(self, delivery_ids: Sequence[DeliveryId]) -> None:
         await self._log.release(delivery_ids)
@@ -49,6 +51,7 @@ class SubscriptionQueue:
 
     async def dead_letter(self, delivery: Delivery, letter: DeadLetter) -> None:
         await self._log.dead_letter(delivery, letter)
+        self._broker.backlog.finished(self.name)
 
     async def redirect(self, delivery: Delivery, subscription: str, event: Event) -> bool:
         return await self._broker.redirect(delivery, subscription, event)
@@ -63,6 +66,17 @@ class DirectPublisher:
 
     async def publish(self, events: Sequence[Event]) -> None:
         await self._broker.enqueue(events, self.subscription)
+
+
+class RepliesPublisher:
+    """`Publisher` of the replies of events already accepted: routed as any event, but never
+    refused for a full backlog (that would fail a delivery that succeeded)."""
+
+    def __init__(self, broker: Broker) -> None:
+        self._broker = broker
+
+    async def publish(self, events: Sequence[Event]) -> None:
+        await self._broker.publish(events, admit=False)
 
 
 DEDUP_WINDOW = 600.0  # seconds in which a bridged event with the same source and id is a duplicate
@@ -82,10 +96,13 @@ class Broker:
 
     Events forwarded by another mesh (they carry `fmeshpath`) are dropped when this mesh
     is already on their path (a loop), and when an event with the same source and id
-    came within `dedup_window` seconds (a sender's retry after a lost answer)."""
+    came within `dedup_window` seconds (a sender's retry after a lost answer). A publish
+    that would route to a subscription at its `backlog` bound is refused (`Backlogged`)."""
 
-    def __init__(self, log: EventLog, mesh_id: str = "", dedup_window: float = DEDUP_WINDOW) -> None:
+    def __init__(self, log: EventLog, mesh_id: str = "", dedup_window: float = DEDUP_WINDOW,
+                 backlog: Backlog | None = None) -> None:
         self.log = log
+        self.backlog = backlog or Backlog(None)
         self.mesh_id = mesh_id
         self.dedup_window = dedup_window
         self.router = Router()
@@ -93,19 +110,27 @@ class Broker:
         self.observers: list[Observer] = []   # told what was accepted and where it went (the trail, metrics)
         self._queues: dict[str, SubscriptionQueue] = {}
 
-    async def publish(self, events: Sequence[Event]) -> None:
+    async def publish(self, events: Sequence[Event], admit: bool = True) -> None:
+        """Route and store `events`; with `admit`, refuse them all (`Backlogged`) if one would
+        go to a subscription at its backlog bound."""
         if any(PATH in event.attributes for event in events):
-            await self._publish_bridged(events)
+            await self._publish_bridged(events, admit)
             return
         routed = [(event, self.router.match(event.attributes)) for event in events]
+        if admit:
+            self.backlog.admit(routed)
         await self.log.append([(e, subs) for e, subs in routed if subs])
+        self.backlog.added(routed)
         self._tell(routed)
 
-    async def _publish_bridged(self, events: Sequence[Event]) -> None:
+    async def _publish_bridged(self, events: Sequence[Event], admit: bool) -> None:
         arriving = [event for event in events if self.mesh_id not in visited(event)]
         routed = [(event, self.router.match(event.attributes)) for event in arriving]
+        if admit:
+            self.backlog.admit(routed)
         keys = [dedup_key(event) if PATH in event.attributes else None for event in arriving]
         stored = await self.log.append_unique(routed, keys, self.dedup_window)
+        self.backlog.added(r for r, kept in zip(routed, stored, strict=True) if kept)
         self.bridged.looped += len(events) - len(arriving)
         self.bridged.received += sum(1 for key in keys if key is not None)
         self.bridged.duplicates += stored.count(False)
@@ -148,6 +173,7 @@ class Broker:
     async def enqueue(self, events: Sequence[Event], subscription: str) -> None:
         routed = [(event, [subscription]) for event in events]
         await self.log.append(routed)
+        self.backlog.added(routed)
         self._tell(routed)
 
     async def forget_seen(self) -> int:
@@ -159,6 +185,13 @@ class Broker:
         self._queues.pop(name, None)
         if drop_pending:
             await self.log.drop_subscription(name)
+            self.backlog.dropped(name)
+
+    async def resync_backlog(self) -> None:
+        """Set the backlog counts from the event log (at start, and now and then: another node
+        of a cluster may have finished deliveries this one counted)."""
+        for name in list(self._queues):
+            self.backlog.set(name, await self.log.pending(name))
 
     async def replay(self, ids: Sequence[int]) -> tuple[list[DeadLetter], list[int]]:
         """Deliver dead letters again, to the subscription each failed in (attempts reset),
@@ -174,6 +207,7 @@ class Broker:
             return event, targets[letter.id]
 
         letters = await self.log.replay_dead_letters(ids, requeue)
+        self.backlog.added((None, targets.get(letter.id, ())) for letter in letters)
         for letter in letters:
             for subscription in targets.get(letter.id, ()):
                 self._tell_step(letter.event, Steps.REPLAYED, f"dead letter {letter.id} replayed", subscription)
@@ -192,4 +226,6 @@ class Broker:
         if queue is None:
             return False
         await self.log.redirect(delivery.id, subscription, event)
+        self.backlog.finished(delivery.subscription)
+        self.backlog.added([(event, [subscription])])
         return True

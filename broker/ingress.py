@@ -5,8 +5,9 @@ run in the order Knative's ingress uses, each with its own status: method (405),
 (413: the body and the `ce-*` headers together, and the count of extensions), who is
 calling (401, from the headers before the body is read; a signature once it is), rate
 limit (429 with Retry-After), parse and validate (400 naming the attribute, 415 for an
-unreadable content type), allow rule (403, the whole request), store (503), accepted
-(202). Every stored event carries its sender in `fmeshsender` (see `Gate`). The header
+unreadable content type), allow rule (403, the whole request), a function's backlog at
+its bound (503 with Retry-After, see broker/backlog.py), store (503), accepted (202).
+Every stored event carries its sender in `fmeshsender` (see `Gate`). The header
 section itself is bounded before this app runs (431, see the node).
 """
 
@@ -31,6 +32,7 @@ from fmesh.asgi import (
 from fmesh.bindings.http import read_events
 from fmesh.errors import (
     AuthError,
+    Backlogged,
     ClientGone,
     EventTooLarge,
     Forbidden,
@@ -104,6 +106,9 @@ class Ingress:
         header is the parent of those that come without), and answer 202."""
         try:
             await publish_traced(self.publish, events, self.tracer, transport)
+        except Backlogged as exc:
+            await respond(send, 503, backlogged_body(exc), [(b"retry-after", retry_after_header(exc.retry_after))])
+            return
         except StoreError as exc:
             await respond(send, 503, {"error": f"event not stored: {exc}"})
             return
@@ -111,3 +116,7 @@ class Ingress:
             await accepted(send, events[0].id)
         else:
             await respond(send, 202, {"accepted": len(events), "ids": [e.id for e in events]})
+
+
+def backlogged_body(exc: Backlogged) -> dict:
+    return {"error": str(exc), "subscription": exc.subscription, "waiting": exc.waiting, "limit": exc.limit}

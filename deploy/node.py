@@ -15,7 +15,8 @@ from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-from fmesh.broker.broker import BridgedStats, Broker
+from fmesh.broker.backlog import Backlog
+from fmesh.broker.broker import BridgedStats, Broker, RepliesPublisher
 from fmesh.broker.filters import Filter, FilterErrors
 from fmesh.broker.identity import ADMIN, Identity, PeerCredential, token_digest
 from fmesh.broker.ingress import Ingress
@@ -55,6 +56,9 @@ def owner_of(subscription: str) -> str:
     return subscription.replace(":", "-", 1)
 
 
+BACKLOG_RESYNC_EVERY = 5.0   # seconds between two counts of the waiting deliveries from the store
+
+
 class Node:
     def __init__(self, settings: NodeSettings, store: Store | None = None, address: str | None = None) -> None:
         self.settings = settings
@@ -62,14 +66,15 @@ class Node:
         self.store = store or open_store(settings.store_url, settings.data_dir)
         self.log, self.state = self.store.log, self.store.state
         self.mesh_id = settings.mesh_id or ""
-        self.broker = Broker(self.log, self.mesh_id, settings.dedup_window)
+        self.broker = Broker(self.log, self.mesh_id, settings.dedup_window, Backlog(settings.max_backlog))
         self.identity = Identity()
         self.gate = Gate(self.identity, settings.ingress_auth or default_mode(settings.host,
                                                                               bool(settings.tls_client_ca)))
         self.tokens = Tokens(self.state, self.identity, self.gate)
         self.ingress = Ingress(self.broker.publish, settings.max_event_bytes, self.gate, settings.max_extensions)
         self.run_dir = Path(tempfile.mkdtemp(prefix="fmesh-"))  # short: Unix socket paths are limited
-        self.runtime = Runtime(self.data_dir, self.run_dir, self.broker, settings.launcher, self.mesh_id)
+        self.runtime = Runtime(self.data_dir, self.run_dir, RepliesPublisher(self.broker), settings.launcher,
+                               self.mesh_id)
         self.control_app: ASGIApp | None = None
         self.tracer: Tracer = NOOP              # an exporting one from start, with --otlp-endpoint
         self._background: list[asyncio.Task] = []
@@ -110,6 +115,20 @@ class Node:
         self._started = True
         for hook in self.on_start:
             await hook()
+        await self._count_backlog()  # before the first request: what was stored before a restart counts
+        self.run_in_background("count the backlog", self._recount_backlog())
+
+    async def _count_backlog(self) -> None:
+        try:
+            await self.broker.resync_backlog()
+        except StoreError as exc:
+            log.warning("could not count the deliveries waiting", error=str(exc))
+
+    async def _recount_backlog(self) -> None:
+        """Count the backlog from the store now and then: other nodes finish deliveries too."""
+        while True:
+            await asyncio.sleep(BACKLOG_RESYNC_EVERY)
+            await self._count_backlog()
 
     def _open_trail(self) -> None:
         """Start noting where events go: in the data dir (each node keeps what it saw), or in

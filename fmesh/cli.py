@@ -56,6 +56,9 @@ def up(
         min=1, help="Most bytes a function's uploaded code may unpack to (400 past it).")] = 256 * 1024 * 1024,
     max_bundle_files: Annotated[int, typer.Option(
         min=1, help="Most files in a function's uploaded code (400 past it).")] = 20_000,
+    max_backlog: Annotated[int, typer.Option(
+        min=0, help="Events waiting for one function or sink at most: past it, publishing events routed there "
+                    "gets 503 with Retry-After (triggers pause) until it catches up; 0: no bound.")] = 100_000,
     launcher: Annotated[str, typer.Option(help="How replicas start: zygote (fast) or subprocess.")] = "zygote",
     dead_letter_retention: Annotated[str, typer.Option(help="How long dead letters are kept.")] = "7d",
     trail_retention: Annotated[str, typer.Option(
@@ -110,6 +113,7 @@ def up(
                             max_event_bytes=max_event_bytes, max_header_bytes=max_header_bytes,
                             max_headers=max_headers, max_extensions=max_extensions,
                             max_bundle_bytes=max_bundle_bytes, max_bundle_files=max_bundle_files, launcher=launcher,
+                            max_backlog=max_backlog,
                             dead_letter_retention=_duration(dead_letter_retention),
                             trail_retention=_duration(trail_retention), trail_max_events=trail_max_events,
                             shutdown_grace=_duration(shutdown_grace), ingress_auth=ingress_auth,

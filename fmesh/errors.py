@@ -57,6 +57,20 @@ class StoreError(FmeshError, OSError):
     """The event log failed; nothing was acknowledged."""
 
 
+class Backlogged(StoreError):
+    """Refused whole: a subscription the events route to already holds its bound of waiting
+    deliveries (see broker/backlog.py). Senders should retry after `retry_after` seconds."""
+
+    def __init__(self, subscription: str, waiting: int, limit: int, retry_after: float = 1.0) -> None:
+        events = "event" if waiting == 1 else "events"
+        super().__init__(f"{subscription} has {waiting:,} {events} waiting, its bound (--max-backlog {limit}); "
+                         f"retry after {retry_after:g}s")
+        self.subscription = subscription
+        self.waiting = waiting
+        self.limit = limit
+        self.retry_after = retry_after
+
+
 class Conflict(FmeshError):
     """A compare-and-set on state lost: the key exists, is gone, or moved on meanwhile."""
 

@@ -97,6 +97,7 @@ class NodeSettings:
     shutdown_grace: float = 10.0          # seconds from SIGTERM/Ctrl-C until the process is gone
     mesh_id: str | None = None            # default: a stable id kept in the data dir
     mesh_id_given: bool = False           # --mesh-id was on the command line (not read from the data dir)
+    max_backlog: int = 100_000            # deliveries waiting per subscription before publishing gets 503 (0: no bound)
     dedup_window: float = 600.0           # bridged events with the same source and id within it are dropped
     ingress_auth: str | None = None       # required | optional | off; default: off on loopback, else required
     tls_cert: str | None = None           # PEM files: serve HTTPS with this certificate and key

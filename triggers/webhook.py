@@ -28,7 +28,7 @@ from fmesh.triggers.signatures import HmacCheck, check_bearer, check_signature
 from fmesh.asgi import Receive, Scope, Send, header_dict, read_body, respond
 from fmesh.bindings.common import wrapped_event
 from fmesh.bindings.http import is_binary_mode, is_cloudevents_media, read_events
-from fmesh.errors import AuthError, ClientGone, EventTooLarge, InvalidEvent, RateLimited, StoreError
+from fmesh.errors import AuthError, Backlogged, ClientGone, EventTooLarge, InvalidEvent, RateLimited, StoreError
 from fmesh.events import Event, TooManyExtensions
 from fmesh.ratelimit import retry_after_header
 
@@ -112,6 +112,10 @@ class WebhookTrigger:
     async def _accept(self, events: list[Event], send: Send) -> None:
         try:
             await self._publish(events)
+        except Backlogged as exc:
+            await self._refuse(send, 503, "backlogged", str(exc),
+                               [(b"retry-after", retry_after_header(exc.retry_after))])
+            return
         except StoreError as exc:
             await self._refuse(send, 503, "not_stored", f"event not stored: {exc}")
             return
