@@ -21,8 +21,6 @@ from fmesh.deploy.control import ControlPlane
 from fmesh.deploy.dashboard import SecurityHeaders, add_dashboard_routes
 from fmesh.deploy.live import LiveStreams
 from fmesh.deploy.membership import totals
-from fmesh.deploy.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from fmesh.deploy.metrics import gather_depths, metrics_text
 from fmesh.deploy.operations import NodeOperations
 from fmesh.deploy.sessions import Sessions
 from fmesh.deploy.trail_api import add_trail_routes
@@ -140,6 +138,9 @@ def create_app(node: NodeOperations, control: ControlPlane, public_metrics: bool
     async def metrics() -> Response:
         """Prometheus text format. No payloads or secrets, but the names of functions and
         triggers and how busy they are: public only where --public-metrics says so."""
+        from fmesh.deploy.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE  # prometheus_client: on first use
+        from fmesh.deploy.metrics import gather_depths, metrics_text
+
         return Response(metrics_text(node, await gather_depths(node)), media_type=METRICS_CONTENT_TYPE)
 
     for kind in control.kinds:
