@@ -29,6 +29,7 @@ class Backlog:
     def __init__(self, limit: int | None = DEFAULT_LIMIT) -> None:
         self.limit = limit or None
         self._counts: dict[str, int] = {}
+        self.total = 0    # waiting for all subscriptions together
 
     def waiting(self, subscription: str) -> int:
         return self._counts.get(subscription, 0)
@@ -48,20 +49,17 @@ class Backlog:
         for _, subscriptions in routed:
             for subscription in subscriptions:
                 counts[subscription] = counts.get(subscription, 0) + 1
+                self.total += 1
 
     def finished(self, subscription: str, count: int = 1) -> None:
-        left = self._counts.get(subscription, 0) - count
-        if left > 0:
-            self._counts[subscription] = left
-        else:
-            self._counts.pop(subscription, None)
+        self.set(subscription, self._counts.get(subscription, 0) - count)
 
     def dropped(self, subscription: str) -> None:
-        self._counts.pop(subscription, None)
+        self.set(subscription, 0)
 
     def set(self, subscription: str, count: int) -> None:
         """What the event log says is stored for `subscription` now."""
+        self.total -= self._counts.pop(subscription, 0)
         if count > 0:
             self._counts[subscription] = count
-        else:
-            self._counts.pop(subscription, None)
+            self.total += count

@@ -20,6 +20,7 @@ from fmesh.broker.broker import BridgedStats, Broker, RepliesPublisher
 from fmesh.broker.filters import Filter, FilterErrors
 from fmesh.broker.identity import ADMIN, Identity, PeerCredential, token_digest
 from fmesh.broker.ingress import Ingress
+from fmesh.broker.pacing import Pacing
 from fmesh.broker.policy import Gate, Rule, default_mode
 from fmesh.broker.stores import Store, open_store
 from fmesh.broker.tallies import Tallies
@@ -72,6 +73,7 @@ class Node:
                                                                               bool(settings.tls_client_ca)))
         self.tokens = Tokens(self.state, self.identity, self.gate)
         self.ingress = Ingress(self.broker.publish, settings.max_event_bytes, self.gate, settings.max_extensions)
+        self.pacing = Pacing(lambda: self.broker.backlog.total)  # delivery keeps pace with ingress
         self.run_dir = Path(tempfile.mkdtemp(prefix="fmesh-"))  # short: Unix socket paths are limited
         self.runtime = Runtime(self.data_dir, self.run_dir, RepliesPublisher(self.broker), settings.launcher,
                                self.mesh_id)
@@ -427,7 +429,7 @@ class Node:
             return
         path = scope["path"]
         if path == "/" or path in self.routes:
-            await (self.routes.get(path) or self.ingress)(scope, receive, send)
+            await self.pacing.run(self.routes.get(path) or self.ingress, scope, receive, send)
         elif self.control_app is not None:
             await self.control_app(scope, receive, send)
         else:
