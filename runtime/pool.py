@@ -69,7 +69,8 @@ class RunnerPool:
     async def invoke(self, event: Event, timeout: float) -> Result:
         replica = await self._acquire()
         try:
-            return await asyncio.wait_for(replica.invoke(event), timeout)
+            async with asyncio.timeout(timeout):  # not wait_for: no task of its own, two loop turns fewer
+                return await replica.invoke(event)
         except TimeoutError:
             # A sync handler cannot be interrupted: recycle the replica that runs it.
             self._note(f"{replica.name} timed out after {timeout:g}s handling {event.id}; recycling it")

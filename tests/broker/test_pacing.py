@@ -35,8 +35,31 @@ async def run_requests(pacing: Pacing, app: Gauge, count: int) -> None:
 
 async def test_while_deliveries_are_behind_a_few_requests_run_at_once_and_all_finish():
     app = Gauge()
-    await run_requests(Pacing(lambda: 5_000, limit=4, behind=1_000), app, 20)
+    await run_requests(Pacing(lambda: 2_000, limit=8, behind=1_000), app, 20)
     assert app.most == 4 and app.done == 20
+
+
+async def test_the_further_behind_the_fewer_at_once():
+    app = Gauge()
+    await run_requests(Pacing(lambda: 4_000, limit=8, behind=1_000), app, 20)
+    assert app.most == 2 and app.done == 20
+    app = Gauge()
+    await run_requests(Pacing(lambda: 10**9, limit=8, behind=1_000), app, 5)
+    assert app.most == 1 and app.done == 5  # never none
+
+
+async def test_a_client_that_leaves_while_waiting_loses_its_turn_and_blocks_nobody():
+    app = Gauge()
+    pacing = Pacing(lambda: 5_000, limit=1, behind=0)
+    first = asyncio.create_task(pacing.run(app, {}, None, None))
+    left = asyncio.create_task(pacing.run(app, {}, None, None))
+    third = asyncio.create_task(pacing.run(app, {}, None, None))
+    await asyncio.sleep(0)
+    left.cancel()
+    await asyncio.sleep(0)
+    app.release.set()
+    await asyncio.wait_for(asyncio.gather(first, third), 5)
+    assert app.done == 2 and left.cancelled()
 
 
 async def test_with_no_backlog_nothing_waits():
