@@ -101,7 +101,8 @@ end
 
 def wrk(url: str, seconds: int, connections: int, event_type: str = "bench.event", size: int = 1024,
         rate: int | None = None) -> dict:
-    """Requests/s and latency from wrk sending binary-mode CloudEvents of `size` bytes."""
+    """Requests/s (all answers, and `ok_rps`: 2xx only) and the non-2xx count from wrk sending
+    binary-mode CloudEvents of `size` bytes."""
     if not shutil.which("wrk"):
         raise RuntimeError("wrk is not installed: apt-get install -y wrk")
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
@@ -117,8 +118,10 @@ def parse_wrk(out: str) -> dict:
     requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     non_2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     errors = re.search(r"Socket errors:.*", out)
-    return {"rps": rate, "requests": requests, "non_2xx": int(non_2xx.group(1)) if non_2xx else 0,
-            "socket_errors": errors.group(0) if errors else None}
+    refused = int(non_2xx.group(1)) if non_2xx else 0
+    # ok_rps: only 2xx answers are throughput (a 429 or 503 is a refusal, however fast)
+    return {"rps": rate, "ok_rps": rate * (requests - refused) / requests if requests else 0.0,
+            "requests": requests, "non_2xx": refused, "socket_errors": errors.group(0) if errors else None}
 
 
 def median(values: list[float]) -> float:

@@ -5,6 +5,7 @@ FastAPI endpoint), each in its own process group, from the peer's own venv
     with PeerPipeline(tmp_dir, handler="bench/functions/noop/handler.py:handle") as peer:
         peer.url          # POST binary-mode CloudEvents here
         peer.handled()    # events handled and acked so far
+        peer.backlog()    # events JetStream holds for the subscriber, not acked yet
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import struct
 import time
 from contextlib import ExitStack
 from pathlib import Path
+
+import httpx
 
 from bench.common import UVICORN_FLAGS, Process, free_port
 
@@ -40,7 +43,7 @@ class PeerPipeline:
         self.handler = f"{Path(path).resolve()}:{function}"  # the subscriber runs elsewhere
         self.latency_file = folder / "latency.f64"  # the handler's samples (bench/latency.py)
         self.stats_file = folder / "peer-acked"
-        self.nats_port, self.http_port = free_port(), free_port()
+        self.nats_port, self.http_port, self.monitor_port = free_port(), free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.http_port}/"
         self._stack = ExitStack()
         self._counter: mmap.mmap | None = None
@@ -65,7 +68,8 @@ class PeerPipeline:
         env = {"PEER_NATS_URL": nats_url, "PEER_SUBJECT": SUBJECT, "PEER_STREAM": "BENCH",
                "PEER_STATS_FILE": str(self.stats_file), "PEER_HANDLER": self.handler,
                "BENCH_LATENCY_FILE": str(self.latency_file)}
-        nats = self._run("nats", [NATS_SERVER, "-a", "127.0.0.1", "-p", str(self.nats_port), "-js",
+        nats = self._run("nats", [NATS_SERVER, "-a", "127.0.0.1", "-p", str(self.nats_port),
+                                  "-m", str(self.monitor_port), "-js",
                                   "-sd", str(self.folder / "jetstream")], env)
         wait_tcp(self.nats_port, nats)
         subscriber = self._run("subscriber", [PYTHON, str(HERE / "subscriber.py")], env)
@@ -87,6 +91,16 @@ class PeerPipeline:
     def handled(self) -> int:
         """Events the subscriber handled and acked, as it counts them."""
         return struct.unpack_from("q", self._counter, 0)[0]  # type: ignore[arg-type]
+
+    def backlog(self) -> int:
+        """Messages of the stream not yet acked by the subscriber (not delivered to it yet, or
+        delivered and not acked), from nats-server's own monitoring endpoint."""
+        url = f"http://127.0.0.1:{self.monitor_port}/jsz?accounts=true&streams=true&consumers=true"
+        info = httpx.get(url, timeout=30).json()
+        return sum(consumer.get("num_pending", 0) + consumer.get("num_ack_pending", 0)
+                   for account in info.get("account_details", [])
+                   for stream in account.get("stream_detail", [])
+                   for consumer in stream.get("consumer_detail", []))
 
 
 def wait_tcp(port: int, process: Process, timeout: float = 20) -> None:
