@@ -1,18 +1,21 @@
-"""Pacing: while deliveries are behind, the ingress works on a few requests at a time.
+"""Pacing: when delivery falls behind for want of loop time, the ingress works on fewer
+requests at once.
 
 Ingress and delivery share one event loop, and a loop turn runs everything that became
 ready during the last one. Under heavy ingress every turn is full of requests, the
 turns grow long, and delivery, which needs several turns per event (claim, send to
 the replica, read the answer, ack), falls to a trickle while the backlog grows: with
 1,500 events/s offered on a busy machine, about 1,000/s were accepted and 75/s
-delivered while the load lasted; with a fixed number of requests at once, 450/s; with
-the number shrinking as the backlog grows, 93% of what was accepted, and the rest
-drained in 0.4 s (there with pacing from 1,000 waiting; it starts at 10,000, so
-that bursts are taken at full speed: with 1,000 the ingress figure fell by a third). So once more than
-`behind` deliveries wait, only a few requests are worked on at once, fewer the further
-delivery falls behind; the others wait their turn in their connections (costing
-nothing), each loop turn has room for delivery again, and ingress slows to the pace
-delivery keeps. With no backlog nothing waits.
+delivered while the load lasted. With fewer requests at once, turns are short again
+and delivery keeps pace (93% of what was accepted in the same run, the rest drained
+in 0.4 s).
+
+So a controller looks a few times a second (`tick`): while more than `behind`
+deliveries wait, their number grows and the loop is busy (its timers fire late), the
+requests allowed at once halve (down to one); otherwise they grow again, until there is
+no limit. A burst of up to `behind` events is taken at full speed; a backlog that does
+not grow (a sink that is down, retrying) or a slow handler (the loop is idle) slow
+nobody: only delivery starved of loop time does.
 """
 
 from __future__ import annotations
@@ -23,40 +26,54 @@ from collections.abc import Callable
 
 from fmesh.asgi import ASGIApp, Receive, Scope, Send
 
-LIMIT = 16        # requests worked on at once when deliveries start to fall behind
-BEHIND = 10_000   # deliveries waiting (all subscriptions) past which ingress is paced: a burst
-                  # of up to this many is taken at full speed, a sustained overload is paced
+TICK = 0.25        # seconds between two looks
+BEHIND = 10_000    # deliveries waiting (all subscriptions) below which nothing is paced
+BUSY_LAG = 0.005   # a timer firing this much late (s): the loop's turns are long
+MOST = 64          # requests at once past which there is no limit
+GROW = 4           # requests at once added per tick while delivery keeps up
 
 
 class Pacing:
-    """Runs ingress requests, at most `limit * behind / waiting` at once while more than
-    `behind` deliveries wait: the further delivery falls behind, the fewer (at least one),
-    so the backlog settles where ingress and delivery keep the same pace."""
-
-    def __init__(self, waiting: Callable[[], int], limit: int = LIMIT, behind: int = BEHIND) -> None:
+    def __init__(self, waiting: Callable[[], int], behind: int = BEHIND) -> None:
         self.waiting = waiting
-        self.limit = limit
         self.behind = behind
+        self.room: int | None = None          # requests allowed at once (None: any number)
+        self._last_waiting: int | None = None   # at the last tick (None: no tick yet)
         self._active = 0
         self._queue: deque[asyncio.Future[None]] = deque()
 
-    def room(self) -> int | None:
-        """Requests that may run at once now (None: any number)."""
-        waiting = self.waiting()
-        if waiting <= self.behind:
-            return None
-        return max(1, self.limit * self.behind // waiting)
+    def tick(self, lag: float) -> None:
+        """Adjust the room, given how late the controller's own timer fired (`lag` seconds)."""
+        waiting, before = self.waiting(), self._last_waiting
+        self._last_waiting = waiting
+        grew = 0 if before is None else waiting - before
+        if waiting > self.behind and grew > 0 and lag > BUSY_LAG:
+            self.room = max(1, (self.room or MOST) // 2)
+        elif self.room is not None:
+            self.room = None if self.room + GROW > MOST else self.room + GROW
+            self._wake()
+
+    async def control(self) -> None:
+        """Tick for as long as the node runs."""
+        loop = asyncio.get_running_loop()
+        while True:
+            due = loop.time() + TICK
+            await asyncio.sleep(TICK)
+            self.tick(max(0.0, loop.time() - due))
 
     async def run(self, app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
         await self._turn()
         try:
             await app(scope, receive, send)
         finally:
-            self._release()
+            self._active -= 1
+            self._wake()
+
+    def _has_room(self) -> bool:
+        return self.room is None or self._active < self.room
 
     async def _turn(self) -> None:
-        room = self.room()
-        if not self._queue and (room is None or self._active < room):
+        if not self._queue and self._has_room():
             self._active += 1
             return
         granted = asyncio.get_running_loop().create_future()
@@ -65,15 +82,12 @@ class Pacing:
             await granted
         except asyncio.CancelledError:
             if granted.done() and not granted.cancelled():
-                self._release()  # handed a turn just as the client left: pass it on
+                self._active -= 1  # handed a turn just as the client left: pass it on
+                self._wake()
             raise
 
-    def _release(self) -> None:
-        self._active -= 1
-        while self._queue:
-            room = self.room()
-            if room is not None and self._active >= room:
-                return
+    def _wake(self) -> None:
+        while self._queue and self._has_room():
             granted = self._queue.popleft()
             if not granted.done():
                 self._active += 1

@@ -119,6 +119,7 @@ class Node:
             await hook()
         await self._count_backlog()  # before the first request: what was stored before a restart counts
         self.run_in_background("count the backlog", self._recount_backlog())
+        self.run_in_background("pace the ingress", self.pacing.control())
 
     async def _count_backlog(self) -> None:
         try:

@@ -1,11 +1,14 @@
-"""Pacing: while deliveries are behind, the ingress works on at most `limit` requests at
-once (the rest wait their turn, none is dropped); with no backlog nothing waits."""
+"""Pacing: requests at once halve while the backlog grows past `behind` on a busy loop,
+grow back otherwise; waiting requests all finish, none is dropped, a client that leaves
+blocks nobody; a backlog that does not grow, or an idle loop, slows nobody."""
 
 from __future__ import annotations
 
 import asyncio
 
-from fmesh.broker.pacing import Pacing
+from fmesh.broker.pacing import BUSY_LAG, MOST, Pacing
+
+BUSY, IDLE = BUSY_LAG * 4, 0.0
 
 
 class Gauge:
@@ -33,24 +36,77 @@ async def run_requests(pacing: Pacing, app: Gauge, count: int) -> None:
     await asyncio.gather(*requests)
 
 
-async def test_while_deliveries_are_behind_a_few_requests_run_at_once_and_all_finish():
-    app = Gauge()
-    await run_requests(Pacing(lambda: 2_000, limit=8, behind=1_000), app, 20)
-    assert app.most == 4 and app.done == 20
+def growing_backlog(start: int = 20_000, step: int = 1_000):
+    state = {"waiting": start}
+
+    def waiting() -> int:
+        return state["waiting"]
+
+    def grow() -> None:
+        state["waiting"] += step
+
+    return waiting, grow
 
 
-async def test_the_further_behind_the_fewer_at_once():
+def pacing_after_ticks(ticks: int, lag: float = BUSY, behind: int = 1_000) -> Pacing:
+    waiting, grow = growing_backlog()
+    pacing = Pacing(waiting, behind=behind)
+    for _ in range(ticks):
+        grow()
+        pacing.tick(lag)
+    return pacing
+
+
+async def test_while_the_backlog_grows_on_a_busy_loop_fewer_requests_run_at_once_and_all_finish():
+    pacing = pacing_after_ticks(4)  # the first tick only looks
+    assert pacing.room == MOST // 8
     app = Gauge()
-    await run_requests(Pacing(lambda: 4_000, limit=8, behind=1_000), app, 20)
-    assert app.most == 2 and app.done == 20
+    await run_requests(pacing, app, 40)
+    assert app.most == MOST // 8 and app.done == 40
+
+
+async def test_never_fewer_than_one():
+    pacing = pacing_after_ticks(20)
+    assert pacing.room == 1
     app = Gauge()
-    await run_requests(Pacing(lambda: 10**9, limit=8, behind=1_000), app, 5)
-    assert app.most == 1 and app.done == 5  # never none
+    await run_requests(pacing, app, 5)
+    assert app.most == 1 and app.done == 5
+
+
+async def test_once_delivery_keeps_up_the_room_grows_back_and_waiting_requests_go_on():
+    waiting, grow = growing_backlog()
+    pacing = Pacing(waiting, behind=1_000)
+    for _ in range(20):
+        grow()
+        pacing.tick(BUSY)
+    app = Gauge()
+    requests = [asyncio.create_task(pacing.run(app, {}, None, None)) for _ in range(10)]
+    await asyncio.sleep(0)
+    assert app.active == 1
+    for _ in range(3):
+        pacing.tick(BUSY)  # the backlog stands still: delivery keeps up
+    await asyncio.sleep(0)
+    assert app.active == 10  # 1 + 3 * GROW
+    while pacing.room is not None:
+        pacing.tick(IDLE)
+    app.release.set()
+    await asyncio.gather(*requests)
+    assert app.done == 10
+
+
+def test_a_backlog_that_does_not_grow_or_an_idle_loop_or_a_small_backlog_slows_nobody():
+    waiting, grow = growing_backlog(start=50_000, step=0)  # a sink that is down: its backlog stands
+    standing = Pacing(waiting, behind=1_000)
+    for _ in range(3):
+        standing.tick(BUSY)
+    assert standing.room is None
+    assert pacing_after_ticks(5, lag=IDLE).room is None            # a slow handler, the loop idle
+    assert pacing_after_ticks(5, behind=10**9).room is None        # a burst below `behind`
 
 
 async def test_a_client_that_leaves_while_waiting_loses_its_turn_and_blocks_nobody():
+    pacing = pacing_after_ticks(20)
     app = Gauge()
-    pacing = Pacing(lambda: 5_000, limit=1, behind=0)
     first = asyncio.create_task(pacing.run(app, {}, None, None))
     left = asyncio.create_task(pacing.run(app, {}, None, None))
     third = asyncio.create_task(pacing.run(app, {}, None, None))
@@ -62,17 +118,11 @@ async def test_a_client_that_leaves_while_waiting_loses_its_turn_and_blocks_nobo
     assert app.done == 2 and left.cancelled()
 
 
-async def test_with_no_backlog_nothing_waits():
-    app = Gauge()
-    await run_requests(Pacing(lambda: 10, limit=4, behind=1_000), app, 20)
-    assert app.most == 20 and app.done == 20
-
-
 async def test_a_request_that_fails_gives_its_turn_back():
     async def failing(scope, receive, send) -> None:
         raise RuntimeError("boom")
 
-    pacing = Pacing(lambda: 5_000, limit=1, behind=0)
+    pacing = pacing_after_ticks(20)
     for _ in range(3):
         try:
             await asyncio.wait_for(pacing.run(failing, {}, None, None), 5)
@@ -82,3 +132,14 @@ async def test_a_request_that_fails_gives_its_turn_back():
     app.release.set()
     await asyncio.wait_for(pacing.run(app, {}, None, None), 5)
     assert app.done == 1
+
+
+async def test_the_controller_ticks_on_its_own():
+    waiting, grow = growing_backlog()
+    pacing = Pacing(waiting, behind=1_000)
+    control = asyncio.create_task(pacing.control())
+    try:
+        await asyncio.sleep(0.6)
+    finally:
+        control.cancel()
+    assert pacing._last_waiting == 20_000  # it looked
