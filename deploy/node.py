@@ -69,7 +69,8 @@ class Node:
         self.tokens = Tokens(self.state, self.identity, self.gate)
         self.ingress = Ingress(self.broker.publish, settings.max_event_bytes, self.gate, settings.max_extensions)
         self.run_dir = Path(tempfile.mkdtemp(prefix="fmesh-"))  # short: Unix socket paths are limited
-        self.runtime = Runtime(self.data_dir, self.run_dir, self.broker, settings.launcher, self.mesh_id)
+        self.runtime = Runtime(self.data_dir, self.run_dir, self.broker, settings.launcher, self.mesh_id,
+                               template_idle=settings.template_idle)
         self.control_app: ASGIApp | None = None
         self.tracer: Tracer = NOOP              # an exporting one from start, with --otlp-endpoint
         self._background: list[asyncio.Task] = []

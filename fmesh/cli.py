@@ -57,6 +57,9 @@ def up(
     max_bundle_files: Annotated[int, typer.Option(
         min=1, help="Most files in a function's uploaded code (400 past it).")] = 20_000,
     launcher: Annotated[str, typer.Option(help="How replicas start: zygote (fast) or subprocess.")] = "zygote",
+    template_idle: Annotated[str, typer.Option(
+        help="A function's template (its handler loaded once, its replicas forked from it) goes after this "
+             "long without a replica; the next cold start loads the handler again. 0 turns templates off.")] = "5m",
     dead_letter_retention: Annotated[str, typer.Option(help="How long dead letters are kept.")] = "7d",
     trail_retention: Annotated[str, typer.Option(
         help="How long the event trail (fmesh trace, fmesh events) keeps where each event went; 0 turns "
@@ -110,6 +113,7 @@ def up(
                             max_event_bytes=max_event_bytes, max_header_bytes=max_header_bytes,
                             max_headers=max_headers, max_extensions=max_extensions,
                             max_bundle_bytes=max_bundle_bytes, max_bundle_files=max_bundle_files, launcher=launcher,
+                            template_idle=_duration(template_idle),
                             dead_letter_retention=_duration(dead_letter_retention),
                             trail_retention=_duration(trail_retention), trail_max_events=trail_max_events,
                             shutdown_grace=_duration(shutdown_grace), ingress_auth=ingress_auth,

@@ -1,0 +1,94 @@
+"""Function templates: replicas forked from a process that has loaded their handler once
+behave as replicas that load it themselves, and the template goes when it should."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from fmesh.runtime.policy import ScalePolicy
+from pools import Harness, alive, eventually
+
+from fmesh.events import new_event
+
+# What a replica reports that must not depend on how it was started.
+SAME = ("name", "calls", "env", "imported_env", "cwd", "imported_cwd", "path0", "files", "threads", "sigterm",
+        "module", "loop")
+
+
+async def two_replicas(tmp_path, kind: str, handler: str) -> list[dict]:
+    """What each of two replicas of `introspect` reports about itself, one event each."""
+    harness = Harness(tmp_path / kind, kind)
+    await harness.start()
+    try:
+        pool = harness.pool("introspect", ScalePolicy(min=2, max=2), handler=handler,
+                            env={"SECRET": "s3cret", "FMESH_FUNCTION": "introspect"})
+        await eventually(lambda: pool.status().ready == 2, 30, "two replicas")
+        replies = await asyncio.gather(*(pool.invoke(new_event("t", "/s", {"sleep": 0.2}), 10) for _ in range(2)))
+        return [reply.data for reply in replies]
+    finally:
+        await harness.stop()
+
+
+@pytest.mark.parametrize("handler", ["handle", "handle_async"])
+async def test_a_replica_forked_from_a_template_sees_what_a_fresh_interpreter_sees(tmp_path, handler):
+    fresh = await two_replicas(tmp_path, "subprocess", f"handler.py:{handler}")
+    forked = await two_replicas(tmp_path, "template", f"handler.py:{handler}")
+    for report in fresh + forked:
+        assert report["imported_env"]["SECRET"] == "s3cret"  # the import saw the function's env and secrets
+        assert report["name"] == "handler" and report["calls"] == 1  # its own globals: nobody else's call
+        assert report.get("loop", "uvloop") == "uvloop"
+    assert [{k: r.get(k) for k in SAME} for r in forked] == [{k: r.get(k) for k in SAME} for r in fresh]
+    assert all(r["imported_by"] == r["pid"] for r in fresh)
+    template = forked[0]["ppid"]
+    assert all(r["imported_by"] == r["ppid"] == template != r["pid"] for r in forked), "one import, in the template"
+    assert forked[0]["pid"] != forked[1]["pid"] and forked[0]["random"] != forked[1]["random"]
+
+
+async def test_a_template_outlives_scale_to_zero_then_goes_after_its_idle_time(tmp_path):
+    harness = Harness(tmp_path, "template", template_idle=2.0)
+    await harness.start()
+    try:
+        pool = harness.pool("introspect", ScalePolicy(max=1, idle_timeout=0.1))
+        first = (await pool.invoke(new_event("t", "/s"), 10)).data
+        await eventually(lambda: not pool.replicas, 10, "scale to zero")
+        again = (await pool.invoke(new_event("t", "/s"), 10)).data
+        assert again["ppid"] == first["ppid"] and again["pid"] != first["pid"], "the same template, a new replica"
+        assert again["calls"] == 1
+        await eventually(lambda: not pool.replicas, 10, "scale to zero")
+        assert alive(first["ppid"])
+        await eventually(lambda: not alive(first["ppid"]), 15, "the idle template to go")
+        later = (await pool.invoke(new_event("t", "/s"), 10)).data
+        assert later["ppid"] != first["ppid"] and later["imported_by"] == later["ppid"]
+    finally:
+        await harness.stop()
+    await eventually(lambda: not alive(later["ppid"]) and not alive(later["pid"]), 10, "no process left")
+
+
+async def test_a_forgotten_functions_template_goes_with_its_last_replica(tmp_path):
+    harness = Harness(tmp_path, "template")
+    await harness.start()
+    try:
+        pool = harness.pool("introspect", ScalePolicy(max=1, idle_timeout=0.3))
+        report = (await pool.invoke(new_event("t", "/s"), 10)).data
+        harness.launcher.forget("introspect")
+        await asyncio.sleep(0.1)
+        assert alive(report["ppid"]), "its replica still runs"
+        await eventually(lambda: not pool.replicas, 10, "scale to zero")
+        await eventually(lambda: not alive(report["ppid"]), 10, "the template to go")
+    finally:
+        await harness.stop()
+
+
+async def test_a_handler_that_keeps_files_open_at_import_loads_in_each_replica(tmp_path):
+    harness = Harness(tmp_path, "template")
+    await harness.start()
+    try:
+        pool = harness.pool("holds_file", ScalePolicy(min=2, max=2))
+        await eventually(lambda: pool.status().ready == 2, 30, "two replicas")
+        replies = await asyncio.gather(*(pool.invoke(new_event("t", "/s"), 10) for _ in range(4)))
+        reports = {r.data["pid"]: r.data for r in replies}
+        assert len(reports) == 2 and all(r["imported_by"] == pid for pid, r in reports.items())
+        assert "left 1 open file" in "".join(harness.logs.tail("holds_file"))
+    finally:
+        await harness.stop()
