@@ -11,7 +11,6 @@ import sys
 import traceback
 from collections.abc import Callable
 
-PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
 MAX_FD = os.sysconf("SC_OPEN_MAX") if hasattr(os, "sysconf") else 65536
 
@@ -115,11 +114,3 @@ def prctl(option: int, value: int) -> bool:
         return ctypes.CDLL(None, use_errno=True).prctl(option, value, 0, 0, 0) == 0
     except (OSError, AttributeError, ImportError):
         return False
-
-
-def die_with_parent(parent: int) -> None:
-    """SIGKILL this process when `parent` (the pid it was forked from) ends, whatever this
-    process is busy with at the time."""
-    prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent:  # the parent ended before the line above
-        os._exit(1)

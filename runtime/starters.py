@@ -49,10 +49,7 @@ class PythonStarter:
         return replica
 
     async def start(self, replica: Replica, timeout: float) -> None:
-        pid = await self.launcher.launch(self.make_spec(replica.id), self.template)
-        # A replica's own word on its pid (its HELLO) wins: the first one of a template is
-        # announced with the template's pid, which is the process loading its handler.
-        replica.pid = replica.pid or pid
+        replica.pid = await self.launcher.launch(self.make_spec(replica.id), self.template)
         await replica.wait_ready(timeout)
 
     def forget(self, replica: Replica) -> None:

@@ -1,26 +1,30 @@
-"""A function's template: a process forked from the zygote that has loaded one
-function's handler, once, and forks that function's replicas from then on.
+"""A function's template: a process that has loaded one function's handler, once, and
+forks that function's replicas from then on.
 
-It starts as the function's first replica would: the first replica's spec sets its
-environment (declared env, secrets, FMESH_* variables), working directory, memory limit
-and paths, and the handler is imported with them; whatever the import prints goes to
-that replica's logs. Then it forks that replica, and every later one, from itself, so a
-replica finds the handler module imported as a fresh interpreter would leave it (its
-globals its own copy: fork copies memory) and only has to connect to the mesh.
+The zygote forks the function's first replica as it forks any other, with one
+difference: once that replica has loaded its handler (with the function's environment,
+declared env and secrets included, its working directory, memory limit and paths, and
+what the import prints going to that replica's logs), it forks the template off itself
+and goes on serving. The template forks every later replica, which finds the handler
+module imported as a fresh interpreter would leave it (its globals its own copy: fork
+copies memory) and only has to connect to the mesh. When the first replica ends, the
+template is the zygote's child (the zygote is the subreaper), as are its replicas once
+the template has gone.
 
 A handler whose import leaves files open or threads running cannot be copied that way
 (two replicas would share one database connection; a thread does not survive a fork):
-then this process serves as the first replica itself, and the zygote forks the
-function's replicas the way it did before templates, each loading the handler.
+then no template is forked, and the zygote forks the function's replicas the way it
+did before templates, each loading the handler.
 
-It talks with the zygote over a socket of JSON lines:
+The first replica and the template talk with the zygote over a socket of JSON lines:
 
+    → {"op": "ready"}             (the template's first line)
+    → {"op": "unusable"}          (or the first replica's, when there is no template)
     ← {"op": "spawn", "spec": {...WorkerSpec...}}
     → {"op": "spawned", "replica": "...", "pid": 123}
     → {"op": "exited", "replica": "...", "pid": 123, "code": 0 | null, "signal": 9 | null}
-    → {"op": "unusable"}          (it goes on as the first replica; the channel closes)
 
-and ends when the zygote closes the socket (or dies: it is killed with it).
+and the template ends when the zygote closes the socket (or ends: the socket closes).
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ from fmesh.runtime.worker import WorkerSpec
 
 
 def run(spec: WorkerSpec, channel: int) -> None:
-    """Load `spec`'s handler as its replica would, then fork replicas; see the module doc."""
+    """Be replica `spec`, forking the function's template once the handler is loaded."""
     worker.prepare(spec)
     before = open_fds()
     try:
@@ -52,12 +56,19 @@ def run(spec: WorkerSpec, channel: int) -> None:
         print(f"fmesh: loading {spec.handler} left {leftovers}, which forked copies cannot share: each replica "
               "of this function loads it itself", file=sys.stderr, flush=True)
         send(channel, {"op": "unusable"})
-        os.close(channel)
-        worker.serve_loaded(worker.connect_control(spec), handler, spec.concurrency)
-        return
-    if worker.runs_a_loop(handler, spec.concurrency):
-        worker.event_loop_runner()  # uvloop loaded here once, not in every replica
-    Template(channel, handler).run(spec)
+    else:
+        if worker.runs_a_loop(handler, spec.concurrency):
+            worker.event_loop_runner()  # uvloop loaded here once, not in every replica
+        fork_template(channel, handler)
+    os.close(channel)
+    worker.serve_loaded(worker.connect_control(spec), handler, spec.concurrency)
+
+
+def fork_template(channel: int, handler: Callable[[Any], Any]) -> None:
+    sys.stdout.flush()  # or what the import printed but not yet wrote goes out again from every replica
+    sys.stderr.flush()
+    if os.fork() == 0:
+        run_child(lambda: Template(channel, handler).run())
 
 
 def open_fds() -> set[int]:
@@ -90,16 +101,17 @@ class Template:
         self.children: dict[int, str] = {}
         self.sigchld = signal.getsignal(signal.SIGCHLD)  # as the handler's import left it
 
-    def run(self, first: WorkerSpec) -> None:
-        self.fork(first, streams_connected=True)
+    def run(self) -> None:
+        os.setsid()  # not in the first replica's process group, which goes when that replica is killed
         devnull = os.open(os.devnull, os.O_WRONLY)
-        for fd in (1, 2):  # those streams are the first replica's now
+        for fd in (1, 2):  # those streams are the first replica's
             os.dup2(devnull, fd)
         os.close(devnull)
         watch, requests = ChildWatch(), Lines(self.channel)
         selector = selectors.DefaultSelector()
         selector.register(watch.fd, selectors.EVENT_READ)
         selector.register(self.channel, selectors.EVENT_READ)
+        send(self.channel, {"op": "ready"})
         while True:
             for pid, code, signal_number in watch.reaped():
                 send(self.channel, exited(self.children.pop(pid, "?"), pid, code, signal_number))
@@ -109,21 +121,18 @@ class Template:
             for request in batch:
                 self.fork(WorkerSpec(**request["spec"]))
 
-    def fork(self, spec: WorkerSpec, streams_connected: bool = False) -> None:
-        sys.stdout.flush()  # or what the import printed but not yet wrote goes out from every replica
-        sys.stderr.flush()
+    def fork(self, spec: WorkerSpec) -> None:
         pid = os.fork()
         if pid == 0:
-            run_child(lambda: self.serve(spec, streams_connected))
+            run_child(lambda: self.serve(spec))
         self.children[pid] = spec.replica
         send(self.channel, {"op": "spawned", "replica": spec.replica, "pid": pid})
 
-    def serve(self, spec: WorkerSpec, streams_connected: bool) -> None:
+    def serve(self, spec: WorkerSpec) -> None:
         """In the replica: its own session, the template's files closed, its own streams."""
         os.setsid()
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, self.sigchld if self.sigchld is not None else signal.SIG_DFL)
         os.closerange(3, MAX_FD)
-        if not streams_connected:
-            worker.connect_streams(spec)
+        worker.connect_streams(spec)
         worker.serve_loaded(worker.connect_control(spec), self.handler, spec.concurrency)

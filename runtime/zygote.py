@@ -2,21 +2,21 @@
 
 It starts once per mesh, imports the worker and the libraries handlers commonly use,
 then waits for requests (JSON lines on stdin). A `spawn` forks a replica. With a
-`template`, it comes from that function's template (`fmesh.runtime.template`): a child
-of the zygote that has loaded the function's handler once and forks replicas that only
-have to connect to the mesh. The first spawn for a function (or for a new version, or
-new env or secrets: whatever changes the spec but the replica id) makes its template,
-which starts out as that first replica. Without a template the zygote forks a replica
-that loads the handler itself (a deploy's check does that, so idle functions cost no
-template).
+`template`, it comes from that function's template (`fmesh.runtime.template`): a
+process that has loaded the function's handler once and forks replicas that only have
+to connect to the mesh. The first spawn for a function (or for a new version, or new
+env or secrets: whatever changes the spec but the replica id) is forked from here, and
+forks the template off itself once it has loaded the handler. Without a template the
+zygote forks a replica that loads the handler itself (a deploy's check does that, so
+idle functions cost no template).
 
 A template goes once its function has had no replica for the template's `idle`
 seconds, and once its replicas are gone after a newer template of its function was
 made or the function was forgotten (deleted or redeployed). The zygote reports each
 replica's pid when forked and its exit status when it ends (JSON lines on stdout),
 because only a parent can wait for its children: a template tells the zygote about
-its own, and the zygote is the subreaper of all of them, so a replica whose template
-has gone is the zygote's to wait for.
+its own, and the zygote is the subreaper of all of them, so a template whose first
+replica has gone, and a replica whose template has gone, are the zygote's to wait for.
 
     → {"op": "spawn", "spec": {...WorkerSpec...}, "template": {"function": "f", "idle": 300} | absent}
     → {"op": "forget", "function": "f"}
@@ -86,13 +86,11 @@ class Template:
     function: str
     key: str
     idle: float                    # seconds without a replica before it goes
-    pid: int
-    channel: int                   # the zygote's end of the socket to it
-    first: str                     # the replica it starts as; ready once it has forked that one
-    ready: bool = False
+    channel: int                   # the zygote's end of the socket to it (and to its first replica)
+    ready: bool = False            # its first replica has loaded the handler and forked it
     superseded: bool = False       # a newer template of its function exists, or it was forgotten
     pending: dict[str, dict] = field(default_factory=dict)   # replica → spec: asked for, not forked yet
-    live: set[int] = field(default_factory=set)              # pids of its replicas
+    live: set[int] = field(default_factory=set)              # pids of its replicas, the first included
     idle_since: float | None = None
 
     def __post_init__(self) -> None:
@@ -165,49 +163,43 @@ class Zygote:
         send(existing.channel, {"op": "spawn", "spec": spec})
 
     def start_template(self, spec: dict, function: str, key: str, idle: float) -> None:
+        """Fork the function's first replica, which forks the template once it has loaded the handler."""
         ours, theirs = (s.detach() for s in socket.socketpair())
-        zygote = os.getpid()
         pid = os.fork()
         if pid == 0:
             channel = detach(keep=theirs)
-            forking.die_with_parent(zygote)
             run_child(lambda: template.run(worker.WorkerSpec(**spec), channel))  # type: ignore[arg-type]
         os.close(theirs)
-        made = Template(function, key, idle, pid, ours, spec["replica"])
+        made = Template(function, key, idle, ours, live={pid})
         self.templates[key] = made
         self.selector.register(ours, selectors.EVENT_READ, made)
-        self.replicas[pid] = spec["replica"]  # until it has forked that replica, it is that replica
+        self.replicas[pid] = spec["replica"]
         emit({"op": "spawned", "replica": spec["replica"], "pid": pid})
 
     # -- what templates report ---------------------------------------------------------------
 
     def on_template(self, made: Template) -> None:
         reports = made.lines.read()
-        if reports is None:  # it has ended (or went on as a replica): what it did not fork, we do
+        if reports is None:  # it has ended, or never was: what it did not fork, we do
             self.close(made)
             for spec in made.pending.values():
                 self.spawn(spec)
             made.pending.clear()
             return
         for report in reports:
-            if report["op"] == "spawned":
-                self.forked(made, report["replica"], report["pid"])
+            if report["op"] == "ready":
+                made.ready = True
+            elif report["op"] == "spawned":
+                made.pending.pop(report["replica"], None)
+                made.live.add(report["pid"])
+                self.replicas[report["pid"]] = report["replica"]
+                emit(report)
             elif report["op"] == "exited":
                 made.live.discard(report["pid"])
                 if self.replicas.pop(report["pid"], None) is not None:
                     emit(report)
             elif report["op"] == "unusable":
                 self.unusable[made.key] = made.function
-
-    def forked(self, made: Template, replica: str, pid: int) -> None:
-        if replica == made.first and not made.ready:
-            made.ready = True  # the mesh heard of this replica when the template was forked
-            self.replicas.pop(made.pid, None)
-        else:
-            made.pending.pop(replica, None)
-            emit({"op": "spawned", "replica": replica, "pid": pid})
-        self.replicas[pid] = replica
-        made.live.add(pid)
 
     def close(self, made: Template) -> None:
         """Close our end of its channel: a template that reads the end exits."""
@@ -245,6 +237,8 @@ class Zygote:
             replica = self.replicas.pop(pid, None)
             if replica is not None:
                 emit(exited(replica, pid, code, signal_number))
+            for made in self.templates.values():
+                made.live.discard(pid)  # a template's first replica is our child
 
 
 def main() -> None:
