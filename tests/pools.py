@@ -77,3 +77,18 @@ def alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
+
+
+def process_tree(pid: int) -> set[int]:
+    """`pid` and every process below it (children of children...)."""
+    found = {pid}
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return found
+    for task in tasks:
+        try:
+            found.update(*(process_tree(int(child)) for child in (task / "children").read_text().split()))
+        except OSError:
+            pass
+    return found
