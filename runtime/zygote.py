@@ -120,7 +120,7 @@ class Zygote:
                 if key.data is self.mesh:
                     requests = self.mesh.read()
                     if requests is None:  # the mesh closed our stdin: it is gone, and so are we
-                        return            # (templates die with us; replicas see the mesh's socket close)
+                        return            # (templates see their sockets close, replicas the mesh's)
                     for request in requests:
                         self.on_request(request)
                 elif isinstance(key.data, Template):
@@ -160,7 +160,10 @@ class Zygote:
             self.start_template(spec, function, key, idle)
             return
         existing.pending[spec["replica"]] = spec
-        send(existing.channel, {"op": "spawn", "spec": spec})
+        try:
+            send(existing.channel, {"op": "spawn", "spec": spec})
+        except OSError:  # it has just ended (we have not read its end yet)
+            self.gone(existing)
 
     def start_template(self, spec: dict, function: str, key: str, idle: float) -> None:
         """Fork the function's first replica, which forks the template once it has loaded the handler."""
@@ -180,11 +183,8 @@ class Zygote:
 
     def on_template(self, made: Template) -> None:
         reports = made.lines.read()
-        if reports is None:  # it has ended, or never was: what it did not fork, we do
-            self.close(made)
-            for spec in made.pending.values():
-                self.spawn(spec)
-            made.pending.clear()
+        if reports is None:
+            self.gone(made)
             return
         for report in reports:
             if report["op"] == "ready":
@@ -200,6 +200,14 @@ class Zygote:
                     emit(report)
             elif report["op"] == "unusable":
                 self.unusable[made.key] = made.function
+
+    def gone(self, made: Template) -> None:
+        """It has ended, or never was (its first replica could not load the handler, or the
+        handler cannot have one): what it was asked for and did not fork, we fork."""
+        self.close(made)
+        for spec in made.pending.values():
+            self.spawn(spec)
+        made.pending.clear()
 
     def close(self, made: Template) -> None:
         """Close our end of its channel: a template that reads the end exits."""

@@ -27,7 +27,8 @@ class Harness:
         self.logs = LogStore(tmp_path / "logs")
         self.hub = ReplicaHub(self.run_dir / "r.sock", lambda r, s, line: self.logs.write(r.function, r.name, s, line))
         self.pools: list[RunnerPool] = []
-        on_exit = lambda rid, how: [p.on_exit(rid, how) for p in self.pools]  # noqa: E731
+        self.exits: list[tuple[str, str]] = []  # (replica id, how it ended), as the launcher told it
+        on_exit = lambda rid, how: [self.exits.append((rid, how)), *(p.on_exit(rid, how) for p in self.pools)]  # noqa: E731
         self.launcher = (SubprocessLauncher(on_exit) if kind == "subprocess"
                          else ZygoteLauncher(on_exit, lambda line: None, template_idle=template_idle))
         self.use_template = kind == "template"

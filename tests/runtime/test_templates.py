@@ -4,6 +4,8 @@ behave as replicas that load it themselves, and the template goes when it should
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 
 import pytest
 from fmesh.runtime.policy import ScalePolicy
@@ -101,5 +103,24 @@ async def test_a_handler_that_keeps_files_open_at_import_loads_in_each_replica(t
         reports = {r.data["pid"]: r.data for r in replies}
         assert len(reports) == 2 and all(r["imported_by"] == pid for pid, r in reports.items())
         assert "left 1 open file" in "".join(harness.logs.tail("holds_file"))
+    finally:
+        await harness.stop()
+
+
+async def test_a_replica_whose_template_was_killed_is_still_reported_and_replaced(tmp_path):
+    harness = Harness(tmp_path, "template")
+    await harness.start()
+    try:
+        pool = harness.pool("introspect", ScalePolicy(min=2, max=2))
+        await eventually(lambda: pool.status().ready == 2, 30, "two replicas")
+        replies = await asyncio.gather(*(pool.invoke(new_event("t", "/s", {"sleep": 0.2}), 10) for _ in range(2)))
+        forked = next(r.data for r in replies if r.data["imported_by"] != r.data["pid"])
+        os.kill(forked["ppid"], signal.SIGKILL)  # the template
+        await eventually(lambda: not alive(forked["ppid"]), 10, "the template to die")
+        os.kill(forked["pid"], signal.SIGKILL)   # its replica, now the zygote's to wait for
+        (replica,) = [r.id for r in pool.replicas.values() if r.pid == forked["pid"]]
+        await eventually(lambda: (replica, "killed by SIGKILL") in harness.exits, 10, "its exit to be reported")
+        await eventually(lambda: pool.status().ready == 2 and len(pool.replicas) == 2, 30, "a replacement")
+        assert (await pool.invoke(new_event("t", "/s"), 10)).data["calls"] >= 1
     finally:
         await harness.stop()
