@@ -25,11 +25,16 @@ async def two_replicas(tmp_path, kind: str, handler: str) -> list[dict]:
     try:
         pool = harness.pool("introspect", ScalePolicy(min=2, max=2), handler=handler,
                             env={"SECRET": "s3cret", "FMESH_FUNCTION": "introspect"})
-        await eventually(lambda: pool.status().ready == 2, 30, "two replicas")
-        replies = await asyncio.gather(*(pool.invoke(new_event("t", "/s", {"sleep": 0.2}), 10) for _ in range(2)))
-        return [reply.data for reply in replies]
+        return await one_event_each(pool)
     finally:
         await harness.stop()
+
+
+async def one_event_each(pool) -> list[dict]:
+    """What the pool's two replicas answer to one event each, once both are ready."""
+    await eventually(lambda: pool.status().ready == 2, 30, "two replicas")
+    replies = await asyncio.gather(*(pool.invoke(new_event("t", "/s", {"sleep": 0.2}), 10) for _ in range(2)))
+    return [reply.data for reply in replies]
 
 
 @pytest.mark.parametrize("handler", ["handle", "handle_async"])
@@ -97,10 +102,7 @@ async def test_a_handler_that_keeps_files_open_at_import_loads_in_each_replica(t
     harness = Harness(tmp_path, "template")
     await harness.start()
     try:
-        pool = harness.pool("holds_file", ScalePolicy(min=2, max=2))
-        await eventually(lambda: pool.status().ready == 2, 30, "two replicas")
-        replies = await asyncio.gather(*(pool.invoke(new_event("t", "/s"), 10) for _ in range(4)))
-        reports = {r.data["pid"]: r.data for r in replies}
+        reports = {r["pid"]: r for r in await one_event_each(harness.pool("holds_file", ScalePolicy(min=2, max=2)))}
         assert len(reports) == 2 and all(r["imported_by"] == pid for pid, r in reports.items())
         assert "left 1 open file" in "".join(harness.logs.tail("holds_file"))
     finally:
@@ -112,9 +114,7 @@ async def test_a_replica_whose_template_was_killed_is_still_reported_and_replace
     await harness.start()
     try:
         pool = harness.pool("introspect", ScalePolicy(min=2, max=2))
-        await eventually(lambda: pool.status().ready == 2, 30, "two replicas")
-        replies = await asyncio.gather(*(pool.invoke(new_event("t", "/s", {"sleep": 0.2}), 10) for _ in range(2)))
-        forked = next(r.data for r in replies if r.data["imported_by"] != r.data["pid"])
+        forked = next(r for r in await one_event_each(pool) if r["imported_by"] != r["pid"])
         os.kill(forked["ppid"], signal.SIGKILL)  # the template
         await eventually(lambda: not alive(forked["ppid"]), 10, "the template to die")
         os.kill(forked["pid"], signal.SIGKILL)   # its replica, now the zygote's to wait for
