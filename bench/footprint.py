@@ -72,12 +72,12 @@ def command_of(pid: int) -> str:
 
 
 def memory_kib(pid: int) -> dict[str, int]:
-    """RSS and PSS of one process, in KiB."""
+    """RSS, PSS and USS (its private memory) of one process, in KiB."""
     rollup = {}
     for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
         name, value = line.split(":", 1)
         rollup[name] = int(value.split()[0])
-    return {"rss": rollup["Rss"], "pss": rollup["Pss"]}
+    return {"rss": rollup["Rss"], "pss": rollup["Pss"], "uss": rollup["Private_Clean"] + rollup["Private_Dirty"]}
 
 
 def mesh_processes(mesh_pid: int) -> tuple[list[int], list[str]]:

@@ -76,7 +76,7 @@ class Node:
         self.pacing = Pacing(lambda: self.broker.backlog.total)  # delivery keeps pace with ingress
         self.run_dir = Path(tempfile.mkdtemp(prefix="fmesh-"))  # short: Unix socket paths are limited
         self.runtime = Runtime(self.data_dir, self.run_dir, RepliesPublisher(self.broker), settings.launcher,
-                               self.mesh_id)
+                               self.mesh_id, template_idle=settings.template_idle)
         self.control_app: ASGIApp | None = None
         self.tracer: Tracer = NOOP              # an exporting one from start, with --otlp-endpoint
         self._background: list[asyncio.Task] = []

@@ -60,6 +60,9 @@ def up(
         min=0, help="Events waiting for one function or sink at most: past it, publishing events routed there "
                     "gets 503 with Retry-After (triggers pause) until it catches up; 0: no bound.")] = 100_000,
     launcher: Annotated[str, typer.Option(help="How replicas start: zygote (fast) or subprocess.")] = "zygote",
+    template_idle: Annotated[str, typer.Option(
+        help="A function's template (its handler loaded once, its replicas forked from it) goes after this "
+             "long without a replica; the next cold start loads the handler again. 0 turns templates off.")] = "5m",
     dead_letter_retention: Annotated[str, typer.Option(help="How long dead letters are kept.")] = "7d",
     trail_retention: Annotated[str, typer.Option(
         help="How long the event trail (fmesh trace, fmesh events) keeps where each event went; 0 turns "
@@ -113,7 +116,7 @@ def up(
                             max_event_bytes=max_event_bytes, max_header_bytes=max_header_bytes,
                             max_headers=max_headers, max_extensions=max_extensions,
                             max_bundle_bytes=max_bundle_bytes, max_bundle_files=max_bundle_files, launcher=launcher,
-                            max_backlog=max_backlog,
+                            max_backlog=max_backlog, template_idle=_duration(template_idle),
                             dead_letter_retention=_duration(dead_letter_retention),
                             trail_retention=_duration(trail_retention), trail_max_events=trail_max_events,
                             shutdown_grace=_duration(shutdown_grace), ingress_auth=ingress_auth,

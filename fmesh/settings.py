@@ -91,6 +91,8 @@ class NodeSettings:
     max_bundle_bytes: int = 256 * 1024 * 1024  # what a function's code may unpack to (400 past it)
     max_bundle_files: int = 20_000        # files in a function's code (400 past it)
     launcher: str = "zygote"              # or "subprocess": a fresh interpreter per replica
+    template_idle: float = 300.0          # a function's template (handler loaded, forks its replicas) goes
+                                          # after this long without a replica; 0: no templates
     dead_letter_retention: float = 7 * 86400.0
     trail_retention: float = 86400.0      # how long the event trail keeps an event's path (0: no trail)
     trail_max_events: int = 100_000       # events whose path the trail keeps at most (the oldest go first)

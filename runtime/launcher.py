@@ -36,8 +36,12 @@ OnOutput = Callable[[str], None]         # a line the launcher itself printed
 class Launcher(Protocol):
     async def start(self) -> None: ...
 
-    async def launch(self, spec: WorkerSpec) -> int:
-        """Start a replica process for `spec`; returns its pid."""
+    async def launch(self, spec: WorkerSpec, template: str | None = None) -> int:
+        """Start a replica process for `spec`; returns its pid. With `template` (the
+        function's name), from that function's template where the launcher has them."""
+
+    def forget(self, function: str) -> None:
+        """The function was deleted or redeployed: its templates may go."""
 
     async def stop(self) -> None: ...
 
@@ -65,7 +69,7 @@ class SubprocessLauncher:
     async def start(self) -> None:
         pass
 
-    async def launch(self, spec: WorkerSpec) -> int:
+    async def launch(self, spec: WorkerSpec, template: str | None = None) -> int:
         # The spec carries the function's env and secrets: on stdin, never on the command
         # line, which every local user can read (`ps`, /proc/*/cmdline).
         process = await asyncio.create_subprocess_exec(
@@ -77,6 +81,9 @@ class SubprocessLauncher:
         self._waits.add(task)
         task.add_done_callback(self._waits.discard)
         return process.pid
+
+    def forget(self, function: str) -> None:
+        pass
 
     async def _wait(self, replica: str, process: asyncio.subprocess.Process) -> None:
         code = await process.wait()
@@ -90,12 +97,16 @@ class SubprocessLauncher:
 
 
 class ZygoteLauncher:
-    """Forks replicas from a warm template process (see `fmesh.runtime.zygote`)."""
+    """Forks replicas from a warm process (see `fmesh.runtime.zygote`), and from each
+    function's template after its first cold start: a template without a replica for
+    `template_idle` seconds goes (0: no templates, every replica loads its handler)."""
 
-    def __init__(self, on_exit: OnExit, on_output: OnOutput, python: str = sys.executable) -> None:
+    def __init__(self, on_exit: OnExit, on_output: OnOutput, python: str = sys.executable,
+                 template_idle: float = 300.0) -> None:
         self.on_exit = on_exit
         self.on_output = on_output
         self.python = python
+        self.template_idle = template_idle
         self._process: asyncio.subprocess.Process | None = None
         self._spawns: dict[str, asyncio.Future[int]] = {}
         self._tasks: set[asyncio.Task] = set()
@@ -124,18 +135,27 @@ class ZygoteLauncher:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def launch(self, spec: WorkerSpec) -> int:
+    async def launch(self, spec: WorkerSpec, template: str | None = None) -> int:
         await self.start()
         spawned: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._spawns[spec.replica] = spawned
-        request = json.dumps({"op": "spawn", "spec": json.loads(spec.to_json())}) + "\n"
-        self._process.stdin.write(request.encode())  # type: ignore[union-attr]
+        request: dict = {"op": "spawn", "spec": json.loads(spec.to_json())}
+        if template is not None and self.template_idle > 0:
+            request["template"] = {"function": template, "idle": self.template_idle}
+        self._request(request)
         try:
             return await asyncio.wait_for(spawned, SPAWN_TIMEOUT)
         except TimeoutError:
             raise HandlerError(f"the zygote did not fork a replica within {SPAWN_TIMEOUT:g}s") from None
         finally:
             self._spawns.pop(spec.replica, None)
+
+    def forget(self, function: str) -> None:
+        if self._process is not None and self._process.returncode is None:
+            self._request({"op": "forget", "function": function})
+
+    def _request(self, request: dict) -> None:
+        self._process.stdin.write((json.dumps(request) + "\n").encode())  # type: ignore[union-attr]
 
     async def _read_reports(self, process: asyncio.subprocess.Process) -> None:
         async for line in process.stdout:  # type: ignore[union-attr]

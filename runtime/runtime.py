@@ -105,13 +105,13 @@ class _Running:
 
 class Runtime:
     def __init__(self, data_dir: Path, run_dir: Path, publisher: Publisher, launcher: str = "zygote",
-                 mesh_id: str = "") -> None:
+                 mesh_id: str = "", template_idle: float = 300.0) -> None:
         self.mesh_id = mesh_id
         self.tracer: Tracer = NOOP       # the spans of deliveries (the node installs an exporting one)
         self.logs = LogStore(data_dir / "logs")
         self.publisher = publisher
         self.hub = ReplicaHub(run_dir / "replicas.sock", self._on_log)
-        self.zygote = ZygoteLauncher(self._on_exit, self._on_zygote_output)
+        self.zygote = ZygoteLauncher(self._on_exit, self._on_zygote_output, template_idle=template_idle)
         self.fresh = SubprocessLauncher(self._on_exit)
         self.default_launcher: Launcher = self.zygote if launcher == "zygote" else self.fresh
         self.functions: dict[str, _Running] = {}
@@ -149,7 +149,9 @@ class Runtime:
 
         Replies go to `replies` (a sink's queue) when given, else back into the mesh."""
         old = self.functions.get(spec.name)
-        starter = self._starter(spec)
+        if old is not None and old.spec.version != spec.version:
+            self.zygote.forget(spec.name)  # the old version's template goes with its last replica
+        starter = self._starter(spec, use_template=True)
         pool = RunnerPool(spec.name, starter, spec.scale, lambda text: self.logs.note(spec.name, text),
                           self._cold_started)
         sidecar = Sidecar(spec.subscription, f"/fmesh/functions/{spec.name}", queue, pool,
@@ -198,6 +200,7 @@ class Runtime:
             return
         await running.sidecar.stop()
         await running.pool.shutdown()
+        self.zygote.forget(name)
         if forget_logs:
             self.logs.forget(name)
 
@@ -236,12 +239,12 @@ class Runtime:
                                r.pool.out_of_memory, len(self._retiring.get(name, ())))
                 for name, r in sorted(self.functions.items())]
 
-    def _starter(self, spec: FunctionSpec) -> ReplicaStarter:
+    def _starter(self, spec: FunctionSpec, use_template: bool = False) -> ReplicaStarter:
         if spec.command:
             return CommandStarter(spec.name, list(spec.command), spec.directory / spec.workdir,
                                   lambda: self._environment(spec), self.logs, spec.structured)
         launcher = self.fresh if spec.fresh_interpreter else self.default_launcher
-        return PythonStarter(spec.name, self.hub, launcher, lambda rid: self._worker_spec(spec, rid))
+        return PythonStarter(spec.name, self.hub, launcher, lambda rid: self._worker_spec(spec, rid), use_template)
 
     def _environment(self, spec: FunctionSpec) -> dict[str, str]:
         """Declared env and secrets, read now (so a rotated secret reaches new replicas)."""

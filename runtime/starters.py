@@ -31,13 +31,17 @@ class ReplicaStarter(Protocol):
 
 
 class PythonStarter:
-    """Python handlers: a worker forked from the zygote (or a fresh interpreter)."""
+    """Python handlers: a worker forked from the function's template or the zygote (or a
+    fresh interpreter). `use_template`: replicas that serve; a deploy's one-off check
+    goes without, so a function that never gets an event costs no template."""
 
-    def __init__(self, function: str, hub: ReplicaHub, launcher: Launcher, make_spec: MakeSpec) -> None:
+    def __init__(self, function: str, hub: ReplicaHub, launcher: Launcher, make_spec: MakeSpec,
+                 use_template: bool = False) -> None:
         self.function = function
         self.hub = hub
         self.launcher = launcher
         self.make_spec = make_spec
+        self.template = function if use_template else None
 
     def create(self, index: int) -> Replica:
         replica = PythonReplica(secrets.token_hex(8), self.function, index)
@@ -45,7 +49,7 @@ class PythonStarter:
         return replica
 
     async def start(self, replica: Replica, timeout: float) -> None:
-        replica.pid = await self.launcher.launch(self.make_spec(replica.id))
+        replica.pid = await self.launcher.launch(self.make_spec(replica.id), self.template)
         await replica.wait_ready(timeout)
 
     def forget(self, replica: Replica) -> None:

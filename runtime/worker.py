@@ -2,8 +2,9 @@
 
 It connects to the mesh's replica socket three times (control, stdout, stderr), loads
 the handler, says READY, then runs INVOKE frames as they come, up to `concurrency` at a
-time. It is started either forked from the zygote (fast) or as a fresh interpreter:
-`python -m fmesh.runtime.worker` with the spec's JSON on stdin.
+time. It is started forked from its function's template (fastest: the handler is loaded
+already, see `fmesh.runtime.template`), forked from the zygote, or as a fresh
+interpreter: `python -m fmesh.runtime.worker` with the spec's JSON on stdin.
 """
 
 from __future__ import annotations
@@ -130,10 +131,14 @@ def load_or_report(spec: WorkerSpec, sock: socket.socket) -> Callable[[Event], A
     try:
         return load_handler(spec.directory, spec.handler)
     except BaseException as exc:  # noqa: BLE001 - sys.exit() at import is a failure to load too
-        print(handler_traceback(exc), file=sys.stderr, end="", flush=True)
-        error = f"{type(exc).__name__}: {exc}" if not isinstance(exc, HandlerLoadError) else str(exc)
-        sock.sendall(encode(Kind.FAILED, 0, {"error": error, "where": failure_location(exc, spec.directory)}))
+        report_load_failure(sock, exc, spec.directory)
         return None
+
+
+def report_load_failure(sock: socket.socket, exc: BaseException, directory: str) -> None:
+    print(handler_traceback(exc), file=sys.stderr, end="", flush=True)
+    error = f"{type(exc).__name__}: {exc}" if not isinstance(exc, HandlerLoadError) else str(exc)
+    sock.sendall(encode(Kind.FAILED, 0, {"error": error, "where": failure_location(exc, directory)}))
 
 
 def failure_location(exc: BaseException, directory: str) -> str | None:
@@ -213,22 +218,34 @@ async def serve_concurrently(sock: socket.socket, handler: Callable[[Event], Any
 def serve(spec: WorkerSpec) -> None:
     sock = connect_control(spec)
     handler = load_or_report(spec, sock)
-    if handler is None:
-        return
-    if spec.concurrency == 1 and not inspect.iscoroutinefunction(handler):
-        serve_blocking(sock, handler)
+    if handler is not None:
+        serve_loaded(sock, handler, spec.concurrency)
+
+
+def serve_loaded(sock: socket.socket, handler: Callable[[Event], Any], concurrency: int) -> None:
+    if runs_a_loop(handler, concurrency):
+        run_loop(serve_concurrently(sock, handler, concurrency))
     else:
-        run_loop(serve_concurrently(sock, handler, spec.concurrency))
+        serve_blocking(sock, handler)
+
+
+def runs_a_loop(handler: Callable[[Event], Any], concurrency: int) -> bool:
+    """Async handlers, and sync ones taking several events at once, run on an event loop."""
+    return concurrency > 1 or inspect.iscoroutinefunction(handler)
+
+
+def event_loop_runner() -> Callable[[Any], Any]:
+    """uvloop's run (loaded here if need be: a function's template loads it once for all its
+    replicas, where it costs a cold start some 8 ms), else asyncio's."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run
+    return uvloop.run
 
 
 def run_loop(coroutine: Any) -> None:
-    """uvloop if this process already has it loaded; importing it here would cost a cold
-    start some 50 ms, and preloading it in the zygote costs memory for every mesh."""
-    uvloop = sys.modules.get("uvloop")
-    if uvloop is None:
-        asyncio.run(coroutine)
-    else:
-        uvloop.run(coroutine)
+    event_loop_runner()(coroutine)
 
 
 def connect_stream(spec: WorkerSpec, stream: str, fd: int) -> None:
@@ -240,10 +257,14 @@ def connect_stream(spec: WorkerSpec, stream: str, fd: int) -> None:
     sock.close()
 
 
-def prepare(spec: WorkerSpec) -> None:
-    """Process set-up shared by both ways of starting: streams, limits, env, paths."""
+def connect_streams(spec: WorkerSpec) -> None:
     connect_stream(spec, "stdout", 1)
     connect_stream(spec, "stderr", 2)
+
+
+def prepare(spec: WorkerSpec) -> None:
+    """Process set-up shared by every way of starting: streams, limits, env, paths."""
+    connect_streams(spec)
     # Line-buffered, so logs show up promptly; and printing what is not valid Unicode (a
     # lone surrogate from the event) must not raise in the middle of a traceback.
     sys.stdout = open(1, "w", buffering=1, closefd=False, errors="backslashreplace")

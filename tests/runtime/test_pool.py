@@ -3,60 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import tempfile
-from pathlib import Path
 
 import pytest
-from fmesh.runtime.hub import ReplicaHub
-from fmesh.runtime.launcher import SubprocessLauncher, ZygoteLauncher
-from fmesh.runtime.logs import LogStore
 from fmesh.runtime.policy import ScalePolicy
-from fmesh.runtime.pool import RunnerPool
-from fmesh.runtime.starters import PythonStarter
-from fmesh.runtime.worker import WorkerSpec
-from support import FIXTURES
+from pools import Harness
 
 from fmesh.errors import HandlerError, HandlerTimeout
 from fmesh.events import new_event
 
-FUNCTIONS = FIXTURES / "functions"
 
-
-class Harness:
-    def __init__(self, tmp_path: Path, kind: str) -> None:
-        self.run_dir = Path(tempfile.mkdtemp(prefix="fm-"))
-        self.logs = LogStore(tmp_path / "logs")
-        self.hub = ReplicaHub(self.run_dir / "r.sock", lambda r, s, line: self.logs.write(r.function, r.name, s, line))
-        self.pools: list[RunnerPool] = []
-        on_exit = lambda rid, how: [p.on_exit(rid, how) for p in self.pools]  # noqa: E731
-        self.launcher = (ZygoteLauncher(on_exit, lambda line: None) if kind == "zygote"
-                         else SubprocessLauncher(on_exit))
-
-    async def start(self) -> None:
-        await self.hub.start()
-        await self.launcher.start()
-
-    def pool(self, fixture: str, scale: ScalePolicy, handler: str = "handler.py:handle", env=None,
-             memory_bytes=None) -> RunnerPool:
-        def spec(rid: str) -> WorkerSpec:
-            return WorkerSpec(str(self.hub.socket_path), rid, str(FUNCTIONS / fixture), handler,
-                              scale.concurrency, env={"PATH": "/usr/bin:/bin", **(env or {})},
-                              memory_bytes=memory_bytes)
-        starter = PythonStarter(fixture, self.hub, self.launcher, spec)
-        pool = RunnerPool(fixture, starter, scale, lambda t: self.logs.note(fixture, t))
-        self.pools.append(pool)
-        pool.start()
-        return pool
-
-    async def stop(self) -> None:
-        for pool in self.pools:
-            await pool.shutdown(grace=2)
-        await self.launcher.stop()
-        await self.hub.stop()
-        self.logs.close()
-
-
-@pytest.fixture(params=["zygote", "subprocess"])
+@pytest.fixture(params=["template", "zygote", "subprocess"])
 async def harness(request, tmp_path):
     h = Harness(tmp_path, request.param)
     await h.start()
@@ -66,7 +22,8 @@ async def harness(request, tmp_path):
 
 @pytest.fixture
 async def zygote(tmp_path):
-    h = Harness(tmp_path, "zygote")
+    """Replicas forked as a mesh's pools fork them: from their function's template."""
+    h = Harness(tmp_path, "template")
     await h.start()
     yield h
     await h.stop()
