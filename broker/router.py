@@ -73,12 +73,13 @@ class _Affixes:
 class _AttributeIndex:
     """The buckets of one attribute: by its exact text, by prefix and by suffix."""
 
-    __slots__ = ("exact", "prefixes", "suffixes")
+    __slots__ = ("affixed", "exact", "prefixes", "suffixes")
 
     def __init__(self) -> None:
         self.exact: dict[str, Bucket] = {}
         self.prefixes = _Affixes(suffix=False)
         self.suffixes = _Affixes(suffix=True)
+        self.affixed = False  # any prefix or suffix buckets (most attributes have none)
 
     def buckets(self, kind: str) -> dict[str, Bucket]:
         return self.exact if kind == "exact" else self._affixes(kind).buckets
@@ -91,10 +92,12 @@ class _AttributeIndex:
             self.exact.setdefault(key.value, {})[name] = filter
         else:
             self._affixes(key.kind).add(key.value, name, filter)
+            self.affixed = True
 
     def discard(self, key: Key, name: str) -> None:
         if key.kind != "exact":
             self._affixes(key.kind).discard(key.value, name)
+            self.affixed = bool(self.prefixes.buckets or self.suffixes.buckets)
             return
         bucket = self.exact.get(key.value)
         if bucket is not None and bucket.pop(name, None) is not None and not bucket:
@@ -103,14 +106,11 @@ class _AttributeIndex:
     def is_empty(self) -> bool:
         return not (self.exact or self.prefixes.buckets or self.suffixes.buckets)
 
-    def find(self, text: str, found: list[Bucket]) -> None:
-        bucket = self.exact.get(text)
-        if bucket:
-            found.append(bucket)
-        if self.prefixes.lengths:
-            self.prefixes.find(text, found)
-        if self.suffixes.lengths:
-            self.suffixes.find(text, found)
+    def affixed_buckets(self, text: str) -> list[Bucket]:
+        found: list[Bucket] = []
+        self.prefixes.find(text, found)
+        self.suffixes.find(text, found)
+        return found
 
     def everything(self) -> Iterator[Bucket]:
         yield from self.exact.values()
@@ -174,26 +174,19 @@ class Router:
 
     def match(self, attributes: Mapping[str, Any]) -> list[str]:
         """Names of the subscriptions whose filter passes, in no particular order."""
-        matched = [name for name, f in self._unindexed.items() if f.test(attributes)] if self._unindexed else []
-        found = self._candidates(attributes)
-        if len(found) > 1:  # a filter filed under several keys may be in more than one
-            merged: Bucket = {}
-            for bucket in found:
-                merged.update(bucket)
-            found = [merged]
-        if found:
-            matched.extend(name for name, f in found[0].items() if f.test(attributes))
-        return matched
-
-    def _candidates(self, attributes: Mapping[str, Any]) -> list[Bucket]:
-        found: list[Bucket] = []
-        for attribute, index in self._attributes.items():
+        found: Bucket | None = None  # the candidates: the one bucket found, or several merged
+        for attribute, index in self._attributes.items():  # inline, as this runs for every event
             value = attributes.get(attribute)
             if value is None:
                 continue
             text = value if type(value) is str else _plain_text(value)
-            if text is None:
-                found.extend(index.everything())
-            else:
-                index.find(text, found)
-        return found
+            buckets = index.everything() if text is None else index.affixed_buckets(text) if index.affixed else ()
+            bucket = None if text is None else index.exact.get(text)
+            if bucket:
+                found = bucket if found is None else {**found, **bucket}
+            for bucket in buckets:  # a filter filed under several keys may be in more than one
+                found = bucket if found is None else {**found, **bucket}
+        matched = [name for name, f in found.items() if f.test(attributes)] if found else []
+        if self._unindexed:
+            matched.extend(name for name, f in self._unindexed.items() if f.test(attributes))
+        return matched
