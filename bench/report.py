@@ -158,9 +158,11 @@ def coldstart(quick: bool) -> tuple[list[Figure], dict]:
 
 
 def routing(quick: bool) -> tuple[list[Figure], dict]:
-    result = run_json("routing.py", "--runs", "3", "--events", "10000" if quick else "20000")
-    return [figure("routing", result["publish_per_s_1000_subscriptions"], result["publish_per_s_10_subscriptions"],
-                   "events/s", ">= 0.8", note="publish rate, 1,000 vs 10 subscriptions")], result
+    result = run_json("routing.py", "--runs", "3" if quick else "5", "--events", "10000" if quick else "20000")
+    return [figure(f"routing: {dialect}", rates["publish_per_s_1000_subscriptions"],
+                   rates["publish_per_s_10_subscriptions"], "events/s", ">= 0.8",
+                   note=f"publish rate, 1,000 vs 10 {dialect} subscriptions")
+            for dialect, rates in result["dialects"].items()], result
 
 
 def footprint(quick: bool) -> tuple[list[Figure], dict]:

@@ -7,8 +7,8 @@ Two spellings compile to the same filters:
 - Knative's `filters:` list, `[{exact: {type: X}}, {any: [{prefix: {source: /a}}, ...]}]`:
   every entry must match.
 
-A filter also says which event types it can match (`types`), so the router can index
-it by type instead of trying it against every event.
+A filter also says what an event must have for it to match (`keys`, see
+broker/filter_keys.py), so the router can look it up instead of trying it on every event.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fmesh.broker.cesql import CesqlParseError, compile_expression
+from fmesh.broker.filter_keys import UNINDEXABLE, Key, Keys, all_keys, any_keys, cesql_keys
 
 ATTRIBUTE_DIALECTS = ("exact", "prefix", "suffix")
 DIALECTS = (*ATTRIBUTE_DIALECTS, "all", "any", "not", "cesql")
@@ -56,11 +57,12 @@ class FilterErrors:
 class Filter:
     """A compiled filter: call it with the event's attributes.
 
-    `types` is the set of event types it can possibly match, or None when any.
+    `keys` are the ways the router may index it (see broker/filter_keys.py): () when
+    there is none and it must be tried on every event.
     """
 
     test: Callable[[Mapping[str, Any]], bool]
-    types: frozenset[str] | None
+    keys: Keys
     description: str
     errors: FilterErrors = field(default_factory=FilterErrors, compare=False)
 
@@ -68,7 +70,7 @@ class Filter:
         return self.test(attributes)
 
 
-MATCH_ALL = Filter(lambda attributes: True, None, "all events")
+MATCH_ALL = Filter(lambda attributes: True, UNINDEXABLE, "all events")
 
 
 def _attribute_filter(dialect: str, name: str, expected: str) -> Filter:
@@ -84,35 +86,33 @@ def _attribute_filter(dialect: str, name: str, expected: str) -> Filter:
         def test(a: Mapping[str, Any]) -> bool:
             value = a.get(name)
             return value is not None and attribute_text(value).endswith(expected)
-    types = frozenset([expected]) if dialect == "exact" and name == "type" else None
-    return Filter(test, types, f"{name} {dialect} {expected!r}")
+    return Filter(test, ((Key(name, dialect, expected),),), f"{name} {dialect} {expected!r}")
 
 
 def all_of(filters: list[Filter], errors: FilterErrors | None = None) -> Filter:
     errors = errors or FilterErrors()
     if not filters:
-        return Filter(MATCH_ALL.test, None, MATCH_ALL.description, errors)
+        return Filter(MATCH_ALL.test, UNINDEXABLE, MATCH_ALL.description, errors)
     tests = tuple(f.test for f in filters)
-    known = [f.types for f in filters if f.types is not None]
-    types = frozenset.intersection(*known) if known else None
+    keys = all_keys([f.keys for f in filters])
     if len(filters) == 1:
-        return Filter(tests[0], types, filters[0].description, errors)
-    return Filter(lambda a: all(t(a) for t in tests), types, " and ".join(f.description for f in filters), errors)
+        return Filter(tests[0], keys, filters[0].description, errors)
+    return Filter(lambda a: all(t(a) for t in tests), keys, " and ".join(f.description for f in filters), errors)
 
 
 def any_of(filters: list[Filter], errors: FilterErrors | None = None) -> Filter:
     errors = errors or FilterErrors()
     tests = tuple(f.test for f in filters)
-    types = None if any(f.types is None for f in filters) else frozenset().union(*(f.types for f in filters))
+    keys = any_keys([f.keys for f in filters])
     description = " or ".join(f"({f.description})" for f in filters) or "nothing"
     if len(filters) == 1:
-        return Filter(tests[0], types, filters[0].description, errors)
-    return Filter(lambda a: any(t(a) for t in tests), types, description, errors)
+        return Filter(tests[0], keys, filters[0].description, errors)
+    return Filter(lambda a: any(t(a) for t in tests), keys, description, errors)
 
 
 def negate(inner: Filter) -> Filter:
     test = inner.test
-    return Filter(lambda a: not test(a), None, f"not ({inner.description})", inner.errors)
+    return Filter(lambda a: not test(a), UNINDEXABLE, f"not ({inner.description})", inner.errors)
 
 
 def _check_attribute_name(name: Any, path: str) -> str:
@@ -192,4 +192,4 @@ def _cesql(expression: Any, path: str, errors: FilterErrors | None) -> Filter:
         raise FilterError(path, f"invalid CESQL expression: {exc}") from exc
     errors = errors or FilterErrors()
     matches, record = compiled.matches, errors.record
-    return Filter(lambda a: matches(a, record), None, f"cesql {expression!r}", errors)
+    return Filter(lambda a: matches(a, record), cesql_keys(compiled.tree), f"cesql {expression!r}", errors)

@@ -9,6 +9,7 @@ from typing import Any
 from .casting import CesqlType, Failed, Value
 from .compiler import Evaluator, compile_ast
 from .errors import CesqlError
+from .nodes import Node
 from .parser import parse
 
 __all__ = ["EvaluationResult", "Expression", "compile_expression"]
@@ -62,17 +63,23 @@ class Expression:
     Obtain one with :func:`compile_expression`.
     """
 
-    __slots__ = ("_evaluator", "_result_type", "_text")
+    __slots__ = ("_evaluator", "_result_type", "_text", "_tree")
 
-    def __init__(self, text: str, evaluator: Evaluator, result_type: CesqlType | None) -> None:
+    def __init__(self, text: str, evaluator: Evaluator, result_type: CesqlType | None, tree: Node) -> None:
         self._text = text
         self._evaluator = evaluator
         self._result_type = result_type
+        self._tree = tree
 
     @property
     def text(self) -> str:
         """The original expression text."""
         return self._text
+
+    @property
+    def tree(self) -> Node:
+        """The parsed expression (what a router reads to index it)."""
+        return self._tree
 
     @property
     def result_type(self) -> CesqlType | None:
@@ -118,5 +125,6 @@ def compile_expression(text: str) -> Expression:
     """
     if not isinstance(text, str):
         raise TypeError(f"CESQL expression must be a str, not {type(text).__name__}")
-    compiled = compile_ast(parse(text))
-    return Expression(text, compiled.fn, compiled.type)
+    tree = parse(text)
+    compiled = compile_ast(tree)
+    return Expression(text, compiled.fn, compiled.type, tree)

@@ -12,7 +12,7 @@ import re
 from collections.abc import Callable
 from operator import methodcaller
 
-__all__ = ["compile_like"]
+__all__ = ["compile_like", "literal_affixes"]
 
 _ANY_RUN = object()  # "%"
 _ANY_ONE = object()  # "_"
@@ -76,6 +76,17 @@ def _regex(parts: list[Part]) -> Callable[[str], bool]:
             pieces.append(".*" if part is _ANY_RUN else ".")
     compiled = re.compile("".join(pieces), re.DOTALL)
     return lambda value: compiled.fullmatch(value) is not None
+
+
+def literal_affixes(pattern: str) -> tuple[str | None, str, str]:
+    """What every matching value is, starts and ends with: ``(the whole value when the
+    pattern has no wildcard else None, the literal text before the first wildcard, the
+    literal text after the last)``, escapes resolved."""
+    parts = _tokenize(pattern)
+    if all(isinstance(part, str) for part in parts):
+        return "".join(parts), "", ""  # type: ignore[arg-type]
+    prefix, suffix = parts[0], parts[-1]
+    return None, prefix if isinstance(prefix, str) else "", suffix if isinstance(suffix, str) else ""
 
 
 def compile_like(pattern: str) -> Callable[[str], bool]:

@@ -1,7 +1,8 @@
 from __future__ import annotations
 
 import pytest
-from fmesh.broker.filters import FilterError, compile_dialect, compile_filters, compile_shorthand
+from fmesh.broker.filter_keys import Key
+from fmesh.broker.filters import FilterError, any_of, compile_dialect, compile_filters, compile_shorthand
 from fmesh.broker.router import Router
 
 EVENT = {"specversion": "1.0", "id": "1", "type": "com.shop.order.created", "source": "/web/eu",
@@ -61,12 +62,39 @@ def test_shorthand_rejects_unknown_matchers():
         compile_shorthand({"type": {"prefx": "x"}})
 
 
-def test_type_index_is_derived_from_the_filter():
-    assert compile_shorthand({"type": "a"}).types == {"a"}
-    assert compile_shorthand({"type": {"prefix": "a"}}).types is None
-    assert compile_dialect({"any": [{"exact": {"type": "a"}}, {"exact": {"type": "b"}}]}, "f").types == {"a", "b"}
-    assert compile_dialect({"all": [{"exact": {"type": "a"}}, {"prefix": {"source": "/"}}]}, "f").types == {"a"}
-    assert compile_dialect({"not": {"exact": {"type": "a"}}}, "f").types is None
+def test_index_keys_are_derived_from_the_filter():
+    assert compile_shorthand({"type": "a"}).keys == ((Key("type", "exact", "a"),),)
+    assert compile_shorthand({"type": {"prefix": "a"}}).keys == ((Key("type", "prefix", "a"),),)
+    assert compile_dialect({"any": [{"exact": {"type": "a"}}, {"suffix": {"source": "b"}}]}, "f").keys == (
+        (Key("type", "exact", "a"), Key("source", "suffix", "b")),)
+    assert compile_dialect({"all": [{"exact": {"type": "a"}}, {"prefix": {"source": "/"}}]}, "f").keys == (
+        (Key("type", "exact", "a"),), (Key("source", "prefix", "/"),))
+    assert compile_dialect({"any": [{"exact": {"type": "a"}}, {"not": {"exact": {"type": "b"}}}]}, "f").keys == ()
+    assert compile_dialect({"not": {"exact": {"type": "a"}}}, "f").keys == ()
+    assert any_of([]).keys == ((),)  # matches nothing: filed under no key at all
+
+
+@pytest.mark.parametrize(("expression", "keys"), [
+    ("type = 'a'", [[("type", "exact", "a")]]),
+    ("type = 'a' AND source LIKE '/web/%'", [[("type", "exact", "a")], [("source", "prefix", "/web/")]]),
+    ("type LIKE 'com.%.created'", [[("type", "prefix", "com.")], [("type", "suffix", ".created")]]),
+    ("type LIKE 'a\\%b'", [[("type", "exact", "a%b")]]),           # an escaped wildcard is literal text
+    ("type LIKE 'a_b%'", [[("type", "prefix", "a")]]),               # only what comes before the first wildcard
+    ("(type = 'a' OR type = 'b') AND NOT (source = 'x')", [[("type", "exact", "a"), ("type", "exact", "b")]]),
+    ("region IN ('eu', 'us')", [[("region", "exact", "eu"), ("region", "exact", "us")]]),
+    ("n IN ('5', '05')", []),               # '05' = an integer 5 as well: not the text '5'
+    ("flag IN ('TRUE')", []),               # the boolean true, whose text is 'true'
+    ("n = 5", []),                          # compared as integers: '05' matches too
+    ("'a' = type", []),                     # the right operand's type decides: not indexed
+    ("type = 'a' OR EXISTS region", []),    # one branch without a key: nothing to index by
+    ("NOT type = 'a'", []),
+    ("type NOT LIKE 'a%'", []),
+    ("type != 'a'", []),
+    ("LOWER(type) = 'a'", []),
+    ("type LIKE '%'", []),
+])
+def test_cesql_index_keys(expression, keys):
+    assert compile_dialect({"cesql": expression}, "f").keys == tuple(tuple(Key(*k) for k in a) for a in keys)
 
 
 def test_router_matches_indexed_and_unindexed_subscriptions():
