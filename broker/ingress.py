@@ -14,8 +14,9 @@ section itself is bounded before this app runs (431, see the node).
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, nullcontext
 
-from fmesh.broker.identity import Identity
+from fmesh.broker.identity import Identity, PendingSignature, Principal
 from fmesh.broker.policy import Gate
 
 from fmesh.asgi import (
@@ -46,6 +47,7 @@ from fmesh.ratelimit import retry_after_header
 from fmesh.tracing import NOOP, Tracer, Transport, publish_traced, transport_of
 
 Publish = Callable[[list[Event]], Awaitable[None]]
+Caller = Principal | PendingSignature   # who the headers say is calling, before the body is checked
 
 DEFAULT_MAX_EVENT_BYTES = 1024 * 1024
 CHALLENGE = [(b"www-authenticate", b'Bearer realm="fmesh"')]
@@ -61,13 +63,17 @@ class Ingress:
         self.max_extensions = max_extensions
         self.gate = gate or Gate(Identity(), "off")
         self.tracer: Tracer = NOOP
+        self.turn: Callable[[], AbstractAsyncContextManager[object]] = nullcontext  # pacing (broker/pacing.py)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["method"] != "POST":
             await respond(send, 405, {"error": "send CloudEvents with POST"}, [(b"allow", b"POST")])
             return
         try:
-            events = await self.read(scope, receive)
+            caller, headers, body = await self.receive(scope, receive)
+            async with self.turn():  # the work, paced; reading the body was only waiting
+                events = self.read(caller, headers, body)
+                await self.accept(events, send, transport_of(scope["headers"]))
         except ClientGone:
             return  # nobody to answer, and nothing whole to store
         except (EventTooLarge, TooManyExtensions) as exc:
@@ -82,20 +88,21 @@ class Ingress:
             await respond(send, 400, {"error": str(exc), "attribute": exc.attribute})
         except Forbidden as exc:
             await respond(send, 403, {"error": str(exc)})
-        else:
-            await self.accept(events, send, transport_of(scope["headers"]))
 
-    async def read(self, scope: Scope, receive: Receive) -> list[Event]:
-        """The request's events, stamped with their sender, once every check before the store passed."""
+    async def receive(self, scope: Scope, receive: Receive) -> tuple[Caller, dict[str, str], bytes]:
+        """Who is calling, the headers and the body, once the size and the caller passed."""
         attributes = ce_header_bytes(scope)  # in binary mode they are part of the event
         body_limit = self.max_event_bytes - attributes
         try:
             check_declared_size(scope, body_limit)  # before anyone is asked who they are
             headers = header_dict(scope)
             caller = self.gate.identify(headers, scope)
-            body = await read_stream(receive, body_limit)
+            return caller, headers, await read_stream(receive, body_limit)
         except EventTooLarge as exc:
             raise EventTooLarge(exc.size + attributes, self.max_event_bytes) from None
+
+    def read(self, caller: Caller, headers: dict[str, str], body: bytes) -> list[Event]:
+        """The request's events, stamped with their sender, once every check before the store passed."""
         principal = self.gate.admit(caller, headers, body)
         events = read_events(headers, body, self.max_extensions)
         self.gate.permit(principal, events)

@@ -8,7 +8,8 @@ the replica, read the answer, ack), falls to a trickle while the backlog grows: 
 1,500 events/s offered on a busy machine, about 1,000/s were accepted and 75/s
 delivered while the load lasted. With fewer requests at once, turns are short again
 and delivery keeps pace (93% of what was accepted in the same run, the rest drained
-in 0.4 s).
+in 0.4 s). A turn covers a request's work, not the reading of its body (`turn`, taken
+by the ingress once the body is in): a client that sends slowly holds no turn.
 
 So a controller looks a few times a second (`tick`): while more than `behind`
 deliveries wait, their number grows and the loop is busy (its timers fire late), the
@@ -22,9 +23,8 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable
-
-from fmesh.asgi import ASGIApp, Receive, Scope, Send
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 
 TICK = 0.25        # seconds between two looks
 BEHIND = 10_000    # deliveries waiting (all subscriptions) below which nothing is paced
@@ -61,10 +61,12 @@ class Pacing:
             await asyncio.sleep(TICK)
             self.tick(max(0.0, loop.time() - due))
 
-    async def run(self, app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
+    @asynccontextmanager
+    async def turn(self) -> AsyncIterator[None]:
+        """Hold one of the turns for the work of one request (wait for it while paced)."""
         await self._turn()
         try:
-            await app(scope, receive, send)
+            yield
         finally:
             self._active -= 1
             self._wake()

@@ -74,6 +74,7 @@ class Node:
         self.tokens = Tokens(self.state, self.identity, self.gate)
         self.ingress = Ingress(self.broker.publish, settings.max_event_bytes, self.gate, settings.max_extensions)
         self.pacing = Pacing(lambda: self.broker.backlog.total)  # delivery keeps pace with ingress
+        self.ingress.turn = self.pacing.turn
         self.run_dir = Path(tempfile.mkdtemp(prefix="fmesh-"))  # short: Unix socket paths are limited
         self.runtime = Runtime(self.data_dir, self.run_dir, RepliesPublisher(self.broker), settings.launcher,
                                self.mesh_id, template_idle=settings.template_idle)
@@ -430,7 +431,7 @@ class Node:
             return
         path = scope["path"]
         if path == "/" or path in self.routes:
-            await self.pacing.run(self.routes.get(path) or self.ingress, scope, receive, send)
+            await (self.routes.get(path) or self.ingress)(scope, receive, send)
         elif self.control_app is not None:
             await self.control_app(scope, receive, send)
         else:

@@ -6,6 +6,11 @@ from __future__ import annotations
 
 import asyncio
 
+import httpx
+from fmesh.broker.broker import Broker
+from fmesh.broker.filters import compile_shorthand
+from fmesh.broker.ingress import Ingress
+from fmesh.broker.memory_log import MemoryEventLog
 from fmesh.broker.pacing import BUSY_LAG, MOST, Pacing
 
 BUSY, IDLE = BUSY_LAG * 4, 0.0
@@ -28,8 +33,13 @@ class Gauge:
         self.done += 1
 
 
+async def paced(pacing: Pacing, app) -> None:
+    async with pacing.turn():
+        await app({}, None, None)
+
+
 async def run_requests(pacing: Pacing, app: Gauge, count: int) -> None:
-    requests = [asyncio.create_task(pacing.run(app, {}, None, None)) for _ in range(count)]
+    requests = [asyncio.create_task(paced(pacing, app)) for _ in range(count)]
     for _ in range(5):
         await asyncio.sleep(0)  # every request that may start has started
     app.release.set()
@@ -80,7 +90,7 @@ async def test_once_delivery_keeps_up_the_room_grows_back_and_waiting_requests_g
         grow()
         pacing.tick(BUSY)
     app = Gauge()
-    requests = [asyncio.create_task(pacing.run(app, {}, None, None)) for _ in range(10)]
+    requests = [asyncio.create_task(paced(pacing, app)) for _ in range(10)]
     await asyncio.sleep(0)
     assert app.active == 1
     for _ in range(3):
@@ -107,9 +117,9 @@ def test_a_backlog_that_does_not_grow_or_an_idle_loop_or_a_small_backlog_slows_n
 async def test_a_client_that_leaves_while_waiting_loses_its_turn_and_blocks_nobody():
     pacing = pacing_after_ticks(20)
     app = Gauge()
-    first = asyncio.create_task(pacing.run(app, {}, None, None))
-    left = asyncio.create_task(pacing.run(app, {}, None, None))
-    third = asyncio.create_task(pacing.run(app, {}, None, None))
+    first = asyncio.create_task(paced(pacing, app))
+    left = asyncio.create_task(paced(pacing, app))
+    third = asyncio.create_task(paced(pacing, app))
     await asyncio.sleep(0)
     left.cancel()
     await asyncio.sleep(0)
@@ -125,12 +135,12 @@ async def test_a_request_that_fails_gives_its_turn_back():
     pacing = pacing_after_ticks(20)
     for _ in range(3):
         try:
-            await asyncio.wait_for(pacing.run(failing, {}, None, None), 5)
+            await asyncio.wait_for(paced(pacing, failing), 5)
         except RuntimeError:
             pass
     app = Gauge()
     app.release.set()
-    await asyncio.wait_for(pacing.run(app, {}, None, None), 5)
+    await asyncio.wait_for(paced(pacing, app), 5)
     assert app.done == 1
 
 
@@ -143,3 +153,32 @@ async def test_the_controller_ticks_on_its_own():
     finally:
         control.cancel()
     assert pacing._last_waiting == 20_000  # it looked
+
+
+async def test_a_client_sending_its_body_slowly_holds_no_turn():
+    """Paced down to one request at a time, the ingress still answers others while one
+    client dribbles its body: the turn is taken once the body is in."""
+    log = MemoryEventLog()
+    broker = Broker(log)
+    broker.subscribe("function:a", compile_shorthand({}))
+    ingress = Ingress(broker.publish)
+    ingress.turn = pacing_after_ticks(20).turn
+    body_arrives = asyncio.Event()
+
+    async def slow_body():
+        await body_arrives.wait()
+        return {"type": "http.request", "body": b"{}", "more_body": False}
+
+    async def answered(message) -> None:
+        pass
+
+    headers = [(b"ce-specversion", b"1.0"), (b"ce-id", b"slow"), (b"ce-source", b"/t"), (b"ce-type", b"t")]
+    scope = {"type": "http", "method": "POST", "path": "/", "headers": headers}
+    slow = asyncio.create_task(ingress(scope, slow_body, answered))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=ingress), base_url="http://mesh") as client:
+        quick = await asyncio.wait_for(client.post("/", headers={"ce-specversion": "1.0", "ce-id": "quick",
+                                                                  "ce-source": "/t", "ce-type": "t"}), 5)
+    assert quick.status_code == 202 and not slow.done()
+    body_arrives.set()
+    await asyncio.wait_for(slow, 5)
+    assert await log.pending("function:a") == 2
