@@ -9,8 +9,9 @@ again: the senders slow down to what the functions keep up with. Events for othe
 subscriptions still flow, and replies of events already accepted are never refused.
 
 The counts are kept in memory as deliveries come and go through the broker, and set
-from the event log at start and now and then (`resync`), which also corrects for
-deliveries another node of a cluster finished.
+from the event log at start and now and then (`Broker.resync_backlog`), which also
+corrects for deliveries another node of a cluster finished. The bound itself is the
+node's setting (`--max-backlog`, 100,000 by default).
 """
 
 from __future__ import annotations
@@ -20,14 +21,12 @@ from typing import Any
 
 from fmesh.errors import Backlogged
 
-DEFAULT_LIMIT = 100_000    # deliveries waiting per subscription; 0 or None: no bound
-
 
 class Backlog:
     """Deliveries stored and not yet finished, per subscription, and the bound on them."""
 
-    def __init__(self, limit: int | None = DEFAULT_LIMIT) -> None:
-        self.limit = limit or None
+    def __init__(self, limit: int | None = None) -> None:
+        self.limit = limit or None   # deliveries waiting per subscription at most (0 or None: no bound)
         self._counts: dict[str, int] = {}
         self.total = 0    # waiting for all subscriptions together
 

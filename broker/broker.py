@@ -102,7 +102,7 @@ class Broker:
     def __init__(self, log: EventLog, mesh_id: str = "", dedup_window: float = DEDUP_WINDOW,
                  backlog: Backlog | None = None) -> None:
         self.log = log
-        self.backlog = backlog or Backlog(None)
+        self.backlog = backlog or Backlog()
         self.mesh_id = mesh_id
         self.dedup_window = dedup_window
         self.router = Router()
