@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, nullcontext
+from dataclasses import dataclass
+from typing import Any
 
 from fmesh.broker.identity import Identity, PendingSignature, Principal
 from fmesh.broker.policy import Gate
@@ -66,40 +68,32 @@ class Ingress:
         self.turn: Callable[[], AbstractAsyncContextManager[object]] = nullcontext  # pacing (broker/pacing.py)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["method"] != "POST":
-            await respond(send, 405, {"error": "send CloudEvents with POST"}, [(b"allow", b"POST")])
-            return
-        try:
-            caller, headers, body = await self.receive(scope, receive)
-            async with self.turn():  # the work, paced; reading the body was only waiting
-                events = self.read(caller, headers, body)
-                await self.accept(events, send, transport_of(scope["headers"]))
-        except ClientGone:
-            return  # nobody to answer, and nothing whole to store
-        except (EventTooLarge, TooManyExtensions) as exc:
-            await respond(send, 413, {"error": str(exc), "limit": exc.limit})
-        except AuthError as exc:
-            await respond(send, 401, {"error": str(exc)}, CHALLENGE)
-        except RateLimited as exc:
-            await respond(send, 429, {"error": str(exc)}, [(b"retry-after", retry_after_header(exc.retry_after))])
-        except UnsupportedContentType as exc:
-            await respond(send, 415, {"error": str(exc)})
-        except InvalidEvent as exc:
-            await respond(send, 400, {"error": str(exc), "attribute": exc.attribute})
-        except Forbidden as exc:
-            await respond(send, 403, {"error": str(exc)})
+        await take_post(scope, receive, send, self._take)
+
+    async def _take(self, scope: Scope, receive: Receive, send: Send) -> None:
+        caller, headers, body = await self.receive(scope, receive)
+        async with self.turn():  # the work, paced; reading the body was only waiting
+            events = self.read(caller, headers, body)
+            await self.accept(events, send, transport_of(scope["headers"]))
+
+    async def forwarded(self, request: Forwarded, send: Send) -> None:
+        """A request an ingress worker read and parsed (see `IngressFront`): the checks that
+        need this mesh's state run here, in the order `__call__` runs them."""
+        await answer(send, self._take_forwarded(request, send))
+
+    async def _take_forwarded(self, request: Forwarded, send: Send) -> None:
+        caller = self.gate.identify(request.headers, {"extensions": {"tls": request.tls}})
+        async with self.turn():
+            principal = self.gate.admit(caller, request.headers, request.body or b"")
+            if request.refusal is not None:  # what the worker found wrong with the events
+                await request.refusal.send_to(send)
+                return
+            self.gate.permit(principal, request.events)
+            await self.accept(request.events, send, request.transport())
 
     async def receive(self, scope: Scope, receive: Receive) -> tuple[Caller, dict[str, str], bytes]:
         """Who is calling, the headers and the body, once the size and the caller passed."""
-        attributes = ce_header_bytes(scope)  # in binary mode they are part of the event
-        body_limit = self.max_event_bytes - attributes
-        try:
-            check_declared_size(scope, body_limit)  # before anyone is asked who they are
-            headers = header_dict(scope)
-            caller = self.gate.identify(headers, scope)
-            return caller, headers, await read_stream(receive, body_limit)
-        except EventTooLarge as exc:
-            raise EventTooLarge(exc.size + attributes, self.max_event_bytes) from None
+        return await read_request(scope, receive, self.max_event_bytes, self.gate.identify)
 
     def read(self, caller: Caller, headers: dict[str, str], body: bytes) -> list[Event]:
         """The request's events, stamped with their sender, once every check before the store passed."""
@@ -127,3 +121,99 @@ class Ingress:
 
 def backlogged_body(exc: Backlogged) -> dict:
     return {"error": str(exc), "subscription": exc.subscription, "waiting": exc.waiting, "limit": exc.limit}
+
+
+@dataclass(slots=True)
+class Answer:
+    """An HTTP answer as data: what an ingress worker sends back for the mesh."""
+
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+
+    async def send_to(self, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self.status, "headers": self.headers})
+        await send({"type": "http.response.body", "body": self.body})
+
+
+@dataclass(slots=True)
+class Forwarded:
+    """A request to `POST /` as an ingress worker hands it on: the headers and client
+    certificate (who is calling), the body only when a signature covers it, and either
+    the parsed events or the worker's answer to events that did not parse."""
+
+    headers: dict[str, str]
+    tls: dict[str, Any] | None
+    body: bytes | None
+    events: list[Event]
+    refusal: Answer | None = None
+
+    def transport(self) -> Transport | None:
+        return transport_of((name.encode("latin-1"), self.headers[name].encode("latin-1"))
+                            for name in TRACE_HEADERS if name in self.headers)
+
+
+TRACE_HEADERS = ("traceparent", "tracestate")
+
+
+class Collector:
+    """An ASGI `send` that keeps the answer instead of sending it."""
+
+    def __init__(self) -> None:
+        self.status = 500
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.body = b""
+
+    async def __call__(self, message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            self.status, self.headers = message["status"], list(message.get("headers", []))
+        else:
+            self.body += message.get("body", b"")
+
+    def answer(self) -> Answer:
+        return Answer(self.status, self.headers, self.body)
+
+
+async def read_request(scope: Scope, receive: Receive, max_event_bytes: int,
+                       identify: Callable[[dict[str, str], Scope], Caller] | None = None,
+                       ) -> tuple[Caller | None, dict[str, str], bytes]:
+    """The headers and the body within `max_event_bytes` (the `ce-*` headers count: in binary
+    mode they are the event's attributes), and who is calling once the size passed."""
+    attributes = ce_header_bytes(scope)
+    body_limit = max_event_bytes - attributes
+    try:
+        check_declared_size(scope, body_limit)  # before anyone is asked who they are
+        headers = header_dict(scope)
+        caller = identify(headers, scope) if identify is not None else None
+        return caller, headers, await read_stream(receive, body_limit)
+    except EventTooLarge as exc:
+        raise EventTooLarge(exc.size + attributes, max_event_bytes) from None
+
+
+async def take_post(scope: Scope, receive: Receive, send: Send,
+                    take: Callable[[Scope, Receive, Send], Awaitable[None]]) -> None:
+    """`take` a POST, answering its refusals; any other method gets 405."""
+    if scope["method"] != "POST":
+        await respond(send, 405, {"error": "send CloudEvents with POST"}, [(b"allow", b"POST")])
+        return
+    await answer(send, take(scope, receive, send))
+
+
+async def answer(send: Send, work: Awaitable[None]) -> None:
+    """Run `work`, answering each refusal with its status and a body that says why."""
+    try:
+        await work
+    except ClientGone:
+        return  # nobody to answer, and nothing whole to store
+    except (EventTooLarge, TooManyExtensions) as exc:
+        await respond(send, 413, {"error": str(exc), "limit": exc.limit})
+    except AuthError as exc:
+        await respond(send, 401, {"error": str(exc)}, CHALLENGE)
+    except RateLimited as exc:
+        await respond(send, 429, {"error": str(exc)}, [(b"retry-after", retry_after_header(exc.retry_after))])
+    except UnsupportedContentType as exc:
+        await respond(send, 415, {"error": str(exc)})
+    except InvalidEvent as exc:
+        await respond(send, 400, {"error": str(exc), "attribute": exc.attribute})
+    except Forbidden as exc:
+        await respond(send, 403, {"error": str(exc)})

@@ -38,9 +38,9 @@ from fmesh.triggers.config import TriggerEntry
 from fmesh.triggers.registry import build_trigger
 
 from fmesh import meshlog
-from fmesh.asgi import ASGIApp, Receive, Scope, Send, check_headers, is_mesh_path, respond
+from fmesh.asgi import ASGIApp, Receive, Scope, Send, is_mesh_path, refused_headers, respond
 from fmesh.contracts import BlobStore, DeadLetter
-from fmesh.errors import Conflict, HeadersTooLarge, StartupError, StoreError, TriggerConfigError
+from fmesh.errors import Conflict, StartupError, StoreError, TriggerConfigError
 from fmesh.meshpath import check_mesh_id
 from fmesh.permissions import private_dir
 from fmesh.settings import NodeSettings, mesh_id_path
@@ -424,10 +424,7 @@ class Node:
             return
         if scope["type"] != "http":
             return
-        try:
-            check_headers(scope, self.settings.max_header_bytes, self.settings.max_headers)
-        except HeadersTooLarge as exc:
-            await respond(send, 431, {"error": str(exc)})
+        if await refused_headers(scope, send, self.settings.max_header_bytes, self.settings.max_headers):
             return
         path = scope["path"]
         if path == "/" or path in self.routes:

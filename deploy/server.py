@@ -6,8 +6,7 @@ import json
 import os
 import socket
 import sys
-from collections.abc import Callable, Coroutine
-from dataclasses import asdict
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +14,11 @@ import uvicorn
 from fmesh.deploy.api import create_app
 from fmesh.deploy.bundle import BundleLimits, pack
 from fmesh.deploy.claims import listen, lock_data_dir
-from fmesh.deploy.connections import ClientLimits, default_max_connections
 from fmesh.deploy.control import ControlPlane
 from fmesh.deploy.deployer import PackedFunction, apply_request, summarize
+from fmesh.deploy.http_config import client_limits, run_fast, uvicorn_level, uvicorn_log_config
+from fmesh.deploy.ingress_link import IngressLink
+from fmesh.deploy.ingress_workers import IngressWorkers
 from fmesh.deploy.manifest import check_references, load_manifest
 from fmesh.deploy.node import Node
 from fmesh.deploy.shutdown import MeshServer
@@ -26,7 +27,14 @@ from fmesh.deploy.tls import uvicorn_tls_options
 from fmesh import meshlog
 from fmesh.errors import FmeshError, StartupError
 from fmesh.permissions import keep_files_private
-from fmesh.settings import NodeSettings, load_or_create_mesh_id, load_or_create_token, token_path
+from fmesh.settings import (
+    NodeSettings,
+    load_or_create_mesh_id,
+    load_or_create_token,
+    settings_document,
+    settings_from_document,
+    token_path,
+)
 
 log = meshlog.get("fmesh.deploy")
 
@@ -88,14 +96,19 @@ async def serve(settings: NodeSettings, manifest: Path | None, sockets: list[soc
             say(f"  deployed {manifest}: {summary}")
 
     node.on_start.append(on_start)
-    options: dict[str, Any] = {"http": client_limits(settings).protocol("auto"), **(tls or {})}
+    options: dict[str, Any] = {"http": client_limits(settings).protocol("auto"), **(tls or {}),
+                               "timeout_keep_alive": settings.keepalive_timeout}
+    before_stop = None
+    if settings.ingress_workers > 0:
+        sockets, before_stop = hand_port_to_workers(settings, node, sockets)
+        # Only the workers connect: their limits and TLS hold; a pooled connection is theirs to close.
+        options = {"http": "auto", "timeout_keep_alive": 3600}
     # ws="none": the mesh serves no WebSocket, and an upgrade request is then plain HTTP
     # that meets the header limits and timeouts like any other (an upgrade skipped them).
     config = uvicorn.Config(node, host=settings.host, port=settings.port, lifespan="on", ws="none",
                             log_level=uvicorn_level(settings.log_level), access_log=False, loop="auto",
-                            log_config=uvicorn_log_config(settings.log_format),
-                            timeout_keep_alive=settings.keepalive_timeout, **options)
-    server = MeshServer(config, node, settings.shutdown_grace)
+                            log_config=uvicorn_log_config(settings.log_format), **options)
+    server = MeshServer(config, node, settings.shutdown_grace, before_stop)
     try:
         await server.serve(sockets=sockets)
     except SystemExit:  # uvicorn's way out of a failed start, which the node has already said
@@ -106,28 +119,33 @@ async def serve(settings: NodeSettings, manifest: Path | None, sockets: list[soc
     return 0 if server.clean else 1
 
 
-def uvicorn_log_config(log_format: str) -> dict[str, Any] | None:
-    """uvicorn's loggers as uvicorn sets them up (text), or through the mesh's formatter (json)."""
-    if log_format != "json":
-        return uvicorn.config.LOGGING_CONFIG
-    handler = {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}
-    return {"version": 1, "disable_existing_loggers": False,
-            "formatters": {"json": {"()": "fmesh.meshlog.JsonFormatter"}},
-            "handlers": {"json": handler},
-            "loggers": {name: {"handlers": ["json"], "propagate": False}
-                        for name in ("uvicorn", "uvicorn.error", "uvicorn.access")}}
+def hand_port_to_workers(settings: NodeSettings, node: Node, public: list[socket.socket],
+                         ) -> tuple[list[socket.socket], Callable[[float], Awaitable[None]]]:
+    """Serve the port from ingress workers: the mesh itself listens on a Unix socket in its
+    run dir (the workers' proxy) and on the ingress link. The socket it serves, and what
+    stops the workers."""
+    link_path, http_path = node.run_dir / "ingress.sock", node.run_dir / "http.sock"
+    internal = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    internal.bind(str(http_path))
+    internal.listen(2048)
+    workers = IngressWorkers(settings, public, link_path, http_path, settings.max_event_bytes)
+    link = IngressLink(node.ingress, workers.is_worker)
 
+    async def start_workers() -> None:
+        await link.start(link_path)
+        workers.options["max_event_bytes"] = node.ingress.max_event_bytes  # as the node fitted it
+        await workers.start()
+        count = settings.ingress_workers
+        say(f"  {count} ingress worker{'s' if count != 1 else ''} serve the port; this process stores and delivers")
 
-def uvicorn_level(level: str) -> str:
-    """uvicorn says little worth reading below a warning (each start, each request)."""
-    return level if level == "error" else "warning"
+    async def stop_workers(timeout: float) -> None:
+        await workers.stop(timeout)
+        await link.close()
+        for sock in public:
+            sock.close()
 
-
-def client_limits(settings: NodeSettings) -> ClientLimits:
-    """What a slow or idle client may hold (header, body and keep-alive time, a connection)."""
-    return ClientLimits(header_timeout=settings.header_timeout, body_timeout=settings.body_timeout,
-                        min_body_rate=settings.min_body_rate, max_header_bytes=settings.max_header_bytes,
-                        max_connections=settings.max_connections or default_max_connections())
+    node.on_start.append(start_workers)
+    return [internal], stop_workers
 
 
 def ingress_auth_line(settings: NodeSettings, mode: str) -> str:
@@ -160,8 +178,7 @@ def exec_server(settings: NodeSettings, manifest: Path | None) -> None:
 
     The settings, token included, go through an inherited pipe: a command line is
     readable by every local user (`ps`, /proc/*/cmdline)."""
-    payload = json.dumps({**asdict(settings), "data_dir": str(settings.data_dir),
-                          "manifest": str(manifest) if manifest else None}).encode()
+    payload = json.dumps({**settings_document(settings), "manifest": str(manifest) if manifest else None}).encode()
     read_end, write_end = os.pipe()
     os.write(write_end, payload)  # a few hundred bytes: far below what a pipe buffers
     os.close(write_end)
@@ -179,7 +196,7 @@ def read_settings(argv: list[str]) -> tuple[NodeSettings, Path | None]:
     except (OSError, ValueError) as exc:
         raise StartupError(f"cannot read the settings from fd {argv[1]}: {exc}; run `fmesh up` instead") from exc
     manifest_path = options.pop("manifest", None)
-    settings = NodeSettings(**{**options, "data_dir": Path(options["data_dir"])})
+    settings = settings_from_document(options)
     return settings, Path(manifest_path) if manifest_path else None
 
 
@@ -205,18 +222,6 @@ def main(argv: list[str]) -> int:
         return 1
     except KeyboardInterrupt:  # Ctrl-C before the server took over the signals
         return 0
-
-
-def run_fast(coroutine: Coroutine[Any, Any, int]) -> int:
-    """asyncio.run on uvloop when it is installed (uvicorn[standard] brings it): the mesh's
-    loop is created here, so uvicorn's own loop choice would come too late."""
-    import asyncio
-
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(coroutine)
-    return uvloop.run(coroutine)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from types import FrameType
 
 import uvicorn
@@ -36,10 +36,12 @@ logging.getLogger("uvicorn.error").addFilter(_QuietStartupFailure())
 class MeshServer(uvicorn.Server):
     """A uvicorn server that stops its node within `grace` seconds of the signal."""
 
-    def __init__(self, config: uvicorn.Config, node: Node, grace: float) -> None:
+    def __init__(self, config: uvicorn.Config, node: Node, grace: float,
+                 before_stop: Callable[[float], Awaitable[None]] | None = None) -> None:
         super().__init__(config)
         self.node = node
         self.grace = grace
+        self.before_stop = before_stop  # the ingress workers' stop, given part of the grace
         self.reason = "on request"
         self.signalled_at: float | None = None
 
@@ -68,6 +70,8 @@ class MeshServer(uvicorn.Server):
         self.signalled_at = self.signalled_at or time.monotonic()
         self.node.stop_deadline = self.signalled_at + self.grace
         self.node.end_streams()
+        if self.before_stop is not None:
+            await self.before_stop(self.left() / 3)
         # Responses still open after this get cancelled; the node keeps the other half.
         self.config.timeout_graceful_shutdown = max(0.1, self.left() / 2)
         await super().shutdown(sockets)

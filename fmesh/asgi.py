@@ -63,6 +63,16 @@ def check_headers(scope: Scope, max_bytes: int, max_count: int) -> None:
         raise HeadersTooLarge(f"request headers are {size} bytes, more than the limit of {max_bytes}")
 
 
+async def refused_headers(scope: Scope, send: Send, max_bytes: int, max_count: int) -> bool:
+    """Whether the request's headers are past the limits, and were answered 431 for it."""
+    try:
+        check_headers(scope, max_bytes, max_count)
+    except HeadersTooLarge as exc:
+        await respond(send, 431, {"error": str(exc)})
+        return True
+    return False
+
+
 def ce_header_bytes(scope: Scope) -> int:
     """The bytes of the `ce-*` headers: in binary mode they are the event's attributes."""
     return sum(len(name) + len(value) for name, value in scope["headers"] if name[:3].lower() == b"ce-")

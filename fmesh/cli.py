@@ -59,6 +59,10 @@ def up(
     max_backlog: Annotated[int, typer.Option(
         min=0, help="Events waiting for one function or sink at most: past it, publishing events routed there "
                     "gets 503 with Retry-After (triggers pause) until it catches up; 0: no bound.")] = 100_000,
+    ingress_workers: Annotated[int, typer.Option(
+        min=0, envvar="FMESH_INGRESS_WORKERS",
+        help="Processes that serve the port beside the mesh's own, reading and parsing events on other cores "
+             "(the mesh stores, routes and delivers them); 0: the mesh process serves HTTP itself.")] = 0,
     launcher: Annotated[str, typer.Option(help="How replicas start: zygote (fast) or subprocess.")] = "zygote",
     template_idle: Annotated[str, typer.Option(
         help="A function's template (its handler loaded once, its replicas forked from it) goes after this "
@@ -116,7 +120,8 @@ def up(
                             max_event_bytes=max_event_bytes, max_header_bytes=max_header_bytes,
                             max_headers=max_headers, max_extensions=max_extensions,
                             max_bundle_bytes=max_bundle_bytes, max_bundle_files=max_bundle_files, launcher=launcher,
-                            max_backlog=max_backlog, template_idle=_duration(template_idle),
+                            max_backlog=max_backlog, ingress_workers=ingress_workers,
+                            template_idle=_duration(template_idle),
                             dead_letter_retention=_duration(dead_letter_retention),
                             trail_retention=_duration(trail_retention), trail_max_events=trail_max_events,
                             shutdown_grace=_duration(shutdown_grace), ingress_auth=ingress_auth,

@@ -5,8 +5,9 @@ from __future__ import annotations
 import ipaddress
 import os
 import secrets
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from fmesh.errors import StartupError
 from fmesh.names import is_name
@@ -114,6 +115,7 @@ class NodeSettings:
     otlp_endpoint: str | None = None      # export spans over OTLP/HTTP to this collector (off: no SDK loaded)
     log_format: str = "text"              # the mesh's own lines: text (a terminal) or json (one object a line)
     log_level: str = "info"               # debug | info | warning | error
+    ingress_workers: int = 0              # processes serving the HTTP port (events parsed there); 0: the mesh's own
 
     @property
     def scheme(self) -> str:
@@ -128,3 +130,12 @@ class NodeSettings:
     @property
     def store_url(self) -> str:
         return self.store or f"sqlite:///{(self.data_dir / 'mesh.db').resolve()}"
+
+
+def settings_document(settings: NodeSettings) -> dict[str, Any]:
+    """The settings as JSON can carry them (to a process the mesh starts)."""
+    return {**asdict(settings), "data_dir": str(settings.data_dir)}
+
+
+def settings_from_document(options: dict[str, Any]) -> NodeSettings:
+    return NodeSettings(**{**options, "data_dir": Path(options["data_dir"])})

@@ -1,4 +1,4 @@
-"""Frames between the mesh and a Python replica over a Unix socket.
+"""Frames between the mesh and a Python replica (or an ingress worker) over a Unix socket.
 
 A frame is `length(4) kind(1) request(4) meta_length(4) meta(JSON) body(bytes)`, all
 lengths big-endian. `meta` carries small structured fields (event attributes, error
@@ -27,6 +27,8 @@ class Kind(IntEnum):
     INVOKE = 4     # mesh → replica: meta = attributes, body = payload
     RESULT = 5     # replica → mesh: {ok, reply: none|event|data, attributes?, content_type?, error?}
     STOP = 6       # mesh → replica: finish in-flight work and exit
+    FORWARD = 7    # ingress worker → mesh: a request to `POST /` (deploy/ingress_link.py)
+    ANSWER = 8     # mesh → ingress worker: the answer to one
 
 
 @dataclass(slots=True)
