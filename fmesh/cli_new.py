@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -13,6 +13,9 @@ from fmesh.cli_shared import CaOption, ManifestOption, MeshOption, TokenOption, 
 from fmesh.errors import FmeshError
 from fmesh.names import NAME_RULE, is_name
 from fmesh.settings import DEFAULT_MESH_URL
+
+if TYPE_CHECKING:
+    from fmesh.events import Event
 
 
 def new(name: Annotated[str, typer.Argument(help="The function's name.")],
@@ -86,7 +89,7 @@ def invoke(name: Annotated[str, typer.Argument(help="The function.")],
         print(_data_text(reply))
 
 
-def _data_text(reply) -> str:  # type: ignore[no-untyped-def]
+def _data_text(reply: Event) -> str:
     """The reply's data: JSON indented, text as it is, bytes (which a terminal cannot show) summed up."""
     from fmesh.events import is_json_content_type
     from fmesh.terminal import escape_controls

@@ -109,6 +109,7 @@ functions:
   hello:
     handler: {functions}/hello/handler.py:handle
     on: [{{type: greet}}]
+  outside: {{external: true, on: [{{type: com.example.outside}}]}}
 triggers:
   tick: {{timer: {{every: 1h, type: greet}}}}
 subscriptions:
@@ -128,10 +129,13 @@ def test_get_and_delete_every_kind(mesh_factory, tmp_path):
     for kind, name, field in [("function", "hello", "handler"), ("trigger", "tick", "timer"),
                               ("subscription", "audit", "to"), ("bridge", "eu", "to"), ("peer", "partner", "auth")]:
         table = cli(mesh, "get", f"{kind}s").stdout.splitlines()
-        assert table[0].split()[:2] == ["NAME", "VERSION"] and table[1].startswith(f"{name} "), table
+        assert table[0].split()[:2] == ["NAME", "VERSION"], table
+        versions = {line.split()[0]: line.split()[1] for line in table[1:]}
         one = yaml.safe_load(cli(mesh, "get", kind, name).stdout)
-        assert one["name"] == name and one["version"] == table[1].split()[1] and field in one["spec"], one
+        assert one["name"] == name and one["version"] == versions[name] and field in one["spec"], one
         assert one["status"]["state"] != "broken", one
+    assert yaml.safe_load(cli(mesh, "get", "function", "outside").stdout)["status"]["state"] == "external"
+    refused(cli(mesh, "invoke", "outside", check=False), "function outside is external")
     listed = json.loads(cli(mesh, "get", "subscriptions", "-o", "json").stdout)["subscriptions"]
     assert [s["name"] for s in listed] == ["audit"] and listed[0]["spec"]["to"].endswith("/audit")
 
@@ -142,7 +146,7 @@ def test_get_and_delete_every_kind(mesh_factory, tmp_path):
 
     removed = cli(mesh, "delete", "-f", str(manifest)).stdout
     assert "trigger tick not deployed" in removed and "function hello deleted" in removed
-    assert "bridge eu deleted" in removed and "peer partner deleted" in removed and "3 deleted" in removed
+    assert "bridge eu deleted" in removed and "peer partner deleted" in removed and "4 deleted" in removed
     assert all(mesh.api("GET", f"/v1/{kind}s").json()[f"{kind}s"] == [] for kind in ("function", "bridge", "peer"))
     assert cli(mesh, "get", "bridges").stdout.strip() == "No bridges deployed."
 
