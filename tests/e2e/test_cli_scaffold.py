@@ -110,6 +110,8 @@ functions:
     handler: {functions}/hello/handler.py:handle
     on: [{{type: greet}}]
   outside: {{external: true, on: [{{type: com.example.outside}}]}}
+  fail: {{handler: {fixtures}/fail/handler.py:handle}}
+  slow: {{handler: {fixtures}/slow/handler.py:handle, timeout: 1s}}
 triggers:
   tick: {{timer: {{every: 1h, type: greet}}}}
 subscriptions:
@@ -136,6 +138,8 @@ def test_get_and_delete_every_kind(mesh_factory, tmp_path):
         assert one["status"]["state"] != "broken", one
     assert yaml.safe_load(cli(mesh, "get", "function", "outside").stdout)["status"]["state"] == "external"
     refused(cli(mesh, "invoke", "outside", check=False), "function outside is external")
+    refused(cli(mesh, "invoke", "fail", check=False), "function fail failed", "this function always fails")
+    refused(cli(mesh, "invoke", "slow", "--data", '{"sleep": 5}', check=False), "did not finish within 1s")
     listed = json.loads(cli(mesh, "get", "subscriptions", "-o", "json").stdout)["subscriptions"]
     assert [s["name"] for s in listed] == ["audit"] and listed[0]["spec"]["to"].endswith("/audit")
 
@@ -146,7 +150,7 @@ def test_get_and_delete_every_kind(mesh_factory, tmp_path):
 
     removed = cli(mesh, "delete", "-f", str(manifest)).stdout
     assert "trigger tick not deployed" in removed and "function hello deleted" in removed
-    assert "bridge eu deleted" in removed and "peer partner deleted" in removed and "4 deleted" in removed
+    assert "bridge eu deleted" in removed and "peer partner deleted" in removed and "6 deleted" in removed
     assert all(mesh.api("GET", f"/v1/{kind}s").json()[f"{kind}s"] == [] for kind in ("function", "bridge", "peer"))
     assert cli(mesh, "get", "bridges").stdout.strip() == "No bridges deployed."
 
