@@ -19,6 +19,7 @@ from fmesh.deploy.api_errors import answers, errors
 from fmesh.deploy.bundle import MAX_BUNDLE_BYTES
 from fmesh.deploy.control import ControlPlane
 from fmesh.deploy.dashboard import SecurityHeaders, add_dashboard_routes
+from fmesh.deploy.invoke_api import add_invoke_route
 from fmesh.deploy.live import LiveStreams
 from fmesh.deploy.membership import totals
 from fmesh.deploy.operations import NodeOperations
@@ -262,6 +263,7 @@ def create_app(node: NodeOperations, control: ControlPlane, public_metrics: bool
 
     add_token_routes(app, node, auth)
     add_trail_routes(app, node, auth)
+    add_invoke_route(app, node, control, auth)
     app.state.live = LiveStreams(status)  # the dashboard's live view: what /v1/status says, every second
     add_dashboard_routes(app, sessions, node.identity, auth, app.state.live)
     return app

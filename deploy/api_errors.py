@@ -22,8 +22,11 @@ ERRORS = {
     404: "no such resource",
     409: "it conflicts with what is deployed",
     413: "the upload is larger than the mesh takes",
+    415: "the request is not a CloudEvent in the HTTP binding (binary or structured mode)",
     422: "the request, or a spec in it, does not validate",
+    502: "the function failed to handle the event",
     503: "the store failed (nothing changed), or the mesh is too busy for this now",
+    504: "the function did not answer within its timeout",
 }
 
 

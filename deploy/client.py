@@ -10,7 +10,9 @@ from urllib.parse import quote
 
 import httpx
 
+from fmesh.bindings.http import read_events, write_binary
 from fmesh.errors import AuthError, BrokerUnreachable, DeployError
+from fmesh.events import Event
 from fmesh.tls import connect_hint
 
 APPLY_TIMEOUT = 300.0
@@ -88,6 +90,27 @@ class MeshClient:
 
     def delete(self, name: str) -> None:
         self.request("DELETE", f"/v1/functions/{name}")
+
+    def resources(self, kind: str) -> list[dict[str, Any]]:
+        """The deployed resources of a kind (function, trigger, subscription, bridge, peer)."""
+        return self.request("GET", f"/v1/{kind}s").json()[f"{kind}s"]
+
+    def resource(self, kind: str, name: str) -> dict[str, Any]:
+        return self.request("GET", f"/v1/{kind}s/{quote(name, safe='')}").json()
+
+    def delete_resource(self, kind: str, name: str) -> None:
+        self.request("DELETE", f"/v1/{kind}s/{quote(name, safe='')}")
+
+    def invoke(self, name: str, event: Event) -> Event | None:
+        """The function's reply to `event`, sent straight to it (None: it returned none). The
+        mesh bounds the wait (a replica's start, the function's timeout), so this does not."""
+        headers, body = write_binary(event)
+        response = self.request("POST", f"/v1/functions/{quote(name, safe='')}/invoke", headers=headers,
+                                content=body, timeout=httpx.Timeout(self._http.timeout.connect, read=None))
+        if response.status_code == 204:
+            return None
+        headers = {k.lower(): v for k, v in response.headers.items()}
+        return read_events(headers, response.content)[0]
 
     def logs(self, name: str, lines: int) -> str:
         return self.request("GET", f"/v1/functions/{name}/logs", params={"lines": lines}).text

@@ -41,6 +41,7 @@ from fmesh import meshlog
 from fmesh.asgi import ASGIApp, Receive, Scope, Send, is_mesh_path, refused_headers, respond
 from fmesh.contracts import BlobStore, DeadLetter
 from fmesh.errors import Conflict, StartupError, StoreError, TriggerConfigError
+from fmesh.events import Event
 from fmesh.meshpath import check_mesh_id
 from fmesh.permissions import private_dir
 from fmesh.settings import NodeSettings, mesh_id_path
@@ -320,6 +321,16 @@ class Node:
 
     async def verify(self, spec: FunctionSpec) -> None:
         await self.runtime.verify(spec)
+
+    async def invoke(self, function: str, event: Event) -> Event | None:
+        return await self.runtime.invoke(function, event)
+
+    def runs_here(self, function: str) -> bool:
+        return function in self.runtime.functions
+
+    @property
+    def event_limits(self) -> tuple[int, int]:
+        return self.settings.max_event_bytes, self.settings.max_extensions
 
     def open_sink(self, sink: SinkSpec) -> object:
         return self.runtime.open_sink(sink)

@@ -24,6 +24,7 @@ from fmesh.triggers.base import TriggerStatus
 from fmesh.triggers.config import TriggerEntry
 
 from fmesh.contracts import BlobStore, DeadLetter, StateStore
+from fmesh.events import Event
 
 
 class NodeOperations(Protocol):
@@ -90,6 +91,16 @@ class NodeOperations(Protocol):
     # -- deploying ---------------------------------------------------------------------------
 
     async def verify(self, spec: FunctionSpec) -> None: ...
+
+    async def invoke(self, function: str, event: Event) -> Event | None:
+        """One attempt at `event` by a function running here, as its sidecar would make it
+        (replica start, timeout), no retries; its reply, not published (HandlerError if it fails)."""
+
+    def runs_here(self, function: str) -> bool: ...
+
+    @property
+    def event_limits(self) -> tuple[int, int]:
+        """The largest event in bytes, and the most extensions, this node takes."""
 
     def open_sink(self, sink: SinkSpec) -> object: ...
 

@@ -11,8 +11,11 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from fmesh.cli_get import delete, get
+from fmesh.cli_new import invoke, new
 from fmesh.cli_shared import CaOption, ManifestOption, MeshOption, TokenOption, client, console, errors, fail
 from fmesh.cli_trail import events_app, trace
+from fmesh.cli_version import main_options
 from fmesh.errors import FmeshError
 from fmesh.settings import DEFAULT_MESH_URL, DEFAULT_PORT, default_data_dir, read_token
 
@@ -629,16 +632,9 @@ def tokens_revoke(name: Annotated[str, typer.Argument(help="The token.")],
     console.print(f"token [bold]{name}[/] revoked")
 
 
-@app.command()
-def delete(function: Annotated[str, typer.Argument(help="The function.")],
-           mesh: MeshOption = DEFAULT_MESH_URL, token: TokenOption = None, ca: CaOption = None) -> None:
-    """Delete a deployed function (its pending events go with it)."""
-    try:
-        with client(mesh, token, ca) as mesh_client:
-            mesh_client.delete(function)
-    except FmeshError as exc:
-        fail(str(exc))
-    console.print(f"function [bold]{function}[/] deleted")
+app.callback()(main_options)
+for command in (new, invoke, get, delete):
+    app.command()(command)
 
 
 def main() -> None:

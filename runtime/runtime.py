@@ -20,7 +20,7 @@ from fmesh.runtime.logs import LogStore
 from fmesh.runtime.policy import DeliveryPolicy, ScalePolicy
 from fmesh.runtime.pool import PoolStatus, RunnerPool
 from fmesh.runtime.python_replica import PythonReplica
-from fmesh.runtime.replica import Replica, State
+from fmesh.runtime.replica import NotSent, Replica, State
 from fmesh.runtime.secrets import SecretSource, resolve_secrets
 from fmesh.runtime.sidecar import DeliveryStats, Sidecar
 from fmesh.runtime.sinks import Sink, open_sink
@@ -30,7 +30,8 @@ from fmesh.runtime.worker import WorkerSpec
 
 from fmesh import meshlog
 from fmesh.contracts import DeliveryQueue, Observer, Publisher
-from fmesh.errors import HandlerError
+from fmesh.errors import HandlerError, InvalidEvent
+from fmesh.events import Event
 from fmesh.tracing import CLIENT, NOOP, Tracer
 
 log = meshlog.get("fmesh.runtime")
@@ -166,6 +167,19 @@ class Runtime:
             task = asyncio.get_running_loop().create_task(self._retire(old))
             self._retiring.setdefault(spec.name, set()).add(task)
             task.add_done_callback(self._retiring[spec.name].discard)
+
+    async def invoke(self, name: str, event: Event) -> Event | None:
+        """One attempt at `event` by function `name`, straight to its runner pool (a replica
+        started if none runs, the function's timeout), no retries; the reply as the mesh
+        would publish it, not published. KeyError when the function does not run here."""
+        running = self.functions[name]
+        result = await running.pool.invoke(event, running.spec.delivery.timeout)
+        if result is None or isinstance(result, NotSent):
+            return None
+        try:
+            return running.sidecar.reply_event(event, result)
+        except InvalidEvent as exc:
+            raise HandlerError(f"the handler returned an invalid event: {exc}", retryable=False) from exc
 
     def _cold_started(self, function: str, seconds: float) -> None:
         for listener in self.cold_start_listeners:

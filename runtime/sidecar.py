@@ -290,6 +290,11 @@ class Sidecar:
         self.stats.replies += 1
         self._tell(delivery.event, Steps.REPLY, delivery.attempts + 1, detail=reply.id)
 
+    def reply_event(self, incoming: Event, result: Event | ReplyData) -> Event:
+        """What the target returned for `incoming`, as the reply event the mesh would publish
+        (InvalidEvent when a returned event is not valid)."""
+        return self._reply_event(incoming, result)
+
     def _reply_event(self, incoming: Event, result: Event | ReplyData) -> Event:
         hops = _hops(incoming) + 1
         if isinstance(result, Event):
