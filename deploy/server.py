@@ -13,11 +13,11 @@ from typing import Any
 
 import uvicorn
 from fmesh.deploy.api import create_app
-from fmesh.deploy.bundle import BundleLimits, pack
+from fmesh.deploy.bundle import BundleLimits
 from fmesh.deploy.claims import listen, lock_data_dir
 from fmesh.deploy.connections import ClientLimits, default_max_connections
 from fmesh.deploy.control import ControlPlane
-from fmesh.deploy.deployer import PackedFunction, apply_request, summarize
+from fmesh.deploy.deployer import PackedFunction, apply_request, pack_function, summarize
 from fmesh.deploy.manifest import check_references, load_manifest
 from fmesh.deploy.node import Node
 from fmesh.deploy.shutdown import MeshServer
@@ -51,10 +51,10 @@ async def deploy_local(control: ControlPlane, manifest_path: Path,
     for name, function in manifest.functions.items():
         if function.folder is None:
             continue  # external
-        digest, data, _ = pack(manifest_path.parent / function.folder, skip=[manifest_path])
-        await control.bundles.put(digest, data)
-        await control.dependencies.install(control.bundles.path(digest), progress)
-        packed.append(PackedFunction(name, digest, b"", 0))
+        bundle = pack_function(function, manifest_path)
+        await control.bundles.put(bundle.digest, bundle.data)
+        await control.dependencies.install(control.bundles.path(bundle.digest), progress)
+        packed.append(PackedFunction(name, bundle.digest, b"", 0))
     request = apply_request(manifest, packed, manifest_path.parent.resolve())
     changes = await control.apply({"function": request["functions"], "subscription": request["subscriptions"],
                                    "trigger": request["triggers"], "bridge": request["bridges"],

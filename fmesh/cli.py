@@ -9,12 +9,14 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from fmesh.cli_shared import CaOption, ManifestOption, MeshOption, TokenOption, client, console, errors, fail
 from fmesh.cli_trail import events_app, trace
 from fmesh.errors import FmeshError
 from fmesh.settings import DEFAULT_MESH_URL, DEFAULT_PORT, default_data_dir, read_token
+from fmesh.wording import plural
 
 app = typer.Typer(help="fmesh: event-driven functions that scale to zero, no cluster required.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -162,7 +164,7 @@ def deploy(file: ManifestOption = Path("fmesh.yaml"), mesh: MeshOption = DEFAULT
                     "nothing is deployed.")] = True,
            ) -> None:
     """Validate a manifest, upload each function's code, and apply it to the mesh."""
-    from fmesh.deploy.deployer import apply_request, pack_functions, summarize
+    from fmesh.deploy.deployer import apply_request, pack_functions, size_warning, summarize
     from fmesh.deploy.manifest import check_references, load_manifest
 
     try:
@@ -180,12 +182,15 @@ def deploy(file: ManifestOption = Path("fmesh.yaml"), mesh: MeshOption = DEFAULT
             progress = _StatusProgress(status)
             packed = pack_functions(manifest, file, progress)
             for function in packed:
+                if (warning := size_warning(function)) is not None:
+                    errors.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
                 if mesh_client.has_bundle(function.digest):
                     console.print(f"  code of {function.name} already on the mesh ({function.digest[:12]})")
                     continue
-                progress.step(f"uploading {function.name} ({function.files} files, {len(function.data):,} bytes)")
+                what = f"{plural(function.files, 'file')}, {plural(len(function.data), 'byte')}"
+                progress.step(f"uploading {function.name} ({what})")
                 mesh_client.put_bundle(function.digest, function.data)
-                console.print(f"  uploaded {function.name}: {function.files} files, {len(function.data):,} bytes")
+                console.print(f"  uploaded {function.name}: {what}")
             for function in packed:
                 if function.has_requirements:
                     _install_requirements(mesh_client, function, progress)
