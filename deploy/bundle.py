@@ -20,8 +20,9 @@ import os
 import shutil
 import tarfile
 import tempfile
+import time
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -212,26 +213,53 @@ def _checked_members(tar: tarfile.TarFile, limits: BundleLimits) -> Iterator[tar
         yield member
 
 
+def is_digest(name: str) -> bool:
+    """A sha256 as `pack` gives it: 64 lowercase hex digits."""
+    return len(name) == 64 and all(c in "0123456789abcdef" for c in name)
+
+
 class BundleStore:
     """Function code: the archives in the store's blobs (so every node on the store can get
     them), unpacked into the data dir, one folder per digest, when first needed here."""
 
-    def __init__(self, directory: Path, blobs: BlobStore, limits: BundleLimits = BundleLimits()) -> None:
+    def __init__(self, directory: Path, blobs: BlobStore, limits: BundleLimits = BundleLimits(),
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.directory = directory
         self.blobs = blobs
         self.limits = limits
+        self.clock = clock
+        self.touched: dict[str, float] = {}  # digest → when it was last uploaded, checked or fetched here
         directory.mkdir(parents=True, exist_ok=True)
         for left in directory.glob(f"*{PARTIAL}*"):  # an unpack a crash cut short
             shutil.rmtree(left, ignore_errors=True)
 
     def path(self, digest: str) -> Path:
-        if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        if not is_digest(digest):
             raise ValueError(f"not a bundle digest: {digest!r}")
         return self.directory / digest
 
     def has(self, digest: str) -> bool:
         """Unpacked on this node."""
-        return self.path(digest).is_dir()
+        present = self.path(digest).is_dir()
+        self.touch(digest)
+        return present
+
+    def touch(self, digest: str) -> None:
+        """Note that `digest` is needed now (see deploy.unused_code)."""
+        self.touched[digest] = self.clock()
+
+    def forget_except(self, digests: set[str]) -> None:
+        self.touched = {d: at for d, at in self.touched.items() if d in digests}
+
+    def unpacked(self) -> set[str]:
+        """The digests unpacked on this node."""
+        return {p.name for p in self.directory.iterdir() if is_digest(p.name) and p.is_dir()}
+
+    async def remove(self, digest: str) -> None:
+        """Remove a bundle from this node and from the store."""
+        await asyncio.to_thread(shutil.rmtree, self.path(digest), ignore_errors=True)
+        await self.blobs.delete(digest)
+        self.touched.pop(digest, None)
 
     async def put(self, digest: str, data: bytes) -> None:
         """Check an uploaded archive against its digest, unpack it here, and keep it in the

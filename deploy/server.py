@@ -36,7 +36,8 @@ def build(settings: NodeSettings) -> tuple[Node, ControlPlane, str]:
     settings.mesh_id = load_or_create_mesh_id(settings.data_dir, settings.mesh_id)
     node = Node(settings)
     node.trust_control_token(token)
-    control = ControlPlane(node, bundle_limits=BundleLimits(settings.max_bundle_bytes, settings.max_bundle_files))
+    control = ControlPlane(node, bundle_limits=BundleLimits(settings.max_bundle_bytes, settings.max_bundle_files),
+                           bundle_grace=settings.bundle_grace)
     node.control_app = app = create_app(node, control, settings.metrics_public)
     node.on_end_streams.append(app.state.live.end)
     return node, control, token

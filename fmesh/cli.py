@@ -58,6 +58,9 @@ def up(
         min=1, help="Most bytes a function's uploaded code may unpack to (400 past it).")] = 256 * 1024 * 1024,
     max_bundle_files: Annotated[int, typer.Option(
         min=1, help="Most files in a function's uploaded code (400 past it).")] = 20_000,
+    bundle_grace: Annotated[str, typer.Option(
+        help="Function code that no deployed version uses (on any node, old versions finishing their events "
+             "included) is removed after this long; also how long an upload waits for its deploy.")] = "10m",
     max_backlog: Annotated[int, typer.Option(
         min=0, help="Events waiting for one function or sink at most: past it, publishing events routed there "
                     "gets 503 with Retry-After (triggers pause) until it catches up; 0: no bound.")] = 100_000,
@@ -118,6 +121,7 @@ def up(
                             max_event_bytes=max_event_bytes, max_header_bytes=max_header_bytes,
                             max_headers=max_headers, max_extensions=max_extensions,
                             max_bundle_bytes=max_bundle_bytes, max_bundle_files=max_bundle_files, launcher=launcher,
+                            bundle_grace=_duration(bundle_grace),
                             max_backlog=max_backlog, template_idle=_duration(template_idle),
                             dead_letter_retention=_duration(dead_letter_retention),
                             trail_retention=_duration(trail_retention), trail_max_events=trail_max_events,
@@ -136,6 +140,8 @@ def up(
         fail(f"--ingress-auth must be required, optional or off, not {ingress_auth!r}")
     if settings.shutdown_grace <= 0:
         fail("--shutdown-grace must be more than 0s, e.g. 10s")
+    if settings.bundle_grace <= 0:
+        fail("--bundle-grace must be more than 0s, e.g. 10m: a deploy uploads its code before it applies")
     _check_client_limits(settings)
     _check_store(settings)
     if otlp_endpoint is not None:

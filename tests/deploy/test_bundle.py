@@ -177,3 +177,33 @@ def test_the_biggest_files_are_named_biggest_first(tmp_path):
     folder = make_project(tmp_path / "fn")
     (folder / "data" / "big.csv").write_bytes(bytes(5000))
     assert pack(folder, ignore=ignore_rules(folder)).biggest(2) == [("data/big.csv", 5000), ("handler.py", 20)]
+
+
+def code_saying(folder):
+    folder.mkdir()
+    (folder / "handler.py").write_text(f"def handle(e): return {folder.name!r}\n")
+    return folder
+
+
+async def test_unused_code_goes_after_the_grace_and_used_code_never(tmp_path):
+    from fmesh.deploy.unused_code import UnusedCode
+
+    now = [0.0]
+    blobs = MemoryBlobs()
+    store = BundleStore(tmp_path / "bundles", blobs, clock=lambda: now[0])
+    used, unused, elsewhere = (digest_and_archive(code_saying(tmp_path / name)) for name in ("a", "b", "c"))
+    for digest, data in (used, unused):
+        await store.put(digest, data)
+    await blobs.put(elsewhere[0], elsewhere[1])  # uploaded through another node: only in the store
+    collector = UnusedCode(store, grace=600)
+    now[0] = 599.0
+    assert await collector.sweep({used[0]}) == []  # the uploads are within their grace; the third first seen
+    now[0] = 600.0
+    assert await collector.sweep({used[0]}) == [unused[0]]
+    assert not store.has(unused[0]) and await blobs.get(unused[0]) is None
+    now[0] = 1199.0
+    assert await collector.sweep({used[0]}) == [elsewhere[0]]
+    now[0] = 10_000.0
+    assert await collector.sweep({used[0]}) == [] and store.has(used[0]) and await blobs.get(used[0])
+    store.has(used[0])  # checked by a deploy: needed again from now on
+    assert await collector.sweep(set()) == []
