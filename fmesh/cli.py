@@ -13,6 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from fmesh.cli_shared import CaOption, ManifestOption, MeshOption, TokenOption, client, console, errors, fail
+from fmesh.cli_status import status
 from fmesh.cli_trail import events_app, trace
 from fmesh.errors import FmeshError
 from fmesh.settings import DEFAULT_MESH_URL, DEFAULT_PORT, default_data_dir, read_token
@@ -387,92 +388,7 @@ def _key_value(item: str) -> tuple[str, str]:
     return key, value
 
 
-@app.command()
-def status(mesh: MeshOption = DEFAULT_MESH_URL, token: TokenOption = None, ca: CaOption = None,
-           as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
-    """Per function: replicas, events in flight, delivered, failed and dead-lettered."""
-    try:
-        with client(mesh, token, ca) as mesh_client:
-            report = mesh_client.status()
-    except FmeshError as exc:
-        fail(str(exc))
-    if as_json:
-        print(json.dumps(report, indent=2))
-        return
-    table = Table("function", "replicas", "desired", "in flight", "pending", "delivered", "failed", "dead",
-                  "out of memory", "cold start last/median")
-    for f in report["functions"]:
-        table.add_row(f["name"], _replicas(f), *(str(f[k]) for k in (
-            "desired", "inflight", "pending", "delivered", "failed", "dead_lettered", "out_of_memory")),
-            _cold_start(f))
-    console.print(table)
-    if not report["functions"]:
-        console.print("No functions deployed. Deploy some with `fmesh deploy -f fmesh.yaml`.")
-    _print_sinks(report.get("sinks", []))
-    _print_bridges(report.get("bridges", []), report.get("bridged_in"))
-    _print_triggers(report.get("triggers", []))
-    if report.get("unrouted"):
-        console.print(f"{report['unrouted']} event(s) matched no subscription: `fmesh events list --unrouted` "
-                      "shows the latest", highlight=False)
-    _print_nodes(report.get("nodes", []), report.get("node"), report.get("totals", {}))
-    for key, why in sorted(report.get("broken", {}).items()):
-        errors.print(f"[bold red]broken:[/] {key.replace('/', ' ', 1)} could not start after a restart "
-                     f"(its events wait): {why}", highlight=False)
-    if report.get("mesh"):
-        console.print(f"mesh {report['mesh']}; store {report['store']}", highlight=False)
-
-
-def _print_nodes(nodes: list[dict[str, Any]], this: str | None, totals: dict[str, int]) -> None:
-    """Every node on the store, when there is more than this one, and replicas across them."""
-    if len(nodes) < 2:
-        return
-    table = Table("node", "address", "state", "last heartbeat", "replicas")
-    for n in nodes:
-        colour = "green" if n["state"] == "up" else "red"
-        replicas = ", ".join(f"{name} {count}" for name, count in sorted(n["functions"].items())) or "-"
-        table.add_row(n["id"] + (" (this one)" if n["id"] == this else ""), n["address"],
-                      f"[{colour}]{n['state']}[/]", f"{n['age']:.0f}s ago", replicas)
-    console.print(table)
-    if totals:
-        console.print("replicas on all nodes: " + ", ".join(f"{k} {v}" for k, v in totals.items()), highlight=False)
-
-
-def _print_bridges(bridges: list[dict[str, Any]], bridged_in: dict[str, int] | None) -> None:
-    if bridges:
-        table = Table("bridge", "to", "state", "backlog", "oldest waiting", "forwarded", "looped", "dead",
-                      "last error")
-        for b in bridges:
-            colour = {"connected": "green", "retrying": "yellow"}.get(b["state"], "dim")
-            oldest = "-" if b["oldest_waiting_s"] is None else f"{b['oldest_waiting_s']:.0f}s"
-            table.add_row(b["name"], f"{b['url']} ({b['peer_mesh'] or '?'})", f"[{colour}]{b['state']}[/]",
-                          str(b["backlog"]), oldest, str(b["forwarded"]), str(b["looped"]),
-                          str(b["dead_lettered"]), _plain(b["last_error"]))
-        console.print(table)
-    if bridged_in and bridged_in.get("received"):
-        console.print(f"from other meshes: {bridged_in['received']} received, {bridged_in['duplicates']} "
-                      f"duplicates and {bridged_in['looped']} looped events dropped", highlight=False)
-
-
-def _print_sinks(sinks: list[dict[str, Any]]) -> None:
-    if not sinks:
-        return
-    table = Table("subscription", "to", "in flight", "pending", "delivered", "failed", "dead", "last error")
-    for s in sinks:
-        table.add_row(s["name"], s["url"], *(str(s[k]) for k in ("inflight", "pending", "delivered", "failed",
-                                                                  "dead_lettered")), _plain(s["last_error"]))
-    console.print(table)
-
-
-def _print_triggers(triggers: list[dict[str, Any]]) -> None:
-    if not triggers:
-        return
-    table = Table("trigger", "kind", "state", "events in", "last event", "lag", "last error")
-    for t in triggers:
-        last = "-" if t["last_event_at"] is None else _ago(t["last_event_at"])
-        colour = {"connected": "green", "retrying": "yellow"}.get(t["state"], "red")
-        table.add_row(t["name"], t["kind"], f"[{colour}]{t['state']}[/]", str(t["events_in"]), last,
-                      "-" if t["lag"] is None else str(t["lag"]), _plain(t["last_error"]))
-    console.print(table)
+app.command()(status)
 
 
 def _plain(text: str | None) -> Any:
@@ -489,19 +405,6 @@ def _ago(timestamp: float) -> str:
     import time
 
     return f"{max(0.0, time.time() - timestamp):.0f}s ago"
-
-
-def _replicas(f: dict[str, Any]) -> str:
-    parts = [f"{f['ready']} ready"] if f["ready"] else []
-    if f["starting"]:
-        parts.append(f"{f['starting']} starting")
-    return f"{f['replicas']}" + (f" ({', '.join(parts)})" if parts and f["replicas"] != f["ready"] else "")
-
-
-def _cold_start(f: dict[str, Any]) -> str:
-    if f["cold_start_last_ms"] is None:
-        return "-"
-    return f"{f['cold_start_last_ms']:.1f}/{f['cold_start_median_ms']:.1f} ms"
 
 
 @app.command()
