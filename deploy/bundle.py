@@ -30,6 +30,7 @@ import pathspec
 
 from fmesh.contracts import BlobStore
 from fmesh.errors import DeployError
+from fmesh.wording import plural
 
 SKIPPED = {"__pycache__"}  # never packed, whatever .fmeshignore says: a replica would trust it over the source
 DEFAULT_IGNORED = (".git", ".env", "venv/", ".venv/", ".mypy_cache/", ".pytest_cache/", ".DS_Store")
@@ -209,7 +210,7 @@ def _checked_members(tar: tarfile.TarFile, limits: BundleLimits) -> Iterator[tar
             raise ValueError(f"bundle unpacks to more than {limits.max_unpacked_bytes} bytes "
                              "(fmesh up --max-bundle-bytes)")
         if files > limits.max_files:
-            raise ValueError(f"bundle holds more than {limits.max_files} files (fmesh up --max-bundle-files)")
+            raise ValueError(f"bundle holds more than {plural(limits.max_files, 'file')} (fmesh up --max-bundle-files)")
         yield member
 
 

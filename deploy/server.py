@@ -27,6 +27,7 @@ from fmesh import meshlog
 from fmesh.errors import FmeshError, StartupError
 from fmesh.permissions import keep_files_private
 from fmesh.settings import NodeSettings, load_or_create_mesh_id, load_or_create_token, token_path
+from fmesh.wording import plural
 
 log = meshlog.get("fmesh.deploy")
 
@@ -83,7 +84,7 @@ async def serve(settings: NodeSettings, manifest: Path | None, sockets: list[soc
         if not settings.token:
             say(f"  control API token in {token_path(settings.data_dir)}")
         if restored:
-            say(f"  restored {restored} deployed resource(s)")
+            say(f"  restored {plural(restored, 'deployed resource')}")
         if manifest is not None:
             summary = await deploy_local(control, manifest, lambda line: say(f"  {line}"))
             say(f"  deployed {manifest}: {summary}")

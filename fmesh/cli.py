@@ -17,7 +17,7 @@ from fmesh.cli_status import status
 from fmesh.cli_trail import events_app, trace
 from fmesh.errors import FmeshError
 from fmesh.settings import DEFAULT_MESH_URL, DEFAULT_PORT, default_data_dir, read_token
-from fmesh.wording import plural
+from fmesh.wording import noun, plural
 
 app = typer.Typer(help="fmesh: event-driven functions that scale to zero, no cluster required.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -448,15 +448,16 @@ def dead_letters(
         with client(mesh, token, ca) as mesh_client:
             if replay or replay_all:
                 result = mesh_client.replay_dead_letters(replay or [], replay_all)
-                console.print(f"replayed {result['replayed']} dead letter(s)")
+                console.print(f"replayed {plural(result['replayed'], 'dead letter')}")
                 if result.get("not_routed"):
-                    fail(f"dead letter(s) {', '.join(map(str, result['not_routed']))} kept: their subscription "
+                    kept = result["not_routed"]
+                    fail(f"{noun(len(kept), 'dead letter')} {', '.join(map(str, kept))} kept: their subscription "
                          "is gone and no deployed filter matches them now")
                 if result["not_found"]:
                     fail(f"no dead letter with id {', '.join(map(str, result['not_found']))}")
                 return
             if purge:
-                console.print(f"purged {mesh_client.purge_dead_letters(function)} dead letter(s)")
+                console.print(f"purged {plural(mesh_client.purge_dead_letters(function), 'dead letter')}")
                 return
             letters = mesh_client.dead_letters(function)
     except FmeshError as exc:

@@ -5,7 +5,12 @@ from __future__ import annotations
 
 def plural(count: int, word: str, many: str | None = None) -> str:
     """`count` and `word`, or its plural (`many`, else the word with an "s"): 1 attempt, 2 attempts."""
-    return f"{count:,} {word if count == 1 else many or word + 's'}"
+    return f"{count:,} {noun(count, word, many)}"
+
+
+def noun(count: int, word: str, many: str | None = None) -> str:
+    """`word` as it goes with `count`: "dead letter 4 kept", "dead letters 4, 5 kept"."""
+    return word if count == 1 else many or word + "s"
 
 
 def size(count: int) -> str:
