@@ -68,9 +68,9 @@ def function_columns(functions: list[Row]) -> list[Column]:
     any_filter_errors = any(f.get("filter_errors") for f in functions)
     return [
         Column("FUNCTION", lambda f: f["name"]),
-        Column("READY", lambda f: f"{f['ready']}/{f['desired']}", keep=90, right=True),
-        Column("REPLICAS", lambda f: f["replicas"], wide=True, right=True),
-        Column("STARTING", lambda f: f["starting"], wide=True, right=True),
+        Column("REPLICAS", _replicas, keep=90, right=True),
+        Column("READY", lambda f: f["ready"], wide=True, right=True),
+        Column("DESIRED", lambda f: f["desired"], wide=True, right=True),
         Column("PENDING", lambda f: f["pending"], "PEND", keep=80, right=True),
         Column("IN FLIGHT", lambda f: f["inflight"], "INFL", keep=60, right=True),
         Column("WAITING", lambda f: f["waiting"], wide=True, right=True),
@@ -89,6 +89,11 @@ def function_columns(functions: list[Row]) -> list[Column]:
         Column("LATENCY P50/P99", _latency, wide=True),
         Column("LAST ERROR", lambda f: f.get("last_error"), wide=True),
     ]
+
+
+def _replicas(f: Row) -> str:
+    """Replicas, and how many of them are still starting."""
+    return f"{f['replicas']}" + (f" ({f['starting']} starting)" if f.get("starting") else "")
 
 
 def _cold_start(f: Row) -> str | None:

@@ -1,7 +1,8 @@
 """Plain aligned columns, as `kubectl get` prints them, fitted to a width.
 
-To fit, headers are first abbreviated, then the columns least needed are dropped, one
-at a time; the first column (the names) is never dropped, and no cell is ever cut: a
+To fit, the optional columns (`keep` under 50) go first, least needed first; then headers
+are abbreviated; then the other columns go, one at a time. The first column (the names)
+is never dropped, and no cell is ever cut: a
 name shown is a name that can be typed back. Without a width (`--wide`) every column
 is shown with its full header.
 """
@@ -17,6 +18,7 @@ from rich.cells import cell_len
 from fmesh.terminal import escape_controls
 
 GAP = "  "
+OPTIONAL = 50  # columns kept less than this go before headers are abbreviated: readable headers come first
 Row = dict[str, Any]
 
 
@@ -25,7 +27,7 @@ class Column:
     header: str
     value: Callable[[Row], Any]
     short: str | None = None   # the header when the table does not fit
-    keep: int = 50             # the lowest goes first when it still does not fit
+    keep: int = OPTIONAL       # the lowest goes first when it does not fit
     wide: bool = False         # only with --wide
     right: bool = False        # numbers: aligned to the right
 
@@ -35,14 +37,25 @@ def lines(columns: Sequence[Column], rows: Sequence[Row], width: int | None = No
     shown = [c for c in columns if width is None or not c.wide]
     cells = {id(c): [_text(c.value(row)) for row in rows] for c in shown}
     headers = {id(c): c.header for c in shown}
-    if width is not None and _width(shown, headers, cells) > width:
-        headers = {id(c): c.short or c.header for c in shown}
-        while len(shown) > 1 and _width(shown, headers, cells) > width:
-            shown.remove(min(shown[1:], key=lambda c: c.keep))
+    if width is not None:
+        _drop(shown, headers, cells, width, below=OPTIONAL)
+        if _width(shown, headers, cells) > width:
+            headers = {id(c): c.short or c.header for c in shown}
+        _drop(shown, headers, cells, width)
     sizes = _sizes(shown, headers, cells)
     table = [[headers[id(c)] for c in shown]] + [[cells[id(c)][i] for c in shown] for i in range(len(rows))]
     return [GAP.join(_pad(text, size, c.right) for text, size, c in zip(line, sizes, shown, strict=True)).rstrip()
             for line in table]
+
+
+def _drop(shown: list[Column], headers: dict[int, str], cells: dict[int, list[str]], width: int,
+          below: int | None = None) -> None:
+    """Drop the least needed columns (those kept less than `below`, if given) until it fits."""
+    while _width(shown, headers, cells) > width:
+        droppable = [c for c in shown[1:] if below is None or c.keep < below]
+        if not droppable:
+            return
+        shown.remove(min(droppable, key=lambda c: c.keep))
 
 
 def _text(value: Any) -> str:

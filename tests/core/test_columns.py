@@ -21,8 +21,9 @@ def test_columns_are_aligned_and_numbers_right_aligned():
         "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx    12345          7  abcdef012345"]
 
 
-def test_to_fit_headers_are_abbreviated_then_the_least_needed_columns_dropped_never_the_names():
-    assert lines(COLUMNS, ROWS, 60)[0].split() == ["NAME", "PEND", "DONE"]
+def test_to_fit_optional_columns_go_then_headers_are_abbreviated_then_more_go_never_the_names():
+    assert lines(COLUMNS, ROWS, 70)[0].split() == ["NAME", "PENDING", "DELIVERED"]
+    assert lines(COLUMNS, ROWS, 55)[0].split() == ["NAME", "PEND", "DONE"]
     assert lines(COLUMNS, ROWS, 50)[0].split() == ["NAME", "PEND"]
     assert lines(COLUMNS, ROWS, 10)[2] == "x" * 40  # a name is never cut
 

@@ -35,7 +35,7 @@ subscriptions:
     lines = shown.stdout.splitlines()
     assert all(len(line) <= 80 for line in lines if not line.startswith("store ")), shown.stdout  # a path is whole
     assert any(line.split()[:1] == [LONG] for line in lines), shown.stdout  # whole, not cut
-    assert lines[0].split()[:2] == ["FUNCTION", "READY"], shown.stdout
+    assert lines[0].split()[:2] == ["FUNCTION", "REPLICAS"], shown.stdout
     filters = lines.index("filter errors (events a filter could not be evaluated on, counted as no match):")
     assert lines[filters + 1].startswith("  big-orders: 1 event; the last: ") and "lots" in lines[filters + 1]
     assert "Traceback" not in shown.stderr and "│" not in shown.stdout  # plain columns, no box drawing
