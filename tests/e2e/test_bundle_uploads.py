@@ -128,6 +128,11 @@ def test_deploy_leaves_out_the_defaults_and_fmeshignore_and_warns_of_a_big_bundl
         (folder / name).write_bytes(data)
     (tmp_path / "fmesh.yaml").write_text("functions:\n  big:\n    handler: fn/handler.py:handle\n"
                                          "    on: [{type: com.test.big}]\n")
+    (folder / ".fmeshignore").write_bytes(b"*.log\n!\n")
+    refused = mesh.cli("deploy", "-f", str(tmp_path / "fmesh.yaml"), check=False)
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr, refused.stderr
+    assert f"error: {folder / '.fmeshignore'}:2: '!' is not a gitignore pattern" in refused.stderr, refused.stderr
+    (folder / ".fmeshignore").write_bytes(files[".fmeshignore"])
     deployed = mesh.cli("deploy", "-f", str(tmp_path / "fmesh.yaml"))
     warnings = [line for line in deployed.stderr.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 1 and "the code of big is 11.0 MB packed, over 10.0 MB" in warnings[0], deployed.stderr
