@@ -165,7 +165,13 @@ class ControlPlane:
         """Install a bundle's requirements.txt, yielding pip's output (DeployError on failure)."""
         if not await self.bundles.fetch(digest):
             raise DeployError(f"bundle {digest[:12]} was not uploaded")
-        return self.dependencies.stream(self.bundles.path(digest))
+        return self._needing(digest, self.dependencies.stream(self.bundles.path(digest)))
+
+    async def _needing(self, digest: str, lines: AsyncIterator[str]) -> AsyncIterator[str]:
+        """`lines`, noting at each that the bundle is needed: an install may outlast the grace."""
+        async for line in lines:
+            self.bundles.touch(digest)
+            yield line
 
     async def _bring_code(self, digest: str) -> None:
         """A function's code and requirements here, whichever node they were uploaded to."""
