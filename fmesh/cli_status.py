@@ -13,6 +13,7 @@ import typer
 from fmesh.cli_shared import CaOption, MeshOption, TokenOption, ask, errors
 from fmesh.columns import Column, lines, shortened
 from fmesh.settings import DEFAULT_MESH_URL
+from fmesh.terminal import escape_controls
 from fmesh.wording import plural
 
 Row = dict[str, Any]
@@ -32,8 +33,8 @@ def status(mesh: MeshOption = DEFAULT_MESH_URL, token: TokenOption = None, ca: C
     for line in status_lines(report, width):
         print(line)
     for key, why in sorted(report.get("broken", {}).items()):
-        errors.out(f"broken: {key.replace('/', ' ', 1)} could not start after a restart (its events wait): {why}",
-                   highlight=False)
+        errors.out(escape_controls(f"broken: {key.replace('/', ' ', 1)} could not start after a restart (its events "
+                                   f"wait): {why}"), highlight=False)
 
 
 def status_lines(report: dict[str, Any], width: int | None) -> list[str]:
@@ -41,15 +42,13 @@ def status_lines(report: dict[str, Any], width: int | None) -> list[str]:
     out: list[str] = []
     functions = report.get("functions", [])
     if functions:
-        out += lines(function_columns(functions), functions, width)
-        out += _notes(functions, "last_error", "last error", width) if width is not None else []
+        out += lines(function_columns(functions), functions, width)  # their last errors: --wide, or fmesh logs
     else:
         out.append("No functions deployed. Deploy some with `fmesh deploy -f fmesh.yaml`.")
     for rows, columns in ((report.get("sinks", []), SINK_COLUMNS), (report.get("bridges", []), BRIDGE_COLUMNS),
                           (report.get("triggers", []), TRIGGER_COLUMNS)):
         if rows:
-            out += ["", *lines(columns, rows, width)]
-            out += _notes(rows, "last_error", "last error", width) if width is not None else []
+            out += ["", *lines(columns, rows, width), *_last_errors(rows, width)]
     out += _filter_errors([*functions, *report.get("sinks", [])], width)
     out += _elsewhere(report)
     nodes = report.get("nodes", [])
@@ -158,10 +157,12 @@ def _ago(timestamp: float) -> str:
     return f"{max(0.0, time.time() - timestamp):.0f}s ago"
 
 
-def _notes(rows: list[Row], key: str, label: str, width: int | None) -> list[str]:
-    """A line per row that has `key`, beneath its table, cut to `width` (prose, not names)."""
-    said = [f"  {row['name'].split(':', 1)[-1]}: {label}: {row[key]}" for row in rows if row.get(key)]
-    return [shortened(line, width) if width else line for line in said]
+def _last_errors(rows: list[Row], width: int | None) -> list[str]:
+    """A line per row with a last error, beneath its table, cut to `width` (--wide: in a column instead)."""
+    if width is None:
+        return []
+    return [shortened(f"  {row['name'].split(':', 1)[-1]}: last error: {row['last_error']}", width)
+            for row in rows if row.get("last_error")]
 
 
 def _filter_errors(rows: list[Row], width: int | None) -> list[str]:
@@ -172,7 +173,7 @@ def _filter_errors(rows: list[Row], width: int | None) -> list[str]:
     if not said:
         return []
     return ["", "filter errors (events a filter could not be evaluated on, counted as no match):",
-            *[shortened(line, width) if width else line for line in said]]
+            *[shortened(line, width) for line in said]]
 
 
 def _elsewhere(report: dict[str, Any]) -> list[str]:

@@ -76,7 +76,7 @@ def _pad(text: str, size: int, right: bool) -> str:
     return space + text if right else text + space
 
 
-def shortened(text: str, width: int) -> str:
-    """A line of prose (an error, not a name) cut to `width`, marked where it was cut."""
+def shortened(text: str, width: int | None) -> str:
+    """A line of prose (an error, not a name) cut to `width` (None: whole), marked where it was cut."""
     text = escape_controls(text)
-    return text if cell_len(text) <= width else text[: max(1, width - 1)] + "…"
+    return text if width is None or cell_len(text) <= width else text[: max(1, width - 1)] + "…"
