@@ -94,9 +94,14 @@ def counted(node: NodeOperations, subscription: str) -> dict[str, Any]:
             "redirected": counts.redirected, "replies": counts.replies, "latency_ms": counts.latency_ms()}
 
 
+def filter_error_fields(node: NodeOperations, subscription: str) -> dict[str, Any]:
+    """How many events a subscription's filter could not be evaluated on (counted as no match), and the last error."""
+    errors = node.filter_errors(subscription)
+    return {"filter_errors": errors.count, "last_filter_error": errors.last}
+
+
 def function_status(node: NodeOperations, item: Any, pending: int, dead: int) -> dict[str, Any]:
     pool, delivery = item.pool, item.delivery
-    errors = node.filter_errors(f"function:{item.name}")
     return {
         "name": item.name, "version": item.version,
         "replicas": pool.ready + pool.starting + pool.draining,
@@ -106,7 +111,7 @@ def function_status(node: NodeOperations, item: Any, pending: int, dead: int) ->
         "dead_lettered": dead, "last_error": delivery.last_error,
         "cold_start_last_ms": pool.cold_start_last_ms, "cold_start_median_ms": pool.cold_start_median_ms,
         "out_of_memory": item.out_of_memory, "retiring_versions": item.retiring,
-        "filter_errors": errors.count, "last_filter_error": errors.last,
+        **filter_error_fields(node, f"function:{item.name}"),
     }
 
 
@@ -207,7 +212,7 @@ def create_app(node: NodeOperations, control: ControlPlane, public_metrics: bool
         for s in node.sink_status():
             item = {"name": s.name, "url": s.url, **counted(node, s.name), "inflight": s.delivery.inflight,
                     "pending": await node.pending(s.name), "dead_lettered": dead.get(s.name, 0),
-                    "last_error": s.delivery.last_error}
+                    "last_error": s.delivery.last_error, **filter_error_fields(node, s.name)}
             if s.bridge is None:
                 sinks.append(item)
             else:

@@ -2,6 +2,11 @@
 
 The digest is over file names, modes and contents only, so the same code gives the same
 digest on any machine, and an unchanged function is not uploaded or restarted again.
+
+What is packed: every regular file of the folder but what `.fmeshignore` there (gitignore
+syntax) and the defaults leave out (`DEFAULT_IGNORED`, and `node_modules/` for a Python
+handler); a `!` line in `.fmeshignore` takes a default back. `__pycache__` and `.pyc` files
+are never packed: the node compiles its own, and refuses an archive that brings some.
 """
 
 from __future__ import annotations
@@ -11,17 +16,26 @@ import compileall
 import gzip
 import hashlib
 import io
+import os
 import shutil
 import tarfile
 import tempfile
+import time
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from fmesh.contracts import BlobStore
+import pathspec
 
-SKIPPED = {"__pycache__", ".git", ".venv", ".mypy_cache", ".pytest_cache", ".DS_Store"}
+from fmesh.contracts import BlobStore
+from fmesh.errors import DeployError
+from fmesh.wording import plural
+
+SKIPPED = {"__pycache__"}  # never packed, whatever .fmeshignore says: a replica would trust it over the source
+DEFAULT_IGNORED = (".git", ".env", "venv/", ".venv/", ".mypy_cache/", ".pytest_cache/", ".DS_Store")
+PYTHON_IGNORED = ("node_modules/",)  # a Python handler's folder: left over from a front end, not its code
+IGNORE_FILE = ".fmeshignore"
 MAX_BUNDLE_BYTES = 200 * 1024 * 1024     # the archive
 CHUNK = 1024 * 1024
 PARTIAL = ".partial-"  # an unpack in progress: <digest>.partial-<random>
@@ -35,35 +49,91 @@ class BundleLimits:
     max_files: int = 20_000
 
 
-def _files(folder: Path, skip: Iterable[Path] = ()) -> list[Path]:
+def ignore_rules(folder: Path, python: bool = True) -> pathspec.GitIgnoreSpec:
+    """What `pack` leaves out of `folder`: the defaults, then its `.fmeshignore`, whose later
+    lines win (so `!.env` there packs a `.env` after all). DeployError for a line that is
+    no pattern."""
+    lines = [*DEFAULT_IGNORED, *(PYTHON_IGNORED if python else ())]
+    own = folder / IGNORE_FILE
+    try:
+        text = own.read_text(encoding="utf-8") if own.is_file() else ""
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DeployError(f"cannot read {own}: {exc}") from None
+    for number, line in enumerate(text.splitlines(), 1):
+        try:
+            pathspec.GitIgnoreSpec.from_lines([line])
+        except ValueError as exc:
+            raise DeployError(f"{own}:{number}: {line!r} is not a gitignore pattern: {exc}") from None
+        lines.append(line)
+    return pathspec.GitIgnoreSpec.from_lines(lines)
+
+
+NOTHING_IGNORED = pathspec.GitIgnoreSpec.from_lines([])
+
+
+def _files(folder: Path, skip: Iterable[Path] = (), ignore: pathspec.PathSpec = NOTHING_IGNORED) -> list[Path]:
+    """The files `pack` takes, in the order the digest goes over them. An ignored folder is
+    not walked into (a `node_modules/` may hold 100,000 files): as in git, a file in it
+    cannot be taken back."""
     skipped = {p.resolve() for p in skip}
     found = []
-    for path in sorted(folder.rglob("*")):
-        relative = path.relative_to(folder)
-        if any(part in SKIPPED for part in relative.parts) or path.suffix == ".pyc":
-            continue
-        if path.is_file() and not path.is_symlink() and path.resolve() not in skipped:
-            found.append(path)
-    return found
+    for top, folders, names in os.walk(folder):
+        here = Path(top)
+        relative = here.relative_to(folder)
+        folders[:] = [f for f in folders if f not in SKIPPED
+                      and not ignore.match_file(f"{(relative / f).as_posix()}/")]
+        for name in names:
+            path = here / name
+            if name.endswith(".pyc") or ignore.match_file((relative / name).as_posix()):
+                continue
+            if path.is_file() and not path.is_symlink() and path.resolve() not in skipped:
+                found.append(path)
+    return sorted(found)  # by path parts, as before: an unchanged folder keeps its digest
 
 
-def pack(folder: Path, skip: Iterable[Path] = ()) -> tuple[str, bytes, int]:
-    """(sha256 digest, tar.gz bytes, number of files) of `folder`, without the files in `skip`.
+@dataclass(frozen=True)
+class Packed:
+    """A folder as `pack` packed it: the digest, the archive, and each file's size."""
+
+    digest: str
+    data: bytes
+    sizes: dict[str, int]
+
+    @property
+    def files(self) -> int:
+        return len(self.sizes)
+
+    def biggest(self, count: int = 3) -> list[tuple[str, int]]:
+        return sorted(self.sizes.items(), key=lambda item: (-item[1], item[0]))[:count]
+
+
+def pack(folder: Path, skip: Iterable[Path] = (), ignore: pathspec.PathSpec = NOTHING_IGNORED) -> Packed:
+    """`folder` packed, without the files in `skip` nor those `ignore` matches (see
+    `ignore_rules`). DeployError naming a file that cannot be read.
 
     The manifest is skipped when it sits in a function's folder: otherwise editing one
     function's spec would change every such function's code, and restart them all."""
     digest = hashlib.sha256()
     raw = io.BytesIO()
-    files = _files(folder, skip)
+    sizes = {}
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for path in files:
-            name, mode, data = path.relative_to(folder).as_posix(), _mode(path), path.read_bytes()
+        for path in _files(folder, skip, ignore):
+            name, mode, data = path.relative_to(folder).as_posix(), _mode(path), _read(path)
             digest.update(_entry(name, mode, len(data)))
             digest.update(data)
             info = tarfile.TarInfo(name)
             info.size, info.mode, info.mtime = len(data), mode, 0
             tar.addfile(info, io.BytesIO(data))
-    return digest.hexdigest(), gzip.compress(raw.getvalue(), mtime=0), len(files)
+            sizes[name] = len(data)
+    return Packed(digest.hexdigest(), gzip.compress(raw.getvalue(), mtime=0), sizes)
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise DeployError(f"cannot read {path}: {exc.strerror or exc} (leave it out with a line in "
+                          f"{IGNORE_FILE})") from None
 
 
 def digest_of(folder: Path) -> str:
@@ -140,30 +210,57 @@ def _checked_members(tar: tarfile.TarFile, limits: BundleLimits) -> Iterator[tar
             raise ValueError(f"bundle unpacks to more than {limits.max_unpacked_bytes} bytes "
                              "(fmesh up --max-bundle-bytes)")
         if files > limits.max_files:
-            raise ValueError(f"bundle holds more than {limits.max_files} files (fmesh up --max-bundle-files)")
+            raise ValueError(f"bundle holds more than {plural(limits.max_files, 'file')} (fmesh up --max-bundle-files)")
         yield member
+
+
+def is_digest(name: str) -> bool:
+    """A sha256 as `pack` gives it: 64 lowercase hex digits."""
+    return len(name) == 64 and all(c in "0123456789abcdef" for c in name)
 
 
 class BundleStore:
     """Function code: the archives in the store's blobs (so every node on the store can get
     them), unpacked into the data dir, one folder per digest, when first needed here."""
 
-    def __init__(self, directory: Path, blobs: BlobStore, limits: BundleLimits = BundleLimits()) -> None:
+    def __init__(self, directory: Path, blobs: BlobStore, limits: BundleLimits = BundleLimits(),
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.directory = directory
         self.blobs = blobs
         self.limits = limits
+        self.clock = clock
+        self.touched: dict[str, float] = {}  # digest → when it was last uploaded, checked or fetched here
         directory.mkdir(parents=True, exist_ok=True)
         for left in directory.glob(f"*{PARTIAL}*"):  # an unpack a crash cut short
             shutil.rmtree(left, ignore_errors=True)
 
     def path(self, digest: str) -> Path:
-        if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        if not is_digest(digest):
             raise ValueError(f"not a bundle digest: {digest!r}")
         return self.directory / digest
 
     def has(self, digest: str) -> bool:
         """Unpacked on this node."""
-        return self.path(digest).is_dir()
+        present = self.path(digest).is_dir()
+        self.touch(digest)
+        return present
+
+    def touch(self, digest: str) -> None:
+        """Note that `digest` is needed now (see deploy.unused_code)."""
+        self.touched[digest] = self.clock()
+
+    def forget_except(self, digests: set[str]) -> None:
+        self.touched = {d: at for d, at in self.touched.items() if d in digests}
+
+    def unpacked(self) -> set[str]:
+        """The digests unpacked on this node."""
+        return {p.name for p in self.directory.iterdir() if is_digest(p.name) and p.is_dir()}
+
+    async def remove(self, digest: str) -> None:
+        """Remove a bundle from this node and from the store."""
+        await asyncio.to_thread(shutil.rmtree, self.path(digest), ignore_errors=True)
+        await self.blobs.delete(digest)
+        self.touched.pop(digest, None)
 
     async def put(self, digest: str, data: bytes) -> None:
         """Check an uploaded archive against its digest, unpack it here, and keep it in the

@@ -18,6 +18,7 @@ from fmesh.deploy.bundle import BundleLimits, BundleStore
 from fmesh.deploy.dependencies import DependencyInstaller
 from fmesh.deploy.operations import NodeOperations
 from fmesh.deploy.resources import BridgeKind, FunctionKind, Kind, PeerKind, Resource, SubscriptionKind, TriggerKind
+from fmesh.deploy.unused_code import DEFAULT_GRACE, UnusedCode
 
 from fmesh import meshlog
 from fmesh.bindings.common import describe
@@ -46,12 +47,14 @@ def state_key(kind: str, name: str) -> str:
 
 class ControlPlane:
     def __init__(self, node: NodeOperations, serves: str | None = None,
-                 bundle_limits: BundleLimits = BundleLimits()) -> None:
+                 bundle_limits: BundleLimits = BundleLimits(), bundle_grace: float = DEFAULT_GRACE) -> None:
         """`serves`: run that one (external) function and only route the rest, as
-        `fmesh sidecar` does; None: run everything, as a node does."""
+        `fmesh sidecar` does; None: run everything, as a node does (and removes the code no
+        deployed version has used for `bundle_grace` seconds)."""
         self.node = node
         self.serves = serves
         self.bundles = BundleStore(node.data_dir / "bundles", node.blobs, bundle_limits)
+        self.unused_code = UnusedCode(self.bundles, bundle_grace)
         self.dependencies = DependencyInstaller(node.data_dir / "deps")
         # Order matters: peers before anything takes events; bridges (that functions may hand
         # replies and dead letters to) before functions; functions before the subscriptions
@@ -85,7 +88,16 @@ class ControlPlane:
                 await self._converge(change.key, change.value)
 
         await asyncio.gather(follow(self.node.state, DEPLOYED, apply, "the deployed state"),
-                             now_and_then(RECONCILE_EVERY, self.reconcile, "the deployed state"))
+                             now_and_then(RECONCILE_EVERY, self.reconcile, "the deployed state"),
+                             *([self.unused_code.run(self.code_in_use, self._changing)] if self.serves is None else []))
+
+    async def code_in_use(self) -> set[str]:
+        """The bundles a deployed version names, on any node, or one running here uses."""
+        records = await self.node.state.list(state_key("function", ""))
+        named = {json.loads(entry.value).get("bundle") or "" for entry in records.values()}
+        named |= {r.bundle or "" for r in self.functions.values()}
+        here = {path.name for path in self.node.code_in_use() if path.parent == self.bundles.directory}
+        return {digest for digest in named | here if digest}
 
     async def reconcile(self) -> None:
         """Bring this node to the deployed state as it is now, whatever changes were missed."""
@@ -153,7 +165,13 @@ class ControlPlane:
         """Install a bundle's requirements.txt, yielding pip's output (DeployError on failure)."""
         if not await self.bundles.fetch(digest):
             raise DeployError(f"bundle {digest[:12]} was not uploaded")
-        return self.dependencies.stream(self.bundles.path(digest))
+        return self._needing(digest, self.dependencies.stream(self.bundles.path(digest)))
+
+    async def _needing(self, digest: str, lines: AsyncIterator[str]) -> AsyncIterator[str]:
+        """`lines`, noting at each that the bundle is needed: an install may outlast the grace."""
+        async for line in lines:
+            self.bundles.touch(digest)
+            yield line
 
     async def _bring_code(self, digest: str) -> None:
         """A function's code and requirements here, whichever node they were uploaded to."""

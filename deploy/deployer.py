@@ -6,8 +6,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from fmesh.deploy.bundle import pack
-from fmesh.deploy.manifest import Manifest
+from fmesh.deploy.bundle import IGNORE_FILE, Packed, ignore_rules, pack
+from fmesh.deploy.manifest import FunctionSpec, Manifest
+
+from fmesh.wording import plural, size
+
+BIG_BUNDLE = 10 * 1000 * 1000  # bytes of archive past which `fmesh deploy` warns, naming the biggest files
 
 
 class Progress(Protocol):
@@ -21,6 +25,15 @@ class PackedFunction:
     data: bytes
     files: int
     has_requirements: bool = False
+    biggest: tuple[tuple[str, int], ...] = ()
+    folder: Path = Path(".")
+
+
+def pack_function(function: FunctionSpec, manifest_path: Path) -> Packed:
+    """A function's folder packed as `fmesh deploy` and `fmesh up -f` upload it: its
+    `.fmeshignore` and the defaults left out, and the manifest if it sits there."""
+    folder = manifest_path.parent / (function.folder or ".")
+    return pack(folder, skip=[manifest_path], ignore=ignore_rules(folder, python=function.handler is not None))
 
 
 def pack_functions(manifest: Manifest, manifest_path: Path, progress: Progress) -> list[PackedFunction]:
@@ -30,9 +43,20 @@ def pack_functions(manifest: Manifest, manifest_path: Path, progress: Progress) 
             continue  # external: its code is not fmesh's to carry
         folder = manifest_path.parent / function.folder
         progress.step(f"packing {name} from {folder}")
-        digest, data, files = pack(folder, skip=[manifest_path])
-        packed.append(PackedFunction(name, digest, data, files, (folder / "requirements.txt").is_file()))
+        bundle = pack_function(function, manifest_path)
+        packed.append(PackedFunction(name, bundle.digest, bundle.data, bundle.files,
+                                     (folder / "requirements.txt").is_file(), tuple(bundle.biggest()), folder))
     return packed
+
+
+def size_warning(function: PackedFunction) -> str | None:
+    """One line when a function's code is big enough to be a mistake (a data set, a venv)."""
+    if len(function.data) <= BIG_BUNDLE:
+        return None
+    files = ", ".join(f"{name} ({size(length)})" for name, length in function.biggest)
+    return (f"the code of {function.name} is {size(len(function.data))} packed, over {size(BIG_BUNDLE)} "
+            f"({plural(function.files, 'file')}); the biggest: {files}. Leave files out with "
+            f"{function.folder / IGNORE_FILE} (gitignore syntax)")
 
 
 # Where a manifest names files the mesh reads (certificates, secrets in files).

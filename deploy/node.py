@@ -277,6 +277,9 @@ class Node:
     def function_status(self) -> list[FunctionStatus]:
         return self.runtime.status()
 
+    def code_in_use(self) -> set[Path]:
+        return self.runtime.code_in_use()
+
     def sink_status(self) -> list[SinkStatus]:
         return self.runtime.sink_status()
 

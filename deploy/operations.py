@@ -59,6 +59,9 @@ class NodeOperations(Protocol):
 
     def function_status(self) -> list[FunctionStatus]: ...
 
+    def code_in_use(self) -> set[Path]:
+        """The folders of the code the versions running here use (retiring ones included)."""
+
     def sink_status(self) -> list[SinkStatus]: ...
 
     def trigger_status(self) -> list[TriggerStatus]: ...

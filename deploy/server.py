@@ -12,10 +12,10 @@ from typing import Any
 
 import uvicorn
 from fmesh.deploy.api import create_app
-from fmesh.deploy.bundle import BundleLimits, pack
+from fmesh.deploy.bundle import BundleLimits
 from fmesh.deploy.claims import listen, lock_data_dir
 from fmesh.deploy.control import ControlPlane
-from fmesh.deploy.deployer import PackedFunction, apply_request, summarize
+from fmesh.deploy.deployer import PackedFunction, apply_request, pack_function, summarize
 from fmesh.deploy.http_config import client_limits, run_fast, uvicorn_level, uvicorn_log_config
 from fmesh.deploy.ingress_link import IngressLink
 from fmesh.deploy.ingress_workers import IngressWorkers
@@ -35,6 +35,7 @@ from fmesh.settings import (
     settings_from_document,
     token_path,
 )
+from fmesh.wording import plural
 
 log = meshlog.get("fmesh.deploy")
 
@@ -44,7 +45,8 @@ def build(settings: NodeSettings) -> tuple[Node, ControlPlane, str]:
     settings.mesh_id = load_or_create_mesh_id(settings.data_dir, settings.mesh_id)
     node = Node(settings)
     node.trust_control_token(token)
-    control = ControlPlane(node, bundle_limits=BundleLimits(settings.max_bundle_bytes, settings.max_bundle_files))
+    control = ControlPlane(node, bundle_limits=BundleLimits(settings.max_bundle_bytes, settings.max_bundle_files),
+                           bundle_grace=settings.bundle_grace)
     node.control_app = app = create_app(node, control, settings.metrics_public)
     node.on_end_streams.append(app.state.live.end)
     return node, control, token
@@ -59,10 +61,10 @@ async def deploy_local(control: ControlPlane, manifest_path: Path,
     for name, function in manifest.functions.items():
         if function.folder is None:
             continue  # external
-        digest, data, _ = pack(manifest_path.parent / function.folder, skip=[manifest_path])
-        await control.bundles.put(digest, data)
-        await control.dependencies.install(control.bundles.path(digest), progress)
-        packed.append(PackedFunction(name, digest, b"", 0))
+        bundle = pack_function(function, manifest_path)
+        await control.bundles.put(bundle.digest, bundle.data)
+        await control.dependencies.install(control.bundles.path(bundle.digest), progress)
+        packed.append(PackedFunction(name, bundle.digest, b"", 0))
     request = apply_request(manifest, packed, manifest_path.parent.resolve())
     changes = await control.apply({"function": request["functions"], "subscription": request["subscriptions"],
                                    "trigger": request["triggers"], "bridge": request["bridges"],
@@ -90,7 +92,7 @@ async def serve(settings: NodeSettings, manifest: Path | None, sockets: list[soc
         if not settings.token:
             say(f"  control API token in {token_path(settings.data_dir)}")
         if restored:
-            say(f"  restored {restored} deployed resource(s)")
+            say(f"  restored {plural(restored, 'deployed resource')}")
         if manifest is not None:
             summary = await deploy_local(control, manifest, lambda line: say(f"  {line}"))
             say(f"  deployed {manifest}: {summary}")

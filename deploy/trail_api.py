@@ -17,6 +17,7 @@ from fmesh.deploy.operations import NodeOperations
 from pydantic import StringConstraints
 
 from fmesh.durations import format_duration
+from fmesh.wording import plural
 
 Pair = Annotated[str, StringConstraints(pattern=r"^[a-z0-9]{1,20}=")]  # attribute=value
 PING_EVERY = 15.0  # seconds between keep-alive comments on a quiet stream
@@ -30,8 +31,8 @@ def add_trail_routes(app: FastAPI, node: NodeOperations, auth: list) -> None:
         entries = await _trail(node).trace(event_id)
         if not entries:
             recorder = _trail(node)
-            raise HTTPException(404, f"no event with id {event_id!r} in the trail (it keeps the last "
-                                     f"{recorder.max_events} events, for {format_duration(recorder.retention)})")
+            kept = f"{plural(recorder.max_events, 'event')}, for {format_duration(recorder.retention)}"
+            raise HTTPException(404, f"no event with id {event_id!r} in the trail (it keeps the last {kept})")
         return {"trail": entries}
 
     @app.get("/v1/events", dependencies=auth, summary="Recent events, newest first (fmesh events list)",

@@ -9,15 +9,18 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from fmesh.cli_get import delete, get
 from fmesh.cli_new import invoke, new
 from fmesh.cli_shared import CaOption, ManifestOption, MeshOption, TokenOption, client, console, errors, fail
+from fmesh.cli_status import status
 from fmesh.cli_trail import events_app, trace
 from fmesh.cli_version import main_options
 from fmesh.errors import FmeshError
 from fmesh.settings import DEFAULT_MESH_URL, DEFAULT_PORT, default_data_dir, read_token
+from fmesh.wording import noun, plural
 
 app = typer.Typer(help="fmesh: event-driven functions that scale to zero, no cluster required.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -59,6 +62,9 @@ def up(
         min=1, help="Most bytes a function's uploaded code may unpack to (400 past it).")] = 256 * 1024 * 1024,
     max_bundle_files: Annotated[int, typer.Option(
         min=1, help="Most files in a function's uploaded code (400 past it).")] = 20_000,
+    bundle_grace: Annotated[str, typer.Option(
+        help="Function code that no deployed version uses (on any node, old versions finishing their events "
+             "included) is removed after this long; also how long an upload waits for its deploy.")] = "10m",
     max_backlog: Annotated[int, typer.Option(
         min=0, help="Events waiting for one function or sink at most: past it, publishing events routed there "
                     "gets 503 with Retry-After (triggers pause) until it catches up; 0: no bound.")] = 100_000,
@@ -123,8 +129,8 @@ def up(
                             max_event_bytes=max_event_bytes, max_header_bytes=max_header_bytes,
                             max_headers=max_headers, max_extensions=max_extensions,
                             max_bundle_bytes=max_bundle_bytes, max_bundle_files=max_bundle_files, launcher=launcher,
-                            max_backlog=max_backlog, ingress_workers=ingress_workers,
-                            template_idle=_duration(template_idle),
+                            bundle_grace=_duration(bundle_grace), max_backlog=max_backlog,
+                            ingress_workers=ingress_workers, template_idle=_duration(template_idle),
                             dead_letter_retention=_duration(dead_letter_retention),
                             trail_retention=_duration(trail_retention), trail_max_events=trail_max_events,
                             shutdown_grace=_duration(shutdown_grace), ingress_auth=ingress_auth,
@@ -142,6 +148,8 @@ def up(
         fail(f"--ingress-auth must be required, optional or off, not {ingress_auth!r}")
     if settings.shutdown_grace <= 0:
         fail("--shutdown-grace must be more than 0s, e.g. 10s")
+    if settings.bundle_grace <= 0:
+        fail("--bundle-grace must be more than 0s, e.g. 10m: a deploy uploads its code before it applies")
     _check_client_limits(settings)
     _check_store(settings)
     if otlp_endpoint is not None:
@@ -170,7 +178,7 @@ def deploy(file: ManifestOption = Path("fmesh.yaml"), mesh: MeshOption = DEFAULT
                     "nothing is deployed.")] = True,
            ) -> None:
     """Validate a manifest, upload each function's code, and apply it to the mesh."""
-    from fmesh.deploy.deployer import apply_request, pack_functions, summarize
+    from fmesh.deploy.deployer import apply_request, pack_functions, size_warning, summarize
     from fmesh.deploy.manifest import check_references, load_manifest
 
     try:
@@ -188,12 +196,15 @@ def deploy(file: ManifestOption = Path("fmesh.yaml"), mesh: MeshOption = DEFAULT
             progress = _StatusProgress(status)
             packed = pack_functions(manifest, file, progress)
             for function in packed:
+                if (warning := size_warning(function)) is not None:
+                    errors.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
                 if mesh_client.has_bundle(function.digest):
                     console.print(f"  code of {function.name} already on the mesh ({function.digest[:12]})")
                     continue
-                progress.step(f"uploading {function.name} ({function.files} files, {len(function.data):,} bytes)")
+                what = f"{plural(function.files, 'file')}, {plural(len(function.data), 'byte')}"
+                progress.step(f"uploading {function.name} ({what})")
                 mesh_client.put_bundle(function.digest, function.data)
-                console.print(f"  uploaded {function.name}: {function.files} files, {len(function.data):,} bytes")
+                console.print(f"  uploaded {function.name}: {what}")
             for function in packed:
                 if function.has_requirements:
                     _install_requirements(mesh_client, function, progress)
@@ -384,92 +395,7 @@ def _key_value(item: str) -> tuple[str, str]:
     return key, value
 
 
-@app.command()
-def status(mesh: MeshOption = DEFAULT_MESH_URL, token: TokenOption = None, ca: CaOption = None,
-           as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
-    """Per function: replicas, events in flight, delivered, failed and dead-lettered."""
-    try:
-        with client(mesh, token, ca) as mesh_client:
-            report = mesh_client.status()
-    except FmeshError as exc:
-        fail(str(exc))
-    if as_json:
-        print(json.dumps(report, indent=2))
-        return
-    table = Table("function", "replicas", "desired", "in flight", "pending", "delivered", "failed", "dead",
-                  "out of memory", "cold start last/median")
-    for f in report["functions"]:
-        table.add_row(f["name"], _replicas(f), *(str(f[k]) for k in (
-            "desired", "inflight", "pending", "delivered", "failed", "dead_lettered", "out_of_memory")),
-            _cold_start(f))
-    console.print(table)
-    if not report["functions"]:
-        console.print("No functions deployed. Deploy some with `fmesh deploy -f fmesh.yaml`.")
-    _print_sinks(report.get("sinks", []))
-    _print_bridges(report.get("bridges", []), report.get("bridged_in"))
-    _print_triggers(report.get("triggers", []))
-    if report.get("unrouted"):
-        console.print(f"{report['unrouted']} event(s) matched no subscription: `fmesh events list --unrouted` "
-                      "shows the latest", highlight=False)
-    _print_nodes(report.get("nodes", []), report.get("node"), report.get("totals", {}))
-    for key, why in sorted(report.get("broken", {}).items()):
-        errors.print(f"[bold red]broken:[/] {key.replace('/', ' ', 1)} could not start after a restart "
-                     f"(its events wait): {why}", highlight=False)
-    if report.get("mesh"):
-        console.print(f"mesh {report['mesh']}; store {report['store']}", highlight=False)
-
-
-def _print_nodes(nodes: list[dict[str, Any]], this: str | None, totals: dict[str, int]) -> None:
-    """Every node on the store, when there is more than this one, and replicas across them."""
-    if len(nodes) < 2:
-        return
-    table = Table("node", "address", "state", "last heartbeat", "replicas")
-    for n in nodes:
-        colour = "green" if n["state"] == "up" else "red"
-        replicas = ", ".join(f"{name} {count}" for name, count in sorted(n["functions"].items())) or "-"
-        table.add_row(n["id"] + (" (this one)" if n["id"] == this else ""), n["address"],
-                      f"[{colour}]{n['state']}[/]", f"{n['age']:.0f}s ago", replicas)
-    console.print(table)
-    if totals:
-        console.print("replicas on all nodes: " + ", ".join(f"{k} {v}" for k, v in totals.items()), highlight=False)
-
-
-def _print_bridges(bridges: list[dict[str, Any]], bridged_in: dict[str, int] | None) -> None:
-    if bridges:
-        table = Table("bridge", "to", "state", "backlog", "oldest waiting", "forwarded", "looped", "dead",
-                      "last error")
-        for b in bridges:
-            colour = {"connected": "green", "retrying": "yellow"}.get(b["state"], "dim")
-            oldest = "-" if b["oldest_waiting_s"] is None else f"{b['oldest_waiting_s']:.0f}s"
-            table.add_row(b["name"], f"{b['url']} ({b['peer_mesh'] or '?'})", f"[{colour}]{b['state']}[/]",
-                          str(b["backlog"]), oldest, str(b["forwarded"]), str(b["looped"]),
-                          str(b["dead_lettered"]), _plain(b["last_error"]))
-        console.print(table)
-    if bridged_in and bridged_in.get("received"):
-        console.print(f"from other meshes: {bridged_in['received']} received, {bridged_in['duplicates']} "
-                      f"duplicates and {bridged_in['looped']} looped events dropped", highlight=False)
-
-
-def _print_sinks(sinks: list[dict[str, Any]]) -> None:
-    if not sinks:
-        return
-    table = Table("subscription", "to", "in flight", "pending", "delivered", "failed", "dead", "last error")
-    for s in sinks:
-        table.add_row(s["name"], s["url"], *(str(s[k]) for k in ("inflight", "pending", "delivered", "failed",
-                                                                  "dead_lettered")), _plain(s["last_error"]))
-    console.print(table)
-
-
-def _print_triggers(triggers: list[dict[str, Any]]) -> None:
-    if not triggers:
-        return
-    table = Table("trigger", "kind", "state", "events in", "last event", "lag", "last error")
-    for t in triggers:
-        last = "-" if t["last_event_at"] is None else _ago(t["last_event_at"])
-        colour = {"connected": "green", "retrying": "yellow"}.get(t["state"], "red")
-        table.add_row(t["name"], t["kind"], f"[{colour}]{t['state']}[/]", str(t["events_in"]), last,
-                      "-" if t["lag"] is None else str(t["lag"]), _plain(t["last_error"]))
-    console.print(table)
+app.command()(status)
 
 
 def _plain(text: str | None) -> Any:
@@ -486,19 +412,6 @@ def _ago(timestamp: float) -> str:
     import time
 
     return f"{max(0.0, time.time() - timestamp):.0f}s ago"
-
-
-def _replicas(f: dict[str, Any]) -> str:
-    parts = [f"{f['ready']} ready"] if f["ready"] else []
-    if f["starting"]:
-        parts.append(f"{f['starting']} starting")
-    return f"{f['replicas']}" + (f" ({', '.join(parts)})" if parts and f["replicas"] != f["ready"] else "")
-
-
-def _cold_start(f: dict[str, Any]) -> str:
-    if f["cold_start_last_ms"] is None:
-        return "-"
-    return f"{f['cold_start_last_ms']:.1f}/{f['cold_start_median_ms']:.1f} ms"
 
 
 @app.command()
@@ -542,15 +455,16 @@ def dead_letters(
         with client(mesh, token, ca) as mesh_client:
             if replay or replay_all:
                 result = mesh_client.replay_dead_letters(replay or [], replay_all)
-                console.print(f"replayed {result['replayed']} dead letter(s)")
+                console.print(f"replayed {plural(result['replayed'], 'dead letter')}")
                 if result.get("not_routed"):
-                    fail(f"dead letter(s) {', '.join(map(str, result['not_routed']))} kept: their subscription "
+                    kept = result["not_routed"]
+                    fail(f"{noun(len(kept), 'dead letter')} {', '.join(map(str, kept))} kept: their subscription "
                          "is gone and no deployed filter matches them now")
                 if result["not_found"]:
                     fail(f"no dead letter with id {', '.join(map(str, result['not_found']))}")
                 return
             if purge:
-                console.print(f"purged {mesh_client.purge_dead_letters(function)} dead letter(s)")
+                console.print(f"purged {plural(mesh_client.purge_dead_letters(function), 'dead letter')}")
                 return
             letters = mesh_client.dead_letters(function)
     except FmeshError as exc:

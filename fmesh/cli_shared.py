@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
+from fmesh.errors import FmeshError
 from fmesh.settings import read_token
+
+T = TypeVar("T")
 
 # Piped output is for scripts and logs: do not squeeze tables into 80 columns there.
 console = Console(width=None if sys.stdout.isatty() else 200)
@@ -35,3 +39,12 @@ def client(mesh: str, token: str | None, ca: Path | None = None):  # type: ignor
     from fmesh.tls import cli_context
 
     return MeshClient(mesh, token or read_token(), verify=cli_context(ca))
+
+
+def ask(mesh: str, token: str | None, ca: Path | None, question: Callable[[Any], T]) -> T:
+    """What `question` gets from the mesh's client; an error on the way ends the command (exit 1)."""
+    try:
+        with client(mesh, token, ca) as mesh_client:
+            return question(mesh_client)
+    except FmeshError as exc:
+        fail(str(exc))

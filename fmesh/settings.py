@@ -91,6 +91,7 @@ class NodeSettings:
     max_extensions: int = 64              # extension attributes of one event (413 past it)
     max_bundle_bytes: int = 256 * 1024 * 1024  # what a function's code may unpack to (400 past it)
     max_bundle_files: int = 20_000        # files in a function's code (400 past it)
+    bundle_grace: float = 600.0           # function code no deployed version uses goes after this long
     launcher: str = "zygote"              # or "subprocess": a fresh interpreter per replica
     template_idle: float = 300.0          # a function's template (handler loaded, forks its replicas) goes
                                           # after this long without a replica; 0: no templates

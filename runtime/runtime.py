@@ -120,6 +120,7 @@ class Runtime:
         self.cold_start_listeners: list[Callable[[str, float], None]] = []   # (function, seconds)
         self.sinks: dict[str, tuple[SinkSpec, Sink, Sidecar]] = {}
         self._retiring: dict[str, set[asyncio.Task]] = {}
+        self._retiring_code: dict[asyncio.Task, Path] = {}   # a retiring version's task → its code's folder
         self._verifying: dict[str, Replica] = {}   # replicas started once by a deploy, by id
 
     async def start(self) -> None:
@@ -166,7 +167,9 @@ class Runtime:
                                       "finishes its in-flight events, then stops")
             task = asyncio.get_running_loop().create_task(self._retire(old))
             self._retiring.setdefault(spec.name, set()).add(task)
+            self._retiring_code[task] = old.spec.directory
             task.add_done_callback(self._retiring[spec.name].discard)
+            task.add_done_callback(lambda done: self._retiring_code.pop(done, None))
 
     async def invoke(self, name: str, event: Event) -> Event | None:
         """One attempt at `event` by function `name`, straight to its runner pool (a replica
@@ -247,6 +250,10 @@ class Runtime:
     def sink_status(self) -> list[SinkStatus]:
         return [SinkStatus(name, spec.url, sidecar.stats, getattr(sink, "stats", None))
                 for name, (spec, sink, sidecar) in sorted(self.sinks.items())]
+
+    def code_in_use(self) -> set[Path]:
+        """The folders every version here runs from, those still finishing their events included."""
+        return {r.spec.directory for r in self.functions.values()} | set(self._retiring_code.values())
 
     def status(self) -> list[FunctionStatus]:
         return [FunctionStatus(name, r.spec.version, r.pool.status(), r.sidecar.stats,

@@ -37,6 +37,7 @@ from fmesh.events import (
 )
 from fmesh.tracecontext import check_trace_attributes
 from fmesh.tracing import CONSUMER, HOP, NOOP, Span, Tracer, start_delivery, start_reply, traced_reply
+from fmesh.wording import plural
 
 ERROR_DATA_BYTES = 1024
 STORE_RETRY_FIRST = 0.05     # seconds before a failed store operation is tried again, doubling
@@ -348,7 +349,7 @@ class Sidecar:
         """True when it went to the policy's dead-letter subscription, False to the dead letters."""
         event = with_error_context(delivery.event, self.name, error, attempts)
         target = self.policy.dead_letter
-        reason = "not retryable" if not error.retryable else f"gave up after {attempts} attempts"
+        reason = "not retryable" if not error.retryable else f"gave up after {plural(attempts, 'attempt')}"
         if delivery.undecodable is not None:
             reason = "undecodable"
         elif isinstance(error, Expired):

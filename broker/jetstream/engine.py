@@ -29,6 +29,7 @@ from nats.js.object_store import ObjectStore
 
 from fmesh.bindings.common import describe
 from fmesh.errors import StoreError
+from fmesh.wording import plural
 
 STREAM_EXISTS = 10058      # JetStream's error code: a stream of that name exists with another configuration
 REQUEST_TIMEOUT = 5.0      # seconds any one request to the server may take
@@ -214,7 +215,7 @@ class Engine:
             return []
         self.connected()
         futures = []
-        with self.translated(f"cannot store {len(messages)} message(s)"):
+        with self.translated(f"cannot store {plural(len(messages), 'message')}"):
             try:
                 for subject, body, msg_id in messages:
                     headers = {"Nats-Msg-Id": msg_id} if msg_id else None

@@ -251,7 +251,8 @@ function noteFailures(status) {
     const then = before[name] ? before[name].failed : (state.previous ? 0 : null);
     const more = then === null ? now.failed : now.failed - then;
     if (more > 0) {
-      const what = then === null ? `${more} failed attempt(s) so far` : `${more} failed attempt(s)`;
+      const attempts = `${more} failed ${more === 1 ? "attempt" : "attempts"}`;
+      const what = then === null ? `${attempts} so far` : attempts;
       state.failures.unshift({at: Date.now() / 1000, name, text: `${what}: ${now.error || "no error given"}`});
     }
   }

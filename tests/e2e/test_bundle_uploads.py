@@ -8,7 +8,7 @@ import threading
 import time
 
 import httpx
-from support import tar_gz
+from support import tar_gz, wait_for
 
 DIGEST = "ab" * 32
 
@@ -114,3 +114,79 @@ def test_an_upload_cut_off_midway_leaves_no_traceback_and_nothing_behind(mesh):
     assert mesh.api("GET", "/healthz").status_code == 200
     assert "Traceback" not in mesh.log() and "ERROR" not in mesh.log(), mesh.log()[-2000:]
     assert leftovers(mesh) == []
+
+
+def test_deploy_leaves_out_the_defaults_and_fmeshignore_and_warns_of_a_big_bundle(mesh, tmp_path):
+    import os
+
+    folder = tmp_path / "fn"
+    files = {"handler.py": b"def handle(e):\n    return {'ok': True}\n", ".env": b"SECRET=1\n", "venv/x.py": b"",
+             ".venv/bin/python": b"", "node_modules/left/index.js": b"", ".git/HEAD": b"ref\n", "notes.log": b"",
+             "model.bin": os.urandom(11_000_000), ".fmeshignore": b"*.log\n!.env\n"}
+    for name, data in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(data)
+    (tmp_path / "fmesh.yaml").write_text("functions:\n  big:\n    handler: fn/handler.py:handle\n"
+                                         "    on: [{type: com.test.big}]\n")
+    (folder / ".fmeshignore").write_bytes(b"*.log\n!\n")
+    refused = mesh.cli("deploy", "-f", str(tmp_path / "fmesh.yaml"), check=False)
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr, refused.stderr
+    assert f"error: {folder / '.fmeshignore'}:2: '!' is not a gitignore pattern" in refused.stderr, refused.stderr
+    (folder / ".fmeshignore").write_bytes(files[".fmeshignore"])
+    deployed = mesh.cli("deploy", "-f", str(tmp_path / "fmesh.yaml"))
+    warnings = [line for line in deployed.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "the code of big is 11.0 MB packed, over 10.0 MB" in warnings[0], deployed.stderr
+    assert "model.bin (11.0 MB)" in warnings[0] and ".fmeshignore" in warnings[0], deployed.stderr
+    assert "Traceback" not in deployed.stderr and "uploaded big: 4 files" in deployed.stdout, deployed.stdout
+    digest = mesh.api("GET", "/v1/functions/big").json()["bundle"]
+    shipped = sorted(p.name for p in (mesh.data_dir / "bundles" / digest).iterdir() if p.name != "__pycache__")
+    assert shipped == [".env", ".fmeshignore", "handler.py", "model.bin"]
+
+
+HOLDING = """import os
+import time
+
+VERSION = {version}
+
+
+def handle(event):
+    open(os.environ["STARTED"], "w").close()
+    deadline = time.monotonic() + 60
+    while not os.path.exists(os.environ["RELEASE"]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+"""
+
+
+def test_code_no_version_uses_goes_after_the_grace_but_not_while_an_old_version_finishes(mesh_factory, tmp_path):
+    from fmesh.deploy.bundle import pack
+
+    mesh = mesh_factory(extra=["--bundle-grace", "1s"]).start()
+    started, release = tmp_path / "started", tmp_path / "release"
+    (tmp_path / "fn").mkdir()
+    (tmp_path / "fmesh.yaml").write_text(
+        "functions:\n  hold:\n    handler: fn/handler.py:handle\n    on: [{type: com.test.hold}]\n"
+        f"    timeout: 60s\n    env: {{STARTED: '{started}', RELEASE: '{release}'}}\n")
+
+    def deploy(version: int) -> str:
+        (tmp_path / "fn" / "handler.py").write_text(HOLDING.format(version=version))
+        mesh.cli("deploy", "-f", str(tmp_path / "fmesh.yaml"))
+        return mesh.api("GET", "/v1/functions/hold").json()["bundle"]
+
+    def kept(digest: str) -> bool:
+        return (mesh.data_dir / "bundles" / digest).is_dir() or (mesh.data_dir / "blobs" / digest).exists()
+
+    first = deploy(1)
+    mesh.cli("send", "--type", "com.test.hold", "--source", "/t")
+    wait_for(started.exists, 30, message="the first version to take the event")
+    second = deploy(2)  # the first version keeps its event until it is done
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "handler.py").write_text("def handle(e): pass\n")
+    uploaded = pack(tmp_path / "other")
+    assert upload(mesh, uploaded.data, uploaded.digest).status_code == 200
+    assert kept(uploaded.digest)  # an upload waits for its deploy, for the grace
+    wait_for(lambda: not kept(uploaded.digest), 30, message="an upload no deploy used to be removed")
+    assert kept(first), "the code of a version still finishing its event was removed"
+    release.touch()
+    wait_for(lambda: not kept(first), 30, message="the first version's code to go once it finished")
+    assert kept(second) and (mesh.data_dir / "bundles" / second).is_dir()
+    assert "Traceback" not in mesh.log()

@@ -175,6 +175,6 @@ def test_the_cron_example_ticks_through_the_mesh(mesh_factory, tmp_path):
     assert "com.example.heartbeat" in mesh.cli("logs", "report").stdout
     mesh.stop()  # a restart restores the timers (their tick state lives beside the deployed resources)
     mesh.start()
-    assert "restored 3 deployed resource(s)" in mesh.log()
+    assert "restored 3 deployed resources" in mesh.log()
     wait_for(lambda: (trigger_status(mesh, "heartbeat") or {}).get("events_in", 0) >= 1, 20,
              message="ticks after the restart")
