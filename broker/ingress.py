@@ -15,36 +15,15 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, nullcontext
-from dataclasses import dataclass
-from typing import Any
 
 from fmesh.broker.identity import Identity, PendingSignature, Principal
+from fmesh.broker.ingress_http import Forwarded, answer, read_request, take_post
 from fmesh.broker.policy import Gate
 
-from fmesh.asgi import (
-    Receive,
-    Scope,
-    Send,
-    accepted,
-    ce_header_bytes,
-    check_declared_size,
-    header_dict,
-    read_stream,
-    respond,
-)
+from fmesh.asgi import Receive, Scope, Send, accepted, respond
 from fmesh.bindings.http import read_events
-from fmesh.errors import (
-    AuthError,
-    Backlogged,
-    ClientGone,
-    EventTooLarge,
-    Forbidden,
-    InvalidEvent,
-    RateLimited,
-    StoreError,
-    UnsupportedContentType,
-)
-from fmesh.events import DEFAULT_MAX_EXTENSIONS, Event, TooManyExtensions
+from fmesh.errors import Backlogged, StoreError
+from fmesh.events import DEFAULT_MAX_EXTENSIONS, Event
 from fmesh.ratelimit import retry_after_header
 from fmesh.tracing import NOOP, Tracer, Transport, publish_traced, transport_of
 
@@ -52,7 +31,6 @@ Publish = Callable[[list[Event]], Awaitable[None]]
 Caller = Principal | PendingSignature   # who the headers say is calling, before the body is checked
 
 DEFAULT_MAX_EVENT_BYTES = 1024 * 1024
-CHALLENGE = [(b"www-authenticate", b'Bearer realm="fmesh"')]
 
 
 class Ingress:
@@ -89,7 +67,7 @@ class Ingress:
                 await request.refusal.send_to(send)
                 return
             self.gate.permit(principal, request.events)
-            await self.accept(request.events, send, request.transport())
+            await self.accept(request.events, send, forwarded_transport(request.headers))
 
     async def receive(self, scope: Scope, receive: Receive) -> tuple[Caller, dict[str, str], bytes]:
         """Who is calling, the headers and the body, once the size and the caller passed."""
@@ -123,97 +101,10 @@ def backlogged_body(exc: Backlogged) -> dict:
     return {"error": str(exc), "subscription": exc.subscription, "waiting": exc.waiting, "limit": exc.limit}
 
 
-@dataclass(slots=True)
-class Answer:
-    """An HTTP answer as data: what an ingress worker sends back for the mesh."""
-
-    status: int
-    headers: list[tuple[bytes, bytes]]
-    body: bytes
-
-    async def send_to(self, send: Send) -> None:
-        await send({"type": "http.response.start", "status": self.status, "headers": self.headers})
-        await send({"type": "http.response.body", "body": self.body})
-
-
-@dataclass(slots=True)
-class Forwarded:
-    """A request to `POST /` as an ingress worker hands it on: the headers and client
-    certificate (who is calling), the body only when a signature covers it, and either
-    the parsed events or the worker's answer to events that did not parse."""
-
-    headers: dict[str, str]
-    tls: dict[str, Any] | None
-    body: bytes | None
-    events: list[Event]
-    refusal: Answer | None = None
-
-    def transport(self) -> Transport | None:
-        return transport_of((name.encode("latin-1"), self.headers[name].encode("latin-1"))
-                            for name in TRACE_HEADERS if name in self.headers)
-
-
 TRACE_HEADERS = ("traceparent", "tracestate")
 
 
-class Collector:
-    """An ASGI `send` that keeps the answer instead of sending it."""
-
-    def __init__(self) -> None:
-        self.status = 500
-        self.headers: list[tuple[bytes, bytes]] = []
-        self.body = b""
-
-    async def __call__(self, message: dict[str, Any]) -> None:
-        if message["type"] == "http.response.start":
-            self.status, self.headers = message["status"], list(message.get("headers", []))
-        else:
-            self.body += message.get("body", b"")
-
-    def answer(self) -> Answer:
-        return Answer(self.status, self.headers, self.body)
-
-
-async def read_request(scope: Scope, receive: Receive, max_event_bytes: int,
-                       identify: Callable[[dict[str, str], Scope], Caller] | None = None,
-                       ) -> tuple[Caller | None, dict[str, str], bytes]:
-    """The headers and the body within `max_event_bytes` (the `ce-*` headers count: in binary
-    mode they are the event's attributes), and who is calling once the size passed."""
-    attributes = ce_header_bytes(scope)
-    body_limit = max_event_bytes - attributes
-    try:
-        check_declared_size(scope, body_limit)  # before anyone is asked who they are
-        headers = header_dict(scope)
-        caller = identify(headers, scope) if identify is not None else None
-        return caller, headers, await read_stream(receive, body_limit)
-    except EventTooLarge as exc:
-        raise EventTooLarge(exc.size + attributes, max_event_bytes) from None
-
-
-async def take_post(scope: Scope, receive: Receive, send: Send,
-                    take: Callable[[Scope, Receive, Send], Awaitable[None]]) -> None:
-    """`take` a POST, answering its refusals; any other method gets 405."""
-    if scope["method"] != "POST":
-        await respond(send, 405, {"error": "send CloudEvents with POST"}, [(b"allow", b"POST")])
-        return
-    await answer(send, take(scope, receive, send))
-
-
-async def answer(send: Send, work: Awaitable[None]) -> None:
-    """Run `work`, answering each refusal with its status and a body that says why."""
-    try:
-        await work
-    except ClientGone:
-        return  # nobody to answer, and nothing whole to store
-    except (EventTooLarge, TooManyExtensions) as exc:
-        await respond(send, 413, {"error": str(exc), "limit": exc.limit})
-    except AuthError as exc:
-        await respond(send, 401, {"error": str(exc)}, CHALLENGE)
-    except RateLimited as exc:
-        await respond(send, 429, {"error": str(exc)}, [(b"retry-after", retry_after_header(exc.retry_after))])
-    except UnsupportedContentType as exc:
-        await respond(send, 415, {"error": str(exc)})
-    except InvalidEvent as exc:
-        await respond(send, 400, {"error": str(exc), "attribute": exc.attribute})
-    except Forbidden as exc:
-        await respond(send, 403, {"error": str(exc)})
+def forwarded_transport(headers: dict[str, str]) -> Transport | None:
+    """The trace context of a forwarded request, from its headers."""
+    return transport_of((name.encode("latin-1"), headers[name].encode("latin-1"))
+                        for name in TRACE_HEADERS if name in headers)

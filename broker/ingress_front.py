@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from fmesh.broker.ingress import Answer, Collector, Forwarded, answer, read_request, take_post
+from fmesh.broker.ingress_http import Answer, Collector, Forwarded, answer, read_request, take_post
 
 from fmesh.asgi import Receive, Scope, Send, respond
 from fmesh.bindings.http import read_events

@@ -17,12 +17,13 @@ import socket
 import struct
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from fmesh.broker.ingress import Answer, Collector, Forwarded, Ingress
+from fmesh.broker.ingress_http import Answer, Collector, Forwarded
 from fmesh.runtime.wire import Frame, Kind, encode, read_frame
 
 from fmesh import meshlog
+from fmesh.asgi import Send
 from fmesh.events import Event
 
 log = meshlog.get("fmesh.deploy")
@@ -96,11 +97,17 @@ class Coalescing:
             self.writer.write(b"".join(frames))
 
 
+class TakesForwarded(Protocol):
+    """What answers a forwarded request: the mesh's ingress (broker.ingress.Ingress)."""
+
+    async def forwarded(self, request: Forwarded, send: Send) -> None: ...
+
+
 class IngressLink:
     """The mesh's end: answers what its ingress workers forward, each request in a task of
     its own (the store batches what arrives together)."""
 
-    def __init__(self, ingress: Ingress, is_worker: Callable[[int], bool]) -> None:
+    def __init__(self, ingress: TakesForwarded, is_worker: Callable[[int], bool]) -> None:
         self.ingress = ingress
         self.is_worker = is_worker
         self.server: asyncio.Server | None = None

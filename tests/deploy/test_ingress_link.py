@@ -7,7 +7,8 @@ import asyncio
 import os
 
 import pytest
-from fmesh.broker.ingress import Answer, Forwarded, Ingress
+from fmesh.broker.ingress import Ingress
+from fmesh.broker.ingress_http import Answer, Forwarded
 from fmesh.deploy.ingress_link import (
     IngressLink,
     LinkClient,
