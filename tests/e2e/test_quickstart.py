@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 from support import ROOT, wait_for, write_manifest
 
@@ -27,7 +28,7 @@ def test_quickstart_walkthrough(mesh_factory, tmp_path):
 
     wait_for(lambda: event_id in mesh.cli("logs", "hello").stdout, 5, message="hello's output in its logs")
     logs = mesh.cli("logs", "hello").stdout
-    assert "hello/1 stdout: hello got com.example.hello" in logs
+    assert re.search(r"hello@[0-9a-f]{6}/1 stdout: hello got com.example.hello", logs), logs
     # hello's reply is routed on to `greeted`, which logs it
     wait_for(lambda: "Hello, Ann!" in mesh.cli("logs", "greeted").stdout, 5, message="the reply reaching greeted")
 
