@@ -37,6 +37,13 @@ def test_quickstart_walkthrough(mesh_factory, tmp_path):
     assert isinstance(hello["replicas"], int) and hello["replicas"] == 1
     assert hello["delivered"] == 1
 
+    # flaky fails twice, then succeeds; it counts attempts in its own folder, not in a shared /tmp file
+    mesh.cli("send", "--type", "com.example.flaky", "--source", "/test")
+    wait_for(lambda: mesh.status("flaky").get("delivered") == 1, 15, message="flaky's third attempt")
+    assert mesh.status("flaky")["failed"] == 2
+    counts = list(mesh.data_dir.rglob(".attempts.json"))
+    assert len(counts) == 1 and (counts[0].parent / "handler.py").exists(), counts
+
 
 def test_function_scales_back_to_zero(mesh, tmp_path):
     manifest = write_manifest(tmp_path, """
