@@ -74,7 +74,7 @@ def find_token(given: str | None, data_dir: Path | None = None) -> tuple[str | N
     path = token_path(data_dir or default_data_dir())
     if path.exists():
         return path.read_text().strip(), f"the token file {path}"
-    return None, f"no token (no --token, no FMESH_TOKEN, no {path})"
+    return None, f"a request without a token (no --token, no FMESH_TOKEN, no {path})"
 
 
 def is_loopback(host: str) -> bool:
