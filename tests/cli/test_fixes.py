@@ -105,3 +105,6 @@ def test_the_readmes_broken_manifests_fail_as_it_shows(mesh):
 def test_shell_completion_can_be_installed():
     shown = CliRunner().invoke(app, ["--help"], prog_name="fmesh")
     assert "--install-completion" in shown.stdout and "--show-completion" in shown.stdout
+    completed = CliRunner().invoke(app, [], prog_name="fmesh", env={
+        "_FMESH_COMPLETE": "complete_bash", "COMP_WORDS": "fmesh dead", "COMP_CWORD": "1"})
+    assert completed.exit_code == 0 and completed.stdout.split() == ["dead-letters"], completed.stdout
