@@ -560,7 +560,7 @@ def dead_letters(
                 console.print(f"purged {mesh_client.purge_dead_letters(name)} dead letter(s)")
                 return
             letters = mesh_client.dead_letters(name)
-            if name is not None and not letters and name not in mesh_client.target_names():
+            if name is not None and ":" not in name and not letters and name not in mesh_client.target_names():
                 fail(f"there is no function {name!r} on {mesh}, and no dead letters of one: `fmesh status` "
                      "lists the functions")
     except FmeshError as exc:
