@@ -186,9 +186,9 @@ def check(response: httpx.Response, url: str, token_source: str = "the token") -
     if message is None:
         raise NotAMesh.answered(url, response)
     if response.status_code == 401:
-        raise AuthError(f"{url} refused {token_source}: {message.split(':')[0]}; {ANOTHER_TOKEN}")
+        raise AuthError(f"{url} answered 401: it refused {token_source}: {message.split(':')[0]}; {ANOTHER_TOKEN}")
     if response.status_code == 403:
-        raise Forbidden(f"{url} refused {token_source}: {message}; {ANOTHER_TOKEN}")
+        raise Forbidden(f"{url} answered 403: it refused {token_source}: {message}; {ANOTHER_TOKEN}")
     raise DeployError(f"{url} answered {response.status_code}: {message}")
 
 

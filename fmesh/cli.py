@@ -357,10 +357,10 @@ def send(
     except FmeshError as exc:
         fail(str(exc))
     reason = body.get("error") if isinstance(body, dict) else None
-    if status in (401, 403):
-        fail(f"{mesh} refused {token_source} ({status}): {reason or 'no reason given'}; pass another with "
-             "--token TOKEN or FMESH_TOKEN=TOKEN (`fmesh tokens create NAME --scope publish` makes one)")
     console.print(f"{event.id} {status}{' ' + reason if reason else ''}", highlight=False)
+    if status in (401, 403):  # the line above for scripts, this one for the person: which token, and what to do
+        fail(f"{mesh} answered {status}: it refused {token_source}; pass another with --token TOKEN or "
+             "FMESH_TOKEN=TOKEN (`fmesh tokens create NAME --scope publish` makes one)")
     if not 200 <= status < 300:
         raise typer.Exit(1)
 

@@ -43,7 +43,7 @@ def test_a_mesh_without_a_scheme_is_http(mesh):
 
 def test_a_refused_token_names_where_it_came_from(mesh, tmp_path):
     flag = error_line(mesh.cli("status", "--token", "wrong", check=False))
-    assert f"{mesh.url} refused the --token flag" in flag and "FMESH_TOKEN" in flag
+    assert f"{mesh.url} answered 401: it refused the --token flag" in flag and "FMESH_TOKEN" in flag
     (tmp_path / "token").write_text("wrong-too\n")
     from_file = error_line(mesh.cli("status", check=False, FMESH_TOKEN="", FMESH_DATA_DIR=str(tmp_path)))
     assert f"refused the token file {tmp_path / 'token'}" in from_file and "--token" in from_file
@@ -55,7 +55,8 @@ def test_a_refused_token_names_where_it_came_from(mesh, tmp_path):
 def test_a_token_out_of_scope_names_its_source_and_scope(mesh):
     reader = mesh.cli("tokens", "create", "reader", "--scope", "read").stdout.strip()
     refused = error_line(mesh.cli("tokens", "create", "other", check=False, FMESH_TOKEN=reader))
-    assert "refused FMESH_TOKEN: token:reader has scope read: this needs an admin token" in refused, refused
+    expected = "answered 403: it refused FMESH_TOKEN: token:reader has scope read: this needs an admin token"
+    assert expected in refused, refused
     assert mesh.cli("status", FMESH_TOKEN=reader).returncode == 0
 
 
