@@ -11,7 +11,7 @@ from urllib.parse import quote
 import httpx
 
 from fmesh.bindings.http import read_events, write_binary
-from fmesh.errors import AuthError, BrokerUnreachable, DeployError
+from fmesh.errors import AuthError, BrokerUnreachable, DeployError, Forbidden, NotAMesh
 from fmesh.events import Event
 from fmesh.tls import connect_hint
 
@@ -20,8 +20,10 @@ APPLY_TIMEOUT = 300.0
 
 class MeshClient:
     def __init__(self, url: str, token: str | None, timeout: float = 60.0,
-                 transport: httpx.BaseTransport | None = None, verify: ssl.SSLContext | bool = True) -> None:
+                 transport: httpx.BaseTransport | None = None, verify: ssl.SSLContext | bool = True,
+                 token_source: str = "the token") -> None:
         self.url = url.rstrip("/")
+        self.token_source = token_source  # where the token came from, named when it is refused
         headers = {"authorization": f"Bearer {token}"} if token else {}
         self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout, transport=transport,
                                   verify=verify)
@@ -42,8 +44,12 @@ class MeshClient:
             raise BrokerUnreachable(self.url, f"{exc}; {connect_hint(exc)}") from exc
         except httpx.TimeoutException as exc:
             raise BrokerUnreachable(self.url, f"no answer in time ({type(exc).__name__})") from exc
-        check(response, self.url)
+        check(response, self.url, self.token_source)
         return response
+
+    def answer(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        """The JSON object a control API call answers; NotAMesh when what answered is not fmesh."""
+        return json_object(self.request(method, path, **kwargs), self.url)
 
     def has_bundle(self, digest: str) -> bool:
         try:
@@ -60,32 +66,35 @@ class MeshClient:
         """pip's output while the mesh installs a bundle's requirements; DeployError on failure."""
         try:
             with self._http.stream("POST", f"/v1/bundles/{digest}/prepare", timeout=None) as response:
-                check(response, self.url)
+                check(response, self.url, self.token_source)
                 for line in response.iter_lines():
-                    message = json.loads(line)
+                    try:
+                        message = json.loads(line)
+                    except ValueError as exc:
+                        raise NotAMesh.answered(self.url, response) from exc
                     if "line" in message:
                         yield message["line"]
                     elif not message.get("ok"):
                         raise DeployError(message.get("error", "installing requirements failed"))
         except httpx.ConnectError as exc:
-            raise BrokerUnreachable(self.url, str(exc)) from exc
+            raise BrokerUnreachable(self.url, f"{exc}; {connect_hint(exc)}") from exc
 
     def apply(self, resources: dict[str, dict[str, Any]], prune: bool, verify: bool = True) -> dict[str, Any]:
         """`resources` is {"functions": {...}, "subscriptions": {...}} as the API takes it;
         the answer has the `changes` and any `warnings`."""
         body = {**resources, "prune": prune, "verify": verify}
         # Starting each changed function once may take up to its start timeout (30 s).
-        return self.request("POST", "/v1/apply", json=body, timeout=APPLY_TIMEOUT).json()
+        return self.answer("POST", "/v1/apply", json=body, timeout=APPLY_TIMEOUT)
 
     def status(self) -> dict[str, Any]:
-        return self.request("GET", "/v1/status").json()
+        return self.answer("GET", "/v1/status")
 
     def functions(self) -> list[dict[str, Any]]:
-        return self.request("GET", "/v1/functions").json()["functions"]
+        return self.answer("GET", "/v1/functions")["functions"]
 
     def target_names(self) -> set[str]:
         """The deployed functions and bridges: what replies and dead letters may name."""
-        bridges = self.request("GET", "/v1/bridges").json()["bridges"]
+        bridges = self.answer("GET", "/v1/bridges")["bridges"]
         return {f["name"] for f in self.functions()} | {b["name"] for b in bridges}
 
     def delete(self, name: str) -> None:
@@ -113,7 +122,10 @@ class MeshClient:
         return read_events(headers, response.content)[0]
 
     def logs(self, name: str, lines: int) -> str:
-        return self.request("GET", f"/v1/functions/{name}/logs", params={"lines": lines}).text
+        response = self.request("GET", f"/v1/functions/{name}/logs", params={"lines": lines})
+        if not response.headers.get("content-type", "").startswith("text/plain"):
+            raise NotAMesh.answered(self.url, response)
+        return response.text
 
     def follow_logs(self, name: str, lines: int) -> Iterator[str]:
         """Lines until the caller stops; the mesh ends the stream only when it goes away,
@@ -121,40 +133,40 @@ class MeshClient:
         try:
             with self._http.stream("GET", f"/v1/functions/{name}/logs",
                                    params={"lines": lines, "follow": True}, timeout=None) as response:
-                check(response, self.url)
+                check(response, self.url, self.token_source)
                 yield from _lines(response.iter_text())
         except httpx.ConnectError as exc:
-            raise BrokerUnreachable(self.url, str(exc)) from exc
+            raise BrokerUnreachable(self.url, f"{exc}; {connect_hint(exc)}") from exc
         except httpx.TransportError as exc:  # dropped mid-stream: the mesh was killed, or the network went
             reason = f"the connection broke while following logs ({type(exc).__name__})"
             raise BrokerUnreachable(self.url, reason) from exc
         raise BrokerUnreachable(self.url, "the mesh ended the log stream: it stopped or is stopping")
 
     def replay_dead_letters(self, ids: list[int], function: str | None) -> dict[str, Any]:
-        return self.request("POST", "/v1/dead-letters/replay", json={"ids": ids, "function": function}).json()
+        return self.answer("POST", "/v1/dead-letters/replay", json={"ids": ids, "function": function})
 
     def purge_dead_letters(self, function: str | None) -> int:
         params = {"function": function} if function else {}
-        return self.request("DELETE", "/v1/dead-letters", params=params).json()["purged"]
+        return self.answer("DELETE", "/v1/dead-letters", params=params)["purged"]
 
     def tokens(self) -> list[dict[str, Any]]:
-        return self.request("GET", "/v1/tokens").json()["tokens"]
+        return self.answer("GET", "/v1/tokens")["tokens"]
 
     def create_token(self, name: str, scope: str, allow: dict[str, Any] | None = None,
                      rate: str | None = None, burst: int | None = None) -> dict[str, Any]:
         """The new token's record, with the token itself under "token" (shown only this once)."""
         body = {"name": name, "scope": scope, "allow": allow, "rate": rate, "burst": burst}
-        return self.request("POST", "/v1/tokens", json=body).json()
+        return self.answer("POST", "/v1/tokens", json=body)
 
     def revoke_token(self, name: str) -> None:
         self.request("DELETE", f"/v1/tokens/{name}")
 
     def trace(self, event_id: str) -> list[dict[str, Any]]:
         """The trail of every event with this id (DeployError with a 404 when there is none)."""
-        return self.request("GET", f"/v1/trail/{quote(event_id, safe='')}").json()["trail"]
+        return self.answer("GET", f"/v1/trail/{quote(event_id, safe='')}")["trail"]
 
     def recent_events(self, limit: int, unrouted: bool) -> list[dict[str, Any]]:
-        return self.request("GET", "/v1/events", params={"unrouted": unrouted, "limit": limit}).json()["events"]
+        return self.answer("GET", "/v1/events", params={"unrouted": unrouted, "limit": limit})["events"]
 
     def watch_events(self, filters: list[str], cesql: str | None, function: str | None,
                      connected: Callable[[], None] = lambda: None) -> Iterator[tuple[str, dict]]:
@@ -168,11 +180,11 @@ class MeshClient:
             params["function"] = function
         try:
             with self._http.stream("GET", "/v1/events/stream", params=params, timeout=None) as response:
-                check(response, self.url)
+                check(response, self.url, self.token_source)
                 connected()
                 yield from server_sent_events(_lines(response.iter_text()))
         except httpx.ConnectError as exc:
-            raise BrokerUnreachable(self.url, str(exc)) from exc
+            raise BrokerUnreachable(self.url, f"{exc}; {connect_hint(exc)}") from exc
         except httpx.TransportError as exc:
             raise BrokerUnreachable(self.url, f"the connection broke while watching ({type(exc).__name__})") from exc
         raise BrokerUnreachable(self.url, "the mesh ended the event stream: it stopped or is stopping")
@@ -181,21 +193,51 @@ class MeshClient:
         params: dict[str, Any] = {"limit": limit}
         if function:
             params["function"] = function
-        return self.request("GET", "/v1/dead-letters", params=params).json()["dead_letters"]
+        return self.answer("GET", "/v1/dead-letters", params=params)["dead_letters"]
 
 
-def check(response: httpx.Response, url: str) -> None:
+def check(response: httpx.Response, url: str, token_source: str = "the token") -> None:
+    """Nothing for a success; else the mesh's refusal as an error that says what to do,
+    or NotAMesh when what answered is some other server."""
     if response.status_code < 400:
         return
     if response.is_stream_consumed is False:
         response.read()
-    try:
-        message = response.json().get("error", response.text)
-    except ValueError:
-        message = response.text
+    message = _error_of(response)
+    if message is None and response.request.method == "HEAD":  # no body to tell: a 404 is "not here"
+        message = response.reason_phrase
+    if message is None:
+        raise NotAMesh.answered(url, response)
     if response.status_code == 401:
-        raise AuthError(f"{url} refused the token: {message}")
+        raise AuthError(f"{url} answered 401: it refused {token_source}: {message.split(':')[0]}; {ANOTHER_TOKEN}")
+    if response.status_code == 403:
+        raise Forbidden(f"{url} answered 403: it refused {token_source}: {message}; {ANOTHER_TOKEN}")
     raise DeployError(f"{url} answered {response.status_code}: {message}")
+
+
+ANOTHER_TOKEN = ("pass another with --token TOKEN or FMESH_TOKEN=TOKEN, or FMESH_DATA_DIR=DIR to read DIR/token "
+                 "(the mesh's admin token is in its data dir's token file)")
+
+
+def json_object(response: httpx.Response, url: str) -> dict[str, Any]:
+    """The JSON object of a control API answer; NotAMesh for anything else."""
+    try:
+        value = response.json()
+    except ValueError:
+        value = None
+    if not isinstance(value, dict):
+        raise NotAMesh.answered(url, response)
+    return value
+
+
+def _error_of(response: httpx.Response) -> str | None:
+    """The `error` of an fmesh refusal (every one is JSON with it); None for other servers."""
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    error = body.get("error") if isinstance(body, dict) else None
+    return error if isinstance(error, str) else None
 
 
 def server_sent_events(lines: Iterator[str]) -> Iterator[tuple[str, dict]]:

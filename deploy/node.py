@@ -8,6 +8,7 @@ to the control app, which sees the node only through `deploy.operations.NodeOper
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import tempfile
 import time
@@ -76,7 +77,9 @@ class Node:
         self.ingress = Ingress(self.broker.publish, settings.max_event_bytes, self.gate, settings.max_extensions)
         self.pacing = Pacing(lambda: self.broker.backlog.total)  # delivery keeps pace with ingress
         self.ingress.turn = self.pacing.turn
-        self.run_dir = Path(tempfile.mkdtemp(prefix="fmesh-"))  # short: Unix socket paths are limited
+        # Short: Unix socket paths are limited. The pid in its name tells whose it was, should
+        # the node be killed before it removes it.
+        self.run_dir = Path(tempfile.mkdtemp(prefix=f"fmesh-{os.getpid()}-"))
         self.runtime = Runtime(self.data_dir, self.run_dir, RepliesPublisher(self.broker), settings.launcher,
                                self.mesh_id, template_idle=settings.template_idle)
         self.control_app: ASGIApp | None = None

@@ -12,6 +12,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from fmesh import cli_shared
 from fmesh.cli_get import delete, get
 from fmesh.cli_new import invoke, new
 from fmesh.cli_shared import CaOption, ManifestOption, MeshOption, TokenOption, client, console, errors, fail
@@ -19,11 +20,11 @@ from fmesh.cli_status import status
 from fmesh.cli_trail import events_app, trace
 from fmesh.cli_version import main_options
 from fmesh.errors import FmeshError
-from fmesh.settings import DEFAULT_MESH_URL, DEFAULT_PORT, default_data_dir, read_token
+from fmesh.settings import DEFAULT_MESH_URL, DEFAULT_PORT, default_data_dir, find_token
 from fmesh.wording import noun, plural
 
 app = typer.Typer(help="fmesh: event-driven functions that scale to zero, no cluster required.",
-                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+                  no_args_is_help=True, pretty_exceptions_enable=False, cls=cli_shared.OneLineErrors)
 app.command()(trace)
 app.add_typer(events_app, name="events")
 LogFormatOption = Annotated[str, typer.Option(
@@ -344,11 +345,15 @@ class _StatusProgress:
 def send(
     type: Annotated[str, typer.Option("--type", help="Event type.")],
     source: Annotated[str, typer.Option("--source", help="Event source.")],
-    data: Annotated[str | None, typer.Option(help="JSON data, or @file to send a file's contents.")] = None,
+    data: Annotated[str | None, typer.Option(
+        help="JSON data, or @file to send a file's JSON (not JSON: an error; see --data-text).")] = None,
+    data_text: Annotated[str | None, typer.Option(
+        help="Text data (or @file) sent as text/plain, as it is.")] = None,
     subject: Annotated[str | None, typer.Option(help="Event subject.")] = None,
     ext: Annotated[list[str] | None, typer.Option(help="An extension as key=value (repeatable).")] = None,
     id: Annotated[str | None, typer.Option("--id", help="Event id (default: a new UUID).")] = None,
-    content_type: Annotated[str | None, typer.Option(help="datacontenttype (default: guessed from the data).")] = None,
+    content_type: Annotated[str | None, typer.Option(
+        help="datacontenttype; with it --data is sent as it is, JSON or not (default: application/json).")] = None,
     structured: Annotated[bool, typer.Option(help="Send in structured mode instead of binary.")] = False,
     mesh: MeshOption = DEFAULT_MESH_URL,
     token: Annotated[str | None, typer.Option(
@@ -360,32 +365,40 @@ def send(
     from fmesh.sender import build_event, post_event
     from fmesh.tls import cli_context
 
+    if data is not None and data_text is not None:
+        fail("give --data (JSON) or --data-text (text), not both")
+    sent, token_source = _publish_token(mesh, token)
     try:
         extensions = dict(_key_value(item) for item in ext or [])
-        event = build_event(type, source, data, subject, extensions, id, content_type)
-        status, body = post_event(mesh, event, structured, _publish_token(mesh, token), cli_context(ca))
+        event = build_event(type, source, data if data_text is None else data_text, subject, extensions, id,
+                            content_type, text=data_text is not None)
+        status, body = post_event(mesh, event, structured, sent, cli_context(ca))
     except FmeshError as exc:
         fail(str(exc))
     reason = body.get("error") if isinstance(body, dict) else None
     console.print(f"{event.id} {status}{' ' + reason if reason else ''}", highlight=False)
+    if status in (401, 403):  # the line above for scripts, this one for the person: which token, and what to do
+        fail(f"{mesh} answered {status}: it refused {token_source}; pass another with --token TOKEN or "
+             "FMESH_TOKEN=TOKEN (`fmesh tokens create NAME --scope publish` makes one)")
     if not 200 <= status < 300:
         raise typer.Exit(1)
 
 
-def _publish_token(mesh: str, given: str | None) -> str | None:
+def _publish_token(mesh: str, given: str | None) -> tuple[str | None, str]:
     """--token or FMESH_TOKEN as given; the data dir's own token only to a mesh on this
-    machine: `send` to another mesh must not hand it this mesh's admin token."""
+    machine: `send` to another mesh must not hand it this mesh's admin token. And where
+    the token came from."""
     import ipaddress
     from urllib.parse import urlsplit
 
     if given or os.environ.get("FMESH_TOKEN"):
-        return given or os.environ["FMESH_TOKEN"]
+        return find_token(given)
     host = urlsplit(mesh).hostname or ""
     try:
         local = host == "localhost" or ipaddress.ip_address(host).is_loopback
     except ValueError:
         local = False
-    return read_token() if local else None
+    return find_token(None) if local else (None, f"no token (none is sent to {host} unless given)")
 
 
 def _key_value(item: str) -> tuple[str, str]:
@@ -441,16 +454,18 @@ def logs(function: Annotated[str, typer.Argument(help="The function.")],
 
 @app.command("dead-letters")
 def dead_letters(
-    function: Annotated[str | None, typer.Argument(help="Only this function's dead letters.")] = None,
+    function: Annotated[list[str] | None, typer.Argument(
+        metavar="[FUNCTION]", help="Only this function's dead letters (after --replay: more ids to replay).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     replay: Annotated[list[int] | None, typer.Option(
-        "--replay", help="Deliver this dead letter again (repeatable).")] = None,
+        "--replay", help="Deliver these dead letters again: --replay 1 2 3, or --replay 1 --replay 2.")] = None,
     replay_all: Annotated[str | None, typer.Option(
         "--replay-all", help="Deliver all of this function's dead letters again.")] = None,
     purge: Annotated[bool, typer.Option("--purge", help="Delete the dead letters (of FUNCTION, else all).")] = False,
     mesh: MeshOption = DEFAULT_MESH_URL, token: TokenOption = None, ca: CaOption = None,
 ) -> None:
     """List events that exhausted their delivery policy, replay them, or purge them."""
+    replay, name = _replay_ids(replay, function or [])
     try:
         with client(mesh, token, ca) as mesh_client:
             if replay or replay_all:
@@ -464,9 +479,12 @@ def dead_letters(
                     fail(f"no dead letter with id {', '.join(map(str, result['not_found']))}")
                 return
             if purge:
-                console.print(f"purged {plural(mesh_client.purge_dead_letters(function), 'dead letter')}")
+                console.print(f"purged {plural(mesh_client.purge_dead_letters(name), 'dead letter')}")
                 return
-            letters = mesh_client.dead_letters(function)
+            letters = mesh_client.dead_letters(name)
+            if name is not None and ":" not in name and not letters and name not in mesh_client.target_names():
+                fail(f"there is no function {name!r} on {mesh}, and no dead letters of one: `fmesh status` "
+                     "lists the functions")
     except FmeshError as exc:
         fail(str(exc))
     if as_json:
@@ -478,6 +496,18 @@ def dead_letters(
         table.add_row(str(d["id"]), d["subscription"], _plain(f"{attributes['type']} {attributes['id']}"),
                       str(d["attempts"]), str(d["status"] or "-"), _plain(d["reason"]), _plain((d["error"] or "")[:80]))
     console.print(table if letters else "No dead letters.")
+
+
+def _replay_ids(replay: list[int] | None, rest: list[str]) -> tuple[list[int] | None, str | None]:
+    """--replay's ids, with the numbers after them (`--replay 1 2 3`), and the FUNCTION if one."""
+    if not replay:
+        if len(rest) > 1:
+            fail(f"one FUNCTION at most, got {' '.join(rest)}")
+        return None, rest[0] if rest else None
+    for item in rest:
+        if not item.isdigit():
+            fail(f"--replay takes dead-letter ids, and {item!r} is not one (its dead letters: --replay-all {item})")
+    return [*replay, *map(int, rest)], None
 
 
 tokens_app = typer.Typer(help="Tokens that may publish (POST /), read (GET /v1/...) or administer the mesh.",

@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
+from urllib.parse import urlsplit
 
 import typer
 from rich.console import Console
 from rich.markup import escape
+from typer.core import TyperGroup
 
 from fmesh.errors import FmeshError
-from fmesh.settings import read_token
+from fmesh.settings import find_token
+
+try:  # newer typer carries its own copy of click
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
+except ImportError:  # pragma: no cover - typer on the click package
+    from click.exceptions import ClickException, NoArgsIsHelpError, UsageError  # type: ignore[assignment]
 
 T = TypeVar("T")
 
@@ -20,7 +28,21 @@ T = TypeVar("T")
 console = Console(width=None if sys.stdout.isatty() else 200)
 errors = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 
-MeshOption = Annotated[str, typer.Option("--mesh", envvar="FMESH_URL", help="URL of the mesh node.")]
+
+def mesh_url(url: str) -> str:
+    """--mesh as typed: `127.0.0.1:8080` means http://127.0.0.1:8080; only http(s) URLs go."""
+    url = url.strip()
+    if "://" not in url:
+        url = f"http://{url}"
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise typer.BadParameter(f"{url!r} is not an http:// or https:// URL of a mesh, e.g. http://127.0.0.1:8080")
+    return url
+
+
+MeshOption = Annotated[str, typer.Option(
+    "--mesh", envvar="FMESH_URL", callback=mesh_url,
+    help="URL of the mesh node (http:// is added when it has no scheme: --mesh 127.0.0.1:8080).")]
 TokenOption = Annotated[str | None, typer.Option(
     "--token", help="Control API token (default: FMESH_TOKEN, else <data dir>/token).")]
 ManifestOption = Annotated[Path, typer.Option("-f", "--file", help="The manifest.")]
@@ -29,8 +51,12 @@ CaOption = Annotated[Path | None, typer.Option(
     "certificate and key come from FMESH_CERT and FMESH_KEY.")]
 
 
-def fail(message: str, code: int = 1) -> NoReturn:
+def say_error(message: str) -> None:
     errors.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)  # one line, as written
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    say_error(message)
     raise typer.Exit(code)
 
 
@@ -38,7 +64,8 @@ def client(mesh: str, token: str | None, ca: Path | None = None):  # type: ignor
     from fmesh.deploy.client import MeshClient
     from fmesh.tls import cli_context
 
-    return MeshClient(mesh, token or read_token(), verify=cli_context(ca))
+    sent, source = find_token(token)
+    return MeshClient(mesh, sent, verify=cli_context(ca), token_source=source)
 
 
 def ask(mesh: str, token: str | None, ca: Path | None, question: Callable[[Any], T]) -> T:
@@ -48,3 +75,34 @@ def ask(mesh: str, token: str | None, ca: Path | None, question: Callable[[Any],
             return question(mesh_client)
     except FmeshError as exc:
         fail(str(exc))
+
+
+class OneLineErrors(TyperGroup):
+    """The root command: a usage error is one line, like every other error of the CLI, and
+    nothing reaches the user as a traceback (FMESH_TRACEBACK=1 shows one for a bug)."""
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except NoArgsIsHelpError as exc:
+            exc.show()  # the help text, as asked for by giving nothing
+            sys.exit(exc.exit_code)
+        except UsageError as exc:
+            command = exc.ctx.command_path if exc.ctx is not None else "fmesh"
+            say_error(f"{exc.format_message()} (`{command} --help` shows how)")
+            sys.exit(exc.exit_code)
+        except ClickException as exc:
+            say_error(exc.format_message())
+            sys.exit(exc.exit_code)
+        except typer.Abort:
+            say_error("aborted")
+            sys.exit(130)
+        except Exception as exc:
+            if os.environ.get("FMESH_TRACEBACK"):
+                raise
+            say_error(f"fmesh failed unexpectedly ({type(exc).__name__}: {exc}); this is a bug, please report "
+                      "it (FMESH_TRACEBACK=1 shows where)")
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)

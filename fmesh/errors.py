@@ -6,6 +6,7 @@ FmeshError                       root of every error fmesh raises on purpose
 ├── UnsupportedContentType       a body fmesh cannot read as a CloudEvent (HTTP 415)
 ├── StoreError(OSError)          the event log could not store or read (HTTP 503)
 ├── BrokerUnreachable(ConnectionError)  a mesh, broker or sink URL did not answer
+│   └── NotAMesh                 a URL given as a mesh answered, but not as fmesh does
 ├── ClientGone(ConnectionError)  the client left (or was timed out) before its request body ended
 ├── ManifestError(ValueError)    a manifest that does not validate (file, line, field)
 ├── TriggerConfigError(ValueError)  a trigger or sink that cannot be built (a missing secret)
@@ -19,6 +20,8 @@ FmeshError                       root of every error fmesh raises on purpose
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 
 class FmeshError(Exception):
@@ -89,6 +92,25 @@ class BrokerUnreachable(FmeshError, ConnectionError):
         super().__init__(f"cannot reach {url}: {reason}")
         self.url = url
         self.reason = reason
+
+
+class NotAMesh(BrokerUnreachable):
+    """What answered at a mesh's URL is some other server (a web server's 404 page, say)."""
+
+    def __init__(self, url: str, what: str) -> None:
+        FmeshError.__init__(self, f"{url} is not an fmesh mesh: {what}, not the fmesh API's JSON; is the URL "
+                                  "(--mesh or FMESH_URL) right, and the port that of `fmesh up`?")
+        self.url = url
+        self.reason = what
+
+    @classmethod
+    def answered(cls, url: str, response: Any) -> NotAMesh:
+        """From the `httpx.Response` that gave it away: what was asked, what came back, from what."""
+        kind = response.headers.get("content-type", "no content type").split(";")[0].strip()
+        server = response.headers.get("server")
+        by = f" from {server}" if server else ""
+        request = response.request
+        return cls(url, f"{request.method} {request.url.path} got {response.status_code} ({kind}){by}")
 
 
 class ManifestError(FmeshError, ValueError):

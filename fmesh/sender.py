@@ -12,13 +12,14 @@ from typing import Any
 import httpx
 
 from fmesh.bindings.http import write_binary, write_structured
-from fmesh.errors import BrokerUnreachable, InvalidEvent
+from fmesh.errors import BrokerUnreachable, InvalidEvent, NotAMesh
 from fmesh.events import Event, encode_data, format_time
 from fmesh.tls import connect_hint
 
 
-def read_data(data: str | None, content_type: str | None) -> tuple[Any, str | None]:
-    """The data and its content type: JSON when it parses, text or bytes otherwise."""
+def read_data(data: str | None, content_type: str | None, text: bool = False) -> tuple[Any, str | None]:
+    """The data and its content type: as it is with a content type given, text with `text`,
+    else JSON (InvalidEvent when it does not parse: a typo must not go out as a string)."""
     if data is None:
         return None, content_type
     raw: bytes
@@ -32,20 +33,24 @@ def read_data(data: str | None, content_type: str | None) -> tuple[Any, str | No
         raw = data.encode()
     if content_type is not None:
         return raw, content_type
+    if text:
+        try:
+            return raw.decode("utf-8"), "text/plain"
+        except UnicodeDecodeError as exc:
+            raise InvalidEvent(f"--data-text is not UTF-8 text ({exc.reason} at byte {exc.start}): send bytes "
+                               "with --data @file --content-type application/octet-stream") from exc
     try:
         return json.loads(raw), "application/json"
-    except ValueError:
-        pass
-    try:
-        return raw.decode("utf-8"), "text/plain"
-    except UnicodeDecodeError:
-        return raw, "application/octet-stream"
+    except ValueError as exc:
+        where = data if data.startswith("@") else "--data"
+        raise InvalidEvent(f"{where} is not JSON ({exc}): quote a JSON string as '\"hi\"', send text with "
+                           "--data-text, or other bytes with --content-type") from exc
 
 
 def build_event(type: str, source: str, data: str | None, subject: str | None = None,
                 extensions: dict[str, str] | None = None, id: str | None = None,
-                content_type: str | None = None) -> Event:
-    value, content_type = read_data(data, content_type)
+                content_type: str | None = None, text: bool = False) -> Event:
+    value, content_type = read_data(data, content_type, text)
     attributes: dict[str, Any] = {"specversion": "1.0", "id": id or str(uuid.uuid4()), "source": source,
                                   "type": type, "time": format_time(datetime.now(UTC))}
     if subject:
@@ -68,6 +73,9 @@ def post_event(mesh: str, event: Event, structured: bool = False, token: str | N
     except httpx.HTTPError as exc:
         raise BrokerUnreachable(mesh, f"{exc}; {connect_hint(exc)}") from exc
     try:
-        return response.status_code, response.json()
+        answer = response.json()
     except ValueError:
-        return response.status_code, response.text
+        answer = None
+    if not isinstance(answer, dict):  # the ingress answers every event with a JSON object
+        raise NotAMesh.answered(mesh, response)
+    return response.status_code, answer

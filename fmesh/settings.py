@@ -62,10 +62,20 @@ def load_or_create_mesh_id(data_dir: Path, given: str | None) -> str:
 
 def read_token(data_dir: Path | None = None) -> str | None:
     """The token a CLI call uses: FMESH_TOKEN, else the default data dir's token file."""
+    return find_token(None, data_dir)[0]
+
+
+def find_token(given: str | None, data_dir: Path | None = None) -> tuple[str | None, str]:
+    """The token a CLI call sends (--token, else FMESH_TOKEN, else the data dir's token file)
+    and where it came from, so that a refusal can say which one the mesh refused."""
+    if given:
+        return given, "the --token flag"
     if os.environ.get("FMESH_TOKEN"):
-        return os.environ["FMESH_TOKEN"]
+        return os.environ["FMESH_TOKEN"], "FMESH_TOKEN"
     path = token_path(data_dir or default_data_dir())
-    return path.read_text().strip() if path.exists() else None
+    if path.exists():
+        return path.read_text().strip(), f"the token file {path}"
+    return None, f"a request without a token (no --token, no FMESH_TOKEN, no {path})"
 
 
 def is_loopback(host: str) -> bool:

@@ -29,9 +29,9 @@ READY_POLL = 0.02
 
 class CommandReplica(Replica):
     def __init__(self, replica_id: str, function: str, index: int, port: int, structured: bool = False,
-                 transport: Any = None) -> None:
+                 transport: Any = None, version: str = "") -> None:
         """`transport`: an `httpx.AsyncBaseTransport` to reach the program by (a test's mock)."""
-        super().__init__(replica_id, function, index)
+        super().__init__(replica_id, function, index, version)
         self.port = port
         self.url = f"http://127.0.0.1:{port}/"
         self.structured = structured

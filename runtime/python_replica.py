@@ -13,8 +13,8 @@ from fmesh.events import Event
 
 
 class PythonReplica(Replica):
-    def __init__(self, replica_id: str, function: str, index: int) -> None:
-        super().__init__(replica_id, function, index)
+    def __init__(self, replica_id: str, function: str, index: int, version: str = "") -> None:
+        super().__init__(replica_id, function, index, version)
         self._requests = itertools.count(1)
         self._calls: dict[int, asyncio.Future[Result]] = {}
         self._writer: asyncio.StreamWriter | None = None

@@ -49,13 +49,18 @@ class NotSent:
 Result = Event | ReplyData | NotSent | None
 
 
+def replica_name(function: str, version: str, index: int | str) -> str:
+    """`hello@1f0e2a/1`: the version in it tells an old replica's lines from a new one's."""
+    return f"{function}@{version[:6]}/{index}" if version else f"{function}/{index}"
+
+
 class Replica:
     """Bookkeeping common to every kind of replica."""
 
-    def __init__(self, replica_id: str, function: str, index: int) -> None:
+    def __init__(self, replica_id: str, function: str, index: int | str, version: str = "") -> None:
         self.id = replica_id
         self.function = function
-        self.name = f"{function}/{index}"  # shown in logs and status
+        self.name = replica_name(function, version, index)  # shown in logs and status
         self.state = State.STARTING
         self.pid: int | None = None
         self.inflight = 0

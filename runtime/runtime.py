@@ -20,7 +20,7 @@ from fmesh.runtime.logs import LogStore
 from fmesh.runtime.policy import DeliveryPolicy, ScalePolicy
 from fmesh.runtime.pool import PoolStatus, RunnerPool
 from fmesh.runtime.python_replica import PythonReplica
-from fmesh.runtime.replica import NotSent, Replica, State
+from fmesh.runtime.replica import NotSent, Replica, State, replica_name
 from fmesh.runtime.secrets import SecretSource, resolve_secrets
 from fmesh.runtime.sidecar import DeliveryStats, Sidecar
 from fmesh.runtime.sinks import Sink, open_sink
@@ -194,7 +194,7 @@ class Runtime:
         instead of after it has replaced a working version."""
         starter = self._starter(spec)
         replica = starter.create(0)
-        replica.name = f"{spec.name}/verify"
+        replica.name = replica_name(spec.name, spec.version, "verify")
         self._verifying[replica.id] = replica
         try:
             await starter.start(replica, spec.scale.start_timeout)
@@ -263,9 +263,10 @@ class Runtime:
     def _starter(self, spec: FunctionSpec, use_template: bool = False) -> ReplicaStarter:
         if spec.command:
             return CommandStarter(spec.name, list(spec.command), spec.directory / spec.workdir,
-                                  lambda: self._environment(spec), self.logs, spec.structured)
+                                  lambda: self._environment(spec), self.logs, spec.structured, spec.version)
         launcher = self.fresh if spec.fresh_interpreter else self.default_launcher
-        return PythonStarter(spec.name, self.hub, launcher, lambda rid: self._worker_spec(spec, rid), use_template)
+        return PythonStarter(spec.name, self.hub, launcher, lambda rid: self._worker_spec(spec, rid), use_template,
+                             spec.version)
 
     def _environment(self, spec: FunctionSpec) -> dict[str, str]:
         """Declared env and secrets, read now (so a rotated secret reaches new replicas)."""

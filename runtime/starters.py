@@ -36,15 +36,16 @@ class PythonStarter:
     goes without, so a function that never gets an event costs no template."""
 
     def __init__(self, function: str, hub: ReplicaHub, launcher: Launcher, make_spec: MakeSpec,
-                 use_template: bool = False) -> None:
+                 use_template: bool = False, version: str = "") -> None:
         self.function = function
+        self.version = version
         self.hub = hub
         self.launcher = launcher
         self.make_spec = make_spec
         self.template = function if use_template else None
 
     def create(self, index: int) -> Replica:
-        replica = PythonReplica(secrets.token_hex(8), self.function, index)
+        replica = PythonReplica(secrets.token_hex(8), self.function, index, self.version)
         self.hub.expect(replica)
         return replica
 
@@ -60,8 +61,9 @@ class CommandStarter:
     """Any program that serves the CloudEvents HTTP binding on $PORT."""
 
     def __init__(self, function: str, command: list[str], workdir: Path, environment: Callable[[], dict[str, str]],
-                 logs: LogStore, structured: bool = False) -> None:
+                 logs: LogStore, structured: bool = False, version: str = "") -> None:
         self.function = function
+        self.version = version
         self.command = command
         self.workdir = workdir
         self.environment = environment  # read at each start: secrets may have rotated
@@ -69,7 +71,8 @@ class CommandStarter:
         self.structured = structured
 
     def create(self, index: int) -> Replica:
-        return CommandReplica(secrets.token_hex(8), self.function, index, free_port(), self.structured)
+        return CommandReplica(secrets.token_hex(8), self.function, index, free_port(), self.structured,
+                              version=self.version)
 
     async def start(self, replica: Replica, timeout: float) -> None:
         assert isinstance(replica, CommandReplica)

@@ -3,6 +3,7 @@ interpreters) and pools of fixture functions, without a mesh around them."""
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -56,6 +57,7 @@ class Harness:
         await self.launcher.stop()
         await self.hub.stop()
         self.logs.close()
+        shutil.rmtree(self.run_dir, ignore_errors=True)  # mkdtemp's: pytest's tmp_path would be too long a socket path
 
 
 async def eventually(condition, timeout: float = 10.0, message: str = "condition"):

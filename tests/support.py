@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -86,6 +88,7 @@ class Mesh:
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGKILL)
             self.process.wait(10)
+        self._remove_run_dir()
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -94,6 +97,13 @@ class Mesh:
                 self.process.wait(15)
             except subprocess.TimeoutExpired:
                 self.kill()
+        self._remove_run_dir()
+
+    def _remove_run_dir(self) -> None:
+        """The node's socket folder in /tmp (fmesh-PID-*), which a killed node leaves behind."""
+        if self.process is not None and self.process.poll() is not None:
+            for left in Path(tempfile.gettempdir()).glob(f"fmesh-{self.process.pid}-*"):
+                shutil.rmtree(left, ignore_errors=True)
 
     def cli(self, *args: str, check: bool = True, timeout: float = 60, **env: str) -> subprocess.CompletedProcess:
         return run_cli(args, self.env(**env), check, timeout)

@@ -1,6 +1,8 @@
 """flaky: fails the first FAIL_TIMES attempts at each event, then succeeds.
 
-Attempts are counted per event id in a file, so the count survives replica restarts.
+Attempts are counted per event id in a file, so the count survives replica restarts. The
+file is in this function's own folder (as the mesh unpacked it), so two meshes, or two users
+of one machine, do not share (or trip over) one count; FLAKY_STATE puts it elsewhere.
 """
 
 import json
@@ -8,7 +10,7 @@ import os
 from pathlib import Path
 
 FAIL_TIMES = int(os.environ.get("FAIL_TIMES", "2"))
-STATE = Path(os.environ.get("FLAKY_STATE", "/tmp/fmesh-flaky-attempts.json"))
+STATE = Path(os.environ.get("FLAKY_STATE") or Path(__file__).resolve().parent / ".attempts.json")
 
 
 def handle(event):

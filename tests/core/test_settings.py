@@ -27,12 +27,12 @@ def test_send_hands_the_data_dirs_token_only_to_a_mesh_on_this_machine(tmp_path,
     (tmp_path / "token").write_text("local-admin-token\n")
     monkeypatch.setenv("FMESH_DATA_DIR", str(tmp_path))
     monkeypatch.delenv("FMESH_TOKEN", raising=False)
-    assert _publish_token("http://127.0.0.1:8080", None) == "local-admin-token"
-    assert _publish_token("http://localhost:8080", None) == "local-admin-token"
-    assert _publish_token("https://mesh-eu.example.com", None) is None
-    assert _publish_token("https://mesh-eu.example.com", "given") == "given"
+    assert _publish_token("http://127.0.0.1:8080", None) == ("local-admin-token", f"the token file {tmp_path}/token")
+    assert _publish_token("http://localhost:8080", None)[0] == "local-admin-token"
+    assert _publish_token("https://mesh-eu.example.com", None)[0] is None
+    assert _publish_token("https://mesh-eu.example.com", "given") == ("given", "the --token flag")
     monkeypatch.setenv("FMESH_TOKEN", "from-env")
-    assert _publish_token("https://mesh-eu.example.com", None) == "from-env"
+    assert _publish_token("https://mesh-eu.example.com", None) == ("from-env", "FMESH_TOKEN")
 
 
 @pytest.mark.parametrize(("host", "public"), [("127.0.0.1", True), ("::1", True), ("[::1]", True),

@@ -7,6 +7,8 @@ import asyncio
 import base64
 import json
 import re
+import tempfile
+from pathlib import Path
 
 import httpx
 from cloudevents.core.bindings import http as sdk_http
@@ -156,7 +158,10 @@ functions:
     mesh.cli("deploy", "-f", str(manifest))
     mesh.cli("send", "--type", "later", "--source", "/t")
     wait_for(lambda: out.exists() and len(out.read_text().split()) == 1, 10, message="the first attempt")
+    left = list(Path(tempfile.gettempdir()).glob(f"fmesh-{mesh.process.pid}-*"))
+    assert len(left) == 1  # the node's socket folder, which a SIGKILL leaves
     mesh.kill()
+    assert not left[0].exists()  # the test's Mesh removes it: tests leave no temp dirs behind
     mesh.start()
     wait_for(lambda: len(out.read_text().split()) == 2, 20, message="the second attempt")
     first, second = map(float, out.read_text().split())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 from support import ROOT, wait_for, write_manifest
 
@@ -27,7 +28,7 @@ def test_quickstart_walkthrough(mesh_factory, tmp_path):
 
     wait_for(lambda: event_id in mesh.cli("logs", "hello").stdout, 5, message="hello's output in its logs")
     logs = mesh.cli("logs", "hello").stdout
-    assert "hello/1 stdout: hello got com.example.hello" in logs
+    assert re.search(r"hello@[0-9a-f]{6}/1 stdout: hello got com.example.hello", logs), logs
     # hello's reply is routed on to `greeted`, which logs it
     wait_for(lambda: "Hello, Ann!" in mesh.cli("logs", "greeted").stdout, 5, message="the reply reaching greeted")
 
@@ -35,6 +36,13 @@ def test_quickstart_walkthrough(mesh_factory, tmp_path):
     hello = next(f for f in report["functions"] if f["name"] == "hello")
     assert isinstance(hello["replicas"], int) and hello["replicas"] == 1
     assert hello["delivered"] == 1
+
+    # flaky fails twice, then succeeds; it counts attempts in its own folder, not in a shared /tmp file
+    mesh.cli("send", "--type", "com.example.flaky", "--source", "/test")
+    wait_for(lambda: mesh.status("flaky").get("delivered") == 1, 15, message="flaky's third attempt")
+    assert mesh.status("flaky")["failed"] == 2
+    counts = list(mesh.data_dir.rglob(".attempts.json"))
+    assert len(counts) == 1 and (counts[0].parent / "handler.py").exists(), counts
 
 
 def test_function_scales_back_to_zero(mesh, tmp_path):

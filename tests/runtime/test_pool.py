@@ -29,6 +29,14 @@ async def zygote(tmp_path):
     await h.stop()
 
 
+async def test_the_harness_leaves_no_temp_dir_behind(tmp_path):
+    h = Harness(tmp_path, "subprocess")
+    await h.start()
+    assert h.run_dir.exists()
+    await h.stop()
+    assert not h.run_dir.exists()
+
+
 async def test_cold_start_from_zero_then_warm(harness):
     pool = harness.pool("pid", ScalePolicy(max=2, idle_timeout=30), env={"GREETING": "hi"})
     assert pool.status().ready == 0
