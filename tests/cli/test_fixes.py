@@ -67,7 +67,7 @@ def test_replay_takes_several_ids_after_one_flag(mesh):
                        and len(found) >= 3 and found, 20, message="three dead letters")
     ids = [str(d["id"]) for d in letters[:3]]
     replayed = mesh.cli("dead-letters", "--replay", *ids)
-    assert "replayed 3 dead letter(s)" in replayed.stdout, replayed.stdout
+    assert "replayed 3 dead letters" in replayed.stdout, replayed.stdout
     refused = error_line(mesh.cli("dead-letters", "--replay", ids[0], "broken", check=False))
     assert "--replay-all broken" in refused
 

@@ -45,6 +45,9 @@ VERBS: dict[str, Verb] = {
     "tokens list": Verb(()),
     "tokens revoke": Verb(("ci",), bad=()),
     "delete": Verb(("hello",), bad=()),
+    "new": Verb(("hello",), bad=("Bad_Name",), mesh=False),
+    "invoke": Verb(("hello",), bad=("hello", "--data", "{oops")),
+    "get": Verb(("functions",), bad=("nonsense",)),
 }
 
 
