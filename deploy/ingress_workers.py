@@ -21,11 +21,19 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fmesh.runtime.launcher import inherited_env
+
 from fmesh import meshlog
 from fmesh.settings import NodeSettings, settings_document
 
 log = meshlog.get("fmesh.deploy")
 RESTART_PAUSE = 1.0   # seconds at least between two starts of one worker: a worker that cannot start is not a busy loop
+
+
+def worker_env() -> dict[str, str]:
+    """What a replica inherits and where Python finds fmesh: the mesh's own environment
+    holds the functions' secrets, and /proc/<pid>/environ would show them."""
+    return {**inherited_env(), **{name: os.environ[name] for name in ("PYTHONPATH",) if name in os.environ}}
 
 
 class IngressWorkers:
@@ -72,7 +80,7 @@ class IngressWorkers:
         try:
             return await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "fmesh.deploy.ingress_worker", "--options-fd", str(read_end),
-                pass_fds=(read_end, *self.options["sockets"]))
+                pass_fds=(read_end, *self.options["sockets"]), env=worker_env())
         finally:
             os.close(read_end)
 

@@ -25,13 +25,15 @@ class Proxy:
     """The ASGI app that hands requests on to the mesh listening at `path`."""
 
     def __init__(self, path: Path) -> None:
-        # No read timeout: a live view may be quiet for long; the mesh ends its streams itself.
-        self.client = httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(uds=str(path)),
-                                        timeout=httpx.Timeout(None, connect=5.0),
-                                        limits=httpx.Limits(max_connections=None, max_keepalive_connections=64))
+        # The transport, not a client: a client keeps the cookies it is sent, and would hand
+        # one user's dashboard session to the next. No read timeout: a live view may be
+        # quiet for long; the mesh ends its streams itself.
+        self.transport = httpx.AsyncHTTPTransport(uds=str(path), limits=httpx.Limits(max_connections=None,
+                                                                                     max_keepalive_connections=64))
+        self.timeout = httpx.Timeout(None, connect=5.0).as_dict()
 
     async def close(self) -> None:
-        await self.client.aclose()
+        await self.transport.aclose()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = [(k, v) for k, v in scope["headers"] if k.lower() not in HOP_BY_HOP]
@@ -39,13 +41,14 @@ class Proxy:
         target = (scope.get("raw_path") or scope["path"].encode()) + (b"?" + scope["query_string"]
                                                                        if scope.get("query_string") else b"")
         try:
-            request = self.client.build_request(scope["method"], httpx.URL("http://mesh").copy_with(raw_path=target),
-                                                headers=headers, content=_body(receive) if has_body else None)
+            request = httpx.Request(scope["method"], httpx.URL("http://mesh").copy_with(raw_path=target),
+                                    headers=headers, content=_body(receive) if has_body else None,
+                                    extensions={"timeout": self.timeout})
         except (httpx.InvalidURL, ValueError) as exc:
             await respond(send, 400, {"error": f"cannot take this request's target: {exc}"})
             return
         try:
-            response = await self.client.send(request, stream=True)
+            response = await self.transport.handle_async_request(request)
         except ClientGone:
             return
         except httpx.TransportError:

@@ -126,6 +126,14 @@ functions:
     assert httpx.get(worked.url + "/v1/status", timeout=10).status_code == 401  # the mesh still checks
 
 
+def test_the_proxy_keeps_no_cookies_one_users_session_is_not_the_next_ones(worked):
+    with httpx.Client(base_url=worked.url, timeout=10) as ann:
+        assert ann.post("/ui/login", json={"token": worked.token}).status_code == 200
+        assert ann.get("/ui/session").status_code == 200
+    with httpx.Client(base_url=worked.url, timeout=10) as bob:  # another browser: no session of its own
+        assert bob.get("/ui/session").status_code == 401
+
+
 def test_a_worker_that_dies_is_replaced_and_nothing_accepted_is_lost(worked, receiver):
     accepted = []
     for _ in range(10):

@@ -143,7 +143,7 @@ def test_an_unknown_id_is_a_one_line_error(traced):
     result = traced.cli("trace", "no-such-event", check=False)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "no event with id 'no-such-event' in the trail" in result.stderr
-    assert "(it keeps the last 100000 events, for 1d)" in result.stderr
+    assert "(it keeps the last 100,000 events, for 1d)" in result.stderr
 
 
 def test_tail_streams_matching_events_and_their_outcomes(traced):
