@@ -81,10 +81,13 @@ def memory_kib(pid: int) -> dict[str, int]:
 
 
 def mesh_processes(mesh_pid: int) -> tuple[list[int], list[str]]:
-    """The mesh and its zygote; and the command lines of anything else (replicas, helpers)."""
+    """The mesh, its zygote and its ingress workers (`--ingress-workers`, part of the mesh's
+    cost); and the command lines of anything else (replicas, helpers)."""
     tree, others = [mesh_pid], []
     for child in children(mesh_pid):
-        if "fmesh.runtime.zygote" in command_of(child):
+        if "fmesh.deploy.ingress_worker" in command_of(child):
+            tree.append(child)
+        elif "fmesh.runtime.zygote" in command_of(child):
             tree.append(child)
             others += [command_of(p) for p in children(child)]  # forked replicas
         else:
