@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from fmesh.broker.ingress_http import Answer, Collector, Forwarded
-from fmesh.runtime.wire import Frame, Kind, encode, read_frame
+from fmesh.runtime.wire import Coalescing, Frame, Kind, encode, read_frame
 
 from fmesh import meshlog
 from fmesh.asgi import Send
@@ -76,25 +76,6 @@ def peer_pid(writer: asyncio.StreamWriter) -> int:
     sock: socket.socket = writer.get_extra_info("socket")
     pid, _, _ = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
     return pid
-
-
-class Coalescing:
-    """Frames written in one turn of the loop go out in one write (one system call, not one
-    per frame: the link carries thousands of small frames a second)."""
-
-    def __init__(self, writer: asyncio.StreamWriter) -> None:
-        self.writer = writer
-        self._pending: list[bytes] = []
-
-    def write(self, frame: bytes) -> None:
-        if not self._pending:
-            asyncio.get_running_loop().call_soon(self._flush)
-        self._pending.append(frame)
-
-    def _flush(self) -> None:
-        frames, self._pending = self._pending, []
-        if not self.writer.is_closing():
-            self.writer.write(b"".join(frames))
 
 
 class TakesForwarded(Protocol):

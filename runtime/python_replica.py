@@ -6,7 +6,7 @@ import asyncio
 import itertools
 
 from fmesh.runtime.replica import Replica, ReplyData, Result, State
-from fmesh.runtime.wire import Frame, Kind, encode, read_frame
+from fmesh.runtime.wire import Coalescing, Frame, Kind, encode, read_frame
 
 from fmesh.errors import HandlerError
 from fmesh.events import Event
@@ -18,12 +18,13 @@ class PythonReplica(Replica):
         self._requests = itertools.count(1)
         self._calls: dict[int, asyncio.Future[Result]] = {}
         self._writer: asyncio.StreamWriter | None = None
-        self._outbox: list[bytes] = []          # frames written together at the end of the loop turn
+        self._out: Coalescing | None = None     # frames written together at the end of the loop turn
         self.out_of_memory = 0
 
     def attach(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, pid: int | None) -> None:
         """The replica's control connection arrived; read its frames until it closes."""
         self._writer = writer
+        self._out = Coalescing(writer)
         self.pid = pid or self.pid
         asyncio.get_running_loop().create_task(self._read(reader), name=f"replica {self.name}")
 
@@ -72,15 +73,8 @@ class PythonReplica(Replica):
             self._calls.pop(request, None)
 
     def _send(self, frame: bytes) -> None:
-        """Queue a frame; all frames of one loop turn leave in one write (one syscall)."""
-        if not self._outbox:
-            asyncio.get_running_loop().call_soon(self._flush)
-        self._outbox.append(frame)
-
-    def _flush(self) -> None:
-        frames, self._outbox = self._outbox, []
-        if self._writer is not None and not self._writer.is_closing():
-            self._writer.write(b"".join(frames))
+        if self._out is not None:
+            self._out.write(frame)
 
     def _request_stop(self) -> None:
         if self._writer is not None:

@@ -94,3 +94,22 @@ def read_frame_blocking(reader: BinaryIO) -> Frame | None:
         raise ValueError(f"frame of {length} bytes exceeds {MAX_FRAME}")
     data = reader.read(length)
     return decode(data) if len(data) == length else None
+
+
+class Coalescing:
+    """Frames written in one turn of the loop go out in one write (one system call, not one
+    per frame: the link carries thousands of small frames a second)."""
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self.writer = writer
+        self._pending: list[bytes] = []
+
+    def write(self, frame: bytes) -> None:
+        if not self._pending:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._pending.append(frame)
+
+    def _flush(self) -> None:
+        frames, self._pending = self._pending, []
+        if not self.writer.is_closing():
+            self.writer.write(b"".join(frames))
