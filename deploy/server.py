@@ -15,7 +15,7 @@ from fmesh.deploy.api import create_app
 from fmesh.deploy.bundle import BundleLimits
 from fmesh.deploy.claims import listen, lock_data_dir
 from fmesh.deploy.control import ControlPlane
-from fmesh.deploy.deployer import PackedFunction, apply_request, pack_function, summarize
+from fmesh.deploy.deployer import PackedFunction, apply_request, pack_function, size_warning, summarize
 from fmesh.deploy.http_config import client_limits, run_fast, uvicorn_level, uvicorn_log_config
 from fmesh.deploy.ingress_link import IngressLink
 from fmesh.deploy.ingress_workers import IngressWorkers
@@ -62,6 +62,11 @@ async def deploy_local(control: ControlPlane, manifest_path: Path,
         if function.folder is None:
             continue  # external
         bundle = pack_function(function, manifest_path)
+        warning = size_warning(PackedFunction(name, bundle.digest, bundle.data, bundle.files,
+                                              biggest=tuple(bundle.biggest()),
+                                              folder=manifest_path.parent / function.folder))
+        if warning is not None:
+            progress(f"warning: {warning}")  # as `fmesh deploy` says it
         await control.bundles.put(bundle.digest, bundle.data)
         await control.dependencies.install(control.bundles.path(bundle.digest), progress)
         packed.append(PackedFunction(name, bundle.digest, b"", 0))

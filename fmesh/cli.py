@@ -125,23 +125,23 @@ def up(
     from fmesh.deploy.server import exec_server
     from fmesh.settings import NodeSettings
 
+    given = {"bundle_grace": bundle_grace, "template_idle": template_idle,
+             "dead_letter_retention": dead_letter_retention, "trail_retention": trail_retention,
+             "shutdown_grace": shutdown_grace, "dedup_window": dedup_window, "header_timeout": header_timeout,
+             "body_timeout": body_timeout, "keepalive_timeout": keepalive_timeout}
+    durations = {option: _duration(text, option) for option, text in given.items()}
     settings = NodeSettings(data_dir=(data_dir or default_data_dir()).expanduser().resolve(), host=host,
                             port=port, store=_with_cluster(store, cluster), token=token,
                             max_event_bytes=max_event_bytes, max_header_bytes=max_header_bytes,
                             max_headers=max_headers, max_extensions=max_extensions,
                             max_bundle_bytes=max_bundle_bytes, max_bundle_files=max_bundle_files, launcher=launcher,
-                            bundle_grace=_duration(bundle_grace), max_backlog=max_backlog,
-                            ingress_workers=ingress_workers, template_idle=_duration(template_idle),
-                            dead_letter_retention=_duration(dead_letter_retention),
-                            trail_retention=_duration(trail_retention), trail_max_events=trail_max_events,
-                            shutdown_grace=_duration(shutdown_grace), ingress_auth=ingress_auth,
+                            max_backlog=max_backlog, ingress_workers=ingress_workers,
+                            trail_max_events=trail_max_events, ingress_auth=ingress_auth,
                             tls_cert=_absolute(tls_cert), tls_key=_absolute(tls_key),
                             tls_client_ca=_absolute(tls_client_ca), mesh_id=mesh_id,
-                            dedup_window=_duration(dedup_window), header_timeout=_duration(header_timeout),
-                            body_timeout=_duration(body_timeout), min_body_rate=min_body_rate,
-                            keepalive_timeout=_duration(keepalive_timeout), max_connections=max_connections,
+                            min_body_rate=min_body_rate, max_connections=max_connections,
                             public_metrics=public_metrics, otlp_endpoint=otlp_endpoint,
-                            log_format=log_format, log_level=log_level)
+                            log_format=log_format, log_level=log_level, **durations)
     _check_logging(settings)
     if launcher not in ("zygote", "subprocess"):
         fail(f"--launcher must be zygote or subprocess, not {launcher!r}")
@@ -315,13 +315,14 @@ def _absolute(path: Path | None) -> str | None:
     return str(path.expanduser().resolve()) if path is not None else None
 
 
-def _duration(text: str) -> float:
+def _duration(text: str, option: str) -> float:
+    """`text` as seconds; a one-line error naming the option (`--bundle-grace`) if it is no duration."""
     from fmesh.durations import parse_duration
 
     try:
         return parse_duration(text)
     except ValueError as exc:
-        fail(str(exc))
+        fail(f"--{option.replace('_', '-')}: {exc}")
 
 
 def _install_requirements(mesh_client: Any, function: Any, progress: Any) -> None:

@@ -4,10 +4,11 @@ is not JSON and --data-text, the README's broken manifests, shell completion."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
-from support import ROOT, Mesh, wait_for, write_manifest
+from support import ROOT, Mesh, run_cli, wait_for, write_manifest
 from typer.testing import CliRunner
 
 from fmesh.cli import app
@@ -109,3 +110,10 @@ def test_shell_completion_can_be_installed():
     completed = CliRunner().invoke(app, [], prog_name="fmesh", env={
         "_FMESH_COMPLETE": "complete_bash", "COMP_WORDS": "fmesh dead", "COMP_CWORD": "1"})
     assert completed.exit_code == 0 and completed.stdout.split() == ["dead-letters"], completed.stdout
+
+
+def test_a_bad_duration_names_its_option(tmp_path):
+    result = run_cli(["up", "--data-dir", str(tmp_path), "--bundle-grace", "soon"], env=dict(os.environ), check=False)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "error: --bundle-grace: expected a duration such as 200ms, 5s, 1m30s or PT1S, got 'soon'"]

@@ -190,3 +190,17 @@ def test_code_no_version_uses_goes_after_the_grace_but_not_while_an_old_version_
     wait_for(lambda: not kept(first), 30, message="the first version's code to go once it finished")
     assert kept(second) and (mesh.data_dir / "bundles" / second).is_dir()
     assert "Traceback" not in mesh.log()
+
+
+def test_up_with_a_manifest_warns_of_a_big_bundle_too(mesh_factory, tmp_path):
+    import os
+
+    (tmp_path / "fn").mkdir()
+    (tmp_path / "fn" / "handler.py").write_text("def handle(e):\n    return None\n")
+    (tmp_path / "fn" / "model.bin").write_bytes(os.urandom(11_000_000))
+    (tmp_path / "fmesh.yaml").write_text("functions:\n  big:\n    handler: fn/handler.py:handle\n"
+                                         "    on: [{type: com.test.big}]\n")
+    mesh = mesh_factory().start("-f", str(tmp_path / "fmesh.yaml"))
+    wait_for(lambda: "deployed " in mesh.log(), 30, message="the manifest deployed")
+    [warning] = [line for line in mesh.log().splitlines() if "warning: the code of big" in line]
+    assert "11.0 MB packed, over 10.0 MB" in warning and "model.bin (11.0 MB)" in warning, mesh.log()
