@@ -41,12 +41,17 @@ def pack_functions(manifest: Manifest, manifest_path: Path, progress: Progress) 
     for name, function in manifest.functions.items():
         if function.folder is None:
             continue  # external: its code is not fmesh's to carry
-        folder = manifest_path.parent / function.folder
-        progress.step(f"packing {name} from {folder}")
-        bundle = pack_function(function, manifest_path)
-        packed.append(PackedFunction(name, bundle.digest, bundle.data, bundle.files,
-                                     (folder / "requirements.txt").is_file(), tuple(bundle.biggest()), folder))
+        progress.step(f"packing {name} from {manifest_path.parent / function.folder}")
+        packed.append(packed_function(name, function, manifest_path))
     return packed
+
+
+def packed_function(name: str, function: FunctionSpec, manifest_path: Path) -> PackedFunction:
+    """A function with a folder, packed (`pack_function`), and what is said of its code."""
+    folder = manifest_path.parent / (function.folder or ".")
+    bundle = pack_function(function, manifest_path)
+    return PackedFunction(name, bundle.digest, bundle.data, bundle.files, (folder / "requirements.txt").is_file(),
+                          tuple(bundle.biggest()), folder)
 
 
 def size_warning(function: PackedFunction) -> str | None:

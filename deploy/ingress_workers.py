@@ -37,12 +37,11 @@ def worker_env() -> dict[str, str]:
 
 
 class IngressWorkers:
-    def __init__(self, settings: NodeSettings, sockets: list[socket.socket], link: Path, mesh_http: Path,
-                 max_event_bytes: int) -> None:
+    def __init__(self, settings: NodeSettings, sockets: list[socket.socket], link: Path, mesh_http: Path) -> None:
         self.count = settings.ingress_workers
         self.sockets = sockets
         self.options: dict[str, Any] = {"settings": settings_document(settings), "link": str(link),
-                                        "mesh_http": str(mesh_http), "max_event_bytes": max_event_bytes,
+                                        "mesh_http": str(mesh_http),
                                         "workers": self.count, "sockets": [s.fileno() for s in sockets]}
         self.processes: dict[int, asyncio.subprocess.Process] = {}
         self._stopping = False
@@ -51,7 +50,9 @@ class IngressWorkers:
     def is_worker(self, pid: int) -> bool:
         return any(process.pid == pid for process in self.processes.values())
 
-    async def start(self) -> None:
+    async def start(self, max_event_bytes: int) -> None:
+        """Start the workers, refusing events past `max_event_bytes` (413) as the mesh does."""
+        self.options["max_event_bytes"] = max_event_bytes
         for slot in range(self.count):
             self._watchers.append(asyncio.create_task(self._keep(slot), name=f"ingress worker {slot + 1}"))
 

@@ -15,7 +15,7 @@ from fmesh.deploy.api import create_app
 from fmesh.deploy.bundle import BundleLimits
 from fmesh.deploy.claims import listen, lock_data_dir
 from fmesh.deploy.control import ControlPlane
-from fmesh.deploy.deployer import PackedFunction, apply_request, pack_function, size_warning, summarize
+from fmesh.deploy.deployer import PackedFunction, apply_request, packed_function, size_warning, summarize
 from fmesh.deploy.http_config import client_limits, run_fast, uvicorn_level, uvicorn_log_config
 from fmesh.deploy.ingress_link import IngressLink
 from fmesh.deploy.ingress_workers import IngressWorkers
@@ -61,15 +61,12 @@ async def deploy_local(control: ControlPlane, manifest_path: Path,
     for name, function in manifest.functions.items():
         if function.folder is None:
             continue  # external
-        bundle = pack_function(function, manifest_path)
-        warning = size_warning(PackedFunction(name, bundle.digest, bundle.data, bundle.files,
-                                              biggest=tuple(bundle.biggest()),
-                                              folder=manifest_path.parent / function.folder))
-        if warning is not None:
+        bundle = packed_function(name, function, manifest_path)
+        if (warning := size_warning(bundle)) is not None:
             progress(f"warning: {warning}")  # as `fmesh deploy` says it
         await control.bundles.put(bundle.digest, bundle.data)
         await control.dependencies.install(control.bundles.path(bundle.digest), progress)
-        packed.append(PackedFunction(name, bundle.digest, b"", 0))
+        packed.append(PackedFunction(name, bundle.digest, b"", 0))  # the code is stored: not held till the apply
     request = apply_request(manifest, packed, manifest_path.parent.resolve())
     changes = await control.apply({"function": request["functions"], "subscription": request["subscriptions"],
                                    "trigger": request["triggers"], "bridge": request["bridges"],
@@ -135,15 +132,15 @@ def hand_port_to_workers(settings: NodeSettings, node: Node, public: list[socket
     internal = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     internal.bind(str(http_path))
     internal.listen(2048)
-    workers = IngressWorkers(settings, public, link_path, http_path, settings.max_event_bytes)
+    workers = IngressWorkers(settings, public, link_path, http_path)
     link = IngressLink(node.ingress, workers.is_worker)
 
     async def start_workers() -> None:
         await link.start(link_path)
-        workers.options["max_event_bytes"] = node.ingress.max_event_bytes  # as the node fitted it
-        await workers.start()
+        await workers.start(node.ingress.max_event_bytes)  # as the node fitted it to the store
         count = settings.ingress_workers
-        say(f"  {count} ingress worker{'s' if count != 1 else ''} serve the port; this process stores and delivers")
+        say(f"  {plural(count, 'ingress worker')} {'serves' if count == 1 else 'serve'} the port; "
+            "this process stores and delivers")
 
     async def stop_workers(timeout: float) -> None:
         await workers.stop(timeout)
