@@ -40,10 +40,14 @@ def manifest(count: int) -> str:
 
 
 def children(pid: int) -> list[int]:
+    """The children of `pid` now; none once it (or one of its threads) has gone, as a
+    template or replica may between two looks."""
     found = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        text = (task / "children").read_text().split()
-        found += [int(p) for p in text]
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            found += [int(p) for p in (task / "children").read_text().split()]
+    except (FileNotFoundError, ProcessLookupError):
+        return found
     return found
 
 

@@ -231,10 +231,17 @@ def run(names: list[str], quick: bool) -> None:
     load_before = os.getloadavg()  # other work on the machine: the figures' noise
     figures: list[Figure] = []
     details: dict = {}
+    failed = []
     for name in names:
         print(f"running {name} ...", file=sys.stderr, flush=True)
         step = time.monotonic()
-        found, detail = BENCHMARKS[name](quick)
+        try:
+            found, detail = BENCHMARKS[name](quick)
+        except Exception as error:  # one broken benchmark must not discard the others' figures
+            failed.append(name)
+            details[name] = {"failed": f"{type(error).__name__}: {error}"}
+            print(f"  {name} FAILED after {time.monotonic() - step:.0f}s: {error}", file=sys.stderr, flush=True)
+            continue
         figures += found
         details[name] = detail
         print(f"  {name} took {time.monotonic() - step:.0f}s", file=sys.stderr, flush=True)
@@ -247,6 +254,9 @@ def run(names: list[str], quick: bool) -> None:
     }, indent=2) + "\n")
     print(table(figures))
     print(f"\n{len(figures)} figures in {elapsed:.0f}s; details in {RESULTS.relative_to(ROOT)}")
+    if failed:
+        print(f"failed: {', '.join(failed)} (its error is in the details)", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -6,8 +6,10 @@ event the filter matches satisfies (none: the filter matches no event). A filter
 `Keys` list the alternatives the router may index it by, any one of them: `all` offers
 each of its parts', `any` the union of one alternative per branch, `not` none.
 
-These are necessary conditions only: the router still runs the filter's own test on
-every candidate it finds, so a key may be loose but must never exclude a match.
+Keys are necessary conditions: a key may be loose but must never exclude a match. A
+filter that is exactly a conjunction of keys also has `Conditions` (`cesql_conditions`
+here, the attribute dialects in broker/filters.py), which the router checks in place of
+the filter's own test.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from fmesh.broker.cesql.casting import CesqlType, implicit_cast, to_string
-from fmesh.broker.cesql.like import literal_affixes
+from fmesh.broker.cesql.like import literal_affixes, simple_shape
 from fmesh.broker.cesql.nodes import Binary, Identifier, In, Like, Literal, Logical, Node
 
 KINDS = ("exact", "prefix", "suffix")
@@ -29,6 +31,7 @@ class Key(NamedTuple):
 
 Alternatives = tuple[Key, ...]
 Keys = tuple[Alternatives, ...]
+Conditions = tuple[Key, ...]  # all must hold
 
 UNINDEXABLE: Keys = ()
 NEVER: Keys = ((),)  # an `any` of nothing: no event can match
@@ -112,3 +115,25 @@ def _canonical(text: str) -> bool:
         if cast is not None and to_string(cast) != text:
             return False
     return True
+
+
+def cesql_conditions(node: Node) -> Conditions | None:
+    """The keys an expression is exactly the conjunction of, when it is one: `AND`s of
+    `attr = 'x'` and of `attr LIKE` an exact, prefix-only or suffix-only pattern. For a
+    string attribute these evaluate as the key does, and without an error; any other
+    shape (or operand) gives None."""
+    if isinstance(node, Logical) and node.operator == "AND":
+        joined: list[Key] = []
+        for operand in node.operands:
+            conditions = cesql_conditions(operand)
+            if conditions is None:
+                return None
+            joined += conditions
+        return tuple(dict.fromkeys(joined))
+    if isinstance(node, Binary) and node.operator == "=" and _is_string(node.right) \
+            and isinstance(node.left, Identifier):
+        return (Key(node.left.name, "exact", node.right.value),)  # type: ignore[attr-defined]
+    if isinstance(node, Like) and not node.negated and isinstance(node.operand, Identifier):
+        shape = simple_shape(node.pattern)
+        return None if shape is None else (Key(node.operand.name, *shape),)
+    return None

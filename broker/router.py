@@ -9,7 +9,8 @@ the buckets its attribute values lead to: a dict lookup per indexed attribute fo
 keys, and for prefixes (suffixes) one lookup per distinct prefix (suffix) length, so the
 cost of an event does not grow with the number of subscriptions. What it finds is still
 tested in full, so results are exactly those of trying every filter; only filters with
-no key (`not`, CESQL without an indexable conjunct) are tried on every event.
+no key (`not`, CESQL without an indexable conjunct) are tried on every event. A candidate
+that is a plain conjunction of keys is tested by checking those (`Filter.conditions`).
 """
 
 from __future__ import annotations
@@ -129,6 +130,26 @@ def _plain_text(value: Any) -> str | None:
     return None
 
 
+def passes(filter: Filter, attributes: Mapping[str, Any]) -> bool:
+    """The filter's answer: from its conditions while the attributes they name are strings
+    (most are), else from its own test, which also records a CESQL filter's errors. The
+    conditions are in the filter's own order, so a condition that fails first fails where
+    the filter's test would have stopped too."""
+    conditions = filter.conditions
+    if conditions is None:
+        return filter.test(attributes)
+    for attribute, kind, value in conditions:
+        text = attributes.get(attribute)
+        if type(text) is not str:
+            return filter.test(attributes)
+        if kind == "exact":
+            if text != value:
+                return False
+        elif not (text.startswith(value) if kind == "prefix" else text.endswith(value)):
+            return False
+    return True
+
+
 class Router:
     def __init__(self) -> None:
         self._filters: dict[str, Filter] = {}
@@ -186,7 +207,7 @@ class Router:
                 found = bucket if found is None else {**found, **bucket}
             for bucket in buckets:  # a filter filed under several keys may be in more than one
                 found = bucket if found is None else {**found, **bucket}
-        matched = [name for name, f in found.items() if f.test(attributes)] if found else []
+        matched = [name for name, f in found.items() if passes(f, attributes)] if found else []
         if self._unindexed:
             matched.extend(name for name, f in self._unindexed.items() if f.test(attributes))
         return matched

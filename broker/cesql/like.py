@@ -12,7 +12,7 @@ import re
 from collections.abc import Callable
 from operator import methodcaller
 
-__all__ = ["compile_like", "literal_affixes"]
+__all__ = ["compile_like", "literal_affixes", "simple_shape"]
 
 _ANY_RUN = object()  # "%"
 _ANY_ONE = object()  # "_"
@@ -87,6 +87,19 @@ def literal_affixes(pattern: str) -> tuple[str | None, str, str]:
         return "".join(parts), "", ""  # type: ignore[arg-type]
     prefix, suffix = parts[0], parts[-1]
     return None, prefix if isinstance(prefix, str) else "", suffix if isinstance(suffix, str) else ""
+
+
+def simple_shape(pattern: str) -> tuple[str, str] | None:
+    """`("exact", text)`, `("prefix", text)` or `("suffix", text)` when the pattern means
+    no more than that (`'abc'`, `'abc%'`, `'%abc'`), escapes resolved; None otherwise."""
+    parts = _tokenize(pattern)
+    if all(isinstance(part, str) for part in parts):
+        return "exact", "".join(parts)  # type: ignore[arg-type]
+    if len(parts) == 2 and parts[1] is _ANY_RUN and isinstance(parts[0], str):
+        return "prefix", parts[0]
+    if len(parts) == 2 and parts[0] is _ANY_RUN and isinstance(parts[1], str):
+        return "suffix", parts[1]
+    return None
 
 
 def compile_like(pattern: str) -> Callable[[str], bool]:

@@ -8,7 +8,7 @@ import re
 
 from fmesh.broker.filter_keys import Key
 from fmesh.broker.filters import Filter, any_of, compile_dialect, compile_shorthand
-from fmesh.broker.router import Router
+from fmesh.broker.router import Router, passes
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -141,6 +141,38 @@ def test_router_matches_exactly_what_trying_every_filter_does(compiled, data):
             router.remove(name)
     for event in sample:
         assert routed(router, event) == reference(subscriptions, event)
+
+
+# Two compilations of one filter, so each keeps its own error count.
+filter_makers = st.one_of(
+    expressions.map(lambda text: lambda: compile_dialect({"cesql": text}, "f")),
+    dialect_specs.map(lambda spec: lambda: compile_dialect(spec, "f")),
+    shorthand_specs.map(lambda spec: lambda: compile_shorthand(spec)),
+)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(filter_makers, st.data())
+def test_a_filter_checked_by_its_conditions_answers_and_records_errors_as_its_test(make, data):
+    by_conditions, by_test = make(), make()
+    for event in data.draw(st.lists(events([by_test]), min_size=1, max_size=6)):
+        assert passes(by_conditions, event) == by_test.test(event), (by_test.description, event)
+    assert by_conditions.errors.count == by_test.errors.count
+
+
+def test_only_plain_conjunctions_of_keys_have_conditions():
+    def conditions(spec: dict) -> tuple | None:
+        return compile_dialect(spec, "f").conditions
+
+    assert conditions({"cesql": "type = 'a' AND source LIKE '/w%' AND subject LIKE '%.png'"}) == (
+        Key("type", "exact", "a"), Key("source", "prefix", "/w"), Key("subject", "suffix", ".png"))
+    assert conditions({"cesql": "type LIKE 'a\\%'"}) == (Key("type", "exact", "a%"),)
+    assert conditions({"all": [{"exact": {"type": "a"}}, {"prefix": {"source": "/w"}}]}) == (
+        Key("type", "exact", "a"), Key("source", "prefix", "/w"))
+    for spec in ({"cesql": "type LIKE 'a_%'"}, {"cesql": "type LIKE 'a%b'"}, {"cesql": "type = 'a' OR source = 'b'"},
+                 {"cesql": "NOT (type = 'a')"}, {"cesql": "'a' = type"}, {"cesql": "n = 5"},
+                 {"any": [{"exact": {"type": "a"}}, {"exact": {"type": "b"}}]}, {"not": {"exact": {"type": "a"}}}):
+        assert conditions(spec) is None, spec
 
 
 def index_is_empty(router: Router) -> bool:
