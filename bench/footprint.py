@@ -2,10 +2,11 @@
 uvicorn process (bench/bare_app.py), in one run.
 
 Idle functions scale to zero, so the mesh should run no function process at all: this
-checks /proc for children of the mesh and of its zygote (any is a replica). The mesh's
-memory is the mesh process plus its zygote: RSS summed, and PSS (from
-/proc/<pid>/smaps_rollup) because the zygote shares pages with nothing of the mesh but
-its children would share with it. Prints JSON.
+checks /proc for children of the mesh and of its zygote (any is a replica). With nothing
+running, the zygote goes too after `--zygote-idle` (default 5m; the bench sets ZYGOTE_IDLE
+so as not to wait five minutes, and waits until it has gone): the figure is the mesh's
+memory once idle, with the zygote's measured before it went beside it. The memory of a
+set of processes is their RSS summed, and PSS (from /proc/<pid>/smaps_rollup). Prints JSON.
 
     python bench/footprint.py [--functions 100]
 """
@@ -29,6 +30,7 @@ from bench.common import PYTHON, bare_app, emit, free_port, mesh, wait_http  # n
 
 NOOP_DIR = ROOT / "bench" / "functions" / "noop"
 TOKEN = "bench"
+ZYGOTE_IDLE = "3s"
 
 
 def manifest(count: int) -> str:
@@ -119,20 +121,36 @@ def wait_idle(base: str, count: int, timeout: float = 60) -> list[dict]:
         time.sleep(0.2)
 
 
+def wait_zygote_gone(mesh_pid: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while any("fmesh.runtime.zygote" in command_of(child) for child in children(mesh_pid)):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the zygote was still running {timeout:g}s after every function was idle")
+        time.sleep(0.2)
+
+
 def measure_mesh(folder: Path, count: int) -> dict:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    with mesh(port, folder / "data", log=folder / "mesh.log") as process:
+    with mesh(port, folder / "data", "--zygote-idle", ZYGOTE_IDLE, log=folder / "mesh.log") as process:
         wait_http(base + "/healthz")
         deploy(base, folder, count)
         functions = wait_idle(base, count)
         time.sleep(1.0)  # let start-up garbage settle, as it would on a long-running mesh
         tree, others = mesh_processes(process.pid)
-        memory = [memory_kib(pid) for pid in tree]
-    return {"functions": len(functions), "processes": len(tree), "zygote": len(tree) == 2,
-            "function_processes": others,
-            "rss_kib": sum(m["rss"] for m in memory), "pss_kib": sum(m["pss"] for m in memory),
-            "per_process": [{"role": role, **m} for role, m in zip(("mesh", "zygote"), memory, strict=False)]}
+        with_zygote = [{"role": role(pid), **memory_kib(pid)} for pid in tree]
+        wait_zygote_gone(process.pid)
+        tree, more = mesh_processes(process.pid)
+        idle = [{"role": role(pid), **memory_kib(pid)} for pid in tree]
+    return {"functions": len(functions), "processes": len(tree), "function_processes": others + more,
+            "rss_kib": sum(m["rss"] for m in idle), "pss_kib": sum(m["pss"] for m in idle),
+            "per_process": idle, "before_the_zygote_went": with_zygote,
+            "with_zygote_rss_kib": sum(m["rss"] for m in with_zygote)}
+
+
+def role(pid: int) -> str:
+    command = command_of(pid)
+    return next((name for name in ("zygote", "ingress_worker") if f".{name}" in command), "mesh")
 
 
 def measure_bare() -> dict:
@@ -155,6 +173,8 @@ def measure(count: int) -> dict:
             "ratio_rss": round(fmesh["rss_kib"] / bare["rss_kib"], 3),
             "fmesh_pss_mib": round(fmesh["pss_kib"] / 1024, 1), "bare_pss_mib": round(bare["pss_kib"] / 1024, 1),
             "ratio_pss": round(fmesh["pss_kib"] / bare["pss_kib"], 3),
+            "fmesh_with_zygote_rss_mib": round(fmesh["with_zygote_rss_kib"] / 1024, 1),
+            "ratio_rss_with_zygote": round(fmesh["with_zygote_rss_kib"] / bare["rss_kib"], 3),
             "no_function_processes": not fmesh["function_processes"],
             "fmesh": fmesh}
 

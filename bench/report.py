@@ -168,11 +168,16 @@ def routing(quick: bool) -> tuple[list[Figure], dict]:
 def footprint(quick: bool) -> tuple[list[Figure], dict]:
     result = run_json("footprint.py", "--functions", "100")
     clean = result["no_function_processes"]
-    note = "100 idle functions, mesh+zygote vs bare uvicorn" + ("" if clean else "; FUNCTION PROCESSES RUNNING")
+    note = ("100 idle functions, the mesh once its idle zygote has gone (--zygote-idle, set short) vs bare uvicorn"
+            + ("" if clean else "; FUNCTION PROCESSES RUNNING"))
     return [figure("footprint RSS", result["fmesh_rss_mib"], result["bare_rss_mib"], "MiB", "<= 2",
                    ratio=result["ratio_rss"], note=note, extra_condition=clean),
             Figure("footprint PSS", result["fmesh_pss_mib"], result["bare_pss_mib"], "MiB", result["ratio_pss"],
-                   "-", None, "informational")], result
+                   "-", None, "informational"),
+            Figure("footprint RSS, zygote running", result["fmesh_with_zygote_rss_mib"], result["bare_rss_mib"],
+                   "MiB", result["ratio_rss_with_zygote"], "-", None,
+                   "informational: the same mesh before its zygote went (as it is for --zygote-idle after the "
+                   "last replica and template)")], result
 
 
 def trail(quick: bool) -> tuple[list[Figure], dict]:

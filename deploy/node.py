@@ -81,7 +81,8 @@ class Node:
         # the node be killed before it removes it.
         self.run_dir = Path(tempfile.mkdtemp(prefix=f"fmesh-{os.getpid()}-"))
         self.runtime = Runtime(self.data_dir, self.run_dir, RepliesPublisher(self.broker), settings.launcher,
-                               self.mesh_id, template_idle=settings.template_idle)
+                               self.mesh_id, template_idle=settings.template_idle,
+                               zygote_idle=settings.zygote_idle)
         self.control_app: ASGIApp | None = None
         self.tracer: Tracer = NOOP              # an exporting one from start, with --otlp-endpoint
         self._background: list[asyncio.Task] = []

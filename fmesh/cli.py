@@ -77,6 +77,10 @@ def up(
     template_idle: Annotated[str, typer.Option(
         help="A function's template (its handler loaded once, its replicas forked from it) goes after this "
              "long without a replica; the next cold start loads the handler again. 0 turns templates off.")] = "5m",
+    zygote_idle: Annotated[str, typer.Option(
+        help="The zygote (the warm process replicas are forked from) stops after this long with no replica "
+             "and no template, giving its memory back; the next cold start starts it again (about the time "
+             "of a fresh interpreter). 0 keeps it.")] = "5m",
     dead_letter_retention: Annotated[str, typer.Option(help="How long dead letters are kept.")] = "7d",
     trail_retention: Annotated[str, typer.Option(
         help="How long the event trail (fmesh trace, fmesh events) keeps where each event went; 0 turns "
@@ -125,7 +129,7 @@ def up(
     from fmesh.deploy.server import exec_server
     from fmesh.settings import NodeSettings
 
-    given = {"bundle_grace": bundle_grace, "template_idle": template_idle,
+    given = {"bundle_grace": bundle_grace, "template_idle": template_idle, "zygote_idle": zygote_idle,
              "dead_letter_retention": dead_letter_retention, "trail_retention": trail_retention,
              "shutdown_grace": shutdown_grace, "dedup_window": dedup_window, "header_timeout": header_timeout,
              "body_timeout": body_timeout, "keepalive_timeout": keepalive_timeout}

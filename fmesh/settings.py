@@ -105,6 +105,8 @@ class NodeSettings:
     launcher: str = "zygote"              # or "subprocess": a fresh interpreter per replica
     template_idle: float = 300.0          # a function's template (handler loaded, forks its replicas) goes
                                           # after this long without a replica; 0: no templates
+    zygote_idle: float = 300.0            # the zygote goes after this long with no replica or template
+                                          # (the next cold start starts it again); 0: it stays
     dead_letter_retention: float = 7 * 86400.0
     trail_retention: float = 86400.0      # how long the event trail keeps an event's path (0: no trail)
     trail_max_events: int = 100_000       # events whose path the trail keeps at most (the oldest go first)

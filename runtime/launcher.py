@@ -99,14 +99,19 @@ class SubprocessLauncher:
 class ZygoteLauncher:
     """Forks replicas from a warm process (see `fmesh.runtime.zygote`), and from each
     function's template after its first cold start: a template without a replica for
-    `template_idle` seconds goes (0: no templates, every replica loads its handler)."""
+    `template_idle` seconds goes (0: no templates, every replica loads its handler). The
+    zygote itself goes after `zygote_idle` seconds with no replica and no template (0:
+    never), and the next launch starts another: an idle mesh holds no zygote's memory."""
 
     def __init__(self, on_exit: OnExit, on_output: OnOutput, python: str = sys.executable,
-                 template_idle: float = 300.0) -> None:
+                 template_idle: float = 300.0, zygote_idle: float = 0.0, on_idle: Callable[[], None] | None = None,
+                 ) -> None:
         self.on_exit = on_exit
         self.on_output = on_output
+        self.on_idle = on_idle or (lambda: None)  # told when an idle zygote was let go
         self.python = python
         self.template_idle = template_idle
+        self.zygote_idle = zygote_idle
         self._process: asyncio.subprocess.Process | None = None
         self._spawns: dict[str, asyncio.Future[int]] = {}
         self._tasks: set[asyncio.Task] = set()
@@ -120,7 +125,7 @@ class ZygoteLauncher:
 
     async def _start_zygote(self) -> None:
         process = await asyncio.create_subprocess_exec(
-            self.python, "-m", "fmesh.runtime.zygote",
+            self.python, "-m", "fmesh.runtime.zygote", "--idle", str(self.zygote_idle),
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE, start_new_session=True, env=inherited_env(),
             **with_user_umask())  # the forks' umask: the user's, not the mesh's private one
@@ -166,9 +171,26 @@ class ZygoteLauncher:
                     future.set_result(report["pid"])
             elif report["op"] == "exited":
                 self.on_exit(report["replica"], describe_exit(report["code"], report["signal"]))
+            elif report["op"] == "idle":
+                self._let_go(process)
+        if self._process is not process:
+            return  # let go when idle: the spawns waiting now are another zygote's
         for future in self._spawns.values():  # the zygote died: whoever waits must hear it
             if not future.done():
                 future.set_exception(HandlerError("the zygote exited while forking a replica"))
+
+    def _let_go(self, process: asyncio.subprocess.Process) -> None:
+        """The zygote has had no child for `zygote_idle` seconds: close its stdin (it exits),
+        unless a spawn has been asked of it since it said so. No await between the check
+        and the close, so no launch can slip in."""
+        if self._process is not process or self._spawns or self._lock.locked():
+            return
+        self._process = None
+        process.stdin.close()  # type: ignore[union-attr]
+        ended = asyncio.get_running_loop().create_task(process.wait())
+        self._tasks.add(ended)
+        ended.add_done_callback(self._tasks.discard)
+        self.on_idle()
 
     async def _read_errors(self, process: asyncio.subprocess.Process) -> None:
         async for line in process.stderr:  # type: ignore[union-attr]

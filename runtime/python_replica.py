@@ -36,6 +36,8 @@ class PythonReplica(Replica):
             pass
         except ValueError as exc:  # a frame the mesh cannot read: the process is not to be trusted
             self.kill(f"sent a frame the mesh cannot read ({exc})")
+        if self._writer is not None:
+            self._writer.close()  # our end too: otherwise its socket stays open until collected
         self.closed(self.exit_reason or "its connection closed")
 
     def _on_frame(self, frame: Frame) -> None:

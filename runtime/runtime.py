@@ -106,13 +106,14 @@ class _Running:
 
 class Runtime:
     def __init__(self, data_dir: Path, run_dir: Path, publisher: Publisher, launcher: str = "zygote",
-                 mesh_id: str = "", template_idle: float = 300.0) -> None:
+                 mesh_id: str = "", template_idle: float = 300.0, zygote_idle: float = 0.0) -> None:
         self.mesh_id = mesh_id
         self.tracer: Tracer = NOOP       # the spans of deliveries (the node installs an exporting one)
         self.logs = LogStore(data_dir / "logs")
         self.publisher = publisher
         self.hub = ReplicaHub(run_dir / "replicas.sock", self._on_log)
-        self.zygote = ZygoteLauncher(self._on_exit, self._on_zygote_output, template_idle=template_idle)
+        self.zygote = ZygoteLauncher(self._on_exit, self._on_zygote_output, template_idle=template_idle,
+                                     zygote_idle=zygote_idle, on_idle=self._on_zygote_idle)
         self.fresh = SubprocessLauncher(self._on_exit)
         self.default_launcher: Launcher = self.zygote if launcher == "zygote" else self.fresh
         self.functions: dict[str, _Running] = {}
@@ -297,6 +298,10 @@ class Runtime:
 
     def _on_zygote_output(self, line: str) -> None:
         log.warning(f"zygote: {line}")
+
+    def _on_zygote_idle(self) -> None:
+        log.info(f"the zygote stopped after {self.zygote.zygote_idle:g}s without a replica or template; "
+                 "the next cold start starts it again")
 
 
 async def _discard(replica: Replica) -> None:

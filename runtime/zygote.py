@@ -22,10 +22,17 @@ replica has gone, and a replica whose template has gone, are the zygote's to wai
     → {"op": "forget", "function": "f"}
     ← {"op": "spawned", "replica": "...", "pid": 123}
     ← {"op": "exited", "replica": "...", "pid": 123, "code": 0 | null, "signal": 9 | null}
+    ← {"op": "idle"}
+
+With `--idle SECONDS`, a zygote that has had no child at all (no replica, no template)
+for that long says `idle`; the mesh then closes its stdin, unless a spawn is on its way
+(the zygote says it again later), and starts a new zygote at the next cold start. So a
+mesh whose functions all sit at zero holds no zygote either.
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import os
@@ -101,7 +108,10 @@ class Template:
 
 
 class Zygote:
-    def __init__(self) -> None:
+    def __init__(self, idle: float = 0.0) -> None:
+        self.idle = idle                             # seconds without a child before saying idle (0: never)
+        self.childless_since: float | None = None
+        self.said_idle = False
         self.replicas: dict[int, str] = {}          # pid → replica id, whoever forked it
         self.templates: dict[str, Template] = {}    # key → template
         self.unusable: dict[str, str] = {}          # key → function: handlers no template can hold
@@ -115,6 +125,7 @@ class Zygote:
         # Which top-level modules a forked replica gets for free, so the mesh can tell
         # whether a function's own packages would clash with them.
         emit({"op": "ready", "pid": os.getpid(), "modules": sorted({m.split(".")[0] for m in sys.modules})})
+        self.say_if_idle(time.monotonic())  # starts the idle clock: nothing may ever be asked of us
         while True:
             for key, _ in self.selector.select(self.next_deadline()):
                 if key.data is self.mesh:
@@ -126,10 +137,13 @@ class Zygote:
                 elif isinstance(key.data, Template):
                     self.on_template(key.data)
             self.reap()
-            self.retire_idle(time.monotonic())
+            now = time.monotonic()
+            self.retire_idle(now)
+            self.say_if_idle(now)
 
     def on_request(self, request: dict) -> None:
         if request.get("op") == "spawn":
+            self.said_idle = False  # the mesh still wants us: say it again when idle again
             wanted = request.get("template")
             if wanted:
                 self.spawn_from_template(request["spec"], wanted["function"], float(wanted["idle"]))
@@ -234,9 +248,22 @@ class Zygote:
             if now - made.idle_since >= made.idle_for():
                 self.close(made)
 
+    def say_if_idle(self, now: float) -> None:
+        if not self.idle or self.said_idle:
+            return
+        if self.replicas or self.templates or has_children():
+            self.childless_since = None
+            return
+        self.childless_since = self.childless_since or now
+        if now - self.childless_since >= self.idle:
+            self.said_idle = True
+            emit({"op": "idle"})
+
     def next_deadline(self) -> float | None:
-        """Seconds until the next template is due to go (None: none is idle)."""
+        """Seconds until the next template is due to go, or until we are idle (None: neither)."""
         due = [made.idle_since + made.idle_for() for made in self.templates.values() if made.idle_since is not None]
+        if self.childless_since is not None and not self.said_idle:
+            due.append(self.childless_since + self.idle)
         return max(0.0, min(due) - time.monotonic()) if due else None
 
     def reap(self) -> None:
@@ -249,10 +276,19 @@ class Zygote:
                 made.live.discard(pid)  # a template's first replica is our child
 
 
+def has_children() -> bool:
+    """Any child process at all: a template closed here may still be on its way out."""
+    tasks = f"/proc/{os.getpid()}/task"
+    return any(open(f"{tasks}/{task}/children").read().strip() for task in os.listdir(tasks))
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m fmesh.runtime.zygote")
+    parser.add_argument("--idle", type=float, default=0.0, help="say idle after this long without a child")
+    idle = parser.parse_args().idle
     preload()
     forking.prctl(forking.PR_SET_CHILD_SUBREAPER, 1)
-    Zygote().run()
+    Zygote(idle).run()
 
 
 if __name__ == "__main__":

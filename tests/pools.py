@@ -23,16 +23,21 @@ class Harness:
     """`kind`: "template" (forked from the function's template, as a mesh's pools are),
     "zygote" (forked from the zygote, loading the handler) or "subprocess" (fresh)."""
 
-    def __init__(self, tmp_path: Path, kind: str, template_idle: float = 300.0) -> None:
+    def __init__(self, tmp_path: Path, kind: str, template_idle: float = 300.0, zygote_idle: float = 0.0) -> None:
         self.run_dir = Path(tempfile.mkdtemp(prefix="fm-"))
         self.logs = LogStore(tmp_path / "logs")
         self.hub = ReplicaHub(self.run_dir / "r.sock", lambda r, s, line: self.logs.write(r.function, r.name, s, line))
         self.pools: list[RunnerPool] = []
         self.exits: list[tuple[str, str]] = []  # (replica id, how it ended), as the launcher told it
+        self.zygotes_let_go = 0
         on_exit = lambda rid, how: [self.exits.append((rid, how)), *(p.on_exit(rid, how) for p in self.pools)]  # noqa: E731
         self.launcher = (SubprocessLauncher(on_exit) if kind == "subprocess"
-                         else ZygoteLauncher(on_exit, lambda line: None, template_idle=template_idle))
+                         else ZygoteLauncher(on_exit, lambda line: None, template_idle=template_idle,
+                                             zygote_idle=zygote_idle, on_idle=self._let_go))
         self.use_template = kind == "template"
+
+    def _let_go(self) -> None:
+        self.zygotes_let_go += 1
 
     async def start(self) -> None:
         await self.hub.start()

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import croniter
 from pydantic import (
     AliasChoices,
     BaseModel,
@@ -310,6 +309,8 @@ class TimerTriggerConfig(Strict):
     @field_validator("cron")
     @classmethod
     def _cron_valid(cls, cron: str | None) -> str | None:
+        from croniter import croniter  # here: a mesh without a cron timer never loads it (~1 MiB)
+
         if cron is not None and not croniter.is_valid(cron):
             raise ValueError(f"not a valid cron expression: {cron!r}")
         return cron

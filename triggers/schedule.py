@@ -6,7 +6,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Protocol
 from zoneinfo import ZoneInfo
 
-from croniter import croniter
 from fmesh.triggers.config import TimerTriggerConfig
 
 MICRO = 1_000_000
@@ -37,6 +36,9 @@ class Cron:
     """Ticks of a cron expression read in a time zone (DST handled by croniter)."""
 
     def __init__(self, expression: str, zone: str) -> None:
+        from croniter import croniter  # here: a mesh without a cron timer never loads it (~1 MiB)
+
+        self._croniter = croniter
         self._expression = expression
         self._zone = ZoneInfo(zone)
 
@@ -44,11 +46,11 @@ class Cron:
         return datetime.fromtimestamp(t, UTC).astimezone(self._zone)
 
     def next_after(self, t: float) -> float:
-        return croniter(self._expression, self._at(t)).get_next(datetime).timestamp()
+        return self._croniter(self._expression, self._at(t)).get_next(datetime).timestamp()
 
     def at_or_before(self, t: float) -> float:
         start = self._at(t) + timedelta(microseconds=1)  # get_prev is strict; include t itself
-        return croniter(self._expression, start).get_prev(datetime).timestamp()
+        return self._croniter(self._expression, start).get_prev(datetime).timestamp()
 
 
 def schedule_for(config: TimerTriggerConfig) -> Schedule:

@@ -13,10 +13,10 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import urljoin
 
 from fmesh.runtime.replica import NotSent, Result
-from fmesh.runtime.sinks.http import HttpSink
 
 from fmesh.bindings.http import write_batch
 from fmesh.errors import HandlerError
@@ -24,6 +24,9 @@ from fmesh.events import SENDER, Event
 from fmesh.meshpath import visited, with_visit
 from fmesh.signing import PEER_HEADER, sign_request
 from fmesh.tracing import hop_headers
+
+if TYPE_CHECKING:  # httpx is a mesh's only with an HTTP sink or bridge: not imported until one opens
+    from fmesh.runtime.sinks.http import HttpSink
 
 MAX_BATCH = 64              # events per request to the other mesh
 MAX_BATCH_BYTES = 512 * 1024

@@ -91,3 +91,44 @@ functions:
     mesh.process.send_signal(signal.SIGKILL)
     mesh.process.wait(10)
     wait_for(lambda: not any(alive(pid) for pid in running), 15, message=f"{running} to end with the mesh")
+
+
+def zygotes(mesh_pid: int) -> set[int]:
+    """The mesh's zygotes: its children running fmesh.runtime.zygote (whatever it forks has that
+    command line too, but is not the mesh's child)."""
+    found = set()
+    for task in Path(f"/proc/{mesh_pid}/task").iterdir():
+        for pid in (task / "children").read_text().split():
+            try:
+                if b"fmesh.runtime.zygote" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    found.add(int(pid))
+            except OSError:
+                pass  # it has just exited
+    return found
+
+
+def test_an_idle_mesh_lets_its_zygote_go_and_the_next_event_starts_another(mesh_factory, tmp_path):
+    mesh = mesh_factory(extra=["--template-idle", "1s", "--zygote-idle", "1s"])
+    out = tmp_path / "seen.jsonl"
+    (tmp_path / "fn").mkdir()
+    (tmp_path / "fn" / "handler.py").write_text(HANDLER.format(mark="v1"))
+    manifest = write_manifest(tmp_path, f"""
+functions:
+  intro:
+    handler: fn/handler.py:handle
+    on: [{{{{type: t}}}}]
+    env: {{{{OUT: "{out}"}}}}
+    scale: {{{{max: 1, idle_timeout: 500ms}}}}
+""")
+    mesh.start("-f", str(manifest))
+    wait_for(lambda: "the zygote stopped after 1s" in mesh.log(), 30, message="the idle zygote to be let go")
+    wait_for(lambda: not zygotes(mesh.process.pid), 10, message="the idle zygote to exit")
+
+    for n in (1, 2):  # the first event starts a zygote again; after scale-to-zero its template serves
+        headers = {"ce-specversion": "1.0", "ce-type": "t", "ce-source": "/s", "ce-id": str(uuid.uuid4())}
+        assert httpx.post(mesh.url, headers=headers).status_code == 202
+        wait_for(lambda n=n: out.exists() and out.read_text().count("\n") == n, 20, message=f"event {n} to run")
+        wait_for(lambda: mesh.status("intro").get("replicas") == 0, 20, message="intro to scale to zero")
+    first, second = (json.loads(line) for line in out.read_text().splitlines())
+    assert second["imported_by"] == first["pid"] != second["pid"]
+    assert len(zygotes(mesh.process.pid)) == 1  # a new one: it stays while its template lives

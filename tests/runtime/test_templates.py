@@ -83,6 +83,25 @@ async def test_a_template_outlives_scale_to_zero_then_goes_after_its_idle_time(t
                      "no process left")
 
 
+async def test_an_idle_zygote_goes_only_once_nothing_runs_and_the_next_cold_start_starts_another(tmp_path):
+    harness = Harness(tmp_path, "template", template_idle=0.5, zygote_idle=1.0)
+    await harness.start()
+    try:
+        zygote = harness.launcher._process.pid
+        pool = harness.pool("introspect", ScalePolicy(max=1, idle_timeout=3.0))
+        first = (await pool.invoke(new_event("t", "/s"), 10)).data
+        await asyncio.sleep(2.0)  # past zygote_idle, but its replica (and the template) still run
+        assert pool.replicas and alive(zygote) and harness.zygotes_let_go == 0
+        await eventually(lambda: not pool.replicas, 10, "scale to zero")
+        await eventually(lambda: not alive(zygote), 15, "the idle zygote to go")
+        assert harness.zygotes_let_go == 1
+        again = (await pool.invoke(new_event("t", "/s"), 10)).data
+        assert again["calls"] == 1 and again["imported_by"] == again["pid"] != first["pid"]
+        assert harness.launcher._process.pid != zygote and alive(harness.launcher._process.pid)
+    finally:
+        await harness.stop()
+
+
 async def test_a_forgotten_functions_template_goes_with_its_last_replica(tmp_path):
     harness = Harness(tmp_path, "template")
     await harness.start()
