@@ -181,9 +181,13 @@ class ZygoteLauncher:
 
     def _let_go(self, process: asyncio.subprocess.Process) -> None:
         """The zygote has had no child for `zygote_idle` seconds: close its stdin (it exits),
-        unless a spawn has been asked of it since it said so. No await between the check
-        and the close, so no launch can slip in."""
-        if self._process is not process or self._spawns or self._lock.locked():
+        unless a spawn has been asked of it since it said so (then it is told to stay, and
+        says so again when idle again). No await between the check and the close, so no
+        launch can slip in."""
+        if self._process is not process:
+            return
+        if self._spawns or self._lock.locked():
+            self._request({"op": "stay"})
             return
         self._process = None
         process.stdin.close()  # type: ignore[union-attr]

@@ -20,14 +20,15 @@ replica has gone, and a replica whose template has gone, are the zygote's to wai
 
     → {"op": "spawn", "spec": {...WorkerSpec...}, "template": {"function": "f", "idle": 300} | absent}
     → {"op": "forget", "function": "f"}
+    → {"op": "stay"}
     ← {"op": "spawned", "replica": "...", "pid": 123}
     ← {"op": "exited", "replica": "...", "pid": 123, "code": 0 | null, "signal": 9 | null}
     ← {"op": "idle"}
 
 With `--idle SECONDS`, a zygote that has had no child at all (no replica, no template)
 for that long says `idle`; the mesh then closes its stdin, unless a spawn is on its way
-(the zygote says it again later), and starts a new zygote at the next cold start. So a
-mesh whose functions all sit at zero holds no zygote either.
+(it says `stay`, and the idle clock starts again), and starts a new zygote at the next
+cold start. So a mesh whose functions all sit at zero holds no zygote either.
 """
 
 from __future__ import annotations
@@ -151,6 +152,8 @@ class Zygote:
                 self.spawn(request["spec"])
         elif request.get("op") == "forget":
             self.supersede(request["function"])
+        elif request.get("op") == "stay":
+            self.said_idle, self.childless_since = False, None
 
     # -- forking ---------------------------------------------------------------------------
 

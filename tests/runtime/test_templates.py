@@ -102,6 +102,22 @@ async def test_an_idle_zygote_goes_only_once_nothing_runs_and_the_next_cold_star
         await harness.stop()
 
 
+async def test_a_zygote_that_says_idle_while_a_spawn_is_on_its_way_is_told_to_stay(tmp_path):
+    harness = Harness(tmp_path, "template", zygote_idle=0.3)
+    await harness.start()
+    try:
+        zygote = harness.launcher._process.pid
+        in_flight = asyncio.get_running_loop().create_future()
+        harness.launcher._spawns["on-its-way"] = in_flight  # as launch() holds it until "spawned" is read
+        await asyncio.sleep(1.5)  # several idle periods: each "idle" is answered with "stay"
+        assert alive(zygote) and harness.zygotes_let_go == 0
+        del harness.launcher._spawns["on-its-way"]
+        await eventually(lambda: harness.zygotes_let_go == 1, 10, "the zygote to say idle again, and go")
+        await eventually(lambda: not alive(zygote), 10, "the zygote to exit")
+    finally:
+        await harness.stop()
+
+
 async def test_a_forgotten_functions_template_goes_with_its_last_replica(tmp_path):
     harness = Harness(tmp_path, "template")
     await harness.start()
