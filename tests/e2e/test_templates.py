@@ -30,24 +30,29 @@ def handle(event):
 """
 
 
+def intro(tmp_path: Path, settings: str) -> Path:
+    """The manifest of `intro` (HANDLER, v1) with these lines of settings, scaling to zero fast."""
+    (tmp_path / "fn").mkdir()
+    (tmp_path / "fn" / "handler.py").write_text(HANDLER.format(mark="v1"))
+    return write_manifest(tmp_path, f"""
+functions:
+  intro:
+    handler: fn/handler.py:handle
+    on: [{{{{type: t}}}}]{settings}
+    scale: {{{{max: 1, idle_timeout: 500ms}}}}
+""")
+
+
 def test_templates_follow_versions_and_secrets_and_leave_nothing_behind(mesh_factory, tmp_path):
     api_key, password = "key-7a1c", tmp_path / "db-password"
     password.write_text("first-password\n")
     mesh = mesh_factory(extra=["--template-idle", "3s"], environ={"API_KEY": api_key})
     out = tmp_path / "seen.jsonl"
-    (tmp_path / "fn").mkdir()
-    (tmp_path / "fn" / "handler.py").write_text(HANDLER.format(mark="v1"))
-    manifest = write_manifest(tmp_path, f"""
-functions:
-  intro:
-    handler: fn/handler.py:handle
-    on: [{{{{type: t}}}}]
+    manifest = intro(tmp_path, f"""
     env: {{{{OUT: "{out}", GREETING: hi}}}}
     secrets:
       API_KEY: {{{{env: API_KEY}}}}
-      DB_PASSWORD: {{{{file: "{password}"}}}}
-    scale: {{{{max: 1, idle_timeout: 500ms}}}}
-""")
+      DB_PASSWORD: {{{{file: "{password}"}}}}""")
     mesh.start("-f", str(manifest))
 
     def cold_start() -> dict:
@@ -110,16 +115,8 @@ def zygotes(mesh_pid: int) -> set[int]:
 def test_an_idle_mesh_lets_its_zygote_go_and_the_next_event_starts_another(mesh_factory, tmp_path):
     mesh = mesh_factory(extra=["--template-idle", "1s", "--zygote-idle", "1s"])
     out = tmp_path / "seen.jsonl"
-    (tmp_path / "fn").mkdir()
-    (tmp_path / "fn" / "handler.py").write_text(HANDLER.format(mark="v1"))
-    manifest = write_manifest(tmp_path, f"""
-functions:
-  intro:
-    handler: fn/handler.py:handle
-    on: [{{{{type: t}}}}]
-    env: {{{{OUT: "{out}"}}}}
-    scale: {{{{max: 1, idle_timeout: 500ms}}}}
-""")
+    manifest = intro(tmp_path, f"""
+    env: {{{{OUT: "{out}"}}}}""")
     mesh.start("-f", str(manifest))
     wait_for(lambda: "the zygote stopped after 1s" in mesh.log(), 30, message="the idle zygote to be let go")
     wait_for(lambda: not zygotes(mesh.process.pid), 10, message="the idle zygote to exit")
