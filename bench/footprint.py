@@ -139,6 +139,9 @@ def measure_mesh(folder: Path, count: int) -> dict:
         time.sleep(1.0)  # let start-up garbage settle, as it would on a long-running mesh
         tree, others = mesh_processes(process.pid)
         with_zygote = [{"role": role(pid), **memory_kib(pid)} for pid in tree]
+        if not any(m["role"] == "zygote" for m in with_zygote):
+            raise RuntimeError(f"the zygote went (--zygote-idle {ZYGOTE_IDLE}) before it was measured: "
+                               "a machine too busy for this bench")
         wait_zygote_gone(process.pid)
         tree, more = mesh_processes(process.pid)
         idle = [{"role": role(pid), **memory_kib(pid)} for pid in tree]

@@ -129,7 +129,12 @@ class ZygoteLauncher:
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE, start_new_session=True, env=inherited_env(),
             **with_user_umask())  # the forks' umask: the user's, not the mesh's private one
-        ready = await process.stdout.readline()  # type: ignore[union-attr]
+        try:
+            ready = await process.stdout.readline()  # type: ignore[union-attr]
+        except BaseException:  # cancelled (its pool shut down): a zygote nobody would ever stop
+            process.kill()
+            await asyncio.shield(process.wait())
+            raise
         if not ready:
             error = (await process.stderr.read()).decode(errors="replace")  # type: ignore[union-attr]
             raise HandlerError(f"the zygote failed to start: {error.strip() or 'no output'}")
@@ -201,6 +206,14 @@ class ZygoteLauncher:
             self.on_output(line.decode(errors="replace").rstrip("\n"))
 
     async def stop(self) -> None:
+        # A zygote being started now is stopped too, not left behind (within reason: one that
+        # never gets ready must not hold up the mesh's shutdown).
+        try:
+            await asyncio.wait_for(self._lock.acquire(), 5)
+        except TimeoutError:
+            pass
+        else:
+            self._lock.release()
         process, self._process = self._process, None
         if process is not None and process.returncode is None:
             process.stdin.close()  # type: ignore[union-attr]

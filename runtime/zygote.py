@@ -280,9 +280,18 @@ class Zygote:
 
 
 def has_children() -> bool:
-    """Any child process at all: a template closed here may still be on its way out."""
+    """Any child process at all: a template closed here may still be on its way out. False
+    where /proc cannot tell (no CONFIG_PROC_CHILDREN): the replicas and templates we know of
+    still count."""
     tasks = f"/proc/{os.getpid()}/task"
-    return any(open(f"{tasks}/{task}/children").read().strip() for task in os.listdir(tasks))
+    try:
+        for task in os.listdir(tasks):
+            with open(f"{tasks}/{task}/children") as children:
+                if children.read().strip():
+                    return True
+    except OSError:
+        return False
+    return False
 
 
 def main() -> None:

@@ -309,9 +309,11 @@ class TimerTriggerConfig(Strict):
     @field_validator("cron")
     @classmethod
     def _cron_valid(cls, cron: str | None) -> str | None:
+        if cron is None:
+            return cron
         from croniter import croniter  # here: a mesh without a cron timer never loads it (~1 MiB)
 
-        if cron is not None and not croniter.is_valid(cron):
+        if not croniter.is_valid(cron):
             raise ValueError(f"not a valid cron expression: {cron!r}")
         return cron
 
