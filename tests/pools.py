@@ -100,3 +100,17 @@ def process_tree(pid: int) -> set[int]:
         except OSError:
             pass
     return found
+
+
+def zygotes(parent: int) -> set[int]:
+    """The zygotes `parent` started: its children running fmesh.runtime.zygote (whatever a
+    zygote forks has that command line too, but is not `parent`'s child)."""
+    found = set()
+    for task in Path(f"/proc/{parent}/task").iterdir():
+        for pid in (task / "children").read_text().split():
+            try:
+                if b"fmesh.runtime.zygote" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    found.add(int(pid))
+            except OSError:
+                pass  # it has just exited
+    return found

@@ -11,7 +11,7 @@ import uuid
 from pathlib import Path
 
 import httpx
-from pools import alive, process_tree
+from pools import alive, process_tree, zygotes
 from support import wait_for, write_manifest
 
 HANDLER = """import json, os, pathlib
@@ -96,20 +96,6 @@ def test_templates_follow_versions_and_secrets_and_leave_nothing_behind(mesh_fac
     mesh.process.send_signal(signal.SIGKILL)
     mesh.process.wait(10)
     wait_for(lambda: not any(alive(pid) for pid in running), 15, message=f"{running} to end with the mesh")
-
-
-def zygotes(mesh_pid: int) -> set[int]:
-    """The mesh's zygotes: its children running fmesh.runtime.zygote (whatever it forks has that
-    command line too, but is not the mesh's child)."""
-    found = set()
-    for task in Path(f"/proc/{mesh_pid}/task").iterdir():
-        for pid in (task / "children").read_text().split():
-            try:
-                if b"fmesh.runtime.zygote" in Path(f"/proc/{pid}/cmdline").read_bytes():
-                    found.add(int(pid))
-            except OSError:
-                pass  # it has just exited
-    return found
 
 
 def test_an_idle_mesh_lets_its_zygote_go_and_the_next_event_starts_another(mesh_factory, tmp_path):

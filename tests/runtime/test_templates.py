@@ -6,11 +6,10 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from pathlib import Path
 
 import pytest
 from fmesh.runtime.policy import ScalePolicy
-from pools import Harness, alive, eventually
+from pools import Harness, alive, eventually, zygotes
 
 from fmesh.events import new_event
 
@@ -119,30 +118,18 @@ async def test_a_zygote_that_says_idle_while_a_spawn_is_on_its_way_is_told_to_st
         await harness.stop()
 
 
-def our_zygotes() -> set[int]:
-    found = set()
-    for task in Path(f"/proc/{os.getpid()}/task").iterdir():
-        for pid in (task / "children").read_text().split():
-            try:
-                if b"fmesh.runtime.zygote" in Path(f"/proc/{pid}/cmdline").read_bytes():
-                    found.add(int(pid))
-            except OSError:
-                pass  # it has just exited
-    return found
-
-
 async def test_a_zygote_start_cancelled_half_way_leaves_no_zygote_behind(tmp_path):
     harness = Harness(tmp_path, "template", zygote_idle=0.2)
     await harness.start()
     try:
         await eventually(lambda: harness.zygotes_let_go == 1, 10, "the idle zygote to go")
-        await eventually(lambda: not our_zygotes(), 10, "it to exit")
+        await eventually(lambda: not zygotes(os.getpid()), 10, "it to exit")
         starting = asyncio.get_running_loop().create_task(harness.launcher.start())  # as a cold start would
-        await eventually(our_zygotes, 10, "a zygote to be starting")
+        await eventually(lambda: zygotes(os.getpid()), 10, "a zygote to be starting")
         starting.cancel()  # its pool shut down meanwhile
         with pytest.raises(asyncio.CancelledError):
             await starting
-        await eventually(lambda: not our_zygotes(), 10, "the half-started zygote to be stopped")
+        await eventually(lambda: not zygotes(os.getpid()), 10, "the half-started zygote to be stopped")
     finally:
         await harness.stop()
 
