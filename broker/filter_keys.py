@@ -14,6 +14,7 @@ the filter's own test.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import NamedTuple
 
 from fmesh.broker.cesql.casting import CesqlType, implicit_cast, to_string
@@ -117,19 +118,24 @@ def _canonical(text: str) -> bool:
     return True
 
 
+def joined_conditions(parts: Iterable[Conditions | None]) -> Conditions | None:
+    """The conditions of a conjunction: every part's, in order and once each, if every part
+    has them (None as soon as one has none)."""
+    joined: list[Key] = []
+    for conditions in parts:
+        if conditions is None:
+            return None
+        joined += conditions
+    return tuple(dict.fromkeys(joined))
+
+
 def cesql_conditions(node: Node) -> Conditions | None:
     """The keys an expression is exactly the conjunction of, when it is one: `AND`s of
     `attr = 'x'` and of `attr LIKE` an exact, prefix-only or suffix-only pattern. For a
     string attribute these evaluate as the key does, and without an error; any other
     shape (or operand) gives None."""
     if isinstance(node, Logical) and node.operator == "AND":
-        joined: list[Key] = []
-        for operand in node.operands:
-            conditions = cesql_conditions(operand)
-            if conditions is None:
-                return None
-            joined += conditions
-        return tuple(dict.fromkeys(joined))
+        return joined_conditions(cesql_conditions(operand) for operand in node.operands)
     if isinstance(node, Binary) and node.operator == "=" and _is_string(node.right) \
             and isinstance(node.left, Identifier):
         return (Key(node.left.name, "exact", node.right.value),)  # type: ignore[attr-defined]

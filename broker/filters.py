@@ -17,7 +17,7 @@ of the CPU caches).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +31,7 @@ from fmesh.broker.filter_keys import (
     any_keys,
     cesql_conditions,
     cesql_keys,
+    joined_conditions,
 )
 
 ATTRIBUTE_DIALECTS = ("exact", "prefix", "suffix")
@@ -112,21 +113,11 @@ def all_of(filters: list[Filter], errors: FilterErrors | None = None) -> Filter:
         return Filter(MATCH_ALL.test, UNINDEXABLE, MATCH_ALL.description, errors)
     tests = tuple(f.test for f in filters)
     keys = all_keys([f.keys for f in filters])
-    conditions = _joined(f.conditions for f in filters)
+    conditions = joined_conditions(f.conditions for f in filters)
     if len(filters) == 1:
         return Filter(tests[0], keys, filters[0].description, errors, conditions)
     return Filter(lambda a: all(t(a) for t in tests), keys, " and ".join(f.description for f in filters), errors,
                   conditions)
-
-
-def _joined(parts: Iterable[Conditions | None]) -> Conditions | None:
-    """The conditions of a conjunction: every part's, if every part has them."""
-    joined: list[Key] = []
-    for conditions in parts:
-        if conditions is None:
-            return None
-        joined += conditions
-    return tuple(dict.fromkeys(joined))
 
 
 def any_of(filters: list[Filter], errors: FilterErrors | None = None) -> Filter:
