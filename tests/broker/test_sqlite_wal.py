@@ -16,20 +16,34 @@ from fmesh.events import new_event
 LIMIT = 1024 * 1024
 
 
-async def test_the_wal_stays_bounded_under_steady_writes(tmp_path, monkeypatch):
-    monkeypatch.setattr(sqlite_log, "WAL_LIMIT", LIMIT, raising=False)
+async def write_steadily(tmp_path, monkeypatch, count: int = 3000) -> list[int]:
+    """Append `count` events one by one with checkpoints going on; the WAL file's size after each."""
+    monkeypatch.setattr(sqlite_log, "WAL_LIMIT", LIMIT)
+    monkeypatch.setattr(sqlite_log, "WAL_FILE_LIMIT", 4 * LIMIT)
     monkeypatch.setattr(sqlite_log, "CHECKPOINT_EVERY", 0.05)  # checkpoints while the writes go on
     log = SqliteEventLog(tmp_path / "mesh.db")
     await log.open()
-    wal = tmp_path / "mesh.db-wal"
-    largest = 0
+    sizes = []
     try:
-        for _ in range(3000):
+        for _ in range(count):
             await log.append([(new_event(type="wal.test", source="/t", data=b"x" * 1024), ["sub"])])
-            largest = max(largest, os.stat(wal).st_size)
-        assert await log.pending("sub") == 3000
+            sizes.append(os.stat(tmp_path / "mesh.db-wal").st_size)
+        assert await log.pending("sub") == count
     finally:
         await log.close()
-    # A TRUNCATE that finds the writer busy waits for the next round: on a loaded machine a few
+    return sizes
+
+
+async def test_the_wal_stays_bounded_under_steady_writes(tmp_path, monkeypatch):
+    sizes = await write_steadily(tmp_path, monkeypatch)
+    # A RESTART that finds the writer busy waits for the next round: on a loaded machine a few
     # rounds may pass. Unbounded, the WAL reaches 30-60 MiB here.
-    assert largest < 16 * LIMIT, f"the WAL grew to {largest} bytes"
+    assert max(sizes) < 16 * LIMIT, f"the WAL grew to {max(sizes)} bytes"
+
+
+async def test_the_wal_starts_over_in_place_rather_than_being_truncated(tmp_path, monkeypatch):
+    """Once the WAL has grown past the limit, later frames reuse its blocks: a truncated WAL
+    makes each new frame a block to allocate, which on ext4 waits for the checkpoint's fsync."""
+    sizes = await write_steadily(tmp_path, monkeypatch)
+    grown = next(i for i, size in enumerate(sizes) if size > LIMIT)
+    assert min(sizes[grown:]) > LIMIT, f"the WAL was cut to {min(sizes[grown:])} bytes after growing past the limit"
