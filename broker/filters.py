@@ -21,18 +21,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from fmesh.broker.cesql import CesqlParseError, compile_expression
-from fmesh.broker.filter_keys import (
-    UNINDEXABLE,
-    Conditions,
-    Key,
-    Keys,
-    all_keys,
-    any_keys,
-    cesql_conditions,
-    cesql_keys,
-    joined_conditions,
-)
+from fmesh.broker.filter_keys import UNINDEXABLE, Conditions, Key, Keys, all_keys, any_keys, joined_conditions
 
 ATTRIBUTE_DIALECTS = ("exact", "prefix", "suffix")
 DIALECTS = (*ATTRIBUTE_DIALECTS, "all", "any", "not", "cesql")
@@ -204,6 +193,10 @@ def compile_dialect(spec: Any, path: str, errors: FilterErrors | None = None) ->
 
 
 def _cesql(expression: Any, path: str, errors: FilterErrors | None) -> Filter:
+    # Loaded with the first CESQL filter: a mesh without one never pays for the compiler.
+    from fmesh.broker.cesql import CesqlParseError, compile_expression
+    from fmesh.broker.cesql.keys import cesql_conditions, cesql_keys
+
     if not isinstance(expression, str) or not expression.strip():
         raise FilterError(path, "expected a CESQL expression string")
     try:

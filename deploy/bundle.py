@@ -25,12 +25,14 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-
-import pathspec
+from typing import TYPE_CHECKING
 
 from fmesh.contracts import BlobStore
 from fmesh.errors import DeployError
 from fmesh.wording import plural
+
+if TYPE_CHECKING:
+    import pathspec
 
 SKIPPED = {"__pycache__"}  # never packed, whatever .fmeshignore says: a replica would trust it over the source
 DEFAULT_IGNORED = (".git", ".env", "venv/", ".venv/", ".mypy_cache/", ".pytest_cache/", ".DS_Store")
@@ -53,6 +55,8 @@ def ignore_rules(folder: Path, python: bool = True) -> pathspec.GitIgnoreSpec:
     """What `pack` leaves out of `folder`: the defaults, then its `.fmeshignore`, whose later
     lines win (so `!.env` there packs a `.env` after all). DeployError for a line that is
     no pattern."""
+    import pathspec  # only packing a folder needs it: a mesh that only serves never loads it
+
     lines = [*DEFAULT_IGNORED, *(PYTHON_IGNORED if python else ())]
     own = folder / IGNORE_FILE
     try:
@@ -68,23 +72,21 @@ def ignore_rules(folder: Path, python: bool = True) -> pathspec.GitIgnoreSpec:
     return pathspec.GitIgnoreSpec.from_lines(lines)
 
 
-NOTHING_IGNORED = pathspec.GitIgnoreSpec.from_lines([])
-
-
-def _files(folder: Path, skip: Iterable[Path] = (), ignore: pathspec.PathSpec = NOTHING_IGNORED) -> list[Path]:
+def _files(folder: Path, skip: Iterable[Path] = (), ignore: pathspec.PathSpec | None = None) -> list[Path]:
     """The files `pack` takes, in the order the digest goes over them. An ignored folder is
     not walked into (a `node_modules/` may hold 100,000 files): as in git, a file in it
     cannot be taken back."""
     skipped = {p.resolve() for p in skip}
+    ignored = ignore.match_file if ignore is not None else (lambda _: False)
     found = []
     for top, folders, names in os.walk(folder):
         here = Path(top)
         relative = here.relative_to(folder)
         folders[:] = [f for f in folders if f not in SKIPPED
-                      and not ignore.match_file(f"{(relative / f).as_posix()}/")]
+                      and not ignored(f"{(relative / f).as_posix()}/")]
         for name in names:
             path = here / name
-            if name.endswith(".pyc") or ignore.match_file((relative / name).as_posix()):
+            if name.endswith(".pyc") or ignored((relative / name).as_posix()):
                 continue
             if path.is_file() and not path.is_symlink() and path.resolve() not in skipped:
                 found.append(path)
@@ -107,7 +109,7 @@ class Packed:
         return sorted(self.sizes.items(), key=lambda item: (-item[1], item[0]))[:count]
 
 
-def pack(folder: Path, skip: Iterable[Path] = (), ignore: pathspec.PathSpec = NOTHING_IGNORED) -> Packed:
+def pack(folder: Path, skip: Iterable[Path] = (), ignore: pathspec.PathSpec | None = None) -> Packed:
     """`folder` packed, without the files in `skip` nor those `ignore` matches (see
     `ignore_rules`). DeployError naming a file that cannot be read.
 
