@@ -50,6 +50,7 @@ from fmesh.tracing import NOOP, Tracer
 
 Hook = Callable[[], Awaitable[None]]
 MESH_ID_KEY = "mesh/id"
+BACKGROUND_STOP_TIMEOUT = 5.0  # seconds a cancelled background task (or leaving the store) may take
 RECORD_MARGIN = 64 * 1024  # bytes of a stored delivery besides the event's body: attributes, bookkeeping
 log = meshlog.get("fmesh.deploy")
 
@@ -223,14 +224,25 @@ class Node:
         self._background.append(asyncio.get_running_loop().create_task(work, name=name))
 
     async def _stop_background(self) -> None:
+        """Cancel the background tasks and say this node is leaving, each for a bounded time:
+        a task that does not end when cancelled (or a store that does not answer) must not
+        keep the process from stopping; it is named in the log instead."""
         for task in self._background:
             task.cancel()
-        await asyncio.gather(*self._background, return_exceptions=True)
+        if self._background:
+            _, stuck = await asyncio.wait(self._background, timeout=BACKGROUND_STOP_TIMEOUT)
+            for task in stuck:
+                log.warning(f"background task {task.get_name()!r} did not stop within "
+                            f"{BACKGROUND_STOP_TIMEOUT:g}s of being cancelled; stopping without it")
+        for task in self._background:  # what they raised on the way out was theirs to say
+            if task.done() and not task.cancelled():
+                task.exception()
         self._background.clear()
         try:
-            await self.membership.leave()
-        except StoreError as exc:
-            log.warning("could not say this node is leaving (it shows as gone soon)", error=str(exc))
+            async with asyncio.timeout(BACKGROUND_STOP_TIMEOUT):
+                await self.membership.leave()
+        except (StoreError, TimeoutError) as exc:
+            log.warning("could not say this node is leaving (it shows as gone soon)", error=str(exc) or "timed out")
 
     def _replicas(self) -> dict[str, int]:
         return {s.name: s.pool.ready + s.pool.starting for s in self.runtime.status()}
