@@ -520,25 +520,41 @@ class Checkpointer(threading.Thread):
         self.path = path
         self.restart_failed = False  # a RESTART found the writer busy: see SqliteEventLog._restart_wal
         self._stopping = threading.Event()
+        self._frame: int | None = None
+        self._restarted_at: int | None = None  # the WAL's frame count at the last RESTART
 
     def run(self) -> None:
-        # Waits for the writer as long as the writer waits for it (BUSY_TIMEOUT): neither may stall long.
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT)
+        conn: sqlite3.Connection | None = None
         try:
             while not self._stopping.wait(CHECKPOINT_EVERY):
                 try:
+                    # Waits for the writer as long as the writer waits for it (BUSY_TIMEOUT):
+                    # neither may stall long. Connected in the loop: a failed connect (no fds
+                    # left, say) is tried again next round rather than ending the thread.
+                    conn = conn or sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                                                   timeout=BUSY_TIMEOUT)
                     self._checkpoint(conn)
                 except (sqlite3.Error, OSError):
                     pass  # busy, locked, no WAL yet, or a full disk: the next round will do it
         finally:
-            conn.close()
+            if conn is not None:
+                conn.close()
 
     def _checkpoint(self, conn: sqlite3.Connection) -> None:
-        _, frames, _ = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()  # -1 when it could not run
-        frame_bytes = 24 + conn.execute("PRAGMA page_size").fetchone()[0]  # a frame's header and its page
-        if frames * frame_bytes > WAL_LIMIT:
+        # frames is -1 when it could not run. The same count as at the last RESTART: no
+        # write came since, the writer's next one starts the WAL over, and another RESTART
+        # would only take the writer's lock for nothing, round after round.
+        _, frames, _ = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        if frames * self._frame_bytes(conn) > WAL_LIMIT and frames != self._restarted_at:
             busy, _, _ = conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
             self.restart_failed = bool(busy)  # the writer does it then
+            self._restarted_at = None if busy else frames
+
+    def _frame_bytes(self, conn: sqlite3.Connection) -> int:
+        """A WAL frame: its 24-byte header and a page (the page size is fixed in WAL mode)."""
+        if self._frame is None:
+            self._frame = 24 + conn.execute("PRAGMA page_size").fetchone()[0]
+        return self._frame
 
     def stop(self) -> None:
         self._stopping.set()

@@ -7,6 +7,7 @@ a 30 events/s soak) until the disk was full."""
 from __future__ import annotations
 
 import os
+import sqlite3
 
 import fmesh.broker.sqlite_log as sqlite_log
 from fmesh.broker.sqlite_log import SqliteEventLog
@@ -47,3 +48,46 @@ async def test_the_wal_starts_over_in_place_rather_than_being_truncated(tmp_path
     sizes = await write_steadily(tmp_path, monkeypatch)
     grown = next(i for i, size in enumerate(sizes) if size > LIMIT)
     assert min(sizes[grown:]) > LIMIT, f"the WAL was cut to {min(sizes[grown:])} bytes after growing past the limit"
+
+
+async def open_quiet_log(tmp_path, monkeypatch) -> SqliteEventLog:
+    """A log whose checkpointer never comes round: the test says when the WAL starts over."""
+    monkeypatch.setattr(sqlite_log, "WAL_LIMIT", LIMIT)
+    monkeypatch.setattr(sqlite_log, "WAL_FILE_LIMIT", 2 * LIMIT)
+    monkeypatch.setattr(sqlite_log, "CHECKPOINT_EVERY", 3600)
+    log = SqliteEventLog(tmp_path / "mesh.db")
+    await log.open()
+    return log
+
+
+async def append_until_the_wal_is(log: SqliteEventLog, size: int, wal) -> None:
+    while os.stat(wal).st_size <= size:
+        await log.append([(new_event(type="wal.test", source="/t", data=b"x" * 4096), ["sub"])])
+
+
+async def test_a_wal_that_grew_past_the_file_limit_is_cut_back_to_it_when_it_starts_over(tmp_path, monkeypatch):
+    log = await open_quiet_log(tmp_path, monkeypatch)
+    wal = tmp_path / "mesh.db-wal"
+    try:
+        await append_until_the_wal_is(log, 3 * LIMIT, wal)
+        with sqlite3.connect(tmp_path / "mesh.db") as other:  # what the checkpointer would do
+            assert other.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()[0] == 0
+        await log.append([(new_event(type="wal.test", source="/t"), ["sub"])])
+        assert os.stat(wal).st_size <= 2 * LIMIT
+    finally:
+        await log.close()
+
+
+async def test_the_writer_starts_the_wal_over_itself_when_the_checkpointer_could_not(tmp_path, monkeypatch):
+    log = await open_quiet_log(tmp_path, monkeypatch)
+    wal = tmp_path / "mesh.db-wal"
+    try:
+        await append_until_the_wal_is(log, LIMIT, wal)
+        log._checkpointer.restart_failed = True  # its RESTART found the writer busy
+        await log.append([(new_event(type="wal.test", source="/t"), ["sub"])])
+        assert log._checkpointer.restart_failed is False
+        with sqlite3.connect(tmp_path / "mesh.db") as other:
+            _, frames, _ = other.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        assert 0 < frames < 16, f"the WAL did not start over: {frames} frames"
+    finally:
+        await log.close()
