@@ -81,6 +81,13 @@ async def serve(settings: NodeSettings, manifest: Path | None, sockets: list[soc
     node, control, _ = build(settings)
 
     async def on_start() -> None:
+        # What the start loaded (modules, the app, the node) lives as long as the mesh: out
+        # of the collector's sight, a full collection no longer walks it. Walking it took
+        # 50-80 ms of the loop under load, a latency spike for every event then. Before the
+        # restore: functions and their deliveries come and go, and must stay collectable.
+        # Collected first, so that no garbage of the start is frozen with it.
+        gc.collect()
+        gc.freeze()
         restored = await control.restore()
         node.run_in_background("follow the deployed state", control.follow())
         url = f"{settings.scheme}://{settings.host}:{settings.port}"
@@ -99,12 +106,6 @@ async def serve(settings: NodeSettings, manifest: Path | None, sockets: list[soc
         if manifest is not None:
             summary = await deploy_local(control, manifest, lambda line: say(f"  {line}"))
             say(f"  deployed {manifest}: {summary}")
-        # What the start built (modules, the app, the restored state) lives as long as the
-        # mesh: out of the collector's sight, a full collection no longer walks it. Walking
-        # it took 50-80 ms of the loop under load, a latency spike for every event then.
-        # Collected first, so that no garbage of the start is frozen with it.
-        gc.collect()
-        gc.freeze()
 
     node.on_start.append(on_start)
     options: dict[str, Any] = {"http": client_limits(settings).protocol("auto"), **(tls or {}),
