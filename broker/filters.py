@@ -193,12 +193,12 @@ def compile_dialect(spec: Any, path: str, errors: FilterErrors | None = None) ->
 
 
 def _cesql(expression: Any, path: str, errors: FilterErrors | None) -> Filter:
+    if not isinstance(expression, str) or not expression.strip():
+        raise FilterError(path, "expected a CESQL expression string")
     # Loaded with the first CESQL filter: a mesh without one never pays for the compiler.
     from fmesh.broker.cesql import CesqlParseError, compile_expression
     from fmesh.broker.cesql.keys import cesql_conditions, cesql_keys
 
-    if not isinstance(expression, str) or not expression.strip():
-        raise FilterError(path, "expected a CESQL expression string")
     try:
         compiled = compile_expression(expression)
     except CesqlParseError as exc:

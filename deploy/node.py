@@ -87,6 +87,7 @@ class Node:
         self.control_app: ASGIApp | None = None
         self.tracer: Tracer = NOOP              # an exporting one from start, with --otlp-endpoint
         self._background: list[asyncio.Task] = []
+        self._stuck: set[asyncio.Task] = set()  # background tasks that outlived their cancellation (see stop)
         self.external_targets: dict[str, str] = {}  # external function → URL it is served at, here
         self.node_id = load_or_create_node_id(settings.data_dir)
         meshlog.set_context(node=self.node_id)
@@ -234,6 +235,7 @@ class Node:
             for task in stuck:
                 log.warning(f"background task {task.get_name()!r} did not stop within "
                             f"{BACKGROUND_STOP_TIMEOUT:g}s of being cancelled; stopping without it")
+            self._stuck |= stuck  # the loop holds tasks only weakly: keep it from vanishing mid-flight
         for task in self._background:  # what they raised on the way out was theirs to say
             if task.done() and not task.cancelled():
                 task.exception()
