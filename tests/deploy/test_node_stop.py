@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 
 import fmesh.deploy.node as node_module
+import pytest
 from fmesh.deploy.node import Node
 
 from fmesh.settings import NodeSettings
@@ -22,11 +23,21 @@ async def stubborn(started: asyncio.Event, release: asyncio.Event) -> None:
             continue
 
 
-async def test_a_task_that_ignores_its_cancellation_does_not_hold_the_stop(tmp_path, monkeypatch, caplog):
+@pytest.fixture
+async def node(tmp_path, monkeypatch, caplog):
+    """A started node whose stop waits 0.2 s for what does not end, its warnings in caplog."""
     monkeypatch.setattr(node_module, "BACKGROUND_STOP_TIMEOUT", 0.2)
     caplog.set_level("WARNING", logger="fmesh")
     node = Node(NodeSettings(tmp_path / "data", store="memory://"))
     await node.start()
+    return node
+
+
+def warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name.startswith("fmesh")]
+
+
+async def test_a_task_that_ignores_its_cancellation_does_not_hold_the_stop(node, caplog):
     started, release = asyncio.Event(), asyncio.Event()
     node.run_in_background("stubborn work", stubborn(started, release))
     await started.wait()  # a task cancelled before it ran never gets the chance to ignore it
@@ -34,21 +45,14 @@ async def test_a_task_that_ignores_its_cancellation_does_not_hold_the_stop(tmp_p
     began = asyncio.get_running_loop().time()
     await node.stop(grace=1)
     assert asyncio.get_running_loop().time() - began < 4, "the stop waited for the stubborn task"
-    lines = [r.getMessage() for r in caplog.records if r.name.startswith("fmesh")]
-    assert any("'stubborn work' did not stop within 0.2s" in line for line in lines), lines
+    assert any("'stubborn work' did not stop within 0.2s" in line for line in warnings(caplog)), warnings(caplog)
 
 
-async def test_a_store_that_does_not_answer_the_leaving_does_not_hold_the_stop(tmp_path, monkeypatch, caplog):
-    monkeypatch.setattr(node_module, "BACKGROUND_STOP_TIMEOUT", 0.2)
-    caplog.set_level("WARNING", logger="fmesh")
-    node = Node(NodeSettings(tmp_path / "data", store="memory://"))
-    await node.start()
-
+async def test_a_store_that_does_not_answer_the_leaving_does_not_hold_the_stop(node, monkeypatch, caplog):
     async def never() -> None:
         await asyncio.Event().wait()
 
     monkeypatch.setattr(node.membership, "leave", never)
     async with asyncio.timeout(10):
         await node.stop(grace=1)
-    lines = [r.getMessage() for r in caplog.records if r.name.startswith("fmesh")]
-    assert any("could not say this node is leaving" in line for line in lines), lines
+    assert any("could not say this node is leaving" in line for line in warnings(caplog)), warnings(caplog)
