@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from fmesh.broker.arrivals import Arrivals
+from fmesh.broker.inflight import InFlight
 from fmesh.broker.log import Requeue
 from fmesh.broker.sqlite_state import migrate_state
 
@@ -56,7 +57,9 @@ CREATE TABLE IF NOT EXISTS deliveries(
 -- AUTOINCREMENT: an id is never given twice, so a late ack cannot remove a newer
 -- delivery, and a script that replays dead letters by id cannot hit a different one.
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries(subscription, claimed, due_at);
-CREATE INDEX IF NOT EXISTS deliveries_key ON deliveries(subscription, okey, id);
+-- Only keyed deliveries are indexed by key (ordered claims look there): most events have no
+-- partitionkey, and each would cost an index page written at its append and at its ack.
+CREATE INDEX IF NOT EXISTS deliveries_keyed ON deliveries(subscription, okey, id) WHERE okey IS NOT NULL;
 CREATE TABLE IF NOT EXISTS dead_letters(
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     subscription TEXT NOT NULL,
@@ -74,14 +77,18 @@ CREATE TABLE IF NOT EXISTS seen(key TEXT PRIMARY KEY, at REAL NOT NULL) WITHOUT 
 CREATE INDEX IF NOT EXISTS seen_at ON seen(at);
 """
 
-CLAIM = ("SELECT id, attributes, payload, attempts, last_error, stored_at FROM deliveries "
-         "WHERE subscription=? AND claimed=0 AND due_at<=? ORDER BY due_at, id LIMIT ?")
+# Claims are kept in memory (InFlight), not in the `claimed` column (always 0 since): the
+# ids come from the index alone, and only the rows not in flight are read in full.
+CLAIM = ("SELECT id FROM deliveries WHERE subscription=? AND claimed=0 AND due_at<=? "
+         "ORDER BY due_at, id LIMIT ?")
 # Ordered: only the oldest stored delivery of each key may go; while it is in flight or
 # waiting to retry, the ones behind it wait too. Deliveries without a key never wait.
-ORDERED_CLAIM = ("SELECT id, attributes, payload, attempts, last_error, stored_at FROM deliveries AS d "
+ORDERED_CLAIM = ("SELECT id FROM deliveries AS d "
                  "WHERE subscription=? AND claimed=0 AND due_at<=? AND (okey IS NULL OR NOT EXISTS ("
                  "SELECT 1 FROM deliveries AS e WHERE e.subscription=d.subscription AND e.okey=d.okey "
                  "AND e.id<d.id)) ORDER BY due_at, id LIMIT ?")
+CLAIMED_ROWS = "SELECT id, attributes, payload, attempts, last_error, stored_at FROM deliveries WHERE id IN ({})"
+ROWS_PER_READ = 500  # ids per IN (...): well under SQLite's limit on bound parameters
 
 # Rows are (subscription, attributes, payload, now, okey): stored at the time it is first due.
 INSERT = ("INSERT INTO deliveries(subscription, attributes, payload, due_at, okey, stored_at) "
@@ -96,6 +103,7 @@ def migrate(conn: sqlite3.Connection) -> None:
     if columns and "stored_at" not in columns:
         conn.execute("ALTER TABLE deliveries ADD COLUMN stored_at REAL")
         conn.execute("UPDATE deliveries SET stored_at=due_at")
+    conn.execute("DROP INDEX IF EXISTS deliveries_key")  # became deliveries_keyed, keyed rows only
     migrate_ids(conn)
 
 
@@ -142,12 +150,14 @@ class SqliteEventLog:
         self._pending: list[tuple[Operation, asyncio.Future]] = []
         self._checkpointer: Checkpointer | None = None
         self._owner: int | None = None   # the lock file that makes this process the log's one writer
+        self._inflight = InFlight()      # the claims: they last as long as this process
 
     async def open(self) -> None:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._owner = own(self.path)
             self._conn = self._connect()
+            self._inflight = InFlight()
         except (sqlite3.Error, OSError) as exc:
             self._disown()
             raise StoreError(f"cannot open event log {self.path}: {exc}") from exc
@@ -185,7 +195,8 @@ class SqliteEventLog:
         migrate(conn)
         conn.executescript(SCHEMA)
         migrate_state(conn)
-        # Claims belong to the process that made them; a new process starts with none.
+        # Claims belong to the process that made them; a new process starts with none. (Since
+        # claims are kept in memory the column stays 0; a log written before may still hold 1s.)
         conn.execute("UPDATE deliveries SET claimed=0 WHERE claimed=1")
         return conn
 
@@ -264,7 +275,9 @@ class SqliteEventLog:
         except BaseException as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
+            self._inflight.rollback()
             raise _OperationFailed from exc
+        self._inflight.commit()
         return results
 
     def _alone(self, conn: sqlite3.Connection, item: tuple) -> list[tuple]:
@@ -331,32 +344,41 @@ class SqliteEventLog:
         now = self.clock()
 
         def op(conn: sqlite3.Connection) -> tuple[list[Delivery], float | None]:
-            rows = conn.execute(ORDERED_CLAIM if ordered else CLAIM, (subscription, now, limit)).fetchall()
-            if rows:
-                conn.executemany("UPDATE deliveries SET claimed=1 WHERE id=?", [(r[0],) for r in rows])
+            taken = self._inflight.of(subscription)
+            ids = [i for (i,) in conn.execute(ORDERED_CLAIM if ordered else CLAIM,
+                                              (subscription, now, limit + len(taken)))
+                   if i not in taken][:limit]
+            self._inflight.take(subscription, ids)
             # Rows already due but not returned are past the limit or waiting behind their
             # key: the next wake-up worth scheduling is the next row that falls due later.
             nxt = conn.execute(
                 "SELECT min(due_at) FROM deliveries WHERE subscription=? AND claimed=0 AND due_at>?",
                 (subscription, now)).fetchone()[0]
-            return [_delivery(r, subscription) for r in rows], nxt
+            return [_delivery(r, subscription) for r in _rows(conn, ids)], nxt
 
         return await self.submit(op)
 
     async def ack(self, delivery_ids: Sequence[int]) -> None:
         ids = [(i,) for i in delivery_ids]
-        await self.submit(lambda c: c.executemany("DELETE FROM deliveries WHERE id=?", ids))
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.executemany("DELETE FROM deliveries WHERE id=?", ids)
+            self._inflight.drop(delivery_ids)
+
+        await self.submit(op)
 
     async def release(self, delivery_ids: Sequence[int]) -> None:
-        ids = [(i,) for i in delivery_ids]
-        if ids:
-            await self.submit(lambda c: c.executemany("UPDATE deliveries SET claimed=0 WHERE id=?", ids))
+        if delivery_ids:  # in memory only, but in the writer's order, after what came before
+            await self.submit(lambda c: self._inflight.drop(delivery_ids))
             self._arrivals.wake_all()
 
     async def retry(self, delivery: Delivery, delay: float, error: str) -> None:
-        await self.submit(lambda c: c.execute(
-            "UPDATE deliveries SET claimed=0, attempts=attempts+1, due_at=?, last_error=? WHERE id=?",
-            (self.clock() + delay, error, delivery.id)))
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute("UPDATE deliveries SET attempts=attempts+1, due_at=?, last_error=? WHERE id=?",
+                         (self.clock() + delay, error, delivery.id))
+            self._inflight.drop([delivery.id])
+
+        await self.submit(op)
         self._arrivals.wake_all()  # a claim waiting on this subscription must see the new due time
 
     async def extend(self, delivery_ids: Sequence[int]) -> None:
@@ -367,6 +389,7 @@ class SqliteEventLog:
 
         def op(conn: sqlite3.Connection) -> None:
             conn.execute("DELETE FROM deliveries WHERE id=?", (delivery.id,))
+            self._inflight.drop([delivery.id])
             conn.execute(
                 "INSERT INTO dead_letters(subscription, attributes, payload, attempts, reason, status,"
                 " error, failed_at) VALUES (?,?,?,?,?,?,?,?)",
@@ -378,10 +401,13 @@ class SqliteEventLog:
     async def redirect(self, delivery_id: int, subscription: str, event: Event) -> None:
         attributes, payload = to_record(event)
         now = self.clock()
-        await self.submit(lambda c: c.execute(
-            "UPDATE deliveries SET subscription=?, attributes=?, payload=?, attempts=0, claimed=0,"
-            " due_at=?, last_error=NULL, okey=?, stored_at=due_at WHERE id=?",
-            (subscription, attributes, payload, now, ordering_key(event), delivery_id)))
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute("UPDATE deliveries SET subscription=?, attributes=?, payload=?, attempts=0,"
+                         " due_at=?, last_error=NULL, okey=?, stored_at=due_at WHERE id=?",
+                         (subscription, attributes, payload, now, ordering_key(event), delivery_id))
+            self._inflight.drop([delivery_id])
+
+        await self.submit(op)
         self._arrivals.wake([subscription])
 
     async def dead_letters(self, subscription: str | None = None, limit: int = 1000) -> list[DeadLetter]:
@@ -429,8 +455,11 @@ class SqliteEventLog:
             "SELECT count(*) FROM deliveries WHERE subscription=?", (subscription,)).fetchone()[0])
 
     async def drop_subscription(self, subscription: str) -> None:
-        await self.submit(lambda c: c.execute(
-            "DELETE FROM deliveries WHERE subscription=?", (subscription,)))
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM deliveries WHERE subscription=?", (subscription,))
+            self._inflight.drop_subscription(subscription)
+
+        await self.submit(op)
 
 
 def _dead_letter_filter(subscription: str | None, before: float | None) -> tuple[str, tuple]:
@@ -442,6 +471,15 @@ def _dead_letter_filter(subscription: str | None, before: float | None) -> tuple
         clauses.append("failed_at<?")
         args.append(before)
     return ("WHERE " + " AND ".join(clauses) if clauses else ""), tuple(args)
+
+
+def _rows(conn: sqlite3.Connection, ids: list[int]) -> list[tuple]:
+    """The rows of `ids`, in the order of `ids`."""
+    found: dict[int, tuple] = {}
+    for start in range(0, len(ids), ROWS_PER_READ):
+        chunk = ids[start:start + ROWS_PER_READ]
+        found.update((row[0], row) for row in conn.execute(CLAIMED_ROWS.format(",".join("?" * len(chunk))), chunk))
+    return [found[i] for i in ids]
 
 
 def _delivery(row: tuple, subscription: str) -> Delivery:
