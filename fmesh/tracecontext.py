@@ -4,15 +4,17 @@ An event's `traceparent` (`00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>
 `tracestate` (`key=value` list members, comma-separated) say which trace it belongs to.
 The mesh checks them where events enter (400 naming the attribute), makes a new
 context for an event that comes without one, and a child (same trace id, new parent
-id) for each hop. New ids come from `os.urandom`: one system call, no SDK.
+id) for each hop. New ids come from `random.getrandbits`, as OpenTelemetry's id generator
+does: they need to be unique, not secret, and `os.urandom` lets go of the GIL on the
+event loop's thread at every event, which the trail's thread then holds for a while.
 """
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from random import getrandbits
 from typing import Any
 
 from fmesh.errors import InvalidEvent
@@ -59,13 +61,13 @@ class TraceContext:
 
 
 def new_span_id() -> str:
-    span_id = os.urandom(8).hex()
+    span_id = f"{getrandbits(64):016x}"
     return span_id if span_id != _ZERO_PARENT else "0" * 15 + "1"
 
 
 def new_context() -> TraceContext:
     """The context of a new trace (sampled)."""
-    ids = os.urandom(24).hex()
+    ids = f"{getrandbits(192):048x}"
     trace_id, span_id = ids[:32], ids[32:]
     if trace_id == _ZERO_TRACE or span_id == _ZERO_PARENT:  # one chance in 2**64: draw again
         return new_context()
@@ -74,7 +76,7 @@ def new_context() -> TraceContext:
 
 def new_traceparent() -> str:
     """`new_context().traceparent`, made the short way: the ingress does it for every event."""
-    ids = os.urandom(24).hex()
+    ids = f"{getrandbits(192):048x}"
     if ids[:32] == _ZERO_TRACE or ids[32:] == _ZERO_PARENT:
         return new_traceparent()
     return f"00-{ids[:32]}-{ids[32:]}-01"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -16,6 +18,7 @@ from fmesh.tracecontext import (
     check_tracestate,
     message_context,
     new_context,
+    new_span_id,
     new_traceparent,
     parse_traceparent,
 )
@@ -146,3 +149,22 @@ def test_a_plain_messages_w3c_headers_become_its_context_when_valid():
     assert message_context({"traceparent": VALID.encode()}) == {"traceparent": VALID}
     assert message_context({"traceparent": "junk", "tracestate": "a=1"}) == {}
     assert message_context({"tracestate": "a=1"}) == {}
+
+
+def test_forked_processes_draw_different_ids():
+    """Ids come from `random`, whose state a fork copies: replicas forked from one zygote must
+    still not hand out the same span ids (the random module reseeds a forked child)."""
+    read, write = os.pipe()
+    children = []
+    for _ in range(2):
+        pid = os.fork()
+        if pid == 0:
+            os.write(write, (new_span_id() + new_traceparent() + "\n").encode())
+            os._exit(0)
+        children.append(pid)
+    os.close(write)
+    for pid in children:
+        os.waitpid(pid, 0)
+    with os.fdopen(read) as lines:
+        drawn = lines.read().split()
+    assert len(drawn) == 2 and drawn[0] != drawn[1]
