@@ -77,8 +77,10 @@ CREATE TABLE IF NOT EXISTS seen(key TEXT PRIMARY KEY, at REAL NOT NULL) WITHOUT 
 CREATE INDEX IF NOT EXISTS seen_at ON seen(at);
 """
 
-# Claims are kept in memory (InFlight), not in the `claimed` column (always 0 since): the
-# ids come from the index alone, and only the rows not in flight are read in full.
+# Claims are kept in memory (InFlight), not in the `claimed` column (always 0 since): a claim
+# reads ids (from the index alone, unless ordered), skips those in flight, and reads only
+# the rows it takes in full. So it walks the ids in flight too: a sidecar has at most its
+# concurrency in flight.
 CLAIM = ("SELECT id FROM deliveries WHERE subscription=? AND claimed=0 AND due_at<=? "
          "ORDER BY due_at, id LIMIT ?")
 # Ordered: only the oldest stored delivery of each key may go; while it is in flight or
@@ -273,9 +275,9 @@ class SqliteEventLog:
                 results.append((future, None if isinstance(op, Append) else _run(op, conn), None))
             conn.execute("COMMIT")
         except BaseException as exc:
+            self._inflight.rollback()  # first: a ROLLBACK that fails too must not leave the claims changed
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            self._inflight.rollback()
             raise _OperationFailed from exc
         self._inflight.commit()
         return results
@@ -359,6 +361,7 @@ class SqliteEventLog:
         return await self.submit(op)
 
     async def ack(self, delivery_ids: Sequence[int]) -> None:
+        delivery_ids = list(delivery_ids)  # as they are now: the op runs later
         ids = [(i,) for i in delivery_ids]
 
         def op(conn: sqlite3.Connection) -> None:
@@ -369,7 +372,8 @@ class SqliteEventLog:
 
     async def release(self, delivery_ids: Sequence[int]) -> None:
         if delivery_ids:  # in memory only, but in the writer's order, after what came before
-            await self.submit(lambda c: self._inflight.drop(delivery_ids))
+            ids = list(delivery_ids)
+            await self.submit(lambda c: self._inflight.drop(ids))
             self._arrivals.wake_all()
 
     async def retry(self, delivery: Delivery, delay: float, error: str) -> None:

@@ -75,6 +75,40 @@ async def test_a_claim_in_a_group_that_fails_is_undone_with_it(log):
     assert await log.claim("sub", 10) == []
 
 
+
+class RollbackFails:
+    """The log's connection, except that ROLLBACK fails (an I/O error at the worst moment)."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def execute(self, sql: str, *args):
+        if sql == "ROLLBACK":
+            self._conn.execute(sql)
+            raise sqlite3.OperationalError("disk I/O error")
+        return self._conn.execute(sql, *args)
+
+    def __getattr__(self, name: str):
+        return getattr(self._conn, name)
+
+
+async def test_a_claim_is_undone_even_when_the_rollback_fails(log):
+    await log.append([(event(i), ["sub"]) for i in range(2)])
+    real, log._conn = log._conn, RollbackFails(log._conn)
+
+    def fails(conn: sqlite3.Connection) -> None:
+        raise sqlite3.IntegrityError("this operation fails")
+
+    try:
+        claiming = asyncio.ensure_future(log.claim("sub", 10))
+        await asyncio.sleep(0)
+        failing = asyncio.ensure_future(log.submit(fails))
+        for outcome in await asyncio.gather(claiming, failing, return_exceptions=True):
+            assert isinstance(outcome, StoreError)  # the whole group failed: nothing was handed out
+    finally:
+        log._conn = real
+    assert [d.event.data["i"] for d in await log.claim("sub", 10)] == [0, 1]
+
 def test_in_flight_rolls_back_takes_and_drops():
     inflight = InFlight()
     inflight.take("a", [1, 2])
