@@ -107,7 +107,11 @@ def zygotes(parent: int) -> set[int]:
     zygote forks has that command line too, but is not `parent`'s child)."""
     found = set()
     for task in Path(f"/proc/{parent}/task").iterdir():
-        for pid in (task / "children").read_text().split():
+        try:
+            children = (task / "children").read_text().split()
+        except OSError:
+            continue  # a thread (the test's own executor's, say) that has just ended
+        for pid in children:
             try:
                 if b"fmesh.runtime.zygote" in Path(f"/proc/{pid}/cmdline").read_bytes():
                     found.add(int(pid))
