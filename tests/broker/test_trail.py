@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 
 import pytest
 from fmesh.broker.broker import Broker
@@ -12,7 +13,7 @@ from fmesh.broker.memory_log import MemoryEventLog
 from fmesh.broker.trail import recorder as recorder_module
 from fmesh.broker.trail.memory import MemoryTrail
 from fmesh.broker.trail.recorder import TrailRecorder
-from fmesh.broker.trail.sqlite import SqliteTrail
+from fmesh.broker.trail.sqlite import ARRIVAL, BLOCK_ROWS, BY_ID, SqliteTrail
 from fmesh.broker.trail.store import Arrival, Step
 
 from fmesh.contracts import Steps
@@ -86,6 +87,36 @@ def test_the_sqlite_trail_survives_reopening(tmp_path):
     again = SqliteTrail(tmp_path / "trail.db")
     assert again.arrivals("e1") == [arrival("e1")] and len(again.steps("e1")) == 1
     again.close()
+
+
+def test_an_event_is_found_in_every_block_of_the_id_index(tmp_path):
+    trail = SqliteTrail(tmp_path / "trail.db")
+    rows = 3 * BLOCK_ROWS + 10
+    trail.write([accepted(f"e{i}", at=float(i)) for i in range(rows)], [])  # e0 also comes back in the last block
+    trail.write([accepted("e0", at=float(rows))], [noted("e0", Steps.DELIVERED, at=float(rows))])
+    assert [a.at for a in trail.arrivals("e0")] == [0.0, float(rows)] and len(trail.steps("e0")) == 1
+    assert trail.arrivals(f"e{2 * BLOCK_ROWS + 5}")
+    trail.prune(before=float(BLOCK_ROWS + 7), keep=10 * rows)  # the oldest blocks go, lookups start later
+    assert [a.at for a in trail.arrivals("e0")] == [float(rows)] and not trail.arrivals("e1")
+    plan = " ".join(row[-1] for row in trail._conn.execute(
+        "EXPLAIN QUERY PLAN " + BY_ID.format(select=ARRIVAL, which="arrival IS NOT NULL"), ("e0",)))
+    assert "USING INDEX records_by_id" in plan and "SCAN records" not in plan
+    trail.close()
+
+
+def test_a_write_rewrites_few_pages_of_a_large_trail(tmp_path):
+    """Random ids spread over an index on the id alone rewrite a page per new row; blocks keep a
+    write's index entries together. Counted in WAL frames, with checkpoints stopped."""
+    trail = SqliteTrail(tmp_path / "trail.db")
+    ids = iter(uuid.uuid4().hex for _ in range(30_500))
+    for _ in range(30):
+        trail.write([accepted(next(ids)) for _ in range(1000)], [])
+    trail._conn.execute("PRAGMA wal_autocheckpoint=0")
+    trail._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    trail.write([accepted(next(ids)) for _ in range(500)], [])
+    frames = trail._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[1]
+    assert frames < 120, f"{frames} pages written for 500 rows"
+    trail.close()
 
 
 async def test_the_path_of_an_event_with_retries_and_a_reply_routed_on():
