@@ -29,6 +29,7 @@ from fmesh.runtime.forking import prctl
 
 from fmesh import meshlog
 from fmesh.asgi import Receive, Scope, Send, refused_headers
+from fmesh.collector import tune_for_serving
 from fmesh.errors import FmeshError, StartupError
 from fmesh.permissions import keep_files_private
 from fmesh.settings import NodeSettings, settings_from_document
@@ -91,6 +92,7 @@ async def serve(settings: NodeSettings, options: dict[str, Any], sockets: list[s
                             timeout_graceful_shutdown=max(0.1, settings.shutdown_grace / 2),
                             **{"http": limits.protocol("auto"), **tls})
     app.server = server = uvicorn.Server(config)
+    tune_for_serving()
     await server.serve(sockets=sockets)
     return 0
 

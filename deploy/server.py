@@ -26,6 +26,7 @@ from fmesh.deploy.shutdown import MeshServer
 from fmesh.deploy.tls import uvicorn_tls_options
 
 from fmesh import meshlog
+from fmesh.collector import tune_for_serving
 from fmesh.errors import FmeshError, StartupError
 from fmesh.permissions import keep_files_private
 from fmesh.settings import (
@@ -85,9 +86,11 @@ async def serve(settings: NodeSettings, manifest: Path | None, sockets: list[soc
         # of the collector's sight, a full collection no longer walks it. Walking it took
         # 50-80 ms of the loop under load, a latency spike for every event then. Before the
         # restore: functions and their deliveries come and go, and must stay collectable.
-        # Collected first, so that no garbage of the start is frozen with it.
+        # Collected first, so that no garbage of the start is frozen with it. Then the young
+        # generation's threshold goes above what one busy turn leaves alive (fmesh/collector.py).
         gc.collect()
         gc.freeze()
+        tune_for_serving()
         restored = await control.restore()
         node.run_in_background("follow the deployed state", control.follow())
         url = f"{settings.scheme}://{settings.host}:{settings.port}"
