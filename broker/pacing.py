@@ -23,8 +23,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 
 TICK = 0.25        # seconds between two looks
 BEHIND = 10_000    # deliveries waiting (all subscriptions) below which nothing is paced
@@ -61,15 +60,13 @@ class Pacing:
             await asyncio.sleep(TICK)
             self.tick(max(0.0, loop.time() - due))
 
-    @asynccontextmanager
-    async def turn(self) -> AsyncIterator[None]:
+    def turn(self) -> Turn:
         """Hold one of the turns for the work of one request (wait for it while paced)."""
-        await self._turn()
-        try:
-            yield
-        finally:
-            self._active -= 1
-            self._wake()
+        return Turn(self)
+
+    def _leave(self) -> None:
+        self._active -= 1
+        self._wake()
 
     def _has_room(self) -> bool:
         return self.room is None or self._active < self.room
@@ -94,3 +91,19 @@ class Pacing:
             if not granted.done():
                 self._active += 1
                 granted.set_result(None)
+
+
+class Turn:
+    """`async with pacing.turn():` a class, not a generator: it runs for every request, and
+    contextlib's generator machinery cost more than the pacing itself."""
+
+    __slots__ = ("_pacing",)
+
+    def __init__(self, pacing: Pacing) -> None:
+        self._pacing = pacing
+
+    async def __aenter__(self) -> None:
+        await self._pacing._turn()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._pacing._leave()
