@@ -3,6 +3,10 @@
 Each function has a file in the data dir (rotated at a size bound, one old file kept)
 and live followers for `fmesh logs -f`. fmesh's own notes about a function's replicas
 (started, exited, killed) go in the same stream under the tag `fmesh`.
+
+Inside an event loop the files are flushed once at the end of the loop turn, not after
+every line: a handler that prints for every event cost the mesh's loop a write(2) an
+event. Outside one (a test, a tool) every line is flushed at once.
 """
 
 from __future__ import annotations
@@ -20,9 +24,16 @@ log = meshlog.get("fmesh.runtime")
 DEFAULT_MAX_BYTES = 4 * 1024 * 1024
 
 
+_second: tuple[int, str] = (-1, "")   # the last whole second formatted: strftime for every line cost 2 us
+
+
 def timestamp(now: float | None = None) -> str:
+    global _second
     now = time.time() if now is None else now
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
+    second, text = _second
+    if int(now) != second:
+        second, text = _second = (int(now), time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)))
+    return f"{text}.{int(now % 1 * 1000):03d}Z"
 
 
 class LogStore:
@@ -33,6 +44,9 @@ class LogStore:
         self._ended = False  # the mesh is stopping: no follower waits for lines any more
         self._files: dict[str, TextIO] = {}
         self._dropping: dict[str, int] = {}     # lines not written since the last that was, per function
+        self._unflushed: dict[str, int] = {}    # lines written to a file's buffer since its last flush
+        self._noted: dict[str, int] = {}        # of `_dropping`, what the buffered note about it counts
+        self._flush_due = False
         self._why_dropped: dict[str, str] = {}
         self.dropped = 0                        # lines never written to a file (the disk was full)
         directory.mkdir(parents=True, exist_ok=True)
@@ -58,24 +72,56 @@ class LogStore:
         if self._dropping.get(function):
             f.write(f"{timestamp()} fmesh info: {self._dropping[function]} log lines were not written "
                     f"({self._why_dropped[function]})\n")
+            self._noted[function] = self._dropping.pop(function)
+        self._unflushed[function] = self._unflushed.get(function, 0) + 1
         f.write(line)
-        f.flush()
-        self._dropping.pop(function, None)
-        if f.tell() > self.max_bytes:
-            self._close(function)
-            self.path(function).replace(self.path(function).with_suffix(".log.1"))
+        self._flush_soon()
+
+    def _flush_soon(self) -> None:
+        if self._flush_due:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.flush()
+            return
+        self._flush_due = True
+        loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Write out what the files buffer (and rotate a file past its bound). Never raises:
+        the lines a failed flush held are dropped and counted, as a failed write's are."""
+        self._flush_due = False
+        for function in list(self._unflushed):
+            try:
+                self._flush_file(function)
+            except OSError as exc:
+                self._dropped_line(function, exc)
+
+    def _flush_file(self, function: str) -> None:
+        f = self._files.get(function)
+        if f is not None:
+            f.flush()
+            if f.tell() > self.max_bytes:
+                self._close(function)
+                self.path(function).replace(self.path(function).with_suffix(".log.1"))
+        self._unflushed.pop(function, None)
+        self._noted.pop(function, None)
 
     def _dropped_line(self, function: str, exc: OSError) -> None:
+        """The line being written, and every line still buffered with it, is lost."""
+        lost = max(1, self._unflushed.pop(function, 0))
+        noted = self._noted.pop(function, 0)  # counted before; its note is lost with the lines
         try:
             self._close(function)  # what is buffered is lost with the line; the file opens again next time
         except OSError:
             pass  # its fd is closed even so
-        if not self._dropping.get(function):
+        if not (self._dropping.get(function) or noted):
             log.warning(f"cannot write the log of {function}: dropping its lines until it can",
                         function=function, error=str(exc))
-        self._dropping[function] = self._dropping.get(function, 0) + 1
+        self._dropping[function] = self._dropping.get(function, 0) + noted + lost
         self._why_dropped[function] = exc.strerror or str(exc)
-        self.dropped += 1
+        self.dropped += lost
 
     def _file(self, function: str) -> TextIO:
         f = self._files.get(function)
@@ -84,11 +130,14 @@ class LogStore:
         return f
 
     def _close(self, function: str) -> None:
+        self._unflushed.pop(function, None)
+        self._noted.pop(function, None)
         f = self._files.pop(function, None)
         if f is not None:
             f.close()
 
     def close(self) -> None:
+        self.flush()
         for function in list(self._files):
             self._close(function)
 
@@ -98,6 +147,7 @@ class LogStore:
     def tail(self, function: str, lines: int = 200) -> list[str]:
         if lines <= 0:
             return []
+        self.flush()
         found: list[str] = []
         for path in (self.path(function), self.path(function).with_suffix(".log.1")):  # newest first
             if len(found) < lines and path.exists():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from fmesh.runtime.logs import LogStore
+from fmesh.runtime.logs import LogStore, _lines
 
 
 async def collect(store: LogStore, function: str) -> list[str]:
@@ -52,6 +52,43 @@ def test_a_log_write_that_fails_drops_the_line_and_the_store_keeps_going(tmp_pat
     lines = store.tail("a")
     assert "4 log lines were not written" in lines[0] and "No space left on device" in lines[0]
     assert lines[1].endswith("r1 stdout: kept\n") and len(lines) == 2
+    said = [r.getMessage() for r in caplog.records]
+    assert said.count("cannot write the log of a: dropping its lines until it can") == 1
+    store.close()
+
+
+async def test_in_a_loop_the_lines_of_a_turn_are_written_once_at_its_end(tmp_path):
+    store = LogStore(tmp_path)
+    for n in range(50):
+        store.write("a", "r1", "stdout", f"line {n}")
+    assert store.path("a").stat().st_size == 0  # still buffered: no write(2) for each line
+    await asyncio.sleep(0)
+    assert len(_lines(store.path("a"))) == 50
+    store.close()
+
+
+async def test_tail_sees_the_lines_of_the_turn_it_runs_in(tmp_path):
+    store = LogStore(tmp_path)
+    store.write("a", "r1", "stdout", "just now")
+    assert store.tail("a")[-1].endswith("r1 stdout: just now\n")
+    store.close()
+
+
+async def test_a_flush_that_fails_drops_and_counts_every_line_it_held(tmp_path, caplog):
+    store = LogStore(tmp_path)
+    store.path("a").symlink_to("/dev/full")
+    for n in range(3):
+        store.write("a", "r1", "stdout", f"lost {n}")
+    await asyncio.sleep(0)
+    assert store.dropped == 3
+    store.write("a", "r1", "stdout", "lost too")  # the note about the 3 is lost with this one
+    await asyncio.sleep(0)
+    assert store.dropped == 4
+    store.path("a").unlink()  # space again
+    store.write("a", "r1", "stdout", "kept")
+    await asyncio.sleep(0)
+    lines = store.tail("a")
+    assert "4 log lines were not written" in lines[0] and len(lines) == 2
     said = [r.getMessage() for r in caplog.records]
     assert said.count("cannot write the log of a: dropping its lines until it can") == 1
     store.close()
