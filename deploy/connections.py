@@ -30,6 +30,8 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
+from fmesh.deploy.response_writes import CoalescedTransport
+
 REFUSED = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\n"
            b"content-length: 24\r\nretry-after: 1\r\nconnection: close\r\n\r\ntoo many connections now")
 HEADERS_TIMED_OUT = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
@@ -87,7 +89,7 @@ class LimitedConnection:
     "idle" (between requests: uvicorn's keep-alive timeout, evictable)."""
 
     limits: ClientLimits
-    transport: asyncio.Transport
+    transport: CoalescedTransport
     server_state: Any
     cycle: Any
     flow: Any
@@ -101,7 +103,7 @@ class LimitedConnection:
             transport.write(REFUSED)
             transport.close()
             return
-        super().connection_made(transport)  # type: ignore[misc]
+        super().connection_made(CoalescedTransport(transport))  # type: ignore[misc]
         self.enter("headers")
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -139,6 +141,7 @@ class LimitedConnection:
         serves none): anyone could fill the log with them. The request is served as HTTP."""
 
     def on_response_complete(self) -> None:
+        self.transport.flush()  # the whole response in one write (deploy/response_writes.py)
         super().on_response_complete()  # type: ignore[misc]
         if not self.transport.is_closing() and self.phase == "app":
             self.enter("idle")
