@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import resource
-import socket
 
 import pytest
 import uvicorn
 from fmesh.deploy.connections import MAX_CONNECTIONS, ClientLimits, default_max_connections
+from inprocess_uvicorn import serving
 
 
 def test_the_default_cap_leaves_a_reserve_of_file_descriptors():
@@ -46,16 +46,8 @@ async def server(request):
                           max_header_bytes=4096)
     config = uvicorn.Config(echo_body, http=limits.protocol(request.param), lifespan="off", log_level="warning",
                             timeout_keep_alive=0.5)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    running = uvicorn.Server(config)
-    task = asyncio.create_task(running.serve(sockets=[sock]))
-    async with asyncio.timeout(10):
-        while not running.started:
-            await asyncio.sleep(0.01)
-    yield sock.getsockname()[1]
-    running.should_exit = True
-    await task
+    async with serving(config) as port:
+        yield port
 
 
 async def answer(port: int, sent: bytes) -> bytes:

@@ -4,12 +4,12 @@ protocols with the client limits, through a real socket."""
 from __future__ import annotations
 
 import asyncio
-import socket
 from asyncio import selector_events
 
 import pytest
 import uvicorn
 from fmesh.deploy.connections import ClientLimits
+from inprocess_uvicorn import serving
 
 
 async def app(scope, receive, send):
@@ -47,16 +47,8 @@ def socket_writes(monkeypatch):
 async def server(request, socket_writes):
     config = uvicorn.Config(app, http=ClientLimits().protocol(request.param), lifespan="off", log_level="warning",
                             loop="asyncio")
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    running = uvicorn.Server(config)
-    task = asyncio.create_task(running.serve(sockets=[sock]))
-    async with asyncio.timeout(10):
-        while not running.started:
-            await asyncio.sleep(0.01)
-    yield sock.getsockname()[1]
-    running.should_exit = True
-    await task
+    async with serving(config) as port:
+        yield port
 
 
 async def exchange(port: int, path: str, requests: int = 1) -> bytes:
