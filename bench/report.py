@@ -161,7 +161,9 @@ def routing(quick: bool) -> tuple[list[Figure], dict]:
     result = run_json("routing.py", "--runs", "3" if quick else "5", "--events", "10000" if quick else "20000")
     return [figure(f"routing: {dialect}", rates["publish_per_s_1000_subscriptions"],
                    rates["publish_per_s_10_subscriptions"], "events/s", ">= 0.8",
-                   note=f"publish rate, 1,000 vs 10 {dialect} subscriptions")
+                   ratio=rates["ratio_1000_over_10"],
+                   note=f"publish rate, 1,000 vs 10 {dialect} subscriptions; ratio: median of the runs' "
+                        f"paired ratios, rates: medians")
             for dialect, rates in result["dialects"].items()], result
 
 
