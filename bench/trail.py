@@ -1,10 +1,13 @@
 """What the event trail costs: the ingress rate and the end-to-end rate of a mesh with the
 trail (the default) against the same mesh with `--trail-retention 0`, in one run.
 
-Both meshes run the bench's warm no-op function (bench/e2e.py's FmeshPipeline); runs
-alternate between them so drift hits both alike. The end-to-end rate is bench/e2e.py's:
-events handled and acked per second, from the start of the load until drained. Prints
-JSON with the medians and the ratios trail/no trail (the goal: >= 0.9 for both).
+Both meshes run the bench's warm no-op function (bench/e2e.py's FmeshPipeline). Runs go
+in pairs, one of each mesh, the order alternating (ABBA), and the ratios are the medians
+of the pairs' ratios: this machine's speed swings by a quarter within seconds, and a
+ratio of the two sides' medians put swings of different pairs against each other. The
+end-to-end rate is bench/e2e.py's: events handled and acked per second, from the start
+of the load until drained. Prints JSON with the medians, each pair's ratios and the
+ratios trail/no trail (the goal: >= 0.9 for both).
 
     python bench/trail.py [--seconds 5] [--runs 3] [--connections 64]
 """
@@ -34,8 +37,9 @@ def main() -> None:
             FmeshPipeline(Path(tmp) / "off", extra=("--trail-retention", "0")) as off:
         for pipeline in (on, off):
             drained_rate(pipeline, 1, args.connections)  # warm-up, not counted
-        for _ in range(args.runs):
-            for name, pipeline in (("trail", on), ("no_trail", off)):
+        pair = (("trail", on), ("no_trail", off))
+        for run in range(args.runs):
+            for name, pipeline in (pair if run % 2 == 0 else pair[::-1]):
                 runs[name].append(drained_rate(pipeline, args.seconds, args.connections))
     emit(summarize(runs))
 
@@ -43,11 +47,11 @@ def main() -> None:
 def summarize(runs: dict[str, list[dict]]) -> dict:
     result: dict = {"bench": "trail", "event_bytes": 1024, "runs": runs}
     for figure, key in (("ingress", "ingress_rps"), ("e2e", "rate")):
-        with_trail = median([r[key] for r in runs["trail"]])
-        without = median([r[key] for r in runs["no_trail"]])
-        result[f"{figure}_per_s_trail_median"] = round(with_trail)
-        result[f"{figure}_per_s_no_trail_median"] = round(without)
-        result[f"{figure}_ratio"] = round(with_trail / without, 3)
+        ratios = [on[key] / off[key] for on, off in zip(runs["trail"], runs["no_trail"], strict=True)]
+        result[f"{figure}_per_s_trail_median"] = round(median([r[key] for r in runs["trail"]]))
+        result[f"{figure}_per_s_no_trail_median"] = round(median([r[key] for r in runs["no_trail"]]))
+        result[f"{figure}_pair_ratios"] = [round(r, 3) for r in ratios]
+        result[f"{figure}_ratio"] = round(median(ratios), 3)
     result["all_drained"] = all(r["drained"] for side in runs.values() for r in side)
     return result
 
