@@ -128,5 +128,24 @@ def median(values: list[float]) -> float:
     return statistics.median(values)
 
 
+# This machine's speed swings by a quarter within seconds. Comparing two sides, each run
+# measures both (in alternating order, ABBA, so a steady drift favours neither) and the
+# figure is the median of the runs' own ratios, never a ratio of two sides' medians, which
+# sets one run's slow seconds against another run's fast ones.
+
+def in_turn(run: int, sides: tuple) -> tuple:
+    """`sides` in the order run number `run` measures them: ABBA."""
+    return sides if run % 2 == 0 else sides[::-1]
+
+
+def pair_ratios(numerators: list[float], denominators: list[float]) -> list[float]:
+    """Each run's ratio of the two sides."""
+    return [round(top / bottom, 3) for top, bottom in zip(numerators, denominators, strict=True)]
+
+
+def median_ratio(numerators: list[float], denominators: list[float]) -> float:
+    return round(statistics.median(pair_ratios(numerators, denominators)), 3)
+
+
 def emit(result: dict) -> None:
     print(json.dumps(result, indent=2))

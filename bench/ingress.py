@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import httpx  # noqa: E402
 
-from bench.common import bare_app, emit, free_port, median, mesh, wait_http, wrk  # noqa: E402
+from bench.common import bare_app, emit, free_port, in_turn, median, median_ratio, mesh, wait_http, wrk  # noqa: E402
 
 MANIFEST = """
 functions:
@@ -69,9 +69,10 @@ def main() -> None:
             mesh_url = f"http://127.0.0.1:{mesh_port}"
             wait_http(mesh_url + "/healthz")
             deploy(mesh_url, Path(tmp))
-            for _ in range(args.runs):  # interleaved, so drift hits both alike
-                bare.append(wrk(f"http://127.0.0.1:{bare_port}/", args.seconds, args.connections))
-                fmesh.append(wrk(mesh_url + "/", args.seconds, args.connections))
+            sides = ((bare, f"http://127.0.0.1:{bare_port}/"), (fmesh, mesh_url + "/"))
+            for run in range(args.runs):  # ABBA pairs, their ratios taken (bench/common.py)
+                for results, url in in_turn(run, sides):
+                    results.append(wrk(url, args.seconds, args.connections))
             stored = stored_count(mesh_url)
     emit(summarize(bare, fmesh, stored, args))
 
@@ -83,7 +84,7 @@ def summarize(bare: list[dict], fmesh: list[dict], stored: int, args: argparse.N
     return {"bench": "ingress", "otlp": args.otlp, "event_bytes": 1024, "connections": args.connections,
             "runs": args.runs,
             "bare_asgi_rps_median": round(bare_rps), "fmesh_rps_median": round(fmesh_rps),
-            "ratio": round(fmesh_rps / bare_rps, 3),
+            "ratio": median_ratio([r["ok_rps"] for r in fmesh], [r["ok_rps"] for r in bare]),
             "bare_runs": [round(r["ok_rps"]) for r in bare], "fmesh_runs": [round(r["ok_rps"]) for r in fmesh],
             "fmesh_non_2xx": sum(r["non_2xx"] for r in fmesh), "bare_non_2xx": sum(r["non_2xx"] for r in bare),
             "fmesh_socket_errors": [r["socket_errors"] for r in fmesh if r["socket_errors"]],

@@ -94,7 +94,8 @@ def ingress(quick: bool) -> tuple[list[Figure], dict]:
     note = "2xx only: durable 202 vs bare ASGI 202" + (f"; {refused} non-2xx answers" if refused else "") + (
         "" if result["none_lost"] else "; FEWER STORED THAN ACCEPTED")
     return [figure("ingress", result["fmesh_rps_median"], result["bare_asgi_rps_median"], "events/s", ">= 0.7",
-                   note=note, extra_condition=result["none_lost"])], result
+                   ratio=result["ratio"], note=note + "; ratio: median of the runs' paired ratios, rates: medians",
+                   extra_condition=result["none_lost"])], result
 
 
 def pipelines(quick: bool) -> tuple[list[Figure], dict]:

@@ -38,7 +38,7 @@ from fmesh.broker.broker import Broker  # noqa: E402
 from fmesh.broker.filters import Filter, compile_shorthand  # noqa: E402
 from fmesh.broker.sqlite_log import SqliteEventLog  # noqa: E402
 
-from bench.common import emit  # noqa: E402
+from bench.common import emit, in_turn, median_ratio, pair_ratios  # noqa: E402
 from fmesh.collector import tune_for_serving  # noqa: E402
 from fmesh.events import new_event  # noqa: E402
 
@@ -105,7 +105,7 @@ async def publish_rates(kind: str, count: int, folder: Path) -> dict[int, float]
     gc.collect()
     gc.freeze()  # as the mesh does once started: what is set up is not scanned again
     for n, offset in enumerate(range(0, count, CHUNK)):
-        for subs in (SIZES if n % 2 == 0 else SIZES[::-1]):
+        for subs in in_turn(n, SIZES):
             spent[subs] += await publish_chunk(sides[subs][0], batches[subs][offset:offset + CHUNK])
     gc.unfreeze()
     for subs, (_, log, names) in sides.items():
@@ -135,16 +135,6 @@ def check_one_match_each(subs: int, kind: str) -> None:
         assert broker.router.match(event.attributes) == [f"s{i}"], (kind, subs, event.type)
 
 
-def pair_ratios(rates: dict[int, list[float]]) -> list[float]:
-    """Each run's 1,000 / 10 ratio."""
-    return [round(big / small, 3) for small, big in zip(rates[10], rates[1000], strict=True)]
-
-
-def paired_ratio(rates: dict[int, list[float]]) -> float:
-    """The median over runs of each run's 1,000 / 10 ratio."""
-    return round(statistics.median(pair_ratios(rates)), 3)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--events", type=int, default=20_000, help="events per publish run")
@@ -171,16 +161,16 @@ def main() -> None:
     exact = rates["exact"]
     emit({"bench": "routing", "events": args.events, "runs": args.runs,
           "publish_per_s_10_subscriptions": round(exact[10]), "publish_per_s_1000_subscriptions": round(exact[1000]),
-          "ratio_1000_over_10": paired_ratio(publish["exact"]),
+          "ratio_1000_over_10": median_ratio(publish["exact"][1000], publish["exact"][10]),
           "router_matches_per_s": {"10": round(matches["exact"][10]), "1000": round(matches["exact"][1000]),
-                                   "ratio": paired_ratio(match["exact"])},
+                                   "ratio": median_ratio(match["exact"][1000], match["exact"][10])},
           "dialects": {kind: {"publish_per_s_10_subscriptions": round(rates[kind][10]),
                               "publish_per_s_1000_subscriptions": round(rates[kind][1000]),
-                              "ratio_1000_over_10": paired_ratio(publish[kind]),
-                              "pair_ratios": pair_ratios(publish[kind]),
+                              "ratio_1000_over_10": median_ratio(publish[kind][1000], publish[kind][10]),
+                              "pair_ratios": pair_ratios(publish[kind][1000], publish[kind][10]),
                               "router_matches_per_s": {"10": round(matches[kind][10]),
                                                        "1000": round(matches[kind][1000]),
-                                                       "ratio": paired_ratio(match[kind])}}
+                                                       "ratio": median_ratio(match[kind][1000], match[kind][10])}}
                        for kind in DIALECTS}})
 
 

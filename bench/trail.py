@@ -1,11 +1,9 @@
 """What the event trail costs: the ingress rate and the end-to-end rate of a mesh with the
 trail (the default) against the same mesh with `--trail-retention 0`, in one run.
 
-Both meshes run the bench's warm no-op function (bench/e2e.py's FmeshPipeline). Runs go
-in pairs, one of each mesh, the order alternating (ABBA), and the ratios are the medians
-of the pairs' ratios: this machine's speed swings by a quarter within seconds, and a
-ratio of the two sides' medians put swings of different pairs against each other. The
-end-to-end rate is bench/e2e.py's: events handled and acked per second, from the start
+Both meshes run the bench's warm no-op function (bench/e2e.py's FmeshPipeline). Each run
+measures both, in ABBA order, and the ratios are the medians of the runs' ratios (see
+bench/common.py). The end-to-end rate is bench/e2e.py's: events handled and acked per second, from the start
 of the load until drained. Prints JSON with the medians, each pair's ratios and the
 ratios trail/no trail (the goal: >= 0.9 for both).
 
@@ -22,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import emit, median  # noqa: E402
+from bench.common import emit, in_turn, median, median_ratio, pair_ratios  # noqa: E402
 from bench.e2e import FmeshPipeline, drained_rate  # noqa: E402
 
 
@@ -39,7 +37,7 @@ def main() -> None:
             drained_rate(pipeline, 1, args.connections)  # warm-up, not counted
         pair = (("trail", on), ("no_trail", off))
         for run in range(args.runs):
-            for name, pipeline in (pair if run % 2 == 0 else pair[::-1]):
+            for name, pipeline in in_turn(run, pair):
                 runs[name].append(drained_rate(pipeline, args.seconds, args.connections))
     emit(summarize(runs))
 
@@ -47,11 +45,11 @@ def main() -> None:
 def summarize(runs: dict[str, list[dict]]) -> dict:
     result: dict = {"bench": "trail", "event_bytes": 1024, "runs": runs}
     for figure, key in (("ingress", "ingress_rps"), ("e2e", "rate")):
-        ratios = [on[key] / off[key] for on, off in zip(runs["trail"], runs["no_trail"], strict=True)]
-        result[f"{figure}_per_s_trail_median"] = round(median([r[key] for r in runs["trail"]]))
-        result[f"{figure}_per_s_no_trail_median"] = round(median([r[key] for r in runs["no_trail"]]))
-        result[f"{figure}_pair_ratios"] = [round(r, 3) for r in ratios]
-        result[f"{figure}_ratio"] = round(median(ratios), 3)
+        with_trail, without = [r[key] for r in runs["trail"]], [r[key] for r in runs["no_trail"]]
+        result[f"{figure}_per_s_trail_median"] = round(median(with_trail))
+        result[f"{figure}_per_s_no_trail_median"] = round(median(without))
+        result[f"{figure}_pair_ratios"] = pair_ratios(with_trail, without)
+        result[f"{figure}_ratio"] = median_ratio(with_trail, without)
     result["all_drained"] = all(r["drained"] for side in runs.values() for r in side)
     return result
 
