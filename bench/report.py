@@ -47,6 +47,14 @@ def meets(ratio: float, goal: str) -> bool:
     return ratio >= float(value) if op == ">=" else ratio <= float(value)
 
 
+def shown_ratio(f: Figure) -> str:
+    """Two decimals, or three where two would round a missed goal onto its bound (0.797 is not 0.80)."""
+    short = f"{f.ratio:.2f}"
+    if f.goal != "-" and f.met is not None and meets(float(short), f.goal) != meets(f.ratio, f.goal):
+        return f"{f.ratio:.3f}"
+    return short
+
+
 def figure(name: str, fmesh: float, baseline: float, unit: str, goal: str, ratio: float | None = None,
            note: str = "", extra_condition: bool = True) -> Figure:
     ratio = round(fmesh / baseline if ratio is None else ratio, 3)
@@ -212,7 +220,7 @@ def table(figures: list[Figure]) -> str:
     rows = [("figure", "fmesh", "baseline", "ratio", "goal", "met")]
     for f in figures:
         met = "-" if f.met is None else ("yes" if f.met else "NO")
-        rows.append((f.name, number(f.fmesh, f.unit), number(f.baseline, f.unit), f"{f.ratio:.2f}", f.goal, met))
+        rows.append((f.name, number(f.fmesh, f.unit), number(f.baseline, f.unit), shown_ratio(f), f.goal, met))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
     return "\n".join(lines)
