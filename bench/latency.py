@@ -42,7 +42,7 @@ from urllib.parse import urlsplit
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import PYTHON, emit, median  # noqa: E402
+from bench.common import PYTHON, emit, in_turn, median, median_ratio  # noqa: E402
 
 MAX_CONNECTIONS = 256
 
@@ -274,6 +274,10 @@ def percentiles(samples: array.array) -> dict:
     return {"p50_ms": at(0.50), "p99_ms": at(0.99), "max_ms": round(ordered[-1] * 1000, 2)}
 
 
+def run_ratio(results: dict[str, list[dict]], key: str) -> float:
+    return median_ratio([r[key] for r in results["fmesh"]], [r[key] for r in results["peer"]])
+
+
 def measure(fmesh, peer, rate: float, runs: int, seconds: float) -> dict:  # type: ignore[no-untyped-def]
     from bench.e2e import wait_idle
 
@@ -282,8 +286,8 @@ def measure(fmesh, peer, rate: float, runs: int, seconds: float) -> dict:  # typ
     for pipeline in pipelines.values():
         fixed_rate_run(pipeline, rate, 1)  # warm-up at the same rate; its samples are dropped
         wait_idle(pipeline)
-    for _ in range(runs):
-        for name, pipeline in pipelines.items():
+    for run in range(runs):  # ABBA pairs, their ratios taken (bench/common.py)
+        for name, pipeline in in_turn(run, tuple(pipelines.items())):
             results[name].append(fixed_rate_run(pipeline, rate, seconds))
             wait_idle(pipeline)  # never measure one side while the other still drains
     summary = {name: {key: round(median([r[key] for r in rs]), 4) for key in ("p50_ms", "p99_ms", "cpu_ms_per_event")}
@@ -292,8 +296,7 @@ def measure(fmesh, peer, rate: float, runs: int, seconds: float) -> dict:  # typ
     return {"bench": "latency", "rate_per_s": round(rate), "seconds": seconds,
             "fmesh_p50_ms": summary["fmesh"]["p50_ms"], "fmesh_p99_ms": summary["fmesh"]["p99_ms"],
             "peer_p50_ms": summary["peer"]["p50_ms"], "peer_p99_ms": summary["peer"]["p99_ms"],
-            "ratio_p99": round(summary["fmesh"]["p99_ms"] / summary["peer"]["p99_ms"], 3),
-            "ratio_p50": round(summary["fmesh"]["p50_ms"] / summary["peer"]["p50_ms"], 3),
+            "ratio_p99": run_ratio(results, "p99_ms"), "ratio_p50": run_ratio(results, "p50_ms"),
             "fmesh_cpu_ms_per_event": summary["fmesh"]["cpu_ms_per_event"],
             "peer_cpu_ms_per_event": summary["peer"]["cpu_ms_per_event"],
             "all_complete": not any(problems.values()), "problems": problems,

@@ -138,8 +138,9 @@ def pipeline_figures(bursts: dict, steady: dict, delays: dict) -> list[Figure]:
                bursts["ratio"], "-", None,
                "informational: wrk burst, handled/s from its start until drained (counts the drain after the load)"
                + ("" if bursts["all_drained"] else "; NOT ALL DRAINED")),
-        figure("latency p99", delays["fmesh_p99_ms"], delays["peer_p99_ms"], "ms", "<= 1.0",
-               note=f"at {delays['rate_per_s']}/s fixed rate (half the peer's sustained rate){complete}",
+        figure("latency p99", delays["fmesh_p99_ms"], delays["peer_p99_ms"], "ms", "<= 1.0", ratio=delays["ratio_p99"],
+               note=f"at {delays['rate_per_s']}/s fixed rate (half the peer's sustained rate); ratio: median of "
+                    f"the runs' paired ratios, values: medians{complete}",
                extra_condition=delays["all_complete"]),
         Figure("latency p50", delays["fmesh_p50_ms"], delays["peer_p50_ms"], "ms", delays["ratio_p50"], "-",
                None, "informational" + complete),
