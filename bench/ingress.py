@@ -3,13 +3,14 @@ against a bare ASGI app answering 202, under the same wrk load, in one run.
 
 The mesh has one function subscribed to the bench events, so every accepted event is
 really stored (an event no subscription wants is not kept); the function drains them
-at the same time, as it would in production. Prints JSON with both rates and the ratio.
+at the same time, as it would in production; each run starts only once it has drained
+what came before. Prints JSON with both rates and the ratio.
 
 Rates count 2xx answers only; the non-2xx answers (a mesh refusing load with 429 or 503)
 and socket errors are reported beside them, and the events the mesh stored are checked
 against the 2xx count (`none_lost`).
 
-    python bench/ingress.py [--seconds 5] [--runs 3] [--connections 64] [--otlp]
+    python bench/ingress.py [--seconds 5] [--runs 4] [--connections 64] [--otlp]
 
 `--otlp` runs the mesh with `--otlp-endpoint` set to the bare app, which takes the span
 exports as it takes any POST (a collector that answers at once).
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -46,16 +48,30 @@ def deploy(url: str, folder: Path) -> None:
                     "--token", "bench"], check=True, capture_output=True)
 
 
-def stored_count(url: str) -> int:
+def sink_status(url: str) -> dict:
     status = httpx.get(url + "/v1/status", headers={"authorization": "Bearer bench"}, timeout=120).json()
-    sink = next(f for f in status["functions"] if f["name"] == "sink")
+    return next(f for f in status["functions"] if f["name"] == "sink")
+
+
+def stored_count(url: str) -> int:
+    sink = sink_status(url)
     return sink["delivered"] + sink["pending"] + sink["dead_lettered"]
+
+
+def wait_drained(url: str, timeout: float = 180) -> None:
+    """Until the sink has delivered what the last run stored: a side measured while the
+    mesh still drains would share the CPU with it."""
+    deadline = time.monotonic() + timeout
+    while sink_status(url)["pending"]:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"the mesh did not drain its backlog within {timeout:.0f} s")
+        time.sleep(0.2)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=int, default=5)
-    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=4)
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--otlp", action="store_true", help="export spans (to the bare app)")
     args = parser.parse_args()
@@ -72,6 +88,7 @@ def main() -> None:
             sides = ((bare, f"http://127.0.0.1:{bare_port}/"), (fmesh, mesh_url + "/"))
             for run in range(args.runs):  # ABBA pairs, their ratios taken (bench/common.py)
                 for results, url in in_turn(run, sides):
+                    wait_drained(mesh_url)
                     results.append(wrk(url, args.seconds, args.connections))
             stored = stored_count(mesh_url)
     emit(summarize(bare, fmesh, stored, args))

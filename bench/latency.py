@@ -22,7 +22,7 @@ It also reports the CPU time each pipeline's processes used per event at that ra
 disturbs much less than rates and percentiles. fmesh is charged for the one or two
 /v1/status polls after the load that see it drained; the peer's count costs it nothing.
 
-    python bench/latency.py [--rate N] [--seconds 5] [--runs 3]
+    python bench/latency.py [--rate N] [--seconds 5] [--runs 4]
 """
 
 from __future__ import annotations
@@ -313,7 +313,7 @@ def main() -> None:
     gen.add_argument("--window", action="store_true", help="drop events not sent by the end of --seconds")
     parser.add_argument("--rate", type=float, help="events/s (default: half the peer's measured maximum)")
     parser.add_argument("--seconds", type=float, default=5)
-    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=4)
     args = parser.parse_args()
     if args.command == "generate":
         print(json.dumps(generate(args.url, args.rate, args.seconds, args.window)))

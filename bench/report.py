@@ -97,7 +97,7 @@ def stop_child(process: subprocess.Popen) -> None:
 
 
 def ingress(quick: bool) -> tuple[list[Figure], dict]:
-    result = run_json("ingress.py", "--seconds", "3", "--runs", "3" if quick else "5")
+    result = run_json("ingress.py", "--seconds", "3", "--runs", "4" if quick else "6")
     refused = result["fmesh_non_2xx"] + result["bare_non_2xx"]
     note = "2xx only: durable 202 vs bare ASGI 202" + (f"; {refused} non-2xx answers" if refused else "") + (
         "" if result["none_lost"] else "; FEWER STORED THAN ACCEPTED")
@@ -114,7 +114,7 @@ def pipelines(quick: bool) -> tuple[list[Figure], dict]:
 
     with tempfile.TemporaryDirectory() as tmp, e2e.FmeshPipeline(Path(tmp) / "fmesh") as fmesh, \
             PeerPipeline(Path(tmp) / "peer", f"{e2e.NOOP}:handle") as peer:
-        runs = 3 if quick else 5  # the noisiest figures: more runs for their medians
+        runs = 4 if quick else 6  # the noisiest figures: more runs; even, so each side goes first as often
         bursts = e2e.measure(fmesh, peer, runs=3, seconds=3 if quick else 5, connections=64)
         steady = sustained.measure(fmesh, peer, seconds=5 if quick else 30, steps=3 if quick else 4,
                                    seeds={"fmesh": bursts["fmesh_per_s_median"], "peer": bursts["peer_per_s_median"]})
@@ -193,7 +193,7 @@ def footprint(quick: bool) -> tuple[list[Figure], dict]:
 
 
 def trail(quick: bool) -> tuple[list[Figure], dict]:
-    result = run_json("trail.py", "--seconds", "3" if quick else "5", "--runs", "3" if quick else "7", timeout=900)
+    result = run_json("trail.py", "--seconds", "3" if quick else "5", "--runs", "4" if quick else "8", timeout=900)
     note = ("with the event trail vs --trail-retention 0; ratio: median of the runs' paired ratios, rates: medians"
             + ("" if result["all_drained"] else "; NOT ALL DRAINED"))
     return [figure("trail: ingress", result["ingress_per_s_trail_median"], result["ingress_per_s_no_trail_median"],

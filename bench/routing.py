@@ -100,10 +100,10 @@ async def publish_rates(kind: str, count: int, folder: Path) -> dict[int, float]
     put the same swings on both sides.
     """
     sides = {subs: await started_broker(subs, kind, folder) for subs in SIZES}
-    batches = {subs: events(count, subs, kind) for subs in SIZES}
-    spent = dict.fromkeys(SIZES, 0.0)
     gc.collect()
     gc.freeze()  # as the mesh does once started: what is set up is not scanned again
+    batches = {subs: events(count, subs, kind) for subs in SIZES}  # arrivals, never frozen
+    spent = dict.fromkeys(SIZES, 0.0)
     for n, offset in enumerate(range(0, count, CHUNK)):
         for subs in in_turn(n, SIZES):
             spent[subs] += await publish_chunk(sides[subs][0], batches[subs][offset:offset + CHUNK])
@@ -147,12 +147,12 @@ def main() -> None:
         for subs in (10, 1000):
             check_one_match_each(subs, kind)
     tune_for_serving()
-    for _ in range(args.runs):  # interleaved, so slow drift hits every dialect alike
+    for run in range(args.runs):  # interleaved, so slow drift hits every dialect alike
         for kind in DIALECTS:
             with tempfile.TemporaryDirectory() as tmp:
                 for subs, rate in asyncio.run(publish_rates(kind, args.events, Path(tmp))).items():
                     publish[kind][subs].append(rate)
-            for subs in SIZES:
+            for subs in in_turn(run, SIZES):
                 match[kind][subs].append(match_rate(subs, kind, args.matches))
     rates = {kind: {subs: statistics.median(values) for subs, values in by_size.items()}
              for kind, by_size in publish.items()}

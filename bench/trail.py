@@ -7,7 +7,7 @@ bench/common.py). The end-to-end rate is bench/e2e.py's: events handled and acke
 of the load until drained. Prints JSON with the medians, each pair's ratios and the
 ratios trail/no trail (the goal: >= 0.9 for both).
 
-    python bench/trail.py [--seconds 5] [--runs 3] [--connections 64]
+    python bench/trail.py [--seconds 5] [--runs 4] [--connections 64]
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from bench.e2e import FmeshPipeline, drained_rate  # noqa: E402
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=int, default=5)
-    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=4)
     parser.add_argument("--connections", type=int, default=64)
     args = parser.parse_args()
     runs: dict[str, list[dict]] = {"trail": [], "no_trail": []}
