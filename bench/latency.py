@@ -297,6 +297,7 @@ def measure(fmesh, peer, rate: float, runs: int, seconds: float) -> dict:  # typ
             "fmesh_p50_ms": summary["fmesh"]["p50_ms"], "fmesh_p99_ms": summary["fmesh"]["p99_ms"],
             "peer_p50_ms": summary["peer"]["p50_ms"], "peer_p99_ms": summary["peer"]["p99_ms"],
             "ratio_p99": run_ratio(results, "p99_ms"), "ratio_p50": run_ratio(results, "p50_ms"),
+            "ratio_cpu": run_ratio(results, "cpu_ms_per_event"),
             "fmesh_cpu_ms_per_event": summary["fmesh"]["cpu_ms_per_event"],
             "peer_cpu_ms_per_event": summary["peer"]["cpu_ms_per_event"],
             "all_complete": not any(problems.values()), "problems": problems,

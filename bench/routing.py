@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import statistics
 import sys
 import tempfile
 import time
@@ -38,7 +37,7 @@ from fmesh.broker.broker import Broker  # noqa: E402
 from fmesh.broker.filters import Filter, compile_shorthand  # noqa: E402
 from fmesh.broker.sqlite_log import SqliteEventLog  # noqa: E402
 
-from bench.common import emit, in_turn, median_ratio, pair_ratios  # noqa: E402
+from bench.common import emit, in_turn, median, median_ratio, pair_ratios  # noqa: E402
 from fmesh.collector import tune_for_serving  # noqa: E402
 from fmesh.events import new_event  # noqa: E402
 
@@ -154,9 +153,9 @@ def main() -> None:
                     publish[kind][subs].append(rate)
             for subs in in_turn(run, SIZES):
                 match[kind][subs].append(match_rate(subs, kind, args.matches))
-    rates = {kind: {subs: statistics.median(values) for subs, values in by_size.items()}
+    rates = {kind: {subs: median(values) for subs, values in by_size.items()}
              for kind, by_size in publish.items()}
-    matches = {kind: {subs: statistics.median(values) for subs, values in by_size.items()}
+    matches = {kind: {subs: median(values) for subs, values in by_size.items()}
                for kind, by_size in match.items()}
     exact = rates["exact"]
     emit({"bench": "routing", "events": args.events, "runs": args.runs,
