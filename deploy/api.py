@@ -115,6 +115,12 @@ def function_status(node: NodeOperations, item: Any, pending: int, dead: int) ->
     }
 
 
+def sent_as_json(content_type: str) -> bool:
+    """`application/json`, or any `+json` media type, with parameters or not (FastAPI's rule)."""
+    media = content_type.partition(";")[0].strip().lower()
+    return media == "application/json" or media.endswith("+json")
+
+
 def create_app(node: NodeOperations, control: ControlPlane, public_metrics: bool = True) -> FastAPI:
     """The control app; `public_metrics` False puts /metrics and the API docs behind a read token."""
     app = FastAPI(title="fmesh control API", version="1", docs_url=None, redoc_url=None, openapi_url=None,
@@ -130,11 +136,15 @@ def create_app(node: NodeOperations, control: ControlPlane, public_metrics: bool
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = jsonable_encoder(exc.errors())
+        # A body sent without a JSON content type reaches validation as bytes, in any encoding
+        problems = jsonable_encoder(exc.errors(), custom_encoder={bytes: lambda raw: raw.decode("utf-8", "replace")})
         first = problems[0] if problems else {"loc": [], "msg": "does not validate"}
         where = ".".join(str(part) for part in first["loc"])
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        return JSONResponse({"error": f"{where}: {first['msg']}{more}", "detail": problems}, 422)
+        message = f"{first['msg']}{more}"
+        if first["loc"] == ["body"] and not sent_as_json(request.headers.get("content-type", "")):
+            message = f"{message}: send a JSON object with content-type: application/json"
+        return JSONResponse({"error": f"{where}: {message}", "detail": problems}, 422)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:

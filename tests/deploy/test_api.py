@@ -88,6 +88,18 @@ async def test_a_body_that_is_not_json_is_a_documented_400(api):
     assert response.status_code == 400 and "error" in response.json()
 
 
+@pytest.mark.parametrize("path", ["/v1/tokens", "/v1/apply", "/v1/dead-letters/replay"])
+@pytest.mark.parametrize("content_type", [None, "text/plain"])
+async def test_a_body_sent_without_a_json_content_type_is_a_422_saying_so(api, path, content_type):
+    headers = {**AUTH, **({"content-type": content_type} if content_type else {})}
+    for body in (b"\xff\xfe", b'{"name": "x"}'):  # bytes in no encoding, and JSON not declared as such
+        response = await api.post(path, content=body, headers=headers)
+        assert response.status_code == 422, response.text
+        assert "send a JSON object with content-type: application/json" in response.json()["error"]
+    response = await api.get("/v1/status", headers=AUTH)  # the connection's app is still serving
+    assert response.status_code == 200
+
+
 async def test_an_unknown_path_or_method_answers_the_error_body(api):
     response = await api.get("/v1/functions/a/b", headers=AUTH)
     assert response.status_code == 404 and response.json() == {"error": "Not Found"}
