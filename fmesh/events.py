@@ -207,6 +207,25 @@ def check_media_type(value: Any) -> None:
                            "datacontenttype")
 
 
+# CloudEvents 1.0 strings may not hold the control characters U+0000-U+001F and U+007F-U+009F:
+# a CR LF in an id would split the header that carries it and the lines of a log.
+CONTROL_CHARACTER = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
+def check_no_control(attributes: Mapping[str, Any]) -> None:
+    """Refuse (InvalidEvent) a string attribute holding a control character; at the edges only,
+    so an event stored before this check still reads back."""
+    for name, value in attributes.items():
+        if isinstance(value, str) and (found := CONTROL_CHARACTER.search(value)):
+            raise InvalidEvent(f"attribute {name!r} holds the control character U+{ord(found.group()):04X} at "
+                               f"character {found.start()}; CloudEvents strings may not", name)
+
+
+def without_control(text: str) -> str:
+    """`text` fit for a string attribute: valid Unicode, each control character a space."""
+    return CONTROL_CHARACTER.sub(" ", valid_text(text))
+
+
 def check_text(value: str, attribute: str) -> None:
     try:
         value.encode("utf-8")
@@ -307,6 +326,7 @@ def from_sdk(event: BaseCloudEvent, max_extensions: int = DEFAULT_MAX_EXTENSIONS
         attributes[name] = format_time(value) if isinstance(value, datetime) else value
     check_extension_count(attributes, max_extensions)
     check_extensions(attributes)
+    check_no_control(attributes)
     check_media_type(attributes.get("datacontenttype"))
     checked_internal(attributes)
     check_trace_attributes(attributes)

@@ -29,11 +29,12 @@ from fmesh.events import (
     SENDER,
     Event,
     check_extensions,
+    check_no_control,
     check_required,
     checked_internal,
     format_time,
-    valid_text,
     with_extension,
+    without_control,
 )
 from fmesh.tracecontext import check_trace_attributes
 from fmesh.tracing import CONSUMER, HOP, NOOP, Span, Tracer, start_delivery, start_reply, traced_reply
@@ -301,6 +302,7 @@ class Sidecar:
         if isinstance(result, Event):
             check_required(result.attributes)
             check_extensions(result.attributes)
+            check_no_control(result.attributes)
             checked_internal(result.attributes)
             check_trace_attributes(result.attributes)
             return with_extension(result, **{HOPS: hops, SENDER: self.name})
@@ -421,7 +423,7 @@ def _copy_outcome(done: asyncio.Task, future: asyncio.Future | None) -> None:
 def with_error_context(event: Event, where: str, error: FmeshError, attempts: int) -> Event:
     """The event with extensions saying where and how it failed (as Knative's knativeerror*)."""
     # Names as in fmesh.events.ERROR_EXTENSIONS, which replay strips again.
-    extensions = {"fmesherrordest": where, "fmesherrordata": valid_text(str(error)[:ERROR_DATA_BYTES]),
+    extensions = {"fmesherrordest": where, "fmesherrordata": without_control(str(error)[:ERROR_DATA_BYTES]),
                   "fmeshattempts": attempts}
     status = getattr(error, "status", None)
     if status is not None:

@@ -164,6 +164,22 @@ async def test_a_percent_encoded_header_that_is_not_utf8_is_a_400_naming_the_att
     assert await stored(log) == []
 
 
+@pytest.mark.parametrize(("header", "value", "character"), [
+    ("ce-id", "m14n%0d%0aX-Inj: 1", "U+000D"), ("ce-source", "/s%00", "U+0000"),
+    ("ce-type", "com.example%1b[31m", "U+001B"), ("ce-subject", "a%C2%85b", "U+0085"),
+    ("ce-region", "eu%0Awest", "U+000A")])
+async def test_a_control_character_in_any_attribute_is_a_400_naming_it(setup, header, value, character):
+    client, log = setup
+    response = await client.post("/", headers={**BINARY, header: value})
+    assert response.status_code == 400, response.text
+    body = response.json()
+    assert body["attribute"] == header[3:] and character in body["error"]
+    structured = {"specversion": "1.0", "id": "1", "source": "/s", "type": "t", "subject": "line\nbreak"}
+    response = await client.post("/", headers=STRUCTURED, content=json.dumps(structured))
+    assert response.status_code == 400 and response.json()["attribute"] == "subject"
+    assert await stored(log) == []
+
+
 @pytest.mark.parametrize("value", ["-40", "x", "1.5", "99999999999999"])
 async def test_a_malformed_hop_count_from_outside_is_a_400(setup, value):
     client, log = setup

@@ -77,6 +77,22 @@ async def test_gives_up_after_the_retries_into_the_dead_letters():
     assert letter.event.payload == event.payload
 
 
+async def test_a_dead_letter_says_why_in_an_attribute_without_control_characters():
+    error = HandlerError("Traceback (most recent call last):\n  File \"h.py\"\r\n\x1b[31mValueError", status=500)
+    _, log, _ = await run(Scripted(failures=99, error=error), DeliveryPolicy(retries=0), [new_event("t", "/s")])
+    [letter] = await log.dead_letters()
+    said = letter.event["fmesherrordata"]
+    assert "ValueError" in said and not any(ord(c) < 0x20 for c in said)  # a peer mesh would refuse it
+
+
+async def test_a_reply_event_with_a_control_character_is_not_published():
+    forged = new_event("t.reply", "/f", subject="two\nlines")
+    sidecar, log, _ = await run(Scripted(reply=forged), DeliveryPolicy(retries=0), [new_event("t", "/s")])
+    assert await log.claim("replies", 10) == []
+    [letter] = await log.dead_letters()
+    assert "U+000A" in letter.error
+
+
 async def test_not_retryable_goes_straight_to_the_dead_letters():
     target = Scripted(failures=1, error=HandlerError("bad request", status=400, retryable=False))
     sidecar, log, _ = await run(target, DeliveryPolicy(retries=5, delay=0.01), [new_event("t", "/s")])
