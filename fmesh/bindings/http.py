@@ -105,15 +105,22 @@ def read_batch(body: bytes, max_extensions: int = DEFAULT_MAX_EXTENSIONS) -> lis
     if not isinstance(items, list):
         raise InvalidEvent(f"a batch must be a JSON array of events, got {type(items).__name__}")
     events = []
+    first_of: dict[tuple[str, str], int] = {}  # (source, id): the item that had it
     for index, item in enumerate(items):
         if not isinstance(item, dict):
             raise InvalidEvent(f"batch item {index} is not a JSON object")
         try:
-            events.append(_read(lambda item=item: JSON_FORMAT.read_object(strict_factory, item), max_extensions))
+            event = _read(lambda item=item: JSON_FORMAT.read_object(strict_factory, item), max_extensions)
         except TooManyExtensions:
             raise  # a 413, whichever item it is
         except InvalidEvent as exc:
             raise InvalidEvent(f"batch item {index}: {exc}", exc.attribute) from exc
+        # source + id name one event (CloudEvents): twice in one request is a mistake, and
+        # the trail could not tell the two copies' deliveries apart
+        if (earlier := first_of.setdefault((event.source, event.id), index)) != index:
+            raise InvalidEvent(f"batch item {index} repeats the source and id of item {earlier} "
+                               f"({event.source!r}, {event.id!r}); each event in a batch needs its own id", "id")
+        events.append(event)
     return events
 
 

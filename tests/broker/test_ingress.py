@@ -180,6 +180,20 @@ async def test_a_control_character_in_any_attribute_is_a_400_naming_it(setup, he
     assert await stored(log) == []
 
 
+async def test_a_batch_that_repeats_an_event_is_a_400_naming_both_items(setup):
+    client, log = setup
+    item = {"specversion": "1.0", "id": "b2", "source": "/x", "type": "t"}
+    other_source = {**item, "source": "/y"}  # the same id from another source is another event
+    response = await client.post("/", headers={"content-type": "application/cloudevents-batch+json"},
+                                 content=json.dumps([item, other_source, item]))
+    assert response.status_code == 400 and response.json()["attribute"] == "id"
+    assert "batch item 2 repeats the source and id of item 0" in response.json()["error"]
+    assert await stored(log) == []
+    response = await client.post("/", headers={"content-type": "application/cloudevents-batch+json"},
+                                 content=json.dumps([item, other_source]))
+    assert response.status_code == 202 and response.json()["accepted"] == 2
+
+
 @pytest.mark.parametrize("value", ["-40", "x", "1.5", "99999999999999"])
 async def test_a_malformed_hop_count_from_outside_is_a_400(setup, value):
     client, log = setup
