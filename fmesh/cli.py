@@ -41,7 +41,8 @@ OtlpOption = Annotated[str | None, typer.Option(
 def up(
     file: Annotated[Path | None, typer.Option("-f", "--file", help="Deploy this manifest at start.")] = None,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port for events (POST /) and the control API (/v1).")] = DEFAULT_PORT,
+    port: Annotated[int, typer.Option(help="Port for events (POST /) and the control API (/v1).",
+                                      min=1, max=65535)] = DEFAULT_PORT,
     data_dir: Annotated[Path | None, typer.Option(
         help="Where the mesh keeps its state (default: ~/.fmesh).")] = None,
     store: Annotated[str | None, typer.Option(

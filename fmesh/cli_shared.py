@@ -37,6 +37,10 @@ def mesh_url(url: str) -> str:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise typer.BadParameter(f"{url!r} is not an http:// or https:// URL of a mesh, e.g. http://127.0.0.1:8080")
+    try:
+        parts.port  # noqa: B018 - urllib checks the port when it is read
+    except ValueError:
+        raise typer.BadParameter(f"{url!r} has no valid port (1-65535), e.g. http://127.0.0.1:8080") from None
     return url
 
 

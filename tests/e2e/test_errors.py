@@ -84,3 +84,19 @@ def test_bad_up_options_are_one_line_each_and_nothing_is_written(tmp_path):
         result = run_cli(["up", "--port", str(free_port()), "--data-dir", str(data_dir), *args], env, check=False)
         assert result.returncode == 1 and says in result.stderr and "Traceback" not in result.stderr, result.stderr
     assert not data_dir.exists()
+
+
+def test_a_port_out_of_range_is_refused_before_anything_starts(tmp_path):
+    data_dir = tmp_path / "data"
+    for port in ("99999", "0", "-5"):
+        result = run_cli(["up", "--port", port, "--data-dir", str(data_dir)], dict(os.environ), check=False)
+        assert result.returncode == 2 and "--port" in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert not data_dir.exists()
+
+
+def test_a_mesh_url_with_a_bad_port_is_a_usage_error_not_a_bug():
+    env = {**os.environ, "FMESH_TOKEN": "t"}
+    for url in ("http://127.0.0.1:notaport", "127.0.0.1:99999"):
+        result = run_cli(["status", "--mesh", url], env, check=False)
+        assert result.returncode == 2 and "has no valid port" in result.stderr, result.stderr
+        assert "this is a bug" not in result.stderr
