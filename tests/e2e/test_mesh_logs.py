@@ -9,7 +9,7 @@ import os
 import pytest
 from support import run_cli, wait_for, write_manifest
 
-EVENT_ID = 'order "7"\x1b[2J'  # whatever a producer sent: quotes and a terminal escape
+EVENT_ID = 'order "7"\u202e'  # whatever a producer sent: quotes and a bidi override (control characters are refused)
 
 
 def test_the_dead_letter_line_names_the_event_and_function_in_json_and_in_text(mesh_factory, tmp_path):
@@ -61,8 +61,8 @@ def every_line_is_a_json_object_with_the_dead_letter_fields(log: str) -> None:
 
 def text_shows_the_dead_letter_line_with_the_event_id_escaped(text: str) -> None:
     [line] = [line for line in text.splitlines() if "dead-lettered" in line]
-    assert line.startswith('warning: event dead-lettered event_id="order \\"7\\"\\x1b[2J" event_source=/shop '), line
-    assert " function=fail " in line and " attempts=1 " in line and "\x1b" not in text
+    assert line.startswith('warning: event dead-lettered event_id="order \\"7\\"\\u202e" event_source=/shop '), line
+    assert " function=fail " in line and " attempts=1 " in line and "\u202e" not in text
     assert "fmesh: stopped on SIGINT" in text
 
 

@@ -184,16 +184,16 @@ def test_the_trail_survives_a_restart(traced):
 
 
 def test_an_id_with_slashes_and_terminal_escapes_is_traced_and_shown_as_text(traced):
-    event_id = "order/42\x1b[2J\u202e"
-    answer = httpx.post(traced.url + "/", json={"specversion": "1.0", "id": event_id, "source": "/x\x1b]0;t\x07",
+    event_id = "order/42\u202e"  # a terminal escape is refused at the ingress (a control character)
+    answer = httpx.post(traced.url + "/", json={"specversion": "1.0", "id": event_id, "source": "/x\u202e",
                                                 "type": "greet"},
                         headers={"content-type": "application/cloudevents+json"})
     assert answer.status_code == 202
     wait_for(lambda: settled(traced, quote(event_id, safe=""), "function:hello", "delivered"), 20,
              message="the event with a hostile id")
     text = traced.cli("trace", event_id).stdout
-    assert "order/42\\x1b[2J\\u202e  greet  from /x\\x1b]0;t\\x07" in text
-    assert "\x1b" not in text and "\u202e" not in text
+    assert "order/42\\u202e  greet  from /x\\u202e" in text
+    assert "\u202e" not in text
 
 
 def test_a_mesh_without_a_trail_says_so(mesh_factory):
