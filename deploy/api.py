@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
+from fmesh.bindings.http import media_type
 from fmesh.errors import DeployError, EventTooLarge, StoreError
 from fmesh.ratelimit import parse_rate
 
@@ -115,9 +116,8 @@ def function_status(node: NodeOperations, item: Any, pending: int, dead: int) ->
     }
 
 
-def sent_as_json(content_type: str) -> bool:
-    """`application/json`, or any `+json` media type, with parameters or not (FastAPI's rule)."""
-    media = content_type.partition(";")[0].strip().lower()
+def sent_as_json(media: str) -> bool:
+    """`application/json` or any `+json` media type: what FastAPI parses as JSON (not `text/json`)."""
     return media == "application/json" or media.endswith("+json")
 
 
@@ -142,7 +142,7 @@ def create_app(node: NodeOperations, control: ControlPlane, public_metrics: bool
         where = ".".join(str(part) for part in first["loc"])
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         message = f"{first['msg']}{more}"
-        if first["loc"] == ["body"] and not sent_as_json(request.headers.get("content-type", "")):
+        if first["loc"] == ["body"] and not sent_as_json(media_type(request.headers)):
             message = f"{message}: send a JSON object with content-type: application/json"
         return JSONResponse({"error": f"{where}: {message}", "detail": problems}, 422)
 
