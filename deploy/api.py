@@ -16,6 +16,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fmesh.broker.identity import Identity, Principal
 from fmesh.broker.policy import control_refusal
 from fmesh.deploy.api_errors import answers, errors
+from fmesh.deploy.body_limit import ControlBodyLimit
 from fmesh.deploy.bundle import MAX_BUNDLE_BYTES
 from fmesh.deploy.control import ControlPlane
 from fmesh.deploy.dashboard import SecurityHeaders, add_dashboard_routes
@@ -128,7 +129,8 @@ def create_app(node: NodeOperations, control: ControlPlane, public_metrics: bool
     sessions = Sessions(node.identity)
     auth = [Depends(require_token(node.identity, sessions))]
     add_doc_routes(app, [] if public_metrics else auth)
-    app.add_middleware(SecurityHeaders)
+    app.add_middleware(ControlBodyLimit)
+    app.add_middleware(SecurityHeaders)  # outermost: on the limit's 413 too
 
     @app.exception_handler(StarletteHTTPException)  # FastAPI's own, and the router's 404 and 405
     async def _error(request: Request, exc: StarletteHTTPException) -> JSONResponse:

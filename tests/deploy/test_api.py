@@ -8,6 +8,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from fmesh.deploy.body_limit import MAX_CONTROL_BODY_BYTES
 from fmesh.deploy.server import build
 
 from fmesh.settings import NodeSettings
@@ -124,3 +125,28 @@ async def test_a_digest_that_is_not_a_sha256_is_refused_as_documented(api, ops):
     assert response.status_code == 422 and response.json()["error"].startswith("path.digest:")
     response = await api.put("/v1/bundles/" + "0" * 64, content=b"x", headers=AUTH)
     assert response.status_code == 400 and "bundle refused" in response.json()["error"]
+
+
+async def test_a_control_body_past_the_limit_is_a_413_before_the_token_is_checked(api):
+    """A 20 MB /v1/apply used to be read whole, by anybody who could reach the port."""
+    big = b'{"functions": {}, "pad": "' + b"x" * MAX_CONTROL_BODY_BYTES + b'"}'
+    for headers in ({**AUTH, "content-type": "application/json"}, {"content-type": "application/json"}):
+        response = await api.post("/v1/apply", content=big, headers=headers)
+        assert response.status_code == 413, response.text
+        assert response.json()["error"].endswith(f"exceeds the control API's limit of {MAX_CONTROL_BODY_BYTES} bytes")
+        assert response.headers["cache-control"] == "no-store"
+
+    async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: counted as it arrives
+        for _ in range(5):
+            yield b" " * (MAX_CONTROL_BODY_BYTES // 4)
+
+    response = await api.post("/v1/tokens", content=chunks(), headers={**AUTH, "content-type": "application/json"})
+    assert response.status_code == 413 and "limit of" in response.json()["error"]
+
+
+async def test_a_control_body_under_the_limit_still_reaches_its_route(api):
+    body = b'{"name": "ci", "scope": "read"}' + b" " * (MAX_CONTROL_BODY_BYTES - 100)
+    response = await api.post("/v1/tokens", content=body, headers={**AUTH, "content-type": "application/json"})
+    assert response.status_code == 201, response.text
+    response = await api.put("/v1/bundles/" + "0" * 64, content=b"x" * (MAX_CONTROL_BODY_BYTES + 1), headers=AUTH)
+    assert response.status_code == 400 and "bundle refused" in response.json()["error"]  # its own, larger bound
