@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -15,7 +16,17 @@ from rich.table import Table
 from fmesh import cli_shared
 from fmesh.cli_get import delete, get
 from fmesh.cli_new import invoke, new
-from fmesh.cli_shared import CaOption, ManifestOption, MeshOption, TokenOption, client, console, errors, fail
+from fmesh.cli_shared import (
+    CaOption,
+    ManifestOption,
+    MeshOption,
+    TokenOption,
+    client,
+    console,
+    errors,
+    fail,
+    usage_error,
+)
 from fmesh.cli_status import status
 from fmesh.cli_trail import events_app, trace
 from fmesh.cli_version import main_options
@@ -27,6 +38,9 @@ app = typer.Typer(help="fmesh: event-driven functions that scale to zero, no clu
                   no_args_is_help=True, pretty_exceptions_enable=False, cls=cli_shared.OneLineErrors)
 app.command()(trace)
 app.add_typer(events_app, name="events")
+# type/subtype, then any parameters (RFC 9110 section 8.3.1): what the mesh sends on as Content-Type
+TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+MEDIA_TYPE = re.compile(rf"{TOKEN}/{TOKEN}(\s*;.*)?", re.ASCII)
 LogFormatOption = Annotated[str, typer.Option(
     envvar="FMESH_LOG_FORMAT", help="The mesh's own log lines: text (readable on a terminal) or json (one object "
     "a line, with the event id and function as keys).")]
@@ -149,13 +163,13 @@ def up(
                             log_format=log_format, log_level=log_level, **durations)
     _check_logging(settings)
     if launcher not in ("zygote", "subprocess"):
-        fail(f"--launcher must be zygote or subprocess, not {launcher!r}")
+        usage_error(f"--launcher must be zygote or subprocess, not {launcher!r}")
     if ingress_auth not in (None, "required", "optional", "off"):
-        fail(f"--ingress-auth must be required, optional or off, not {ingress_auth!r}")
+        usage_error(f"--ingress-auth must be required, optional or off, not {ingress_auth!r}")
     if settings.shutdown_grace <= 0:
-        fail("--shutdown-grace must be more than 0s, e.g. 10s")
+        usage_error("--shutdown-grace must be more than 0s, e.g. 10s")
     if settings.bundle_grace <= 0:
-        fail("--bundle-grace must be more than 0s, e.g. 10m: a deploy uploads its code before it applies")
+        usage_error("--bundle-grace must be more than 0s, e.g. 10m: a deploy uploads its code before it applies")
     _check_client_limits(settings)
     _check_store(settings)
     if otlp_endpoint is not None:
@@ -166,7 +180,7 @@ def up(
         try:
             check_mesh_id(mesh_id)
         except ValueError as exc:
-            fail(f"--mesh-id: {exc}")
+            usage_error(f"--mesh-id: {exc}")
     if file is not None:
         try:
             load_manifest(file)  # a bad manifest is refused here, with the CLI's error style
@@ -249,9 +263,9 @@ def sidecar(
     from fmesh.settings import NodeSettings
 
     if not is_name(function):
-        fail(f"--function: {function!r} is not a function name (lowercase letters, digits and '-')")
+        usage_error(f"--function: {function!r} is not a function name (lowercase letters, digits and '-')")
     if urlsplit(target).scheme not in ("http", "https") or not urlsplit(target).netloc:
-        fail(f"--target must be an http:// or https:// URL, not {target!r}")
+        usage_error(f"--target must be an http:// or https:// URL, not {target!r}")
     folder = (data_dir or data_dir_for(function, default_data_dir())).expanduser().resolve()
     settings = NodeSettings(data_dir=folder, store=_with_cluster(store, cluster), port=0, otlp_endpoint=otlp_endpoint,
                             log_format=log_format, log_level=log_level)
@@ -273,29 +287,29 @@ def _with_cluster(store: str | None, cluster: str | None) -> str | None:
     if cluster is None:
         return store
     if store is None or not store.startswith(("nats://", "tls://")):
-        fail("--cluster goes with a nats:// store (--store nats://host:4222): other stores hold one mesh only")
+        usage_error("--cluster goes with a nats:// store (--store nats://host:4222): other stores hold one mesh only")
     if "cluster=" in store.partition("?")[2]:
-        fail("--cluster is given twice: once as the option and once in the --store URL; keep one")
+        usage_error("--cluster is given twice: once as the option and once in the --store URL; keep one")
     return f"{store}{'&' if '?' in store else '?'}cluster={cluster}"
 
 
 def _check_client_limits(settings: Any) -> None:
     for flag in ("header_timeout", "body_timeout", "keepalive_timeout"):
         if getattr(settings, flag) <= 0:
-            fail(f"--{flag.replace('_', '-')} must be more than 0s, e.g. 10s")
+            usage_error(f"--{flag.replace('_', '-')} must be more than 0s, e.g. 10s")
     if settings.min_body_rate < 0:
-        fail(f"--min-body-rate must be 0 or more bytes/s, not {settings.min_body_rate}")
+        usage_error(f"--min-body-rate must be 0 or more bytes/s, not {settings.min_body_rate}")
     if settings.max_connections is not None and settings.max_connections < 1:
-        fail(f"--max-connections must be 1 or more, not {settings.max_connections}")
+        usage_error(f"--max-connections must be 1 or more, not {settings.max_connections}")
 
 
 def _check_logging(settings: Any) -> None:
     from fmesh.meshlog import FORMATS, LEVELS
 
     if settings.log_format not in FORMATS:
-        fail(f"--log-format must be text or json, not {settings.log_format!r}")
+        usage_error(f"--log-format must be text or json, not {settings.log_format!r}")
     if settings.log_level not in LEVELS:
-        fail(f"--log-level must be debug, info, warning or error, not {settings.log_level!r}")
+        usage_error(f"--log-level must be debug, info, warning or error, not {settings.log_level!r}")
 
 
 def _check_store(settings: Any) -> None:
@@ -304,7 +318,7 @@ def _check_store(settings: Any) -> None:
     try:
         open_store(settings.store_url, settings.data_dir)  # only parses the URL: nothing is opened
     except ValueError as exc:
-        fail(f"--store: {exc}")
+        usage_error(f"--store: {exc}")
 
 
 def _check_otlp_endpoint(endpoint: str) -> None:
@@ -313,7 +327,7 @@ def _check_otlp_endpoint(endpoint: str) -> None:
     try:
         traces_url(endpoint)
     except ValueError as exc:
-        fail(f"--otlp-endpoint: {exc}")
+        usage_error(f"--otlp-endpoint: {exc}")
 
 
 def _absolute(path: Path | None) -> str | None:
@@ -327,7 +341,7 @@ def _duration(text: str, option: str) -> float:
     try:
         return parse_duration(text)
     except ValueError as exc:
-        fail(f"--{option.replace('_', '-')}: {exc}")
+        usage_error(f"--{option.replace('_', '-')}: {exc}")
 
 
 def _install_requirements(mesh_client: Any, function: Any, progress: Any) -> None:
@@ -372,7 +386,9 @@ def send(
     from fmesh.tls import cli_context
 
     if data is not None and data_text is not None:
-        fail("give --data (JSON) or --data-text (text), not both")
+        usage_error("give --data (JSON) or --data-text (text), not both")
+    if content_type is not None and not MEDIA_TYPE.fullmatch(content_type):
+        usage_error(f"--content-type must be a media type such as text/plain or application/xml, not {content_type!r}")
     sent, token_source = _publish_token(mesh, token)
     try:
         extensions = dict(_key_value(item) for item in ext or [])
@@ -410,7 +426,7 @@ def _publish_token(mesh: str, given: str | None) -> tuple[str | None, str]:
 def _key_value(item: str) -> tuple[str, str]:
     key, sep, value = item.partition("=")
     if not sep or not key:
-        fail(f"--ext takes key=value, got {item!r}")
+        usage_error(f"--ext takes key=value, got {item!r}")
     return key, value
 
 
@@ -476,7 +492,8 @@ def dead_letters(
         with client(mesh, token, ca) as mesh_client:
             if replay or replay_all:
                 result = mesh_client.replay_dead_letters(replay or [], replay_all)
-                console.print(f"replayed {plural(result['replayed'], 'dead letter')}")
+                if result["replayed"] or not (result.get("not_routed") or result["not_found"]):
+                    console.print(f"replayed {plural(result['replayed'], 'dead letter')}")  # not "0" beside an error
                 if result.get("not_routed"):
                     kept = result["not_routed"]
                     fail(f"{noun(len(kept), 'dead letter')} {', '.join(map(str, kept))} kept: their subscription "
@@ -508,11 +525,12 @@ def _replay_ids(replay: list[int] | None, rest: list[str]) -> tuple[list[int] | 
     """--replay's ids, with the numbers after them (`--replay 1 2 3`), and the FUNCTION if one."""
     if not replay:
         if len(rest) > 1:
-            fail(f"one FUNCTION at most, got {' '.join(rest)}")
+            usage_error(f"one FUNCTION at most, got {' '.join(rest)}")
         return None, rest[0] if rest else None
     for item in rest:
         if not item.isdigit():
-            fail(f"--replay takes dead-letter ids, and {item!r} is not one (its dead letters: --replay-all {item})")
+            usage_error(f"--replay takes dead-letter ids, and {item!r} is not one "
+                       f"(its dead letters: --replay-all {item})")
     return [*replay, *map(int, rest)], None
 
 
@@ -537,9 +555,9 @@ def tokens_create(
     try:
         rule = yaml.safe_load(allow) if allow is not None else None
     except yaml.YAMLError as exc:
-        fail(f"--allow is not YAML: {exc}")
+        usage_error(f"--allow is not YAML: {exc}")
     if rule is not None and not isinstance(rule, dict):
-        fail("--allow takes a filter mapping such as '{type: {prefix: com.ci.}}'")
+        usage_error("--allow takes a filter mapping such as '{type: {prefix: com.ci.}}'")
     try:
         with client(mesh, token, ca) as mesh_client:
             made = mesh_client.create_token(name, scope, rule, rate, burst)

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from fmesh.cli_shared import CaOption, MeshOption, TokenOption, client, console, fail
+from fmesh.cli_shared import CaOption, MeshOption, TokenOption, client, console, fail, usage_error
 from fmesh.errors import DeployError, FmeshError
 from fmesh.settings import DEFAULT_MESH_URL
 from fmesh.terminal import escape_controls
@@ -24,7 +24,7 @@ def kind_of(word: str) -> str:
     """`functions` or `function` → function; anything else is refused, naming the kinds."""
     kind = word.lower().removesuffix("s")
     if kind not in KINDS:
-        fail(f"unknown kind {word!r}: expected one of {', '.join(k + 's' for k in KINDS)}")
+        usage_error(f"unknown kind {word!r}: expected one of {', '.join(k + 's' for k in KINDS)}")
     return kind
 
 
@@ -37,7 +37,7 @@ def get(what: Annotated[str, typer.Argument(help="functions, triggers, subscript
     """What is deployed: a table of a kind, or one resource as deployed, with its status."""
     kind = kind_of(what)
     if output is not None and output not in OUTPUTS:
-        fail(f"-o must be yaml or json, not {output!r}")
+        usage_error(f"-o must be yaml or json, not {output!r}")
     try:
         with client(mesh, token, ca) as mesh_client:
             found = [mesh_client.resource(kind, name)] if name is not None else mesh_client.resources(kind)
@@ -144,14 +144,14 @@ def delete(what: Annotated[str | None, typer.Argument(help="The kind (function, 
     Pending events go with what is deleted."""
     if file is not None:
         if what is not None:
-            fail("give either -f FILE or KIND NAME, not both")
+            usage_error("give either -f FILE or KIND NAME, not both")
         targets = _declared(file)
     elif what is None:
-        fail("name what to delete: fmesh delete KIND NAME, fmesh delete NAME (a function), or "
+        usage_error("name what to delete: fmesh delete KIND NAME, fmesh delete NAME (a function), or "
              "fmesh delete -f fmesh.yaml")
     elif name is None:
         if what.lower().removesuffix("s") in KINDS:
-            fail(f"name the {what.lower().removesuffix('s')} to delete: fmesh delete {what} NAME")
+            usage_error(f"name the {what.lower().removesuffix('s')} to delete: fmesh delete {what} NAME")
         targets = [("function", what)]
     else:
         targets = [(kind_of(what), name)]

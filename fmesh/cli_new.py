@@ -9,7 +9,17 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from fmesh.cli_shared import CaOption, ManifestOption, MeshOption, TokenOption, client, console, errors, fail
+from fmesh.cli_shared import (
+    CaOption,
+    ManifestOption,
+    MeshOption,
+    TokenOption,
+    client,
+    console,
+    errors,
+    fail,
+    usage_error,
+)
 from fmesh.errors import FmeshError
 from fmesh.names import NAME_RULE, is_name
 from fmesh.settings import DEFAULT_MESH_URL
@@ -30,9 +40,9 @@ def new(name: Annotated[str, typer.Argument(help="The function's name.")],
     from fmesh.deploy.scaffold import LANGUAGES, scaffold
 
     if not is_name(name):
-        fail(f"{name!r} is not a function name: use {NAME_RULE}")
+        usage_error(f"{name!r} is not a function name: use {NAME_RULE}")
     if lang not in LANGUAGES:
-        fail(f"--lang must be one of {', '.join(LANGUAGES)}, not {lang!r}")
+        usage_error(f"--lang must be one of {', '.join(LANGUAGES)}, not {lang!r}")
     relative = f"functions/{name}"
     folder = file.parent / relative
     if folder.exists():
@@ -74,7 +84,7 @@ def invoke(name: Annotated[str, typer.Argument(help="The function.")],
         try:
             json.loads(data)
         except ValueError as exc:
-            fail(f"--data is not JSON ({exc}); quote text as a JSON string, or send a file with @file")
+            usage_error(f"--data is not JSON ({exc}); quote text as a JSON string, or send a file with @file")
     try:
         event = build_event(type, source, data)
         with client(mesh, token, ca) as mesh_client:

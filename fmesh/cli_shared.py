@@ -64,6 +64,14 @@ def fail(message: str, code: int = 1) -> NoReturn:
     raise typer.Exit(code)
 
 
+USAGE_EXIT = 2  # what click exits with for a usage error: scripts tell "you called it wrong" from "it failed"
+
+
+def usage_error(message: str) -> NoReturn:
+    """An option's value is wrong (`--log-level loud`): one line, exit 2, nothing done."""
+    fail(message, USAGE_EXIT)
+
+
 def client(mesh: str, token: str | None, ca: Path | None = None):  # type: ignore[no-untyped-def]
     from fmesh.deploy.client import MeshClient
     from fmesh.tls import cli_context

@@ -114,6 +114,25 @@ def test_shell_completion_can_be_installed():
 
 def test_a_bad_duration_names_its_option(tmp_path):
     result = run_cli(["up", "--data-dir", str(tmp_path), "--bundle-grace", "soon"], env=dict(os.environ), check=False)
-    assert result.returncode == 1
+    assert result.returncode == 2  # a usage error, as click exits for one
     assert result.stderr.strip().splitlines() == [
         "error: --bundle-grace: expected a duration such as 200ms, 5s, 1m30s or PT1S, got 'soon'"]
+
+
+@pytest.mark.parametrize("args, says", [
+    (["up", "--ingress-auth", "maybe"], "--ingress-auth must be required, optional or off, not 'maybe'"),
+    (["up", "--log-level", "loud"], "--log-level must be debug, info, warning or error, not 'loud'"),
+    (["new", "x", "--lang", "ruby", "-f", "{tmp}/fmesh.yaml"], "--lang must be one of"),
+    (["get", "functions", "-o", "xml"], "-o must be yaml or json, not 'xml'"),
+    (["get", "gadgets"], "unknown kind 'gadgets'"),
+    (["send", "--type", "t", "--source", "/s", "--data-text", "x", "--content-type", "not a type"],
+     "--content-type must be a media type such as text/plain"),
+])
+def test_a_wrong_option_value_is_a_usage_error_and_nothing_is_done(tmp_path, args, says):
+    """Each used to exit 1, as for a failure on the way; scripts tell the two apart by 2."""
+    args = [arg.replace("{tmp}", str(tmp_path)) for arg in args]
+    result = CliRunner().invoke(app, args, env={"FMESH_DATA_DIR": str(tmp_path / "data"),
+                                                "FMESH_URL": "http://127.0.0.1:9"})
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == 2 and len(lines) == 1 and says in lines[0], result.stderr
+    assert not (tmp_path / "data").exists() and not (tmp_path / "functions").exists()

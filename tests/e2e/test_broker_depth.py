@@ -135,6 +135,7 @@ functions:
     assert mesh.status("gate")["dead_lettered"] == 0
     missing = mesh.cli("dead-letters", "--replay", "424242", check=False)
     assert missing.returncode != 0 and "no dead letter with id 424242" in missing.stderr
+    assert "replayed" not in missing.stdout  # not "replayed 0" beside the error
     gate.touch()
     mesh.cli("send", "--type", "knock", "--source", "/t")
     wait_for(lambda: mesh.status("gate")["dead_lettered"] == 1, 15, message="a new dead letter")

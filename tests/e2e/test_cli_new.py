@@ -29,12 +29,12 @@ def test_new_refuses_in_one_line_and_writes_nothing(tmp_path):
     (tmp_path / "functions/taken").mkdir(parents=True)
     manifest = tmp_path / "fmesh.yaml"
     manifest.write_text("functions:\n  there:\n    external: true\n")
-    for args, problem in [(["Bad_Name"], "'Bad_Name' is not a function name"),
-                          (["taken"], "functions/taken exists already"),
-                          (["there"], "already a function named 'there'"),
-                          (["ok", "--lang", "cobol"], "--lang must be one of python, node, command")]:
+    for args, problem, code in [(["Bad_Name"], "'Bad_Name' is not a function name", 2),
+                                (["taken"], "functions/taken exists already", 1),
+                                (["there"], "already a function named 'there'", 1),
+                                (["ok", "--lang", "cobol"], "--lang must be one of python, node, command", 2)]:
         refused = CliRunner().invoke(app, ["new", *args, "-f", str(manifest)])
-        assert refused.exit_code == 1 and isinstance(refused.exception, SystemExit)  # not a traceback
+        assert refused.exit_code == code and isinstance(refused.exception, SystemExit)  # not a traceback
         lines = refused.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: ") and problem in lines[0], refused.stderr
     assert manifest.read_text() == "functions:\n  there:\n    external: true\n"

@@ -82,7 +82,7 @@ def test_bad_up_options_are_one_line_each_and_nothing_is_written(tmp_path):
                        (["--shutdown-grace", "0s"], "--shutdown-grace must be more than 0s"),
                        (["--mesh-id", "Not_Valid"], "--mesh-id: mesh id 'Not_Valid' is not valid")):
         result = run_cli(["up", "--port", str(free_port()), "--data-dir", str(data_dir), *args], env, check=False)
-        assert result.returncode == 1 and says in result.stderr and "Traceback" not in result.stderr, result.stderr
+        assert result.returncode == 2 and says in result.stderr and "Traceback" not in result.stderr, result.stderr
     assert not data_dir.exists()
 
 

@@ -69,9 +69,9 @@ def text_shows_the_dead_letter_line_with_the_event_id_escaped(text: str) -> None
 def test_an_unknown_log_format_or_level_is_refused_in_one_line(tmp_path):
     env = {**os.environ, "FMESH_DATA_DIR": str(tmp_path)}
     bad_format = run_cli(["up", "--log-format", "yaml"], env, check=False)
-    assert bad_format.returncode == 1 and bad_format.stderr.splitlines() == [
+    assert bad_format.returncode == 2 and bad_format.stderr.splitlines() == [
         "error: --log-format must be text or json, not 'yaml'"], bad_format.stderr
     sidecar = ["sidecar", "--function", "f", "--target", "http://127.0.0.1:1/", "--store", "nats://127.0.0.1:1"]
     bad_level = run_cli(sidecar, {**env, "FMESH_LOG_LEVEL": "loud"}, check=False)
-    assert bad_level.returncode == 1 and bad_level.stderr.splitlines() == [
+    assert bad_level.returncode == 2 and bad_level.stderr.splitlines() == [
         "error: --log-level must be debug, info, warning or error, not 'loud'"], bad_level.stderr
