@@ -66,10 +66,23 @@ def load_handler(directory: str, reference: str) -> Callable[[Event], Any]:
     module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
     sys.modules[path.stem] = module
     spec.loader.exec_module(module)  # type: ignore[union-attr]
-    handler = getattr(module, function_name, None)
-    if not callable(handler):
+    if not hasattr(module, function_name):
         raise HandlerLoadError(f"{file_part} has no function {function_name!r}")
+    handler = getattr(module, function_name)
+    if not callable(handler):
+        raise HandlerLoadError(f"{file_part}:{function_name} is a {type(handler).__name__}, not a function")
+    check_takes_an_event(handler, f"{file_part}:{function_name}")
     return handler
+
+
+def check_takes_an_event(handler: Callable[..., Any], name: str) -> None:
+    """A handler is called with the event: one that cannot take it would fail every delivery."""
+    try:
+        inspect.signature(handler).bind(None)
+    except ValueError:
+        return  # no signature to read (some builtins): the first call will tell
+    except TypeError:
+        raise HandlerLoadError(f"{name} must take the event as its one argument, e.g. def handle(event):") from None
 
 
 def result_frame(request: int, result: Any) -> bytes:
