@@ -6,21 +6,22 @@ from __future__ import annotations
 from collections.abc import Coroutine
 from typing import Any
 
-import uvicorn
 from fmesh.deploy.connections import ClientLimits, default_max_connections
 
 from fmesh.settings import NodeSettings
 
 
-def uvicorn_log_config(log_format: str) -> dict[str, Any] | None:
-    """uvicorn's loggers as uvicorn sets them up (text), or through the mesh's formatter (json)."""
-    if log_format != "json":
-        return uvicorn.config.LOGGING_CONFIG
-    handler = {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}
+def uvicorn_log_config(log_format: str) -> dict[str, Any]:
+    """uvicorn's loggers through the mesh's formatter, text or json, and each of their
+    messages at most once per 10 s: a client sending malformed HTTP makes one line a time."""
+    formatter = "fmesh.meshlog.JsonFormatter" if log_format == "json" else "fmesh.meshlog.TextFormatter"
+    handler = {"class": "logging.StreamHandler", "formatter": "mesh", "stream": "ext://sys.stderr",
+               "filters": ["repeats"]}
     return {"version": 1, "disable_existing_loggers": False,
-            "formatters": {"json": {"()": "fmesh.meshlog.JsonFormatter"}},
-            "handlers": {"json": handler},
-            "loggers": {name: {"handlers": ["json"], "propagate": False}
+            "filters": {"repeats": {"()": "fmesh.meshlog.QuietRepeats"}},
+            "formatters": {"mesh": {"()": formatter}},
+            "handlers": {"mesh": handler},
+            "loggers": {name: {"handlers": ["mesh"], "propagate": False}
                         for name in ("uvicorn", "uvicorn.error", "uvicorn.access")}}
 
 

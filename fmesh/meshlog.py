@@ -181,3 +181,29 @@ class Throttle:
         """How many lines were skipped since the last one (None for none), and start again."""
         skipped, self.skipped = self.skipped, 0
         return skipped or None
+
+
+class QuietRepeats(logging.Filter):
+    """A line a client can cause at will (uvicorn's "Invalid HTTP request received.") at most
+    once per `every` seconds for each message, then how many like it were left out: a flood of
+    bad requests must not become a flood of log lines."""
+
+    KEPT = 1000  # messages tracked at most: they are a library's fixed wordings, but bounded all the same
+
+    def __init__(self, every: float = 10.0) -> None:
+        super().__init__()
+        self.every = every
+        self._throttles: dict[tuple[str, str], Throttle] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = (record.name, str(record.msg))
+        throttle = self._throttles.get(key)
+        if throttle is None:
+            if len(self._throttles) >= self.KEPT:
+                self._throttles.clear()
+            throttle = self._throttles[key] = Throttle(self.every)
+        if not throttle.due():
+            return False
+        if skipped := throttle.take_skipped():
+            record.msg = f"{record.msg} ({skipped} more like it since the last line, not logged)"
+        return True

@@ -6,6 +6,7 @@ import io
 import json
 import logging
 import re
+import time
 from collections.abc import Callable
 
 import pytest
@@ -123,3 +124,36 @@ def test_a_throttle_lets_one_line_through_per_period_and_counts_the_rest():
     throttle = meshlog.Throttle(60)
     assert [throttle.due() for _ in range(4)] == [True, False, False, False]
     assert throttle.take_skipped() == 3 and throttle.take_skipped() is None
+
+
+def test_a_repeated_line_is_let_through_once_per_interval_with_how_many_were_left_out():
+    quiet = meshlog.QuietRepeats(every=0.05)
+
+    def record(message: str) -> logging.LogRecord:
+        return logging.LogRecord("uvicorn.error", logging.WARNING, __file__, 1, message, None, None)
+
+    assert quiet.filter(record("Invalid HTTP request received."))
+    let_through = time.monotonic()
+    assert not any(quiet.filter(record("Invalid HTTP request received.")) for _ in range(49))
+    assert quiet.filter(record("another message"))  # each message has its own interval
+    while time.monotonic() < let_through + 0.06:  # the interval itself is what is waited for
+        time.sleep(0.01)
+    late = record("Invalid HTTP request received.")
+    assert quiet.filter(late)
+    assert late.getMessage().startswith("Invalid HTTP request received. (49 more like it since the last line")
+
+
+def test_uvicorn_lines_go_through_the_mesh_formatter_once_per_interval(capsys):
+    """A client sending malformed HTTP used to make an unformatted line per request, unbounded."""
+    import logging.config
+
+    from fmesh.deploy.http_config import uvicorn_log_config
+
+    logging.config.dictConfig(uvicorn_log_config("text"))
+    try:
+        for _ in range(100):
+            logging.getLogger("uvicorn.error").warning("Invalid HTTP request received.")
+    finally:
+        for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+            logging.getLogger(name).handlers.clear()
+    assert capsys.readouterr().err.splitlines() == ["warning: Invalid HTTP request received."]
