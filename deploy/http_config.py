@@ -13,7 +13,7 @@ from fmesh.settings import NodeSettings
 
 def uvicorn_log_config(log_format: str) -> dict[str, Any]:
     """uvicorn's loggers through the mesh's formatter, text or json, and each of their
-    messages at most once per 10 s: a client sending malformed HTTP makes one line a time."""
+    messages at most once per 10 s: a client sending malformed HTTP cannot flood the log."""
     formatter = "fmesh.meshlog.JsonFormatter" if log_format == "json" else "fmesh.meshlog.TextFormatter"
     handler = {"class": "logging.StreamHandler", "formatter": "mesh", "stream": "ext://sys.stderr",
                "filters": ["repeats"]}

@@ -148,7 +148,7 @@ def delete(what: Annotated[str | None, typer.Argument(help="The kind (function, 
         targets = _declared(file)
     elif what is None:
         usage_error("name what to delete: fmesh delete KIND NAME, fmesh delete NAME (a function), or "
-             "fmesh delete -f fmesh.yaml")
+                    "fmesh delete -f fmesh.yaml")
     elif name is None:
         if what.lower().removesuffix("s") in KINDS:
             usage_error(f"name the {what.lower().removesuffix('s')} to delete: fmesh delete {what} NAME")
