@@ -185,7 +185,7 @@ def up(
         try:
             load_manifest(file)  # a bad manifest is refused here, with the CLI's error style
         except FmeshError as exc:
-            fail(str(exc), 2)
+            usage_error(str(exc))
     exec_server(settings, file.resolve() if file else None)
 
 
@@ -204,7 +204,7 @@ def deploy(file: ManifestOption = Path("fmesh.yaml"), mesh: MeshOption = DEFAULT
     try:
         manifest = load_manifest(file)
     except FmeshError as exc:
-        fail(str(exc), 2)
+        usage_error(str(exc))
     console.print(f"Deploying [bold]{file}[/] to {mesh}")
     try:
         with client(mesh, token, ca) as mesh_client, console.status("validating") as status:
@@ -212,7 +212,7 @@ def deploy(file: ManifestOption = Path("fmesh.yaml"), mesh: MeshOption = DEFAULT
             try:
                 check_references(manifest, file, deployed)
             except FmeshError as exc:
-                fail(str(exc), 2)
+                usage_error(str(exc))
             progress = _StatusProgress(status)
             packed = pack_functions(manifest, file, progress)
             for function in packed:

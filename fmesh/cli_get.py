@@ -173,9 +173,9 @@ def _declared(file: Path) -> list[tuple[str, str]]:
     try:
         manifest = parse_manifest(file.read_text(encoding="utf-8"), str(file))
     except OSError as exc:
-        fail(f"cannot read the manifest {file}: {exc.strerror}", 2)
+        usage_error(f"cannot read the manifest {file}: {exc.strerror}")
     except (UnicodeDecodeError, FmeshError) as exc:
-        fail(str(exc).splitlines()[0], 2)
+        usage_error(str(exc).splitlines()[0])
     return [(kind, name) for kind in DELETE_ORDER for name in sorted(getattr(manifest, f"{kind}s"))]
 
 

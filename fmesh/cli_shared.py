@@ -68,7 +68,8 @@ USAGE_EXIT = 2  # what click exits with for a usage error: scripts tell "you cal
 
 
 def usage_error(message: str) -> NoReturn:
-    """An option's value is wrong (`--log-level loud`): one line, exit 2, nothing done."""
+    """What was given is wrong (`--log-level loud`, a manifest that does not validate): one line, exit 2,
+    nothing done."""
     fail(message, USAGE_EXIT)
 
 
