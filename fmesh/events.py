@@ -9,11 +9,16 @@ to leave binary-mode bodies untouched instead of parsing them.
 from __future__ import annotations
 
 import calendar
+import dataclasses
 import json
 import re
 import uuid
 from collections.abc import Iterator, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
+from datetime import time as time_of_day
+from decimal import Decimal
+from enum import Enum
+from pathlib import PurePath
 from typing import Any
 
 import orjson
@@ -111,7 +116,30 @@ def encode_data(data: Any, content_type: str | None) -> bytes | None:
         return bytes(data)
     if isinstance(data, str) and not is_json_content_type(content_type):
         return data.encode("utf-8")
-    return json.dumps(data, separators=(",", ":"), ensure_ascii=False, default=str).encode("utf-8")
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False, default=json_form).encode("utf-8")
+
+
+def json_form(value: Any) -> Any:
+    """What `json.dumps` cannot write by itself, as JSON: times in RFC 3339, ids, decimals and
+    paths as strings, sets as lists, enums as their values, pydantic models and dataclasses as
+    their fields. Anything else is a TypeError that names the type: its str() (`<Foo object at
+    0x7f...>`) is nobody's data, and publishing it would hide the handler's mistake."""
+    if isinstance(value, datetime):
+        return format_time(value)
+    if isinstance(value, date | time_of_day):
+        return value.isoformat()
+    if isinstance(value, uuid.UUID | Decimal | PurePath):
+        return str(value)
+    if isinstance(value, set | frozenset):
+        return list(value)
+    if isinstance(value, Enum):
+        return value.value
+    if hasattr(value, "model_dump"):  # a pydantic model
+        return value.model_dump(mode="json")
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    raise TypeError(f"cannot turn {type(value).__module__}.{type(value).__qualname__} into JSON data: return "
+                    "None, a str, bytes, a number, a bool, a list or dict of those, or an Event")
 
 
 def new_event(type: str, source: str, data: Any = None, **attributes: Any) -> Event:

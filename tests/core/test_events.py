@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from fmesh.bindings.http import read_events, write_binary, write_structured
@@ -64,3 +66,31 @@ def test_format_duration_writes_what_people_write():
 
     assert [format_duration(s) for s in (0.2, 1, 90, 3600, 86400, 90061)] == ["200ms", "1s", "1m30s", "1h", "1d",
                                                                                "1d1h1m1s"]
+
+
+def test_encode_data_writes_what_json_lacks_in_its_json_form():
+    import dataclasses
+    import datetime
+    import decimal
+    import enum
+    import pathlib
+    import uuid
+
+    class Colour(enum.Enum):
+        RED = "red"
+
+    @dataclasses.dataclass
+    class Point:
+        x: int
+
+    value = {"t": datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=datetime.UTC), "d": datetime.date(2026, 1, 2),
+             "h": datetime.time(3, 4), "u": uuid.UUID(int=2), "n": decimal.Decimal("0.1"),
+             "p": pathlib.PurePosixPath("/a/b"), "s": frozenset([1]), "e": Colour.RED, "pt": Point(3)}
+    assert json.loads(encode_data(value, "application/json")) == {
+        "t": "2026-01-02T03:04:05Z", "d": "2026-01-02", "h": "03:04:00", "u": "00000000-0000-0000-0000-000000000002",
+        "n": "0.1", "p": "/a/b", "s": [1], "e": "red", "pt": {"x": 3}}
+
+
+def test_encode_data_refuses_an_object_without_a_json_form_and_names_its_type():
+    with pytest.raises(TypeError, match="cannot turn builtins.object into JSON data"):
+        encode_data({"x": object()}, "application/json")

@@ -177,3 +177,18 @@ async def test_a_launch_that_times_out_is_a_failed_start_and_the_pool_recovers(z
             assert time.monotonic() < deadline, "the pool never recovered"
             await asyncio.sleep(0.1)
     assert pool.status().ready == 1
+
+
+async def test_a_reply_with_values_json_lacks_is_written_in_their_json_form(zygote):
+    pool = zygote.pool("returns", ScalePolicy(max=1))
+    reply = await pool.invoke(new_event("t", "/s", {"what": "values"}), timeout=10)
+    assert reply.data == {"at": "2026-12-04T19:00:00Z", "id": "00000000-0000-0000-0000-000000000001",
+                          "price": "1.10", "point": {"x": 1, "y": 2}, "tags": ["a"]}
+
+
+async def test_a_reply_holding_an_object_without_a_json_form_fails_and_names_its_type(zygote):
+    pool = zygote.pool("returns", ScalePolicy(max=1))
+    with pytest.raises(HandlerError, match="cannot turn builtins.object into JSON data"):
+        await pool.invoke(new_event("t", "/s", {"what": "object"}), timeout=10)
+    reply = await pool.invoke(new_event("t", "/s", {"what": "values"}), timeout=10)
+    assert reply.data["price"] == "1.10"  # the replica lives on
