@@ -4,9 +4,11 @@ the same rate (half the peer's maximum, measured in the same run unless --rate).
 
 wrk cannot hold a fixed rate, so this file is also the load generator (run in its own
 process: `python bench/latency.py generate ...`). It is open-loop: event i is due at
-start + i/rate whatever happened to earlier ones, and carries its due time (wall clock)
-in the `benchsent` extension; when no connection is free it waits for one, and that
-wait counts as latency (no coordinated omission). The shared no-op handler
+start + i/rate whatever happened to earlier ones, and joins the send queue at the first
+wake of the generator's 1 ms timer after that; it carries that moment (wall clock) in the
+`benchsent` extension. When no connection is free it waits in the queue for one, and
+that wait counts as latency (no coordinated omission); the timer's own lateness (under
+1 ms) is the generator's, and does not. `send_lag_p99_ms` reports both, from due time. The shared no-op handler
 (bench/functions/noop/handler.py) appends `time.time() - benchsent` to a file per
 pipeline; percentiles come from those samples. Runs alternate fmesh and peer, and each
 waits until the other side has drained and is idle.
@@ -48,7 +50,7 @@ MAX_CONNECTIONS = 256
 # The shortest wait between two sends: uvloop's timers count whole milliseconds, and a
 # shorter sleep returns at once, so at rates past 1,000/s the generator spun a whole core
 # (taking it from the pipeline it measures). Events due meanwhile go out together, each
-# still timed from its due time.
+# timed from the moment it joined the queue.
 TICK_S = 0.001
 
 
@@ -103,7 +105,7 @@ class Generator:
         self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
         self.rate, self.seconds, self.total, self.window = rate, seconds, int(rate * seconds), window
         self.idle: list[Connection] = []
-        self.backlog: deque[tuple[int, float]] = deque()   # due events waiting for a connection
+        self.backlog: deque[tuple[int, float]] = deque()   # (index, when queued) of events waiting to go
         self.opening = 0
         self.connections = 0
         self.ok = self.failed = self.lost_count = self.dropped = self.sent = self.unsent = 0
@@ -120,9 +122,10 @@ class Generator:
         mark("start")
         next_index = 0
         while next_index < self.total:
-            due_count = min(self.total, int((loop.time() - self.mono0) * self.rate) + 1)
+            now = loop.time() - self.mono0
+            due_count = min(self.total, int(now * self.rate) + 1)
             for index in range(next_index, due_count):
-                self.backlog.append((index, index / self.rate))
+                self.backlog.append((index, now))
             next_index = due_count
             self.pump()
             await asyncio.sleep(max(TICK_S, self.mono0 + next_index / self.rate - loop.time()))
@@ -142,13 +145,13 @@ class Generator:
         """Send backlog events on idle connections; open more while there are none."""
         loop = asyncio.get_running_loop()
         while self.backlog and self.idle:
-            index, offset = self.backlog.popleft()
-            self.lags.append(loop.time() - self.mono0 - offset)
+            index, queued = self.backlog.popleft()
+            self.lags.append(loop.time() - self.mono0 - index / self.rate)
             connection = self.idle.pop()
             connection.busy = True
             self.sent += 1
             connection.transport.write(  # type: ignore[union-attr]
-                request_bytes(self.host, self.port, index, self.wall0 + offset))
+                request_bytes(self.host, self.port, index, self.wall0 + queued))
         if self.backlog and self.connections + self.opening < MAX_CONNECTIONS:
             loop.create_task(self.open())
 
