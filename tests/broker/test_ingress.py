@@ -227,3 +227,20 @@ async def test_json_nested_too_deeply_is_a_400_in_every_mode():
     assert answer.status_code == 400 and "nested too deeply" in answer.json()["error"]
     assert await stored(log) == []
     await client.aclose()
+
+
+async def test_raw_utf8_in_an_attribute_header_is_read_as_utf8(setup):
+    client, log = setup
+    response = await client.post("/", headers=[*BINARY.items(), ("ce-subject", "café".encode()),
+                                               ("ce-region", "zürich".encode())])
+    assert response.status_code == 202, response.text
+    [event] = await stored(log)
+    assert event["subject"] == "café" and event["region"] == "zürich"
+
+
+async def test_raw_bytes_that_are_not_utf8_in_an_attribute_header_are_a_400_naming_it(setup):
+    client, log = setup
+    response = await client.post("/", headers=[*BINARY.items(), ("ce-subject", b"caf\xe9")])
+    assert response.status_code == 400 and response.json()["attribute"] == "subject"
+    assert "not UTF-8" in response.json()["error"] and "percent-encoded" in response.json()["error"]
+    assert await stored(log) == []
