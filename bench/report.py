@@ -119,7 +119,7 @@ def pipelines(quick: bool) -> tuple[list[Figure], dict]:
             PeerPipeline(Path(tmp) / "peer", f"{e2e.NOOP}:handle") as peer:
         runs = 4 if quick else 6  # the noisiest figures: more runs; even, so each side goes first as often
         bursts = e2e.measure(fmesh, peer, runs=3, seconds=3 if quick else 5, connections=64)
-        steady = sustained.measure(fmesh, peer, seconds=5 if quick else 30, steps=3 if quick else 4,
+        steady = sustained.measure(fmesh, peer, seconds=5 if quick else 30, steps=3 if quick else 8,
                                    seeds={"fmesh": bursts["fmesh_per_s_median"], "peer": bursts["peer_per_s_median"]})
         rate = (steady["peer_per_s"] or bursts["peer_per_s_median"]) / 2  # half the peer's sustained rate
         delays = latency.measure(fmesh, peer, rate, runs=runs, seconds=3 if quick else 5)
@@ -130,7 +130,10 @@ def pipeline_figures(bursts: dict, steady: dict, delays: dict) -> list[Figure]:
     refused = steady["refused"]
     sustained_note = (f"highest offered rate with accepted >= 0.99x offered, delivered/s during the load >= 0.9x "
                       f"accepted/s, drained < 2 s; {steady['seconds']:.0f} s steps; refused (non-2xx) in all steps: "
-                      f"fmesh {refused['fmesh']}, peer {refused['peer']}")
+                      f"fmesh {refused['fmesh']}, peer {refused['peer']}; "
+                      + "; ".join(f"{side}: {len(steady[side]['steps'])} steps, "
+                                  + ("found" if steady[side]["found_to_precision"] else "NOT found")
+                                  + f" to {steady['precision']:.0%}" for side in ("fmesh", "peer")))
     complete = "" if delays["all_complete"] else "; INCOMPLETE RUNS (see details.pipelines.latency.problems)"
     return [
         figure("end to end (sustained)", steady["fmesh_per_s"], steady["peer_per_s"], "events/s", ">= 2.5",

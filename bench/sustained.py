@@ -17,11 +17,15 @@ The search: the first rate is a fraction of `seed` (bench/e2e.py's drained rate 
 short wrk burst); after a failing step the next is just under what that step actually
 accepted and delivered per second (or half its rate, if higher), until a step passes; then
 it bisects between the
-highest passing rate and the lowest failing rate above it, for `--steps` steps in all.
-The figure is the highest passing rate. fmesh and peer steps alternate, so drift hits
-both alike, and each step starts only once both sides are drained and idle (asserted).
+highest passing rate and the lowest failing rate above it. A side is done once those two
+are within `--precision` (5 %) of each other, or after `--steps` steps (8): both sides are
+found to the same precision, however far below its seed a side's first pass came (a side
+whose delivery starves under an overload keeps a slow pace there, and its search restarts
+far down). The figure is the highest passing rate. fmesh and peer steps alternate while
+both search, so drift hits both alike, and each step starts only once both sides are
+drained and idle (asserted).
 
-    python bench/sustained.py [--seconds 30] [--steps 4]
+    python bench/sustained.py [--seconds 30] [--steps 8] [--precision 0.05]
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ DELIVERED_SHARE = 0.9   # of accepted, per second, during the window
 DRAIN_LIMIT_S = 2.0
 FIRST_STEP_SHARE = 0.9  # of the seed (the drained rate of a wrk burst)
 BELOW_FAILED = 0.95     # after a failing step: this share of the pace it kept
+PRECISION = 0.05        # a side is found once its lowest failing rate is within this share above its highest passing
 
 
 def step(pipeline, rate: float, seconds: float, drain_timeout: float = 180) -> dict:  # type: ignore[no-untyped-def]
@@ -90,13 +95,23 @@ def next_rate(steps: list[dict], hint: float) -> float:
     return (low + high) / 2
 
 
-def search(pipelines: dict, seeds: dict[str, float], seconds: float, steps: int) -> dict:
-    """Alternating steps for each pipeline; per pipeline its steps and the highest passing rate."""
+def is_found(steps: list[dict], precision: float) -> bool:
+    """Whether the highest passing rate and the lowest failing one above it are close enough."""
+    side = summary(steps)
+    return bool(side["rate"]) and side["lowest_failing"] is not None and \
+        side["lowest_failing"] <= (1 + precision) * side["rate"]
+
+
+def search(pipelines: dict, seeds: dict[str, float], seconds: float, steps: int,
+           precision: float = PRECISION) -> dict:
+    """Alternating steps for each pipeline until each is found to `precision` (or has had
+    `steps` steps); per pipeline its steps and the highest passing rate."""
     tried: dict[str, list[dict]] = {name: [] for name in pipelines}
     for _ in range(steps):
         for name, pipeline in pipelines.items():
-            tried[name].append(step(pipeline, next_rate(tried[name], seeds[name]), seconds))
-    return {name: summary(runs) for name, runs in tried.items()}
+            if not is_found(tried[name], precision):
+                tried[name].append(step(pipeline, next_rate(tried[name], seeds[name]), seconds))
+    return {name: {**summary(runs), "found_to_precision": is_found(runs, precision)} for name, runs in tried.items()}
 
 
 def summary(steps: list[dict]) -> dict:
@@ -107,17 +122,18 @@ def summary(steps: list[dict]) -> dict:
             "delivered_per_s_at_rate": best["delivered_per_s_during"] if best else 0, "steps": steps}
 
 
-def measure(fmesh, peer, seconds: float, steps: int, seeds: dict[str, float]) -> dict:  # type: ignore[no-untyped-def]
-    found = search({"fmesh": fmesh, "peer": peer}, seeds, seconds, steps)
-    fmesh_rate, peer_rate = found["fmesh"]["rate"], found["peer"]["rate"]
-    return {"bench": "sustained", "event_bytes": 1024, "seconds": seconds, "steps": steps,
+def measure(fmesh, peer, seconds: float, steps: int, seeds: dict[str, float],  # type: ignore[no-untyped-def]
+            precision: float = PRECISION) -> dict:
+    sides = search({"fmesh": fmesh, "peer": peer}, seeds, seconds, steps, precision)
+    fmesh_rate, peer_rate = sides["fmesh"]["rate"], sides["peer"]["rate"]
+    return {"bench": "sustained", "event_bytes": 1024, "seconds": seconds, "steps": steps, "precision": precision,
             "criteria": {"accepted_of_offered": ACCEPTED_SHARE, "delivered_of_accepted": DELIVERED_SHARE,
                          "drain_limit_s": DRAIN_LIMIT_S},
             "fmesh_per_s": fmesh_rate, "peer_per_s": peer_rate,
             "ratio": round(fmesh_rate / peer_rate, 3) if peer_rate else None,
             "both_found": bool(fmesh_rate and peer_rate),
-            "refused": {name: sum(s["refused"] for s in side["steps"]) for name, side in found.items()},
-            "seeds": {name: round(rate) for name, rate in seeds.items()}, **found}
+            "refused": {name: sum(s["refused"] for s in side["steps"]) for name, side in sides.items()},
+            "seeds": {name: round(rate) for name, rate in seeds.items()}, **sides}
 
 
 def main() -> None:
@@ -126,7 +142,8 @@ def main() -> None:
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=30)
-    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=8, help="most steps per side")
+    parser.add_argument("--precision", type=float, default=PRECISION)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp, FmeshPipeline(Path(tmp) / "fmesh") as fmesh, \
             PeerPipeline(Path(tmp) / "peer", f"{NOOP}:handle") as peer:
@@ -134,7 +151,7 @@ def main() -> None:
         for name, pipeline in (("fmesh", fmesh), ("peer", peer)):
             seeds[name] = median([drained_rate(pipeline, 3, 64)["rate"] for _ in range(2)])
             wait_idle(pipeline)
-        result = measure(fmesh, peer, args.seconds, args.steps, seeds)
+        result = measure(fmesh, peer, args.seconds, args.steps, seeds, args.precision)
     emit(result)
 
 
