@@ -120,7 +120,7 @@ def encode_data(data: Any, content_type: str | None) -> bytes | None:
 
 
 def json_form(value: Any) -> Any:
-    """What `json.dumps` cannot write by itself, as JSON: times in RFC 3339, ids, decimals and
+    """What `json.dumps` cannot write by itself, as JSON: times in ISO 8601 (RFC 3339 with a zone), ids, decimals and
     paths as strings, sets as lists, enums as their values, pydantic models and dataclasses as
     their fields. Anything else is a TypeError that names the type: its str() (`<Foo object at
     0x7f...>`) is nobody's data, and publishing it would hide the handler's mistake."""
@@ -131,13 +131,19 @@ def json_form(value: Any) -> Any:
     if isinstance(value, uuid.UUID | Decimal | PurePath):
         return str(value)
     if isinstance(value, set | frozenset):
-        return list(value)
+        try:
+            return sorted(value)  # the same bytes from every replica, whatever the hash seed
+        except TypeError:
+            return list(value)
     if isinstance(value, Enum):
         return value.value
+    if isinstance(value, type):
+        raise TypeError(f"cannot turn the class {value.__module__}.{value.__qualname__} into JSON data: "
+                        "return an instance, or data")
     if hasattr(value, "model_dump"):  # a pydantic model
         return value.model_dump(mode="json")
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return dataclasses.asdict(value)
+    if dataclasses.is_dataclass(value):  # its fields, each turned by json (asdict would deep-copy them)
+        return {field.name: getattr(value, field.name) for field in dataclasses.fields(value)}
     raise TypeError(f"cannot turn {type(value).__module__}.{type(value).__qualname__} into JSON data: return "
                     "None, a str, bytes, a number, a bool, a list or dict of those, or an Event")
 

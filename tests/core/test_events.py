@@ -94,3 +94,27 @@ def test_encode_data_writes_what_json_lacks_in_its_json_form():
 def test_encode_data_refuses_an_object_without_a_json_form_and_names_its_type():
     with pytest.raises(TypeError, match="cannot turn builtins.object into JSON data"):
         encode_data({"x": object()}, "application/json")
+
+
+def test_encode_data_sorts_sets_names_classes_and_copies_no_dataclass_field():
+    import dataclasses
+    import datetime
+    import threading
+
+    @dataclasses.dataclass
+    class Holder:
+        lock: object
+
+    assert encode_data({"s": {"b", "c", "a"}, "mixed": {1}}, None) == b'{"s":["a","b","c"],"mixed":[1]}'
+    assert encode_data(datetime.datetime(2026, 1, 2, 3, 4), None) == b'"2026-01-02T03:04:00"'  # naive: no zone
+    with pytest.raises(TypeError, match="cannot turn the class .*Holder into JSON data"):
+        encode_data({"x": Holder}, None)
+    with pytest.raises(TypeError, match="cannot turn _thread.lock into JSON data"):  # not a deep copy's error
+        encode_data(Holder(threading.Lock()), None)
+
+
+def test_binary_headers_already_read_as_text_pass_unchanged():
+    """httpx (sinks, replies, the CLI's client) decodes header values as UTF-8 itself."""
+    [event] = read_events({"ce-specversion": "1.0", "ce-id": "1", "ce-source": "/s", "ce-type": "t",
+                           "ce-subject": "café €"}, b"")
+    assert event["subject"] == "café €"
