@@ -21,7 +21,7 @@ from fmesh.broker.ingress_http import Forwarded, answer, read_request, take_post
 from fmesh.broker.policy import Gate
 
 from fmesh.asgi import Receive, Scope, Send, accepted, respond
-from fmesh.bindings.http import read_events
+from fmesh.bindings.http import read_events, utf8_attributes
 from fmesh.errors import Backlogged, StoreError
 from fmesh.events import DEFAULT_MAX_EXTENSIONS, Event
 from fmesh.ratelimit import retry_after_header
@@ -76,7 +76,7 @@ class Ingress:
     def read(self, caller: Caller, headers: dict[str, str], body: bytes) -> list[Event]:
         """The request's events, stamped with their sender, once every check before the store passed."""
         principal = self.gate.admit(caller, headers, body)
-        events = read_events(headers, body, self.max_extensions)
+        events = read_events(utf8_attributes(headers), body, self.max_extensions)
         self.gate.permit(principal, events)
         return events
 

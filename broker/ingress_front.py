@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from fmesh.broker.ingress_http import Answer, Collector, Forwarded, answer, read_request, take_post
 
 from fmesh.asgi import Receive, Scope, Send, respond
-from fmesh.bindings.http import read_events
+from fmesh.bindings.http import read_events, utf8_attributes
 from fmesh.errors import InvalidEvent, UnsupportedContentType
 from fmesh.events import DEFAULT_MAX_EXTENSIONS
 from fmesh.signing import PEER_HEADER
@@ -39,7 +39,7 @@ class IngressFront:
         tls = scope.get("extensions", {}).get("tls")
         request = Forwarded(headers, tls, body if PEER_HEADER in headers else None, [])
         try:
-            request.events = read_events(headers, body, self.max_extensions)
+            request.events = read_events(utf8_attributes(headers), body, self.max_extensions)
         except (InvalidEvent, UnsupportedContentType) as exc:
             request.refusal = await refusal(exc)  # said only once the mesh knows who is calling
         try:

@@ -14,7 +14,8 @@ from fmesh.deploy.api_errors import errors
 from fmesh.deploy.control import ControlPlane
 from fmesh.deploy.operations import NodeOperations
 
-from fmesh.bindings.http import read_events, write_binary
+from fmesh.asgi import header_dict
+from fmesh.bindings.http import read_events, utf8_attributes, write_binary
 from fmesh.errors import EventTooLarge, HandlerError, HandlerTimeout, InvalidEvent, UnsupportedContentType
 from fmesh.events import PATH, Event, TooManyExtensions
 
@@ -67,7 +68,7 @@ async def read_event(node: NodeOperations, request: Request) -> Event:
     limit, max_extensions = node.event_limits
     try:
         body = await read_upload(request, limit)
-        events = read_events({k.lower(): v for k, v in request.headers.items()}, body, max_extensions)
+        events = read_events(utf8_attributes(header_dict(request.scope)), body, max_extensions)
     except (EventTooLarge, TooManyExtensions) as exc:
         raise HTTPException(413, str(exc)) from exc
     except UnsupportedContentType as exc:

@@ -27,7 +27,7 @@ from fmesh.triggers.signatures import HmacCheck, check_bearer, check_signature
 
 from fmesh.asgi import Receive, Scope, Send, header_dict, read_body, respond
 from fmesh.bindings.common import wrapped_event
-from fmesh.bindings.http import is_binary_mode, is_cloudevents_media, read_events
+from fmesh.bindings.http import is_binary_mode, is_cloudevents_media, read_events, utf8_attributes
 from fmesh.errors import AuthError, Backlogged, ClientGone, EventTooLarge, InvalidEvent, RateLimited, StoreError
 from fmesh.events import Event, TooManyExtensions
 from fmesh.ratelimit import retry_after_header
@@ -94,7 +94,7 @@ class WebhookTrigger:
             check_signature(self._hmac, headers, body, self._clock.now())
         if self._bucket is not None:
             self._bucket.admit(f"trigger {self.name}")
-        events = read_events(headers, body) if is_cloudevent(headers) else [self._wrap(headers, body)]
+        events = read_events(utf8_attributes(headers), body) if is_cloudevent(headers) else [self._wrap(headers, body)]
         if self._bucket is not None:
             self._bucket.take(len(events))
         return events

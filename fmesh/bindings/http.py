@@ -63,7 +63,6 @@ def read_events(headers: Mapping[str, str], body: bytes,
 
 def read_binary(headers: Mapping[str, str], body: bytes, max_extensions: int) -> Event:
     """A binary-mode event; `time` is taken from its header as sent, not through a datetime."""
-    headers = raw_utf8_read(headers)
     check_percent_encoding(headers)
     others = {name: value for name, value in headers.items() if name != TIME_HEADER}
     message = sdk_http.HTTPMessage(others, body)
@@ -75,21 +74,21 @@ def read_binary(headers: Mapping[str, str], body: bytes, max_extensions: int) ->
     return event
 
 
-def raw_utf8_read(headers: Mapping[str, str]) -> Mapping[str, str]:
-    """Attribute headers with raw non-ASCII bytes read as UTF-8. Header values reach us one
-    byte per character (Latin-1, as ASGI's bytes decode), and the HTTP binding wants such
-    characters percent-encoded; a sender that wrote them raw (as Go's and Node's clients let
-    one) meant UTF-8, and read as Latin-1 `é` would be stored as `Ã©`. Bytes that are not
-    UTF-8 are refused, naming the attribute."""
+def utf8_attributes(headers: Mapping[str, str]) -> Mapping[str, str]:
+    """Headers read from ASGI (a character per byte, Latin-1, as HTTP has it), with the `ce-*`
+    values that hold raw non-ASCII bytes read as UTF-8: the HTTP binding wants such characters
+    percent-encoded, but a sender that wrote them raw (Go's and Node's clients let one) meant
+    UTF-8, and `café` must not be stored as `cafÃ©`. Bytes that are not UTF-8 are refused,
+    naming the attribute. (httpx decodes UTF-8 itself: its callers do not need this.)"""
     if all(value.isascii() for value in headers.values()):
         return headers  # the usual case, at the cost of one pass
     read = dict(headers)
     for name, value in headers.items():
         if not value.isascii() and name.startswith("ce-"):
-            attribute = name[3:]
             try:
                 read[name] = value.encode("latin-1").decode("utf-8")
-            except UnicodeDecodeError as exc:
+            except (UnicodeEncodeError, UnicodeDecodeError) as exc:  # encode: not one character per byte
+                attribute = name[3:]
                 raise InvalidEvent(f"attribute {attribute!r}: header {name} holds bytes that are not UTF-8 "
                                    f"({exc.reason} at byte {exc.start}); send such characters percent-encoded "
                                    "as UTF-8", attribute) from None
