@@ -115,22 +115,23 @@ class Generator:
         self.wall0 = self.mono0 = 0.0
 
     async def run(self) -> dict:
-        loop = asyncio.get_running_loop()
         for _ in range(min(16, MAX_CONNECTIONS)):
             await self.open()
-        self.wall0, self.mono0 = time.time(), loop.time()
+        self.wall0, self.mono0 = time.time(), time.monotonic()
         mark("start")
         next_index = 0
         while next_index < self.total:
-            now = loop.time() - self.mono0
+            now = time.monotonic() - self.mono0
             due_count = min(self.total, int(now * self.rate) + 1)
             for index in range(next_index, due_count):
-                self.backlog.append((index, now))
+                # Its clock starts when it was queued, but no later than a tick after it was due:
+                # a generator late for longer (busy, or descheduled) must not hide that wait.
+                self.backlog.append((index, min(now, index / self.rate + TICK_S)))
             next_index = due_count
             self.pump()
-            await asyncio.sleep(max(TICK_S, self.mono0 + next_index / self.rate - loop.time()))
+            await asyncio.sleep(max(TICK_S, self.mono0 + next_index / self.rate - time.monotonic()))
         if self.window:
-            await asyncio.sleep(max(0.0, self.mono0 + self.seconds - loop.time()))
+            await asyncio.sleep(max(0.0, self.mono0 + self.seconds - time.monotonic()))
             self.unsent = len(self.backlog)
             self.backlog.clear()
         mark("end", ok=self.ok)
@@ -146,7 +147,7 @@ class Generator:
         loop = asyncio.get_running_loop()
         while self.backlog and self.idle:
             index, queued = self.backlog.popleft()
-            self.lags.append(loop.time() - self.mono0 - index / self.rate)
+            self.lags.append(time.monotonic() - self.mono0 - index / self.rate)
             connection = self.idle.pop()
             connection.busy = True
             self.sent += 1
