@@ -5,10 +5,12 @@ the same rate (half the peer's maximum, measured in the same run unless --rate).
 wrk cannot hold a fixed rate, so this file is also the load generator (run in its own
 process: `python bench/latency.py generate ...`). It is open-loop: event i is due at
 start + i/rate whatever happened to earlier ones, and joins the send queue at the first
-wake of the generator's 1 ms timer after that; it carries that moment (wall clock) in the
-`benchsent` extension. When no connection is free it waits in the queue for one, and
-that wait counts as latency (no coordinated omission); the timer's own lateness (under
-1 ms) is the generator's, and does not. `send_lag_p99_ms` reports both, from due time. The shared no-op handler
+wake of the generator's 1 ms timer after that; it carries that moment, or its due time
+plus one tick if the generator woke later still (wall clock), in the `benchsent`
+extension. So the timer's own lateness (at most a tick) is the generator's and does not
+count, while a longer stall and a wait in the queue for a free connection count as
+latency (no coordinated omission). `send_lag_p99_ms` reports all of it, from due time.
+The shared no-op handler
 (bench/functions/noop/handler.py) appends `time.time() - benchsent` to a file per
 pipeline; percentiles come from those samples. Runs alternate fmesh and peer, and each
 waits until the other side has drained and is idle.

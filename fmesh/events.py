@@ -120,10 +120,11 @@ def encode_data(data: Any, content_type: str | None) -> bytes | None:
 
 
 def json_form(value: Any) -> Any:
-    """What `json.dumps` cannot write by itself, as JSON: times in ISO 8601 (RFC 3339 with a zone), ids, decimals and
-    paths as strings, sets as lists, enums as their values, pydantic models and dataclasses as
-    their fields. Anything else is a TypeError that names the type: its str() (`<Foo object at
-    0x7f...>`) is nobody's data, and publishing it would hide the handler's mistake."""
+    """What `json.dumps` cannot write by itself, as JSON: times in ISO 8601 (RFC 3339 when they
+    have a zone), ids, decimals and paths as strings, sets as lists, enums as their values,
+    pydantic models and dataclasses as their fields. Anything else is a TypeError that names
+    the type: its str() (`<Foo object at 0x7f...>`) is nobody's data, and publishing it would
+    hide the handler's mistake."""
     if isinstance(value, datetime):
         return format_time(value)
     if isinstance(value, date | time_of_day):
