@@ -39,6 +39,7 @@ BUSY_TIMEOUT = 0.5      # seconds to wait for a database another process has loc
 FORGET_CHUNK = 5000     # seen keys deleted per writer turn
 WAL_LIMIT = 16 * 1024 * 1024  # bytes of frames past which the checkpointer starts the WAL over (see Checkpointer)
 WAL_FILE_LIMIT = 4 * WAL_LIMIT  # the WAL file is cut back to this when it starts over (journal_size_limit)
+WAL_HARD_LIMIT = 2 * WAL_FILE_LIMIT  # past this the writer starts the WAL over itself (see _wal_overgrown)
 SQLITE_IOERR, SQLITE_FULL = 10, 13  # primary result codes (sqlite3.Error.sqlite_errorcode & 0xff)
 
 SCHEMA = """
@@ -153,6 +154,7 @@ class SqliteEventLog:
         self._checkpointer: Checkpointer | None = None
         self._owner: int | None = None   # the lock file that makes this process the log's one writer
         self._inflight = InFlight()      # the claims: they last as long as this process
+        self._wal_bound = WAL_HARD_LIMIT  # see _wal_overgrown
 
     async def open(self) -> None:
         try:
@@ -235,19 +237,43 @@ class SqliteEventLog:
     def _restart_wal(self) -> None:
         """Start the WAL over between two groups, when the checkpointer could not: under writes
         that never pause, its RESTART can find the writer busy round after round. Here, on the
-        writer's own connection, nobody is writing."""
+        writer's own connection, nobody is writing. A checkpoint of the checkpointer's own still
+        under way would make it fail at once (SQLite's checkpoint lock takes no busy handler):
+        it waits for that round first."""
         assert self._conn is not None and self._checkpointer is not None
+        if not self._checkpointer.round.acquire(timeout=BUSY_TIMEOUT):
+            return  # a round that long is stuck on the disk: the next group asks again
         try:
             busy, _, _ = self._conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
         except sqlite3.Error:
             return  # a full disk or a reader in the way: the checkpointer asks again
+        finally:
+            self._checkpointer.round.release()
         if not busy:
             self._checkpointer.restart_failed = False
+            self._wal_bound = WAL_HARD_LIMIT
+
+    def _wal_overgrown(self) -> bool:
+        """The checkpointer fell behind: a starved thread or a slow fsync let the WAL grow
+        past WAL_HARD_LIMIT without starting over. The writer then does it, though the loop
+        waits for that checkpoint: a stall now and then, rather than a WAL that fills the disk.
+        Should that fail too (a reader holding an old snapshot), the next try waits until the
+        WAL has grown by another WAL_FILE_LIMIT, not the next group."""
+        try:
+            size = os.stat(f"{self.path}-wal").st_size
+        except OSError:
+            return False
+        if size <= self._wal_bound:
+            return False
+        log.warning("the WAL grew past its bound, the writer starts it over (a slow disk?)",
+                    wal_bytes=size, bound=self._wal_bound)
+        self._wal_bound = size + WAL_FILE_LIMIT
+        return True
 
     def _write(self, group: list) -> None:
         if self._conn is None:
             raise StoreError(f"event log {self.path} is closed")
-        if self._checkpointer is not None and self._checkpointer.restart_failed:
+        if self._checkpointer is not None and (self._checkpointer.restart_failed or self._wal_overgrown()):
             self._restart_wal()
         try:
             self._conn.execute("BEGIN IMMEDIATE")
@@ -561,6 +587,7 @@ class Checkpointer(threading.Thread):
         super().__init__(name="fmesh-checkpoint", daemon=True)
         self.path = path
         self.restart_failed = False  # a RESTART found the writer busy: see SqliteEventLog._restart_wal
+        self.round = threading.Lock()  # held while a checkpoint runs
         self._stopping = threading.Event()
         self._frame: int | None = None
         self._restarted_at: int | None = None  # the WAL's frame count at the last RESTART
@@ -575,7 +602,8 @@ class Checkpointer(threading.Thread):
                     # left, say) is tried again next round rather than ending the thread.
                     conn = conn or sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
                                                    timeout=BUSY_TIMEOUT)
-                    self._checkpoint(conn)
+                    with self.round:
+                        self._checkpoint(conn)
                 except (sqlite3.Error, OSError):
                     pass  # busy, locked, no WAL yet, or a full disk: the next round will do it
         finally:
