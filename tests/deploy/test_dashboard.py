@@ -5,16 +5,19 @@ tokens, and the bounds of the live stream. The page itself is tested in a real b
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
-from fastapi import HTTPException
+import uvicorn
+from fastapi import FastAPI, HTTPException
 from fmesh.broker.identity import ADMIN, Identity, token_digest
 from fmesh.deploy.live import LiveStreams
 from fmesh.deploy.server import build
 from fmesh.deploy.sessions import COOKIE, Sessions
+from inprocess_uvicorn import serving
 
 from fmesh.settings import NodeSettings
 
@@ -209,3 +212,25 @@ async def test_live_streams_are_bounded_and_end_when_their_session_does():
     with pytest.raises(StopAsyncIteration):
         while True:
             await anext(messages)
+
+
+async def test_a_live_stream_gives_its_place_back_as_soon_as_its_client_goes():
+    """Not at its next status message, here an hour away. (Starlette listens for the disconnect
+    while the server speaks ASGI below 2.4, as uvicorn does; under 2.4 it would learn of it
+    only when a send fails.)"""
+    async def snapshot() -> dict:
+        return {"functions": []}
+
+    live = LiveStreams(snapshot, interval=3600, limit=1)
+    app = FastAPI()
+    app.get("/ui/live")(lambda: live.response(lambda: True))
+    async with serving(uvicorn.Config(app, log_level="warning")) as port:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            async with client.stream("GET", "/ui/live") as stream:
+                lines = stream.aiter_lines()
+                while not (await anext(lines)).startswith("data: "):
+                    pass
+                assert live.open == 1
+        async with asyncio.timeout(5):
+            while live.open:
+                await asyncio.sleep(0.01)

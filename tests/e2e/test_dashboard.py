@@ -267,8 +267,19 @@ def test_live_streams_are_bounded_and_give_their_place_back_when_the_client_goes
         lines = first.iter_lines()
         data = next(line for line in lines if line.startswith("data: "))
         assert {f["name"] for f in json.loads(data.removeprefix("data: "))["functions"]} == {"greeter", "picky"}
-        for _ in range(MAX_LIVE - 1):
-            assert streams.enter_context(http.stream("GET", "/ui/live")).status_code == 200
+
+        def the_other_places_taken() -> bool:
+            """All MAX_LIVE - 1 others opened; else those opened are given back, for a page
+            of an earlier test may still hold a place (its browser closes its connections
+            in its own time)."""
+            with contextlib.ExitStack() as attempt:
+                if all(attempt.enter_context(http.stream("GET", "/ui/live")).status_code == 200
+                       for _ in range(MAX_LIVE - 1)):
+                    streams.enter_context(attempt.pop_all())
+                    return True
+            return False
+
+        wait_for(the_other_places_taken, 20, message=f"{MAX_LIVE} live streams open at once")
         full = http.get("/ui/live")
         assert full.status_code == 503 and "live streams are open" in full.json()["error"]
     # every client went: the mesh notices at its next message and frees their places
