@@ -17,6 +17,9 @@ from fmesh.contracts import Delivery, DeliveryId
 
 ClaimNow = Callable[[], Awaitable[tuple[list[Delivery], float | None]]]  # due deliveries, next due time
 Release = Callable[[list[DeliveryId]], Awaitable[None]]
+# uvloop's timers count whole milliseconds: a shorter timeout fires at once, and a claim
+# waiting for a retry due in 0.3 ms would claim again and again until then.
+MIN_WAIT = 0.001
 
 
 class Arrivals:
@@ -52,7 +55,7 @@ class Arrivals:
             left = deadline - time.monotonic()
             if deliveries or left <= 0:
                 return deliveries
-            timeout = left if next_due is None else min(left, max(0.0, next_due - clock()))
+            timeout = max(MIN_WAIT, left if next_due is None else min(left, next_due - clock()))
             try:
                 async with asyncio.timeout(timeout):
                     await event.wait()
