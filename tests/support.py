@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -35,6 +36,15 @@ def wait_for(condition, timeout: float = 10.0, interval: float = 0.05, message: 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {message}")
         time.sleep(interval)
+
+
+def json_lines(path: Path) -> list:
+    """The JSON lines a handler has written to `path` so far ([] before the first): only whole
+    ones, since a test that polls can read the file while a replica is writing a line."""
+    if not path.exists():
+        return []
+    text = path.read_text()
+    return [json.loads(line) for line in text[:text.rfind("\n") + 1].splitlines()]
 
 
 def run_cli(args, env: dict[str, str], check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:

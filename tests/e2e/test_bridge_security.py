@@ -9,7 +9,7 @@ import ssl
 from pathlib import Path
 
 import httpx
-from support import FIXTURES, wait_for
+from support import FIXTURES, json_lines, wait_for
 from tls import make_tls
 
 RECORD = FIXTURES / "functions" / "record" / "handler.py"
@@ -43,7 +43,7 @@ def sender_manifest(folder: Path, to: str, auth: str | None, tls: str = "") -> P
 
 
 def records(out: Path) -> list[dict]:
-    return [json.loads(line)["attributes"] for line in out.read_text().splitlines()] if out.exists() else []
+    return [line["attributes"] for line in json_lines(out)]
 
 
 def send(mesh, count: int) -> list[str]:

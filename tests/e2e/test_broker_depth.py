@@ -14,7 +14,7 @@ import httpx
 from cloudevents.core.bindings import http as sdk_http
 from cloudevents.core.formats.json import JSONFormat
 from cloudevents.core.v1.event import CloudEvent
-from support import append_manifest, wait_for, write_manifest
+from support import append_manifest, json_lines, wait_for, write_manifest
 
 
 def record_manifest(tmp_path, out):
@@ -28,7 +28,7 @@ functions:
 
 
 def records(path):
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    return json_lines(path)
 
 
 def sdk_events():

@@ -11,11 +11,11 @@ import time
 
 import httpx
 import pytest
-from support import FIXTURES, ROOT, wait_for, write_manifest
+from support import FIXTURES, ROOT, json_lines, wait_for, write_manifest
 
 
 def records(path):
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    return json_lines(path)
 
 
 def payload(record):

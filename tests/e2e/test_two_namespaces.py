@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import FIXTURES, wait_for
+from support import FIXTURES, json_lines, wait_for
 
 RECORD = FIXTURES / "functions" / "record" / "handler.py"
 PORT = 8080
@@ -124,8 +124,8 @@ peers:
         assert "ingress auth required" in a.output.read_text().lower()  # not loopback: auth by default
         for i in range(20):
             a.cli("send", "--type", "com.shop.order", "--source", "/shop", "--id", f"ns-{i}")
-        wait_for(lambda: out.exists() and len(out.read_text().splitlines()) == 20, 60, message="20 events at B")
-        attributes = [json.loads(line)["attributes"] for line in out.read_text().splitlines()]
+        wait_for(lambda: len(json_lines(out)) == 20, 60, message="20 events at B")
+        attributes = [line["attributes"] for line in json_lines(out)]
         assert sorted(e["id"] for e in attributes) == sorted(f"ns-{i}" for i in range(20))
         assert {e["fmeshsender"] for e in attributes} == {"peer:cloud-a"}
         assert a.status()["bridges"][0]["peer_mesh"] == b.status()["mesh"]
