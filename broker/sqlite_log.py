@@ -295,8 +295,10 @@ class SqliteEventLog:
                 conn.execute("BEGIN IMMEDIATE")
             # All appends of the group go in as one INSERT batch: publishing is the hot path.
             rows = [row for op, _ in group if isinstance(op, Append) for row in op.rows]
+            handed = {}
             if rows:
                 conn.executemany(INSERT, rows)
+                handed = self._take_for_waiting_claims(conn, rows) if self._arrivals.takers else handed
             for op, future in group:
                 results.append((future, None if isinstance(op, Append) else _run(op, conn), None))
             conn.execute("COMMIT")
@@ -306,7 +308,26 @@ class SqliteEventLog:
                 conn.execute("ROLLBACK")
             raise _OperationFailed from exc
         self._inflight.commit()
+        for subscription, deliveries in handed.items():
+            self._arrivals.hand(subscription, deliveries)
         return results
+
+    def _take_for_waiting_claims(self, conn: sqlite3.Connection, rows: list[tuple]) -> dict[str, list[Delivery]]:
+        """Claim fresh rows for the claims waiting with nothing to do (Arrivals.takers), in the
+        transaction that stores them, so that a rollback undoes it; they are handed over once
+        it commits. The rows of one executemany get consecutive ids (AUTOINCREMENT, one writer)."""
+        takers = self._arrivals.takers
+        first = conn.execute("SELECT last_insert_rowid()").fetchone()[0] - len(rows) + 1
+        handed: dict[str, list[Delivery]] = {}
+        for offset, (subscription, attributes, payload, now, _) in enumerate(rows):
+            taker = takers.get(subscription)
+            if taker is not None:
+                taking = handed.setdefault(subscription, [])
+                if len(taking) < taker.limit:
+                    taking.append(_delivery((first + offset, attributes, payload, 0, None, now), subscription))
+        for subscription, deliveries in handed.items():
+            self._inflight.take(subscription, [d.id for d in deliveries])
+        return handed
 
     def _alone(self, conn: sqlite3.Connection, item: tuple) -> list[tuple]:
         op, future = item
@@ -366,7 +387,8 @@ class SqliteEventLog:
         def now() -> Awaitable[tuple[list[Delivery], float | None]]:
             return self._claim_now(subscription, limit, ordered)
 
-        return await self._arrivals.claim(subscription, now, self.release, wait, self.clock)
+        return await self._arrivals.claim(subscription, now, self.release, wait, self.clock,
+                                          limit=0 if ordered else limit)
 
     async def _claim_now(self, subscription: str, limit: int, ordered: bool) -> tuple[list[Delivery], float | None]:
         now = self.clock()
