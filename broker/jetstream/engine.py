@@ -23,7 +23,7 @@ from nats.errors import Error as NatsError
 from nats.errors import NoRespondersError
 from nats.js.api import KeyValueConfig, PubAck, RetentionPolicy, StorageType, StreamConfig
 from nats.js.client import JetStreamContext
-from nats.js.errors import APIError, BadRequestError, ServiceUnavailableError
+from nats.js.errors import APIError, BadRequestError, NoStreamResponseError, ServiceUnavailableError
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
@@ -37,6 +37,7 @@ DUPLICATE_WINDOW = 120.0   # seconds in which JetStream drops a message whose Na
 ATTEMPTS_TTL = 7 * 86400   # seconds an attempt count outlives its delivery's last retry (see log.py)
 PUBLISH_TIMEOUT = 5.0      # seconds a batch of publishes may wait for its acks
 READY_PATIENCE = 15.0      # seconds to wait for a JetStream (cluster) that is not ready yet
+ELECTION_PATIENCE = 5.0    # seconds a write waits for its stream to have a leader (see through_election)
 FAILURES = (NatsError, OSError, asyncio.TimeoutError)
 Outgoing = tuple[str, bytes, str | None]   # subject, body, Nats-Msg-Id
 
@@ -100,6 +101,22 @@ class Engine:
                 if loop.time() > deadline:
                     raise
                 await asyncio.sleep(0.2)
+
+    @staticmethod
+    async def through_election(write: Callable[[], Awaitable[Any]]) -> Any:
+        """`write()`, again while its stream has no leader: a cluster that has just started,
+        or lost the server that led the stream, elects one within seconds, and meanwhile a
+        write finds no responder. Then nothing reached the stream: trying again writes once.
+        (In CI a mesh started with its three servers failed on its first write so.)"""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + ELECTION_PATIENCE
+        while True:
+            try:
+                return await write()
+            except NoStreamResponseError:
+                if loop.time() > deadline:
+                    raise
+                await asyncio.sleep(0.1)
 
     async def close(self) -> None:
         if self._background:   # naks and unsubscribes sent on the way: let them reach the server

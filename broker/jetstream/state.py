@@ -63,13 +63,13 @@ class JetStreamState:
     async def put(self, key: str, value: bytes) -> int:
         kv = await self._kv()
         with self.engine.translated(f"cannot write state {key!r}"):
-            return await kv.put(kv_key(key), value)
+            return await self.engine.through_election(lambda: kv.put(kv_key(key), value))
 
     async def create(self, key: str, value: bytes) -> int:
         kv = await self._kv()
         with self.engine.translated(f"cannot create state {key!r}"):
             try:
-                return await kv.create(kv_key(key), value)
+                return await self.engine.through_election(lambda: kv.create(kv_key(key), value))
             except KeyWrongLastSequenceError:
                 raise Conflict(f"state {key!r} exists") from None
 
@@ -77,7 +77,7 @@ class JetStreamState:
         kv = await self._kv()
         with self.engine.translated(f"cannot update state {key!r}"):
             try:
-                return await kv.update(kv_key(key), value, last=revision)
+                return await self.engine.through_election(lambda: kv.update(kv_key(key), value, last=revision))
             except KeyWrongLastSequenceError:
                 raise Conflict(f"state {key!r} is not at revision {revision}") from None
 
@@ -86,7 +86,7 @@ class JetStreamState:
             return  # a delete of what is gone writes nothing (no change for watchers)
         kv = await self._kv()
         with self.engine.translated(f"cannot delete state {key!r}"):
-            await kv.delete(kv_key(key))
+            await self.engine.through_election(lambda: kv.delete(kv_key(key)))
 
     async def list(self, prefix: str) -> dict[str, Entry]:
         entries = {}
