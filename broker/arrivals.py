@@ -64,12 +64,15 @@ class Arrivals:
         waiter's `limit` is how many it takes at most."""
         return self._takers
 
-    def hand(self, subscription: str, deliveries: list[Delivery]) -> None:
+    def hand(self, subscription: str, deliveries: list[Delivery]) -> bool:
         """Give `deliveries` (claimed for it, at most its limit) to the claim waiting on
-        `subscription`, one of `takers`."""
-        waiter = self._takers.pop(subscription)
+        `subscription`, one of `takers`; False if it is not waiting any more."""
+        waiter = self._takers.pop(subscription, None)
+        if waiter is None or waiter.future.done():
+            return False
         self._waiting.pop(subscription, None)  # it was the only one
         waiter.future.set_result(deliveries)
+        return True
 
     async def claim(self, subscription: str, claim_now: ClaimNow, release: Release, wait: float,
                     clock: Callable[[], float], limit: int = 0) -> list[Delivery]:

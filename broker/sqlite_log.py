@@ -39,7 +39,7 @@ BUSY_TIMEOUT = 0.5      # seconds to wait for a database another process has loc
 FORGET_CHUNK = 5000     # seen keys deleted per writer turn
 WAL_LIMIT = 16 * 1024 * 1024  # bytes of frames past which the checkpointer starts the WAL over (see Checkpointer)
 WAL_FILE_LIMIT = 4 * WAL_LIMIT  # the WAL file is cut back to this when it starts over (journal_size_limit)
-WAL_HARD_LIMIT = 2 * WAL_FILE_LIMIT  # past this the writer starts the WAL over itself (see _wal_overgrown)
+WAL_HARD_LIMIT = 2 * WAL_FILE_LIMIT  # past this the writer starts the WAL over itself (see _keep_up_with_the_wal)
 SQLITE_IOERR, SQLITE_FULL = 10, 13  # primary result codes (sqlite3.Error.sqlite_errorcode & 0xff)
 
 SCHEMA = """
@@ -154,7 +154,7 @@ class SqliteEventLog:
         self._checkpointer: Checkpointer | None = None
         self._owner: int | None = None   # the lock file that makes this process the log's one writer
         self._inflight = InFlight()      # the claims: they last as long as this process
-        self._wal_bound = WAL_HARD_LIMIT  # see _wal_overgrown
+        self._wal_bound = WAL_HARD_LIMIT  # see _keep_up_with_the_wal
 
     async def open(self) -> None:
         try:
@@ -234,47 +234,59 @@ class SqliteEventLog:
                               f"(RLIMIT_FSIZE, `ulimit -f`) ({exc})")
         return StoreError(f"the event log failed: {exc}")
 
-    def _restart_wal(self) -> None:
+    def _restart_wal(self) -> bool | None:
         """Start the WAL over between two groups, when the checkpointer could not: under writes
         that never pause, its RESTART can find the writer busy round after round. Here, on the
         writer's own connection, nobody is writing. A checkpoint of the checkpointer's own still
         under way would make it fail at once (SQLite's checkpoint lock takes no busy handler):
-        it waits for that round first."""
+        it waits for that round first. True: started over; False: tried, and a reader (or a
+        full disk) was in the way; None: not tried, the round took too long."""
         assert self._conn is not None and self._checkpointer is not None
         if not self._checkpointer.round.acquire(timeout=BUSY_TIMEOUT):
-            return  # a round that long is stuck on the disk: the next group asks again
+            return None  # a round that long is stuck on the disk: the next group asks again
+        self._checkpointer.restart_failed = False  # tried now: the checkpointer's next round asks again
         try:
+            # A reader in the way fails it at once, rather than after the loop waited for it.
+            self._conn.execute("PRAGMA busy_timeout=0")
             busy, _, _ = self._conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
         except sqlite3.Error:
-            return  # a full disk or a reader in the way: the checkpointer asks again
+            busy = 1
         finally:
             self._checkpointer.round.release()
-        if not busy:
-            self._checkpointer.restart_failed = False
-            self._wal_bound = WAL_HARD_LIMIT
+            self._conn.execute(f"PRAGMA busy_timeout={round(BUSY_TIMEOUT * 1000)}")
+        return not busy
 
-    def _wal_overgrown(self) -> bool:
-        """The checkpointer fell behind: a starved thread or a slow fsync let the WAL grow
-        past WAL_HARD_LIMIT without starting over. The writer then does it, though the loop
-        waits for that checkpoint: a stall now and then, rather than a WAL that fills the disk.
-        Should that fail too (a reader holding an old snapshot), the next try waits until the
-        WAL has grown by another WAL_FILE_LIMIT, not the next group."""
+    def _keep_up_with_the_wal(self) -> None:
+        """Before a group: start the WAL over if the checkpointer asked, or if it grew past its
+        bound (WAL_HARD_LIMIT): a starved checkpointer thread or a slow fsync fell behind. The
+        loop then waits for that checkpoint: a stall now and then, rather than a WAL that fills
+        the disk. A RESTART that a reader's old snapshot made fail is tried again only once the
+        WAL has grown by another WAL_FILE_LIMIT, not at the next group: each try fails on that
+        reader's snapshot, and copies what it can."""
+        assert self._checkpointer is not None
+        size = self._wal_size()
+        if size <= WAL_HARD_LIMIT:
+            self._wal_bound = WAL_HARD_LIMIT  # it started over, whoever did it
+        overgrown = size > self._wal_bound
+        if not (overgrown or self._checkpointer.restart_failed):
+            return
+        if overgrown:
+            log.warning("the WAL grew past its bound, the writer starts it over (a slow disk?)",
+                        wal_bytes=size, bound=self._wal_bound)
+        if self._restart_wal() is False and overgrown:
+            self._wal_bound = size + WAL_FILE_LIMIT
+
+    def _wal_size(self) -> int:
         try:
-            size = os.stat(f"{self.path}-wal").st_size
+            return os.stat(f"{self.path}-wal").st_size
         except OSError:
-            return False
-        if size <= self._wal_bound:
-            return False
-        log.warning("the WAL grew past its bound, the writer starts it over (a slow disk?)",
-                    wal_bytes=size, bound=self._wal_bound)
-        self._wal_bound = size + WAL_FILE_LIMIT
-        return True
+            return 0
 
     def _write(self, group: list) -> None:
         if self._conn is None:
             raise StoreError(f"event log {self.path} is closed")
-        if self._checkpointer is not None and (self._checkpointer.restart_failed or self._wal_overgrown()):
-            self._restart_wal()
+        if self._checkpointer is not None:
+            self._keep_up_with_the_wal()
         try:
             self._conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:  # busy (another process holds the database) or broken: all fail
@@ -309,8 +321,18 @@ class SqliteEventLog:
             raise _OperationFailed from exc
         self._inflight.commit()
         for subscription, deliveries in handed.items():
-            self._arrivals.hand(subscription, deliveries)
+            self._hand(subscription, deliveries)
         return results
+
+    def _hand(self, subscription: str, deliveries: list[Delivery]) -> None:
+        """Hand what was claimed for the waiting claim over, but only what is still claimed (a
+        drop of the subscription in the same group unclaimed it); should that claim be gone,
+        what it would have had is unclaimed again, for the next claim to find."""
+        claimed = self._inflight.of(subscription)
+        deliveries = [d for d in deliveries if d.id in claimed]
+        if deliveries and not self._arrivals.hand(subscription, deliveries):
+            self._inflight.drop([d.id for d in deliveries])
+            self._inflight.commit()  # between two transactions: nothing else is journaled
 
     def _take_for_waiting_claims(self, conn: sqlite3.Connection, rows: list[tuple]) -> dict[str, list[Delivery]]:
         """Claim fresh rows for the claims waiting with nothing to do (Arrivals.takers), in the

@@ -39,6 +39,10 @@ async def waiting(log: SqliteEventLog, limit: int = 10, ordered: bool = False, s
     return claim
 
 
+def nobody_waits(log: SqliteEventLog) -> bool:
+    return not log._arrivals._waiting and not log._arrivals.takers
+
+
 def events(count: int) -> list:
     return [(new_event(type="t", source="/s", data={"n": n}), [SUB]) for n in range(count)]
 
@@ -49,6 +53,7 @@ async def test_a_waiting_claim_is_handed_the_fresh_delivery_without_looking_agai
     [delivery] = await asyncio.wait_for(claim, 5)
     assert delivery.event.data == {"n": 0} and delivery.attempts == 0 and delivery.subscription == SUB
     assert len(log.looks) == 1, "the claim read the delivery back"
+    assert nobody_waits(log)
     assert await log.claim(SUB, 10) == [], "a handed delivery is claimed"
     await log.ack([delivery.id])
     assert await log.pending(SUB) == 0
@@ -82,7 +87,11 @@ async def test_ordered_claims_are_never_handed_anything(log):
     assert len(log.looks) == 2
 
 
-async def test_two_claims_waiting_on_one_subscription_are_both_woken_instead(log):
+async def test_two_claims_waiting_on_one_subscription_are_both_woken_instead(log, monkeypatch):
+    def no_hand(subscription, deliveries):
+        raise AssertionError("handed to one of two waiting claims")
+
+    monkeypatch.setattr(log._arrivals, "hand", no_hand)
     first = await waiting(log)
     second = asyncio.ensure_future(log.claim(SUB, 10, wait=10))
     async with asyncio.timeout(5):
@@ -111,6 +120,7 @@ async def test_a_claim_cancelled_as_it_is_handed_deliveries_gives_them_back(log)
         await claim
     [again] = await log.claim(SUB, 10)
     assert again.event.data == {"n": 0}
+    assert nobody_waits(log)
 
 
 async def test_a_failing_group_hands_the_appended_rows_once_when_they_are_stored_alone(log):
@@ -124,3 +134,30 @@ async def test_a_failing_group_hands_the_appended_rows_once_when_they_are_stored
     [delivery] = await asyncio.wait_for(claim, 5)
     assert log._inflight.of(SUB) == {delivery.id}
     assert await log.claim(SUB, 10) == []
+
+
+async def test_a_claim_that_waited_in_vain_leaves_nothing_behind(log):
+    assert await log.claim(SUB, 10, wait=0.05) == []
+    assert nobody_waits(log)
+
+
+async def test_what_a_claim_gone_meanwhile_would_have_been_handed_is_unclaimed_again(log, monkeypatch):
+    claim = await waiting(log)
+    monkeypatch.setattr(log._arrivals, "hand", lambda subscription, deliveries: False)
+    await log.append(events(1))
+    [delivery] = await log.claim(SUB, 10)
+    assert delivery.event.data == {"n": 0}
+    claim.cancel()
+    await asyncio.gather(claim, return_exceptions=True)
+
+
+async def test_deliveries_dropped_in_the_same_group_are_not_handed(log, monkeypatch):
+    claim = await waiting(log)
+    handed = []
+    hand = log._arrivals.hand
+    monkeypatch.setattr(log._arrivals, "hand", lambda sub, found: handed.append(found) or hand(sub, found))
+    await asyncio.gather(log.append(events(1)), log.drop_subscription(SUB))  # one group: stored, then dropped
+    assert handed == [], "the claim was handed a delivery of a dropped subscription"
+    assert await log.pending(SUB) == 0 and not log._inflight.of(SUB)
+    claim.cancel()
+    await asyncio.gather(claim, return_exceptions=True)
