@@ -92,15 +92,7 @@ class Engine:
     async def _until_ready(work: Callable[[], Awaitable[None]]) -> None:
         """Do `work`, again while JetStream is not ready yet (a cluster that has just
         started is still electing its leaders), for `READY_PATIENCE` seconds at most."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + READY_PATIENCE
-        while True:
-            try:
-                return await work()
-            except (TimeoutError, NoRespondersError, ServiceUnavailableError):
-                if loop.time() > deadline:
-                    raise
-                await asyncio.sleep(0.2)
+        await _retried(work, (TimeoutError, NoRespondersError, ServiceUnavailableError), READY_PATIENCE, 0.2)
 
     @staticmethod
     async def through_election(write: Callable[[], Awaitable[Any]]) -> Any:
@@ -108,15 +100,7 @@ class Engine:
         or lost the server that led the stream, elects one within seconds, and meanwhile a
         write finds no responder. Then nothing reached the stream: trying again writes once.
         (In CI a mesh started with its three servers failed on its first write so.)"""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + ELECTION_PATIENCE
-        while True:
-            try:
-                return await write()
-            except NoStreamResponseError:
-                if loop.time() > deadline:
-                    raise
-                await asyncio.sleep(0.1)
+        return await _retried(write, (NoStreamResponseError,), ELECTION_PATIENCE, 0.1)
 
     async def close(self) -> None:
         if self._background:   # naks and unsubscribes sent on the way: let them reach the server
@@ -246,3 +230,18 @@ class Engine:
     async def confirm(self, reply_subject: str, ack: bytes) -> None:
         """Send an ack, nak or progress to JetStream and wait until it has taken it."""
         await self.connected().request(reply_subject, ack, timeout=REQUEST_TIMEOUT)
+
+
+async def _retried(work: Callable[[], Awaitable[Any]], passing: tuple[type[Exception], ...], patience: float,
+                   pause: float) -> Any:
+    """`work()`, again after `pause` seconds while it fails with one of the `passing` errors,
+    for `patience` seconds at most (then that error is raised)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + patience
+    while True:
+        try:
+            return await work()
+        except passing:
+            if loop.time() > deadline:
+                raise
+            await asyncio.sleep(pause)
