@@ -209,23 +209,48 @@ class Engine:
         return answer
 
     async def publish(self, messages: Sequence[Outgoing]) -> list[PubAck]:
-        """Store the messages durably, in this order (publishes are sent one after the
-        other on one connection, then their acks awaited together). An ack says
-        `duplicate` when the stream had that Nats-Msg-Id within its duplicate window."""
+        """Store the messages durably and return their acks, in the messages' order. An ack
+        says `duplicate` when the stream had that Nats-Msg-Id within its duplicate window.
+
+        A message that found no responder (its stream has no leader: an election) did not
+        reach the stream, so that one alone is sent again, `through_election`: nothing is
+        stored twice. Those sent again then come after any later message of the batch that
+        was stored: across an election, order within a batch can change."""
         if not messages:
             return []
+        acks: list[PubAck | None] = [None] * len(messages)
+        unstored = list(range(len(messages)))
+
+        async def send_unstored() -> None:
+            nonlocal unstored
+            results = await self._send([messages[i] for i in unstored])
+            for i, result in zip(unstored, results, strict=True):
+                if isinstance(result, BaseException) and not isinstance(result, NoStreamResponseError):
+                    raise result
+                if not isinstance(result, BaseException):
+                    acks[i] = result
+            unstored = [i for i in unstored if acks[i] is None]
+            if unstored:
+                raise NoStreamResponseError
+
+        with self.translated(f"cannot store {plural(len(messages), 'message')}"):
+            await self.through_election(send_unstored)
+        return acks  # type: ignore[return-value]  # every one is set once send_unstored returns
+
+    async def _send(self, messages: Sequence[Outgoing]) -> list[PubAck | BaseException]:
+        """Publish one after the other on the connection, then await the acks together
+        (each ack, or the error its publish met)."""
         self.connected()
         futures = []
-        with self.translated(f"cannot store {plural(len(messages), 'message')}"):
-            try:
-                for subject, body, msg_id in messages:
-                    headers = {"Nats-Msg-Id": msg_id} if msg_id else None
-                    futures.append(await self.js.publish_async(subject, body, headers=headers))
-                async with asyncio.timeout(PUBLISH_TIMEOUT):
-                    return list(await asyncio.gather(*futures))
-            finally:
-                for future in futures:
-                    future.cancel()  # those never answered (a no-op for the others)
+        try:
+            for subject, body, msg_id in messages:
+                headers = {"Nats-Msg-Id": msg_id} if msg_id else None
+                futures.append(await self.js.publish_async(subject, body, headers=headers))
+            async with asyncio.timeout(PUBLISH_TIMEOUT):
+                return list(await asyncio.gather(*futures, return_exceptions=True))
+        finally:
+            for future in futures:
+                future.cancel()  # those never answered (a no-op for the others)
 
     async def confirm(self, reply_subject: str, ack: bytes) -> None:
         """Send an ack, nak or progress to JetStream and wait until it has taken it."""
