@@ -24,6 +24,7 @@ from fmesh.deploy.invoke_api import add_invoke_route
 from fmesh.deploy.live import LiveStreams
 from fmesh.deploy.membership import totals
 from fmesh.deploy.operations import NodeOperations
+from fmesh.deploy.query_check import refuse_unknown_query
 from fmesh.deploy.sessions import Sessions
 from fmesh.deploy.trail_api import add_trail_routes
 from pydantic import BaseModel, ConfigDict, Field
@@ -125,9 +126,10 @@ def sent_as_json(media: str) -> bool:
 def create_app(node: NodeOperations, control: ControlPlane, public_metrics: bool = True) -> FastAPI:
     """The control app; `public_metrics` False puts /metrics and the API docs behind a read token."""
     app = FastAPI(title="fmesh control API", version="1", docs_url=None, redoc_url=None, openapi_url=None,
-                  responses=errors(401, 403))  # every route in the schema takes a token
+                  responses=errors(401, 403, 422))  # every route in the schema takes a token, and no unknown query
     sessions = Sessions(node.identity)
-    auth = [Depends(require_token(node.identity, sessions))]
+    # After the token (a caller without one learns nothing), a typo in a query refused (deploy/query_check.py)
+    auth = [Depends(require_token(node.identity, sessions)), Depends(refuse_unknown_query)]
     add_doc_routes(app, [] if public_metrics else auth)
     app.add_middleware(ControlBodyLimit)
     app.add_middleware(SecurityHeaders)  # outermost: on the limit's 413 too

@@ -57,7 +57,7 @@ def test_every_route_documents_401_and_403_with_the_error_body(ops):
     ("POST /v1/dead-letters/replay", {"200", "400", "401", "403", "422", "503"}),
     ("POST /v1/tokens", {"201", "400", "401", "403", "409", "422"}),
     ("DELETE /v1/tokens/{name}", {"200", "401", "403", "404", "422"}),
-    ("GET /v1/status", {"200", "401", "403"}),
+    ("GET /v1/status", {"200", "401", "403", "422"}),
 ])
 def test_each_route_documents_the_statuses_it_answers(ops, label, statuses):
     assert set(ops[label]["responses"]) == statuses
@@ -106,6 +106,35 @@ async def test_an_unknown_path_or_method_answers_the_error_body(api):
     assert response.status_code == 404 and response.json() == {"error": "Not Found"}
     response = await api.post("/v1/status", headers=AUTH)
     assert response.status_code == 405 and response.json() == {"error": "Method Not Allowed"}
+
+
+async def test_a_query_parameter_a_route_does_not_take_is_a_422_naming_it(api):
+    """FastAPI ignores it: `?limt=5` answered every dead letter, as if the limit had been read."""
+    response = await api.get("/v1/dead-letters", params={"limt": "5"}, headers=AUTH)
+    assert response.status_code == 422
+    assert response.json()["error"] == ("query.limt: not a parameter of GET /v1/dead-letters "
+                                        "(it takes function, limit)")
+    response = await api.get("/v1/status", params={"verbose": "1", "all": ""}, headers=AUTH)
+    assert response.status_code == 422
+    assert response.json()["error"] == ("query.all: not a parameter of GET /v1/status (it takes none); "
+                                        "also unknown: verbose")
+
+
+async def test_the_query_parameters_a_route_takes_still_work(api):
+    response = await api.get("/v1/dead-letters", params={"limit": "5", "function": "f"}, headers=AUTH)
+    assert response.status_code == 200 and response.json()["dead_letters"] == []
+    response = await api.get("/v1/events", params={"unrouted": "true", "limit": "3"}, headers=AUTH)
+    assert response.status_code == 200
+
+
+async def test_an_unknown_query_parameter_without_a_token_is_still_a_401(api):
+    response = await api.get("/v1/status", params={"verbose": "1"})
+    assert response.status_code == 401
+
+
+async def test_pages_and_metrics_outside_v1_ignore_query_parameters(api):
+    assert (await api.get("/healthz", params={"probe": "1"})).status_code == 200
+    assert (await api.get("/metrics", params={"format": "text"})).status_code == 200
 
 
 async def test_a_replay_takes_ids_not_booleans(api):
