@@ -40,6 +40,7 @@ FORGET_CHUNK = 5000     # seen keys deleted per writer turn
 WAL_LIMIT = 16 * 1024 * 1024  # bytes of frames past which the checkpointer starts the WAL over (see Checkpointer)
 WAL_FILE_LIMIT = 4 * WAL_LIMIT  # the WAL file is cut back to this when it starts over (journal_size_limit)
 WAL_HARD_LIMIT = 2 * WAL_FILE_LIMIT  # past this the writer starts the WAL over itself (see _keep_up_with_the_wal)
+WAL_LOOK_EVERY = 0.005  # seconds between two looks at the WAL's size: a stat per group was 1 % of the loop
 SQLITE_IOERR, SQLITE_FULL = 10, 13  # primary result codes (sqlite3.Error.sqlite_errorcode & 0xff)
 
 SCHEMA = """
@@ -155,6 +156,8 @@ class SqliteEventLog:
         self._owner: int | None = None   # the lock file that makes this process the log's one writer
         self._inflight = InFlight()      # the claims: they last as long as this process
         self._wal_bound = WAL_HARD_LIMIT  # see _keep_up_with_the_wal
+        self._wal_looked_at = float("-inf")  # monotonic time of the last look at its size
+        self._wal_path = f"{path}-wal"
 
     async def open(self) -> None:
         try:
@@ -262,8 +265,13 @@ class SqliteEventLog:
         loop then waits for that checkpoint: a stall now and then, rather than a WAL that fills
         the disk. A RESTART that a reader's old snapshot made fail is tried again only once the
         WAL has grown by another WAL_FILE_LIMIT, not at the next group: each try fails on that
-        reader's snapshot, and copies what it can."""
+        reader's snapshot, and copies what it can. The size is looked at every WAL_LOOK_EVERY:
+        what a writer adds in that time is nothing beside the bound."""
         assert self._checkpointer is not None
+        now = time.monotonic()
+        if now - self._wal_looked_at < WAL_LOOK_EVERY and not self._checkpointer.restart_failed:
+            return
+        self._wal_looked_at = now
         size = self._wal_size()
         if size <= WAL_HARD_LIMIT:
             self._wal_bound = WAL_HARD_LIMIT  # it started over, whoever did it
@@ -278,7 +286,7 @@ class SqliteEventLog:
 
     def _wal_size(self) -> int:
         try:
-            return os.stat(f"{self.path}-wal").st_size
+            return os.stat(self._wal_path).st_size
         except OSError:
             return 0
 
