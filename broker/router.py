@@ -6,8 +6,9 @@ every dialect: exact, prefix and suffix on any attribute, `all`/`any` of them, a
 `AND`/`OR`/`=`/`LIKE`/`IN` parts of CESQL. The router files each subscription under one
 set of its keys (the one whose buckets are emptiest) and, for an event, looks only in
 the buckets its attribute values lead to: a dict lookup per indexed attribute for exact
-keys, and for prefixes (suffixes) one lookup per distinct prefix (suffix) length, so the
-cost of an event does not grow with the number of subscriptions. What it finds is still
+keys, and for prefixes (suffixes) one lookup per distinct prefix (suffix) length, which
+a bounded cache of recent values turns into one lookup (as NATS caches its sublist), so
+the cost of an event does not grow with the number of subscriptions. What it finds is still
 tested in full, so results are exactly those of trying every filter; only filters with
 no key (`not`, CESQL without an indexable conjunct) are tried on every event. A candidate
 that is a plain conjunction of keys is tested by checking those (`Filter.conditions`).
@@ -22,6 +23,11 @@ from fmesh.broker.filter_keys import Alternatives, Key, rank
 from fmesh.broker.filters import Filter
 
 Bucket = dict[str, Filter]  # subscription -> filter
+
+# Values of one attribute whose buckets are remembered (once it has affix buckets).
+# Attributes that carry affix filters (type, source, subject) take few distinct values,
+# so nearly every lookup hits; a flood of distinct values only empties the cache.
+CACHE_SIZE = 4096
 
 
 class _Affixes:
@@ -74,13 +80,15 @@ class _Affixes:
 class _AttributeIndex:
     """The buckets of one attribute: by its exact text, by prefix and by suffix."""
 
-    __slots__ = ("affixed", "exact", "prefixes", "suffixes")
+    __slots__ = ("_cache", "affixed", "exact", "prefixes", "suffixes")
 
     def __init__(self) -> None:
         self.exact: dict[str, Bucket] = {}
         self.prefixes = _Affixes(suffix=False)
         self.suffixes = _Affixes(suffix=True)
         self.affixed = False  # any prefix or suffix buckets (most attributes have none)
+        # text -> the buckets it leads to, while affixed; emptied whenever the index changes
+        self._cache: dict[str, tuple[Bucket, ...]] = {}
 
     def buckets(self, kind: str) -> dict[str, Bucket]:
         return self.exact if kind == "exact" else self._affixes(kind).buckets
@@ -89,6 +97,7 @@ class _AttributeIndex:
         return self.prefixes if kind == "prefix" else self.suffixes
 
     def add(self, key: Key, name: str, filter: Filter) -> None:
+        self._cache.clear()
         if key.kind == "exact":
             self.exact.setdefault(key.value, {})[name] = filter
         else:
@@ -96,6 +105,7 @@ class _AttributeIndex:
             self.affixed = True
 
     def discard(self, key: Key, name: str) -> None:
+        self._cache.clear()
         if key.kind != "exact":
             self._affixes(key.kind).discard(key.value, name)
             self.affixed = bool(self.prefixes.buckets or self.suffixes.buckets)
@@ -107,11 +117,20 @@ class _AttributeIndex:
     def is_empty(self) -> bool:
         return not (self.exact or self.prefixes.buckets or self.suffixes.buckets)
 
-    def affixed_buckets(self, text: str) -> list[Bucket]:
-        found: list[Bucket] = []
-        self.prefixes.find(text, found)
-        self.suffixes.find(text, found)
-        return found
+    def buckets_for(self, text: str) -> tuple[Bucket, ...]:
+        """Every bucket this text leads to (exact, prefix, suffix), remembered: for an
+        attribute with affix buckets, one dict lookup instead of one per affix length."""
+        cache = self._cache
+        buckets = cache.get(text)
+        if buckets is None:
+            exact = self.exact.get(text)
+            found: list[Bucket] = [exact] if exact else []
+            self.prefixes.find(text, found)
+            self.suffixes.find(text, found)
+            if len(cache) >= CACHE_SIZE:
+                cache.clear()
+            buckets = cache[text] = tuple(found)
+        return buckets
 
     def everything(self) -> Iterator[Bucket]:
         yield from self.exact.values()
@@ -201,10 +220,15 @@ class Router:
             if value is None:
                 continue
             text = value if type(value) is str else _plain_text(value)
-            buckets = index.everything() if text is None else index.affixed_buckets(text) if index.affixed else ()
-            bucket = None if text is None else index.exact.get(text)
-            if bucket:
-                found = bucket if found is None else {**found, **bucket}
+            if text is None:
+                buckets = index.everything()
+            elif index.affixed:
+                buckets = index.buckets_for(text)
+            else:  # exact keys only: one lookup, nothing to remember
+                bucket = index.exact.get(text)
+                if bucket:
+                    found = bucket if found is None else {**found, **bucket}
+                continue
             for bucket in buckets:  # a filter filed under several keys may be in more than one
                 found = bucket if found is None else {**found, **bucket}
         matched = [name for name, f in found.items() if passes(f, attributes)] if found else []

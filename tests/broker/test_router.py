@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime
 import re
 
+from fmesh.broker import router as router_module
 from fmesh.broker.filter_keys import Key
 from fmesh.broker.filters import Filter, any_of, compile_dialect, compile_shorthand
 from fmesh.broker.router import Router, passes
@@ -217,3 +218,27 @@ def test_a_filter_is_filed_where_fewest_subscriptions_share_its_bucket():
     assert len(router._attributes["type"].exact["com.shop.order"]) == 1
     assert len(router._attributes["subject"].exact) == 2
     assert router.match({"type": "com.shop.order", "subject": "order-2"}) == ["s2"]
+
+
+def test_lookups_are_remembered_and_forgotten_when_the_buckets_change():
+    router = Router()
+    router.set("orders", compile_shorthand({"type": {"prefix": "com.shop."}}))
+    assert router.match({"type": "com.shop.order"}) == ["orders"]  # now remembered
+    router.set("all-com", compile_shorthand({"type": {"prefix": "com."}}))
+    router.set("created", compile_shorthand({"type": {"suffix": ".order"}}))
+    router.set("just-this", compile_shorthand({"type": "com.shop.order"}))
+    assert sorted(router.match({"type": "com.shop.order"})) == ["all-com", "created", "just-this", "orders"]
+    router.remove("orders")
+    router.remove("created")
+    router.set("just-this", compile_shorthand({"type": "com.shop.other"}))
+    assert router.match({"type": "com.shop.order"}) == ["all-com"]
+
+
+def test_a_flood_of_distinct_values_keeps_the_cache_bounded(monkeypatch):
+    monkeypatch.setattr(router_module, "CACHE_SIZE", 8)
+    router = Router()
+    router.set("orders", compile_shorthand({"type": {"prefix": "com.shop."}}))
+    for i in range(50):
+        assert router.match({"type": f"com.shop.t{i}"}) == ["orders"]
+        assert len(router._attributes["type"]._cache) <= 8
+    assert router.match({"type": "org.shop.t1"}) == []
