@@ -45,8 +45,10 @@ class Arrivals:
         self._takers: dict[str, _Waiter] = {}  # subscription -> its one claim that may be handed deliveries
 
     def wake(self, subscriptions: Iterable[str]) -> None:
+        waiting, takers = self._waiting, self._takers  # most appends find no claim waiting
         for subscription in subscriptions:
-            self._wake(subscription)
+            if subscription in waiting or subscription in takers:
+                self._wake(subscription)
 
     def wake_all(self) -> None:
         for subscription in list(self._waiting):
