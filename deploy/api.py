@@ -45,6 +45,8 @@ class StrictBody(BaseModel):
 
 
 class ApplyRequest(StrictBody):
+    model_config = ConfigDict(strict=True, extra="forbid")  # `function:` for `functions:` is a 422, not a no-op
+
     functions: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="name → {spec: manifest function, bundle: sha256 of its code}")
     subscriptions: dict[str, dict[str, Any]] = Field(default_factory=dict, description="name → {spec}")

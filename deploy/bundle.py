@@ -41,6 +41,9 @@ IGNORE_FILE = ".fmeshignore"
 MAX_BUNDLE_BYTES = 200 * 1024 * 1024     # the archive
 CHUNK = 1024 * 1024
 PARTIAL = ".partial-"  # an unpack in progress: <digest>.partial-<random>
+# Folders a member may be nested in: far beyond any source tree, and short of where
+# making the folders overruns Python's recursion limit.
+MAX_DEPTH = 128
 
 
 @dataclass(frozen=True)
@@ -202,6 +205,9 @@ def _checked_members(tar: tarfile.TarFile, limits: BundleLimits) -> Iterator[tar
     total = files = 0
     for member in tar:
         parts = Path(member.name).parts
+        if len(parts) > MAX_DEPTH:
+            raise ValueError(f"bundle member {member.name[:80]!r}... is nested {len(parts)} folders deep "
+                             f"(at most {MAX_DEPTH})")
         if member.isdir() and not any(part in SKIPPED for part in parts):
             continue  # a folder pack would not write, harmless: made as files need it
         if not member.isfile() or any(part in SKIPPED for part in parts) or member.name.endswith(".pyc"):

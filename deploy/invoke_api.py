@@ -27,7 +27,8 @@ def add_invoke_route(app: FastAPI, node: NodeOperations, control: ControlPlane, 
                          204: {"description": "the function returned no reply"},
                          **errors(400, 404, 409, 413, 415, 422, 502, 503, 504)},
               openapi_extra={"requestBody": {"required": True, "description": "one CloudEvent, binary or "
-                                             "structured mode", "content": {"application/cloudevents+json": {}}}})
+                                             "structured mode", "content": {"application/cloudevents+json": {}}}},
+              dependencies=auth[1:])  # the token is auth[0], taken as the principal below
     async def invoke(name: str, request: Request, principal: Principal = auth[0]) -> Response:
         check_runs(node, control, name)
         event = await read_event(node, request)

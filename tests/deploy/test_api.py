@@ -120,6 +120,18 @@ async def test_a_query_parameter_a_route_does_not_take_is_a_422_naming_it(api):
                                         "also unknown: verbose")
 
 
+async def test_invoke_refuses_an_unknown_query_parameter_too(api):
+    response = await api.post("/v1/functions/nope/invoke", params={"x": "2"}, headers=AUTH, content=b"{}")
+    assert response.status_code == 422
+    assert response.json()["error"].startswith("query.x: not a parameter of POST /v1/functions/{name}/invoke")
+
+
+async def test_apply_refuses_a_key_it_does_not_take(api):
+    """`function:` for `functions:` used to deploy nothing and answer 200."""
+    response = await api.post("/v1/apply", json={"function": {}}, headers=AUTH)
+    assert response.status_code == 422 and response.json()["error"].startswith("body.function:")
+
+
 async def test_the_query_parameters_a_route_takes_still_work(api):
     response = await api.get("/v1/dead-letters", params={"limit": "5", "function": "f"}, headers=AUTH)
     assert response.status_code == 200 and response.json()["dead_letters"] == []

@@ -99,6 +99,15 @@ async def test_a_bundle_with_too_many_files_is_refused_and_leaves_nothing(tmp_pa
     assert list((tmp_path / "bundles").iterdir()) == []
 
 
+async def test_a_member_nested_past_the_depth_limit_is_refused_not_a_crash(tmp_path):
+    """Found by a probe: 1,200 nested folders overran the recursion limit making them (a 500)."""
+    store = BundleStore(tmp_path / "bundles", MemoryBlobs())
+    deep = tar_gz({"d/" * 1200 + "h.py": b"x = 1\n"})
+    with pytest.raises(ValueError, match="is nested 1201 folders deep"):
+        await store.put("a" * 64, deep)
+    assert list((tmp_path / "bundles").iterdir()) == []
+
+
 async def test_a_truncated_archive_is_refused_and_leaves_nothing(tmp_path):
     digest, data = digest_and_archive(make_folder(tmp_path / "src"))
     store = BundleStore(tmp_path / "bundles", MemoryBlobs())
