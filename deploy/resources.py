@@ -279,7 +279,13 @@ class TriggerKind:
 
     def check(self, resource: Resource, wanted: list[Resource]) -> None:
         with deploy_errors("trigger", resource.name):
-            self.node.build_trigger(resource.name, resource.spec)  # type: ignore[arg-type]
+            path = getattr(self.node.build_trigger(resource.name, resource.spec), "path", None)  # type: ignore[arg-type]
+            # build_trigger sees the running triggers; two new ones on one path meet only here,
+            # before anything is applied (a clash found while applying would leave half a deploy)
+            other = next((r.name for r in wanted if r.name != resource.name and _http_path(r) == path), None)
+            if path is not None and other is not None:
+                raise TriggerConfigError(f"triggers.{resource.name}.http.path",
+                                         f"{path} is trigger {other}'s too, in the same deploy")
 
     async def stop(self, name: str) -> None:
         await self.node.remove_trigger(name)
@@ -292,6 +298,11 @@ class TriggerKind:
 
     def references(self, resource: Resource) -> list[tuple[str, str]]:
         return []
+
+
+def _http_path(resource: Resource) -> str | None:
+    http = getattr(resource.spec, "http", None)
+    return http.path if http is not None else None
 
 
 class BridgeKind:

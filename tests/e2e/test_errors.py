@@ -75,6 +75,16 @@ def test_a_webhook_cannot_take_a_path_the_mesh_serves(mesh, tmp_path):
     assert httpx.get(mesh.url + "/metrics").status_code == 200
 
 
+def test_two_new_webhooks_on_one_path_are_refused_before_either_is_deployed(mesh):
+    """Found by a probe: the clash was only met applying the second, after the first was live."""
+    hook = {"spec": {"http": {"path": "/hooks/same"}}}
+    answer = mesh.api("POST", "/v1/apply", json={"triggers": {"hooka": hook, "hookb": hook}})
+    assert answer.status_code == 422, answer.text
+    assert "hooka.http.path: /hooks/same is trigger hookb's too, in the same deploy" in answer.json()["error"]
+    assert mesh.api("GET", "/v1/triggers").json()["triggers"] == []
+    assert mesh.api("POST", "/v1/apply", json={"triggers": {"hooka": hook}}).status_code == 200
+
+
 def test_bad_up_options_are_one_line_each_and_nothing_is_written(tmp_path):
     data_dir = tmp_path / "data"
     env = {**os.environ, "FMESH_DATA_DIR": str(data_dir)}
