@@ -311,10 +311,14 @@ class TimerTriggerConfig(Strict):
     def _cron_valid(cls, cron: str | None) -> str | None:
         if cron is None:
             return cron
-        from croniter import croniter  # here: a mesh without a cron timer never loads it (~1 MiB)
+        from croniter import CroniterBadDateError, croniter  # here: a mesh without a cron timer never loads it
 
         if not croniter.is_valid(cron):
             raise ValueError(f"not a valid cron expression: {cron!r}")
+        try:
+            croniter(cron).get_next(float)
+        except CroniterBadDateError:  # such as the 30th of February: valid, yet no date has it
+            raise ValueError(f"cron expression {cron!r} never fires: no date matches it") from None
         return cron
 
     @field_validator("timezone")
