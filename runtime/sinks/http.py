@@ -6,10 +6,12 @@ One keep-alive `httpx.AsyncClient` per sink. The URL may carry `?structured` (or
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import httpx
+from fmesh.broker.ingress import DEFAULT_MAX_EVENT_BYTES
 from fmesh.runtime.sinks.base import SinkOptions
 from fmesh.runtime.sinks.responses import outcome
 from fmesh.triggers.config import read_secret
@@ -23,6 +25,7 @@ from fmesh.tracing import hop_headers
 
 TRUE = {"", "1", "true", "yes"}
 MAX_CONNECTIONS = 100
+MAX_ANSWER_BYTES = DEFAULT_MAX_EVENT_BYTES  # what the ingress takes by default (fmesh up --max-event-bytes)
 
 
 def split_structured(url: str) -> tuple[str, bool]:
@@ -97,9 +100,12 @@ class HttpSink:
             await self.start()
         assert self._client is not None
         try:
-            response = await self._client.post(self.url, headers={**self._headers, **headers},
-                                               content=body, timeout=timeout)
-        except httpx.TimeoutException as exc:
+            # httpx's timeout bounds each read: a server sending a byte a second never meets
+            # it. The attempt's timeout is for all of it, the answer's body included.
+            async with asyncio.timeout(timeout):
+                status, answer_headers, answer = await self._exchange({**self._headers, **headers}, body,
+                                                                      timeout, replies)
+        except (httpx.TimeoutException, TimeoutError) as exc:
             raise HandlerError(f"POST {self.url} timed out after {timeout:g}s", retryable=True) from exc
         except (httpx.TransportError, ssl.SSLError) as exc:
             # A TLS 1.3 server refuses a client certificate after the handshake: httpx then lets
@@ -111,6 +117,25 @@ class HttpSink:
             # event gets this far, so it is a connection error: retried, not a dead letter.
             raise HandlerError(str(BrokerUnreachable(self.url, f"connection reset as it opened ({exc})")),
                                retryable=True) from exc
-        if not replies and 200 <= response.status_code < 300:
+        if not replies and 200 <= status < 300:
             return None
-        return outcome(self.url, response.status_code, response.headers, response.content)
+        return outcome(self.url, status, answer_headers, answer)
+
+    async def _exchange(self, headers: dict[str, str], body: bytes, timeout: float,
+                        replies: bool) -> tuple[int, httpx.Headers, bytes]:
+        """The answer's status, headers and body, read up to MAX_ANSWER_BYTES: a reply is an
+        event as big as the ingress takes at most, and an error body only a message."""
+        assert self._client is not None
+        async with self._client.stream("POST", self.url, headers=headers, content=body, timeout=timeout) as response:
+            if not replies and 200 <= response.status_code < 300:
+                return response.status_code, response.headers, b""
+            answer = bytearray()
+            async for chunk in response.aiter_bytes():
+                answer += chunk
+                if len(answer) <= MAX_ANSWER_BYTES:
+                    continue
+                if 200 <= response.status_code < 300:
+                    raise HandlerError(f"POST {self.url} answered {response.status_code} with more than "
+                                       f"{MAX_ANSWER_BYTES} bytes: too big for a reply event", retryable=False)
+                return response.status_code, response.headers, bytes(answer[:MAX_ANSWER_BYTES])  # a message's start
+            return response.status_code, response.headers, bytes(answer)
