@@ -13,6 +13,7 @@ import httpx
 from fmesh.bindings.http import read_events, write_binary
 from fmesh.errors import AuthError, BrokerUnreachable, DeployError, Forbidden, NotAMesh
 from fmesh.events import Event
+from fmesh.names import NAME_RULE, is_name
 from fmesh.tls import connect_hint
 
 APPLY_TIMEOUT = 300.0
@@ -98,23 +99,23 @@ class MeshClient:
         return {f["name"] for f in self.functions()} | {b["name"] for b in bridges}
 
     def delete(self, name: str) -> None:
-        self.request("DELETE", f"/v1/functions/{name}")
+        self.request("DELETE", f"/v1/functions/{named('function', name)}")
 
     def resources(self, kind: str) -> list[dict[str, Any]]:
         """The deployed resources of a kind (function, trigger, subscription, bridge, peer)."""
         return self.request("GET", f"/v1/{kind}s").json()[f"{kind}s"]
 
     def resource(self, kind: str, name: str) -> dict[str, Any]:
-        return self.request("GET", f"/v1/{kind}s/{quote(name, safe='')}").json()
+        return self.request("GET", f"/v1/{kind}s/{named(kind, name)}").json()
 
     def delete_resource(self, kind: str, name: str) -> None:
-        self.request("DELETE", f"/v1/{kind}s/{quote(name, safe='')}")
+        self.request("DELETE", f"/v1/{kind}s/{named(kind, name)}")
 
     def invoke(self, name: str, event: Event) -> Event | None:
         """The function's reply to `event`, sent straight to it (None: it returned none). The
         mesh bounds the wait (a replica's start, the function's timeout), so this does not."""
         headers, body = write_binary(event)
-        response = self.request("POST", f"/v1/functions/{quote(name, safe='')}/invoke", headers=headers,
+        response = self.request("POST", f"/v1/functions/{named('function', name)}/invoke", headers=headers,
                                 content=body, timeout=httpx.Timeout(self._http.timeout.connect, read=None))
         if response.status_code == 204:
             return None
@@ -122,7 +123,7 @@ class MeshClient:
         return read_events(headers, response.content)[0]
 
     def logs(self, name: str, lines: int) -> str:
-        response = self.request("GET", f"/v1/functions/{name}/logs", params={"lines": lines})
+        response = self.request("GET", f"/v1/functions/{named('function', name)}/logs", params={"lines": lines})
         if not response.headers.get("content-type", "").startswith("text/plain"):
             raise NotAMesh.answered(self.url, response)
         return response.text
@@ -131,7 +132,7 @@ class MeshClient:
         """Lines until the caller stops; the mesh ends the stream only when it goes away,
         so an end or a dropped connection is BrokerUnreachable."""
         try:
-            with self._http.stream("GET", f"/v1/functions/{name}/logs",
+            with self._http.stream("GET", f"/v1/functions/{named('function', name)}/logs",
                                    params={"lines": lines, "follow": True}, timeout=None) as response:
                 check(response, self.url, self.token_source)
                 yield from _lines(response.iter_text())
@@ -159,7 +160,7 @@ class MeshClient:
         return self.answer("POST", "/v1/tokens", json=body)
 
     def revoke_token(self, name: str) -> None:
-        self.request("DELETE", f"/v1/tokens/{name}")
+        self.request("DELETE", f"/v1/tokens/{named('token', name)}")
 
     def trace(self, event_id: str) -> list[dict[str, Any]]:
         """The trail of every event with this id (DeployError with a 404 when there is none)."""
@@ -194,6 +195,14 @@ class MeshClient:
         if function:
             params["function"] = function
         return self.answer("GET", "/v1/dead-letters", params=params)["dead_letters"]
+
+
+def named(kind: str, name: str) -> str:
+    """`name` as a path segment; DeployError if it is no name (an empty one was answered
+    with a redirect the client took for success, `.` and `..` were dropped from the path)."""
+    if not is_name(name):
+        raise DeployError(f"{name!r} is not a {kind} name: {NAME_RULE}")
+    return name
 
 
 def check(response: httpx.Response, url: str, token_source: str = "the token") -> None:

@@ -6,7 +6,7 @@ import httpx
 import pytest
 from fmesh.deploy.client import MeshClient
 
-from fmesh.errors import BrokerUnreachable
+from fmesh.errors import BrokerUnreachable, DeployError
 
 URL = "http://127.0.0.1:1"
 
@@ -40,3 +40,15 @@ def test_stopping_to_follow_is_no_error():
     stream = mesh.follow_logs("f", 10)
     assert next(stream) == "one"
     stream.close()
+
+
+@pytest.mark.parametrize("name", ["", ".", "..", "a/b", "Hello"])
+def test_a_name_that_is_no_name_is_refused_before_asking_the_mesh(name):
+    """`fmesh delete ''` was answered with a redirect, taken for success: "function  deleted"."""
+    sent = []
+    mesh = client_answering(lambda request: sent.append(request) or httpx.Response(307))
+    for call in (lambda: mesh.delete(name), lambda: mesh.delete_resource("trigger", name),
+                 lambda: mesh.resource("peer", name), lambda: mesh.revoke_token(name), lambda: mesh.logs(name, 5)):
+        with pytest.raises(DeployError, match="is not a .* name: lowercase letters"):
+            call()
+    assert sent == []

@@ -85,6 +85,13 @@ def test_two_new_webhooks_on_one_path_are_refused_before_either_is_deployed(mesh
     assert mesh.api("POST", "/v1/apply", json={"triggers": {"hooka": hook}}).status_code == 200
 
 
+def test_deleting_an_empty_name_is_refused_not_reported_done(mesh):
+    for args in (("delete", ""), ("delete", "trigger", ""), ("tokens", "revoke", "")):
+        refused = mesh.cli(*args, check=False)
+        assert refused.returncode != 0 and "'' is not a" in refused.stderr, (args, refused.stdout, refused.stderr)
+        assert "deleted" not in refused.stdout and "revoked" not in refused.stdout
+
+
 def test_bad_up_options_are_one_line_each_and_nothing_is_written(tmp_path):
     data_dir = tmp_path / "data"
     env = {**os.environ, "FMESH_DATA_DIR": str(data_dir)}
