@@ -214,6 +214,17 @@ class FunctionSpec(Filtered):
                                  "function:<name>, admin or anonymous")
         return value
 
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, value: dict[str, str]) -> dict[str, str]:
+        # checked here: a replica setting `A=B` failed to start and the deploy waited 30 s for it
+        for name, text in value.items():
+            if not ENV_NAME.match(name):
+                raise ValueError(f"{name!r} is not an environment variable name (letters, digits and _)")
+            if "\0" in text:
+                raise ValueError(f"the value of {name} holds a NUL character, which no environment can")
+        return value
+
     @field_validator("secrets")
     @classmethod
     def _secret_names(cls, value: list[str] | dict[str, SecretFrom]) -> list[str] | dict[str, SecretFrom]:

@@ -71,6 +71,16 @@ def test_missing_handler_bad_name_and_bad_filter():
     assert "unknown filter dialect 'nope'" in str(error)
 
 
+def test_an_env_name_no_environment_can_hold_is_refused_at_once():
+    """`A=B` was accepted, then the replica failed to start and the deploy waited 30 s."""
+    for name in ('"A=B"', '""', '"1X"', '"a b"'):
+        error = error_for(f"functions:\n  a:\n    handler: h.py:f\n    env: {{{name}: x}}\n")
+        assert error.field == "functions.a.env" and "is not an environment variable name" in str(error), name
+    error = error_for('functions:\n  a:\n    handler: h.py:f\n    env: {A: "x\\0y"}\n')
+    assert "the value of A holds a NUL character" in str(error)
+    assert parse_manifest("functions:\n  a:\n    handler: h.py:f\n    env: {LOG_LEVEL: debug, _X1: 2}\n")
+
+
 def test_unknown_top_level_section_and_bad_yaml():
     assert "unknown field 'funtions'" in str(error_for("funtions: {}\n"))
     error = error_for("functions:\n  a: [\n")
