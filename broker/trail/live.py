@@ -33,11 +33,14 @@ class Listener:
             raise Ended
         getting = asyncio.ensure_future(self.queue.get())
         ending = asyncio.ensure_future(self.ended.wait())
-        done, _ = await asyncio.wait((getting, ending), timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        ending.cancel()
+        try:
+            done, _ = await asyncio.wait((getting, ending), timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:  # also when the watcher goes away mid-wait: no task of ours is left pending
+            ending.cancel()
+            if not getting.done():
+                getting.cancel()
         if getting in done:
             return getting.result()
-        getting.cancel()
         if ending in done:
             raise Ended
         return None

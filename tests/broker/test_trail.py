@@ -11,6 +11,7 @@ from fmesh.broker.broker import Broker
 from fmesh.broker.filters import compile_shorthand
 from fmesh.broker.memory_log import MemoryEventLog
 from fmesh.broker.trail import recorder as recorder_module
+from fmesh.broker.trail.live import Listener
 from fmesh.broker.trail.memory import MemoryTrail
 from fmesh.broker.trail.recorder import TrailRecorder
 from fmesh.broker.trail.sqlite import ARRIVAL, BLOCK_ROWS, BY_ID, SqliteTrail
@@ -209,3 +210,19 @@ async def test_watchers_see_records_as_they_happen_and_a_slow_one_misses_some(mo
     recorder.live.forget(listener)
     assert not recorder.live.listening
     await recorder.close()
+
+
+async def test_a_watcher_that_goes_away_mid_wait_leaves_no_task_pending():
+    """A client leaving /v1/events/stream cancelled `next` inside its wait, and its two
+    waits were left pending: "Task was destroyed but it is pending!" in the mesh's log."""
+    listener = Listener()
+    before = asyncio.all_tasks()
+    waiting = asyncio.create_task(listener.next(timeout=30))
+    await asyncio.sleep(0)  # into the wait
+    assert len(asyncio.all_tasks() - before) == 3  # it and its two waits
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    for _ in range(3):  # the cancelled waits finish within a few turns
+        await asyncio.sleep(0)
+    assert asyncio.all_tasks() - before == set()
