@@ -389,8 +389,8 @@ def send(
         usage_error("give --data (JSON) or --data-text (text), not both")
     if content_type is not None and not MEDIA_TYPE.fullmatch(content_type):
         usage_error(f"--content-type must be a media type such as text/plain or application/xml, not {content_type!r}")
-    sent, token_source = _publish_token(mesh, token)
     try:
+        sent, token_source = _publish_token(mesh, token)
         extensions = dict(_key_value(item) for item in ext or [])
         event = build_event(type, source, data if data_text is None else data_text, subject, extensions, id,
                             content_type, text=data_text is not None)

@@ -34,7 +34,10 @@ def mesh_url(url: str) -> str:
     url = url.strip()
     if "://" not in url:
         url = f"http://{url}"
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # such as an unclosed [ of an IPv6 address
+        raise typer.BadParameter(f"{url!r} is not a URL, e.g. http://127.0.0.1:8080 or http://[::1]:8080") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise typer.BadParameter(f"{url!r} is not an http:// or https:// URL of a mesh, e.g. http://127.0.0.1:8080")
     try:

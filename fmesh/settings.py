@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from fmesh.errors import StartupError
+from fmesh.errors import AuthError, StartupError
 from fmesh.names import is_name
 from fmesh.permissions import private_dir
 
@@ -67,7 +67,15 @@ def read_token(data_dir: Path | None = None) -> str | None:
 
 def find_token(given: str | None, data_dir: Path | None = None) -> tuple[str | None, str]:
     """The token a CLI call sends (--token, else FMESH_TOKEN, else the data dir's token file)
-    and where it came from, so that a refusal can say which one the mesh refused."""
+    and where it came from, so that a refusal can say which one the mesh refused. AuthError
+    for one no header can carry (httpx's refusal read as "cannot reach" the mesh)."""
+    token, source = _token_and_source(given, data_dir)
+    if token is not None and not token.isprintable():
+        raise AuthError(f"{source} holds a character no HTTP header can carry (a newline?): give the token alone")
+    return token, source
+
+
+def _token_and_source(given: str | None, data_dir: Path | None) -> tuple[str | None, str]:
     if given:
         return given, "the --token flag"
     if os.environ.get("FMESH_TOKEN"):

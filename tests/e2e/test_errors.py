@@ -117,3 +117,19 @@ def test_a_mesh_url_with_a_bad_port_is_a_usage_error_not_a_bug():
         result = run_cli(["status", "--mesh", url], env, check=False)
         assert result.returncode == 2 and "has no valid port" in result.stderr, result.stderr
         assert "this is a bug" not in result.stderr
+
+
+def test_a_mesh_url_that_does_not_parse_is_a_usage_error_not_a_bug():
+    env = {**os.environ, "FMESH_TOKEN": "t"}
+    result = run_cli(["send", "--type", "t", "--source", "/s", "--mesh", "http://[::1"], env, check=False)
+    assert result.returncode == 2 and "is not a URL" in " ".join(result.stderr.split()), result.stderr
+    assert "failed unexpectedly" not in result.stderr
+
+
+def test_a_token_with_a_newline_is_named_not_blamed_on_the_network():
+    env = {**os.environ, "FMESH_TOKEN": ""}
+    for args in (["send", "--type", "t", "--source", "/s"], ["status"]):
+        result = run_cli([*args, "--mesh", "http://127.0.0.1:9", "--token", "a\nb"], env, check=False)
+        message = " ".join(result.stderr.split())
+        assert result.returncode == 1 and "the --token flag holds a character no HTTP header can carry" in message
+        assert "cannot reach" not in message, message
