@@ -70,7 +70,7 @@ def find_token(given: str | None, data_dir: Path | None = None) -> tuple[str | N
     and where it came from, so that a refusal can say which one the mesh refused. AuthError
     for one no header can carry (httpx's refusal read as "cannot reach" the mesh)."""
     token, source = _token_and_source(given, data_dir)
-    if token is not None and not token.isprintable():
+    if token is not None and not (token.isascii() and token.isprintable()):  # a header is ASCII
         raise AuthError(f"{source} holds a character no HTTP header can carry (a newline?): give the token alone")
     return token, source
 

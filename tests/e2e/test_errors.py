@@ -128,8 +128,9 @@ def test_a_mesh_url_that_does_not_parse_is_a_usage_error_not_a_bug():
 
 def test_a_token_with_a_newline_is_named_not_blamed_on_the_network():
     env = {**os.environ, "FMESH_TOKEN": ""}
-    for args in (["send", "--type", "t", "--source", "/s"], ["status"]):
-        result = run_cli([*args, "--mesh", "http://127.0.0.1:9", "--token", "a\nb"], env, check=False)
+    send = ["send", "--type", "t", "--source", "/s"]
+    for args, token in ((send, "a\nb"), (["status"], "a\nb"), (["status"], "café")):
+        result = run_cli([*args, "--mesh", "http://127.0.0.1:9", "--token", token], env, check=False)
         message = " ".join(result.stderr.split())
         assert result.returncode == 1 and "the --token flag holds a character no HTTP header can carry" in message
         assert "cannot reach" not in message, message
