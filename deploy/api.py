@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fmesh.broker.identity import Identity, Principal
 from fmesh.broker.policy import control_refusal
-from fmesh.deploy.api_errors import answers, errors
+from fmesh.deploy.api_errors import JSONAnswer, answers, errors
 from fmesh.deploy.body_limit import ControlBodyLimit
 from fmesh.deploy.bundle import MAX_BUNDLE_BYTES
 from fmesh.deploy.control import ControlPlane
@@ -128,6 +128,7 @@ def sent_as_json(media: str) -> bool:
 def create_app(node: NodeOperations, control: ControlPlane, public_metrics: bool = True) -> FastAPI:
     """The control app; `public_metrics` False puts /metrics and the API docs behind a read token."""
     app = FastAPI(title="fmesh control API", version="1", docs_url=None, redoc_url=None, openapi_url=None,
+                  default_response_class=JSONAnswer,
                   responses=errors(401, 403, 422))  # every route in the schema takes a token, and no unknown query
     sessions = Sessions(node.identity)
     # After the token (a caller without one learns nothing), a typo in a query refused (deploy/query_check.py)
@@ -138,7 +139,7 @@ def create_app(node: NodeOperations, control: ControlPlane, public_metrics: bool
 
     @app.exception_handler(StarletteHTTPException)  # FastAPI's own, and the router's 404 and 405
     async def _error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse({"error": exc.detail}, exc.status_code, headers=exc.headers)
+        return JSONAnswer({"error": exc.detail}, exc.status_code, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -150,7 +151,7 @@ def create_app(node: NodeOperations, control: ControlPlane, public_metrics: bool
         message = f"{first['msg']}{more}"
         if first["loc"] == ["body"] and not sent_as_json(media_type(request.headers)):
             message = f"{message}: send a JSON object with content-type: application/json"
-        return JSONResponse({"error": f"{where}: {message}", "detail": problems}, 422)
+        return JSONAnswer({"error": f"{where}: {message}", "detail": problems}, 422)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 
@@ -13,6 +15,16 @@ class ErrorBody(BaseModel):
 
     error: str = Field(description="what is wrong, in one line")
     detail: list[dict[str, Any]] | None = Field(None, description="a request that did not validate: each problem")
+
+
+class JSONAnswer(JSONResponse):
+    """JSON that may hold lone surrogates: JSON's `\\ud800` escape decodes to one, and a
+    refusal echoes what was sent. UTF-8 cannot write them, so they go out as the same
+    escapes (valid JSON), where starlette's encoder raised and the caller got a 500."""
+
+    def render(self, content: Any) -> bytes:
+        text = json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        return text.encode("utf-8", "backslashreplace")
 
 
 ERRORS = {
