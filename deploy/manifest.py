@@ -87,6 +87,24 @@ def _env_value(value: Any) -> str:
 EnvValue = Annotated[str, BeforeValidator(_env_value)]
 
 
+def lone_surrogate(data: Any) -> tuple[list[str | int], str] | None:
+    """The path to the first string in `data` (a key, or a value) holding a lone surrogate,
+    and what is wrong with it: YAML's and JSON's `\\ud800` escapes decode to one, and no UTF-8 (an
+    environment, a request, a log line) can carry it."""
+    stack: list[tuple[list[str | int], Any]] = [([], data)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, str) and not value.isascii() and any("\ud800" <= c <= "\udfff" for c in value):
+            problem = f"{value!r} is not valid Unicode: it holds a lone surrogate, which UTF-8 cannot carry"
+            return path[:-1] if path and path[-1] == "[key]" else path, problem
+        if isinstance(value, dict):
+            stack.extend((path + [key], item) for key, item in reversed(value.items()))
+            stack.extend((path + [key, "[key]"], key) for key in reversed(value))
+        elif isinstance(value, list):
+            stack.extend((path + [index], item) for index, item in reversed(list(enumerate(value))))
+    return None
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
@@ -436,6 +454,9 @@ def parse_manifest(text: str, file: str = "fmesh.yaml") -> Manifest:
     data = located.data if located.data is not None else {}
     if not isinstance(data, dict):
         raise ManifestError(file, 1, "", f"expected a mapping with 'functions:', got {type(data).__name__}")
+    found = lone_surrogate(data)
+    if found is not None:
+        raise ManifestError(file, located.line_of(found[0]), dotted(found[0]), found[1])
     try:
         return Manifest.model_validate(data)
     except ValidationError as exc:

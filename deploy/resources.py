@@ -16,9 +16,17 @@ from fmesh.broker.identity import PeerCredential
 from fmesh.broker.policy import Rule
 from fmesh.deploy.bundle import BundleStore
 from fmesh.deploy.dependencies import DependencyInstaller, top_level_names
-from fmesh.deploy.manifest import BridgeSpec, DeliverySpec, PeerSpec, SubscriptionSpec, is_function_target
+from fmesh.deploy.manifest import (
+    BridgeSpec,
+    DeliverySpec,
+    PeerSpec,
+    SubscriptionSpec,
+    is_function_target,
+    lone_surrogate,
+)
 from fmesh.deploy.manifest import FunctionSpec as ManifestFunction
 from fmesh.deploy.operations import NodeOperations
+from fmesh.deploy.yaml_lines import dotted
 from fmesh.runtime.policy import DeliveryPolicy, ScalePolicy
 from fmesh.runtime.runtime import FunctionSpec, SinkSpec, subscription_name
 from fmesh.runtime.secrets import SecretSource
@@ -78,6 +86,9 @@ def check_name(kind: str, name: str) -> None:
 
 
 def parse_spec(kind: str, name: str, model: type[BaseModel], spec: Any) -> BaseModel:
+    found = lone_surrogate(spec)
+    if found is not None:  # a request's JSON may say "\\ud800", as a manifest's YAML may
+        raise DeployError(f"{kind} {name}: {dotted(found[0])}: {found[1]}")
     try:
         return model.model_validate(spec)
     except ValidationError as exc:

@@ -191,3 +191,22 @@ async def test_a_control_body_under_the_limit_still_reaches_its_route(api):
     assert response.status_code == 201, response.text
     response = await api.put("/v1/bundles/" + "0" * 64, content=b"x" * (MAX_CONTROL_BODY_BYTES + 1), headers=AUTH)
     assert response.status_code == 400 and "bundle refused" in response.json()["error"]  # its own, larger bound
+
+
+@pytest.mark.parametrize("body", [b'{"function\\ud800": {}}', b'{"prune": "\\udcff"}'])
+async def test_a_lone_surrogate_in_what_a_422_echoes_back_is_written_escaped_not_a_500(api, body):
+    """JSON's `\\ud800` decodes to a string UTF-8 cannot write; the 422 that echoed it back
+    raised UnicodeEncodeError while being written, and the caller got a 500."""
+    response = await api.post("/v1/apply", content=body, headers={**AUTH, "content-type": "application/json"})
+    assert response.status_code == 422, response.text
+    assert response.json()["error"], response.text  # valid JSON, the surrogate written as its escape
+
+
+async def test_a_spec_with_a_lone_surrogate_is_refused_naming_where(api):
+    """Sent as JSON (not through the CLI's manifest check): env `A: "\\ud800"` was taken, and the
+    replica died setting it before it connected."""
+    spec = b'{"handler": "h.py:f", "env": {"A": "\\ud800"}}'
+    body = b'{"functions": {"a": {"spec": ' + spec + b', "bundle": "' + b"0" * 64 + b'"}}}'
+    response = await api.post("/v1/apply", content=body, headers={**AUTH, "content-type": "application/json"})
+    assert response.status_code == 422, response.text
+    assert response.json()["error"].startswith("function a: env.A: '\\ud800' is not valid Unicode")

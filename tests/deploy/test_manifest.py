@@ -81,6 +81,19 @@ def test_an_env_name_no_environment_can_hold_is_refused_at_once():
     assert parse_manifest("functions:\n  a:\n    handler: h.py:f\n    env: {LOG_LEVEL: debug, _X1: 2}\n")
 
 
+@pytest.mark.parametrize("field, yaml", [
+    ("functions.a.env.A", 'handler: h.py:f\n    env: {A: "\\ud800"}'),
+    ("functions.a.on.0.type", 'handler: h.py:f\n    on: [{type: "t.\\udcff"}]'),
+    ("functions.a.handler", 'handler: "h\\ud83d.py:f"'),
+])
+def test_a_string_with_a_lone_surrogate_is_refused_where_it_is(field, yaml):
+    """`"\\ud800"` in YAML is a string no UTF-8 can carry: in env, the replica died before it
+    connected (and the deploy waited 30 s); the CLI itself failed sending it."""
+    error = error_for(f"functions:\n  a:\n    {yaml}\n")
+    assert error.field == field and "is not valid Unicode" in str(error) and "lone surrogate" in str(error)
+    assert error.line == 2 + yaml.count("\n") + 1
+
+
 def test_unknown_top_level_section_and_bad_yaml():
     assert "unknown field 'funtions'" in str(error_for("funtions: {}\n"))
     error = error_for("functions:\n  a: [\n")
