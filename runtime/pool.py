@@ -209,7 +209,7 @@ class RunnerPool:
         """The launcher saw the process end (the connection closing says the same, later)."""
         replica = self.replicas.get(replica_id)
         if replica is not None:
-            replica.exit_reason = replica.exit_reason or how
+            replica.process_exited(how)
 
     async def _reap(self) -> None:
         tick = min(1.0, max(0.05, min(self.scale.idle_timeout, self.scale.window) / 4))

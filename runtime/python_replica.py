@@ -11,6 +11,10 @@ from fmesh.runtime.wire import Coalescing, Frame, Kind, encode, read_frame
 from fmesh.errors import HandlerError
 from fmesh.events import Event
 
+# How long a process that exited may still have its control connection on the way (the hub
+# reads its HELLO on the same loop as the launcher's exit report): then it never connected.
+CONNECT_GRACE = 1.0
+
 
 class PythonReplica(Replica):
     def __init__(self, replica_id: str, function: str, index: int, version: str = "") -> None:
@@ -27,6 +31,17 @@ class PythonReplica(Replica):
         self._out = Coalescing(writer)
         self.pid = pid or self.pid
         asyncio.get_running_loop().create_task(self._read(reader), name=f"replica {self.name}")
+
+    def process_exited(self, how: str) -> None:
+        """One that never connected has no connection to close and say so: its start fails
+        now, not when the start timeout runs out."""
+        super().process_exited(how)
+        if self._writer is None:
+            asyncio.get_running_loop().call_later(CONNECT_GRACE, self._if_never_connected)
+
+    def _if_never_connected(self) -> None:
+        if self._writer is None:
+            self.closed(f"{self.exit_reason} before it connected to the mesh")
 
     async def _read(self, reader: asyncio.StreamReader) -> None:
         try:

@@ -113,6 +113,10 @@ class Replica:
             pass
         return list(self.output)
 
+    def process_exited(self, how: str) -> None:
+        """The launcher saw the process end; its connection closing says the same, later."""
+        self.exit_reason = self.exit_reason or how
+
     def closed(self, reason: str) -> None:
         """The process is gone: fail what it was doing, so those events are retried."""
         if self.state is State.STOPPED:

@@ -292,7 +292,7 @@ class Runtime:
     def _on_exit(self, replica_id: str, how: str) -> None:
         verifying = self._verifying.get(replica_id)
         if verifying is not None:
-            verifying.exit_reason = how
+            verifying.process_exited(how)
         for running in self.functions.values():
             running.pool.on_exit(replica_id, how)
 

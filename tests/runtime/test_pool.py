@@ -192,3 +192,13 @@ async def test_a_reply_holding_an_object_without_a_json_form_fails_and_names_its
         await pool.invoke(new_event("t", "/s", {"what": "object"}), timeout=10)
     reply = await pool.invoke(new_event("t", "/s", {"what": "values"}), timeout=10)
     assert reply.data["price"] == "1.10"  # the replica lives on
+
+
+async def test_a_replica_that_exits_before_it_connects_fails_its_start_at_once(harness):
+    """A worker that cannot even reach its function's folder exits before its control
+    connection opens: nothing closed, so its start waited out the whole start timeout."""
+    pool = harness.pool("no-such-function-folder", ScalePolicy(max=1, start_timeout=120))
+    with pytest.raises(HandlerError) as failed:
+        await asyncio.wait_for(pool.invoke(new_event("t", "/s"), timeout=120), 20)
+    assert "exited" in str(failed.value), failed.value
+    assert pool.status().starting == 0
