@@ -27,9 +27,10 @@ from fmesh.triggers.signatures import HmacCheck, check_bearer, check_signature
 
 from fmesh.asgi import Receive, Scope, Send, header_dict, read_body, respond
 from fmesh.bindings.common import wrapped_event
-from fmesh.bindings.http import is_binary_mode, is_cloudevents_media, read_events, utf8_attributes
+from fmesh.bindings.http import header_as_utf8, is_binary_mode, is_cloudevents_media, read_events, utf8_attributes
+from fmesh.bindings.json_format import check_json_payload
 from fmesh.errors import AuthError, Backlogged, ClientGone, EventTooLarge, InvalidEvent, RateLimited, StoreError
-from fmesh.events import Event, TooManyExtensions
+from fmesh.events import Event, TooManyExtensions, is_json_content_type
 from fmesh.ratelimit import retry_after_header
 
 
@@ -101,13 +102,16 @@ class WebhookTrigger:
 
     def _wrap(self, headers: Mapping[str, str], body: bytes) -> Event:
         config = self.config
-        kind = headers.get(config.type_header.lower()) if config.type_header else None
-        delivery = headers.get(config.id_header.lower()) if config.id_header else None
+        kind = _text(headers, config.type_header)
+        delivery = _text(headers, config.id_header)
+        content_type = _text(headers, "content-type")
+        if is_json_content_type(content_type):
+            check_json_payload(body)  # as the ingress does: data no replica could decode is a 400 here
         return wrapped_event(
             id=delivery.strip() if delivery and delivery.strip() else str(uuid.uuid4()),
             source=config.source or config.path,
             type=config.type_prefix + kind.strip() if kind and kind.strip() else config.type,
-            payload=body, content_type=headers.get("content-type"))
+            payload=body, content_type=content_type)
 
     async def _accept(self, events: list[Event], send: Send) -> None:
         try:
@@ -132,6 +136,12 @@ class WebhookTrigger:
 
     def _challenge(self) -> list[tuple[bytes, bytes]]:
         return [(b"www-authenticate", b'Bearer realm="fmesh"')] if self._tokens else []
+
+
+def _text(headers: Mapping[str, str], name: str | None) -> str | None:
+    """Header `name` as the UTF-8 text its sender wrote (`café`, not `cafÃ©`), if sent."""
+    value = headers.get(name.lower()) if name else None
+    return value if value is None or value.isascii() else header_as_utf8(name.lower(), value)  # type: ignore[union-attr]
 
 
 def is_cloudevent(headers: Mapping[str, str]) -> bool:

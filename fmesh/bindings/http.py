@@ -85,14 +85,20 @@ def utf8_attributes(headers: Mapping[str, str]) -> Mapping[str, str]:
     read = dict(headers)
     for name, value in headers.items():
         if not value.isascii() and name.startswith("ce-"):
-            try:
-                read[name] = value.encode("latin-1").decode("utf-8")
-            except (UnicodeEncodeError, UnicodeDecodeError) as exc:  # encode: not one character per byte
-                attribute = name[3:]
-                raise InvalidEvent(f"attribute {attribute!r}: header {name} holds bytes that are not UTF-8 "
-                                   f"({exc.reason} at byte {exc.start}); send such characters percent-encoded "
-                                   "as UTF-8", attribute) from None
+            read[name] = header_as_utf8(name, value, attribute=name[3:])
     return read
+
+
+def header_as_utf8(name: str, value: str, attribute: str | None = None) -> str:
+    """A header value read from ASGI (a character per byte) as the UTF-8 its sender meant;
+    InvalidEvent naming the header (and the attribute it carries) for bytes that are not."""
+    try:
+        return value.encode("latin-1").decode("utf-8")
+    except (UnicodeEncodeError, UnicodeDecodeError) as exc:  # encode: not one character per byte
+        where = f"attribute {attribute!r}: header {name}" if attribute else f"header {name}"
+        hint = "; send such characters percent-encoded as UTF-8" if attribute else ""
+        raise InvalidEvent(f"{where} holds bytes that are not UTF-8 ({exc.reason} at byte {exc.start}){hint}",
+                           attribute) from None
 
 
 def check_percent_encoding(headers: Mapping[str, str]) -> None:

@@ -72,6 +72,26 @@ async def test_type_and_id_come_from_the_configured_headers(hook, recorder):
     assert without.type == "dev.fmesh.webhook" and without.id != with_headers.id
 
 
+async def test_header_values_are_read_as_the_utf8_they_were_sent_in(hook, recorder):
+    """Raw UTF-8 in the type header became `cafÃ©` (ASGI's one character per byte); bytes that
+    are not UTF-8 at all were stored that way too. Now the first is `café`, the second a 400."""
+    _, client = await hook(type_header="X-Event", type_prefix="com.shop.")
+    response = await client.post("/hooks/test", content=b"{}", headers=[(b"x-event", "café".encode())])
+    assert response.status_code == 202 and recorder.events[0].type == "com.shop.café"
+    response = await client.post("/hooks/test", content=b"{}", headers=[(b"x-event", b"caf\xe9")])
+    assert response.status_code == 400 and "header x-event holds bytes that are not UTF-8" in response.json()["error"]
+    assert len(recorder.events) == 1
+
+
+async def test_json_nested_past_the_ingress_depth_is_a_400_as_at_the_ingress(hook, recorder):
+    _, client = await hook()
+    deep = b"[" * 300 + b"]" * 300
+    response = await client.post("/hooks/test", content=deep, headers={"content-type": "application/json"})
+    assert response.status_code == 400 and "nested too deeply" in response.json()["error"]
+    as_text = await client.post("/hooks/test", content=deep, headers={"content-type": "text/plain"})
+    assert as_text.status_code == 202 and len(recorder.events) == 1  # not JSON: its bytes, as sent
+
+
 async def test_a_cloudevent_is_taken_as_it_is(hook, recorder):
     _, client = await hook()
     event = Event({"specversion": "1.0", "id": "c-1", "source": "/crm", "type": "com.crm.lead",
