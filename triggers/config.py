@@ -289,12 +289,15 @@ class NatsTriggerConfig(NatsConnection):
 # -- Timer -----------------------------------------------------------------------------
 
 
+MIN_TIMER_INTERVAL = 0.01  # seconds
+
+
 class TimerTriggerConfig(Strict):
     """Fire an event on a cron schedule or at a fixed interval, once per tick."""
 
     cron: str | None = Field(None, description="cron expression (5 fields, or 6 with seconds)")
-    every: Duration | None = Field(None, gt=0, description="interval; ticks fall on multiples of it "
-                                   "since the Unix epoch")
+    every: Duration | None = Field(None, gt=0, description="interval, at least 10ms; ticks fall on multiples "
+                                   "of it since the Unix epoch")
     timezone: str = Field("UTC", description="IANA time zone the cron expression is read in")
     type: EventType = Field("dev.fmesh.timer", description="type of the tick events")
     source: str | None = Field(None, description="source of the tick events; default /fmesh/triggers/<name>")
@@ -320,6 +323,15 @@ class TimerTriggerConfig(Strict):
         except CroniterBadDateError:  # such as the 30th of February: valid, yet no date has it
             raise ValueError(f"cron expression {cron!r} never fires: no date matches it") from None
         return cron
+
+    @field_validator("every")
+    @classmethod
+    def _not_a_flood(cls, every: float | None) -> float | None:
+        # 1ms was taken: a thousand stored events a second from one line of YAML
+        if every is not None and every < MIN_TIMER_INTERVAL:
+            raise ValueError(f"every {every * 1000:g}ms is too fast for a timer: give at least "
+                             f"{MIN_TIMER_INTERVAL * 1000:g}ms")
+        return every
 
     @field_validator("timezone")
     @classmethod

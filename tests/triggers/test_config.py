@@ -57,6 +57,7 @@ def test_durations_sizes_and_lists_are_read_as_people_write_them():
     ({"nats": {"subject": "s", "jetstream": {"mode": "pull"}, "queue": "q"}}, "nats", "queue"),
     ({"timer": {"every": "soon"}}, "timer.every", "200ms, 5s"),
     ({"timer": {"cron": "61 * * * *"}}, "timer.cron", "not a valid cron"),
+    ({"timer": {"every": "1ms"}}, "timer.every", "every 1ms is too fast for a timer: give at least 10ms"),
     ({"timer": {"cron": "0 0 30 2 *"}}, "timer.cron", "never fires"),  # the 30th of February
     ({"timer": {"every": "5s", "timezone": "Mars/Olympus"}}, "timer.timezone", "unknown time zone"),
     ({"timer": {"every": "5s", "cron": "* * * * *"}}, "timer", "exactly one of cron or every"),
