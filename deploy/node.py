@@ -163,6 +163,7 @@ class Node:
             if self.ingress.max_event_bytes > limit - RECORD_MARGIN:
                 self.ingress.max_event_bytes = max(1, limit - RECORD_MARGIN)
                 log.info(f"events over {self.ingress.max_event_bytes} bytes are refused (413): " + why.format(limit))
+        self.runtime.max_reply_bytes = self.ingress.max_event_bytes  # a sink's reply is an event too
 
     def _install_tracer(self) -> None:
         """With --otlp-endpoint, the spans of every hop go to that collector."""

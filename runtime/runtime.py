@@ -117,6 +117,7 @@ class Runtime:
         self.fresh = SubprocessLauncher(self._on_exit)
         self.default_launcher: Launcher = self.zygote if launcher == "zygote" else self.fresh
         self.functions: dict[str, _Running] = {}
+        self.max_reply_bytes: int | None = None   # the mesh's event limit, for what sinks answer
         self.observers: list[Observer] = []   # every sidecar tells them what its attempts came to
         self.cold_start_listeners: list[Callable[[str, float], None]] = []   # (function, seconds)
         self.sinks: dict[str, tuple[SinkSpec, Sink, Sidecar]] = {}
@@ -225,7 +226,7 @@ class Runtime:
     def open_sink(self, spec: SinkSpec) -> Sink:
         """The sink `spec` describes, not started; raises (TriggerConfigError, ValueError)
         when it cannot be built as given (a missing secret, an unreadable CA file)."""
-        sink = open_sink(spec.url, spec.options)
+        sink = open_sink(spec.url, spec.options, self.max_reply_bytes)
         if spec.bridge is not None:
             sink = BridgeSink(sink, self.mesh_id, spec.bridge)  # type: ignore[arg-type]
         return sink

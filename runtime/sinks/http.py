@@ -51,8 +51,11 @@ def verification(options: SinkOptions, field: str) -> ssl.SSLContext | bool:
 class HttpSink:
     """`Sink` that POSTs events; 2xx CloudEvent answers come back as reply events."""
 
-    def __init__(self, url: str, options: SinkOptions, transport: httpx.AsyncBaseTransport | None = None) -> None:
-        """`transport`: httpx's own by default (a test gives an `httpx.MockTransport`)."""
+    def __init__(self, url: str, options: SinkOptions, transport: httpx.AsyncBaseTransport | None = None,
+                 max_answer_bytes: int = MAX_ANSWER_BYTES) -> None:
+        """`transport`: httpx's own by default (a test gives an `httpx.MockTransport`);
+        `max_answer_bytes`: the most of an answer read, the mesh's event limit."""
+        self.max_answer_bytes = max_answer_bytes
         self.url, structured = split_structured(url)
         self.structured = structured or options.structured
         self._headers = dict(options.headers)
@@ -123,7 +126,7 @@ class HttpSink:
 
     async def _exchange(self, headers: dict[str, str], body: bytes, timeout: float,
                         replies: bool) -> tuple[int, httpx.Headers, bytes]:
-        """The answer's status, headers and body, read up to MAX_ANSWER_BYTES: a reply is an
+        """The answer's status, headers and body, read up to `max_answer_bytes`: a reply is an
         event as big as the ingress takes at most, and an error body only a message."""
         assert self._client is not None
         async with self._client.stream("POST", self.url, headers=headers, content=body, timeout=timeout) as response:
@@ -132,10 +135,10 @@ class HttpSink:
             answer = bytearray()
             async for chunk in response.aiter_bytes():
                 answer += chunk
-                if len(answer) <= MAX_ANSWER_BYTES:
+                if len(answer) <= self.max_answer_bytes:
                     continue
                 if 200 <= response.status_code < 300:
                     raise HandlerError(f"POST {self.url} answered {response.status_code} with more than "
-                                       f"{MAX_ANSWER_BYTES} bytes: too big for a reply event", retryable=False)
-                return response.status_code, response.headers, bytes(answer[:MAX_ANSWER_BYTES])  # a message's start
+                                       f"{self.max_answer_bytes} bytes: too big for a reply event", retryable=False)
+                return response.status_code, response.headers, bytes(answer[:self.max_answer_bytes])  # its start
             return response.status_code, response.headers, bytes(answer)

@@ -10,6 +10,7 @@ import httpx
 import pytest
 from fmesh.deploy.body_limit import MAX_CONTROL_BODY_BYTES
 from fmesh.deploy.server import build
+from fmesh.runtime.runtime import SinkSpec
 
 from fmesh.settings import NodeSettings
 
@@ -210,3 +211,16 @@ async def test_a_spec_with_a_lone_surrogate_is_refused_naming_where(api):
     response = await api.post("/v1/apply", content=body, headers={**AUTH, "content-type": "application/json"})
     assert response.status_code == 422, response.text
     assert response.json()["error"].startswith("function a: env.A: '\\ud800' is not valid Unicode")
+
+
+async def test_a_mesh_opens_its_sinks_to_replies_as_big_as_the_events_it_takes(tmp_path):
+    """`--max-event-bytes` raised the ingress's limit, not the 1 MiB a sink reads of a reply."""
+    settings = NodeSettings(data_dir=tmp_path / "data", store="memory://", token=TOKEN, launcher="subprocess",
+                            max_event_bytes=3 * 2**20)
+    node, _, _ = build(settings)
+    await node.start()
+    try:
+        sink = node.runtime.open_sink(SinkSpec("subscription:s", "http://127.0.0.1:9/"))
+        assert sink.max_answer_bytes == node.ingress.max_event_bytes == 3 * 2**20
+    finally:
+        await node.stop()

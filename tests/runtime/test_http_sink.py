@@ -7,6 +7,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
+from fmesh.runtime.sinks import open_sink
 from fmesh.runtime.sinks.base import SinkOptions
 from fmesh.runtime.sinks.http import MAX_ANSWER_BYTES, HttpSink
 
@@ -109,3 +110,21 @@ async def test_a_reply_within_bounds_comes_back(url_of):
 
     event, _ = await post_to(await url_of(reply), timeout=5)
     assert event.type == "reply" and event.payload == b"ok", event
+
+
+async def test_a_mesh_taking_bigger_events_takes_replies_as_big(url_of):
+    """`fmesh up --max-event-bytes 4MiB` let 4 MiB events in, but a sink's 2 MiB reply was
+    still refused at the default 1 MiB."""
+    size = 2 * MAX_ANSWER_BYTES
+
+    async def big(writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\n" + REPLY_HEADERS + b"content-length: %d\r\n\r\n" % size)
+        writer.write(b"y" * size)
+        await writer.drain()
+
+    sink = open_sink(await url_of(big), None, max_reply_bytes=4 * MAX_ANSWER_BYTES)
+    try:
+        reply = await asyncio.wait_for(sink.invoke(new_event("t", "/s"), 5), 10)
+    finally:
+        await sink.stop()
+    assert len(reply.payload) == size
