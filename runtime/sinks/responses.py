@@ -42,11 +42,23 @@ def retry_after(value: str | None, now: float | None = None) -> float | None:
 
 def failure(url: str, status: int, headers: Mapping[str, str], body: bytes) -> HandlerError:
     """The error for a non-2xx answer, with the start of the body to say why."""
-    excerpt = body[:ERROR_BODY_BYTES].decode("utf-8", "replace").strip()
+    excerpt = body_excerpt(body)
     message = f"POST {url} answered {status}" + (f": {excerpt}" if excerpt else "")
     retryable = is_retryable(status)
     wait = retry_after(headers.get("retry-after")) if retryable else None
     return HandlerError(message, status=status, retryable=retryable, retry_after=wait)
+
+
+def body_excerpt(body: bytes) -> str:
+    """The start of an error body as text; a body that is not UTF-8 text (a gzip, an image)
+    is named as such, not shown as a line of U+FFFD."""
+    head = body[:ERROR_BODY_BYTES]
+    try:
+        return head.decode("utf-8").strip()
+    except UnicodeDecodeError as exc:
+        if exc.start < len(head) - 3:  # not only a character cut at the excerpt's end
+            return "a body that is not UTF-8 text"
+        return head[:exc.start].decode("utf-8").strip()
 
 
 def is_cloudevent(headers: Mapping[str, str]) -> bool:

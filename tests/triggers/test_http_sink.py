@@ -136,6 +136,20 @@ async def test_the_error_carries_the_first_kib_of_the_body(endpoint, sinks):
     assert "a" * 1024 in str(error.value) and "TAIL" not in str(error.value)
 
 
+async def test_an_error_body_that_is_not_text_is_named_not_shown_as_replacement_characters(endpoint, sinks):
+    """A gzip 410 page showed in `fmesh status` as a kilobyte of U+FFFD."""
+    endpoint.answers.append(Answer(410, body=bytes(range(128, 256)) * 20))
+    endpoint.answers.append(Answer(410, body=b"gone" + b"." * 1019 + "é".encode()))  # the KiB cuts é in two
+    sink = await sinks(endpoint.url)
+    messages = []
+    for _ in range(2):
+        with pytest.raises(HandlerError) as error:
+            await sink.invoke(EVENT, 5)
+        messages.append(str(error.value))
+    assert messages[0] == f"POST {endpoint.url} answered 410: a body that is not UTF-8 text"
+    assert messages[1] == f"POST {endpoint.url} answered 410: gone" + "." * 1019
+
+
 async def test_retry_after_in_seconds_or_as_a_date_is_honoured(endpoint, sinks):
     endpoint.answers.append(Answer(429, {"retry-after": "7"}))
     endpoint.answers.append(Answer(503, {"retry-after": formatdate(time.time() + 120, usegmt=True)}))
