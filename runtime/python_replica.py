@@ -41,7 +41,8 @@ class PythonReplica(Replica):
 
     def _if_never_connected(self) -> None:
         if self._writer is None:
-            self.closed(f"{self.exit_reason} before it connected to the mesh")
+            self.exit_reason = f"{self.exit_reason} before it connected to the mesh"
+            self.closed(self.exit_reason)
 
     async def _read(self, reader: asyncio.StreamReader) -> None:
         try:

@@ -13,7 +13,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import httpx
 from fmesh.broker.ingress import DEFAULT_MAX_EVENT_BYTES
 from fmesh.runtime.sinks.base import SinkOptions
-from fmesh.runtime.sinks.responses import outcome
+from fmesh.runtime.sinks.responses import ERROR_BODY_BYTES, outcome
 from fmesh.triggers.config import read_secret
 
 from fmesh.bindings.common import describe
@@ -127,18 +127,21 @@ class HttpSink:
     async def _exchange(self, headers: dict[str, str], body: bytes, timeout: float,
                         replies: bool) -> tuple[int, httpx.Headers, bytes]:
         """The answer's status, headers and body, read up to `max_answer_bytes`: a reply is an
-        event as big as the ingress takes at most, and an error body only a message."""
+        event as big as the ingress takes at most, and of an error body only the excerpt its
+        error shows is read."""
         assert self._client is not None
         async with self._client.stream("POST", self.url, headers=headers, content=body, timeout=timeout) as response:
             if not replies and 200 <= response.status_code < 300:
                 return response.status_code, response.headers, b""
+            ok = 200 <= response.status_code < 300
+            limit = self.max_answer_bytes if ok else ERROR_BODY_BYTES + 1  # an error's excerpt, and whether it was cut
             answer = bytearray()
             async for chunk in response.aiter_bytes():
                 answer += chunk
-                if len(answer) <= self.max_answer_bytes:
+                if len(answer) <= limit:
                     continue
-                if 200 <= response.status_code < 300:
+                if ok:
                     raise HandlerError(f"POST {self.url} answered {response.status_code} with more than "
-                                       f"{self.max_answer_bytes} bytes: too big for a reply event", retryable=False)
-                return response.status_code, response.headers, bytes(answer[:self.max_answer_bytes])  # its start
+                                       f"{limit} bytes: too big for a reply event", retryable=False)
+                return response.status_code, response.headers, bytes(answer[:limit])
             return response.status_code, response.headers, bytes(answer)

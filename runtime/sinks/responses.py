@@ -7,6 +7,7 @@ Connection errors, timeouts, 5xx, 404, 408, 409 and 429 are worth retrying (hono
 
 from __future__ import annotations
 
+import codecs
 import time
 from collections.abc import Mapping
 from datetime import UTC
@@ -50,15 +51,13 @@ def failure(url: str, status: int, headers: Mapping[str, str], body: bytes) -> H
 
 
 def body_excerpt(body: bytes) -> str:
-    """The start of an error body as text; a body that is not UTF-8 text (a gzip, an image)
-    is named as such, not shown as a line of U+FFFD."""
-    head = body[:ERROR_BODY_BYTES]
-    try:
-        return head.decode("utf-8").strip()
-    except UnicodeDecodeError as exc:
-        if exc.start < len(head) - 3:  # not only a character cut at the excerpt's end
-            return "a body that is not UTF-8 text"
-        return head[:exc.start].decode("utf-8").strip()
+    """The start of an error body as text (a character cut at its end left out); a body that
+    is mostly not UTF-8 (a gzip, an image) is named as such, not shown as a run of U+FFFD."""
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")
+    text = decoder.decode(body[:ERROR_BODY_BYTES], final=len(body) <= ERROR_BODY_BYTES)
+    if text.count("\ufffd") > len(text) // 4:
+        return "a body that is not UTF-8 text"
+    return text.strip()
 
 
 def is_cloudevent(headers: Mapping[str, str]) -> bool:

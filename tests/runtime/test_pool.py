@@ -200,5 +200,5 @@ async def test_a_replica_that_exits_before_it_connects_fails_its_start_at_once(h
     pool = harness.pool("no-such-function-folder", ScalePolicy(max=1, start_timeout=120))
     with pytest.raises(HandlerError) as failed:
         await asyncio.wait_for(pool.invoke(new_event("t", "/s"), timeout=120), 20)
-    assert "exited" in str(failed.value), failed.value
+    assert "exited with code 1 before it connected to the mesh" in str(failed.value), failed.value
     assert pool.status().starting == 0

@@ -44,6 +44,7 @@ def test_durations_sizes_and_lists_are_read_as_people_write_them():
     timer = TriggerEntry.model_validate({"timer": {"every": "1m30s"}}).config
     http = TriggerEntry.model_validate({"http": {"path": "/h", "max_body": "512KiB"}}).config
     assert (timer.every, http.max_body) == (90.0, 512 * 1024)
+    assert TriggerEntry.model_validate({"timer": {"every": "10ms"}}).config.every == 0.01  # the fastest taken
 
 
 @pytest.mark.parametrize("entry,where,says", [

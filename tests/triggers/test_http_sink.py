@@ -15,7 +15,7 @@ from cloudevents.core.bindings import http as sdk_http
 from cloudevents.core.formats.json import JSONFormat
 from external import free_port
 from fmesh.runtime.sinks import SinkOptions, open_sink
-from fmesh.runtime.sinks.responses import retry_after
+from fmesh.runtime.sinks.responses import body_excerpt, retry_after
 
 from fmesh.bindings.http import write_binary, write_structured
 from fmesh.errors import HandlerError
@@ -148,6 +148,15 @@ async def test_an_error_body_that_is_not_text_is_named_not_shown_as_replacement_
         messages.append(str(error.value))
     assert messages[0] == f"POST {endpoint.url} answered 410: a body that is not UTF-8 text"
     assert messages[1] == f"POST {endpoint.url} answered 410: gone" + "." * 1019
+
+
+@pytest.mark.parametrize("body, shown", [
+    (b"hello\xff", "hello\ufffd"),                      # not cut: the bad byte is not taken for a cut character
+    ("Überlastet: réessayez".encode("latin-1"), "\ufffdberlastet: r\ufffdessayez"),  # mostly text: shown
+    (b"\x1f\x8b\x08\x00" + bytes(range(200, 256)), "a body that is not UTF-8 text"),  # a gzip
+])
+def test_an_error_excerpt_shows_what_is_text(body, shown):
+    assert body_excerpt(body) == shown
 
 
 async def test_retry_after_in_seconds_or_as_a_date_is_honoured(endpoint, sinks):
