@@ -96,10 +96,10 @@ def lone_surrogate(data: Any) -> tuple[list[str | int], str] | None:
         path, value = stack.pop()
         if isinstance(value, str) and not value.isascii() and any("\ud800" <= c <= "\udfff" for c in value):
             problem = f"{value!r} is not valid Unicode: it holds a lone surrogate, which UTF-8 cannot carry"
-            return path[:-1] if path and path[-1] == "[key]" else path, problem
-        if isinstance(value, dict):
-            stack.extend((path + [key], item) for key, item in reversed(value.items()))
-            stack.extend((path + [key, "[key]"], key) for key in reversed(value))
+            return path, problem
+        if isinstance(value, dict):  # a key and its value have one path: the key's checked first
+            for key, item in reversed(value.items()):
+                stack.extend([(path + [key], item), (path + [key], key)])
         elif isinstance(value, list):
             stack.extend((path + [index], item) for index, item in reversed(list(enumerate(value))))
     return None

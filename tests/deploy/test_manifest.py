@@ -85,6 +85,7 @@ def test_an_env_name_no_environment_can_hold_is_refused_at_once():
     ("functions.a.env.A", 'handler: h.py:f\n    env: {A: "\\ud800"}'),
     ("functions.a.on.0.type", 'handler: h.py:f\n    on: [{type: "t.\\udcff"}]'),
     ("functions.a.handler", 'handler: "h\\ud83d.py:f"'),
+    ("functions.a.env.[key]", 'handler: h.py:f\n    env: {"[key]": "\\ud800"}'),  # no marker of the walk's
 ])
 def test_a_string_with_a_lone_surrogate_is_refused_where_it_is(field, yaml):
     """`"\\ud800"` in YAML is a string no UTF-8 can carry: in env, the replica died before it
