@@ -140,8 +140,9 @@ class WebhookTrigger:
 
 def _text(headers: Mapping[str, str], name: str | None) -> str | None:
     """Header `name` as the UTF-8 text its sender wrote (`café`, not `cafÃ©`), if sent."""
-    value = headers.get(name.lower()) if name else None
-    return value if value is None or value.isascii() else header_as_utf8(name.lower(), value)  # type: ignore[union-attr]
+    key = name.lower() if name else ""
+    value = headers.get(key) if key else None
+    return None if value is None else header_as_utf8(key, value)
 
 
 def is_cloudevent(headers: Mapping[str, str]) -> bool:

@@ -92,6 +92,8 @@ def utf8_attributes(headers: Mapping[str, str]) -> Mapping[str, str]:
 def header_as_utf8(name: str, value: str, attribute: str | None = None) -> str:
     """A header value read from ASGI (a character per byte) as the UTF-8 its sender meant;
     InvalidEvent naming the header (and the attribute it carries) for bytes that are not."""
+    if value.isascii():
+        return value
     try:
         return value.encode("latin-1").decode("utf-8")
     except (UnicodeEncodeError, UnicodeDecodeError) as exc:  # encode: not one character per byte

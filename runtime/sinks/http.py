@@ -131,9 +131,9 @@ class HttpSink:
         error shows is read."""
         assert self._client is not None
         async with self._client.stream("POST", self.url, headers=headers, content=body, timeout=timeout) as response:
-            if not replies and 200 <= response.status_code < 300:
-                return response.status_code, response.headers, b""
             ok = 200 <= response.status_code < 300
+            if ok and not replies:
+                return response.status_code, response.headers, b""
             limit = self.max_answer_bytes if ok else ERROR_BODY_BYTES + 1  # an error's excerpt, and whether it was cut
             answer = bytearray()
             async for chunk in response.aiter_bytes():
