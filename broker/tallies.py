@@ -147,7 +147,7 @@ class Tallies:
             counts.redirected += 1
             counts.failed += 1
         elif kind == Steps.REPLY:
-            counts.replies += 1
+            counts.replies += error is None   # with an error: a reply dead-lettered, not published
         elif kind == Steps.REPLAYED:
             counts.replayed += 1
 

@@ -101,7 +101,8 @@ def _tree(entry: dict[str, Any]) -> list[str]:
 
 def _headline(entry: dict[str, Any]) -> str:
     if entry["at"] is None:
-        return f"{_text(entry['id'])} from {_text(entry['source'])} (its arrival is no longer in the trail)"
+        line = f"{_text(entry['id'])} from {_text(entry['source'])}  {_unstored(entry)}"
+        return line + (f"  (reply to {_text(entry['parent']['id'])})" if entry.get("parent") else "")
     line = (f"{_text(entry['id'])}  {_text(entry['type'])}  from {_text(entry['source'])}  sent by "
             f"{_text(entry['sender'])}  at {_clock(entry['at'])}")
     if entry.get("path"):
@@ -120,10 +121,16 @@ def _branches(entry: dict[str, Any]) -> list[tuple[str, list[str]]]:
     for subscription, outcome in entry["outcome"].items():
         steps = [s for s in entry["steps"] if s["subscription"] == subscription and s["kind"] != "reply"]
         branches.append((f"{_text(subscription)}: {_outcome(outcome, steps)}", [_step_line(s) for s in steps]))
-    branches.extend((f"reply {_text(r['id'])}  {_text(r['type'])}", _tree(r)) for r in entry["replies"])
+    branches.extend((f"reply {_text(r['id'])}  {_text(r['type']) if r['at'] is not None else _unstored(r)}",
+                      _tree(r)) for r in entry["replies"])
     others = [s for s in entry["steps"] if s["subscription"] not in entry["outcome"] and s["kind"] != "reply"]
     branches.extend((_step_line(s), []) for s in others)
     return branches
+
+
+def _unstored(entry: dict[str, Any]) -> str:
+    """What an entry without an arrival is: a reply the mesh dropped, or one the trail forgot."""
+    return "not stored" if entry.get("stored") is False else "(its arrival is no longer in the trail)"
 
 
 def _outcome(outcome: str, steps: list[dict[str, Any]]) -> str:

@@ -272,6 +272,7 @@ def check_text(value: str, attribute: str) -> None:
 # Extensions the mesh itself sets. Anyone may send them (a bridged event carries them),
 # but only well formed: a negative hop count would let a caller lengthen a reply loop.
 HOPS = "fmeshhops"
+MAX_HOPS = 16          # a reply chain longer than this is a loop: its next reply is dead-lettered
 # Who published an event (`peer:eu`, `token:ci`, `trigger:orders`, `function:hello`, `admin`,
 # `anonymous`): set where the event enters the mesh, replacing anything a caller sent.
 SENDER = "fmeshsender"

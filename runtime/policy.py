@@ -5,6 +5,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from fmesh.events import MAX_HOPS
+
 
 @dataclass(frozen=True)
 class DeliveryPolicy:
@@ -17,7 +19,7 @@ class DeliveryPolicy:
     timeout: float = 30.0                 # per attempt
     dead_letter: str | None = None        # the subscription dead letters go to ("function:x", a sink's)
     retry_after_cap: float = 300.0        # longest Retry-After honoured
-    max_hops: int = 16                    # reply chain length that counts as a loop
+    max_hops: int = MAX_HOPS              # reply chain length that counts as a loop
     ordered: bool = False                 # one event per partitionkey at a time, in order
     ttl: float | None = None              # an event stored longer than this is dead-lettered, not retried
 

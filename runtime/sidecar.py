@@ -285,6 +285,9 @@ class Sidecar:
             await self.queue.dead_letter(Delivery(-1, self.name, reply), letter)
             self.stats.dead_lettered += 1
             self._tell(reply, Steps.DEAD_LETTERED, 0, error=letter.reason)
+            # Linked from its parent like a stored reply (`fmesh trace` shows it there); the
+            # error says it was not stored.
+            self._tell(delivery.event, Steps.REPLY, delivery.attempts + 1, error=letter.reason, detail=reply.id)
             log.warning("event dead-lettered", **self._about(reply), in_reply_to=delivery.event.id,
                         attempts=0, reason=letter.reason)
             return

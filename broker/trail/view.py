@@ -7,8 +7,9 @@ from typing import Any
 from fmesh.broker.trail.store import Arrival, Step, TrailStore
 
 from fmesh.contracts import Steps
+from fmesh.events import MAX_HOPS
 
-MAX_DEPTH = 16   # replies of replies shown; a loop of replies ends in the dead letters long before
+MAX_DEPTH = MAX_HOPS + 1   # replies of replies shown: a whole loop of replies, and the one dead-lettered
 
 OUTCOMES = {Steps.DELIVERED: "delivered", Steps.RETRYING: "retrying", Steps.DEAD_LETTERED: "dead-lettered",
             Steps.REDIRECTED: "redirected", Steps.REPLAYED: "pending", Steps.NOT_SENT: "not sent"}
@@ -21,31 +22,40 @@ class Trace:
     def of(self, event_id: str, sender: str | None = None, depth: int = 0) -> list[dict[str, Any]]:
         """Every stored event with this id (sent by `sender`, when given), each with its steps,
         outcome per subscription, and the replies it produced, nested."""
-        arrivals = [a for a in self.store.arrivals(event_id) if sender is None or a.sender == sender]
+        stored = self.store.arrivals(event_id)
+        arrivals = [a for a in stored if sender is None or a.sender == sender]
         steps = self.store.steps(event_id)
-        if not arrivals and sender is None:
+        if not stored:   # never stored (a reply dropped as looped or over the hop limit), or pruned
             return [self._entry(None, event_id, steps, depth)] if steps else []
         return [self._entry(arrival, event_id, [s for s in steps if _belongs(s, arrival, arrivals)], depth)
                 for arrival in arrivals]
 
     def _entry(self, arrival: Arrival | None, event_id: str, steps: list[Step], depth: int) -> dict[str, Any]:
-        entry = arrival_json(arrival) if arrival else {"id": event_id, "source": steps[0].source, "type": None,
-                                                       "at": None, "sender": None, "traceparent": None,
-                                                       "routed": [], "path": None}
-        entry["parent"] = self._parent(arrival)
+        if arrival:
+            entry = arrival_json(arrival)
+            entry["parent"] = self._parent(arrival)
+        else:
+            entry = {"id": event_id, "source": steps[0].source, "type": None, "at": None, "sender": None,
+                     "traceparent": None, "routed": [], "path": None, "parent": self._parent_of_unstored(event_id)}
+        # A reply whose parent is in the trail but which has no arrival was never stored: the trail
+        # is pruned oldest first, so a reply's arrival outlives its parent's `reply` step.
+        entry["stored"] = True if arrival else (False if entry["parent"] else None)
         entry["steps"] = [step_json(s) for s in steps]
         entry["outcome"] = outcomes(entry["routed"], steps)
         entry["replies"] = [reply for s in steps if s.kind == Steps.REPLY and s.detail and depth < MAX_DEPTH
                             for reply in self.of(s.detail, s.subscription, depth + 1)]
         return entry
 
-    def _parent(self, arrival: Arrival | None) -> dict[str, str] | None:
-        if arrival is None:
-            return None
+    def _parent(self, arrival: Arrival) -> dict[str, str] | None:
         for step in self.store.parents(arrival.id):
             if step.subscription == arrival.sender:
                 return {"id": step.id, "source": step.source}
         return None
+
+    def _parent_of_unstored(self, event_id: str) -> dict[str, str] | None:
+        """The event that produced this reply, which the mesh did not store (so its sender is unknown)."""
+        parents = self.store.parents(event_id)
+        return {"id": parents[-1].id, "source": parents[-1].source} if parents else None
 
 
 def _belongs(step: Step, arrival: Arrival, arrivals: list[Arrival]) -> bool:

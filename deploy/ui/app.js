@@ -422,8 +422,10 @@ function trailEntry(entry) {
 
 function headline(entry) {
   if (entry.at === null) {
-    return el("div", {class: "trail-head"}, el("strong", {class: "event-id"}, entry.id), " from ",
-              el("span", {class: "source"}, entry.source), " (its arrival is no longer in the trail)");
+    const head = el("div", {class: "trail-head"}, el("strong", {class: "event-id"}, entry.id), " from ",
+                    el("span", {class: "source"}, entry.source), "  ", unstored(entry));
+    if (entry.parent) head.append("  (reply to ", lookup(entry.parent.id), ")");
+    return head;
   }
   const head = el("div", {class: "trail-head"},
     el("strong", {class: "event-id"}, entry.id), "  ", el("span", {class: "type"}, entry.type),
@@ -453,12 +455,18 @@ function branches(entry) {
   }
   for (const reply of entry.replies || []) {
     items.push(el("li", {class: "reply", "data-event": reply.id}, "reply ", lookup(reply.id), "  ",
-                  el("span", {class: "type"}, reply.type), el("ul", {}, branches(reply))));
+                  reply.at === null ? unstored(reply) : el("span", {class: "type"}, reply.type),
+                  el("ul", {}, branches(reply))));
   }
   for (const step of steps.filter((s) => !(s.subscription in outcome) && s.kind !== "reply")) {
     items.push(el("li", {class: "step"}, stepLine(step)));
   }
   return items;
+}
+
+// An entry without an arrival: a reply the mesh dropped (looped, over the hop limit), or one the trail forgot.
+function unstored(entry) {
+  return entry.stored === false ? el("span", {class: "unstored"}, "not stored") : "(its arrival is no longer in the trail)";
 }
 
 function outcomeText(outcome, steps) {

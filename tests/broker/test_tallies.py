@@ -31,6 +31,7 @@ def test_each_kind_of_step_counts_where_the_status_shows_it():
              (Steps.DEAD_LETTERED, 0, None)]   # the last: a reply over the hop limit, no attempt failed
     for kind, attempt, took in steps:
         tallies.step(event(), "function:a", kind, attempt, duration=took)
+    tallies.step(event(), "function:a", Steps.REPLY, 1, error="reply hop limit 16 reached")  # not published
     counts = tallies.of("function:a")
     assert (counts.delivered, counts.failed, counts.retried) == (1, 3, 1)
     assert (counts.dead_lettered, counts.redirected, counts.replies, counts.replayed) == (2, 1, 1, 1)

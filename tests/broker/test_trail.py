@@ -16,9 +16,10 @@ from fmesh.broker.trail.memory import MemoryTrail
 from fmesh.broker.trail.recorder import TrailRecorder
 from fmesh.broker.trail.sqlite import ARRIVAL, BLOCK_ROWS, BY_ID, SqliteTrail
 from fmesh.broker.trail.store import Arrival, Step
+from fmesh.broker.trail.view import Trace
 
 from fmesh.contracts import Steps
-from fmesh.events import SENDER, Event
+from fmesh.events import MAX_HOPS, SENDER, Event
 
 
 @pytest.fixture(params=["memory", "sqlite"])
@@ -138,6 +139,55 @@ async def test_the_path_of_an_event_with_retries_and_a_reply_routed_on():
     assert nested["outcome"] == {"function:b": "dead-lettered"}
     assert await recorder.trace("nope") == []
     await recorder.close()
+
+
+@pytest.mark.parametrize("store", ["memory", "sqlite"], indirect=True)
+async def test_a_reply_the_mesh_did_not_store_shows_under_its_parent_and_says_why(store):
+    recorder = TrailRecorder(store, retention=3600, max_events=100)
+    parent = event("e1")
+    cut = event("r1", "t.reply", **{SENDER: "function:a"})
+    looped = event("r2", "t.reply", **{SENDER: "function:a"})
+    recorder.accepted([(parent, ["function:a"])])
+    recorder.step(parent, "function:a", Steps.DELIVERED, 1, duration=0.001)
+    recorder.step(cut, "function:a", Steps.DEAD_LETTERED, 0, error="reply hop limit 16 reached")
+    recorder.step(parent, "function:a", Steps.REPLY, 1, error="reply hop limit 16 reached", detail="r1")
+    recorder.step(looped, "", Steps.LOOPED, detail="this mesh is on its path already: dropped")
+    recorder.step(parent, "function:a", Steps.REPLY, 1, detail="r2")
+
+    [entry] = await recorder.trace("e1")
+    assert entry["stored"] is True
+    first, second = entry["replies"]
+    assert (first["id"], first["stored"], first["parent"]) == ("r1", False, {"id": "e1", "source": "/s"})
+    assert first["outcome"] == {"function:a": "dead-lettered"} and "hop limit" in first["steps"][0]["error"]
+    assert (second["id"], second["stored"]) == ("r2", False)
+    assert [s["kind"] for s in second["steps"]] == ["looped"]
+    [alone] = await recorder.trace("r1")   # looked up itself, it names its parent
+    assert alone["stored"] is False and alone["parent"]["id"] == "e1"
+    await recorder.close()
+
+
+async def test_an_event_whose_arrival_was_pruned_is_not_called_unstored():
+    recorder = TrailRecorder(MemoryTrail(), retention=3600, max_events=100)
+    recorder.step(event("e1"), "function:a", Steps.DELIVERED, 1)
+    [entry] = await recorder.trace("e1")
+    assert entry["at"] is None and entry["stored"] is None and entry["parent"] is None
+    await recorder.close()
+
+
+def test_a_reply_loop_is_shown_to_the_reply_that_was_cut():
+    """The view follows a whole chain of `MAX_HOPS` replies, and the one dead-lettered after it."""
+    store = MemoryTrail()
+    ids = [f"e{n}" for n in range(MAX_HOPS + 2)]
+    replies = [event(i, **{SENDER: "function:a"}).attributes for i in ids[:-1]]
+    store.write([(100.0 + n, [(attributes, ["function:a"])]) for n, attributes in enumerate(replies)],
+                [*(noted(i, Steps.REPLY, at=100.5 + n, detail=ids[n + 1]) for n, i in enumerate(ids[:-1])),
+                 noted(ids[-1], Steps.DEAD_LETTERED, at=200.0, error="reply hop limit 16 reached")])
+    [entry] = Trace(store).of("e0")
+    depth = 0
+    while entry["replies"]:
+        [entry] = entry["replies"]
+        depth += 1
+    assert depth == MAX_HOPS + 1 and entry["id"] == ids[-1] and entry["stored"] is False
 
 
 async def test_an_event_sent_twice_keeps_two_paths():

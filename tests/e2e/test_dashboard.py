@@ -56,6 +56,9 @@ functions:
     on: [{{{{type: com.example.picky}}}}]
     env: {{{{GATE_CLOSED: "{gate}", APPEND_TO: "{folder / 'picked.txt'}"}}}}
     delivery: {{{{retries: 0}}}}
+  echo:                                   # replies to its own replies: a loop, cut at the hop limit
+    handler: {{functions}}/hello/handler.py:handle
+    on: [{{{{type: {{{{prefix: com.example.loop}}}}}}}}]
 subscriptions:
   audit:
     filter: {{{{type: com.example.greet}}}}
@@ -232,6 +235,31 @@ def test_the_search_shows_dead_letters_and_events_that_matched_nothing(browser, 
         ui.close()
 
 
+def test_a_reply_cut_at_the_hop_limit_shows_as_not_stored_under_its_parent(browser, dashboard_mesh, tmp_path):
+    mesh, _ = dashboard_mesh
+    send(mesh, "com.example.loop", "loop-1")
+    wait_for(lambda: mesh.status("echo")["dead_lettered"] == 1, 20, message="the loop to be cut")
+    [letter] = [d for d in mesh.api("GET", "/v1/dead-letters").json()["dead_letters"]
+                if d["event"]["attributes"]["type"].startswith("com.example.loop")]
+    cut = letter["event"]["attributes"]["id"]
+    parent = mesh.api("GET", f"/v1/trail/{cut}").json()["trail"][0]["parent"]["id"]
+    ui = Page(browser, mesh, tmp_path / "screenshots-loop")
+    try:
+        ui.login(mesh.token)
+        search(ui, parent)
+        reply = ui.page.locator(f'#trail li.reply[data-event="{cut}"]')
+        reply.locator(".unstored:has-text('not stored')").wait_for()
+        reply.locator('li.route[data-subscription="function:echo"] .outcome.dead-lettered').wait_for()
+        assert "reply hop limit 16 reached" in reply.inner_text()
+        ui.shot("trace-loop-cut")
+        search(ui, cut)   # looked up itself, it says what it answered
+        ui.page.wait_for_selector(f'#trail .trail-entry[data-event="{cut}"] .trail-head:has-text("not stored")')
+        assert parent in ui.page.inner_text("#trail .trail-head")
+        assert ui.dialogs == [] and ui.csp_errors == []
+    finally:
+        ui.close()
+
+
 def test_a_read_session_sees_no_replay_buttons(browser, dashboard_mesh, tmp_path):
     mesh, _ = dashboard_mesh
     made = mesh.api("POST", "/v1/tokens", json={"name": "viewer", "scope": "read"}).json()
@@ -266,7 +294,7 @@ def test_live_streams_are_bounded_and_give_their_place_back_when_the_client_goes
         assert first.headers["content-type"].startswith("text/event-stream")
         lines = first.iter_lines()
         data = next(line for line in lines if line.startswith("data: "))
-        assert {f["name"] for f in json.loads(data.removeprefix("data: "))["functions"]} == {"greeter", "picky"}
+        assert {f["name"] for f in json.loads(data.removeprefix("data: "))["functions"]} == {"greeter", "picky", "echo"}
 
         def the_other_places_taken() -> bool:
             """All MAX_LIVE - 1 others opened; else those opened are given back, for a page

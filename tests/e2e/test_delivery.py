@@ -120,6 +120,13 @@ functions:
     letter = mesh.api("GET", "/v1/dead-letters").json()["dead_letters"][0]
     assert "hop limit 16" in letter["reason"]
     assert letter["event"]["attributes"]["fmeshhops"] == 17
+    # The trail shows the reply that was cut, not stored, under the last reply that was.
+    cut = letter["event"]["attributes"]["id"]
+    [alone] = mesh.api("GET", f"/v1/trail/{cut}").json()["trail"]
+    assert alone["stored"] is False and alone["outcome"] == {"function:echo": "dead-lettered"}
+    [parent] = mesh.api("GET", f"/v1/trail/{alone['parent']['id']}").json()["trail"]
+    assert parent["stored"] is True and [r["id"] for r in parent["replies"]] == [cut]
+    assert f"reply {cut}  not stored" in mesh.cli("trace", parent["id"]).stdout
 
 
 def test_every_accepted_event_survives_sigkill(mesh_factory, tmp_path):
