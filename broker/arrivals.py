@@ -10,7 +10,10 @@ A claim that found nothing to do, and is the only one waiting on its subscriptio
 instead be handed what arrives (`takers`, `hand`): the store takes the fresh deliveries
 for it in the transaction that appends them, and the claim returns them without reading
 them back, a store operation and a few loop turns sooner. Ordered claims never are: which
-delivery of a key may go is the store's to say.
+delivery of a key may go is the store's to say. For the same reason an ordered claim is
+woken when a delivery of its subscription is settled (`settled`: acked, dead-lettered or
+moved away), as that lets the next delivery of its key go; an unordered claim is not, as
+nothing became due.
 """
 
 from __future__ import annotations
@@ -32,11 +35,12 @@ class _Waiter:
     """A claim between two looks: its future is set to None by a wake-up (look again), or
     to deliveries handed to it."""
 
-    __slots__ = ("future", "limit")
+    __slots__ = ("future", "limit", "ordered")
 
-    def __init__(self, future: asyncio.Future[list[Delivery] | None]) -> None:
+    def __init__(self, future: asyncio.Future[list[Delivery] | None], ordered: bool) -> None:
         self.future = future
         self.limit = 0
+        self.ordered = ordered
 
 
 class Arrivals:
@@ -48,6 +52,12 @@ class Arrivals:
         waiting, takers = self._waiting, self._takers  # most appends find no claim waiting
         for subscription in subscriptions:
             if subscription in waiting or subscription in takers:
+                self._wake(subscription)
+
+    def settled(self, subscriptions: Iterable[str]) -> None:
+        """Deliveries of `subscriptions` were settled: wake the ordered claims waiting on them."""
+        for subscription in subscriptions:
+            if any(waiter.ordered for waiter in self._waiting.get(subscription, ())):
                 self._wake(subscription)
 
     def wake_all(self) -> None:
@@ -77,23 +87,24 @@ class Arrivals:
         return True
 
     async def claim(self, subscription: str, claim_now: ClaimNow, release: Release, wait: float,
-                    clock: Callable[[], float], limit: int = 0) -> list[Delivery]:
+                    clock: Callable[[], float], limit: int = 0, ordered: bool = False) -> list[Delivery]:
         """What `claim_now` claims, waiting up to `wait` seconds for there to be something;
-        with a `limit`, what is handed to it meanwhile, up to that many.
+        with a `limit` (never for an `ordered` claim), what is handed to it meanwhile, up to
+        that many.
 
         Cancelled, it claims nothing: what a claim already in progress takes, or what was
         handed to it, is released."""
         deadline = time.monotonic() + wait
         loop = asyncio.get_running_loop()
         while True:
-            waiter = _Waiter(loop.create_future())
+            waiter = _Waiter(loop.create_future(), ordered)
             self._enlist(subscription, waiter)  # before looking: an arrival from now on wakes us
             try:
                 deliveries, next_due = await _uncancelled(claim_now(), release)
                 left = deadline - time.monotonic()
                 if deliveries or left <= 0:
                     return deliveries
-                if limit and not waiter.future.done() and self._waiting.get(subscription) == [waiter]:
+                if limit and not ordered and not waiter.future.done() and self._waiting.get(subscription) == [waiter]:
                     waiter.limit = limit
                     self._takers[subscription] = waiter
                 timeout = max(MIN_WAIT, left if next_due is None else min(left, next_due - clock()))

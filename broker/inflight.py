@@ -32,6 +32,11 @@ class InFlight:
             self._subscription_of[delivery_id] = subscription
             self._journal.append((True, delivery_id, subscription))
 
+    def subscriptions(self, ids: Iterable[int]) -> set[str]:
+        """The subscriptions that claimed any of `ids`."""
+        subscription_of = self._subscription_of
+        return {subscription_of[i] for i in ids if i in subscription_of}
+
     def drop(self, ids: Iterable[int]) -> None:
         """No longer claimed (acked, released, retried, dead-lettered, moved); unknown ids are
         ignored (a late ack of a delivery claimed by an earlier process)."""

@@ -78,7 +78,7 @@ class MemoryEventLog:
         async def now() -> tuple[list[Delivery], float | None]:
             return self._claim_now(subscription, limit, ordered, self.clock())
 
-        return await self._arrivals.claim(subscription, now, self.release, wait, self.clock)
+        return await self._arrivals.claim(subscription, now, self.release, wait, self.clock, ordered=ordered)
 
     def _claim_now(self, subscription: str, limit: int, ordered: bool,
                    now: float) -> tuple[list[Delivery], float | None]:
@@ -98,8 +98,8 @@ class MemoryEventLog:
         return [_copy(r.delivery) for r in due], min(rest) if rest else None
 
     async def ack(self, delivery_ids: Sequence[int]) -> None:
-        for i in delivery_ids:
-            self._rows.pop(i, None)
+        acked = [self._rows.pop(i, None) for i in delivery_ids]
+        self._arrivals.settled({row.delivery.subscription for row in acked if row is not None})
 
     async def release(self, delivery_ids: Sequence[int]) -> None:
         for i in delivery_ids:
@@ -123,9 +123,11 @@ class MemoryEventLog:
         self._rows.pop(delivery.id, None)
         letter.id = next(self._ids)
         self._dead[letter.id] = letter
+        self._arrivals.settled([delivery.subscription])
 
     async def redirect(self, delivery_id: int, subscription: str, event: Event) -> None:
-        if self._rows.pop(delivery_id, None) is not None:
+        if (moved := self._rows.pop(delivery_id, None)) is not None:
+            self._arrivals.settled([moved.delivery.subscription])
             now = self.clock()
             self._rows[delivery_id] = _Row(Delivery(delivery_id, subscription, event, stored_at=now), now)
             self._arrivals.wake([subscription])

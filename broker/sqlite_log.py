@@ -424,8 +424,7 @@ class SqliteEventLog:
         def now() -> Awaitable[tuple[list[Delivery], float | None]]:
             return self._claim_now(subscription, limit, ordered)
 
-        return await self._arrivals.claim(subscription, now, self.release, wait, self.clock,
-                                          limit=0 if ordered else limit)
+        return await self._arrivals.claim(subscription, now, self.release, wait, self.clock, limit, ordered)
 
     async def _claim_now(self, subscription: str, limit: int, ordered: bool) -> tuple[list[Delivery], float | None]:
         now = self.clock()
@@ -449,11 +448,13 @@ class SqliteEventLog:
         delivery_ids = list(delivery_ids)  # as they are now: the op runs later
         ids = [(i,) for i in delivery_ids]
 
-        def op(conn: sqlite3.Connection) -> None:
+        def op(conn: sqlite3.Connection) -> set[str]:
             conn.executemany("DELETE FROM deliveries WHERE id=?", ids)
+            settled = self._inflight.subscriptions(delivery_ids)
             self._inflight.drop(delivery_ids)
+            return settled
 
-        await self.submit(op)
+        self._arrivals.settled(await self.submit(op))
 
     async def release(self, delivery_ids: Sequence[int]) -> None:
         if delivery_ids:  # in memory only, but in the writer's order, after what came before
@@ -486,17 +487,20 @@ class SqliteEventLog:
                  letter.status, letter.error, letter.failed_at))
 
         await self.submit(op)
+        self._arrivals.settled([delivery.subscription])
 
     async def redirect(self, delivery_id: int, subscription: str, event: Event) -> None:
         attributes, payload = to_record(event)
         now = self.clock()
-        def op(conn: sqlite3.Connection) -> None:
+        def op(conn: sqlite3.Connection) -> set[str]:
             conn.execute("UPDATE deliveries SET subscription=?, attributes=?, payload=?, attempts=0,"
                          " due_at=?, last_error=NULL, okey=?, stored_at=due_at WHERE id=?",
                          (subscription, attributes, payload, now, ordering_key(event), delivery_id))
+            moved_from = self._inflight.subscriptions([delivery_id])
             self._inflight.drop([delivery_id])
+            return moved_from
 
-        await self.submit(op)
+        self._arrivals.settled(await self.submit(op))
         self._arrivals.wake([subscription])
 
     async def dead_letters(self, subscription: str | None = None, limit: int = 1000) -> list[DeadLetter]:

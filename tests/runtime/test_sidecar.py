@@ -10,6 +10,7 @@ from fmesh.broker.broker import Broker
 from fmesh.broker.faulty_log import FaultyEventLog
 from fmesh.broker.filters import compile_shorthand
 from fmesh.broker.memory_log import MemoryEventLog
+from fmesh.broker.sqlite_log import SqliteEventLog
 from fmesh.runtime.policy import DeliveryPolicy
 from fmesh.runtime.replica import ReplyData
 from fmesh.runtime.sidecar import Sidecar
@@ -112,6 +113,113 @@ async def test_never_more_in_flight_than_allowed():
     events = [new_event("t", "/s") for _ in range(40)]
     sidecar, _, _ = await run(target, DeliveryPolicy(), events, max_inflight=3)
     assert sidecar.stats.delivered == 40 and target.peak == 3
+
+
+class Held:
+    """A target that holds every event until `go` is set."""
+
+    def __init__(self) -> None:
+        self.go = asyncio.Event()
+        self.started: list[str] = []
+
+    async def invoke(self, event, timeout):
+        self.started.append(event.id)
+        await self.go.wait()
+
+
+async def until(condition, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.005)
+
+
+async def started_sidecar(target, events, max_inflight, log=None):
+    log = log or MemoryEventLog()
+    broker = Broker(log)
+    queue = broker.subscribe("function:f", compile_shorthand({"type": "t"}))
+    sidecar = Sidecar("function:f", "/fmesh/functions/f", queue, target, broker, DeliveryPolicy(), max_inflight)
+    await broker.publish(events)
+    sidecar.start()
+    return sidecar, log
+
+
+async def unclaimed(log) -> int:
+    """How many of function:f's deliveries nobody has claimed (claimed here, then given back)."""
+    free = await log.claim("function:f", 1000)
+    await log.release([d.id for d in free])
+    return len(free)
+
+
+async def test_deliveries_are_claimed_ahead_of_a_free_slot_but_the_target_gets_no_more_than_allowed():
+    # Under a backlog a slot that frees is filled from what was claimed ahead, not after a
+    # claim's round trip through the store.
+    target = Held()
+    sidecar, log = await started_sidecar(target, [new_event("t", "/s") for _ in range(10)], max_inflight=2)
+    await until(lambda: len(target.started) == 2)
+    await until(lambda: len(sidecar._inflight) == 4)
+    assert await unclaimed(log) == 6 and sidecar.stats.inflight == 2
+    target.go.set()
+    await until(lambda: sidecar.stats.delivered == 10)
+    assert await log.pending("function:f") == 0
+    await sidecar.stop()
+
+
+async def test_a_stop_gives_back_what_was_claimed_ahead_at_once_and_lets_the_rest_finish():
+    target = Held()
+    sidecar, log = await started_sidecar(target, [new_event("t", "/s") for _ in range(10)], max_inflight=2)
+    await until(lambda: len(sidecar._inflight) == 4)
+    stopping = asyncio.ensure_future(sidecar.stop(grace=10))
+    await until(lambda: len(sidecar._inflight) == 2)  # the two claimed ahead, released
+    assert await unclaimed(log) == 8 and not stopping.done()
+    target.go.set()
+    await stopping
+    assert sidecar.stats.delivered == 2 and target.started == target.started[:2]
+    assert await log.pending("function:f") == 8
+
+
+async def test_an_ack_waiting_for_the_store_does_not_hold_the_targets_slot():
+    class SlowAcks(MemoryEventLog):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stored = asyncio.Event()
+
+        async def ack(self, delivery_ids):
+            await self.stored.wait()
+            await super().ack(delivery_ids)
+
+    log, target = SlowAcks(), Scripted()
+    sidecar, _ = await started_sidecar(target, [new_event("t", "/s") for _ in range(3)], max_inflight=1, log=log)
+    # The second went to the target while the first's ack waited; the third waits in the
+    # log, as the window of claims is full (the one at the target and the one claimed ahead).
+    await until(lambda: len(target.attempts) == 2)
+    assert target.peak == 1 and sidecar.stats.delivered == 0 and await unclaimed(log) == 1
+    log.stored.set()
+    await until(lambda: sidecar.stats.delivered == 3)
+    await sidecar.stop()
+
+
+@pytest.mark.parametrize("store", ["memory", "sqlite"])
+async def test_an_ordered_keys_next_event_goes_once_the_one_before_is_acked(store, tmp_path):
+    # Fewer keys than slots: the claim that found every key's head in flight waits, and the
+    # ack of a head must wake it, not the claim's own timeout (seconds) after.
+    log = MemoryEventLog() if store == "memory" else SqliteEventLog(tmp_path / "log.db")
+    await log.open()
+    broker = Broker(log)
+    queue = broker.subscribe("function:f", compile_shorthand({"type": "t"}), ordered=True)
+    target = Scripted()
+    sidecar = Sidecar("function:f", "/fmesh/functions/f", queue, target, broker, DeliveryPolicy(), 4)
+    events = [new_event("t", "/s", {"n": n}, partitionkey=f"k{n % 2}") for n in range(6)]
+    await broker.publish(events)
+    sidecar.start()
+    try:
+        await until(lambda: sidecar.stats.delivered == 6, timeout=2.0)
+    finally:
+        await sidecar.stop()
+        await log.close()
+    for key in ("k0", "k1"):
+        assert [i for i in target.attempts if i in {e.id for e in events if e["partitionkey"] == key}] == \
+            [e.id for e in events if e["partitionkey"] == key]
 
 
 async def test_a_retrying_event_does_not_hold_up_the_others():
