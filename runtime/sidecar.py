@@ -4,13 +4,14 @@ It never has more than `max_inflight` events at its target at once. A few more (
 again, at most MAX_CLAIMED_AHEAD) are claimed ahead and wait in memory for a slot, so that
 a slot that frees is filled at once: under a backlog every claim is a round trip through
 the store and several loop turns shared with the ingress, and slots that waited for it
-stood idle: at 7,000 events/s offered, delivery fell to 1,400-5,700/s in five of eight
-runs and stayed there while the load lasted. An event's ack, retry or dead-lettering is stored
-after its slot is given back: the store, not the target, is what it waits for. The rest
-wait in the event log, not in memory. A failed attempt is released back to the log with a due time (so a
-retrying event never holds a slot while it waits, and its schedule survives a
-restart); after the last retry it becomes a dead letter. Replies are published back
-to the broker with a hop count, so a loop of replies ends in the dead letters.
+stood idle (at 7,000 events/s offered, delivery fell to 1,400-5,700/s in five of eight
+runs, and stayed there while the load lasted). An event's ack, retry or dead-lettering
+is stored after its slot is given back: it waits for the store, not the target. The
+rest wait in the event log, not in memory. A failed attempt is released back to the log
+with a due time (so a retrying event never holds a slot while it waits, and its schedule
+survives a restart); after the last retry it becomes a dead letter. Replies are
+published back to the broker with a hop count, so a loop of replies ends in the dead
+letters.
 """
 
 from __future__ import annotations
